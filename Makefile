@@ -1,0 +1,44 @@
+# Every target creates or refreshes the local virtualenv first, so each is the only command a
+# fresh machine needs.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+HOME_DIR := $(abspath .newsletter)
+export DAGSTER_HOME ?= $(HOME_DIR)/dagster_home
+
+.PHONY: install demo dev test lint format bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+$(DAGSTER_HOME):
+	mkdir -p $(DAGSTER_HOME)
+
+demo: install $(DAGSTER_HOME)
+	$(PY) -m newsletter_pipelines.demo
+
+dev: install $(DAGSTER_HOME)
+	$(VENV)/bin/dagster dev -w workspace.yaml
+
+test: install
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: install
+	$(PY) benchmarks/bench_eligibility.py
+
+clean:
+	rm -rf .newsletter

@@ -1,0 +1,1 @@
+"""newsletter_pipelines: keeps newsletter providers in sync with a CRM."""

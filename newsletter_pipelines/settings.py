@@ -1,0 +1,77 @@
+"""Every knob of newsletter_pipelines, read from `NEWSLETTER_*` environment variables.
+
+Nested values use a double underscore: `NEWSLETTER_CRM_SCHEMA__EMAIL=mail_address`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class CrmSchema(BaseModel):
+    """Table and column names of the CRM; the defaults are the schema `crm load-demo` creates."""
+
+    contacts_table: str = "contacts"
+    id: str = "id"
+    salutation: str = "salutation"
+    first_name: str = "first_name"
+    last_name: str = "last_name"
+    email: str = "email"
+    newsletter: str = "newsletter"
+    is_private: str = "is_private"
+    updated_at: str = "updated_at"
+    created_at: str = "created_at"
+    tags_table: str = "contact_tags"
+    tag_contact_id: str = "contact_id"
+    tag: str = "tag"
+
+
+class Settings(BaseSettings):
+    """Runtime settings; see the README's table for each variable."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="NEWSLETTER_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    home: Path = Field(
+        default=Path(".newsletter"),
+        description="Folder for generated local files: demo CRM, state database, demo instance.",
+    )
+    crm_database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the CRM. Default: a SQLite file in NEWSLETTER_HOME, "
+        "built from data/ on first use.",
+    )
+    crm_schema: CrmSchema = Field(default_factory=CrmSchema)
+    state_database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the state database (exclusions, ledger, outcomes). "
+        "Default: a SQLite file in NEWSLETTER_HOME.",
+    )
+    demo_data_dir: Path = Field(
+        default=PROJECT_ROOT / "data", description="Folder of the demo CRM CSV files."
+    )
+    eligible_max_drop_share: float = Field(
+        default=0.2,
+        ge=0.0,
+        le=1.0,
+        description="Largest tolerated drop of the eligible count against the previous "
+        "materialization before the blocking check fails.",
+    )
+
+    def resolved_crm_database_url(self) -> str:
+        """The CRM URL, falling back to the embedded demo SQLite file."""
+        return self.crm_database_url or f"sqlite:///{(self.home / 'crm.sqlite3').resolve()}"
+
+    def resolved_state_database_url(self) -> str:
+        """The state database URL, falling back to a SQLite file in NEWSLETTER_HOME."""
+        return self.state_database_url or f"sqlite:///{(self.home / 'state.sqlite3').resolve()}"
+
+    def uses_embedded_crm(self) -> bool:
+        """True when no CRM URL is configured and the demo CRM is used."""
+        return self.crm_database_url is None
