@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -29,6 +29,14 @@ class CrmSchema(BaseModel):
     tags_table: str = "contact_tags"
     tag_contact_id: str = "contact_id"
     tag: str = "tag"
+
+
+class BrevoAttributes(BaseModel):
+    """Names of the Brevo contact attributes the sync writes; they depend on the account language."""
+
+    first_name: str = "FIRSTNAME"
+    last_name: str = "LASTNAME"
+    salutation: str = "SALUTATION"
 
 
 class Settings(BaseSettings):
@@ -62,6 +70,30 @@ class Settings(BaseSettings):
         le=1.0,
         description="Largest tolerated drop of the eligible count against the previous "
         "materialization before the blocking check fails.",
+    )
+
+    # --- providers (owned by the provider clients; see README "Providers") ---
+    mailchimp_api_key: SecretStr | None = Field(
+        default=None, description="Mailchimp API key (`<key>-<dc>`). Unset: the embedded sandbox."
+    )
+    mailchimp_base_url: str | None = Field(
+        default=None,
+        description="Mailchimp API root. Default: https://<dc>.api.mailchimp.com/3.0 from the key.",
+    )
+    mailchimp_max_connections: int = Field(
+        default=5, ge=1, le=10, description="Concurrent connections to Mailchimp (its cap: 10)."
+    )
+    brevo_api_key: SecretStr | None = Field(
+        default=None, description="Brevo API key. Unset: the embedded sandbox."
+    )
+    brevo_base_url: str = Field(default="https://api.brevo.com/v3", description="Brevo API root.")
+    brevo_requests_per_second: float = Field(
+        default=8.0, gt=0, le=10, description="Request rate on Brevo contact endpoints (cap: 10/s)."
+    )
+    brevo_attributes: BrevoAttributes = Field(default_factory=BrevoAttributes)
+    api_specs_dir: Path = Field(
+        default=PROJECT_ROOT.parent / "shared" / "specs",
+        description="Folder of the official API specifications used by the contract tests.",
     )
 
     def resolved_crm_database_url(self) -> str:
