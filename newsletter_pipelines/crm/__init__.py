@@ -1,0 +1,1 @@
+"""CRM access (SQLAlchemy 2): schema, demo loading, reading contacts with their tags."""

@@ -1,0 +1,53 @@
+"""Command line: `python -m newsletter_pipelines.crm load-demo --url URL [--replace]`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from newsletter_pipelines.crm.errors import CrmError
+from newsletter_pipelines.crm.loader import load_demo
+from newsletter_pipelines.crm.schema import create_schema
+from newsletter_pipelines.settings import Settings
+from newsletter_pipelines.db import create_engine, safe_url
+
+
+@click.group()
+def cli() -> None:
+    """CRM database tools."""
+
+
+@cli.command("load-demo")
+@click.option("--url", help="SQLAlchemy URL of the target CRM (default: NEWSLETTER_CRM_DATABASE_URL"
+              " or the embedded demo SQLite file).")
+@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False, exists=True),
+              help="Folder with contacts.csv and contact_tags.csv (default: data/).")
+@click.option("--replace", is_flag=True, help="Delete the contacts already in the tables first.")
+def load_demo_command(url: str | None, data_dir: Path | None, replace: bool) -> None:
+    """Create the default CRM schema at URL and load the demo contacts into it."""
+    settings = Settings()
+    target = url or settings.resolved_crm_database_url()
+    try:
+        contacts, tags = load_demo(
+            target, data_dir or settings.demo_data_dir, settings.crm_schema, replace
+        )
+    except CrmError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"loaded {contacts} contacts and {tags} tags into {safe_url(target)}")
+
+
+@cli.command("create-schema")
+@click.option("--url", required=True, help="SQLAlchemy URL of the target CRM.")
+def create_schema_command(url: str) -> None:
+    """Create the (mapped) CRM tables at URL if missing."""
+    engine = create_engine(url)
+    create_schema(engine, Settings().crm_schema)
+    engine.dispose()
+    click.echo(f"schema ready at {safe_url(url)}")
+
+
+if __name__ == "__main__":
+    cli()

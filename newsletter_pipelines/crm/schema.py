@@ -1,0 +1,48 @@
+"""The CRM tables, named through `CrmSchema` so a team can map its own table and column names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from newsletter_pipelines.settings import CrmSchema
+
+
+@dataclass(frozen=True)
+class CrmTables:
+    """SQLAlchemy tables of one CRM schema mapping."""
+
+    metadata: sa.MetaData
+    contacts: sa.Table
+    tags: sa.Table
+
+
+def crm_tables(schema: CrmSchema) -> CrmTables:
+    """Build the contacts and contact-tags tables under the mapped names (default schema types)."""
+    metadata = sa.MetaData()
+    contacts = sa.Table(
+        schema.contacts_table,
+        metadata,
+        sa.Column(schema.id, sa.BigInteger, primary_key=True, autoincrement=False),
+        sa.Column(schema.salutation, sa.Text),
+        sa.Column(schema.first_name, sa.Text),
+        sa.Column(schema.last_name, sa.Text),
+        sa.Column(schema.email, sa.Text),
+        sa.Column(schema.newsletter, sa.Text),
+        sa.Column(schema.is_private, sa.Boolean),
+        sa.Column(schema.updated_at, sa.DateTime),
+        sa.Column(schema.created_at, sa.DateTime),
+    )
+    tags = sa.Table(
+        schema.tags_table,
+        metadata,
+        sa.Column(schema.tag_contact_id, sa.BigInteger, primary_key=True),
+        sa.Column(schema.tag, sa.Text, primary_key=True),
+    )
+    return CrmTables(metadata=metadata, contacts=contacts, tags=tags)
+
+
+def create_schema(engine: sa.Engine, schema: CrmSchema) -> None:
+    """Create the CRM tables if they do not exist yet."""
+    crm_tables(schema).metadata.create_all(engine)

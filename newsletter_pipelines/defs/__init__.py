@@ -1,0 +1,1 @@
+"""Dagster objects only, one folder per domain; logic lives in the plain modules beside."""

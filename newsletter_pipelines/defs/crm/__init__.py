@@ -1,0 +1,1 @@
+"""CRM side: contacts and eligible subscribers, with blocking checks."""

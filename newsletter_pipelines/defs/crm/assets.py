@@ -1,0 +1,83 @@
+"""Assets of group `crm`: the CRM contacts and the eligible subscribers."""
+
+
+from collections.abc import Iterator
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from newsletter_pipelines.defs.crm.checks import CHECK_SPECS, eligibility_check_results
+from newsletter_pipelines.defs.resources import CrmResource, StateDatabaseResource
+from newsletter_pipelines.eligibility import REASONS, classify
+from newsletter_pipelines.reporting import contacts_preview, counts_table
+from newsletter_pipelines.settings import Settings
+from newsletter_pipelines.state.exclusions import replace_exclusions
+
+GROUP = "crm"
+_SETTINGS = Settings()
+
+
+@dg.asset(group_name=GROUP, kinds={"sql", "pandas"})
+def crm_contacts(
+    context: dg.AssetExecutionContext, crm: CrmResource
+) -> dg.Output[pd.DataFrame]:
+    """Every CRM contact with its tags, values as stored (wrong types included)."""
+    context.log.info(f"reading contacts from the {crm.describe()}")
+    contacts = crm.read_contacts()
+    context.log.info(f"read {len(contacts)} contacts")
+    return dg.Output(
+        contacts,
+        metadata={
+            "row_count": dg.MetadataValue.int(len(contacts)),
+            "tagged_contacts": dg.MetadataValue.int(int(contacts["tags"].map(bool).sum())),
+            "source": crm.describe(),
+            "preview": dg.MetadataValue.md(contacts_preview(contacts)),
+        },
+    )
+
+
+class EligibilityConfig(dg.Config):
+    """Run config of `eligible_subscribers`."""
+
+    max_drop_share: float = Field(
+        default=_SETTINGS.eligible_max_drop_share,
+        description="Largest tolerated drop of the eligible count against the last accepted run.",
+    )
+    accept_drop: bool = Field(
+        default=False, description="Accept a larger drop for this run (after checking the CRM)."
+    )
+
+
+@dg.asset(group_name=GROUP, kinds={"pandas"}, check_specs=CHECK_SPECS)
+def eligible_subscribers(
+    context: dg.AssetExecutionContext,
+    config: EligibilityConfig,
+    crm_contacts: pd.DataFrame,
+    state_db: StateDatabaseResource,
+) -> Iterator[dg.Output[pd.DataFrame] | dg.AssetCheckResult]:
+    """Contacts that may receive the newsletter: not private, valid unique email, newsletter yes.
+
+    Excluded contacts and their reason are in the state database table `eligibility_exclusions`.
+    """
+    result = classify(crm_contacts)
+    counts = result.counts
+    context.log.info(
+        "eligibility: " + ", ".join(f"{name} {count}" for name, count in counts.items())
+    )
+    stored = replace_exclusions(state_db.engine(), result.excluded, context.run.run_id)
+    context.log.info(f"stored {stored} excluded contacts in the {state_db.describe()}")
+    checks, baseline = eligibility_check_results(context, result.eligible, config)
+    metadata: dict[str, dg.RawMetadataValue] = {
+        "eligible_count": dg.MetadataValue.int(counts["eligible"]),
+        **{f"excluded_{r}": dg.MetadataValue.int(counts[r]) for r in REASONS},
+        "crm_rows": dg.MetadataValue.int(len(crm_contacts)),
+        "eligible_baseline": dg.MetadataValue.int(baseline),
+        "profile_fields_cleaned": dg.MetadataValue.int(result.profile_fields_cleaned),
+        "counts": dg.MetadataValue.md(counts_table(counts)),
+        "excluded_rows": dg.MetadataValue.text(
+            f"table eligibility_exclusions in the {state_db.describe()}"
+        ),
+    }
+    yield dg.Output(result.eligible, metadata=metadata)
+    yield from checks

@@ -1,0 +1,73 @@
+"""Blocking checks of `eligible_subscribers`, emitted with its materialization."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import dagster as dg
+import pandas as pd
+
+from newsletter_pipelines.email_address import check_emails
+from newsletter_pipelines.guards import check_count_drop
+
+if TYPE_CHECKING:
+    from newsletter_pipelines.defs.crm.assets import EligibilityConfig
+
+ASSET = "eligible_subscribers"
+CHECK_SPECS = [
+    dg.AssetCheckSpec(
+        "unique_email_keys", asset=ASSET, blocking=True,
+        description="No two eligible subscribers share an email key.",
+    ),
+    dg.AssetCheckSpec(
+        "valid_emails", asset=ASSET, blocking=True,
+        description="Every eligible email re-validates to itself with email-validator.",
+    ),
+    dg.AssetCheckSpec(
+        "eligible_count_drop", asset=ASSET, blocking=True,
+        description="The eligible count did not drop by more than the configured share against "
+        "the last accepted materialization.",
+    ),
+]
+
+
+def _previous_baseline(context: dg.AssetExecutionContext) -> int | None:
+    event = context.instance.get_latest_materialization_event(context.asset_key)
+    if event is None or event.asset_materialization is None:
+        return None
+    value = event.asset_materialization.metadata.get("eligible_baseline")
+    return int(value.value) if value is not None else None
+
+
+def eligibility_check_results(
+    context: dg.AssetExecutionContext, eligible: pd.DataFrame, config: EligibilityConfig
+) -> tuple[list[dg.AssetCheckResult], int]:
+    """The three check results, and the eligible baseline to record for the next run."""
+    duplicated = eligible.loc[eligible["email_key"].duplicated(keep=False), "contact_id"]
+    emails = list(eligible["email"])
+    invalid = [e for e, (sent, _, _) in zip(emails, check_emails(emails), strict=True) if sent != e]
+    verdict = check_count_drop(
+        _previous_baseline(context), len(eligible), config.max_drop_share, config.accept_drop
+    )
+    results = [
+        dg.AssetCheckResult(
+            check_name="unique_email_keys",
+            passed=duplicated.empty,
+            metadata={"contacts_sharing_a_key": len(duplicated),
+                      "sample_contact_ids": str(list(duplicated.head(20)))},
+        ),
+        dg.AssetCheckResult(
+            check_name="valid_emails",
+            passed=not invalid,
+            metadata={"invalid_count": len(invalid)},
+        ),
+        dg.AssetCheckResult(
+            check_name="eligible_count_drop",
+            passed=verdict.passed,
+            description=verdict.message,
+            metadata={"drop_share": verdict.drop_share, "baseline": verdict.baseline},
+        ),
+    ]
+    if not verdict.passed:
+        context.log.error(verdict.message)
+    return results, verdict.baseline

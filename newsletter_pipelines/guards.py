@@ -1,0 +1,43 @@
+"""Guards that stop a run before harm is done: here, a sudden drop of the eligible count."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DropVerdict:
+    """Whether the eligible count may replace the baseline, and why."""
+
+    passed: bool
+    baseline: int | None  # the count later runs compare against
+    drop_share: float
+    message: str
+
+
+def check_count_drop(
+    previous_baseline: int | None, current: int, max_drop_share: float, accept_drop: bool = False
+) -> DropVerdict:
+    """Compare `current` with the last accepted count; a drop above `max_drop_share` fails.
+
+    The first run has no baseline and passes. A failed run keeps the old baseline, so repeating
+    it does not launder the drop; `accept_drop` accepts it for one run and sets a new baseline.
+    """
+    if previous_baseline is None:
+        return DropVerdict(True, current, 0.0, f"first materialization: baseline {current}")
+    drop = (previous_baseline - current) / previous_baseline if previous_baseline else 0.0
+    drop = max(drop, 0.0)
+    summary = (
+        f"eligible {current} vs baseline {previous_baseline}: drop {drop:.1%} "
+        f"(limit {max_drop_share:.0%})"
+    )
+    if drop <= max_drop_share:
+        return DropVerdict(True, current, drop, summary)
+    if accept_drop:
+        return DropVerdict(True, current, drop, f"{summary}; accepted for this run by config")
+    return DropVerdict(
+        False,
+        previous_baseline,
+        drop,
+        f"{summary}. Check the CRM; if the drop is real, re-run with accept_drop: true.",
+    )

@@ -1,0 +1,1 @@
+"""The state database: tables the sync keeps beside the CRM (exclusions; later ledger, outcomes)."""
