@@ -1,0 +1,113 @@
+"""CRM access: schema, demo loading (SQLite and PostgreSQL), mapped names, reading raw values."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner
+
+from newsletter_pipelines.crm.__main__ import cli
+from newsletter_pipelines.crm.embedded import ensure_demo_crm
+from newsletter_pipelines.crm.errors import CrmError
+from newsletter_pipelines.crm.loader import insert_rows, load_demo, read_csv_rows
+from newsletter_pipelines.crm.reader import read_contacts
+from newsletter_pipelines.crm.schema import create_schema
+from newsletter_pipelines.eligibility import classify
+from newsletter_pipelines.settings import CrmSchema
+from newsletter_pipelines_tests.conftest import DATA_DIR
+
+DEMO_CONTACTS = sum(1 for _ in read_csv_rows(DATA_DIR / "contacts.csv"))
+DEMO_TAGS = sum(1 for _ in read_csv_rows(DATA_DIR / "contact_tags.csv"))
+
+
+def test_load_demo_into_sqlite_and_read_back(demo_crm_file: Path) -> None:
+    engine = sa.create_engine(f"sqlite:///{demo_crm_file}")
+    contacts = read_contacts(engine, CrmSchema())
+    assert len(contacts) == DEMO_CONTACTS
+    assert int(contacts["tags"].map(len).sum()) == DEMO_TAGS
+    assert contacts["contact_id"].is_unique
+
+
+def test_load_demo_refuses_to_overwrite_without_replace(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'crm.sqlite3'}"
+    assert load_demo(url, DATA_DIR) == (DEMO_CONTACTS, DEMO_TAGS)
+    with pytest.raises(CrmError, match="already holds"):
+        load_demo(url, DATA_DIR)
+    assert load_demo(url, DATA_DIR, replace=True) == (DEMO_CONTACTS, DEMO_TAGS)
+
+
+def test_cli_load_demo(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'cli.sqlite3'}"
+    result = CliRunner().invoke(cli, ["load-demo", "--url", url])
+    assert result.exit_code == 0, result.output
+    assert f"loaded {DEMO_CONTACTS} contacts" in result.output
+    again = CliRunner().invoke(cli, ["load-demo", "--url", url])
+    assert again.exit_code == 1 and "--replace" in again.output
+
+
+def test_mapped_table_and_column_names(tmp_path: Path) -> None:
+    schema = CrmSchema(contacts_table="kontakte", email="mail", newsletter="nl_flag",
+                       tags_table="kontakt_tags", tag="schlagwort")
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'mapped.sqlite3'}")
+    create_schema(engine, schema)
+    rows = [{"id": 1, "email": "a@example.de", "newsletter": "yes", "is_private": False,
+             "updated_at": "2025-01-01 00:00:00"}]
+    insert_rows(engine, schema, rows, [{"contact_id": 1, "tag": "VIP"}])
+    assert set(sa.inspect(engine).get_table_names()) == {"kontakte", "kontakt_tags"}
+    contacts = read_contacts(engine, schema)
+    assert list(contacts["email"]) == ["a@example.de"]
+    assert list(contacts["tags"]) == [("VIP",)]
+    assert len(classify(contacts).eligible) == 1
+
+
+def test_missing_table_is_a_clear_error(tmp_path: Path) -> None:
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'empty.sqlite3'}")
+    with pytest.raises(CrmError, match="cannot read the CRM tables 'contacts'"):
+        read_contacts(engine, CrmSchema())
+
+
+def test_wrong_types_in_a_loose_crm_are_read_and_classified(tmp_path: Path) -> None:
+    """A CRM with untyped columns (SQLite) holding text where dates and flags belong."""
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'loose.sqlite3'}")
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            "CREATE TABLE contacts (id, salutation, first_name, last_name, email, newsletter,"
+            " is_private, updated_at, created_at)"))
+        conn.execute(sa.text("CREATE TABLE contact_tags (contact_id, tag)"))
+        conn.execute(sa.text(
+            "INSERT INTO contacts VALUES (1, NULL, 42, x'00ff', 'a@example.de', 1, 'ja', 'gestern',"
+            " 7), (2, NULL, NULL, NULL, 'b@example.de', 'yes', 'nein', 20250101, NULL),"
+            " (3, NULL, NULL, NULL, 99, 'yes', NULL, NULL, NULL)"))
+        conn.execute(sa.text("INSERT INTO contact_tags VALUES (2, NULL), (2, 'VIP')"))
+    contacts = read_contacts(engine, CrmSchema())
+    result = classify(contacts)
+    assert result.counts["private"] == 1
+    assert result.counts["eligible"] == 1
+    assert result.counts["invalid_email"] == 1
+    assert list(result.eligible["tags"]) == [("VIP",)]
+
+
+def test_embedded_demo_crm_is_built_once(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'home' / 'crm.sqlite3'}"
+    assert ensure_demo_crm(url, DATA_DIR) is True
+    assert ensure_demo_crm(url, DATA_DIR) is False
+    assert not list((tmp_path / "home").glob("*.partial"))
+
+
+@pytest.mark.postgres
+def test_demo_crm_on_postgresql(postgres_url: str, demo_crm_file: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["load-demo", "--url", postgres_url])
+    assert result.exit_code == 0, result.output
+    assert "***" in result.output or "@" not in postgres_url.split("//")[1].split("@")[0]
+    pg = read_contacts(sa.create_engine(postgres_url), CrmSchema())
+    copy = tmp_path / "copy.sqlite3"
+    shutil.copy(demo_crm_file, copy)
+    lite = read_contacts(sa.create_engine(f"sqlite:///{copy}"), CrmSchema())
+    assert len(pg) == len(lite) == DEMO_CONTACTS
+    assert isinstance(pg["updated_at"].dropna().iloc[0], datetime)
+    # the same contacts give the same eligibility on both databases (NUL replaced on PostgreSQL)
+    assert classify(pg).counts == classify(lite).counts
