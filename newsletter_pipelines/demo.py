@@ -18,7 +18,9 @@ from newsletter_pipelines.settings import Settings
 
 def _instance() -> dg.DagsterInstance:
     """The instance in DAGSTER_HOME (so `make dev` shows the demo's runs), else an ephemeral one."""
-    return dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
+    if os.environ.get("DAGSTER_HOME"):
+        return dg.DagsterInstance.get()
+    return dg.DagsterInstance.ephemeral()
 
 
 def run_demo(settings: Settings, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:

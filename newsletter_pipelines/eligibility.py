@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 
 from newsletter_pipelines.email_address import check_emails, clean_raw_email
+from newsletter_pipelines.values import is_missing
 
 REASONS = ("private", "missing_email", "invalid_email", "duplicate", "opted_out", "not_opted_in")
 ELIGIBLE_COLUMNS = (
@@ -50,25 +51,19 @@ class EligibilityResult:
     profile_fields_cleaned: int
 
 
-def _is_missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and value != value)
-
-
 def parse_private(value: Any) -> bool:
     """Read an is_private value of any type; NULL is not private, unknown text is private."""
-    if _is_missing(value):
+    if is_missing(value):
         return False
     if isinstance(value, bool | int | float):
         return bool(value)
-    text = str(value).strip().lower()
-    if text in _FALSE_FLAGS:
-        return False
-    return True  # 'ja', 'true', and anything unrecognised: never let it leave the CRM
+    # 'ja', 'true', and anything unrecognised count as private: never let it leave the CRM
+    return str(value).strip().lower() not in _FALSE_FLAGS
 
 
 def parse_newsletter(value: Any) -> str:
     """'yes' or 'no' when the CRM says so (case and spaces ignored), else 'unknown'."""
-    if _is_missing(value):
+    if is_missing(value):
         return "unknown"
     text = str(value).strip().lower()
     return text if text in ("yes", "no") else "unknown"
@@ -76,7 +71,7 @@ def parse_newsletter(value: Any) -> str:
 
 def clean_field(value: Any) -> str:
     """A profile field fit for a provider: no control characters, single spaces, NFC, ≤255 bytes."""
-    if _is_missing(value):
+    if is_missing(value):
         return ""
     text = _SPACES.sub(" ", _CONTROL.sub(" ", unicodedata.normalize("NFC", str(value)))).strip()
     encoded = text.encode("utf-8")
@@ -87,8 +82,8 @@ def clean_field(value: Any) -> str:
 
 def clean_tags(tags: Any) -> tuple[str, ...]:
     """Sorted distinct non-empty tags, cleaned like profile fields."""
-    if _is_missing(tags) or isinstance(tags, str):
-        tags = () if _is_missing(tags) else (tags,)
+    if is_missing(tags) or isinstance(tags, str):
+        tags = () if is_missing(tags) else (tags,)
     return tuple(sorted({t for t in (clean_field(tag) for tag in tags) if t}))
 
 

@@ -15,6 +15,8 @@ from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
 
+from newsletter_pipelines.values import is_missing
+
 # (address to send, dedupe key, None) for a valid address, (None, None, reason) otherwise.
 CheckResult = tuple[str | None, str | None, str | None]
 
@@ -24,7 +26,7 @@ _CHUNK = 50_000
 
 def clean_raw_email(value: Any) -> str | None:
     """Trim and NFC-normalise a raw CRM email value; None when there is nothing to check."""
-    if value is None or (isinstance(value, float) and value != value):  # None or NaN
+    if is_missing(value):
         return None
     text = unicodedata.normalize("NFC", str(value).strip())
     return text or None

@@ -9,6 +9,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from newsletter_pipelines.eligibility import REASONS, parse_private
+from newsletter_pipelines.values import is_missing
 
 REASON_TEXT = {
     "eligible": "eligible: sent to the providers",
@@ -23,7 +24,7 @@ REASON_TEXT = {
 
 def mask_email(value: Any) -> str:
     """`m•••@example.com`: enough to recognise an address, not to copy it."""
-    if value is None or (isinstance(value, float) and value != value):
+    if is_missing(value):
         return ""
     text = str(value)
     local, at, domain = text.partition("@")
@@ -31,7 +32,7 @@ def mask_email(value: Any) -> str:
 
 
 def _short(value: Any, width: int = 30) -> str:
-    if value is None or (isinstance(value, float) and value != value):
+    if is_missing(value):
         return ""
     text = " ".join(str(value).replace("\x00", " ").split())
     return text if len(text) <= width else text[: width - 1] + "…"
@@ -45,8 +46,9 @@ def contacts_preview(contacts: pd.DataFrame, rows: int = 10) -> str:
         records.append(
             {
                 "id": row.contact_id,
-                "name": "(private)" if private else _short(f"{row.first_name or ''} "
-                                                          f"{row.last_name or ''}"),
+                "name": "(private)"
+                if private
+                else _short(f"{row.first_name or ''} {row.last_name or ''}"),
                 "email": "" if private else mask_email(row.email),
                 "newsletter": _short(row.newsletter, 12),
                 "private": private,

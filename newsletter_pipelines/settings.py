@@ -14,7 +14,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 class CrmSchema(BaseModel):
-    """Table and column names of the CRM; the defaults are the schema `crm load-demo` creates."""
+    """Table and column names of the CRM; defaults: the schema `crm load-demo` creates."""
 
     contacts_table: str = "contacts"
     id: str = "id"
@@ -32,7 +32,7 @@ class CrmSchema(BaseModel):
 
 
 class BrevoAttributes(BaseModel):
-    """Names of the Brevo contact attributes the sync writes; they depend on the account language."""
+    """Brevo contact attribute names the sync writes; they depend on the account language."""
 
     first_name: str = "FIRSTNAME"
     last_name: str = "LASTNAME"

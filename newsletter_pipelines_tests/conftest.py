@@ -1,4 +1,4 @@
-"""Shared fixtures: isolated settings, the demo CRM on SQLite, and throwaway PostgreSQL databases."""
+"""Shared fixtures: isolated settings, the demo CRM on SQLite, throwaway PostgreSQL databases."""
 
 from __future__ import annotations
 

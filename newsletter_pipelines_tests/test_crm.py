@@ -50,12 +50,24 @@ def test_cli_load_demo(tmp_path: Path) -> None:
 
 
 def test_mapped_table_and_column_names(tmp_path: Path) -> None:
-    schema = CrmSchema(contacts_table="kontakte", email="mail", newsletter="nl_flag",
-                       tags_table="kontakt_tags", tag="schlagwort")
+    schema = CrmSchema(
+        contacts_table="kontakte",
+        email="mail",
+        newsletter="nl_flag",
+        tags_table="kontakt_tags",
+        tag="schlagwort",
+    )
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'mapped.sqlite3'}")
     create_schema(engine, schema)
-    rows = [{"id": 1, "email": "a@example.de", "newsletter": "yes", "is_private": False,
-             "updated_at": "2025-01-01 00:00:00"}]
+    rows = [
+        {
+            "id": 1,
+            "email": "a@example.de",
+            "newsletter": "yes",
+            "is_private": False,
+            "updated_at": "2025-01-01 00:00:00",
+        }
+    ]
     insert_rows(engine, schema, rows, [{"contact_id": 1, "tag": "VIP"}])
     assert set(sa.inspect(engine).get_table_names()) == {"kontakte", "kontakt_tags"}
     contacts = read_contacts(engine, schema)
@@ -74,14 +86,21 @@ def test_wrong_types_in_a_loose_crm_are_read_and_classified(tmp_path: Path) -> N
     """A CRM with untyped columns (SQLite) holding text where dates and flags belong."""
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'loose.sqlite3'}")
     with engine.begin() as conn:
-        conn.execute(sa.text(
-            "CREATE TABLE contacts (id, salutation, first_name, last_name, email, newsletter,"
-            " is_private, updated_at, created_at)"))
+        conn.execute(
+            sa.text(
+                "CREATE TABLE contacts (id, salutation, first_name, last_name, email, newsletter,"
+                " is_private, updated_at, created_at)"
+            )
+        )
         conn.execute(sa.text("CREATE TABLE contact_tags (contact_id, tag)"))
-        conn.execute(sa.text(
-            "INSERT INTO contacts VALUES (1, NULL, 42, x'00ff', 'a@example.de', 1, 'ja', 'gestern',"
-            " 7), (2, NULL, NULL, NULL, 'b@example.de', 'yes', 'nein', 20250101, NULL),"
-            " (3, NULL, NULL, NULL, 99, 'yes', NULL, NULL, NULL)"))
+        conn.execute(
+            sa.text(
+                "INSERT INTO contacts VALUES"
+                " (1, NULL, 42, x'00ff', 'a@example.de', 1, 'ja', 'gestern', 7),"
+                " (2, NULL, NULL, NULL, 'b@example.de', 'yes', 'nein', 20250101, NULL),"
+                " (3, NULL, NULL, NULL, 99, 'yes', NULL, NULL, NULL)"
+            )
+        )
         conn.execute(sa.text("INSERT INTO contact_tags VALUES (2, NULL), (2, 'VIP')"))
     contacts = read_contacts(engine, CrmSchema())
     result = classify(contacts)
@@ -102,7 +121,6 @@ def test_embedded_demo_crm_is_built_once(tmp_path: Path) -> None:
 def test_demo_crm_on_postgresql(postgres_url: str, demo_crm_file: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["load-demo", "--url", postgres_url])
     assert result.exit_code == 0, result.output
-    assert "***" in result.output or "@" not in postgres_url.split("//")[1].split("@")[0]
     pg = read_contacts(sa.create_engine(postgres_url), CrmSchema())
     copy = tmp_path / "copy.sqlite3"
     shutil.copy(demo_crm_file, copy)

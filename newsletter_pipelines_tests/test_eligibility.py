@@ -89,9 +89,19 @@ CASES = [
     ("NUL byte in name", {"last_name": "Sch\x00midt"}, "eligible"),
     ("emoji name", {"first_name": "Anna 🎉"}, "eligible"),
     ("SQL text name", {"last_name": "Robert'); DROP TABLE contacts;--"}, "eligible"),
-    ("NULL everywhere but email", {"salutation": None, "first_name": None, "last_name": None,
-                                   "updated_at": None, "created_at": None, "is_private": None,
-                                   "tags": ()}, "eligible"),
+    (
+        "NULL everywhere but email",
+        {
+            "salutation": None,
+            "first_name": None,
+            "last_name": None,
+            "updated_at": None,
+            "created_at": None,
+            "is_private": None,
+            "tags": (),
+        },
+        "eligible",
+    ),
     ("unreadable updated_at", {"updated_at": "gestern"}, "eligible"),
     ("NULL everywhere", {k: None for k in CONTACT_COLUMNS if k != "contact_id"}, "missing_email"),
 ]
@@ -129,8 +139,16 @@ def test_normalised_email_and_key() -> None:
 
 
 def test_profile_fields_are_cleaned_for_providers() -> None:
-    result = classify(frame(contact(first_name="ä" * 10_000, last_name="Sch\x00midt\n",
-                                    salutation=None, tags=(" VIP ", "VIP", "", "Käufer"))))
+    result = classify(
+        frame(
+            contact(
+                first_name="ä" * 10_000,
+                last_name="Sch\x00midt\n",
+                salutation=None,
+                tags=(" VIP ", "VIP", "", "Käufer"),
+            )
+        )
+    )
     row = result.eligible.iloc[0]
     assert len(row["first_name"].encode()) <= 255 and set(row["first_name"]) == {"ä"}
     assert row["last_name"] == "Sch midt"
@@ -141,10 +159,12 @@ def test_profile_fields_are_cleaned_for_providers() -> None:
 
 
 def test_newer_no_beats_older_yes() -> None:
-    result = classify(frame(
-        contact(1, email="anna@example.de", newsletter="yes", updated_at="2025-01-01 10:00:00"),
-        contact(2, email=" ANNA@example.de", newsletter="no", updated_at="2025-03-01 10:00:00"),
-    ))
+    result = classify(
+        frame(
+            contact(1, email="anna@example.de", newsletter="yes", updated_at="2025-01-01 10:00:00"),
+            contact(2, email=" ANNA@example.de", newsletter="no", updated_at="2025-03-01 10:00:00"),
+        )
+    )
     assert result.eligible.empty
     reasons = dict(zip(result.excluded["contact_id"], result.excluded["reason"], strict=True))
     assert reasons == {1: "duplicate", 2: "opted_out"}
@@ -152,35 +172,48 @@ def test_newer_no_beats_older_yes() -> None:
 
 
 def test_newer_yes_beats_older_no() -> None:
-    result = classify(frame(
-        contact(1, email="anna@example.de", newsletter="no", updated_at="2025-01-01 10:00:00"),
-        contact(2, email="Anna@Example.de", newsletter="yes", updated_at="2025-03-01 10:00:00"),
-    ))
+    result = classify(
+        frame(
+            contact(1, email="anna@example.de", newsletter="no", updated_at="2025-01-01 10:00:00"),
+            contact(2, email="Anna@Example.de", newsletter="yes", updated_at="2025-03-01 10:00:00"),
+        )
+    )
     assert list(result.eligible["contact_id"]) == [2]
 
 
 def test_tie_in_updated_at_lowest_id_decides() -> None:
-    result = classify(frame(
-        contact(7, email="anna@example.de", newsletter="no"),
-        contact(3, email="anna@example.de", newsletter="yes"),
-    ))
+    result = classify(
+        frame(
+            contact(7, email="anna@example.de", newsletter="no"),
+            contact(3, email="anna@example.de", newsletter="yes"),
+        )
+    )
     assert list(result.eligible["contact_id"]) == [3]
 
 
 def test_missing_updated_at_loses() -> None:
-    result = classify(frame(
-        contact(1, email="anna@example.de", newsletter="no", updated_at=None),
-        contact(2, email="anna@example.de", newsletter="yes", updated_at="2020-01-01 00:00:00"),
-    ))
+    result = classify(
+        frame(
+            contact(1, email="anna@example.de", newsletter="no", updated_at=None),
+            contact(2, email="anna@example.de", newsletter="yes", updated_at="2020-01-01 00:00:00"),
+        )
+    )
     assert list(result.eligible["contact_id"]) == [2]
 
 
 def test_private_rows_do_not_take_part_in_dedupe() -> None:
-    result = classify(frame(
-        contact(1, email="anna@example.de", newsletter="yes", updated_at="2025-01-01 00:00:00"),
-        contact(2, email="anna@example.de", newsletter="no", is_private=True,
-                updated_at="2025-06-01 00:00:00"),
-    ))
+    result = classify(
+        frame(
+            contact(1, email="anna@example.de", newsletter="yes", updated_at="2025-01-01 00:00:00"),
+            contact(
+                2,
+                email="anna@example.de",
+                newsletter="no",
+                is_private=True,
+                updated_at="2025-06-01 00:00:00",
+            ),
+        )
+    )
     assert list(result.eligible["contact_id"]) == [1]
     assert result.excluded.set_index("contact_id").loc[2, "email"] is None  # private: not copied
 

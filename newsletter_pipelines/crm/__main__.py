@@ -10,8 +10,8 @@ import click
 from newsletter_pipelines.crm.errors import CrmError
 from newsletter_pipelines.crm.loader import load_demo
 from newsletter_pipelines.crm.schema import create_schema
-from newsletter_pipelines.settings import Settings
 from newsletter_pipelines.db import create_engine, safe_url
+from newsletter_pipelines.settings import Settings
 
 
 @click.group()
@@ -20,10 +20,16 @@ def cli() -> None:
 
 
 @cli.command("load-demo")
-@click.option("--url", help="SQLAlchemy URL of the target CRM (default: NEWSLETTER_CRM_DATABASE_URL"
-              " or the embedded demo SQLite file).")
-@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False, exists=True),
-              help="Folder with contacts.csv and contact_tags.csv (default: data/).")
+@click.option(
+    "--url",
+    help="SQLAlchemy URL of the target CRM (default: NEWSLETTER_CRM_DATABASE_URL"
+    " or the embedded demo SQLite file).",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    help="Folder with contacts.csv and contact_tags.csv (default: data/).",
+)
 @click.option("--replace", is_flag=True, help="Delete the contacts already in the tables first.")
 def load_demo_command(url: str | None, data_dir: Path | None, replace: bool) -> None:
     """Create the default CRM schema at URL and load the demo contacts into it."""

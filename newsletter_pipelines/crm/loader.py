@@ -12,10 +12,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from newsletter_pipelines.db import create_engine
-
 from newsletter_pipelines.crm.errors import CrmError
-from newsletter_pipelines.crm.schema import crm_tables, create_schema
+from newsletter_pipelines.crm.schema import create_schema, crm_tables
+from newsletter_pipelines.db import create_engine
 from newsletter_pipelines.settings import CrmSchema
 
 log = logging.getLogger(__name__)
@@ -91,8 +90,10 @@ def insert_rows(
             conn.execute(tables.tags.insert(), values)
             n_tags += len(values)
     if clean.replaced:
-        log.warning("replaced NUL characters in %d text values (PostgreSQL cannot store NUL)",
-                    clean.replaced)
+        log.warning(
+            "replaced NUL characters in %d text values (PostgreSQL cannot store NUL)",
+            clean.replaced,
+        )
     return n_contacts, n_tags
 
 
@@ -126,7 +127,10 @@ def load_demo(
             conn.execute(tables.tags.delete())
             conn.execute(tables.contacts.delete())
         return insert_rows(
-            engine, schema, read_csv_rows(data_dir / CONTACTS_CSV), read_csv_rows(data_dir / TAGS_CSV)
+            engine,
+            schema,
+            read_csv_rows(data_dir / CONTACTS_CSV),
+            read_csv_rows(data_dir / TAGS_CSV),
         )
     finally:
         engine.dispose()

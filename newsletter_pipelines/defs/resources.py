@@ -1,6 +1,5 @@
 """Resources shared by the Dagster definitions: the CRM and the state database."""
 
-
 import os
 from pathlib import Path
 
@@ -24,7 +23,7 @@ class CrmResource(dg.ConfigurableResource):
     """The CRM database (SQLAlchemy URL) and the names of its tables and columns."""
 
     database_url: str
-    schema_mapping: dict[str, str] = {}
+    schema_mapping: dict[str, str] = {}  # noqa: RUF012 (Dagster config field)
     embedded_demo_dir: str | None = None  # set for the embedded demo CRM: built on first use
     _engine: sa.Engine | None = PrivateAttr(default=None)
 

@@ -1,6 +1,5 @@
 """Assets of group `crm`: the CRM contacts and the eligible subscribers."""
 
-
 from collections.abc import Iterator
 
 import dagster as dg
@@ -19,9 +18,7 @@ _SETTINGS = Settings()
 
 
 @dg.asset(group_name=GROUP, kinds={"sql", "pandas"})
-def crm_contacts(
-    context: dg.AssetExecutionContext, crm: CrmResource
-) -> dg.Output[pd.DataFrame]:
+def crm_contacts(context: dg.AssetExecutionContext, crm: CrmResource) -> dg.Output[pd.DataFrame]:
     """Every CRM contact with its tags, values as stored (wrong types included)."""
     context.log.info(f"reading contacts from the {crm.describe()}")
     contacts = crm.read_contacts()

@@ -16,15 +16,21 @@ if TYPE_CHECKING:
 ASSET = "eligible_subscribers"
 CHECK_SPECS = [
     dg.AssetCheckSpec(
-        "unique_email_keys", asset=ASSET, blocking=True,
+        "unique_email_keys",
+        asset=ASSET,
+        blocking=True,
         description="No two eligible subscribers share an email key.",
     ),
     dg.AssetCheckSpec(
-        "valid_emails", asset=ASSET, blocking=True,
+        "valid_emails",
+        asset=ASSET,
+        blocking=True,
         description="Every eligible email re-validates to itself with email-validator.",
     ),
     dg.AssetCheckSpec(
-        "eligible_count_drop", asset=ASSET, blocking=True,
+        "eligible_count_drop",
+        asset=ASSET,
+        blocking=True,
         description="The eligible count did not drop by more than the configured share against "
         "the last accepted materialization.",
     ),
@@ -53,8 +59,10 @@ def eligibility_check_results(
         dg.AssetCheckResult(
             check_name="unique_email_keys",
             passed=duplicated.empty,
-            metadata={"contacts_sharing_a_key": len(duplicated),
-                      "sample_contact_ids": str(list(duplicated.head(20)))},
+            metadata={
+                "contacts_sharing_a_key": len(duplicated),
+                "sample_contact_ids": str(list(duplicated.head(20))),
+            },
         ),
         dg.AssetCheckResult(
             check_name="valid_emails",
