@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import pandas as pd
@@ -10,7 +11,7 @@ import pytest
 from newsletter_pipelines.crm.loader import read_csv_rows
 from newsletter_pipelines.crm.reader import CONTACT_COLUMNS
 from newsletter_pipelines.eligibility import REASONS, classify, clean_field
-from newsletter_pipelines.email_address import check_emails
+from newsletter_pipelines.email_address import check_email, check_emails
 from newsletter_pipelines_tests.conftest import DATA_DIR
 
 
@@ -230,3 +231,13 @@ def test_demo_data_every_row_accounted_for() -> None:
     result = classify(contacts)
     assert len(result.eligible) + len(result.excluded) == len(contacts)
     assert all(result.counts[r] > 0 for r in REASONS), result.counts
+
+
+def test_memoised_domain_checks_change_no_result() -> None:
+    addresses = [row["email"] for row in read_csv_rows(DATA_DIR / "contacts.csv") if row["email"]]
+    addresses += [str(values["email"]) for _, values, _ in CASES if values.get("email")]
+    addresses = [a.strip() for a in addresses if a.strip()]
+    module = importlib.import_module("email_validator.validate_email")
+    original = module.validate_email_domain_name
+    assert check_emails(addresses, workers=1) == [check_email(a) for a in addresses]
+    assert module.validate_email_domain_name is original  # restored after the batch
