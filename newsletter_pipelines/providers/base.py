@@ -1,0 +1,185 @@
+"""The provider interface the sync talks to, and the values that cross it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from enum import StrEnum
+from typing import Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class MemberStatus(StrEnum):
+    """A contact's subscription status at a provider, in one vocabulary for all providers."""
+
+    SUBSCRIBED = "subscribed"
+    UNSUBSCRIBED = "unsubscribed"
+    CLEANED = "cleaned"
+    PENDING = "pending"
+    TRANSACTIONAL = "transactional"
+    ARCHIVED = "archived"
+    BLACKLISTED = "blacklisted"
+
+
+OPTED_OUT = frozenset({MemberStatus.UNSUBSCRIBED, MemberStatus.CLEANED, MemberStatus.BLACKLISTED})
+"""Statuses the sync must never try to reverse."""
+
+
+class Contact(_Frozen):
+    """What the CRM wants a provider to hold for one person."""
+
+    crm_id: str
+    email: str
+    first_name: str = ""
+    last_name: str = ""
+    salutation: str = ""
+    tags: frozenset[str] = frozenset()
+
+    @property
+    def key(self) -> str:
+        """The normalised email that identifies the contact at a provider."""
+        return email_key(self.email)
+
+    def ref(self) -> ContactRef:
+        """A reference to this contact for unsubscribe/remove calls."""
+        return ContactRef(crm_id=self.crm_id, email=self.email)
+
+
+class ContactRef(_Frozen):
+    """Identifies a contact for unsubscribe and removal: email, plus ids when known."""
+
+    email: str
+    crm_id: str | None = None
+    provider_id: str | None = None
+
+
+class EmailChange(_Frozen):
+    """A contact whose address changed in the CRM; the provider keeps the same member."""
+
+    crm_id: str
+    old_email: str
+    new_email: str
+    provider_id: str | None = None
+
+
+class Member(_Frozen):
+    """One contact as the provider holds it (a snapshot row)."""
+
+    provider_id: str
+    email: str
+    status: MemberStatus
+    first_name: str = ""
+    last_name: str = ""
+    salutation: str = ""
+    tags: frozenset[str] = frozenset()
+    last_changed: datetime | None = None
+
+    @property
+    def key(self) -> str:
+        """The normalised email of the member."""
+        return email_key(self.email)
+
+
+class Action(StrEnum):
+    """The kind of write an outcome answers."""
+
+    UPSERT = "upsert"
+    CHANGE_EMAIL = "change_email"
+    UNSUBSCRIBE = "unsubscribe"
+    REMOVE = "remove"
+
+
+class Result(StrEnum):
+    """What a write did to one contact."""
+
+    CREATED = "created"
+    UPDATED = "updated"
+    UNCHANGED = "unchanged"
+    UNSUBSCRIBED = "unsubscribed"
+    REMOVED = "removed"
+    REFUSED = "refused"
+
+
+class Outcome(_Frozen):
+    """The answer for one contact of a batch call; refusals carry the provider's code."""
+
+    action: Action
+    outcome: Result
+    email: str
+    crm_id: str | None = None
+    provider_id: str | None = None
+    status: MemberStatus | None = Field(
+        default=None, description="Provider status after the write, when the provider said."
+    )
+    code: str | None = None
+    message: str | None = None
+
+
+class Audience(_Frozen):
+    """The provider-side container the sync writes into (Mailchimp audience, Brevo list)."""
+
+    provider: str
+    id: str
+    name: str
+
+
+class Provider(Protocol):
+    """Everything the sync needs from one audience at one newsletter provider.
+
+    Writes are shaped so they can never re-subscribe anyone: creates never overwrite an
+    existing member, updates carry no status, and only `unsubscribe` changes a status.
+    """
+
+    name: str
+
+    def check_credentials(self) -> None:
+        """Fail with `AuthenticationError` unless the configured key is accepted."""
+        ...
+
+    def ensure_audience(self) -> Audience:
+        """Find or create the audience and the fields the sync writes; idempotent."""
+        ...
+
+    def snapshot(self) -> list[Member]:
+        """Every member of the audience, whatever its status."""
+        ...
+
+    def upsert(
+        self, contacts: Sequence[Contact], current: Mapping[str, Member] | None = None
+    ) -> list[Outcome]:
+        """Create or update contacts (fields, tags) without touching anyone's status.
+
+        `current` maps `email_key` to the member as last seen; members found there are
+        updated to match the contact (tags included), the rest go through the create path.
+        """
+        ...
+
+    def change_emails(self, changes: Sequence[EmailChange]) -> list[Outcome]:
+        """Change the address of existing members, keeping them the same member."""
+        ...
+
+    def unsubscribe(self, refs: Sequence[ContactRef]) -> list[Outcome]:
+        """Opt contacts out (Mailchimp `unsubscribed`, Brevo `emailBlacklisted`)."""
+        ...
+
+    def remove(self, refs: Sequence[ContactRef]) -> list[Outcome]:
+        """Take contacts out of the audience (Mailchimp archive, Brevo unlink from the list)."""
+        ...
+
+    def register_webhook(self, url: str, secret: str) -> str:
+        """Register (once) the webhook for changes made by people; returns its id."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+def email_key(email: str) -> str:
+    """The provider-side identity of an address: trimmed and lower-cased."""
+    return email.strip().lower()

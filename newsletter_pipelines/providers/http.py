@@ -1,0 +1,269 @@
+"""The one HTTP layer both clients share: bounded concurrency, pacing, retries, error shape.
+
+- at most `max_connections` requests in flight (Mailchimp counts simultaneous connections);
+- optional pacing to `requests_per_second` (Brevo meters contact endpoints per second);
+- 429, 425, 5xx, an empty-bodied 403 (Mailchimp under load), timeouts and dropped connections
+  are retried with jittered exponential backoff, waiting at least what `x-sib-ratelimit-reset`
+  or `Retry-After` asks for;
+- any other 4xx raises `ApiError` with the provider's own code and message, 401 raises
+  `AuthenticationError`; running out of retries raises `UnavailableError`;
+- secrets are sent per request (never to foreign hosts) and scrubbed from every message.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
+
+from newsletter_pipelines.providers.errors import ApiError, AuthenticationError, UnavailableError
+
+log = logging.getLogger("newsletter_pipelines.providers")
+
+ErrorParser = Callable[[httpx.Response], tuple[str, str]]
+"""Reads (code, message) from a provider's error response."""
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_RETRY_STATUSES = frozenset({425, 429})
+_TRANSIENT_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard to insist on transient failures; tests shrink the waits."""
+
+    attempts: int = 8
+    initial_wait: float = 1.0
+    max_wait: float = 60.0
+    timeout: float = 120.0
+
+
+@dataclass(frozen=True)
+class PollPolicy:
+    """How to wait for asynchronous work (Mailchimp batches, Brevo imports)."""
+
+    initial: float = 5.0
+    maximum: float = 60.0
+    deadline: float = 3600.0
+
+    def delays(self) -> Iterator[float]:
+        """Doubling waits from `initial` up to `maximum`, until `deadline` seconds have passed."""
+        end, delay = time.monotonic() + self.deadline, self.initial
+        while time.monotonic() < end:
+            yield delay
+            delay = min(self.maximum, max(delay * 2, 0.001))
+
+
+class RateLimiter:
+    """Spaces calls evenly so that at most `rate` start per second, across threads."""
+
+    def __init__(self, rate: float) -> None:
+        self._interval = 1.0 / rate
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def acquire(self) -> None:
+        """Block until the next slot is due."""
+        with self._lock:
+            now = time.monotonic()
+            slot = max(now, self._next)
+            self._next = slot + self._interval
+        if slot > now:
+            time.sleep(slot - now)
+
+
+class _TransientError(Exception):
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """`text` with every secret replaced by `***`."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    """Seconds the provider asks to wait (`x-sib-ratelimit-reset`, `Retry-After`), if any."""
+    for header in ("x-sib-ratelimit-reset", "retry-after"):
+        value = response.headers.get(header)
+        if value is not None:
+            try:
+                return max(0.0, float(value))
+            except ValueError:
+                continue
+    return None
+
+
+class ApiClient:
+    """A small synchronous JSON client for one provider account."""
+
+    def __init__(
+        self,
+        *,
+        provider: str,
+        base_url: str,
+        auth_headers: Mapping[str, str],
+        parse_error: ErrorParser,
+        max_connections: int = 5,
+        requests_per_second: float | None = None,
+        retry: RetryPolicy | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.provider = provider
+        self.max_connections = max_connections
+        self._auth_headers = dict(auth_headers)
+        self._secrets = [v.split(" ", 1)[-1] for v in auth_headers.values()]
+        self._parse_error = parse_error
+        self._retry = retry or RetryPolicy()
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._pace = RateLimiter(requests_per_second) if requests_per_second else None
+        self._client = httpx.Client(
+            base_url=base_url.rstrip("/"),
+            timeout=httpx.Timeout(self._retry.timeout, connect=min(10.0, self._retry.timeout)),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+            transport=transport,
+            headers={"accept": "application/json", "user-agent": "newsletter-pipelines"},
+        )
+
+    def scrub(self, text: str) -> str:
+        """`text` without this client's secrets."""
+        return redact(text, self._secrets)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+    ) -> httpx.Response:
+        """Send one API request with retries; returns the 2xx response or raises."""
+        return self._with_retries(method, path, lambda: self._send(method, path, params, json))
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+    ) -> Any:
+        """`request` and decode the JSON body (None for an empty body)."""
+        response = self.request(method, path, params=params, json=json)
+        return response.json() if response.content else None
+
+    def download(self, url: str) -> bytes:
+        """GET an absolute URL (e.g. a result file) without credentials, with retries."""
+        return self._with_retries("GET", url.split("?", 1)[0], lambda: self._fetch(url)).content
+
+    def parallel(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+        """`fn` over `items` on up to `max_connections` threads; results in input order."""
+        if len(items) <= 1:
+            return [fn(item) for item in items]
+        with ThreadPoolExecutor(max_workers=min(self.max_connections, len(items))) as pool:
+            return list(pool.map(fn, items))
+
+    def close(self) -> None:
+        """Close pooled connections."""
+        self._client.close()
+
+    def _with_retries(
+        self, method: str, path: str, send: Callable[[], httpx.Response]
+    ) -> httpx.Response:
+        retrying = Retrying(
+            stop=stop_after_attempt(self._retry.attempts),
+            wait=self._wait,
+            retry=retry_if_exception_type(_TransientError),
+            before_sleep=lambda state: self._log_retry(method, path, state),
+            reraise=True,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    return send()
+        except _TransientError as exc:
+            raise UnavailableError(
+                self.provider,
+                f"{method} {path} still failing after {self._retry.attempts} attempts: "
+                f"{self.scrub(str(exc))}",
+            ) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _send(
+        self, method: str, path: str, params: Mapping[str, Any] | None, json: Any
+    ) -> httpx.Response:
+        if self._pace is not None:
+            self._pace.acquire()
+        with self._slots:
+            try:
+                response = self._client.request(
+                    method, path, params=params, json=json, headers=self._auth_headers
+                )
+            except _TRANSIENT_ERRORS as exc:
+                raise _TransientError(f"{type(exc).__name__}: {exc}") from None
+        return self._check(method, path, response)
+
+    def _fetch(self, url: str) -> httpx.Response:
+        with self._slots:
+            try:
+                response = self._client.get(url)
+            except _TRANSIENT_ERRORS as exc:
+                raise _TransientError(f"{type(exc).__name__}: {exc}") from None
+        return self._check("GET", url.split("?", 1)[0], response)
+
+    def _check(self, method: str, path: str, response: httpx.Response) -> httpx.Response:
+        status = response.status_code
+        if status < 400:
+            return response
+        if status in _RETRY_STATUSES or status >= 500 or (status == 403 and not response.content):
+            code, message = self._describe(response)
+            raise _TransientError(f"HTTP {status} {code}: {message}", retry_after(response))
+        code, message = self._describe(response)
+        error = AuthenticationError if status == 401 else ApiError
+        raise error(self.provider, method, path, status=status, code=code, message=message)
+
+    def _describe(self, response: httpx.Response) -> tuple[str, str]:
+        try:
+            code, message = self._parse_error(response)
+        except ValueError:
+            code, message = response.reason_phrase, response.text[:300]
+        return self.scrub(code), self.scrub(message)
+
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        ceiling = self._retry.initial_wait * 2 ** (state.attempt_number - 1)
+        backoff = random.uniform(0, min(self._retry.max_wait, ceiling))
+        hint = getattr(exc, "retry_after", None)
+        if hint is None:
+            return backoff
+        return min(self._retry.max_wait, hint) + random.uniform(0, self._retry.initial_wait)
+
+    def _log_retry(self, method: str, path: str, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0.0
+        log.warning(
+            "%s %s %s: %s; retry %d/%d in %.2f s",
+            self.provider,
+            method,
+            path,
+            self.scrub(str(exc)),
+            state.attempt_number,
+            self._retry.attempts - 1,
+            wait,
+        )

@@ -1,0 +1,618 @@
+"""Mailchimp Marketing API 3.0 client for one audience.
+
+Writes can never re-subscribe anyone:
+- new contacts go through batch subscribe (`POST /lists/{id}`, ≤ 500 a call) with
+  `update_existing: false`, so an existing member comes back as an error, untouched;
+- existing members are updated with `PATCH` bodies that carry no `status` (names, salutation,
+  email) and tag changes (`POST …/members/{hash}/tags`), several at once through `/batches`;
+- only `unsubscribe` sets a status (`unsubscribed`); `remove` archives, never deletes.
+Refusals (`Member In Compliance State`, `Forgotten Email Not Subscribed`, `Invalid Resource`, …)
+are per-contact `refused` outcomes and are never retried.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+from pydantic import BaseModel
+
+from newsletter_pipelines.providers.base import (
+    Action,
+    Audience,
+    Contact,
+    ContactRef,
+    EmailChange,
+    Member,
+    MemberStatus,
+    Outcome,
+    Result,
+)
+from newsletter_pipelines.providers.errors import ConfigurationError
+from newsletter_pipelines.providers.http import ApiClient, PollPolicy, RetryPolicy
+from newsletter_pipelines.providers.mailchimp_batches import Operation, OperationRunner, OpResult
+from newsletter_pipelines.providers.mailchimp_models import (
+    BatchSubscribeAnswer,
+    ListsPage,
+    MemberOut,
+    MembersPage,
+    MergeField,
+    MergeFieldsPage,
+    WebhooksPage,
+)
+
+log = logging.getLogger("newsletter_pipelines.providers")
+
+NAME = "mailchimp"
+BATCH_SUBSCRIBE_MAX = 500
+PAGE_SIZE = 1000
+_SNAPSHOT_FIELDS = ",".join(
+    ["total_items"]
+    + [
+        f"members.{f}"
+        for f in ("id", "email_address", "status", "merge_fields", "tags", "last_changed")
+    ]
+)
+_CHOICE_TYPES = ("dropdown", "radio")
+_WEBHOOK_EVENTS = {
+    "subscribe": True,
+    "unsubscribe": True,
+    "profile": True,
+    "cleaned": True,
+    "upemail": True,
+    "campaign": False,
+}
+_WEBHOOK_SOURCES = {"user": True, "admin": True, "api": False}
+
+
+class AudienceDefaults(BaseModel):
+    """What `POST /lists` needs when the audience must be created."""
+
+    company: str
+    address1: str
+    city: str
+    country: str
+    zip: str = ""
+    state: str = ""
+    permission_reminder: str
+    from_name: str
+    from_email: str
+    subject: str = ""
+    language: str = "en"
+
+
+def subscriber_hash(email: str) -> str:
+    """Mailchimp's member id: MD5 of the lower-cased address."""
+    return hashlib.md5(email.lower().encode()).hexdigest()
+
+
+def base_url_for(api_key: str) -> str:
+    """`https://<dc>.api.mailchimp.com/3.0` from the key's `-<dc>` suffix."""
+    _, dash, dc = api_key.rpartition("-")
+    if not dash or not dc.isalnum():
+        raise ConfigurationError(NAME, "the API key must end with its data center, like -us6")
+    return f"https://{dc}.api.mailchimp.com/3.0"
+
+
+def parse_error(response: httpx.Response) -> tuple[str, str]:
+    """(title, detail with field errors) of a Mailchimp problem document."""
+    body = response.json()
+    fields = "; ".join(f"{e.get('field')}: {e.get('message')}" for e in body.get("errors") or [])
+    detail = str(body.get("detail", ""))
+    return str(
+        body.get("title", response.reason_phrase)
+    ), f"{detail} ({fields})" if fields else detail
+
+
+def refusal_code(message: str, fallback: str) -> str:
+    """The Mailchimp title behind a batch-subscribe error text."""
+    lowered = message.lower()
+    if "compliance state" in lowered:
+        return "Member In Compliance State"
+    if "permanently deleted" in lowered:
+        return "Forgotten Email Not Subscribed"
+    if "fake or invalid" in lowered or "merge fields were invalid" in lowered:
+        return "Invalid Resource"
+    return fallback
+
+
+class MailchimpClient:
+    """The `Provider` for one Mailchimp audience."""
+
+    name = NAME
+
+    def __init__(
+        self,
+        api_key: str,
+        audience_name: str,
+        *,
+        base_url: str | None = None,
+        max_connections: int = 5,
+        salutation_tag: str = "SALUTATION",
+        audience_defaults: AudienceDefaults | None = None,
+        retry: RetryPolicy | None = None,
+        poll: PollPolicy | None = None,
+        direct_max: int = 10,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        url = base_url or base_url_for(api_key)
+        token = "Basic " + base64.b64encode(f"newsletter-pipelines:{api_key}".encode()).decode()
+        self._api = ApiClient(
+            provider=NAME,
+            base_url=url,
+            auth_headers={"authorization": token},
+            parse_error=parse_error,
+            max_connections=max_connections,
+            retry=retry,
+            transport=transport,
+        )
+        self._ops = OperationRunner(self._api, poll=poll or PollPolicy(), direct_max=direct_max)
+        self._audience_name = audience_name
+        self._salutation_tag = salutation_tag.upper()
+        self._defaults = audience_defaults
+        self._audience: Audience | None = None
+        self._fields: dict[str, MergeField] = {}
+        self._may_create = False
+        self._lock = threading.Lock()
+
+    # --- setup --------------------------------------------------------------------------
+
+    def check_credentials(self) -> None:
+        """`GET /ping`; a refused key raises `AuthenticationError`."""
+        self._api.request("GET", "/ping")
+
+    def ensure_audience(self) -> Audience:
+        """Find the audience by name (create it if allowed) and check its merge fields."""
+        with self._lock:
+            if self._audience is None:
+                list_id = self._find_list() or self._create_list()
+                self._fields = self._ensure_fields(list_id)
+                self._audience = Audience(provider=NAME, id=list_id, name=self._audience_name)
+            return self._audience
+
+    def _find_list(self) -> str | None:
+        offset, found = 0, []
+        while True:
+            page = ListsPage.model_validate(
+                self._api.call(
+                    "GET",
+                    "/lists",
+                    params={
+                        "count": PAGE_SIZE,
+                        "offset": offset,
+                        "fields": "lists.id,lists.name,total_items,constraints",
+                    },
+                )
+            )
+            found += [lst.id for lst in page.lists if lst.name == self._audience_name]
+            self._may_create = page.constraints.may_create
+            offset += PAGE_SIZE
+            if offset >= page.total_items:
+                break
+        if len(found) > 1:
+            log.warning(
+                "mailchimp: %d audiences named %r, using %s",
+                len(found),
+                self._audience_name,
+                found[0],
+            )
+        return found[0] if found else None
+
+    def _create_list(self) -> str:
+        if self._defaults is None:
+            raise ConfigurationError(
+                NAME,
+                f"audience {self._audience_name!r} does not exist; create it in Mailchimp or "
+                "configure the audience defaults (contact address, sender) to let the sync do it",
+            )
+        if not self._may_create:
+            raise ConfigurationError(
+                NAME, f"audience {self._audience_name!r} does not exist and the plan allows no more"
+            )
+        d = self._defaults
+        body = {
+            "name": self._audience_name,
+            "contact": {
+                "company": d.company,
+                "address1": d.address1,
+                "city": d.city,
+                "state": d.state,
+                "zip": d.zip,
+                "country": d.country,
+            },
+            "permission_reminder": d.permission_reminder,
+            "campaign_defaults": {
+                "from_name": d.from_name,
+                "from_email": d.from_email,
+                "subject": d.subject,
+                "language": d.language,
+            },
+            "email_type_option": False,
+        }
+        created = self._api.call("POST", "/lists", json=body)
+        log.info("mailchimp: created audience %r (%s)", self._audience_name, created["id"])
+        return str(created["id"])
+
+    def _ensure_fields(self, list_id: str) -> dict[str, MergeField]:
+        page = MergeFieldsPage.model_validate(
+            self._api.call("GET", f"/lists/{list_id}/merge-fields", params={"count": PAGE_SIZE})
+        )
+        fields = {f.tag: f for f in page.merge_fields}
+        wanted = {"FNAME": "First Name", "LNAME": "Last Name", self._salutation_tag: "Salutation"}
+        for tag, name in wanted.items():
+            if tag not in fields:
+                body = {
+                    "tag": tag,
+                    "name": name,
+                    "type": "text",
+                    "required": False,
+                    "public": False,
+                }
+                created = self._api.call("POST", f"/lists/{list_id}/merge-fields", json=body)
+                fields[tag] = MergeField.model_validate(created)
+                log.info("mailchimp: created merge field %s on %s", tag, list_id)
+        for tag in ("FNAME", "LNAME"):
+            if fields[tag].type != "text":
+                raise ConfigurationError(
+                    NAME, f"merge field {tag} must be text, is {fields[tag].type}"
+                )
+        if fields[self._salutation_tag].type not in ("text", *_CHOICE_TYPES):
+            raise ConfigurationError(
+                NAME,
+                f"merge field {self._salutation_tag} must be text, dropdown or radio, "
+                f"is {fields[self._salutation_tag].type}",
+            )
+        unfilled = [
+            f.tag
+            for f in fields.values()
+            if f.required and not f.default_value and f.tag not in wanted
+        ]
+        if unfilled:
+            raise ConfigurationError(
+                NAME,
+                f"audience requires merge fields the sync does not fill: {', '.join(unfilled)}",
+            )
+        return fields
+
+    @property
+    def _list_id(self) -> str:
+        return self.ensure_audience().id
+
+    # --- snapshot -----------------------------------------------------------------------
+
+    def snapshot(self) -> list[Member]:
+        """Every member (all statuses) by paging `GET /lists/{id}/members`, 1000 a page."""
+        first = self._page(0)
+        offsets = list(range(PAGE_SIZE, first.total_items, PAGE_SIZE))
+        pages = [first, *self._api.parallel(self._page, offsets)]
+        by_id = {m.id: self._member(m) for page in pages for m in page.members}
+        return list(by_id.values())
+
+    def _page(self, offset: int) -> MembersPage:
+        params = {"count": PAGE_SIZE, "offset": offset, "fields": _SNAPSHOT_FIELDS}
+        return MembersPage.model_validate(
+            self._api.call("GET", f"/lists/{self._list_id}/members", params=params)
+        )
+
+    def _member(self, m: MemberOut) -> Member:
+        merge = m.merge_fields
+        return Member(
+            provider_id=m.id,
+            email=m.email_address,
+            status=MemberStatus(m.status),
+            first_name=str(merge.get("FNAME") or ""),
+            last_name=str(merge.get("LNAME") or ""),
+            salutation=str(merge.get(self._salutation_tag) or ""),
+            tags=frozenset(t.name for t in m.tags),
+            last_changed=m.last_changed,
+        )
+
+    # --- upsert -------------------------------------------------------------------------
+
+    def upsert(
+        self, contacts: Sequence[Contact], current: Mapping[str, Member] | None = None
+    ) -> list[Outcome]:
+        """Create new contacts, update existing ones (fields and tags, never status)."""
+        self.ensure_audience()
+        current = current or {}
+        outcomes: dict[str, Outcome] = {}
+        creates: list[Contact] = []
+        updates: list[tuple[Contact, Member | None]] = []
+        for contact in contacts:
+            problem = self._invalid_value(contact)
+            member = current.get(contact.key)
+            if problem:
+                outcomes[contact.crm_id] = self._refused(
+                    Action.UPSERT, contact, "Invalid Resource", problem
+                )
+            elif member is None or member.status is MemberStatus.ARCHIVED:
+                creates.append(contact)
+            else:
+                updates.append((contact, member))
+        chunks = [
+            creates[i : i + BATCH_SUBSCRIBE_MAX]
+            for i in range(0, len(creates), BATCH_SUBSCRIBE_MAX)
+        ]
+        for created, existing in self._api.parallel(self._subscribe, chunks):
+            outcomes.update(created)
+            updates += [(contact, None) for contact in existing]
+        outcomes.update(self._update(updates))
+        return [outcomes[c.crm_id] for c in contacts]
+
+    def _merge_fields(self, contact: Contact) -> dict[str, str]:
+        return {
+            "FNAME": contact.first_name,
+            "LNAME": contact.last_name,
+            self._salutation_tag: contact.salutation,
+        }
+
+    def _invalid_value(self, contact: Contact) -> str | None:
+        for tag, value in self._merge_fields(contact).items():
+            field = self._fields[tag]
+            if len(value.encode()) > 255:
+                return f"{tag}: longer than 255 bytes (checked before sending)"
+            choices = field.options.get("choices") or []
+            if field.type in _CHOICE_TYPES and value and value not in choices:
+                return f"{tag}: {value!r} is not one of {choices} (checked before sending)"
+        return None
+
+    def _subscribe(self, chunk: Sequence[Contact]) -> tuple[dict[str, Outcome], list[Contact]]:
+        body = {
+            "members": [
+                {
+                    "email_address": c.email,
+                    "status": "subscribed",
+                    "merge_fields": self._merge_fields(c),
+                    **({"tags": sorted(c.tags)} if c.tags else {}),
+                }
+                for c in chunk
+            ],
+            "update_existing": False,
+        }
+        answer = BatchSubscribeAnswer.model_validate(
+            self._api.call("POST", f"/lists/{self._list_id}", json=body)
+        )
+        by_key = {c.key: c for c in chunk}
+        outcomes: dict[str, Outcome] = {}
+        existing: list[Contact] = []
+        for m in answer.new_members:
+            contact = by_key.pop(m.email_address.lower(), None)
+            if contact is not None:
+                outcomes[contact.crm_id] = self._done(Action.UPSERT, Result.CREATED, contact, m)
+        for error in answer.errors:
+            contact = by_key.pop(error.email_address.lower(), None)
+            if contact is None:
+                continue
+            if error.error_code == "ERROR_CONTACT_EXISTS":
+                existing.append(contact)
+                continue
+            code = refusal_code(error.error, error.error_code)
+            message = (
+                f"{error.error} ({error.field}: {error.field_message})"
+                if error.field
+                else error.error
+            )
+            outcomes[contact.crm_id] = self._refused(Action.UPSERT, contact, code, message)
+        for contact in by_key.values():
+            outcomes[contact.crm_id] = self._refused(
+                Action.UPSERT, contact, "no_answer", "batch subscribe did not report this contact"
+            )
+        return outcomes, existing
+
+    def _update(self, updates: Sequence[tuple[Contact, Member | None]]) -> dict[str, Outcome]:
+        operations: list[Operation] = []
+        planned: dict[str, tuple[Contact, Member | None, list[str]]] = {}
+        outcomes: dict[str, Outcome] = {}
+        for index, (contact, member) in enumerate(updates):
+            path = f"/lists/{self._list_id}/members/{subscriber_hash(contact.email)}"
+            ids: list[str] = []
+            if member is None or self._fields_differ(contact, member):
+                ids.append(f"{index}:fields")
+                operations.append(
+                    Operation(ids[-1], "PATCH", path, {"merge_fields": self._merge_fields(contact)})
+                )
+            tags = self._tag_changes(contact, member)
+            if tags:
+                ids.append(f"{index}:tags")
+                operations.append(
+                    Operation(ids[-1], "POST", f"{path}/tags", {"tags": tags, "is_syncing": True})
+                )
+            if ids:
+                planned[contact.crm_id] = (contact, member, ids)
+            else:
+                outcomes[contact.crm_id] = self._unchanged(contact, member)
+        results = self._ops.run(operations)
+        for contact, member, ids in planned.values():
+            outcomes[contact.crm_id] = self._combine(
+                Action.UPSERT, contact, member, [results[i] for i in ids]
+            )
+        return outcomes
+
+    def _fields_differ(self, contact: Contact, member: Member) -> bool:
+        return (contact.first_name, contact.last_name, contact.salutation) != (
+            member.first_name,
+            member.last_name,
+            member.salutation,
+        )
+
+    @staticmethod
+    def _tag_changes(contact: Contact, member: Member | None) -> list[dict[str, str]]:
+        present = member.tags if member is not None else frozenset()
+        changes = [{"name": t, "status": "active"} for t in sorted(contact.tags - present)]
+        if member is not None:
+            changes += [{"name": t, "status": "inactive"} for t in sorted(present - contact.tags)]
+        return changes
+
+    def _combine(
+        self, action: Action, contact: Contact, member: Member | None, results: list[OpResult]
+    ) -> Outcome:
+        failed = next((r for r in results if not r.ok), None)
+        if failed is not None:
+            return self._refused(action, contact, failed.title or str(failed.status), failed.detail)
+        body = next(
+            (r.body for r in results if isinstance(r.body, dict) and "status" in r.body), None
+        )
+        status = MemberStatus(body["status"]) if body else (member.status if member else None)
+        return Outcome(
+            action=action,
+            outcome=Result.UPDATED,
+            email=contact.email,
+            crm_id=contact.crm_id,
+            provider_id=subscriber_hash(contact.email),
+            status=status,
+        )
+
+    # --- email, unsubscribe, remove -----------------------------------------------------
+
+    def change_emails(self, changes: Sequence[EmailChange]) -> list[Outcome]:
+        """`PATCH {"email_address"}` on the member found by its old address."""
+        ops = [
+            Operation(
+                str(i),
+                "PATCH",
+                f"/lists/{self._list_id}/members/{subscriber_hash(c.old_email)}",
+                {"email_address": c.new_email},
+            )
+            for i, c in enumerate(changes)
+        ]
+        results = self._ops.run(ops)
+        outcomes = []
+        for i, change in enumerate(changes):
+            result = results[str(i)]
+            base = {
+                "action": Action.CHANGE_EMAIL,
+                "email": change.new_email,
+                "crm_id": change.crm_id,
+            }
+            if result.ok:
+                outcomes.append(
+                    Outcome(
+                        **base,
+                        outcome=Result.UPDATED,
+                        provider_id=subscriber_hash(change.new_email),
+                        status=MemberStatus(result.body["status"]),
+                    )
+                )
+            else:
+                outcomes.append(
+                    Outcome(
+                        **base, outcome=Result.REFUSED, code=result.title, message=result.detail
+                    )
+                )
+        return outcomes
+
+    def unsubscribe(self, refs: Sequence[ContactRef]) -> list[Outcome]:
+        """`PATCH {"status": "unsubscribed"}` for each contact."""
+        return self._member_ops(
+            Action.UNSUBSCRIBE, refs, "PATCH", {"status": "unsubscribed"}, Result.UNSUBSCRIBED
+        )
+
+    def remove(self, refs: Sequence[ContactRef]) -> list[Outcome]:
+        """Archive (`DELETE`) each contact; never delete permanently."""
+        return self._member_ops(Action.REMOVE, refs, "DELETE", None, Result.REMOVED)
+
+    def _member_ops(
+        self,
+        action: Action,
+        refs: Sequence[ContactRef],
+        method: str,
+        body: dict[str, Any] | None,
+        done: Result,
+    ) -> list[Outcome]:
+        ops = [
+            Operation(
+                str(i), method, f"/lists/{self._list_id}/members/{subscriber_hash(r.email)}", body
+            )
+            for i, r in enumerate(refs)
+        ]
+        results = self._ops.run(ops)
+        outcomes = []
+        for i, ref in enumerate(refs):
+            result = results[str(i)]
+            common = {"action": action, "email": ref.email, "crm_id": ref.crm_id}
+            if result.ok:
+                status = result.body.get("status") if isinstance(result.body, dict) else None
+                outcomes.append(
+                    Outcome(
+                        **common,
+                        outcome=done,
+                        provider_id=subscriber_hash(ref.email),
+                        status=MemberStatus(status)
+                        if status
+                        else (MemberStatus.ARCHIVED if action is Action.REMOVE else None),
+                    )
+                )
+            else:
+                outcomes.append(
+                    Outcome(
+                        **common,
+                        outcome=Result.REFUSED,
+                        code=result.title or str(result.status),
+                        message=result.detail,
+                    )
+                )
+        return outcomes
+
+    # --- webhook ------------------------------------------------------------------------
+
+    def register_webhook(self, url: str, secret: str) -> str:
+        """Audience webhook for changes by people (`user`, `admin`), never our own (`api`).
+
+        Mailchimp signs nothing by default, so the secret travels in the URL's query string.
+        """
+        target = f"{url}{'&' if '?' in url else '?'}{urlencode({'secret': secret})}"
+        path = f"/lists/{self._list_id}/webhooks"
+        hooks = WebhooksPage.model_validate(self._api.call("GET", path)).webhooks
+        for hook in hooks:
+            if hook.url == target:
+                if hook.sources != _WEBHOOK_SOURCES or hook.events != _WEBHOOK_EVENTS:
+                    body = {"events": _WEBHOOK_EVENTS, "sources": _WEBHOOK_SOURCES}
+                    self._api.call("PATCH", f"{path}/{hook.id}", json=body)
+                return hook.id
+        body = {"url": target, "events": _WEBHOOK_EVENTS, "sources": _WEBHOOK_SOURCES}
+        return str(self._api.call("POST", path, json=body)["id"])
+
+    def close(self) -> None:
+        """Close connections."""
+        self._api.close()
+
+    # --- outcome helpers ----------------------------------------------------------------
+
+    @staticmethod
+    def _done(action: Action, result: Result, contact: Contact, member: MemberOut) -> Outcome:
+        return Outcome(
+            action=action,
+            outcome=result,
+            email=contact.email,
+            crm_id=contact.crm_id,
+            provider_id=member.id,
+            status=MemberStatus(member.status),
+        )
+
+    @staticmethod
+    def _unchanged(contact: Contact, member: Member | None) -> Outcome:
+        return Outcome(
+            action=Action.UPSERT,
+            outcome=Result.UNCHANGED,
+            email=contact.email,
+            crm_id=contact.crm_id,
+            provider_id=member.provider_id if member else subscriber_hash(contact.email),
+            status=member.status if member else None,
+        )
+
+    @staticmethod
+    def _refused(action: Action, contact: Contact, code: str, message: str) -> Outcome:
+        return Outcome(
+            action=action,
+            outcome=Result.REFUSED,
+            email=contact.email,
+            crm_id=contact.crm_id,
+            code=code,
+            message=message,
+        )

@@ -1,0 +1,160 @@
+"""Runs Mailchimp member operations: a few directly, many through batch operations (`/batches`).
+
+A batch answers asynchronously; its results arrive as a gzipped tar of JSON files, each an
+array of `{"status_code", "operation_id", "response"}` with `response` a JSON string. Operations
+that come back with 429/5xx (or not at all) are resubmitted; every other answer is final.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from newsletter_pipelines.providers.errors import ApiError, UnavailableError
+from newsletter_pipelines.providers.http import ApiClient, PollPolicy
+from newsletter_pipelines.providers.mailchimp_models import BatchStatus
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One member write, addressed relative to the API root."""
+
+    operation_id: str
+    method: str
+    path: str
+    body: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class OpResult:
+    """The answer to one operation: HTTP status and decoded body (None when empty)."""
+
+    status: int
+    body: Any = None
+
+    @property
+    def ok(self) -> bool:
+        """True for a 2xx answer."""
+        return 200 <= self.status < 300
+
+    @property
+    def transient(self) -> bool:
+        """True when resubmitting may succeed (rate limit, server error, no answer)."""
+        return self.status in (0, 425, 429) or self.status >= 500
+
+    @property
+    def title(self) -> str:
+        """Mailchimp's error title."""
+        return str(self.body.get("title", "")) if isinstance(self.body, dict) else ""
+
+    @property
+    def detail(self) -> str:
+        """Mailchimp's error detail, with field errors appended."""
+        if not isinstance(self.body, dict):
+            return ""
+        fields = "; ".join(
+            f"{e.get('field')}: {e.get('message')}" for e in self.body.get("errors") or []
+        )
+        detail = str(self.body.get("detail", ""))
+        return f"{detail} ({fields})" if fields else detail
+
+
+class OperationRunner:
+    """Executes operations the cheapest way: directly when few, as batches when many."""
+
+    def __init__(
+        self,
+        api: ApiClient,
+        *,
+        poll: PollPolicy,
+        direct_max: int = 10,
+        batch_size: int = 1000,
+        rounds: int = 5,
+    ) -> None:
+        self._api = api
+        self._poll = poll
+        self._direct_max = direct_max
+        self._batch_size = batch_size
+        self._rounds = rounds
+
+    def run(self, operations: Sequence[Operation]) -> dict[str, OpResult]:
+        """The result of every operation, keyed by `operation_id`."""
+        if len(operations) <= self._direct_max:
+            return dict(self._api.parallel(self._direct, list(operations)))
+        results: dict[str, OpResult] = {}
+        pending = list(operations)
+        for round_number in range(self._rounds):
+            answers = self._batched(pending)
+            results.update(answers)
+            pending = [op for op in pending if answers[op.operation_id].transient]
+            if not pending:
+                break
+            time.sleep(self._poll.initial * 2**round_number)
+        return results
+
+    def _direct(self, op: Operation) -> tuple[str, OpResult]:
+        try:
+            response = self._api.request(op.method, op.path, json=op.body)
+        except ApiError as exc:
+            return op.operation_id, OpResult(exc.status, {"title": exc.code, "detail": exc.detail})
+        return op.operation_id, OpResult(
+            response.status_code, response.json() if response.content else None
+        )
+
+    def _batched(self, operations: Sequence[Operation]) -> dict[str, OpResult]:
+        chunks = [
+            operations[i : i + self._batch_size]
+            for i in range(0, len(operations), self._batch_size)
+        ]
+        batch_ids = self._api.parallel(self._submit, chunks)
+        results = {op.operation_id: OpResult(0) for op in operations}
+        waiting = set(batch_ids)
+        for delay in self._poll.delays():
+            time.sleep(delay)
+            for status in self._api.parallel(self._status, sorted(waiting)):
+                if status.status == "finished":
+                    results.update(self._results(status))
+                    waiting.discard(status.id)
+            if not waiting:
+                return results
+        raise UnavailableError(
+            "mailchimp", f"batches {sorted(waiting)} not finished within {self._poll.deadline} s"
+        )
+
+    def _submit(self, chunk: Sequence[Operation]) -> str:
+        payload = {
+            "operations": [
+                {
+                    "method": op.method,
+                    "path": op.path,
+                    "operation_id": op.operation_id,
+                    **({"body": json.dumps(op.body)} if op.body is not None else {}),
+                }
+                for op in chunk
+            ]
+        }
+        return BatchStatus.model_validate(self._api.call("POST", "/batches", json=payload)).id
+
+    def _status(self, batch_id: str) -> BatchStatus:
+        return BatchStatus.model_validate(self._api.call("GET", f"/batches/{batch_id}"))
+
+    def _results(self, status: BatchStatus) -> dict[str, OpResult]:
+        data = io.BytesIO(self._api.download(status.response_body_url))
+        results: dict[str, OpResult] = {}
+        with tarfile.open(fileobj=data) as archive:
+            for member in archive.getmembers():
+                handle = archive.extractfile(member)
+                if handle is None or not member.name.endswith(".json"):
+                    continue
+                for entry in json.load(handle):
+                    text = entry.get("response") or ""
+                    body = json.loads(text) if text.strip() else None
+                    results[str(entry.get("operation_id"))] = OpResult(
+                        int(entry.get("status_code", 0)), body
+                    )
+        return results

@@ -1,0 +1,93 @@
+"""Pydantic models of the Mailchimp answers the client reads (unknown fields ignored)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Answer(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class TagRef(_Answer):
+    id: int = 0
+    name: str
+
+
+class MemberOut(_Answer):
+    id: str
+    email_address: str
+    status: str
+    merge_fields: dict[str, Any] = Field(default_factory=dict)
+    tags: list[TagRef] = Field(default_factory=list)
+    last_changed: datetime | None = None
+
+
+class MembersPage(_Answer):
+    members: list[MemberOut]
+    total_items: int
+
+
+class BatchSubscribeError(_Answer):
+    email_address: str = ""
+    error: str = ""
+    error_code: str = ""
+    field: str = ""
+    field_message: str = ""
+
+
+class BatchSubscribeAnswer(_Answer):
+    new_members: list[MemberOut] = Field(default_factory=list)
+    updated_members: list[MemberOut] = Field(default_factory=list)
+    errors: list[BatchSubscribeError] = Field(default_factory=list)
+
+
+class ListRef(_Answer):
+    id: str
+    name: str
+
+
+class Constraints(_Answer):
+    may_create: bool = False
+
+
+class ListsPage(_Answer):
+    lists: list[ListRef]
+    total_items: int
+    constraints: Constraints = Field(default_factory=Constraints)
+
+
+class MergeField(_Answer):
+    tag: str
+    name: str
+    type: str
+    required: bool = False
+    default_value: str = ""
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class MergeFieldsPage(_Answer):
+    merge_fields: list[MergeField]
+    total_items: int
+
+
+class Webhook(_Answer):
+    id: str
+    url: str
+    events: dict[str, bool] = Field(default_factory=dict)
+    sources: dict[str, bool] = Field(default_factory=dict)
+
+
+class WebhooksPage(_Answer):
+    webhooks: list[Webhook]
+
+
+class BatchStatus(_Answer):
+    id: str
+    status: str
+    total_operations: int = 0
+    errored_operations: int = 0
+    response_body_url: str = ""

@@ -1,0 +1,135 @@
+"""State of the emulated Brevo accounts (serialisable pydantic models)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field, PrivateAttr
+
+LANGUAGE_NAME_ATTRIBUTES: dict[str, tuple[str, str]] = {
+    "en": ("FIRSTNAME", "LASTNAME"),
+    "de": ("VORNAME", "NACHNAME"),
+    "fr": ("PRENOM", "NOM"),
+}
+"""Default first/last name attributes by account language (they differ; never assume)."""
+
+
+class BvAttribute(BaseModel):
+    name: str
+    category: str = "normal"
+    type: str | None = "text"
+    enumeration: list[dict[str, Any]] | None = None
+
+
+class BvContact(BaseModel):
+    id: int
+    email: str
+    attributes: dict[str, Any] = Field(default_factory=dict)
+    emailBlacklisted: bool = False  # noqa: N815 - Brevo's field name
+    smsBlacklisted: bool = False  # noqa: N815
+    listIds: list[int] = Field(default_factory=list)  # noqa: N815
+    listUnsubscribed: list[int] = Field(default_factory=list)  # noqa: N815
+    ext_id: str | None = None
+    createdAt: float  # noqa: N815
+    modifiedAt: float  # noqa: N815
+
+
+class BvFolder(BaseModel):
+    id: int
+    name: str
+
+
+class BvList(BaseModel):
+    id: int
+    name: str
+    folderId: int  # noqa: N815
+    createdAt: float  # noqa: N815
+
+
+class BvProcess(BaseModel):
+    id: int
+    name: str = "IMPORTUSER"
+    status: str = "queued"
+    created_at: float
+    completed_at: float | None = None
+    request: dict[str, Any] = Field(default_factory=dict)
+    info: dict[str, Any] | None = None
+
+
+class BvWebhook(BaseModel):
+    id: int
+    url: str
+    description: str = ""
+    events: list[str]
+    type: str = "transactional"
+    auth: dict[str, Any] | None = None
+    headers: list[dict[str, str]] = Field(default_factory=list)
+    batched: bool = False
+    createdAt: float  # noqa: N815
+    modifiedAt: float  # noqa: N815
+
+
+class BvAccount(BaseModel):
+    """One Brevo account (API key) with its attributes, lists, contacts and processes."""
+
+    api_key: str
+    key_name: str = "sandbox-key"
+    language: str = "en"
+    email: str = "owner@sandbox.example"
+    company: str = "Sandbox"
+    contacts_per_second: int = 10
+    other_per_hour: int = 100
+    attributes: list[BvAttribute] = Field(default_factory=list)
+    folders: dict[int, BvFolder] = Field(default_factory=dict)
+    lists: dict[int, BvList] = Field(default_factory=dict)
+    contacts: dict[int, BvContact] = Field(default_factory=dict)
+    processes: dict[int, BvProcess] = Field(default_factory=dict)
+    webhooks: dict[int, BvWebhook] = Field(default_factory=dict)
+    next_id: int = 1
+    _by_email: dict[str, int] = PrivateAttr(default_factory=dict)
+
+    def model_post_init(self, context: Any, /) -> None:
+        """Rebuild the email index (it is not persisted)."""
+        self._by_email = {c.email.lower(): c.id for c in self.contacts.values()}
+
+    def new_id(self) -> int:
+        """A fresh numeric id."""
+        self.next_id += 1
+        return self.next_id
+
+    def by_email(self, email: str) -> BvContact | None:
+        """The contact with this address, if any."""
+        contact_id = self._by_email.get(email.lower())
+        return self.contacts.get(contact_id) if contact_id is not None else None
+
+    def add_contact(self, contact: BvContact) -> None:
+        """Store a new contact."""
+        self.contacts[contact.id] = contact
+        self._by_email[contact.email.lower()] = contact.id
+
+    def rename(self, contact: BvContact, email: str) -> None:
+        """Change a contact's address."""
+        self._by_email.pop(contact.email.lower(), None)
+        contact.email = email
+        self._by_email[email.lower()] = contact.id
+
+    def delete(self, contact: BvContact) -> None:
+        """Remove a contact from the account."""
+        self._by_email.pop(contact.email.lower(), None)
+        del self.contacts[contact.id]
+
+    def attribute(self, name: str) -> BvAttribute | None:
+        """The attribute with this name, if defined."""
+        return next((a for a in self.attributes if a.name == name.upper()), None)
+
+
+def default_attributes(language: str, extra: list[BvAttribute] | None = None) -> list[BvAttribute]:
+    """The attributes a fresh account in `language` has, plus `extra`."""
+    first, last = LANGUAGE_NAME_ATTRIBUTES[language]
+    return [
+        BvAttribute(name=last),
+        BvAttribute(name=first),
+        BvAttribute(name="SMS"),
+        BvAttribute(name="EXT_ID"),
+        *(extra or []),
+    ]

@@ -1,0 +1,355 @@
+"""The sandbox: both emulated APIs, their accounts, faults, call statistics and persistence.
+
+`Sandbox.exchange` is the one entry point the in-process transport and the HTTP server share.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, Field
+
+from newsletter_pipelines.sandbox.brevo_api import BrevoApi, BrevoError, error
+from newsletter_pipelines.sandbox.brevo_state import BvAccount, BvAttribute, default_attributes
+from newsletter_pipelines.sandbox.control import ControlApi
+from newsletter_pipelines.sandbox.core import Request, Response
+from newsletter_pipelines.sandbox.faults import Fault, Faults
+from newsletter_pipelines.sandbox.mailchimp_api import MailchimpApi, account_key, problem
+from newsletter_pipelines.sandbox.mailchimp_members import ProblemError
+from newsletter_pipelines.sandbox.mailchimp_state import McAccount, McList
+from newsletter_pipelines.sandbox.webhooks import WebhookSender
+
+MAILCHIMP_PREFIX = "/mailchimp/3.0"
+BREVO_PREFIX = "/brevo/v3"
+CONTROL_PREFIX = "/_sandbox"
+SANDBOX_MAILCHIMP_KEY = "0123456789abcdef0123456789abcdef-sandbox"
+SANDBOX_BREVO_KEY = "xkeysib-sandbox"
+MAILCHIMP_MAX_CONNECTIONS = 10
+_LAZY_WORK = frozenset({"/batches/{batch_id}", "/processes/{processId}"})
+
+
+class ConnectionDroppedError(Exception):
+    """The connection is dropped without an answer."""
+
+
+class AnswerTimeoutError(Exception):
+    """The answer would arrive after the client's timeout."""
+
+
+class SandboxState(BaseModel):
+    """Everything the sandbox persists."""
+
+    mailchimp: dict[str, McAccount] = Field(default_factory=dict)
+    brevo: dict[str, BvAccount] = Field(default_factory=dict)
+
+
+class Stats:
+    """Calls served, by provider, method, route template and status."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.calls: Counter[tuple[str, str, str, int]] = Counter()
+
+    def record(self, provider: str, method: str, template: str, status: int) -> None:
+        """Count one call."""
+        with self._lock:
+            self.calls[(provider, method, template, status)] += 1
+
+    def count(
+        self,
+        provider: str,
+        *,
+        method: str | None = None,
+        template: str | None = None,
+        writes: bool = False,
+    ) -> int:
+        """Calls matching the filters; `writes` counts every method but GET."""
+        with self._lock:
+            return sum(
+                n
+                for (p, m, t, _), n in self.calls.items()
+                if p == provider
+                and method in (None, m)
+                and template in (None, t)
+                and (not writes or m != "GET")
+            )
+
+    def reset(self) -> None:
+        """Forget every count."""
+        with self._lock:
+            self.calls.clear()
+
+
+class Sandbox:
+    """Emulated Mailchimp and Brevo accounts behind one thread-safe entry point."""
+
+    def __init__(
+        self,
+        *,
+        state_file: Path | None = None,
+        webhook_transport: httpx.BaseTransport | None = None,
+        batch_delay: float = 0.0,
+        process_delay: float = 0.0,
+        seed: int = 0,
+        default_accounts: bool = True,
+    ) -> None:
+        self.lock = threading.RLock()
+        self.state = SandboxState()
+        self.faults = Faults(seed)
+        self.stats = Stats()
+        self.webhooks = WebhookSender(webhook_transport)
+        self.state_file = state_file
+        self.batch_delay_seconds = batch_delay
+        self.process_delay_seconds = process_delay
+        self.mailchimp = MailchimpApi(self)
+        self.brevo = BrevoApi(self)
+        self.control = ControlApi(self)
+        self._outbox: list[Callable[[], object]] = []
+        self._in_flight: Counter[str] = Counter()
+        self._flight_lock = threading.Lock()
+        if state_file is not None and state_file.exists():
+            self.state = SandboxState.model_validate_json(state_file.read_bytes())
+        elif default_accounts:
+            self.add_mailchimp_account(SANDBOX_MAILCHIMP_KEY)
+            self.add_brevo_account(
+                SANDBOX_BREVO_KEY,
+                extra_attributes=[
+                    BvAttribute(name="SALUTATION"),
+                    BvAttribute(name="NEWSLETTER_TAGS"),
+                ],
+            )
+
+    # --- hooks used by the APIs ---------------------------------------------------------
+
+    def now(self) -> float:
+        """Wall-clock time (epoch seconds)."""
+        return time.time()
+
+    def batch_delay(self) -> float:
+        """Seconds a Mailchimp batch waits before it runs."""
+        return self.batch_delay_seconds
+
+    def process_delay(self) -> float:
+        """Seconds a Brevo import waits before it runs."""
+        return self.process_delay_seconds
+
+    def validate_webhook_url(self, url: str) -> bool:
+        """Mailchimp checks a webhook URL with a GET before accepting it."""
+        return self.webhooks.validate(url)
+
+    def mailchimp_event(self, lst: McList, kind: str, data: dict[str, Any], source: str) -> None:
+        """Queue a form-encoded event for every webhook that wants `kind` from `source`."""
+        fired = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
+        for hook in lst.webhooks:
+            wanted = hook.events.get(kind, False)
+            by_source = kind == "cleaned" or hook.sources.get(source, False)
+            if wanted and by_source:
+                payload = {"type": kind, "fired_at": fired, "data": data}
+                self._outbox.append(lambda url=hook.url, p=payload: self.webhooks.post_form(url, p))
+
+    def brevo_event(self, account: BvAccount, event: str, payload: dict[str, Any]) -> None:
+        """Queue a JSON event for every marketing webhook subscribed to `event`."""
+        for hook in account.webhooks.values():
+            if hook.type != "marketing" or event not in hook.events:
+                continue
+            headers = {h["key"]: h["value"] for h in hook.headers if "key" in h and "value" in h}
+            if hook.auth and hook.auth.get("type") == "bearer":
+                headers["authorization"] = f"Bearer {hook.auth.get('token', '')}"
+            body = {"id": hook.id, **payload}
+            self._outbox.append(
+                lambda url=hook.url, b=body, h=headers: self.webhooks.post_json(url, b, h)
+            )
+
+    # --- accounts -----------------------------------------------------------------------
+
+    def add_mailchimp_account(self, api_key: str, *, max_lists: int = 5) -> McAccount:
+        """Create (or replace) a Mailchimp user with this key."""
+        with self.lock:
+            account = McAccount(api_key=api_key, max_lists=max_lists)
+            self.state.mailchimp[api_key] = account
+            return account
+
+    def add_brevo_account(
+        self,
+        api_key: str,
+        *,
+        language: str = "en",
+        extra_attributes: list[BvAttribute] | None = None,
+        contacts_per_second: int = 10,
+        other_per_hour: int = 100,
+        key_name: str = "sandbox-key",
+    ) -> BvAccount:
+        """Create (or replace) a Brevo account whose default attributes follow `language`."""
+        with self.lock:
+            account = BvAccount(
+                api_key=api_key,
+                language=language,
+                key_name=key_name,
+                contacts_per_second=contacts_per_second,
+                other_per_hour=other_per_hour,
+                attributes=default_attributes(language, extra_attributes),
+            )
+            self.state.brevo[api_key] = account
+            return account
+
+    def reset(self) -> None:
+        """Back to a fresh sandbox with the default accounts."""
+        with self.lock:
+            self.state = SandboxState()
+            self.add_mailchimp_account(SANDBOX_MAILCHIMP_KEY)
+            self.add_brevo_account(
+                SANDBOX_BREVO_KEY,
+                extra_attributes=[
+                    BvAttribute(name="SALUTATION"),
+                    BvAttribute(name="NEWSLETTER_TAGS"),
+                ],
+            )
+            self.faults.clear()
+            self.stats.reset()
+
+    def save(self) -> None:
+        """Write the state to `state_file` (atomically)."""
+        if self.state_file is None:
+            return
+        with self.lock:
+            data = self.state.model_dump_json()
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.state_file.with_suffix(".tmp")
+        temporary.write_text(data)
+        temporary.replace(self.state_file)
+
+    # --- serving ------------------------------------------------------------------------
+
+    def exchange(self, request: Request, *, timeout: float | None = None) -> Response:
+        """Serve one request: faults, connection limits, auth, the API, then webhooks."""
+        provider, relative = self._split(request.path)
+        if provider == "control":
+            request.path = relative
+            response = self.control.handle(request)
+            self.flush_webhooks()
+            return response
+        if provider is None:
+            return Response(404, b"Not Found", {"content-type": "text/plain"})
+        request.path = relative
+        fault = self.faults.draw(provider, request.method, relative)
+        with self._connection(provider) as crowded:
+            if fault.latency:
+                if timeout is not None and fault.latency >= timeout:
+                    time.sleep(timeout)
+                    raise AnswerTimeoutError(f"no answer within {timeout} s")
+                time.sleep(fault.latency)
+            if fault.drop:
+                raise ConnectionDroppedError("connection dropped by fault injection")
+            if fault.status is not None:
+                response = self._fault_response(provider, fault)
+            elif crowded:
+                response = problem(
+                    ProblemError(
+                        429,
+                        "TooManyRequests",
+                        "You have exceeded the limit of 10 simultaneous connections.",
+                    )
+                )
+            else:
+                response = self._serve(provider, request)
+        self.flush_webhooks()
+        return response
+
+    def _split(self, path: str) -> tuple[str | None, str]:
+        for name, prefix in (
+            ("mailchimp", MAILCHIMP_PREFIX),
+            ("brevo", BREVO_PREFIX),
+            ("control", CONTROL_PREFIX),
+        ):
+            if path == prefix or path.startswith(prefix + "/"):
+                return name, path[len(prefix) :] or "/"
+        return None, path
+
+    @contextmanager
+    def _connection(self, provider: str) -> Iterator[bool]:
+        with self._flight_lock:
+            self._in_flight[provider] += 1
+            crowded = provider == "mailchimp" and (
+                self._in_flight[provider] > MAILCHIMP_MAX_CONNECTIONS
+            )
+        try:
+            yield crowded
+        finally:
+            with self._flight_lock:
+                self._in_flight[provider] -= 1
+
+    def _fault_response(self, provider: str, fault: Fault) -> Response:
+        status = fault.status or 500
+        self.stats.record(provider, "*", "fault", status)
+        if provider == "mailchimp":
+            title, detail = (
+                ("TooManyRequests", "You have exceeded the limit of 10 simultaneous connections.")
+                if status == 429
+                else (
+                    "Internal Server Error",
+                    "An unexpected internal error has occurred. Please contact Support.",
+                )
+            )
+            return problem(ProblemError(status, title, detail))
+        headers = {}
+        if status == 429:
+            headers = {
+                "x-sib-ratelimit-limit": "10",
+                "x-sib-ratelimit-remaining": "0",
+                "x-sib-ratelimit-reset": f"{fault.reset:g}",
+            }
+            return error(
+                BrevoError(429, "too_many_requests", "The rate limit has been exceeded", headers)
+            )
+        return error(BrevoError(status, "internal_error", "Internal server error"))
+
+    def _serve(self, provider: str, request: Request) -> Response:
+        with self.lock:
+            if provider == "mailchimp":
+                mc_account = self.state.mailchimp.get(account_key(request) or "")
+                if mc_account is None:
+                    template, response = (
+                        request.path,
+                        problem(
+                            ProblemError(
+                                401,
+                                "API Key Invalid",
+                                "Your API key may be invalid, or you've attempted to access the "
+                                "wrong datacenter.",
+                            )
+                        ),
+                    )
+                else:
+                    template, response = self.mailchimp.handle(mc_account, request)
+            else:
+                bv_account = self.state.brevo.get(request.headers.get("api-key", ""))
+                if bv_account is None:
+                    template, response = (
+                        request.path,
+                        error(BrevoError(401, "unauthorized", "Key not found")),
+                    )
+                else:
+                    template, response = self.brevo.handle(bv_account, request)
+            self.stats.record(provider, request.method, template, response.status)
+            if request.method != "GET" or template in _LAZY_WORK:
+                self.save()
+        return response
+
+    def flush_webhooks(self) -> None:
+        """Deliver the webhook calls queued while serving (outside the state lock)."""
+        with self.lock:
+            pending, self._outbox = self._outbox, []
+        for deliver in pending:
+            deliver()
+
+    def close(self) -> None:
+        """Release the webhook client."""
+        self.webhooks.close()

@@ -1,0 +1,298 @@
+"""Mailchimp member rules: validation, compliance refusals, status changes, representation.
+
+Titles and details follow what Mailchimp answers (see shared/research/mailchimp.md §2, §4).
+Addresses under the reserved `.invalid` top-level domain are what the sandbox treats as fake.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from newsletter_pipelines.sandbox.core import now_iso
+from newsletter_pipelines.sandbox.mailchimp_state import (
+    ACTIVE_STATUSES,
+    McAccount,
+    McList,
+    McMember,
+    subscriber_hash,
+)
+
+_ADDRESS = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_OPTED_OUT = ("unsubscribed", "cleaned")
+_SUBSCRIBING = ("subscribed", "pending")
+_INVALID = (
+    "The resource submitted could not be validated. "
+    "For field-specific details, see the 'errors' array."
+)
+
+
+class ProblemError(Exception):
+    """A Mailchimp problem answer (status, title, detail, field errors)."""
+
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str,
+        errors: list[dict[str, str]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.errors = errors
+        self.headers = headers or {}
+
+
+def exists(email: str) -> ProblemError:
+    """The refusal for creating a member that is already on the list."""
+    return ProblemError(
+        400,
+        "Member Exists",
+        f"{email} is already a list member. Use PUT to insert or update list members.",
+    )
+
+
+def not_found() -> ProblemError:
+    """The refusal for an unknown resource."""
+    return ProblemError(404, "Resource Not Found", "The requested resource could not be found.")
+
+
+def invalid(field: str, message: str) -> ProblemError:
+    """An `Invalid Resource` refusal naming one field."""
+    return ProblemError(400, "Invalid Resource", _INVALID, [{"field": field, "message": message}])
+
+
+def check_address(lst: McList, email: str) -> None:
+    """Refuse syntactically wrong, fake and permanently deleted addresses."""
+    if not _ADDRESS.match(email):
+        raise ProblemError(400, "Invalid Resource", "Please provide a valid email address.")
+    if email.lower().endswith(".invalid"):
+        raise ProblemError(
+            400,
+            "Invalid Resource",
+            f"{email} looks fake or invalid, please enter a real email address.",
+        )
+    if subscriber_hash(email) in lst.forgotten:
+        raise ProblemError(
+            400,
+            "Forgotten Email Not Subscribed",
+            f"{email} was permanently deleted and cannot be re-imported. "
+            "The contact must re-subscribe to get back on the list.",
+        )
+
+
+def check_status(email: str, current: str | None, wanted: str | None) -> None:
+    """Refuse moving an opted-out member (even behind an archive) back to subscribed/pending."""
+    if wanted in _SUBSCRIBING and current in _OPTED_OUT:
+        raise ProblemError(
+            400,
+            "Member In Compliance State",
+            f"{email} is in a compliance state due to unsubscribe, bounce, or compliance review "
+            "and cannot be subscribed.",
+        )
+
+
+def check_status_value(status: Any, allowed: Iterable[str] = ACTIVE_STATUSES) -> str:
+    """`status` when it is one Mailchimp accepts here."""
+    if status not in tuple(allowed):
+        raise invalid("status", f"Schema describes enum, {status!r} is not a valid value.")
+    return str(status)
+
+
+def merge_values(lst: McList, values: Any, *, creating: bool) -> dict[str, Any]:
+    """Validated merge values; required fields are enforced on create (as Mailchimp does)."""
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise invalid("merge_fields", "Schema describes object, but another type was provided.")
+    errors: list[dict[str, str]] = []
+    accepted: dict[str, Any] = {}
+    defined = {field.tag: field for field in lst.merge_fields}
+    for tag, value in values.items():
+        field = defined.get(tag)
+        if field is None:
+            continue
+        text = "" if value is None else str(value)
+        choices = field.options.get("choices")
+        if field.type in ("text", "dropdown", "radio") and len(text.encode()) > 255:
+            errors.append({"field": tag, "message": "Value must be 255 characters or fewer"})
+        elif field.type in ("dropdown", "radio") and text and choices and text not in choices:
+            errors.append({"field": tag, "message": "Please choose one of the listed options"})
+        else:
+            accepted[tag] = text
+    if creating:
+        for field in lst.merge_fields:
+            if field.required and not accepted.get(field.tag):
+                errors.append({"field": field.tag, "message": "Please enter a value"})
+    if errors:
+        raise ProblemError(400, "Invalid Resource", "Your merge fields were invalid.", errors)
+    return accepted
+
+
+def create(
+    account: McAccount,
+    lst: McList,
+    payload: dict[str, Any],
+    status: str,
+    now: float,
+    *,
+    source: str = "API - Generic",
+) -> McMember:
+    """Add a new member, or re-add an archived one (keeping compliance rules)."""
+    email = str(payload.get("email_address") or "")
+    check_address(lst, email)
+    key = subscriber_hash(email)
+    previous = lst.members.get(key)
+    check_status(email, previous.effective_status if previous else None, status)
+    merge = merge_values(lst, payload.get("merge_fields"), creating=True)
+    stamp = now_iso(now)
+    if previous is not None:
+        previous.status = status
+        previous.archived_from = None
+        previous.merge_fields.update(merge)
+        previous.last_changed = stamp
+        member = previous
+    else:
+        member = McMember(
+            id=key,
+            email_address=email,
+            unique_email_id=key[:10],
+            contact_id=key[::-1],
+            web_id=account.new_id(),
+            status=status,
+            merge_fields={field.tag: "" for field in lst.merge_fields} | merge,
+            timestamp_signup=stamp,
+            timestamp_opt=stamp,
+            last_changed=stamp,
+            source=source,
+        )
+        lst.members[key] = member
+    add_tags(member, [str(tag) for tag in payload.get("tags") or []], now)
+    return member
+
+
+def update(lst: McList, member: McMember, payload: dict[str, Any], now: float) -> McMember:
+    """PATCH semantics: only the fields given change; status changes keep compliance rules."""
+    status = payload.get("status")
+    if status is not None:
+        check_status_value(status, ("subscribed", "unsubscribed", "cleaned", "pending"))
+        check_status(member.email_address, member.effective_status, status)
+    merge = merge_values(lst, payload.get("merge_fields"), creating=False)
+    new_email = payload.get("email_address")
+    if new_email is not None and new_email.lower() != member.email_address.lower():
+        change_email(lst, member, str(new_email))
+    elif new_email is not None:
+        member.email_address = str(new_email)
+    member.merge_fields.update(merge)
+    if status is not None and status != member.status:
+        member.status = status
+        member.archived_from = None
+        if status == "unsubscribed":
+            member.unsubscribe_reason = "N/A (Unsubscribed by an admin)"
+    member.last_changed = now_iso(now)
+    return member
+
+
+def change_email(lst: McList, member: McMember, new_email: str) -> None:
+    """Move a member to a new address; only subscribed members may change it."""
+    if member.status != "subscribed":
+        raise ProblemError(
+            400,
+            "Invalid Resource",
+            f'This member\'s status is "{member.status}." You can only update email addresses '
+            'for members with a status of "subscribed."',
+        )
+    check_address(lst, new_email)
+    new_key = subscriber_hash(new_email)
+    if new_key in lst.members:
+        raise exists(new_email)
+    del lst.members[member.id]
+    member.id = new_key
+    member.email_address = new_email
+    lst.members[new_key] = member
+
+
+def archive(lst: McList, member: McMember, now: float) -> None:
+    """DELETE semantics: archive, refused for bounced, pending and archived members."""
+    if member.status in ("cleaned", "pending", "archived"):
+        raise ProblemError(
+            405,
+            "Method Not Allowed",
+            "This list member cannot be removed. "
+            "Can not archive a contact that is bounced, pending or archived",
+            headers={"allow": "GET, PUT"},
+        )
+    member.archived_from = member.status
+    member.status = "archived"
+    member.last_changed = now_iso(now)
+
+
+def forget(lst: McList, member: McMember) -> None:
+    """Delete permanently: the address can never be imported again."""
+    del lst.members[member.id]
+    lst.forgotten.add(member.id)
+
+
+def add_tags(member: McMember, names: Iterable[str], now: float) -> None:
+    """Activate tags on a member."""
+    for name in names:
+        member.tags.setdefault(name, now_iso(now))
+
+
+def set_tags(member: McMember, tags: Iterable[dict[str, Any]], now: float) -> None:
+    """Apply `{"name", "status": active|inactive}` tag changes."""
+    for tag in tags:
+        if tag.get("status") == "inactive":
+            member.tags.pop(str(tag.get("name")), None)
+        else:
+            member.tags.setdefault(str(tag.get("name")), now_iso(now))
+    member.last_changed = now_iso(now)
+
+
+def find(lst: McList, hash_or_email: str) -> McMember:
+    """The member addressed by subscriber hash (or email), else 404."""
+    key = subscriber_hash(hash_or_email) if "@" in hash_or_email else hash_or_email.lower()
+    member = lst.members.get(key)
+    if member is None:
+        raise not_found()
+    return member
+
+
+def representation(lst: McList, member: McMember, segments: dict[str, int]) -> dict[str, Any]:
+    """A member as Mailchimp returns it (`ListMembers2`)."""
+    fname = str(member.merge_fields.get("FNAME", ""))
+    lname = str(member.merge_fields.get("LNAME", ""))
+    return {
+        "id": member.id,
+        "email_address": member.email_address,
+        "unique_email_id": member.unique_email_id,
+        "contact_id": member.contact_id,
+        "full_name": f"{fname} {lname}".strip(),
+        "web_id": member.web_id,
+        "email_type": "html",
+        "status": member.status,
+        "unsubscribe_reason": member.unsubscribe_reason,
+        "consents_to_one_to_one_messaging": True,
+        "merge_fields": dict(member.merge_fields),
+        "interests": {},
+        "stats": {"avg_open_rate": 0, "avg_click_rate": 0},
+        "ip_signup": "",
+        "timestamp_signup": member.timestamp_signup,
+        "ip_opt": "",
+        "timestamp_opt": member.timestamp_opt,
+        "member_rating": 2,
+        "last_changed": member.last_changed,
+        "language": "",
+        "vip": False,
+        "email_client": "",
+        "location": {"latitude": 0, "longitude": 0, "gmtoff": 0, "dstoff": 0},
+        "source": member.source,
+        "tags_count": len(member.tags),
+        "tags": [{"id": segments.get(name, 0), "name": name} for name in list(member.tags)[:50]],
+        "list_id": lst.id,
+        "_links": [],
+    }

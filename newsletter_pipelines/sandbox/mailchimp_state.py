@@ -1,0 +1,100 @@
+"""State of the emulated Mailchimp accounts (serialisable pydantic models)."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+ACTIVE_STATUSES = ("subscribed", "unsubscribed", "cleaned", "pending", "transactional")
+
+
+def subscriber_hash(email: str) -> str:
+    """Mailchimp's member id: MD5 of the lower-cased address."""
+    return hashlib.md5(email.lower().encode()).hexdigest()
+
+
+class McMergeField(BaseModel):
+    merge_id: int
+    tag: str
+    name: str
+    type: str = "text"
+    required: bool = False
+    default_value: str = ""
+    public: bool = True
+    display_order: int = 0
+    options: dict[str, Any] = Field(default_factory=dict)
+    help_text: str = ""
+
+
+class McMember(BaseModel):
+    id: str
+    email_address: str
+    unique_email_id: str
+    contact_id: str
+    web_id: int
+    status: str
+    archived_from: str | None = Field(
+        default=None, description="The status hidden behind `archived`, restored on re-add."
+    )
+    merge_fields: dict[str, Any] = Field(default_factory=dict)
+    tags: dict[str, str] = Field(default_factory=dict, description="tag name -> date added")
+    timestamp_signup: str
+    timestamp_opt: str
+    last_changed: str
+    source: str = "API - Generic"
+    unsubscribe_reason: str = ""
+
+    @property
+    def effective_status(self) -> str:
+        """The subscription status, looking through an archive."""
+        return self.archived_from if self.status == "archived" else self.status  # type: ignore[return-value]
+
+
+class McWebhook(BaseModel):
+    id: str
+    url: str
+    events: dict[str, bool]
+    sources: dict[str, bool]
+
+
+class McList(BaseModel):
+    id: str
+    web_id: int
+    name: str
+    contact: dict[str, Any]
+    permission_reminder: str
+    campaign_defaults: dict[str, Any]
+    email_type_option: bool = False
+    double_optin: bool = False
+    date_created: str
+    merge_fields: list[McMergeField] = Field(default_factory=list)
+    members: dict[str, McMember] = Field(default_factory=dict)
+    forgotten: set[str] = Field(default_factory=set, description="hashes permanently deleted")
+    webhooks: list[McWebhook] = Field(default_factory=list)
+    segments: dict[str, int] = Field(default_factory=dict, description="tag name -> id")
+
+
+class McBatch(BaseModel):
+    id: str
+    operations: list[dict[str, Any]]
+    submitted_at: float
+    status: str = "pending"
+    completed_at: float | None = None
+    results: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class McAccount(BaseModel):
+    """One Mailchimp user (API key) with its audiences and batches."""
+
+    api_key: str
+    max_lists: int = 5
+    lists: dict[str, McList] = Field(default_factory=dict)
+    batches: dict[str, McBatch] = Field(default_factory=dict)
+    next_id: int = 1
+
+    def new_id(self) -> int:
+        """A fresh numeric id for web ids, merge ids and segments."""
+        self.next_id += 1
+        return self.next_id
