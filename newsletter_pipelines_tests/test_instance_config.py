@@ -1,0 +1,26 @@
+"""The production `dagster.yaml` is a valid instance config whose storage lives on PostgreSQL."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+import yaml
+
+from newsletter_pipelines.settings import PROJECT_ROOT
+
+
+@pytest.mark.postgres
+def test_production_instance_config_runs_on_postgres(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = yaml.safe_load((PROJECT_ROOT / "dagster.yaml").read_text())
+    url = sa.engine.make_url(postgres_url).set(drivername="postgresql+psycopg2")
+    monkeypatch.setenv("DAGSTER_POSTGRES_URL", url.render_as_string(hide_password=False))
+    with dg.instance_for_test(overrides=config) as instance:
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
+        assert type(instance.schedule_storage).__name__ == "PostgresScheduleStorage"
+        limits = instance.get_concurrency_config().run_queue_config
+        assert limits.max_concurrent_runs == 4
+        assert limits.tag_concurrency_limits[0]["key"] == "newsletter/audience"
