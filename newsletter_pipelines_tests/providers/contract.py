@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,6 +153,16 @@ class ContractChecker:
         self._lock = threading.Lock()
         self.violations: list[str] = []
         self.checked = 0
+
+    @contextmanager
+    def expecting_violations(self) -> Iterator[None]:
+        """For tests of the checker: the block must produce violations, which are then dropped."""
+        with self._lock:
+            before = len(self.violations)
+        yield
+        with self._lock:
+            assert len(self.violations) > before, "expected a contract violation"
+            del self.violations[before:]
 
     def spec_for(self, request: httpx.Request) -> Spec | None:
         """The spec covering this request, or None (control API, result files)."""

@@ -1,0 +1,96 @@
+"""Rate limits and faults: storms of 429, 5xx bursts, timeouts and drops are survived with no
+duplicate write and no lost contact; exhausted retries fail loudly without leaking secrets."""
+
+from __future__ import annotations
+
+import logging
+
+import httpx
+import pytest
+
+from newsletter_pipelines.providers.base import MemberStatus, Result
+from newsletter_pipelines.providers.errors import UnavailableError
+from newsletter_pipelines.providers.http import RetryPolicy
+from newsletter_pipelines.sandbox import SANDBOX_MAILCHIMP_KEY, FaultRule, Sandbox
+from newsletter_pipelines_tests.providers.conftest import make_mailchimp
+from newsletter_pipelines_tests.providers.helpers import audience, contacts
+
+PATIENT = RetryPolicy(attempts=14, initial_wait=0.002, max_wait=0.02, timeout=5.0)
+
+
+def test_429_storms_and_5xx_bursts_lose_nothing_and_write_nothing_twice(
+    transport: httpx.BaseTransport, sandbox: Sandbox
+) -> None:
+    client = make_mailchimp(transport, retry=PATIENT)
+    client.ensure_audience()
+    sandbox.faults.add(FaultRule(kind="rate_limit", provider="mailchimp", rate=0.25))
+    sandbox.faults.add(FaultRule(kind="server_error", provider="mailchimp", rate=0.15, status=502))
+    sandbox.faults.add(FaultRule(kind="rate_limit", provider="mailchimp", count=5))
+    sandbox.faults.add(FaultRule(kind="server_error", provider="mailchimp", count=3, status=500))
+    people = contacts(1201, tags=frozenset({"a"}))
+    created = client.upsert(people)
+    assert [o.outcome for o in created] == [Result.CREATED] * 1201
+    current = {m.key: m for m in client.snapshot()}
+    renamed = [c.model_copy(update={"last_name": "Storm"}) for c in people[:40]]
+    updated = client.upsert(renamed, current)
+    assert [o.outcome for o in updated] == [Result.UPDATED] * 40
+    sandbox.faults.clear()
+    lst = audience(sandbox)
+    assert len(lst.members) == 1201
+    assert sum(1 for m in lst.members.values() if m.merge_fields["LNAME"] == "Storm") == 40
+    accepted = sandbox.stats.calls[("mailchimp", "POST", "/lists/{list_id}", 200)]
+    assert accepted == 3
+    assert sandbox.faults.injected["rate_limit"] >= 5
+    assert sandbox.faults.injected["server_error"] >= 3
+
+
+def test_timeouts_and_dropped_connections_are_retried(
+    transport: httpx.BaseTransport, sandbox: Sandbox
+) -> None:
+    quick = RetryPolicy(attempts=6, initial_wait=0.002, max_wait=0.01, timeout=0.2)
+    client = make_mailchimp(transport, retry=quick)
+    client.ensure_audience()
+    sandbox.faults.add(FaultRule(kind="latency", provider="mailchimp", count=2, seconds=1.0))
+    sandbox.faults.add(FaultRule(kind="drop", provider="mailchimp", count=2))
+    outcomes = client.upsert(contacts(3))
+    assert [o.outcome for o in outcomes] == [Result.CREATED] * 3
+    assert sandbox.faults.injected == {"latency": 2, "drop": 2}
+    assert len(audience(sandbox).members) == 3
+
+
+def test_latency_below_the_timeout_is_just_slow(
+    transport: httpx.BaseTransport, sandbox: Sandbox
+) -> None:
+    client = make_mailchimp(transport)
+    sandbox.faults.add(FaultRule(kind="latency", provider="mailchimp", count=1, seconds=0.05))
+    client.check_credentials()
+    assert sandbox.stats.count("mailchimp", template="/ping") == 1
+
+
+def test_exhausted_retries_fail_loudly_without_the_key(
+    transport: httpx.BaseTransport, sandbox: Sandbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    client = make_mailchimp(transport)
+    client.ensure_audience()
+    sandbox.faults.add(FaultRule(kind="server_error", provider="mailchimp", count=100))
+    with pytest.raises(UnavailableError, match="503") as caught:
+        client.snapshot()
+    assert "after 8 attempts" in str(caught.value)
+    assert SANDBOX_MAILCHIMP_KEY not in str(caught.value)
+    assert SANDBOX_MAILCHIMP_KEY not in caplog.text
+    assert "retry 1/7" in caplog.text
+
+
+def test_five_connections_stay_under_mailchimps_limit_of_ten(
+    transport: httpx.BaseTransport, sandbox: Sandbox
+) -> None:
+    client = make_mailchimp(transport, max_connections=5)
+    client.upsert(contacts(2600))
+    sandbox.faults.add(FaultRule(kind="latency", provider="mailchimp", rate=1.0, seconds=0.05))
+    members = client.snapshot()
+    assert len(members) == 2600
+    assert all(m.status is MemberStatus.SUBSCRIBED for m in members)
+    assert sandbox.stats.count("mailchimp", template="/lists/{list_id}/members") == 3
+    crowded = [k for k in sandbox.stats.calls if k[3] == 429]
+    assert crowded == []
