@@ -16,6 +16,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from newsletter_pipelines.email_address import check_emails, clean_raw_email
@@ -32,7 +33,7 @@ ELIGIBLE_COLUMNS = (
     "tags",
     "updated_at",
 )
-EXCLUDED_COLUMNS = ("contact_id", "reason", "email", "detail")
+EXCLUDED_COLUMNS = ("contact_id", "reason", "email", "email_key", "detail")
 MAX_FIELD_BYTES = 255  # Mailchimp's limit for text merge fields; Brevo text attributes take more
 
 _TRUE_FLAGS = frozenset({"1", "true", "t", "yes", "y", "ja", "j", "x", "on"})
@@ -87,12 +88,13 @@ def clean_tags(tags: Any) -> tuple[str, ...]:
     return tuple(sorted({t for t in (clean_field(tag) for tag in tags) if t}))
 
 
-def _map_unique(series: pd.Series, func: Any) -> pd.Series:
-    """Apply `func` once per distinct value (CRM columns repeat a lot)."""
+def _map_unique(series: pd.Series, func: Any) -> np.ndarray:
+    """Apply `func` once per distinct value (CRM columns repeat a lot); an object array."""
     codes, uniques = pd.factorize(series, use_na_sentinel=True)
-    mapped = [func(u) for u in uniques]
-    missing = func(None)
-    return pd.Series([mapped[c] if c >= 0 else missing for c in codes], index=series.index)
+    mapped = np.empty(len(uniques) + 1, dtype=object)
+    mapped[:-1] = [func(u) for u in uniques]
+    mapped[-1] = func(None)  # code -1: NULL
+    return mapped[codes]
 
 
 def _timestamps(series: pd.Series) -> pd.Series:
@@ -100,95 +102,109 @@ def _timestamps(series: pd.Series) -> pd.Series:
     try:
         return pd.to_datetime(series, errors="coerce", utc=True, format="ISO8601")
     except (TypeError, ValueError):  # mixed types (numbers, dates, text): one value at a time
-        return _map_unique(
+        values = _map_unique(
             series, lambda v: pd.to_datetime(v, errors="coerce", utc=True, format="ISO8601")
-        ).astype("datetime64[ns, UTC]")
+        )
+        return pd.Series(values, index=series.index).astype("datetime64[ns, UTC]")
+
+
+def _newest_first_order(keys: np.ndarray, updated_at: pd.Series, ids: np.ndarray) -> np.ndarray:
+    """Positions sorted by key, then newest update first (NULL last), then lowest id."""
+    key_codes = pd.factorize(keys)[0]
+    ts = updated_at.array.asi8
+    nat = updated_at.isna().to_numpy()
+    newest_first = np.where(nat, np.iinfo(np.int64).max, -np.where(nat, 0, ts))
+    id_rank = pd.factorize(ids, sort=True)[0]
+    return np.lexsort((id_rank, newest_first, key_codes))
 
 
 def classify(contacts: pd.DataFrame, workers: int | None = None) -> EligibilityResult:
-    """Split raw CRM contacts (columns of `crm.reader.read_contacts`) into eligible and excluded."""
+    """Split raw CRM contacts (columns of `crm.reader.read_contacts`) into eligible and excluded.
+
+    The excluded frame also carries the `email_key` where the address is valid (private
+    contacts included), so a provider member can be matched to its CRM contact.
+    """
     frame = contacts.reset_index(drop=True)
     total = len(frame)
-    reason = pd.Series(pd.NA, index=frame.index, dtype="object")
-    detail = pd.Series(pd.NA, index=frame.index, dtype="object")
+    ids = frame["contact_id"].to_numpy()
+    reason = np.full(total, None, dtype=object)
+    detail = np.full(total, None, dtype=object)
 
     private = _map_unique(frame["is_private"], parse_private).astype(bool)
-    reason[private] = "private"
-
     raw_email = _map_unique(frame["email"], clean_raw_email)
-    missing = raw_email.isna() & reason.isna()
-    reason[missing] = "missing_email"
+    present = np.array([e is not None for e in raw_email], dtype=bool)
+    reason[~present] = "missing_email"
+    reason[private] = "private"  # private first: it wins over every other reason
 
-    to_check = raw_email[reason.isna()]
-    distinct = list(pd.unique(to_check))
+    distinct = list(dict.fromkeys(raw_email[present]))
     checked = dict(zip(distinct, check_emails(distinct, workers=workers), strict=True))
-    email = to_check.map(lambda a: checked[a][0])
-    key = to_check.map(lambda a: checked[a][1])
-    invalid = key.isna()
-    reason[invalid[invalid].index] = "invalid_email"
-    detail[invalid[invalid].index] = to_check[invalid].map(lambda a: checked[a][2])
+    email = np.full(total, None, dtype=object)
+    key = np.full(total, None, dtype=object)
+    checked_positions = np.flatnonzero(present)
+    if len(checked_positions):
+        sent, keys, errors = zip(*(checked[a] for a in raw_email[checked_positions]), strict=True)
+        email[checked_positions], key[checked_positions] = sent, keys
+        invalid = (key[checked_positions] == None) & ~private[checked_positions]  # noqa: E711
+        reason[checked_positions[invalid]] = "invalid_email"
+        detail[checked_positions[invalid]] = np.array(errors, dtype=object)[invalid]
 
-    candidates = pd.DataFrame(
-        {
-            "contact_id": frame["contact_id"],
-            "email": email,
-            "email_key": key,
-            "updated_at": _timestamps(frame["updated_at"]),
-        }
-    ).loc[key[~invalid].index]
-    ordered = candidates.sort_values(
-        ["email_key", "updated_at", "contact_id"],
-        ascending=[True, False, True],
-        na_position="last",
-        kind="mergesort",
-    )
-    deciding_id = ordered.drop_duplicates("email_key").set_index("email_key")["contact_id"]
-    dup_index = ordered.index[ordered.duplicated("email_key", keep="first")]
-    reason[dup_index] = "duplicate"
-    detail[dup_index] = [
-        f"contact {deciding_id[k]} has the same address and decides"
-        for k in candidates.loc[dup_index, "email_key"]
+    candidates = np.flatnonzero(reason == None)  # noqa: E711 (element-wise on an object array)
+    order = candidates[
+        _newest_first_order(
+            key[candidates], _timestamps(frame["updated_at"].iloc[candidates]), ids[candidates]
+        )
     ]
+    sorted_keys = key[order]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = sorted_keys[1:] != sorted_keys[:-1]
+    deciders = order[first]
+    decider_of_key = dict(zip(key[deciders], ids[deciders], strict=True))
+    for position in order[~first]:
+        reason[position] = "duplicate"
+        detail[position] = (
+            f"contact {decider_of_key[key[position]]} has the same address and decides"
+        )
 
-    deciders = ordered.index[~ordered.duplicated("email_key", keep="first")]
-    newsletter = _map_unique(frame.loc[deciders, "newsletter"], parse_newsletter)
-    reason[newsletter.index[newsletter == "no"]] = "opted_out"
-    reason[newsletter.index[newsletter == "unknown"]] = "not_opted_in"
-    eligible_index = newsletter.index[newsletter == "yes"].sort_values()
+    newsletter = _map_unique(frame["newsletter"].iloc[deciders], parse_newsletter)
+    reason[deciders[newsletter == "no"]] = "opted_out"
+    reason[deciders[newsletter == "unknown"]] = "not_opted_in"
+    eligible_positions = np.sort(deciders[newsletter == "yes"])
 
-    eligible, cleaned = _eligible_frame(frame, candidates, eligible_index)
+    eligible, cleaned = _eligible_frame(frame, email, key, eligible_positions)
+    is_excluded = reason != None  # noqa: E711
     excluded = pd.DataFrame(
         {
-            "contact_id": frame["contact_id"],
-            "reason": reason,
-            "email": raw_email.where(reason != "private", None),
-            "detail": detail,
+            "contact_id": ids[is_excluded],
+            "reason": reason[is_excluded],
+            "email": np.where(private, None, raw_email)[is_excluded],
+            "email_key": key[is_excluded],
+            "detail": detail[is_excluded],
         }
-    )[reason.notna()].reset_index(drop=True)
-    counts = {"eligible": len(eligible)} | {
-        r: int((excluded["reason"] == r).sum()) for r in REASONS
-    }
+    )
+    reasons, occurrences = np.unique(reason[is_excluded].astype(str), return_counts=True)
+    found = dict(zip(reasons.tolist(), occurrences.tolist(), strict=True))
+    counts = {"eligible": len(eligible)} | {r: found.get(r, 0) for r in REASONS}
     if sum(counts.values()) != total:  # every row has exactly one outcome
         raise AssertionError(f"eligibility lost rows: {counts} for {total} contacts")
     return EligibilityResult(eligible, excluded, counts, cleaned)
 
 
 def _eligible_frame(
-    frame: pd.DataFrame, candidates: pd.DataFrame, index: pd.Index
+    frame: pd.DataFrame, email: np.ndarray, key: np.ndarray, positions: np.ndarray
 ) -> tuple[pd.DataFrame, int]:
-    rows = frame.loc[index]
+    rows = frame.iloc[positions]
     out = pd.DataFrame(
         {
-            "contact_id": rows["contact_id"],
-            "email": candidates.loc[index, "email"],
-            "email_key": candidates.loc[index, "email_key"],
-            "updated_at": candidates.loc[index, "updated_at"],
+            "contact_id": rows["contact_id"].to_numpy(),
+            "email": email[positions],
+            "email_key": key[positions],
+            "updated_at": _timestamps(rows["updated_at"]).reset_index(drop=True),
             "tags": _map_unique(rows["tags"], clean_tags),
         }
     )
     cleaned = 0
     for column in ("salutation", "first_name", "last_name"):
         out[column] = _map_unique(rows[column], clean_field)
-        changed = _map_unique(rows[column], lambda v: clean_field(v) != str(v) and v is not None)
+        changed = _map_unique(rows[column], lambda v: v is not None and clean_field(v) != str(v))
         cleaned += int(changed.sum())
-    return out[list(ELIGIBLE_COLUMNS)].reset_index(drop=True), cleaned
+    return out[list(ELIGIBLE_COLUMNS)], cleaned

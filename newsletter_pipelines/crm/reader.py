@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from itertools import groupby
-from operator import itemgetter
-
 import pandas as pd
 import sqlalchemy as sa
 
@@ -47,20 +44,39 @@ def read_contacts(engine: sa.Engine, schema: CrmSchema) -> pd.DataFrame:
     contacts = sa.table(schema.contacts_table, *(sa.column(c) for c in _mapped_names(schema)))
     tags = sa.table(schema.tags_table, sa.column(schema.tag_contact_id), sa.column(schema.tag))
     tag_cid, tag = tags.c[schema.tag_contact_id], tags.c[schema.tag]
+    contact_query = sa.select(*contacts.c).order_by(contacts.c[schema.id])
+    tag_query = sa.select(tag_cid, tag).where(tag.is_not(None)).order_by(tag_cid, tag)
     try:
-        with engine.connect() as conn:
-            rows = conn.execute(sa.select(*contacts.c).order_by(contacts.c[schema.id])).all()
-            tag_rows = conn.execute(
-                sa.select(tag_cid, tag).where(tag.is_not(None)).order_by(tag_cid, tag)
-            ).all()
+        rows = _fetch_all(engine, contact_query)
+        tag_rows = _fetch_all(engine, tag_query)
     except sa.exc.SQLAlchemyError as exc:
-        raise CrmError(
-            f"cannot read the CRM tables {schema.contacts_table!r}/{schema.tags_table!r}: "
-            f"{type(exc).__name__}: {exc.orig if hasattr(exc, 'orig') else exc}"
-        ) from exc
+        raise _read_error(schema, exc) from exc
+    except engine.dialect.loaded_dbapi.Error as exc:
+        raise _read_error(schema, exc) from exc
     frame = pd.DataFrame.from_records(rows, columns=list(CONTACT_COLUMNS))
-    tags_by_id = {
-        cid: tuple(str(t) for _, t in group) for cid, group in groupby(tag_rows, key=itemgetter(0))
-    }
-    frame["tags"] = [tags_by_id.get(cid, ()) for cid in frame["contact_id"]]
+    del rows
+    tags_by_id: dict[object, list[str]] = {}
+    for cid, value in tag_rows:
+        tags_by_id.setdefault(cid, []).append(str(value))
+    frame["tags"] = [tuple(tags_by_id.get(cid, ())) for cid in frame["contact_id"]]
     return frame
+
+
+def _fetch_all(engine: sa.Engine, query: sa.Select) -> list[tuple]:
+    """Rows of `query` straight from the DBAPI cursor (no per-row SQLAlchemy processing)."""
+    sql = str(query.compile(dialect=engine.dialect))
+    connection = engine.raw_connection()
+    try:
+        cursor = connection.cursor()
+        cursor.execute(sql)
+        return cursor.fetchall()
+    finally:
+        connection.close()
+
+
+def _read_error(schema: CrmSchema, exc: Exception) -> CrmError:
+    cause = getattr(exc, "orig", None) or exc
+    return CrmError(
+        f"cannot read the CRM tables {schema.contacts_table!r}/{schema.tags_table!r}: "
+        f"{type(cause).__name__}: {cause}"
+    )
