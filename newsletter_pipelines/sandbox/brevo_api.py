@@ -513,7 +513,8 @@ class BrevoApi:
         contact = self._contact(
             account, request.params["identifier"], request.arg("identifierType")
         )
-        return json_response(200, contact_json(contact))
+        statistics = {"unsubscriptions": {"userUnsubscription": [], "adminUnsubscription": []}}
+        return json_response(200, {**contact_json(contact), "statistics": statistics})
 
     def put_contact(self, account: BvAccount, request: Request) -> Response:
         contact = self._contact(

@@ -11,15 +11,19 @@ from typing import Any
 import httpx
 import pytest
 
+from newsletter_pipelines.providers.brevo import BrevoClient
 from newsletter_pipelines.providers.http import PollPolicy, RetryPolicy
 from newsletter_pipelines.providers.mailchimp import AudienceDefaults, MailchimpClient
 from newsletter_pipelines.sandbox import (
+    BREVO_PREFIX,
     MAILCHIMP_PREFIX,
+    SANDBOX_BREVO_KEY,
     SANDBOX_MAILCHIMP_KEY,
     SANDBOX_ORIGIN,
     Sandbox,
     SandboxTransport,
 )
+from newsletter_pipelines.sandbox.brevo_state import BvAttribute
 from newsletter_pipelines.settings import Settings
 from newsletter_pipelines_tests.providers.contract import (
     ContractChecker,
@@ -33,6 +37,9 @@ SPECS_DIR = Settings().api_specs_dir
 FAST_RETRY = RetryPolicy(attempts=8, initial_wait=0.005, max_wait=0.05, timeout=5.0)
 FAST_POLL = PollPolicy(initial=0.0, maximum=0.02, deadline=30.0)
 MAILCHIMP_URL = SANDBOX_ORIGIN + MAILCHIMP_PREFIX
+BREVO_URL = SANDBOX_ORIGIN + BREVO_PREFIX
+UNMETERED = 100_000
+"""Brevo rate limit for tests that are not about rate limits (the real one is 10/s)."""
 AUDIENCE = AudienceDefaults(
     company="Example GmbH",
     address1="Hauptstrasse 1",
@@ -140,5 +147,53 @@ def make_mailchimp(
 def mailchimp(transport: httpx.BaseTransport) -> Iterator[MailchimpClient]:
     """A Mailchimp client for the audience "Newsletter" (created on first use)."""
     client = make_mailchimp(transport)
+    yield client
+    client.close()
+
+
+def brevo_account(
+    sandbox: Sandbox,
+    *,
+    api_key: str = SANDBOX_BREVO_KEY,
+    language: str = "en",
+    salutation: BvAttribute | None = None,
+    per_second: int = UNMETERED,
+) -> None:
+    """(Re)create a Brevo sandbox account with a salutation and a tags attribute."""
+    sandbox.add_brevo_account(
+        api_key,
+        language=language,
+        extra_attributes=[
+            salutation or BvAttribute(name="SALUTATION"),
+            BvAttribute(name="NEWSLETTER_TAGS"),
+        ],
+        contacts_per_second=per_second,
+        other_per_hour=UNMETERED,
+    )
+
+
+def make_brevo(
+    transport: httpx.BaseTransport,
+    audience: str = "Newsletter",
+    *,
+    api_key: str = SANDBOX_BREVO_KEY,
+    **options: Any,
+) -> BrevoClient:
+    """A Brevo client on the sandbox with quick retries and polling, unpaced."""
+    settings: dict[str, Any] = {
+        "base_url": BREVO_URL,
+        "transport": transport,
+        "retry": FAST_RETRY,
+        "poll": FAST_POLL,
+        "requests_per_second": float(UNMETERED),
+    }
+    return BrevoClient(api_key, audience, **(settings | options))
+
+
+@pytest.fixture
+def brevo(sandbox: Sandbox, transport: httpx.BaseTransport) -> Iterator[BrevoClient]:
+    """A Brevo client for the list "Newsletter" on an unmetered English account."""
+    brevo_account(sandbox)
+    client = make_brevo(transport)
     yield client
     client.close()

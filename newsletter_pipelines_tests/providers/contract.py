@@ -4,12 +4,17 @@ The specs are read from `api_specs_dir` (never copied into the repository) and l
 test session by openapi-core. Requests to the sandbox are re-based onto the spec's server URL
 (`/mailchimp/3.0/lists` → `https://server.api.mailchimp.com/3.0/lists`).
 
-Two in-memory errata, both conversions of the spec's intent rather than loosening of it:
+In-memory errata, each restoring the spec's evident intent rather than loosening it:
 - an empty `content: {}` on a response means "no body" in OpenAPI 3, but openapi-core then
   demands a body; those empty maps are dropped (204 answers);
 - Mailchimp's converted spec types each merge-field *value* as `object`, while its own
   description and Mailchimp's documentation use strings (`"FNAME": "Elinore"`); merge-field
-  values are left untyped.
+  values are left untyped;
+- Brevo's "one of `emails` | `ids` | `extIds`" bodies are `oneOf` branches that each declare one
+  property but require none, so every body matches all branches and `oneOf` can never pass;
+  each branch gets its property as `required`;
+- Brevo's `success`/`failure` are `oneOf` an array of ids or an array of emails; an empty array
+  matches both, so such all-array `oneOf`s are checked as `anyOf`.
 Answers with a status the operation does not declare (Brevo lists few: 401, 429 and 5xx are
 only named in its `info.description`) are checked against the provider's error schema.
 """
@@ -71,13 +76,21 @@ def _apply_errata(document: dict[str, Any]) -> dict[str, Any]:
             for response in (operation.get("responses") or {}).values():
                 if isinstance(response, dict) and response.get("content") == {}:
                     del response["content"]
-    for node in _walk(document.get("components", {})):
+    for node in list(_walk(document)):
         merge = (node.get("properties") or {}).get("merge_fields")
         if (
             isinstance(merge, dict)
             and merge.get("additionalProperties", {}).get("type") == "object"
         ):
             merge["additionalProperties"] = {}
+        branches = node.get("oneOf")
+        if not isinstance(branches, list) or not all(isinstance(b, dict) for b in branches):
+            continue
+        if all(len(b.get("properties") or {}) == 1 and "required" not in b for b in branches):
+            for branch in branches:
+                branch["required"] = list(branch["properties"])
+        elif all(b.get("type") == "array" for b in branches):
+            node["anyOf"] = node.pop("oneOf")
     return document
 
 
@@ -238,7 +251,7 @@ class ValidatingTransport(httpx.BaseTransport):
     @staticmethod
     def _raise(problems: list[str]) -> None:
         if problems:
-            raise ContractViolation("\n".join(problems))
+            raise ContractViolation("\n".join(p[:2000] for p in problems))
 
 
 class ContractViolation(AssertionError):  # noqa: N818 - reads as what it is

@@ -1,0 +1,514 @@
+"""Brevo API v3 client for one list (in one folder).
+
+- creates: a few through `POST /contacts` (`updateEnabled`, 201 created / 204 existed), many
+  through `POST /contacts/import` (jsonBody chunks ≤ 8 MB), whose process is polled sparingly
+  (the processes endpoint shares a 100 requests/hour budget) and whose result is read back from
+  the list (`modifiedSince`) for ids and statuses;
+- updates, email changes and unsubscribes (`emailBlacklisted: true`): `POST /contacts/batch`;
+  a refused batch is replayed contact by contact (`PUT /contacts/{id}`) to find who was refused;
+- removal: `POST /contacts/lists/{id}/contacts/remove`, 150 a call;
+- `emailBlacklisted: false` is never sent: a blacklist is Brevo's to keep.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+
+from newsletter_pipelines.providers.base import (
+    Action,
+    Audience,
+    Contact,
+    ContactRef,
+    EmailChange,
+    Member,
+    MemberStatus,
+    Outcome,
+    Result,
+)
+from newsletter_pipelines.providers.brevo_attributes import AttributeCodec, AttributeMap
+from newsletter_pipelines.providers.brevo_models import (
+    Attributes,
+    ContactOut,
+    ContactsPage,
+    Folders,
+    Lists,
+    MembershipAnswer,
+    Process,
+    Webhooks,
+)
+from newsletter_pipelines.providers.errors import ApiError, ProviderError
+from newsletter_pipelines.providers.http import ApiClient, PollPolicy, RetryPolicy
+
+log = logging.getLogger("newsletter_pipelines.providers")
+
+NAME = "brevo"
+DEFAULT_BASE_URL = "https://api.brevo.com/v3"
+FOLDER_PAGE = 50
+CONTACT_PAGE = 500
+LIST_MEMBERS_MAX = 150
+BATCH_UPDATE_MAX = 100
+IMPORT_MAX_BYTES = 8 * 1024 * 1024
+_IMPORT_ENVELOPE = 256
+_WEBHOOK_EVENTS = [
+    "unsubscribed",
+    "listAddition",
+    "contactUpdated",
+    "contactDeleted",
+    "hardBounce",
+    "spam",
+]
+
+
+def parse_error(response: httpx.Response) -> tuple[str, str]:
+    """(code, message) of a Brevo error body."""
+    body = response.json()
+    return str(body.get("code", response.reason_phrase)), str(body.get("message", ""))
+
+
+def status_of(contact: ContactOut, list_id: int) -> MemberStatus:
+    """Blacklisted beats unsubscribed-from-this-list beats subscribed."""
+    if contact.email_blacklisted:
+        return MemberStatus.BLACKLISTED
+    if list_id in contact.list_unsubscribed:
+        return MemberStatus.UNSUBSCRIBED
+    return MemberStatus.SUBSCRIBED
+
+
+class BrevoClient:
+    """The `Provider` for one Brevo list."""
+
+    name = NAME
+
+    def __init__(
+        self,
+        api_key: str,
+        audience_name: str,
+        *,
+        base_url: str = DEFAULT_BASE_URL,
+        folder_name: str = "newsletter_pipelines",
+        attributes: AttributeMap | None = None,
+        requests_per_second: float = 8.0,
+        max_connections: int = 5,
+        retry: RetryPolicy | None = None,
+        poll: PollPolicy | None = None,
+        direct_max: int = 10,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._api = ApiClient(
+            provider=NAME,
+            base_url=base_url,
+            auth_headers={"api-key": api_key},
+            parse_error=parse_error,
+            max_connections=max_connections,
+            requests_per_second=requests_per_second,
+            retry=retry,
+            transport=transport,
+        )
+        self._audience_name = audience_name
+        self._folder_name = folder_name
+        self._mapping = attributes or AttributeMap()
+        self._poll = poll or PollPolicy(initial=15.0, maximum=120.0, deadline=7200.0)
+        self._direct_max = direct_max
+        self._audience: Audience | None = None
+        self._codec: AttributeCodec | None = None
+        self._lock = threading.Lock()
+
+    # --- setup --------------------------------------------------------------------------
+
+    def check_credentials(self) -> None:
+        """`GET /account`; a refused key raises `AuthenticationError`."""
+        self._api.request("GET", "/account")
+
+    def ensure_audience(self) -> Audience:
+        """Check the attribute mapping, then find or create the folder and the list."""
+        with self._lock:
+            if self._audience is None:
+                available = Attributes.model_validate(self._api.call("GET", "/contacts/attributes"))
+                self._codec = AttributeCodec(self._mapping, available.attributes)
+                folder_id = self._find("/contacts/folders", "folders", self._folder_name)
+                if folder_id is None:
+                    folder_id = self._create("/contacts/folders", {"name": self._folder_name})
+                lists_path = f"/contacts/folders/{folder_id}/lists"
+                list_id = self._find(lists_path, "lists", self._audience_name)
+                if list_id is None:
+                    body = {"name": self._audience_name, "folderId": folder_id}
+                    list_id = self._create("/contacts/lists", body)
+                self._audience = Audience(provider=NAME, id=str(list_id), name=self._audience_name)
+            return self._audience
+
+    def _find(self, path: str, key: str, name: str) -> int | None:
+        offset = 0
+        while True:
+            answer = self._api.call("GET", path, params={"limit": FOLDER_PAGE, "offset": offset})
+            page = (
+                Folders.model_validate(answer) if key == "folders" else Lists.model_validate(answer)
+            )
+            rows = page.folders if isinstance(page, Folders) else page.lists
+            match = next((row.id for row in rows if row.name == name), None)
+            offset += FOLDER_PAGE
+            if match is not None or offset >= page.count or not rows:
+                return match
+
+    def _create(self, path: str, body: dict[str, Any]) -> int:
+        created = int(self._api.call("POST", path, json=body)["id"])
+        log.info("brevo: created %s %r (%d)", path.rsplit("/", 1)[-1], body["name"], created)
+        return created
+
+    @property
+    def _list_id(self) -> int:
+        return int(self.ensure_audience().id)
+
+    @property
+    def _attributes(self) -> AttributeCodec:
+        self.ensure_audience()
+        assert self._codec is not None
+        return self._codec
+
+    # --- snapshot -----------------------------------------------------------------------
+
+    def snapshot(self) -> list[Member]:
+        """Every contact of the list by paging its contacts, 500 a page, oldest first."""
+        return [self._member(c) for c in self._read_list()]
+
+    def _read_list(self, modified_since: str | None = None) -> list[ContactOut]:
+        first = self._list_page(0, modified_since)
+        offsets = list(range(CONTACT_PAGE, first.count, CONTACT_PAGE))
+        pages = [first, *self._api.parallel(lambda o: self._list_page(o, modified_since), offsets)]
+        by_id = {c.id: c for page in pages for c in page.contacts}
+        return list(by_id.values())
+
+    def _list_page(self, offset: int, modified_since: str | None) -> ContactsPage:
+        params: dict[str, Any] = {"limit": CONTACT_PAGE, "offset": offset, "sort": "asc"}
+        if modified_since:
+            params["modifiedSince"] = modified_since
+        path = f"/contacts/lists/{self._list_id}/contacts"
+        return ContactsPage.model_validate(self._api.call("GET", path, params=params))
+
+    def _member(self, contact: ContactOut) -> Member:
+        return Member(
+            provider_id=str(contact.id),
+            email=contact.email,
+            status=status_of(contact, self._list_id),
+            last_changed=contact.modified_at,
+            **self._attributes.decode(contact.attributes),
+        )
+
+    # --- upsert -------------------------------------------------------------------------
+
+    def upsert(
+        self, contacts: Sequence[Contact], current: Mapping[str, Member] | None = None
+    ) -> list[Outcome]:
+        """Create new contacts in the list, update existing ones; blacklists stay."""
+        codec = self._attributes
+        current = current or {}
+        outcomes: dict[str, Outcome] = {}
+        creates: list[Contact] = []
+        updates: list[tuple[Contact, Member]] = []
+        for contact in contacts:
+            problem = codec.problem(contact)
+            member = current.get(contact.key)
+            if problem:
+                outcomes[contact.crm_id] = _refused(
+                    Action.UPSERT, contact.email, contact.crm_id, "invalid_parameter", problem
+                )
+            elif member is None:
+                creates.append(contact)
+            elif self._differs(contact, member):
+                updates.append((contact, member))
+            else:
+                outcomes[contact.crm_id] = Outcome(
+                    action=Action.UPSERT,
+                    outcome=Result.UNCHANGED,
+                    email=contact.email,
+                    crm_id=contact.crm_id,
+                    provider_id=member.provider_id,
+                    status=member.status,
+                )
+        if len(creates) <= self._direct_max:
+            outcomes.update(dict(self._api.parallel(self._create_one, creates)))
+        else:
+            outcomes.update(self._import(creates))
+        entries = [
+            ({"id": int(m.provider_id), "attributes": codec.encode(c)}, c.email, c.crm_id, m)
+            for c, m in updates
+        ]
+        outcomes.update(self._batch_update(Action.UPSERT, Result.UPDATED, entries))
+        return [outcomes[c.crm_id] for c in contacts]
+
+    def _differs(self, contact: Contact, member: Member) -> bool:
+        wanted = (contact.first_name, contact.last_name, contact.salutation)
+        tags_differ = self._attributes.tags is not None and contact.tags != member.tags
+        return tags_differ or wanted != (member.first_name, member.last_name, member.salutation)
+
+    def _create_one(self, contact: Contact) -> tuple[str, Outcome]:
+        body = {
+            "email": contact.email,
+            "attributes": self._attributes.encode(contact),
+            "listIds": [self._list_id],
+            "updateEnabled": True,
+        }
+        try:
+            response = self._api.request("POST", "/contacts", json=body)
+        except ApiError as exc:
+            return contact.crm_id, _refused(
+                Action.UPSERT, contact.email, contact.crm_id, exc.code, exc.detail
+            )
+        if response.status_code == 201:
+            return contact.crm_id, Outcome(
+                action=Action.UPSERT,
+                outcome=Result.CREATED,
+                email=contact.email,
+                crm_id=contact.crm_id,
+                provider_id=str(response.json()["id"]),
+                status=MemberStatus.SUBSCRIBED,
+            )
+        existing = ContactOut.model_validate(self._api.call("GET", f"/contacts/{contact.email}"))
+        return contact.crm_id, Outcome(
+            action=Action.UPSERT,
+            outcome=Result.UPDATED,
+            email=contact.email,
+            crm_id=contact.crm_id,
+            provider_id=str(existing.id),
+            status=status_of(existing, self._list_id),
+        )
+
+    def _import(self, contacts: Sequence[Contact]) -> dict[str, Outcome]:
+        started = datetime.now(UTC)
+        margin = started - timedelta(minutes=1)  # read back generously; clocks may differ
+        since = margin.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        processes = [
+            int(self._api.call("POST", "/contacts/import", json=body)["processId"])
+            for body in self._import_bodies(contacts)
+        ]
+        self._await(processes)
+        seen = {c.email.lower(): c for c in self._read_list(since)}
+        outcomes: dict[str, Outcome] = {}
+        for contact in contacts:
+            found = seen.get(contact.key)
+            if found is None:
+                outcomes[contact.crm_id] = _refused(
+                    Action.UPSERT,
+                    contact.email,
+                    contact.crm_id,
+                    "import_rejected",
+                    "the import did not add this contact to the list (invalid or duplicate)",
+                )
+                continue
+            created = found.created_at is not None and found.created_at >= started
+            outcomes[contact.crm_id] = Outcome(
+                action=Action.UPSERT,
+                outcome=Result.CREATED if created else Result.UPDATED,
+                email=contact.email,
+                crm_id=contact.crm_id,
+                provider_id=str(found.id),
+                status=status_of(found, self._list_id),
+            )
+        return outcomes
+
+    def _import_bodies(self, contacts: Sequence[Contact]) -> list[dict[str, Any]]:
+        bodies: list[dict[str, Any]] = []
+        rows: list[dict[str, Any]] = []
+        size = _IMPORT_ENVELOPE
+        for contact in contacts:
+            row = {"email": contact.email, "attributes": self._attributes.encode(contact)}
+            row_size = len(json.dumps(row).encode()) + 2
+            if rows and size + row_size > IMPORT_MAX_BYTES:
+                bodies.append({"jsonBody": rows, "listIds": [self._list_id]})
+                rows, size = [], _IMPORT_ENVELOPE
+            rows.append(row)
+            size += row_size
+        if rows:
+            bodies.append({"jsonBody": rows, "listIds": [self._list_id]})
+        return bodies
+
+    def _await(self, processes: list[int]) -> None:
+        waiting = set(processes)
+        for delay in self._poll.delays():
+            time.sleep(delay)
+            for process_id in sorted(waiting):
+                process = Process.model_validate(self._api.call("GET", f"/processes/{process_id}"))
+                if process.status in ("failed", "cancelled"):
+                    raise ProviderError(
+                        NAME, f"import process {process_id} {process.status}: {process.error}"
+                    )
+                if process.status == "completed":
+                    waiting.discard(process_id)
+            if not waiting:
+                return
+        raise ProviderError(
+            NAME, f"import processes {sorted(waiting)} not done within {self._poll.deadline} s"
+        )
+
+    # --- batch updates ------------------------------------------------------------------
+
+    def _batch_update(
+        self,
+        action: Action,
+        done: Result,
+        entries: Sequence[tuple[dict[str, Any], str, str | None, Member | None]],
+    ) -> dict[str, Outcome]:
+        """`POST /contacts/batch` by 100; a refused batch is replayed one contact at a time."""
+        chunks = [
+            entries[i : i + BATCH_UPDATE_MAX] for i in range(0, len(entries), BATCH_UPDATE_MAX)
+        ]
+        outcomes: dict[str, Outcome] = {}
+        for answer in self._api.parallel(
+            lambda chunk: self._send_batch(action, done, chunk), chunks
+        ):
+            outcomes.update(answer)
+        return outcomes
+
+    def _send_batch(
+        self,
+        action: Action,
+        done: Result,
+        chunk: Sequence[tuple[dict[str, Any], str, str | None, Member | None]],
+    ) -> dict[str, Outcome]:
+        try:
+            self._api.request("POST", "/contacts/batch", json={"contacts": [e for e, *_ in chunk]})
+            failures: dict[int, ApiError] = {}
+        except ApiError as exc:
+            if exc.status != 400:
+                raise
+            failures = dict(self._api.parallel(self._replay, list(enumerate(chunk))))
+            failures = {i: error for i, error in failures.items() if error is not None}
+        outcomes = {}
+        for index, (entry, email, crm_id, member) in enumerate(chunk):
+            key = crm_id or email
+            new_email = (entry.get("attributes") or {}).get("EMAIL")
+            if index in failures:
+                outcomes[key] = _refused(
+                    action, new_email or email, crm_id, failures[index].code, failures[index].detail
+                )
+                continue
+            status = (
+                MemberStatus.BLACKLISTED
+                if entry.get("emailBlacklisted")
+                else (member.status if member else None)
+            )
+            outcomes[key] = Outcome(
+                action=action,
+                outcome=done,
+                email=new_email or email,
+                crm_id=crm_id,
+                provider_id=str(entry["id"])
+                if "id" in entry
+                else (member.provider_id if member else None),
+                status=status,
+            )
+        return outcomes
+
+    def _replay(
+        self, item: tuple[int, tuple[dict[str, Any], str, str | None, Member | None]]
+    ) -> tuple[int, ApiError | None]:
+        index, (entry, email, _, _) = item
+        body = {k: v for k, v in entry.items() if k not in ("id", "email")}
+        identifier = entry.get("id", email)
+        try:
+            self._api.request("PUT", f"/contacts/{identifier}", json=body)
+        except ApiError as exc:
+            if exc.status not in (400, 404):
+                raise
+            return index, exc
+        return index, None
+
+    # --- email, unsubscribe, remove -----------------------------------------------------
+
+    def change_emails(self, changes: Sequence[EmailChange]) -> list[Outcome]:
+        """Rename contacts through the `EMAIL` attribute, by id when known."""
+        entries = [
+            (
+                {**_identify(c.provider_id, c.old_email), "attributes": {"EMAIL": c.new_email}},
+                c.old_email,
+                c.crm_id,
+                None,
+            )
+            for c in changes
+        ]
+        outcomes = self._batch_update(Action.CHANGE_EMAIL, Result.UPDATED, entries)
+        return [outcomes[c.crm_id] for c in changes]
+
+    def unsubscribe(self, refs: Sequence[ContactRef]) -> list[Outcome]:
+        """Blacklist contacts for email campaigns (Brevo's opt-out)."""
+        entries = [
+            (
+                {**_identify(r.provider_id, r.email), "emailBlacklisted": True},
+                r.email,
+                r.crm_id,
+                None,
+            )
+            for r in refs
+        ]
+        outcomes = self._batch_update(Action.UNSUBSCRIBE, Result.UNSUBSCRIBED, entries)
+        return [outcomes[r.crm_id or r.email] for r in refs]
+
+    def remove(self, refs: Sequence[ContactRef]) -> list[Outcome]:
+        """Unlink contacts from the list, 150 a call; contacts not in it are `unchanged`."""
+        path = f"/contacts/lists/{self._list_id}/contacts/remove"
+        chunks = [
+            list(refs[i : i + LIST_MEMBERS_MAX]) for i in range(0, len(refs), LIST_MEMBERS_MAX)
+        ]
+        removed: set[str] = set()
+        for chunk in chunks:
+            answer = self._api.call("POST", path, json={"emails": [r.email for r in chunk]})
+            removed |= {
+                str(e).lower() for e in MembershipAnswer.model_validate(answer).contacts.success
+            }
+        return [
+            Outcome(
+                action=Action.REMOVE,
+                outcome=Result.REMOVED if r.email.lower() in removed else Result.UNCHANGED,
+                email=r.email,
+                crm_id=r.crm_id,
+                provider_id=r.provider_id,
+                message=None if r.email.lower() in removed else "not in the list",
+            )
+            for r in refs
+        ]
+
+    # --- webhook ------------------------------------------------------------------------
+
+    def register_webhook(self, url: str, secret: str) -> str:
+        """Marketing webhook (unsubscribes, list additions, updates, deletions, bounces) that
+        authenticates with a bearer token; registered once per URL."""
+        existing = Webhooks.model_validate(
+            self._api.call("GET", "/webhooks", params={"type": "marketing"})
+        )
+        for hook in existing.webhooks:
+            if hook.url == url:
+                return str(hook.id)
+        body = {
+            "url": url,
+            "description": f"newsletter_pipelines: {self._audience_name}",
+            "events": _WEBHOOK_EVENTS,
+            "type": "marketing",
+            "auth": {"type": "bearer", "token": secret},
+        }
+        return str(self._api.call("POST", "/webhooks", json=body)["id"])
+
+    def close(self) -> None:
+        """Close connections."""
+        self._api.close()
+
+
+def _identify(provider_id: str | None, email: str) -> dict[str, Any]:
+    return {"id": int(provider_id)} if provider_id else {"email": email}
+
+
+def _refused(action: Action, email: str, crm_id: str | None, code: str, message: str) -> Outcome:
+    return Outcome(
+        action=action,
+        outcome=Result.REFUSED,
+        email=email,
+        crm_id=crm_id,
+        code=code,
+        message=message,
+    )

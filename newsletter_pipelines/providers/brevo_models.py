@@ -1,0 +1,77 @@
+"""Pydantic models of the Brevo answers the client reads (unknown fields ignored)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Answer(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+class Attribute(_Answer):
+    name: str
+    category: str
+    type: str | None = None
+    enumeration: list[dict[str, Any]] | None = None
+
+
+class Attributes(_Answer):
+    attributes: list[Attribute]
+
+
+class Named(_Answer):
+    id: int
+    name: str
+
+
+class Folders(_Answer):
+    count: int = 0
+    folders: list[Named] = Field(default_factory=list)
+
+
+class Lists(_Answer):
+    count: int = 0
+    lists: list[Named] = Field(default_factory=list)
+
+
+class ContactOut(_Answer):
+    id: int
+    email: str = ""
+    email_blacklisted: bool = Field(default=False, alias="emailBlacklisted")
+    list_unsubscribed: list[int] = Field(default_factory=list, alias="listUnsubscribed")
+    attributes: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime | None = Field(default=None, alias="createdAt")
+    modified_at: datetime | None = Field(default=None, alias="modifiedAt")
+
+
+class ContactsPage(_Answer):
+    contacts: list[ContactOut]
+    count: int
+
+
+class Process(_Answer):
+    id: int
+    status: str
+    error: str | None = None
+
+
+class Webhook(_Answer):
+    id: int
+    url: str
+
+
+class Webhooks(_Answer):
+    webhooks: list[Webhook]
+
+
+class Membership(_Answer):
+    success: list[str | int] = Field(default_factory=list)
+    failure: list[str | int] = Field(default_factory=list)
+
+
+class MembershipAnswer(_Answer):
+    contacts: Membership
