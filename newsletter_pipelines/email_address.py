@@ -85,3 +85,18 @@ def check_emails(
     chunks = [addresses[i : i + _CHUNK] for i in range(0, len(addresses), _CHUNK)]
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
         return [result for chunk in pool.map(_check_chunk, chunks) for result in chunk]
+
+
+def match_key(address: str) -> str:
+    """How a provider identifies an address: trimmed, lower-cased, domain in ASCII (punycode).
+
+    The sync sends ASCII addresses; a person may have signed up with a Unicode domain.
+    """
+    text = address.strip().lower()
+    if text.isascii():
+        return text
+    local, at, domain = text.rpartition("@")
+    try:
+        return f"{local}{at}{domain.encode('idna').decode('ascii')}"
+    except UnicodeError:
+        return text
