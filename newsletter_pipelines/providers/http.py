@@ -45,6 +45,8 @@ class RetryPolicy:
     attempts: int = 8
     initial_wait: float = 1.0
     max_wait: float = 60.0
+    max_hint: float = 300.0
+    """Longest wait a provider's reset hint may ask for (Brevo names seconds to the reset)."""
     timeout: float = 120.0
 
 
@@ -252,7 +254,7 @@ class ApiClient:
         hint = getattr(exc, "retry_after", None)
         if hint is None:
             return backoff
-        return min(self._retry.max_wait, hint) + random.uniform(0, self._retry.initial_wait)
+        return min(self._retry.max_hint, hint) + random.uniform(0, self._retry.initial_wait)
 
     def _log_retry(self, method: str, path: str, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None

@@ -8,14 +8,25 @@ import logging
 import httpx
 import pytest
 
+from newsletter_pipelines.providers import brevo as brevo_module
 from newsletter_pipelines.providers.base import MemberStatus, Result
 from newsletter_pipelines.providers.errors import UnavailableError
 from newsletter_pipelines.providers.http import RetryPolicy
-from newsletter_pipelines.sandbox import SANDBOX_MAILCHIMP_KEY, FaultRule, Sandbox
-from newsletter_pipelines_tests.providers.conftest import make_mailchimp
+from newsletter_pipelines.sandbox import (
+    SANDBOX_BREVO_KEY,
+    SANDBOX_MAILCHIMP_KEY,
+    FaultRule,
+    Sandbox,
+)
+from newsletter_pipelines.sandbox.brevo_state import BvAccount
+from newsletter_pipelines_tests.providers.conftest import brevo_account, make_brevo, make_mailchimp
 from newsletter_pipelines_tests.providers.helpers import audience, contacts
 
 PATIENT = RetryPolicy(attempts=14, initial_wait=0.002, max_wait=0.02, timeout=5.0)
+
+
+def account(sandbox: Sandbox) -> BvAccount:
+    return sandbox.state.brevo[SANDBOX_BREVO_KEY]
 
 
 def test_429_storms_and_5xx_bursts_lose_nothing_and_write_nothing_twice(
@@ -94,3 +105,45 @@ def test_five_connections_stay_under_mailchimps_limit_of_ten(
     assert sandbox.stats.count("mailchimp", template="/lists/{list_id}/members") == 3
     crowded = [k for k in sandbox.stats.calls if k[3] == 429]
     assert crowded == []
+
+
+def test_brevo_429_waits_for_the_reset_the_provider_names(
+    transport: httpx.BaseTransport, sandbox: Sandbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    brevo_account(sandbox, per_second=10)
+    hasty = make_brevo(transport, requests_per_second=1000.0, direct_max=30, retry=PATIENT)
+    outcomes = hasty.upsert(contacts(24))
+    assert [o.outcome for o in outcomes] == [Result.CREATED] * 24
+    assert len(account(sandbox).contacts) == 24
+    limited = sum(n for (p, _, _, status), n in sandbox.stats.calls.items() if status == 429)
+    assert limited > 0
+    waits = [float(m.split(" in ")[1].split()[0]) for m in caplog.messages if "HTTP 429" in m]
+    assert waits and min(waits) >= 1.0
+
+
+def test_brevo_paced_at_8_per_second_meets_no_429(
+    transport: httpx.BaseTransport, sandbox: Sandbox
+) -> None:
+    brevo_account(sandbox, per_second=10)
+    paced = make_brevo(transport, requests_per_second=8.0, direct_max=30)
+    assert [o.outcome for o in paced.upsert(contacts(16))] == [Result.CREATED] * 16
+    assert not [k for k in sandbox.stats.calls if k[3] == 429]
+
+
+def test_brevo_import_survives_5xx_and_429_without_importing_twice(
+    transport: httpx.BaseTransport, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    brevo_account(sandbox)
+    monkeypatch.setattr(brevo_module, "IMPORT_MAX_BYTES", 30_000)
+    client = make_brevo(transport, retry=PATIENT)
+    client.ensure_audience()
+    for kind in ("server_error", "rate_limit", "drop"):
+        rule = FaultRule(kind=kind, provider="brevo", path_prefix="/contacts/import", count=2)
+        sandbox.faults.add(rule)
+    sandbox.faults.add(FaultRule(kind="server_error", provider="brevo", rate=0.2))
+    outcomes = client.upsert(contacts(600))
+    assert [o.outcome for o in outcomes] == [Result.CREATED] * 600
+    accepted = sandbox.stats.calls[("brevo", "POST", "/contacts/import", 202)]
+    processes = account(sandbox).processes
+    assert accepted == len(processes) >= 3
+    assert len(account(sandbox).contacts) == 600

@@ -1,0 +1,102 @@
+"""The sandbox as a local HTTP server (ASGI, served by uvicorn)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import parse_qs
+
+import uvicorn
+from starlette.concurrency import run_in_threadpool
+
+from newsletter_pipelines.sandbox.core import Request
+from newsletter_pipelines.sandbox.engine import ConnectionDroppedError, Sandbox
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class SandboxApp:
+    """ASGI application serving `/mailchimp/3.0`, `/brevo/v3` and `/_sandbox`."""
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self.sandbox = sandbox
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one ASGI connection scope."""
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        request = Request(
+            method=scope["method"],
+            path=scope["path"],
+            query=parse_qs(scope["query_string"].decode(), keep_blank_values=True),
+            headers=headers,
+            body=body,
+            origin=f"{scope.get('scheme', 'http')}://{headers.get('host', 'localhost')}",
+        )
+        try:
+            answer = await run_in_threadpool(self.sandbox.exchange, request)
+        except ConnectionDroppedError:
+            # Promise a body and end the connection without it: the client sees a drop.
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-length", b"64")],
+                }
+            )
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        raw_headers = [(k.encode(), v.encode()) for k, v in answer.headers.items()]
+        await send({"type": "http.response.start", "status": answer.status, "headers": raw_headers})
+        await send({"type": "http.response.body", "body": answer.body})
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await run_in_threadpool(self.sandbox.save)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def serve(sandbox: Sandbox, host: str = "127.0.0.1", port: int = 8765) -> None:
+    """Serve until interrupted (the state file, if any, is written on shutdown)."""
+    uvicorn.run(SandboxApp(sandbox), host=host, port=port, log_level="info")
+
+
+@contextmanager
+def running(sandbox: Sandbox, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Serve on a background thread; yields the base URL (`http://host:port`)."""
+    server = uvicorn.Server(
+        uvicorn.Config(SandboxApp(sandbox), host=host, port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the sandbox server did not start")
+        time.sleep(0.01)
+    bound = server.servers[0].sockets[0].getsockname()
+    try:
+        yield f"http://{bound[0]}:{bound[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

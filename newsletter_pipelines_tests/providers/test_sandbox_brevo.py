@@ -1,0 +1,135 @@
+"""The Brevo emulator itself, over raw HTTP: attribute languages, silent quirks, limits,
+processes and rate-limit headers."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from newsletter_pipelines.sandbox import (
+    SANDBOX_BREVO_KEY,
+    SANDBOX_ORIGIN,
+    Sandbox,
+    SandboxTransport,
+)
+from newsletter_pipelines_tests.providers.conftest import brevo_account
+
+ROOT = "/brevo/v3"
+KEY = {"api-key": SANDBOX_BREVO_KEY}
+
+
+@pytest.fixture
+def list_id(http: httpx.Client, sandbox: Sandbox) -> int:
+    brevo_account(sandbox)
+    folder = http.post(f"{ROOT}/contacts/folders", json={"name": "F"}, headers=KEY).json()["id"]
+    body = {"name": "L", "folderId": folder}
+    return int(http.post(f"{ROOT}/contacts/lists", json=body, headers=KEY).json()["id"])
+
+
+def contact(http: httpx.Client, email: str) -> dict[str, object]:
+    answer = http.get(f"{ROOT}/contacts/{email}", headers=KEY)
+    assert answer.status_code == 200
+    return dict(answer.json())
+
+
+@pytest.mark.parametrize(
+    ("language", "names"),
+    [("en", {"FIRSTNAME", "LASTNAME"}), ("de", {"VORNAME", "NACHNAME"}), ("fr", {"PRENOM", "NOM"})],
+)
+def test_default_attribute_names_follow_the_account_language(
+    http: httpx.Client, sandbox: Sandbox, language: str, names: set[str]
+) -> None:
+    brevo_account(sandbox, language=language)
+    attributes = http.get(f"{ROOT}/contacts/attributes", headers=KEY).json()["attributes"]
+    assert names <= {a["name"] for a in attributes}
+
+
+def test_unknown_attributes_are_silently_ignored(http: httpx.Client, list_id: int) -> None:
+    body = {"email": "a@example.com", "attributes": {"FIRSTNAME": "Ann", "VORNAME": "Anna"}}
+    assert http.post(f"{ROOT}/contacts", json=body, headers=KEY).status_code == 201
+    assert contact(http, "a@example.com")["attributes"] == {"FIRSTNAME": "Ann"}
+
+
+def test_create_twice_is_a_duplicate_unless_update_is_enabled(
+    http: httpx.Client, list_id: int
+) -> None:
+    body = {"email": "a@example.com", "listIds": [list_id]}
+    assert http.post(f"{ROOT}/contacts", json=body, headers=KEY).status_code == 201
+    again = http.post(f"{ROOT}/contacts", json=body, headers=KEY)
+    assert (again.status_code, again.json()["code"]) == (400, "duplicate_parameter")
+    update = http.post(f"{ROOT}/contacts", json={**body, "updateEnabled": True}, headers=KEY)
+    assert update.status_code == 204
+
+
+def test_email_blacklisted_false_clears_a_blacklist(http: httpx.Client, list_id: int) -> None:
+    http.post(f"{ROOT}/contacts", json={"email": "a@example.com"}, headers=KEY)
+    for flag in (True, False):
+        body = {"contacts": [{"email": "a@example.com", "emailBlacklisted": flag}]}
+        assert http.post(f"{ROOT}/contacts/batch", json=body, headers=KEY).status_code == 204
+        assert contact(http, "a@example.com")["emailBlacklisted"] is flag
+
+
+def test_a_batch_with_an_unknown_contact_is_refused_whole(http: httpx.Client, list_id: int) -> None:
+    http.post(f"{ROOT}/contacts", json={"email": "a@example.com"}, headers=KEY)
+    body = {
+        "contacts": [
+            {"email": "a@example.com", "attributes": {"FIRSTNAME": "Changed"}},
+            {"email": "ghost@example.com", "attributes": {"FIRSTNAME": "Nobody"}},
+        ]
+    }
+    refused = http.post(f"{ROOT}/contacts/batch", json=body, headers=KEY)
+    assert refused.status_code == 400
+    assert contact(http, "a@example.com")["attributes"] == {}
+
+
+def test_list_membership_calls_take_at_most_150(
+    http: httpx.Client, sandbox: Sandbox, list_id: int
+) -> None:
+    http.post(f"{ROOT}/contacts", json={"email": "a@example.com"}, headers=KEY)
+    added = http.post(
+        f"{ROOT}/contacts/lists/{list_id}/contacts/add",
+        json={"emails": ["a@example.com", "ghost@example.com"]},
+        headers=KEY,
+    ).json()["contacts"]
+    assert (added["success"], added["failure"]) == (["a@example.com"], ["ghost@example.com"])
+    raw = httpx.Client(transport=SandboxTransport(sandbox), base_url=SANDBOX_ORIGIN)
+    emails = [f"p{i}@example.com" for i in range(151)]
+    too_many = raw.post(
+        f"{ROOT}/contacts/lists/{list_id}/contacts/remove", json={"emails": emails}, headers=KEY
+    )
+    assert too_many.status_code == 400
+
+
+def test_imports_are_processes_that_finish_later(
+    http: httpx.Client, sandbox: Sandbox, list_id: int
+) -> None:
+    sandbox.process_delay_seconds = 60.0
+    body = {
+        "jsonBody": [{"email": "a@example.com"}, {"email": "not-an-address"}],
+        "listIds": [list_id],
+    }
+    process_id = http.post(f"{ROOT}/contacts/import", json=body, headers=KEY).json()["processId"]
+    assert http.get(f"{ROOT}/processes/{process_id}", headers=KEY).json()["status"] == "queued"
+    assert http.get(f"{ROOT}/contacts/a@example.com", headers=KEY).status_code == 404
+    sandbox.process_delay_seconds = 0.0
+    done = http.get(f"{ROOT}/processes/{process_id}", headers=KEY).json()
+    assert done["status"] == "completed" and done["info"]["import"]["invalid_emails"] == 1
+    assert contact(http, "a@example.com")["listIds"] == [list_id]
+
+
+def test_contact_endpoints_answer_429_after_ten_a_second(
+    http: httpx.Client, sandbox: Sandbox
+) -> None:
+    brevo_account(sandbox, per_second=10)
+    answers = [http.get(f"{ROOT}/contacts/attributes", headers=KEY) for _ in range(12)]
+    assert [a.status_code for a in answers] == [200] * 10 + [429] * 2
+    assert answers[0].headers["x-sib-ratelimit-limit"] == "10"
+    assert answers[9].headers["x-sib-ratelimit-remaining"] == "0"
+    assert int(answers[11].headers["x-sib-ratelimit-reset"]) in (0, 1)
+    assert answers[11].json()["code"] == "too_many_requests"
+
+
+def test_the_account_owner_cannot_be_deleted(http: httpx.Client, list_id: int) -> None:
+    owner = http.get(f"{ROOT}/account", headers=KEY).json()["email"]
+    http.post(f"{ROOT}/contacts", json={"email": owner}, headers=KEY)
+    assert http.delete(f"{ROOT}/contacts/{owner}", headers=KEY).status_code == 405
