@@ -117,7 +117,7 @@ class ControlApi:
         return json_response(200, {"status": "ok"})
 
     def state(self, request: Request) -> Response:
-        with self.sandbox.lock:
+        with self.sandbox.transaction(write=False):
             return Response(
                 200,
                 self.sandbox.state.model_dump_json().encode(),
@@ -174,7 +174,7 @@ class ControlApi:
 
     def batch_results(self, request: Request) -> Response:
         batch_id = request.params["name"].removesuffix(".tar.gz")
-        with self.sandbox.lock:
+        with self.sandbox.transaction(write=False):
             for account in self.sandbox.state.mailchimp.values():
                 batch = account.batches.get(batch_id)
                 if batch is not None and batch.status == "finished":

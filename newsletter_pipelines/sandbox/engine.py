@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import threading
 import time
 from collections import Counter
@@ -33,7 +34,6 @@ CONTROL_PREFIX = "/_sandbox"
 SANDBOX_MAILCHIMP_KEY = "0123456789abcdef0123456789abcdef-sandbox"
 SANDBOX_BREVO_KEY = "xkeysib-sandbox"
 MAILCHIMP_MAX_CONNECTIONS = 10
-_LAZY_WORK = frozenset({"/batches/{batch_id}", "/processes/{processId}"})
 
 
 class ConnectionDroppedError(Exception):
@@ -115,17 +115,11 @@ class Sandbox:
         self._outbox: list[Callable[[], object]] = []
         self._in_flight: Counter[str] = Counter()
         self._flight_lock = threading.Lock()
-        if state_file is not None and state_file.exists():
-            self.state = SandboxState.model_validate_json(state_file.read_bytes())
-        elif default_accounts:
-            self.add_mailchimp_account(SANDBOX_MAILCHIMP_KEY)
-            self.add_brevo_account(
-                SANDBOX_BREVO_KEY,
-                extra_attributes=[
-                    BvAttribute(name="SALUTATION"),
-                    BvAttribute(name="NEWSLETTER_TAGS"),
-                ],
-            )
+        self._depth = 0
+        self._seen_version: int | None = None
+        with self.transaction():
+            if default_accounts and not self.state.mailchimp and not self.state.brevo:
+                self._add_default_accounts()
 
     # --- hooks used by the APIs ---------------------------------------------------------
 
@@ -172,7 +166,7 @@ class Sandbox:
 
     def add_mailchimp_account(self, api_key: str, *, max_lists: int = 5) -> McAccount:
         """Create (or replace) a Mailchimp user with this key."""
-        with self.lock:
+        with self.transaction():
             account = McAccount(api_key=api_key, max_lists=max_lists)
             self.state.mailchimp[api_key] = account
             return account
@@ -188,7 +182,7 @@ class Sandbox:
         key_name: str = "sandbox-key",
     ) -> BvAccount:
         """Create (or replace) a Brevo account whose default attributes follow `language`."""
-        with self.lock:
+        with self.transaction():
             account = BvAccount(
                 api_key=api_key,
                 language=language,
@@ -200,31 +194,64 @@ class Sandbox:
             self.state.brevo[api_key] = account
             return account
 
+    def _add_default_accounts(self) -> None:
+        self.add_mailchimp_account(SANDBOX_MAILCHIMP_KEY)
+        extra = [BvAttribute(name="SALUTATION"), BvAttribute(name="NEWSLETTER_TAGS")]
+        self.add_brevo_account(SANDBOX_BREVO_KEY, extra_attributes=extra)
+
     def reset(self) -> None:
         """Back to a fresh sandbox with the default accounts."""
-        with self.lock:
+        with self.transaction():
             self.state = SandboxState()
-            self.add_mailchimp_account(SANDBOX_MAILCHIMP_KEY)
-            self.add_brevo_account(
-                SANDBOX_BREVO_KEY,
-                extra_attributes=[
-                    BvAttribute(name="SALUTATION"),
-                    BvAttribute(name="NEWSLETTER_TAGS"),
-                ],
-            )
-            self.faults.clear()
-            self.stats.reset()
+            self._add_default_accounts()
+        self.faults.clear()
+        self.stats.reset()
 
     def save(self) -> None:
-        """Write the state to `state_file` (atomically)."""
-        if self.state_file is None:
-            return
+        """Write the state to `state_file` now."""
+        with self.transaction():
+            pass
+
+    @contextmanager
+    def transaction(self, *, write: bool = True) -> Iterator[SandboxState]:
+        """Exclusive access to the state. With a state file, the state is shared with other
+        processes: reloaded when another one changed it, written back afterwards."""
         with self.lock:
-            data = self.state.model_dump_json()
-        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+            if self.state_file is None or self._depth:
+                self._depth += 1
+                try:
+                    yield self.state
+                finally:
+                    self._depth -= 1
+                return
+            self.state_file.parent.mkdir(parents=True, exist_ok=True)
+            with self.state_file.with_suffix(".lock").open("a") as guard:
+                fcntl.flock(guard, fcntl.LOCK_EX)
+                self._depth += 1
+                try:
+                    self._reload()
+                    yield self.state
+                    if write:
+                        self._write()
+                finally:
+                    self._depth -= 1
+                    fcntl.flock(guard, fcntl.LOCK_UN)
+
+    def _reload(self) -> None:
+        assert self.state_file is not None
+        if not self.state_file.exists():
+            return
+        version = self.state_file.stat().st_mtime_ns
+        if version != self._seen_version:
+            self.state = SandboxState.model_validate_json(self.state_file.read_bytes())
+            self._seen_version = version
+
+    def _write(self) -> None:
+        assert self.state_file is not None
         temporary = self.state_file.with_suffix(".tmp")
-        temporary.write_text(data)
+        temporary.write_text(self.state.model_dump_json())
         temporary.replace(self.state_file)
+        self._seen_version = self.state_file.stat().st_mtime_ns
 
     # --- serving ------------------------------------------------------------------------
 
@@ -312,7 +339,8 @@ class Sandbox:
         return error(BrevoError(status, "internal_error", "Internal server error"))
 
     def _serve(self, provider: str, request: Request) -> Response:
-        with self.lock:
+        lazy_work = request.path.startswith(("/batches/", "/processes/"))
+        with self.transaction(write=request.method != "GET" or lazy_work):
             if provider == "mailchimp":
                 mc_account = self.state.mailchimp.get(account_key(request) or "")
                 if mc_account is None:
@@ -339,8 +367,6 @@ class Sandbox:
                 else:
                     template, response = self.brevo.handle(bv_account, request)
             self.stats.record(provider, request.method, template, response.status)
-            if request.method != "GET" or template in _LAZY_WORK:
-                self.save()
         return response
 
     def flush_webhooks(self) -> None:

@@ -55,7 +55,7 @@ def brevo_person(sandbox: Sandbox, event: PersonEvent) -> dict[str, Any]:
 
 
 def _mailchimp_person(sandbox: Sandbox, event: PersonEvent) -> dict[str, Any]:
-    with sandbox.lock:
+    with sandbox.transaction():
         account = sandbox.state.mailchimp[event.api_key or _only(sandbox.state.mailchimp)]
         lst = account.lists.get(event.list_id)
         if lst is None:
@@ -117,7 +117,7 @@ def _mc_event(
 
 
 def _brevo_person(sandbox: Sandbox, event: PersonEvent) -> dict[str, Any]:
-    with sandbox.lock:
+    with sandbox.transaction():
         account = sandbox.state.brevo[event.api_key or _only(sandbox.state.brevo)]
         list_id = int(event.list_id)
         if list_id not in account.lists:

@@ -20,9 +20,15 @@ from newsletter_pipelines.sandbox import (
     SANDBOX_BREVO_KEY,
     SANDBOX_MAILCHIMP_KEY,
     Sandbox,
+    SandboxTransport,
 )
 from newsletter_pipelines.sandbox.server import running
-from newsletter_pipelines_tests.providers.conftest import AUDIENCE, FAST_POLL, FAST_RETRY
+from newsletter_pipelines_tests.providers.conftest import (
+    AUDIENCE,
+    FAST_POLL,
+    FAST_RETRY,
+    make_mailchimp,
+)
 from newsletter_pipelines_tests.providers.contract import ContractChecker, ValidatingTransport
 from newsletter_pipelines_tests.providers.helpers import contacts
 
@@ -120,3 +126,14 @@ def test_the_serve_command_starts_a_server(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_two_processes_share_one_state_file(tmp_path: Path) -> None:
+    state = tmp_path / "shared.json"
+    first, second = Sandbox(state_file=state), Sandbox(state_file=state)
+    one = make_mailchimp(SandboxTransport(first))
+    two = make_mailchimp(SandboxTransport(second))
+    one.upsert(contacts(3))
+    assert len(two.snapshot()) == 3
+    two.upsert(contacts(2, start=3))
+    assert sorted(m.email for m in one.snapshot()) == sorted(c.email for c in contacts(5))
