@@ -91,6 +91,28 @@ class Settings(BaseSettings):
         default=8.0, gt=0, le=10, description="Request rate on Brevo contact endpoints (cap: 10/s)."
     )
     brevo_attributes: BrevoAttributes = Field(default_factory=BrevoAttributes)
+    brevo_tags_attribute: str | None = Field(
+        default="NEWSLETTER_TAGS",
+        description="Brevo text attribute holding a contact's tags, comma-separated. "
+        "Empty: tags are not synced to Brevo.",
+    )
+    brevo_folder_name: str = Field(
+        default="newsletter_pipelines", description="Brevo folder the sync's lists live in."
+    )
+    mailchimp_salutation_tag: str = Field(
+        default="SALUTATION", description="Mailchimp merge tag of the salutation field."
+    )
+    mailchimp_audience_defaults: dict[str, str] = Field(
+        default_factory=dict,
+        description="JSON with company, address1, city, country, permission_reminder, "
+        "from_name, from_email: lets the sync create a missing Mailchimp audience. "
+        "Empty: audiences must exist.",
+    )
+    sandbox_state_file: Path | None = Field(
+        default=None,
+        description="State file of the embedded provider sandbox. Default: "
+        "NEWSLETTER_HOME/sandbox.json.",
+    )
     api_specs_dir: Path = Field(
         default=PROJECT_ROOT.parent / "shared" / "specs",
         description="Folder of the official API specifications used by the contract tests.",
