@@ -38,7 +38,11 @@ def run_demo(settings: Settings, instance: dg.DagsterInstance) -> dg.ExecuteInPr
 
 def summary(result: dg.ExecuteInProcessResult, settings: Settings) -> str:
     """A readable summary of the run: counts per exclusion reason, checks, where to look next."""
-    events = result.asset_materializations_for_node("eligible_subscribers")
+    events = [
+        e
+        for e in result.asset_materializations_for_node("eligible_subscribers")
+        if e.asset_key == dg.AssetKey("eligible_subscribers")
+    ]
     lines = [f"run {result.run_id}: {'succeeded' if result.success else 'FAILED'}"]
     if events:
         meta = events[-1].metadata

@@ -33,7 +33,7 @@ ELIGIBLE_COLUMNS = (
     "tags",
     "updated_at",
 )
-EXCLUDED_COLUMNS = ("contact_id", "reason", "email", "email_key", "detail")
+EXCLUDED_COLUMNS = ("contact_id", "reason", "email", "email_key", "email_ascii", "detail")
 MAX_FIELD_BYTES = 255  # Mailchimp's limit for text merge fields; Brevo text attributes take more
 
 _TRUE_FLAGS = frozenset({"1", "true", "t", "yes", "y", "ja", "j", "x", "on"})
@@ -178,6 +178,7 @@ def classify(contacts: pd.DataFrame, workers: int | None = None) -> EligibilityR
             "reason": reason[is_excluded],
             "email": np.where(private, None, raw_email)[is_excluded],
             "email_key": key[is_excluded],
+            "email_ascii": email[is_excluded],
             "detail": detail[is_excluded],
         }
     )

@@ -252,10 +252,10 @@ class _State:
             self.emit(SyncAction.CREATE, "new address, previous one gone", key, contact)
 
     def _absent(self, contact: Desired, key: str, entry: LedgerEntry | None) -> None:
-        if entry is not None and entry.refusal_code:
+        if entry is not None and entry.refusal_code and entry.fields_hash == contact.fields_hash:
             self.emit(
                 SyncAction.BLOCKED_BY_PROVIDER,
-                f"the provider refused this address for good ({entry.refusal_code})",
+                f"refused by the provider ({entry.refusal_code}); retried when the CRM changes",
                 key,
                 contact,
             )

@@ -6,8 +6,9 @@ Nested values use a double underscore: `NEWSLETTER_CRM_SCHEMA__EMAIL=mail_addres
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -39,6 +40,27 @@ class BrevoAttributes(BaseModel):
     salutation: str = "SALUTATION"
 
 
+class AudienceConfig(BaseModel):
+    """One provider audience the CRM is synced into; its key is the Dagster partition key."""
+
+    key: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    provider: Literal["mailchimp", "brevo"]
+    name: str = Field(default="CRM Newsletter", min_length=1, max_length=100)
+    system_tag: str | None = Field(
+        default="CRM",
+        description="Tag the sync puts on every contact it manages (Mailchimp only; ignored "
+        "when tags are imported back).",
+    )
+
+
+def default_audiences() -> list[AudienceConfig]:
+    """One Mailchimp audience and one Brevo list, both named "CRM Newsletter"."""
+    return [
+        AudienceConfig(key="mailchimp", provider="mailchimp"),
+        AudienceConfig(key="brevo", provider="brevo", system_tag=None),
+    ]
+
+
 class Settings(BaseSettings):
     """Runtime settings; see the README's table for each variable."""
 
@@ -63,6 +85,17 @@ class Settings(BaseSettings):
     )
     demo_data_dir: Path = Field(
         default=PROJECT_ROOT / "data", description="Folder of the demo CRM CSV files."
+    )
+    audiences: list[AudienceConfig] = Field(
+        default_factory=default_audiences,
+        description="Audiences to sync, as JSON (see README); each is a Dagster partition.",
+    )
+    removal_max_share: float = Field(
+        default=0.1,
+        ge=0.0,
+        le=1.0,
+        description="Largest share of an audience's active members one push may unsubscribe or "
+        "remove before the removal guard stops it.",
     )
     eligible_max_drop_share: float = Field(
         default=0.2,
@@ -117,6 +150,21 @@ class Settings(BaseSettings):
         default=PROJECT_ROOT.parent / "shared" / "specs",
         description="Folder of the official API specifications used by the contract tests.",
     )
+
+    @field_validator("audiences")
+    @classmethod
+    def _unique_audience_keys(cls, audiences: list[AudienceConfig]) -> list[AudienceConfig]:
+        keys = [a.key for a in audiences]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"audience keys must be unique: {keys}")
+        return audiences
+
+    def audience(self, key: str) -> AudienceConfig:
+        """The audience with this partition key."""
+        for audience in self.audiences:
+            if audience.key == key:
+                return audience
+        raise KeyError(f"no audience {key!r} configured (NEWSLETTER_AUDIENCES)")
 
     def resolved_crm_database_url(self) -> str:
         """The CRM URL, falling back to the embedded demo SQLite file."""

@@ -48,7 +48,8 @@ def materialize(
 
 
 def eligible_metadata(result: dg.ExecuteInProcessResult) -> dict[str, object]:
-    event = result.asset_materializations_for_node("eligible_subscribers")[-1]
+    events = result.asset_materializations_for_node("eligible_subscribers")
+    event = [e for e in events if e.asset_key == dg.AssetKey("eligible_subscribers")][-1]
     return {key: value.value for key, value in event.metadata.items()}
 
 
@@ -69,8 +70,12 @@ def test_materialize_crm_group_reports_every_count(crm_url: str) -> None:
     assert all(count > 0 for count in excluded.values()), excluded
     assert "| excluded: duplicate" in meta["counts"]
     assert checks_of(result) == dict.fromkeys(CHECKS, True)
-    eligible = result.output_for_node("eligible_subscribers")
+    eligible = result.output_for_node("eligible_subscribers", "eligible_subscribers")
     assert isinstance(eligible, pd.DataFrame) and len(eligible) == meta["eligible_count"]
+    excluded_frame = result.output_for_node("eligible_subscribers", "excluded_contacts")
+    assert excluded_frame["reason"].value_counts().to_dict() == {
+        r: c for r, c in excluded.items() if c
+    }
     state = sa.create_engine(Settings().resolved_state_database_url())
     assert count_by_reason(state) == {r: c for r, c in excluded.items() if c}
 

@@ -224,8 +224,10 @@ def test_deleted_at_the_provider_is_imported_back_not_recreated() -> None:
 
 def test_permanent_refusal_is_not_retried() -> None:
     contact = want("1", "a@x.de")
-    entry = synced(contact, status="refused", refusal="forgotten_email_not_subscribed")
+    entry = synced(contact, status="refused", refusal="Forgotten Email Not Subscribed")
     assert action_of("a@x.de", desired=[contact], ledger=[entry]) == "blocked_by_provider"
+    changed = want("1", "a@x.de", first="Anne")  # new data: the provider may accept it now
+    assert action_of("a@x.de", desired=[changed], ledger=[entry]) == "create"
 
 
 def test_archived_members() -> None:

@@ -46,17 +46,30 @@ class EligibilityConfig(dg.Config):
     )
 
 
-@dg.asset(group_name=GROUP, kinds={"pandas"}, check_specs=CHECK_SPECS)
+@dg.multi_asset(
+    outs={
+        "eligible_subscribers": dg.AssetOut(
+            group_name=GROUP,
+            kinds={"pandas"},
+            description="Contacts that may receive the newsletter: not private, valid unique "
+            "email, newsletter yes.",
+        ),
+        "excluded_contacts": dg.AssetOut(
+            group_name=GROUP,
+            kinds={"pandas"},
+            description="Every other CRM contact with its one exclusion reason (also in the state "
+            "database table eligibility_exclusions).",
+        ),
+    },
+    check_specs=CHECK_SPECS,
+)
 def eligible_subscribers(
     context: dg.AssetExecutionContext,
     config: EligibilityConfig,
     crm_contacts: pd.DataFrame,
     state_db: StateDatabaseResource,
 ) -> Iterator[dg.Output[pd.DataFrame] | dg.AssetCheckResult]:
-    """Contacts that may receive the newsletter: not private, valid unique email, newsletter yes.
-
-    Excluded contacts and their reason are in the state database table `eligibility_exclusions`.
-    """
+    """Eligibility (DESIGN §3): eligible subscribers and excluded contacts with their reason."""
     result = classify(crm_contacts)
     counts = result.counts
     context.log.info(
@@ -65,9 +78,10 @@ def eligible_subscribers(
     stored = replace_exclusions(state_db.engine(), result.excluded, context.run.run_id)
     context.log.info(f"stored {stored} excluded contacts in the {state_db.describe()}")
     checks, baseline = eligibility_check_results(context, result.eligible, config)
+    excluded_counts = {f"excluded_{r}": dg.MetadataValue.int(counts[r]) for r in REASONS}
     metadata: dict[str, dg.RawMetadataValue] = {
         "eligible_count": dg.MetadataValue.int(counts["eligible"]),
-        **{f"excluded_{r}": dg.MetadataValue.int(counts[r]) for r in REASONS},
+        **excluded_counts,
         "crm_rows": dg.MetadataValue.int(len(crm_contacts)),
         "eligible_baseline": dg.MetadataValue.int(baseline),
         "profile_fields_cleaned": dg.MetadataValue.int(result.profile_fields_cleaned),
@@ -76,5 +90,10 @@ def eligible_subscribers(
             f"table eligibility_exclusions in the {state_db.describe()}"
         ),
     }
-    yield dg.Output(result.eligible, metadata=metadata)
+    yield dg.Output(result.eligible, output_name="eligible_subscribers", metadata=metadata)
+    yield dg.Output(
+        result.excluded,
+        output_name="excluded_contacts",
+        metadata={"row_count": dg.MetadataValue.int(len(result.excluded)), **excluded_counts},
+    )
     yield from checks

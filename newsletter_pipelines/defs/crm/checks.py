@@ -38,7 +38,7 @@ CHECK_SPECS = [
 
 
 def _previous_baseline(context: dg.AssetExecutionContext) -> int | None:
-    event = context.instance.get_latest_materialization_event(context.asset_key)
+    event = context.instance.get_latest_materialization_event(dg.AssetKey(ASSET))
     if event is None or event.asset_materialization is None:
         return None
     value = event.asset_materialization.metadata.get("eligible_baseline")
