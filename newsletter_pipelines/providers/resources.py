@@ -1,0 +1,210 @@
+"""Dagster resources for the provider clients (the only provider module importing Dagster).
+
+Each resource hands out one client per audience. API keys come from environment variables
+through `EnvVar`, so Dagster never stores or shows them. With no key configured, the client
+talks to the embedded sandbox (in-process, state kept in a file across runs), and every run's
+log says so at resource start.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from dagster import ConfigurableResource, EnvVar, InitResourceContext
+from pydantic import Field
+
+from newsletter_pipelines.providers.brevo import BrevoClient
+from newsletter_pipelines.providers.brevo_attributes import AttributeMap
+from newsletter_pipelines.providers.http import PollPolicy
+from newsletter_pipelines.providers.mailchimp import AudienceDefaults, MailchimpClient
+from newsletter_pipelines.sandbox import (
+    BREVO_PREFIX,
+    MAILCHIMP_PREFIX,
+    SANDBOX_BREVO_KEY,
+    SANDBOX_MAILCHIMP_KEY,
+    SANDBOX_ORIGIN,
+    Sandbox,
+    SandboxTransport,
+)
+from newsletter_pipelines.settings import Settings
+
+MAILCHIMP_KEY_ENV = "NEWSLETTER_MAILCHIMP_API_KEY"
+BREVO_KEY_ENV = "NEWSLETTER_BREVO_API_KEY"
+SANDBOX_AUDIENCE = AudienceDefaults(
+    company="Sandbox Example GmbH",
+    address1="Beispielstrasse 1",
+    city="Berlin",
+    country="DE",
+    permission_reminder="You signed up for our newsletter.",
+    from_name="Newsletter",
+    from_email="newsletter@example.com",
+)
+SANDBOX_POLL = PollPolicy(initial=0.05, maximum=1.0, deadline=600.0)
+
+_sandboxes: dict[Path, Sandbox] = {}
+_sandboxes_lock = threading.Lock()
+
+
+def embedded_sandbox(state_file: Path) -> Sandbox:
+    """The process's sandbox for this state file (shared by every client of the process)."""
+    path = state_file.resolve()
+    with _sandboxes_lock:
+        if path not in _sandboxes:
+            _sandboxes[path] = Sandbox(state_file=path)
+        return _sandboxes[path]
+
+
+def _state_file(settings: Settings) -> str:
+    return str(settings.sandbox_state_file or settings.home / "sandbox.json")
+
+
+def _sandbox_notice(provider: str, env: str, state_file: str) -> str:
+    return (
+        f"{provider}: no API key in {env}, so this run uses the EMBEDDED SANDBOX, not "
+        f"{provider}: nothing leaves this machine (sandbox state: {state_file})."
+    )
+
+
+class MailchimpResource(ConfigurableResource):
+    """Mailchimp clients, one per audience. Without an API key: the embedded sandbox."""
+
+    api_key: str | None = Field(
+        default=None, description=f"EnvVar('{MAILCHIMP_KEY_ENV}'); unset: the embedded sandbox."
+    )
+    base_url: str | None = Field(default=None, description="Default: from the key's data center.")
+    max_connections: int = Field(default=5, ge=1, le=10)
+    salutation_tag: str = "SALUTATION"
+    audience_defaults: dict[str, str] = Field(
+        default_factory=dict, description="Lets the sync create a missing audience."
+    )
+    sandbox_state_file: str = ".newsletter/sandbox.json"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MailchimpResource:
+        """The resource for these settings; the key is referenced, never copied."""
+        return cls(
+            api_key=EnvVar(MAILCHIMP_KEY_ENV) if settings.mailchimp_api_key else None,
+            base_url=settings.mailchimp_base_url,
+            max_connections=settings.mailchimp_max_connections,
+            salutation_tag=settings.mailchimp_salutation_tag,
+            audience_defaults=settings.mailchimp_audience_defaults,
+            sandbox_state_file=_state_file(settings),
+        )
+
+    @property
+    def uses_sandbox(self) -> bool:
+        """True when no API key is configured."""
+        return not self.api_key
+
+    def mode(self) -> str:
+        """One line for run logs and asset metadata: which Mailchimp this resource reaches."""
+        if self.uses_sandbox:
+            return _sandbox_notice("Mailchimp", MAILCHIMP_KEY_ENV, self.sandbox_state_file)
+        return f"Mailchimp: live account ({self.base_url or 'data center from the key'})"
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        """Say plainly in the run log whether this run reaches Mailchimp or the sandbox."""
+        if context.log is not None:
+            (context.log.warning if self.uses_sandbox else context.log.info)(self.mode())
+
+    def client(self, audience_name: str) -> MailchimpClient:
+        """A client for one audience (close it when done)."""
+        if self.uses_sandbox:
+            sandbox = embedded_sandbox(Path(self.sandbox_state_file))
+            return MailchimpClient(
+                SANDBOX_MAILCHIMP_KEY,
+                audience_name,
+                base_url=SANDBOX_ORIGIN + MAILCHIMP_PREFIX,
+                salutation_tag=self.salutation_tag,
+                audience_defaults=SANDBOX_AUDIENCE,
+                poll=SANDBOX_POLL,
+                transport=SandboxTransport(sandbox),
+            )
+        assert self.api_key is not None
+        defaults = self.audience_defaults
+        return MailchimpClient(
+            self.api_key,
+            audience_name,
+            base_url=self.base_url,
+            max_connections=self.max_connections,
+            salutation_tag=self.salutation_tag,
+            audience_defaults=AudienceDefaults.model_validate(defaults) if defaults else None,
+        )
+
+
+class BrevoResource(ConfigurableResource):
+    """Brevo clients, one per list. Without an API key: the embedded sandbox."""
+
+    api_key: str | None = Field(
+        default=None, description=f"EnvVar('{BREVO_KEY_ENV}'); unset: the embedded sandbox."
+    )
+    base_url: str = "https://api.brevo.com/v3"
+    requests_per_second: float = Field(default=8.0, gt=0, le=10)
+    folder_name: str = "newsletter_pipelines"
+    first_name_attribute: str = "FIRSTNAME"
+    last_name_attribute: str = "LASTNAME"
+    salutation_attribute: str = "SALUTATION"
+    tags_attribute: str | None = "NEWSLETTER_TAGS"
+    sandbox_state_file: str = ".newsletter/sandbox.json"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BrevoResource:
+        """The resource for these settings; the key is referenced, never copied."""
+        return cls(
+            api_key=EnvVar(BREVO_KEY_ENV) if settings.brevo_api_key else None,
+            base_url=settings.brevo_base_url,
+            requests_per_second=settings.brevo_requests_per_second,
+            folder_name=settings.brevo_folder_name,
+            first_name_attribute=settings.brevo_attributes.first_name,
+            last_name_attribute=settings.brevo_attributes.last_name,
+            salutation_attribute=settings.brevo_attributes.salutation,
+            tags_attribute=settings.brevo_tags_attribute or None,
+            sandbox_state_file=_state_file(settings),
+        )
+
+    @property
+    def uses_sandbox(self) -> bool:
+        """True when no API key is configured."""
+        return not self.api_key
+
+    def mode(self) -> str:
+        """One line for run logs and asset metadata: which Brevo this resource reaches."""
+        if self.uses_sandbox:
+            return _sandbox_notice("Brevo", BREVO_KEY_ENV, self.sandbox_state_file)
+        return f"Brevo: live account ({self.base_url})"
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        """Say plainly in the run log whether this run reaches Brevo or the sandbox."""
+        if context.log is not None:
+            (context.log.warning if self.uses_sandbox else context.log.info)(self.mode())
+
+    def client(self, list_name: str) -> BrevoClient:
+        """A client for one list (close it when done)."""
+        mapping = AttributeMap(
+            first_name=self.first_name_attribute,
+            last_name=self.last_name_attribute,
+            salutation=self.salutation_attribute,
+            tags=self.tags_attribute or None,
+        )
+        if self.uses_sandbox:
+            sandbox = embedded_sandbox(Path(self.sandbox_state_file))
+            return BrevoClient(
+                SANDBOX_BREVO_KEY,
+                list_name,
+                base_url=SANDBOX_ORIGIN + BREVO_PREFIX,
+                folder_name=self.folder_name,
+                attributes=mapping,
+                requests_per_second=self.requests_per_second,
+                poll=SANDBOX_POLL,
+                transport=SandboxTransport(sandbox),
+            )
+        assert self.api_key is not None
+        return BrevoClient(
+            self.api_key,
+            list_name,
+            base_url=self.base_url,
+            folder_name=self.folder_name,
+            attributes=mapping,
+            requests_per_second=self.requests_per_second,
+        )
