@@ -1,13 +1,24 @@
 """The one Definitions object, loaded by workspace.yaml and the tests."""
 
-from __future__ import annotations
-
 import dagster as dg
 
 from newsletter_pipelines.defs.crm.assets import crm_contacts, eligible_subscribers
+from newsletter_pipelines.defs.providers.assets import (
+    audience_sync,
+    provider_audience_snapshot,
+    reconciliation_diff,
+)
+from newsletter_pipelines.defs.providers.jobs import full_sync_job
 from newsletter_pipelines.defs.resources import build_resources
 
 defs = dg.Definitions(
-    assets=[crm_contacts, eligible_subscribers],
+    assets=[
+        crm_contacts,
+        eligible_subscribers,
+        provider_audience_snapshot,
+        reconciliation_diff,
+        audience_sync,
+    ],
+    jobs=[full_sync_job],
     resources=build_resources(),
 )

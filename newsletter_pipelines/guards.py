@@ -41,3 +41,43 @@ def check_count_drop(
         drop,
         f"{summary}. Check the CRM; if the drop is real, re-run with accept_drop: true.",
     )
+
+
+@dataclass(frozen=True)
+class RemovalVerdict:
+    """Whether a push may unsubscribe/remove as many contacts as the diff asks."""
+
+    passed: bool
+    removals: int
+    active_members: int
+    share: float
+    message: str
+
+
+def check_removals(
+    removals: int, active_members: int, max_share: float, allow_mass_removal: bool = False
+) -> RemovalVerdict:
+    """Fail when unsubscribes + removals exceed `max_share` of the audience's active members.
+
+    A truncated CRM export or a mapping mistake must never empty an audience: the run stops
+    before anything is sent, unless `allow_mass_removal` is set for that one run.
+    """
+    share = removals / active_members if active_members else 0.0
+    summary = (
+        f"{removals} of {active_members} active members to unsubscribe or remove "
+        f"({share:.1%}; limit {max_share:.0%})"
+    )
+    if share <= max_share:
+        return RemovalVerdict(True, removals, active_members, share, summary)
+    if allow_mass_removal:
+        return RemovalVerdict(
+            True, removals, active_members, share, f"{summary}; allowed for this run by config"
+        )
+    return RemovalVerdict(
+        False,
+        removals,
+        active_members,
+        share,
+        f"{summary}. Nothing was sent. If this is intended, run audience_sync with "
+        "allow_mass_removal: true.",
+    )

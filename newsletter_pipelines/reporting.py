@@ -70,3 +70,60 @@ def counts_table(counts: Mapping[str, int], fmt: str = "github") -> str:
     rows += [[f"excluded: {r}", counts.get(r, 0), REASON_TEXT[r]] for r in REASONS]
     rows.append(["CRM contacts", total, "eligible + excluded"])
     return tabulate(rows, headers=["outcome", "contacts", "meaning"], tablefmt=fmt)
+
+
+def explain_diff(diff: pd.DataFrame) -> str:
+    """Markdown: why the provider's subscribed count differs from the CRM's eligible count."""
+    desired = diff[diff["fields_hash"].notna()]
+    mine = desired["action"].value_counts()
+    subscribed = diff[diff["provider_status"] == "subscribed"]
+    theirs = subscribed[subscribed["fields_hash"].isna()]["action"].value_counts()
+    now = len(subscribed)
+    after = (
+        now
+        + int(mine.get("create", 0))
+        - int(theirs.get("unsubscribe", 0))
+        - int(theirs.get("remove", 0))
+    )
+    rows = [
+        ["eligible in the CRM", len(desired)],
+        [
+            "… at the provider (in sync, or updated now)",
+            int(mine.get("unchanged", 0) + mine.get("update", 0)),
+        ],
+        ["… not at the provider yet: created now", int(mine.get("create", 0))],
+        [
+            "… blocked by the provider (opted out there, refused, archived): never re-subscribed",
+            int(mine.get("blocked_by_provider", 0)),
+        ],
+        [
+            "… deleted or archived at the provider since the last sync (import back)",
+            int(mine.get("import_back", 0)),
+        ],
+        ["subscribed at the provider before this sync", now],
+        ["… eligible in the CRM", int((subscribed["fields_hash"].notna()).sum())],
+        ["… newsletter = no in the CRM: unsubscribed now", int(theirs.get("unsubscribe", 0))],
+        ["… private, deleted or no longer eligible: removed now", int(theirs.get("remove", 0))],
+        [
+            "… signed up at the provider, not eligible in the CRM (import back)",
+            int(theirs.get("import_back", 0)),
+        ],
+        ["subscribed at the provider after this sync (expected)", after],
+    ]
+    return tabulate(rows, headers=["", "contacts"], tablefmt="github")
+
+
+def diff_samples(diff: pd.DataFrame, per_action: int = 5) -> str:
+    """Markdown: a few contacts per action with the reason, emails masked."""
+    records = [
+        {
+            "action": row.action,
+            "crm id": row.crm_id or "",
+            "email": mask_email(row.email),
+            "provider status": row.provider_status or "",
+            "why": _short(row.detail, 70),
+        }
+        for _, group in diff.groupby("action", sort=True)
+        for row in group.head(per_action).itertuples(index=False)
+    ]
+    return markdown_table(records)

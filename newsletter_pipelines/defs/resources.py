@@ -11,6 +11,7 @@ from pydantic import PrivateAttr
 from newsletter_pipelines.crm.embedded import ensure_demo_crm
 from newsletter_pipelines.crm.reader import read_contacts
 from newsletter_pipelines.db import create_engine, safe_url
+from newsletter_pipelines.providers.resources import BrevoResource, MailchimpResource
 from newsletter_pipelines.settings import CrmSchema, Settings
 
 
@@ -83,4 +84,9 @@ def build_resources(settings: Settings | None = None) -> dict[str, dg.Configurab
             "NEWSLETTER_STATE_DATABASE_URL", settings.resolved_state_database_url()
         )
     )
-    return {"crm": crm, "state_db": state}
+    return {
+        "crm": crm,
+        "state_db": state,
+        "mailchimp": MailchimpResource.from_settings(settings),
+        "brevo": BrevoResource.from_settings(settings),
+    }

@@ -1,0 +1,1 @@
+"""Provider side: audience snapshots, the reconciliation diff, the push, the full-sync job."""

@@ -1,0 +1,226 @@
+"""Assets of group `providers`, one partition per audience: snapshot, diff, push."""
+
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+
+from newsletter_pipelines.defs.providers.clients import audience_client, provider_mode
+from newsletter_pipelines.defs.providers.partitions import audience_partitions
+from newsletter_pipelines.defs.resources import StateDatabaseResource
+from newsletter_pipelines.diff_inputs import build_diff, members_by_key
+from newsletter_pipelines.guards import RemovalVerdict, check_removals
+from newsletter_pipelines.providers.base import Member
+from newsletter_pipelines.providers.resources import BrevoResource, MailchimpResource
+from newsletter_pipelines.push import PushContext, push_diff
+from newsletter_pipelines.reconcile import ACTIVE, OPTED_OUT, SyncAction
+from newsletter_pipelines.reporting import diff_samples, explain_diff, markdown_table, mask_email
+from newsletter_pipelines.settings import AudienceConfig, Settings
+from newsletter_pipelines.state.ledger import load_ledger
+
+GROUP = "providers"
+_SETTINGS = Settings()
+CHUNK_SIZE = {"mailchimp": 500, "brevo": 5_000}
+
+
+def _audience(context: dg.AssetExecutionContext) -> AudienceConfig:
+    return _SETTINGS.audience(context.partition_key)
+
+
+@dg.asset(group_name=GROUP, partitions_def=audience_partitions, kinds={"api"})
+def provider_audience_snapshot(
+    context: dg.AssetExecutionContext, mailchimp: MailchimpResource, brevo: BrevoResource
+) -> dg.Output[list[Member]]:
+    """Every member of the audience as the provider holds it, whatever its status.
+
+    A provider error fails the run: a failed read is never an empty audience.
+    """
+    audience = _audience(context)
+    mode = provider_mode(audience, mailchimp, brevo)
+    context.log.info(mode)
+    client = audience_client(audience, mailchimp, brevo)
+    try:
+        client.check_credentials()
+        found = client.ensure_audience()
+        members = client.snapshot()
+    finally:
+        client.close()
+    statuses = Counter(m.status.value for m in members)
+    context.log.info(f"{audience.key}: {len(members)} members ({dict(statuses)})")
+    sample = [
+        {"email": mask_email(m.email), "status": m.status.value, "tags": ", ".join(sorted(m.tags))}
+        for m in members[:10]
+    ]
+    return dg.Output(
+        members,
+        metadata={
+            "audience": f"{audience.provider} {found.name!r} (id {found.id})",
+            "provider": mode,
+            "member_count": dg.MetadataValue.int(len(members)),
+            **{f"status_{s}": dg.MetadataValue.int(n) for s, n in sorted(statuses.items())},
+            "sample": dg.MetadataValue.md(markdown_table(sample)),
+        },
+    )
+
+
+def _sync_config(context: dg.AssetExecutionContext) -> dict[str, Any]:
+    """`audience_sync`'s run config, so the removal guard honours its override in the same run."""
+    ops = (context.run.run_config or {}).get("ops", {})
+    return ops.get("audience_sync", {}).get("config", {}) or {}
+
+
+def _removal_verdict(diff: pd.DataFrame, allow: bool) -> RemovalVerdict:
+    removals = int(diff["action"].isin([SyncAction.UNSUBSCRIBE, SyncAction.REMOVE]).sum())
+    active = int(diff["provider_status"].isin(ACTIVE).sum())
+    return check_removals(removals, active, _SETTINGS.removal_max_share, allow)
+
+
+@dg.asset(
+    group_name=GROUP,
+    partitions_def=audience_partitions,
+    kinds={"pandas"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            "removal_guard",
+            asset="reconciliation_diff",
+            blocking=True,
+            description="The push would not unsubscribe/remove more than the configured share "
+            "of the audience (NEWSLETTER_REMOVAL_MAX_SHARE), unless audience_sync's "
+            "allow_mass_removal is set for the run.",
+        ),
+        dg.AssetCheckSpec(
+            "never_resubscribe",
+            asset="reconciliation_diff",
+            blocking=True,
+            description="No create or update targets a contact the provider holds as "
+            "unsubscribed, cleaned or blacklisted.",
+        ),
+    ],
+)
+def reconciliation_diff(
+    context: dg.AssetExecutionContext,
+    eligible_subscribers: pd.DataFrame,
+    excluded_contacts: pd.DataFrame,
+    provider_audience_snapshot: list[Member],
+    state_db: StateDatabaseResource,
+) -> Iterator[dg.Output[pd.DataFrame] | dg.AssetCheckResult]:
+    """Three-way comparison of the CRM, the provider snapshot and the sync ledger: one action
+    per contact (create, update, unsubscribe, remove, unchanged, blocked_by_provider,
+    import_back)."""
+    audience = _audience(context)
+    ledger = load_ledger(state_db.engine(), audience.key)
+    diff = build_diff(
+        eligible_subscribers,
+        excluded_contacts,
+        provider_audience_snapshot,
+        ledger,
+        audience.system_tag if audience.provider == "mailchimp" else None,
+    )
+    actions = diff["action"].value_counts()
+    context.log.info(f"{audience.key}: " + ", ".join(f"{a} {n}" for a, n in actions.items()))
+    verdict = _removal_verdict(diff, bool(_sync_config(context).get("allow_mass_removal")))
+    risky = diff[
+        diff["action"].isin([SyncAction.CREATE, SyncAction.UPDATE])
+        & diff["provider_status"].isin(OPTED_OUT)
+    ]
+    yield dg.Output(
+        diff,
+        metadata={
+            **{
+                f"action_{a.value}": dg.MetadataValue.int(int(actions.get(a.value, 0)))
+                for a in SyncAction
+            },
+            "why_the_numbers_differ": dg.MetadataValue.md(explain_diff(diff)),
+            "samples": dg.MetadataValue.md(diff_samples(diff)),
+            "ledger_rows": dg.MetadataValue.int(len(ledger)),
+        },
+    )
+    if not verdict.passed:
+        context.log.error(verdict.message)
+    yield dg.AssetCheckResult(
+        check_name="removal_guard",
+        asset_key="reconciliation_diff",
+        passed=verdict.passed,
+        description=verdict.message,
+        metadata={
+            "removals": verdict.removals,
+            "active_members": verdict.active_members,
+            "share": verdict.share,
+        },
+    )
+    yield dg.AssetCheckResult(
+        check_name="never_resubscribe",
+        asset_key="reconciliation_diff",
+        passed=risky.empty,
+        metadata={"violations": len(risky)},
+    )
+
+
+class SyncConfig(dg.Config):
+    """Run config of `audience_sync`."""
+
+    dry_run: bool = False
+    allow_mass_removal: bool = False
+
+
+@dg.asset(group_name=GROUP, partitions_def=audience_partitions, kinds={"api"})
+def audience_sync(
+    context: dg.AssetExecutionContext,
+    config: SyncConfig,
+    reconciliation_diff: pd.DataFrame,
+    provider_audience_snapshot: list[Member],
+    state_db: StateDatabaseResource,
+    mailchimp: MailchimpResource,
+    brevo: BrevoResource,
+) -> dg.MaterializeResult:
+    """Apply the diff through the provider client in bulk; the ledger follows confirmed outcomes
+    and every contact's outcome is logged (state database table sync_outcomes)."""
+    audience = _audience(context)
+    planned = reconciliation_diff["action"].value_counts()
+    planned_meta = {f"planned_{a}": dg.MetadataValue.int(int(n)) for a, n in planned.items()}
+    if config.dry_run:
+        context.log.info(f"dry run: nothing sent to {audience.key}")
+        return dg.MaterializeResult(metadata={"dry_run": True, **planned_meta})
+    verdict = _removal_verdict(reconciliation_diff, config.allow_mass_removal)
+    if not verdict.passed:  # the blocking check already stopped such runs; never send anyway
+        raise dg.Failure(description=verdict.message)
+    context.log.info(provider_mode(audience, mailchimp, brevo))
+    ledger = load_ledger(state_db.engine(), audience.key)
+    client = audience_client(audience, mailchimp, brevo)
+    try:
+        client.ensure_audience()
+        summary = push_diff(
+            client,
+            reconciliation_diff,
+            members_by_key(provider_audience_snapshot),
+            {entry.crm_id: entry for entry in ledger},
+            PushContext(
+                engine=state_db.engine(),
+                audience=audience.key,
+                run_id=context.run.run_id,
+                system_tag=audience.system_tag if audience.provider == "mailchimp" else None,
+                chunk_size=CHUNK_SIZE[audience.provider],
+                log=context.log.info,
+            ),
+        )
+    finally:
+        client.close()
+    results = {
+        r: summary.results.get(r, 0)
+        for r in ("created", "updated", "unchanged", "unsubscribed", "removed", "refused")
+    }
+    context.log.info(f"{audience.key}: {results}")
+    refusals = [{"provider code": c, "contacts": n} for c, n in summary.refused_by_code.items()]
+    return dg.MaterializeResult(
+        metadata={
+            "dry_run": False,
+            **{r: dg.MetadataValue.int(n) for r, n in results.items()},
+            "refused_by_reason": dg.MetadataValue.md(markdown_table(refusals)),
+            "ledger_rows_refreshed": dg.MetadataValue.int(summary.ledger_refreshed),
+            "outcome_log": f"table sync_outcomes (run_id {context.run.run_id}) in the "
+            f"{state_db.describe()}",
+            **planned_meta,
+        }
+    )

@@ -1,0 +1,14 @@
+"""The full sync: CRM eligibility and, per audience partition, snapshot, diff and push."""
+
+import dagster as dg
+
+from newsletter_pipelines.defs.providers.partitions import audience_partitions
+
+full_sync_job = dg.define_asset_job(
+    "full_sync_job",
+    selection=dg.AssetSelection.groups("crm", "providers"),
+    partitions_def=audience_partitions,
+    description="Full sync of one audience: CRM contacts → eligible subscribers → provider "
+    "snapshot → reconciliation diff → push. Blocking checks stop the push on a suspicious "
+    "eligible-count drop, a mass removal or a would-be re-subscription.",
+)
