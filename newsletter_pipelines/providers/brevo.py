@@ -19,6 +19,7 @@ import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -106,6 +107,7 @@ class BrevoClient:
             provider=NAME,
             base_url=base_url,
             auth_headers={"api-key": api_key},
+            secrets=[api_key],
             parse_error=parse_error,
             max_connections=max_connections,
             requests_per_second=requests_per_second,
@@ -270,7 +272,8 @@ class BrevoClient:
                 provider_id=str(response.json()["id"]),
                 status=MemberStatus.SUBSCRIBED,
             )
-        existing = ContactOut.model_validate(self._api.call("GET", f"/contacts/{contact.email}"))
+        path = f"/contacts/{quote(contact.email, safe='')}"
+        existing = ContactOut.model_validate(self._api.call("GET", path))
         return contact.crm_id, Outcome(
             action=Action.UPSERT,
             outcome=Result.UPDATED,
@@ -411,7 +414,7 @@ class BrevoClient:
     ) -> tuple[int, ApiError | None]:
         index, (entry, email, _, _) = item
         body = {k: v for k, v in entry.items() if k not in ("id", "email")}
-        identifier = entry.get("id", email)
+        identifier = entry.get("id") or quote(email, safe="")
         try:
             self._api.request("PUT", f"/contacts/{identifier}", json=body)
         except ApiError as exc:

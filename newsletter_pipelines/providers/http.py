@@ -119,6 +119,7 @@ class ApiClient:
         provider: str,
         base_url: str,
         auth_headers: Mapping[str, str],
+        secrets: Sequence[str],
         parse_error: ErrorParser,
         max_connections: int = 5,
         requests_per_second: float | None = None,
@@ -128,7 +129,7 @@ class ApiClient:
         self.provider = provider
         self.max_connections = max_connections
         self._auth_headers = dict(auth_headers)
-        self._secrets = [v.split(" ", 1)[-1] for v in auth_headers.values()]
+        self._secrets = [*secrets, *(v.split(" ", 1)[-1] for v in auth_headers.values())]
         self._parse_error = parse_error
         self._retry = retry or RetryPolicy()
         self._slots = threading.BoundedSemaphore(max_connections)

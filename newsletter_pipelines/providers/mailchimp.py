@@ -147,6 +147,7 @@ class MailchimpClient:
             provider=NAME,
             base_url=url,
             auth_headers={"authorization": token},
+            secrets=[api_key],
             parse_error=parse_error,
             max_connections=max_connections,
             retry=retry,

@@ -249,3 +249,12 @@ def test_webhook_with_bearer_token_hears_people(
     event = json.loads(delivered.content)
     assert (event["event"], event["email"]) == ("unsubscribed", "person0@example.com")
     assert "api_key_name" not in event
+
+
+def test_addresses_with_plus_are_found_again(brevo: BrevoClient) -> None:
+    plus = Contact(crm_id="p", email="first+news@example.com", first_name="Plus")
+    created = brevo.upsert([plus])[0]
+    again = brevo.upsert([plus.model_copy(update={"first_name": "Again"})], current={})[0]
+    assert (again.outcome, again.provider_id) == (Result.UPDATED, created.provider_id)
+    assert brevo.unsubscribe([plus.ref()])[0].outcome is Result.UNSUBSCRIBED
+    assert brevo.snapshot()[0].first_name == "Again"
