@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import json
 import secrets
 import uuid
 from collections.abc import Callable
@@ -20,18 +19,18 @@ from newsletter_pipelines.sandbox.core import (
     now_iso,
 )
 from newsletter_pipelines.sandbox.fields import partial
+from newsletter_pipelines.sandbox.mailchimp_batch_ops import BatchHandlers
 from newsletter_pipelines.sandbox.mailchimp_members import ProblemError, invalid, not_found
 from newsletter_pipelines.sandbox.mailchimp_state import (
     McAccount,
-    McBatch,
     McList,
     McMember,
     McMergeField,
-    McWebhook,
 )
+from newsletter_pipelines.sandbox.mailchimp_tags import TagHandlers
+from newsletter_pipelines.sandbox.mailchimp_webhooks import WebhookHandlers
 
 MAX_BATCH_MEMBERS = 500
-MAX_SEGMENT_MEMBERS = 500
 _PROBLEM = "application/problem+json; charset=utf-8"
 _ERRORS_DOC = "https://mailchimp.com/developer/marketing/docs/errors/"
 
@@ -102,21 +101,13 @@ class MailchimpApi:
                 "/lists/{list_id}/members/{hash}/actions/delete-permanent",
                 self.delete_permanent,
             ),
-            ("GET", "/lists/{list_id}/members/{hash}/tags", self.get_member_tags),
-            ("POST", "/lists/{list_id}/members/{hash}/tags", self.post_member_tags),
             ("GET", "/lists/{list_id}/merge-fields", self.get_merge_fields),
             ("POST", "/lists/{list_id}/merge-fields", self.post_merge_field),
-            ("GET", "/lists/{list_id}/tag-search", self.tag_search),
-            ("POST", "/lists/{list_id}/segments", self.post_segment),
-            ("POST", "/lists/{list_id}/segments/{segment_id}", self.segment_members),
-            ("GET", "/lists/{list_id}/webhooks", self.get_webhooks),
-            ("POST", "/lists/{list_id}/webhooks", self.post_webhook),
-            ("GET", "/lists/{list_id}/webhooks/{webhook_id}", self.get_webhook),
-            ("PATCH", "/lists/{list_id}/webhooks/{webhook_id}", self.patch_webhook),
-            ("DELETE", "/lists/{list_id}/webhooks/{webhook_id}", self.delete_webhook),
-            ("POST", "/batches", self.post_batch),
-            ("GET", "/batches/{batch_id}", self.get_batch),
         ]
+        self.batches = BatchHandlers(hooks.now, hooks.batch_delay, self._route)
+        routes += TagHandlers(hooks.now).routes()
+        routes += WebhookHandlers(hooks.validate_webhook_url).routes()
+        routes += self.batches.routes()
         for method, template, handler in routes:
             self.router.add(method, template, handler)
 
@@ -124,7 +115,7 @@ class MailchimpApi:
 
     def handle(self, account: McAccount, request: Request) -> tuple[str, Response]:
         """(route template, response) for an authenticated request."""
-        self.run_due_batches(account)
+        self.batches.run_due_batches(account)
         return self._route(account, request)
 
     def _route(self, account: McAccount, request: Request) -> tuple[str, Response]:
@@ -155,46 +146,7 @@ class MailchimpApi:
                 )
             )
 
-    def run_due_batches(self, account: McAccount) -> None:
-        """Run every submitted batch whose processing time has come."""
-        now = self.hooks.now()
-        for batch in account.batches.values():
-            if batch.status != "finished" and now >= batch.submitted_at + self.hooks.batch_delay():
-                batch.results = [self._run_operation(account, op) for op in batch.operations]
-                batch.status = "finished"
-                batch.completed_at = now
-
-    def _run_operation(self, account: McAccount, op: dict[str, Any]) -> dict[str, Any]:
-        path = "/" + str(op.get("path", "")).lstrip("/")
-        params = op.get("params") or {}
-        request = Request(
-            method=str(op.get("method", "GET")).upper(),
-            path=path,
-            query={str(k): [str(v)] for k, v in params.items()},
-            body=str(op.get("body") or "").encode(),
-        )
-        _, response = self._route(account, request)
-        return {
-            "status_code": response.status,
-            "operation_id": op.get("operation_id"),
-            "response": response.body.decode(),
-        }
-
     # --- helpers ------------------------------------------------------------------------
-
-    def _list(self, account: McAccount, request: Request) -> McList:
-        lst = account.lists.get(request.params["list_id"])
-        if lst is None:
-            raise not_found()
-        return lst
-
-    def _member_json(self, lst: McList, member: McMember) -> dict[str, Any]:
-        return members.representation(lst, member, lst.segments)
-
-    def _register_tags(self, account: McAccount, lst: McList, member: McMember) -> None:
-        for name in member.tags:
-            if name not in lst.segments:
-                lst.segments[name] = account.new_id()
 
     def _event(self, lst: McList, kind: str, member: McMember, **extra: Any) -> None:
         if not lst.webhooks:
@@ -264,7 +216,9 @@ class MailchimpApi:
         return json_response(200, partial(body, request))
 
     def get_list(self, account: McAccount, request: Request) -> Response:
-        return json_response(200, partial(self._list_json(self._list(account, request)), request))
+        return json_response(
+            200, partial(self._list_json(members.find_list(account, request)), request)
+        )
 
     def post_list(self, account: McAccount, request: Request) -> Response:
         body = request.json_object()
@@ -311,7 +265,7 @@ class MailchimpApi:
     # --- batch subscribe ----------------------------------------------------------------
 
     def batch_subscribe(self, account: McAccount, request: Request) -> Response:
-        lst = self._list(account, request)
+        lst = members.find_list(account, request)
         body = request.json_object()
         batch = body.get("members")
         if not isinstance(batch, list):
@@ -345,7 +299,9 @@ class MailchimpApi:
             except ProblemError as refusal:
                 errors.append(self._batch_error(email, refusal))
                 continue
-            (created if is_new else updated).append(self._member_json(lst, member))
+            (created if is_new else updated).append(
+                members.representation(lst, member, lst.segments)
+            )
         return json_response(
             200,
             {
@@ -372,11 +328,11 @@ class MailchimpApi:
                 raise members.exists(email)
             members.update(lst, existing, {**entry, "email_address": None}, now)
             members.add_tags(existing, [str(t) for t in entry.get("tags") or []], now)
-            self._register_tags(account, lst, existing)
+            members.register_tags(account, lst, existing)
             self._event(lst, "profile", existing)
             return existing, False
         member = members.create(account, lst, entry, status, now)
-        self._register_tags(account, lst, member)
+        members.register_tags(account, lst, member)
         self._event(lst, "subscribe", member)
         return member, True
 
@@ -396,7 +352,7 @@ class MailchimpApi:
     # --- members ------------------------------------------------------------------------
 
     def get_members(self, account: McAccount, request: Request) -> Response:
-        lst = self._list(account, request)
+        lst = members.find_list(account, request)
         count, offset = request.int_arg("count", 10), request.int_arg("offset", 0)
         status = request.arg("status")
         rows = [m for m in lst.members.values() if status is None or m.status == status]
@@ -404,7 +360,9 @@ class MailchimpApi:
         if since:
             rows = [m for m in rows if m.last_changed >= since]
         body = {
-            "members": [self._member_json(lst, m) for m in rows[offset : offset + count]],
+            "members": [
+                members.representation(lst, m, lst.segments) for m in rows[offset : offset + count]
+            ],
             "list_id": lst.id,
             "total_items": len(rows),
             "_links": [],
@@ -412,12 +370,14 @@ class MailchimpApi:
         return json_response(200, partial(body, request))
 
     def get_member(self, account: McAccount, request: Request) -> Response:
-        lst = self._list(account, request)
+        lst = members.find_list(account, request)
         member = members.find(lst, request.params["hash"])
-        return json_response(200, partial(self._member_json(lst, member), request))
+        return json_response(
+            200, partial(members.representation(lst, member, lst.segments), request)
+        )
 
     def post_member(self, account: McAccount, request: Request) -> Response:
-        lst = self._list(account, request)
+        lst = members.find_list(account, request)
         body = request.json_object()
         status = members.check_status_value(body.get("status"))
         email = str(body.get("email_address") or "")
@@ -425,12 +385,12 @@ class MailchimpApi:
         if existing is not None and existing.status != "archived":
             raise members.exists(email)
         member = members.create(account, lst, body, status, self.hooks.now())
-        self._register_tags(account, lst, member)
+        members.register_tags(account, lst, member)
         self._event(lst, "subscribe", member)
-        return json_response(200, self._member_json(lst, member))
+        return json_response(200, members.representation(lst, member, lst.segments))
 
     def put_member(self, account: McAccount, request: Request) -> Response:
-        lst = self._list(account, request)
+        lst = members.find_list(account, request)
         body = request.json_object()
         email = str(body.get("email_address") or "")
         if not email:
@@ -443,49 +403,28 @@ class MailchimpApi:
         else:
             payload = {k: v for k, v in body.items() if k != "status_if_new"}
             member = members.update(lst, existing, payload, now)
-        self._register_tags(account, lst, member)
-        return json_response(200, self._member_json(lst, member))
+        members.register_tags(account, lst, member)
+        return json_response(200, members.representation(lst, member, lst.segments))
 
     def patch_member(self, account: McAccount, request: Request) -> Response:
-        lst = self._list(account, request)
+        lst = members.find_list(account, request)
         member = members.find(lst, request.params["hash"])
         old_email = member.email_address
         members.update(lst, member, request.json_object(), self.hooks.now())
         if member.email_address != old_email:
             self._event(lst, "upemail", member, old_email=old_email, new_email=member.email_address)
-        return json_response(200, self._member_json(lst, member))
+        return json_response(200, members.representation(lst, member, lst.segments))
 
     def delete_member(self, account: McAccount, request: Request) -> Response:
-        lst = self._list(account, request)
+        lst = members.find_list(account, request)
         member = members.find(lst, request.params["hash"])
         members.archive(lst, member, self.hooks.now())
         self._event(lst, "unsubscribe", member, action="delete", reason="manual")
         return empty_response(204, {"content-type": "application/json; charset=utf-8"})
 
     def delete_permanent(self, account: McAccount, request: Request) -> Response:
-        lst = self._list(account, request)
+        lst = members.find_list(account, request)
         members.forget(lst, members.find(lst, request.params["hash"]))
-        return empty_response(204, {"content-type": "application/json; charset=utf-8"})
-
-    def get_member_tags(self, account: McAccount, request: Request) -> Response:
-        lst = self._list(account, request)
-        member = members.find(lst, request.params["hash"])
-        tags = [
-            {"id": lst.segments.get(name, 0), "name": name, "date_added": added}
-            for name, added in member.tags.items()
-        ]
-        count, offset = request.int_arg("count", 10), request.int_arg("offset", 0)
-        body = {"tags": tags[offset : offset + count], "total_items": len(tags), "_links": []}
-        return json_response(200, partial(body, request))
-
-    def post_member_tags(self, account: McAccount, request: Request) -> Response:
-        lst = self._list(account, request)
-        member = members.find(lst, request.params["hash"])
-        tags = request.json_object().get("tags")
-        if not isinstance(tags, list):
-            raise invalid("tags", "This value should not be blank.")
-        members.set_tags(member, [t for t in tags if isinstance(t, dict)], self.hooks.now())
-        self._register_tags(account, lst, member)
         return empty_response(204, {"content-type": "application/json; charset=utf-8"})
 
     # --- merge fields -------------------------------------------------------------------
@@ -494,7 +433,7 @@ class MailchimpApi:
         return {**field.model_dump(), "list_id": lst.id, "_links": []}
 
     def get_merge_fields(self, account: McAccount, request: Request) -> Response:
-        lst = self._list(account, request)
+        lst = members.find_list(account, request)
         count, offset = request.int_arg("count", 10), request.int_arg("offset", 0)
         fields = lst.merge_fields
         body = {
@@ -508,7 +447,7 @@ class MailchimpApi:
         return json_response(200, partial(body, request))
 
     def post_merge_field(self, account: McAccount, request: Request) -> Response:
-        lst = self._list(account, request)
+        lst = members.find_list(account, request)
         body = request.json_object()
         if not body.get("name"):
             raise invalid("name", "This value should not be blank.")
@@ -537,198 +476,3 @@ class MailchimpApi:
         for member in lst.members.values():
             member.merge_fields.setdefault(tag, "")
         return json_response(200, self._merge_field_json(lst, field))
-
-    # --- tags as segments ---------------------------------------------------------------
-
-    def tag_search(self, account: McAccount, request: Request) -> Response:
-        lst = self._list(account, request)
-        prefix = (request.arg("name") or "").lower()
-        tags = [
-            {"id": i, "name": n} for n, i in lst.segments.items() if n.lower().startswith(prefix)
-        ]
-        return json_response(200, {"tags": tags, "total_items": len(tags)})
-
-    def post_segment(self, account: McAccount, request: Request) -> Response:
-        lst = self._list(account, request)
-        body = request.json_object()
-        name = str(body.get("name") or "")
-        emails = body.get("static_segment")
-        if not name or not isinstance(emails, list):
-            raise invalid("static_segment", "Only static segments (tags) are emulated.")
-        segment_id = lst.segments.setdefault(name, account.new_id())
-        now = self.hooks.now()
-        for email in emails:
-            member = lst.members.get(members.subscriber_hash(str(email)))
-            if member is not None:
-                members.set_tags(member, [{"name": name, "status": "active"}], now)
-        return json_response(200, self._segment_json(lst, name, segment_id))
-
-    def _segment_json(self, lst: McList, name: str, segment_id: int) -> dict[str, Any]:
-        stamp = lst.date_created
-        count = sum(1 for m in lst.members.values() if name in m.tags)
-        return {
-            "id": segment_id,
-            "name": name,
-            "member_count": count,
-            "type": "static",
-            "created_at": stamp,
-            "updated_at": stamp,
-            "list_id": lst.id,
-            "_links": [],
-        }
-
-    def segment_members(self, account: McAccount, request: Request) -> Response:
-        lst = self._list(account, request)
-        segment_id = (
-            int(request.params["segment_id"]) if request.params["segment_id"].isdigit() else -1
-        )
-        name = next((n for n, i in lst.segments.items() if i == segment_id), None)
-        if name is None:
-            raise not_found()
-        body = request.json_object()
-        adds, removes = body.get("members_to_add") or [], body.get("members_to_remove") or []
-        if len(adds) > MAX_SEGMENT_MEMBERS or len(removes) > MAX_SEGMENT_MEMBERS:
-            raise ProblemError(
-                400,
-                "Invalid Resource",
-                "Maximum allowed member items exceeded, please provide at most 500 items in "
-                "members_to_add field or members_to_remove field",
-            )
-        now = self.hooks.now()
-        added, removed, missing = [], [], []
-        for emails, status, done in ((adds, "active", added), (removes, "inactive", removed)):
-            for email in emails:
-                member = lst.members.get(members.subscriber_hash(str(email)))
-                if member is None:
-                    missing.append(str(email))
-                    continue
-                members.set_tags(member, [{"name": name, "status": status}], now)
-                done.append(self._member_json(lst, member))
-        errors = [{"email_addresses": missing, "error": "Email addresses are not list members"}]
-        return json_response(
-            200,
-            {
-                "members_added": added,
-                "members_removed": removed,
-                "errors": errors if missing else [],
-                "total_added": len(added),
-                "total_removed": len(removed),
-                "error_count": len(missing),
-                "_links": [],
-            },
-        )
-
-    # --- webhooks -----------------------------------------------------------------------
-
-    def _webhook_json(self, lst: McList, hook: McWebhook) -> dict[str, Any]:
-        return {**hook.model_dump(), "list_id": lst.id, "_links": []}
-
-    def _webhook(self, lst: McList, request: Request) -> McWebhook:
-        hook = next((h for h in lst.webhooks if h.id == request.params["webhook_id"]), None)
-        if hook is None:
-            raise not_found()
-        return hook
-
-    def get_webhooks(self, account: McAccount, request: Request) -> Response:
-        lst = self._list(account, request)
-        hooks = [self._webhook_json(lst, h) for h in lst.webhooks]
-        return json_response(
-            200, {"webhooks": hooks, "list_id": lst.id, "total_items": len(hooks), "_links": []}
-        )
-
-    def get_webhook(self, account: McAccount, request: Request) -> Response:
-        lst = self._list(account, request)
-        return json_response(200, self._webhook_json(lst, self._webhook(lst, request)))
-
-    def post_webhook(self, account: McAccount, request: Request) -> Response:
-        lst = self._list(account, request)
-        body = request.json_object()
-        url = str(body.get("url") or "")
-        if not url:
-            raise invalid("url", "This value should not be blank.")
-        if not self.hooks.validate_webhook_url(url):
-            raise invalid(
-                "url",
-                "We couldn't verify the URL is working. Please double check and try again. "
-                f"URL: {url}",
-            )
-        events = {
-            k: False
-            for k in ("subscribe", "unsubscribe", "profile", "cleaned", "upemail", "campaign")
-        }
-        sources = {"user": False, "admin": False, "api": False}
-        hook = McWebhook(
-            id=secrets.token_hex(5),
-            url=url,
-            events=events | dict(body.get("events") or {}),
-            sources=sources | dict(body.get("sources") or {}),
-        )
-        lst.webhooks.append(hook)
-        return json_response(200, self._webhook_json(lst, hook))
-
-    def patch_webhook(self, account: McAccount, request: Request) -> Response:
-        lst = self._list(account, request)
-        hook = self._webhook(lst, request)
-        body = request.json_object()
-        hook.url = str(body.get("url") or hook.url)
-        hook.events.update(body.get("events") or {})
-        hook.sources.update(body.get("sources") or {})
-        return json_response(200, self._webhook_json(lst, hook))
-
-    def delete_webhook(self, account: McAccount, request: Request) -> Response:
-        lst = self._list(account, request)
-        lst.webhooks.remove(self._webhook(lst, request))
-        return empty_response(204)
-
-    # --- batch operations ---------------------------------------------------------------
-
-    def _batch_json(self, batch: McBatch, request: Request) -> dict[str, Any]:
-        errored = sum(1 for r in batch.results if int(r["status_code"]) >= 400)
-        body: dict[str, Any] = {
-            "id": batch.id,
-            "status": batch.status,
-            "total_operations": len(batch.operations),
-            "finished_operations": len(batch.results),
-            "errored_operations": errored,
-            "submitted_at": now_iso(batch.submitted_at),
-            "response_body_url": "",
-            "_links": [],
-        }
-        if batch.completed_at is not None:
-            body["completed_at"] = now_iso(batch.completed_at)
-            body["response_body_url"] = (
-                f"{request.origin}/_sandbox/files/mailchimp-batches/{batch.id}.tar.gz"
-            )
-        return body
-
-    def post_batch(self, account: McAccount, request: Request) -> Response:
-        operations = request.json_object().get("operations")
-        if not isinstance(operations, list):
-            raise invalid("operations", "This value should not be blank.")
-        for op in operations:
-            if not isinstance(op, dict) or op.get("method") not in (
-                "GET",
-                "POST",
-                "PUT",
-                "PATCH",
-                "DELETE",
-            ):
-                raise invalid("operations", "Each operation needs a method and a path.")
-            if op.get("body") is not None:
-                try:
-                    json.loads(op["body"])
-                except (TypeError, ValueError):
-                    raise invalid(
-                        "operations", "The body of an operation must be a JSON string."
-                    ) from None
-        batch = McBatch(
-            id=secrets.token_hex(5), operations=operations, submitted_at=self.hooks.now()
-        )
-        account.batches[batch.id] = batch
-        return json_response(200, self._batch_json(batch, request))
-
-    def get_batch(self, account: McAccount, request: Request) -> Response:
-        batch = account.batches.get(request.params["batch_id"])
-        if batch is None:
-            raise not_found()
-        return json_response(200, partial(self._batch_json(batch, request), request))

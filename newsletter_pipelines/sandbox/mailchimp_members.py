@@ -10,7 +10,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from newsletter_pipelines.sandbox.core import now_iso
+from newsletter_pipelines.sandbox.core import Request, now_iso
 from newsletter_pipelines.sandbox.mailchimp_state import (
     ACTIVE_STATUSES,
     McAccount,
@@ -251,6 +251,21 @@ def set_tags(member: McMember, tags: Iterable[dict[str, Any]], now: float) -> No
         else:
             member.tags.setdefault(str(tag.get("name")), now_iso(now))
     member.last_changed = now_iso(now)
+
+
+def find_list(account: McAccount, request: Request) -> McList:
+    """The audience named by the `list_id` path parameter, else 404."""
+    lst = account.lists.get(request.params["list_id"])
+    if lst is None:
+        raise not_found()
+    return lst
+
+
+def register_tags(account: McAccount, lst: McList, member: McMember) -> None:
+    """Give every tag of the member a segment id (tags are static segments)."""
+    for name in member.tags:
+        if name not in lst.segments:
+            lst.segments[name] = account.new_id()
 
 
 def find(lst: McList, hash_or_email: str) -> McMember:
