@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
-from newsletter_pipelines.sandbox.brevo_api import BrevoError
+from newsletter_pipelines.sandbox.brevo_rules import BrevoError
 from newsletter_pipelines.sandbox.brevo_state import BvAttribute
 from newsletter_pipelines.sandbox.core import (
     BodyError,

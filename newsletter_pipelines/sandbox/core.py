@@ -103,12 +103,19 @@ class Router:
         self._routes.append((method, template, re.compile(f"^{pattern}/?$"), handler))
 
     def resolve(self, method: str, path: str) -> tuple[str, Handler, dict[str, str]] | None:
-        """(template, handler, path params) for the request, or None when nothing matches."""
-        for route_method, template, pattern, handler in self._routes:
-            match = pattern.match(path)
-            if match and route_method == method:
-                return template, handler, match.groupdict()
-        return None
+        """(template, handler, path params) for the request, or None when nothing matches.
+
+        The most literal template wins (`/contacts/folders` over `/contacts/{identifier}`).
+        """
+        found = [
+            (template.count("{"), template, handler, match.groupdict())
+            for route_method, template, pattern, handler in self._routes
+            if route_method == method and (match := pattern.match(path))
+        ]
+        if not found:
+            return None
+        _, template, handler, params = min(found, key=lambda item: item[0])
+        return template, handler, params
 
     def allowed(self, path: str) -> list[str]:
         """Methods registered for a path (for 405 answers)."""

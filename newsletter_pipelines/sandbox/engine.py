@@ -18,7 +18,8 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, Field
 
-from newsletter_pipelines.sandbox.brevo_api import BrevoApi, BrevoError, error
+from newsletter_pipelines.sandbox.brevo_api import BrevoApi
+from newsletter_pipelines.sandbox.brevo_rules import BrevoError, error
 from newsletter_pipelines.sandbox.brevo_state import BvAccount, BvAttribute, default_attributes
 from newsletter_pipelines.sandbox.control import ControlApi
 from newsletter_pipelines.sandbox.core import Request, Response

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel
 
 from newsletter_pipelines.sandbox import mailchimp_members as members
-from newsletter_pipelines.sandbox.brevo_api import BrevoError, contact_json, stamp
+from newsletter_pipelines.sandbox.brevo_rules import BrevoError, contact_json, stamp
 from newsletter_pipelines.sandbox.brevo_state import LANGUAGE_NAME_ATTRIBUTES, BvContact
 from newsletter_pipelines.sandbox.core import now_iso
 from newsletter_pipelines.sandbox.mailchimp_members import ProblemError

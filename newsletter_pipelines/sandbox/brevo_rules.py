@@ -1,0 +1,192 @@
+"""Brevo rules shared by the emulated endpoints: error shape, contact representation,
+lookups, paging limits and how an update body changes a contact.
+
+Faithful quirks kept on purpose: unknown attributes are silently ignored (so a wrong attribute
+name loses data unless the client checks), and `emailBlacklisted: false` clears a blacklist.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from newsletter_pipelines.sandbox.brevo_state import BvAccount, BvContact, BvList
+from newsletter_pipelines.sandbox.core import Request, Response, json_response
+
+_ADDRESS = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+class BrevoError(Exception):
+    """A Brevo error answer: `{"code", "message"}`."""
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
+class BrevoHooks(Protocol):
+    """What the API needs from its host."""
+
+    def now(self) -> float: ...
+
+    def process_delay(self) -> float: ...
+
+    def brevo_event(self, account: BvAccount, event: str, payload: dict[str, Any]) -> None: ...
+
+
+def error(exc: BrevoError) -> Response:
+    """A Brevo error response."""
+    return json_response(
+        exc.status, {"code": exc.code, "message": exc.message}, headers=exc.headers
+    )
+
+
+def stamp(timestamp: float) -> str:
+    """Brevo's timestamp format: milliseconds and a `+00:00` offset."""
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
+
+
+def contact_json(contact: BvContact) -> dict[str, Any]:
+    """A contact as Brevo returns it (`getContactDetails`)."""
+    return {
+        "email": contact.email,
+        "id": contact.id,
+        "emailBlacklisted": contact.emailBlacklisted,
+        "smsBlacklisted": contact.smsBlacklisted,
+        "createdAt": stamp(contact.createdAt),
+        "modifiedAt": stamp(contact.modifiedAt),
+        "listIds": list(contact.listIds),
+        "listUnsubscribed": list(contact.listUnsubscribed),
+        "attributes": dict(contact.attributes),
+    }
+
+
+def page(request: Request, maximum: int, default: int) -> tuple[int, int]:
+    limit, offset = request.int_arg("limit", default), request.int_arg("offset", 0)
+    if limit > maximum or limit < 0 or offset < 0:
+        raise BrevoError(400, "out_of_range", f"limit must be between 0 and {maximum}")
+    return limit, offset
+
+
+def find_list(account: BvAccount, list_id: str) -> BvList:
+    lst = account.lists.get(int(list_id)) if list_id.isdigit() else None
+    if lst is None:
+        raise BrevoError(404, "document_not_found", "List ID does not exist")
+    return lst
+
+
+def find_contact(account: BvAccount, identifier: Any, kind: str | None = None) -> BvContact:
+    text = str(identifier)
+    if kind == "contact_id" or (kind is None and text.isdigit()):
+        contact = account.contacts.get(int(text)) if text.isdigit() else None
+    elif kind == "ext_id":
+        contact = next((c for c in account.contacts.values() if c.ext_id == text), None)
+    else:
+        contact = account.by_email(text)
+    if contact is None:
+        raise BrevoError(404, "document_not_found", "Contact does not exist")
+    return contact
+
+
+def known_attributes(account: BvAccount, values: Any) -> dict[str, Any]:
+    """Known attributes with acceptable values; the rest is ignored, as Brevo does."""
+    if not isinstance(values, dict):
+        return {}
+    kept: dict[str, Any] = {}
+    for name, value in values.items():
+        attribute = account.attribute(str(name))
+        if attribute is None or attribute.name == "EMAIL":
+            continue
+        if attribute.category == "category":
+            allowed = {item["value"] for item in attribute.enumeration or []}
+            if not isinstance(value, int) or value not in allowed:
+                continue
+        kept[attribute.name] = value
+    return kept
+
+
+def apply_update(
+    account: BvAccount, contact: BvContact, body: dict[str, Any], now: float
+) -> list[int]:
+    """Apply an update body to a contact; returns list ids newly linked."""
+    attributes = body.get("attributes") if isinstance(body.get("attributes"), dict) else {}
+    new_email = attributes.get("EMAIL") if attributes else None
+    if new_email and str(new_email).lower() != contact.email.lower():
+        check_address(str(new_email))
+        if account.by_email(str(new_email)) is not None:
+            raise BrevoError(400, "duplicate_parameter", "Contact already exist")
+        account.rename(contact, str(new_email))
+    contact.attributes.update(known_attributes(account, attributes))
+    if "emailBlacklisted" in body:
+        contact.emailBlacklisted = bool(body["emailBlacklisted"])
+    if "ext_id" in body:
+        contact.ext_id = str(body["ext_id"])
+    added: list[int] = []
+    for list_id in body.get("listIds") or []:
+        find_list(account, str(list_id))
+        if list_id not in contact.listIds:
+            contact.listIds.append(list_id)
+            added.append(list_id)
+    for list_id in body.get("unlinkListIds") or []:
+        if list_id in contact.listIds:
+            contact.listIds.remove(list_id)
+    contact.modifiedAt = now
+    return added
+
+
+def check_address(email: str) -> None:
+    if not valid_address(email):
+        raise BrevoError(400, "invalid_parameter", "Invalid email address")
+
+
+def new_contact(account: BvAccount, email: str, now: float) -> BvContact:
+    check_address(email)
+    contact = BvContact(id=account.new_id(), email=email, createdAt=now, modifiedAt=now)
+    account.add_contact(contact)
+    return contact
+
+
+def api_events(
+    hooks: BrevoHooks, account: BvAccount, contact: BvContact, added: Iterable[int], updated: bool
+) -> None:
+    if not account.webhooks:
+        return
+    now = hooks.now()
+    common = {
+        "email": contact.email,
+        "key": account.key_name,
+        "api_key_name": account.key_name,
+        "date": stamp(now),
+        "ts": int(now),
+    }
+    if updated:
+        hooks.brevo_event(
+            account,
+            "contactUpdated",
+            {"event": "contact_updated", "content": [contact.attributes], **common},
+        )
+    added = list(added)
+    if added:
+        hooks.brevo_event(
+            account, "listAddition", {"event": "list_addition", "list_id": added, **common}
+        )
+
+
+def contact_or_none(account: BvAccount, identifier: str) -> BvContact | None:
+    """The contact, or None when it does not exist."""
+    try:
+        return find_contact(account, identifier)
+    except BrevoError:
+        return None
+
+
+def valid_address(email: str) -> bool:
+    """Whether Brevo would accept the address's syntax."""
+    return bool(_ADDRESS.match(email))
