@@ -137,3 +137,18 @@ def test_two_processes_share_one_state_file(tmp_path: Path) -> None:
     assert len(two.snapshot()) == 3
     two.upsert(contacts(2, start=3))
     assert sorted(m.email for m in one.snapshot()) == sorted(c.email for c in contacts(5))
+
+
+def test_control_api_state_faults_and_reset(http: httpx.Client, mailchimp: MailchimpClient) -> None:
+    mailchimp.upsert(contacts(2))
+    state = http.get("/_sandbox/state").json()
+    lists = state["mailchimp"][SANDBOX_MAILCHIMP_KEY]["lists"]
+    assert [len(lst["members"]) for lst in lists.values()] == [2]
+    bad = http.post("/_sandbox/faults", json={"kind": "drop", "count": 1, "rate": 0.5})
+    assert bad.status_code == 400
+    assert http.post("/_sandbox/faults", json={"kind": "latency", "rate": 1.0}).status_code == 201
+    assert http.delete("/_sandbox/faults").status_code == 204
+    assert http.post("/_sandbox/reset").status_code == 204
+    fresh = http.get("/_sandbox/state").json()
+    assert fresh["mailchimp"][SANDBOX_MAILCHIMP_KEY]["lists"] == {}
+    assert http.get("/_sandbox/nothing").status_code == 404
