@@ -2,12 +2,9 @@
 
 import dagster as dg
 
-from newsletter_pipelines.defs.providers.partitions import audience_partitions
-
 full_sync_job = dg.define_asset_job(
     "full_sync_job",
     selection=dg.AssetSelection.groups("crm", "providers"),
-    partitions_def=audience_partitions,
     description="Full sync of one audience: CRM contacts → eligible subscribers → provider "
     "snapshot → reconciliation diff → push. Blocking checks stop the push on a suspicious "
     "eligible-count drop, a mass removal or a would-be re-subscription.",
