@@ -23,4 +23,4 @@ def test_production_instance_config_runs_on_postgres(
         assert type(instance.schedule_storage).__name__ == "PostgresScheduleStorage"
         limits = instance.get_concurrency_config().run_queue_config
         assert limits.max_concurrent_runs == 4
-        assert limits.tag_concurrency_limits[0]["key"] == "newsletter/audience"
+        assert limits.tag_concurrency_limits[0]["key"] == "dagster/partition"
