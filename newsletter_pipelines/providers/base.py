@@ -26,10 +26,6 @@ class MemberStatus(StrEnum):
     BLACKLISTED = "blacklisted"
 
 
-OPTED_OUT = frozenset({MemberStatus.UNSUBSCRIBED, MemberStatus.CLEANED, MemberStatus.BLACKLISTED})
-"""Statuses the sync must never try to reverse."""
-
-
 class Contact(_Frozen):
     """What the CRM wants a provider to hold for one person."""
 
