@@ -32,38 +32,78 @@ def crm_exclusions(excluded: pd.DataFrame) -> dict[str, CrmExclusion]:
     return found
 
 
-def actual_members(members: Iterable[Member]) -> list[Actual]:
+SNAPSHOT_COLUMNS = (
+    "provider_id",
+    "email",
+    "status",
+    "salutation",
+    "first_name",
+    "last_name",
+    "tags",
+    "last_changed",
+)
+
+
+def snapshot_frame(members: Iterable[Member]) -> pd.DataFrame:
+    """The provider snapshot as a frame (what the `provider_audience_snapshot` asset holds)."""
+    return pd.DataFrame(
+        [
+            (
+                m.provider_id,
+                m.email,
+                m.status.value,
+                m.salutation,
+                m.first_name,
+                m.last_name,
+                tuple(sorted(m.tags)),
+                m.last_changed,
+            )
+            for m in members
+        ],
+        columns=list(SNAPSHOT_COLUMNS),
+    )
+
+
+def actual_members(snapshot: pd.DataFrame) -> Iterator[Actual]:
     """The snapshot in reconciliation values."""
-    return [
-        Actual(
-            provider_id=m.provider_id,
-            email=m.email,
-            status=m.status.value,
-            salutation=m.salutation,
-            first_name=m.first_name,
-            last_name=m.last_name,
-            tags=frozenset(m.tags),
-        )
-        for m in members
-    ]
+    columns = SNAPSHOT_COLUMNS[:-1]
+    for pid, email, status, salutation, first, last, tags in snapshot[list(columns)].itertuples(
+        index=False, name=None
+    ):
+        yield Actual(pid, email, status, salutation, first, last, frozenset(tags))
 
 
-def members_by_key(members: Iterable[Member]) -> dict[str, Member]:
-    """The snapshot indexed by match key."""
-    return {match_key(m.email): m for m in members}
+def members_by_key(snapshot: pd.DataFrame, keys: Iterable[str] | None = None) -> dict[str, Member]:
+    """Snapshot members as the clients take them, by match key (only `keys`, when given)."""
+    wanted = None if keys is None else set(keys)
+    found: dict[str, Member] = {}
+    for row in snapshot.itertuples(index=False):
+        key = match_key(row.email)
+        if wanted is None or key in wanted:
+            found[key] = Member(
+                provider_id=row.provider_id,
+                email=row.email,
+                status=row.status,
+                salutation=row.salutation,
+                first_name=row.first_name,
+                last_name=row.last_name,
+                tags=frozenset(row.tags),
+                last_changed=None if pd.isna(row.last_changed) else row.last_changed,
+            )
+    return found
 
 
 def build_diff(
     eligible: pd.DataFrame,
     excluded: pd.DataFrame,
-    members: Iterable[Member],
+    snapshot: pd.DataFrame,
     ledger: Iterable[LedgerEntry],
     system_tag: str | None,
 ) -> pd.DataFrame:
     """The reconciliation of one audience as a frame (columns `reconcile.DIFF_COLUMNS`)."""
     return reconcile(
         desired_contacts(eligible),
-        actual_members(members),
+        actual_members(snapshot),
         ledger,
         crm_exclusions(excluded),
         system_tag,

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from newsletter_pipelines.diff_inputs import build_diff, members_by_key
+from newsletter_pipelines.diff_inputs import build_diff, members_by_key, snapshot_frame
 from newsletter_pipelines.eligibility import classify
 from newsletter_pipelines.providers.base import Provider
 from newsletter_pipelines.providers.errors import ProviderError
@@ -35,7 +35,7 @@ class World:
 
     def sync(self, log: Callable[[str], None] = lambda _: None) -> tuple[pd.DataFrame, PushSummary]:
         result = classify(frame(*self.crm))
-        members = self.provider.snapshot()
+        members = snapshot_frame(self.provider.snapshot())
         ledger = load_ledger(self.engine, self.provider_name)
         diff = build_diff(
             result.eligible, result.excluded, members, ledger, SYSTEM_TAG[self.provider_name]

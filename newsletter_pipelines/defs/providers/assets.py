@@ -10,9 +10,9 @@ import pandas as pd
 from newsletter_pipelines.defs.providers.clients import audience_client, provider_mode
 from newsletter_pipelines.defs.providers.partitions import audience_partitions
 from newsletter_pipelines.defs.resources import StateDatabaseResource
-from newsletter_pipelines.diff_inputs import build_diff, members_by_key
+from newsletter_pipelines.diff_inputs import build_diff, members_by_key, snapshot_frame
+from newsletter_pipelines.email_address import match_key
 from newsletter_pipelines.guards import RemovalVerdict, check_removals
-from newsletter_pipelines.providers.base import Member
 from newsletter_pipelines.providers.resources import BrevoResource, MailchimpResource
 from newsletter_pipelines.push import PushContext, push_diff
 from newsletter_pipelines.reconcile import ACTIVE, OPTED_OUT, SyncAction
@@ -32,8 +32,9 @@ def _audience(context: dg.AssetExecutionContext) -> AudienceConfig:
 @dg.asset(group_name=GROUP, partitions_def=audience_partitions, kinds={"api"})
 def provider_audience_snapshot(
     context: dg.AssetExecutionContext, mailchimp: MailchimpResource, brevo: BrevoResource
-) -> dg.Output[list[Member]]:
-    """Every member of the audience as the provider holds it, whatever its status.
+) -> dg.Output[pd.DataFrame]:
+    """Every member of the audience as the provider holds it, whatever its status: provider id,
+    address, status, names, salutation, tags, last change.
 
     A provider error fails the run: a failed read is never an empty audience.
     """
@@ -54,7 +55,7 @@ def provider_audience_snapshot(
         for m in members[:10]
     ]
     return dg.Output(
-        members,
+        snapshot_frame(members),
         metadata={
             "audience": f"{audience.provider} {found.name!r} (id {found.id})",
             "provider": mode,
@@ -103,7 +104,7 @@ def reconciliation_diff(
     context: dg.AssetExecutionContext,
     eligible_subscribers: pd.DataFrame,
     excluded_contacts: pd.DataFrame,
-    provider_audience_snapshot: list[Member],
+    provider_audience_snapshot: pd.DataFrame,
     state_db: StateDatabaseResource,
 ) -> Iterator[dg.Output[pd.DataFrame] | dg.AssetCheckResult]:
     """Three-way comparison of the CRM, the provider snapshot and the sync ledger: one action
@@ -170,7 +171,7 @@ def audience_sync(
     context: dg.AssetExecutionContext,
     config: SyncConfig,
     reconciliation_diff: pd.DataFrame,
-    provider_audience_snapshot: list[Member],
+    provider_audience_snapshot: pd.DataFrame,
     state_db: StateDatabaseResource,
     mailchimp: MailchimpResource,
     brevo: BrevoResource,
@@ -194,7 +195,13 @@ def audience_sync(
         summary = push_diff(
             client,
             reconciliation_diff,
-            members_by_key(provider_audience_snapshot),
+            members_by_key(
+                provider_audience_snapshot,
+                reconciliation_diff.loc[
+                    reconciliation_diff["action"] == SyncAction.UPDATE, "match_key"
+                ].tolist()
+                + reconciliation_diff["old_email"].dropna().map(match_key).tolist(),
+            ),
             {entry.crm_id: entry for entry in ledger},
             PushContext(
                 engine=state_db.engine(),
