@@ -211,9 +211,9 @@ class ApiClient:
     def _send(
         self, method: str, path: str, params: Mapping[str, Any] | None, json: Any
     ) -> httpx.Response:
-        if self._pace is not None:
-            self._pace.acquire()
         with self._slots:
+            if self._pace is not None:
+                self._pace.acquire()  # paced once a connection is free, so no bursts follow
             try:
                 response = self._client.request(
                     method, path, params=params, json=json, headers=self._auth_headers
