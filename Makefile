@@ -40,6 +40,8 @@ format: install
 
 bench: install
 	$(PY) benchmarks/bench_eligibility.py
+	$(PY) benchmarks/bench_providers.py
+	$(PY) benchmarks/bench_full_sync.py
 
 clean:
 	rm -rf .newsletter
