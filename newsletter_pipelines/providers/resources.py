@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import ClassVar
 
 from dagster import ConfigurableResource, EnvVar, InitResourceContext
 from pydantic import Field
@@ -66,19 +67,48 @@ def _sandbox_notice(provider: str, env: str, state_file: str) -> str:
     )
 
 
-class MailchimpResource(ConfigurableResource):
+class _ProviderResource(ConfigurableResource):
+    """What both provider resources share: the key, the sandbox fallback and the run-log line."""
+
+    label: ClassVar[str]
+    key_env: ClassVar[str]
+
+    api_key: str | None = Field(default=None, description="EnvVar; unset: the embedded sandbox.")
+    sandbox_state_file: str = ".newsletter/sandbox.json"
+
+    @property
+    def uses_sandbox(self) -> bool:
+        """True when no API key is configured."""
+        return not self.api_key
+
+    def live_description(self) -> str:
+        """Which live account the resource reaches (without secrets)."""
+        raise NotImplementedError
+
+    def mode(self) -> str:
+        """One line for run logs and asset metadata: which provider this resource reaches."""
+        if self.uses_sandbox:
+            return _sandbox_notice(self.label, self.key_env, self.sandbox_state_file)
+        return f"{self.label}: live account ({self.live_description()})"
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        """Say plainly in the run log whether this run reaches the provider or the sandbox."""
+        if context.log is not None:
+            (context.log.warning if self.uses_sandbox else context.log.info)(self.mode())
+
+
+class MailchimpResource(_ProviderResource):
     """Mailchimp clients, one per audience. Without an API key: the embedded sandbox."""
 
-    api_key: str | None = Field(
-        default=None, description=f"EnvVar('{MAILCHIMP_KEY_ENV}'); unset: the embedded sandbox."
-    )
+    label: ClassVar[str] = "Mailchimp"
+    key_env: ClassVar[str] = MAILCHIMP_KEY_ENV
+
     base_url: str | None = Field(default=None, description="Default: from the key's data center.")
     max_connections: int = Field(default=5, ge=1, le=10)
     salutation_tag: str = "SALUTATION"
     audience_defaults: dict[str, str] = Field(
         default_factory=dict, description="Lets the sync create a missing audience."
     )
-    sandbox_state_file: str = ".newsletter/sandbox.json"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MailchimpResource:
@@ -92,21 +122,9 @@ class MailchimpResource(ConfigurableResource):
             sandbox_state_file=_state_file(settings),
         )
 
-    @property
-    def uses_sandbox(self) -> bool:
-        """True when no API key is configured."""
-        return not self.api_key
-
-    def mode(self) -> str:
-        """One line for run logs and asset metadata: which Mailchimp this resource reaches."""
-        if self.uses_sandbox:
-            return _sandbox_notice("Mailchimp", MAILCHIMP_KEY_ENV, self.sandbox_state_file)
-        return f"Mailchimp: live account ({self.base_url or 'data center from the key'})"
-
-    def setup_for_execution(self, context: InitResourceContext) -> None:
-        """Say plainly in the run log whether this run reaches Mailchimp or the sandbox."""
-        if context.log is not None:
-            (context.log.warning if self.uses_sandbox else context.log.info)(self.mode())
+    def live_description(self) -> str:
+        """The API root (or that it comes from the key's data center)."""
+        return self.base_url or "data center from the key"
 
     def client(self, audience_name: str) -> MailchimpClient:
         """A client for one audience (close it when done)."""
@@ -133,12 +151,12 @@ class MailchimpResource(ConfigurableResource):
         )
 
 
-class BrevoResource(ConfigurableResource):
+class BrevoResource(_ProviderResource):
     """Brevo clients, one per list. Without an API key: the embedded sandbox."""
 
-    api_key: str | None = Field(
-        default=None, description=f"EnvVar('{BREVO_KEY_ENV}'); unset: the embedded sandbox."
-    )
+    label: ClassVar[str] = "Brevo"
+    key_env: ClassVar[str] = BREVO_KEY_ENV
+
     base_url: str = "https://api.brevo.com/v3"
     requests_per_second: float = Field(default=8.0, gt=0, le=10)
     folder_name: str = "newsletter_pipelines"
@@ -146,7 +164,6 @@ class BrevoResource(ConfigurableResource):
     last_name_attribute: str = "LASTNAME"
     salutation_attribute: str = "SALUTATION"
     tags_attribute: str | None = "NEWSLETTER_TAGS"
-    sandbox_state_file: str = ".newsletter/sandbox.json"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BrevoResource:
@@ -163,21 +180,9 @@ class BrevoResource(ConfigurableResource):
             sandbox_state_file=_state_file(settings),
         )
 
-    @property
-    def uses_sandbox(self) -> bool:
-        """True when no API key is configured."""
-        return not self.api_key
-
-    def mode(self) -> str:
-        """One line for run logs and asset metadata: which Brevo this resource reaches."""
-        if self.uses_sandbox:
-            return _sandbox_notice("Brevo", BREVO_KEY_ENV, self.sandbox_state_file)
-        return f"Brevo: live account ({self.base_url})"
-
-    def setup_for_execution(self, context: InitResourceContext) -> None:
-        """Say plainly in the run log whether this run reaches Brevo or the sandbox."""
-        if context.log is not None:
-            (context.log.warning if self.uses_sandbox else context.log.info)(self.mode())
+    def live_description(self) -> str:
+        """The API root."""
+        return self.base_url
 
     def client(self, list_name: str) -> BrevoClient:
         """A client for one list (close it when done)."""
