@@ -19,7 +19,7 @@ install: $(STAMP)
 
 $(DAGSTER_HOME)/dagster.yaml:
 	mkdir -p $(DAGSTER_HOME)
-	echo "# embedded demo instance: SQLite storage in this folder" > $@
+	printf '# embedded demo instance: SQLite storage in this folder\ntelemetry:\n  enabled: false\n' > $@
 
 demo: install $(DAGSTER_HOME)/dagster.yaml
 	$(PY) -m newsletter_pipelines.demo

@@ -12,6 +12,7 @@ from tabulate import tabulate
 
 from newsletter_pipelines.crm.embedded import ensure_demo_crm
 from newsletter_pipelines.definitions import defs
+from newsletter_pipelines.defs.resources import build_resources
 from newsletter_pipelines.eligibility import REASONS
 from newsletter_pipelines.reporting import counts_table
 from newsletter_pipelines.settings import Settings
@@ -22,15 +23,14 @@ SYNC_COLUMNS = ("created", "updated", "unsubscribed", "removed", "refused")
 
 @dataclass
 class DemoRun:
-    """The results of the demo: the CRM run and one run per audience."""
+    """The results of the demo: one `full_sync_job` run per audience."""
 
-    crm: dg.ExecuteInProcessResult
     audiences: dict[str, dg.ExecuteInProcessResult]
 
     @property
     def success(self) -> bool:
         """True when every run succeeded."""
-        return self.crm.success and all(r.success for r in self.audiences.values())
+        return all(r.success for r in self.audiences.values())
 
 
 def _instance() -> dg.DagsterInstance:
@@ -41,30 +41,24 @@ def _instance() -> dg.DagsterInstance:
 
 
 def run_demo(settings: Settings, instance: dg.DagsterInstance) -> DemoRun:
-    """Materialize the `crm` group once, then the `providers` group for every audience."""
+    """Run `full_sync_job` for every audience partition, as a click in the UI would."""
     if settings.uses_embedded_crm():
         ensure_demo_crm(settings.resolved_crm_database_url(), settings.demo_data_dir)
-    job = defs.resolve_implicit_global_asset_job_def()
-    crm = job.execute_in_process(
-        instance=instance,
-        asset_selection=list(dg.AssetSelection.groups("crm").resolve(defs.resolve_asset_graph())),
-        run_config=QUIET,
-        raise_on_error=False,
-    )
+    resources = build_resources(settings)
+    job = defs.resolve_job_def("full_sync_job")
     audiences = {}
-    if crm.success:
-        providers = dg.AssetSelection.groups("providers").resolve(defs.resolve_asset_graph())
-        sync_job = defs.resolve_job_def("full_sync_job")
-        for audience in settings.audiences:
-            print(f"full sync of audience {audience.key!r} ({audience.provider}) ...")
-            audiences[audience.key] = sync_job.execute_in_process(
-                instance=instance,
-                partition_key=audience.key,
-                asset_selection=list(providers),
-                run_config=QUIET,
-                raise_on_error=False,
-            )
-    return DemoRun(crm, audiences)
+    for audience in settings.audiences:
+        print(f"full sync of audience {audience.key!r} ({audience.provider}) ...")
+        audiences[audience.key] = job.execute_in_process(
+            instance=instance,
+            partition_key=audience.key,
+            resources=resources,
+            run_config=QUIET,
+            raise_on_error=False,
+        )
+        if not audiences[audience.key].success:
+            break
+    return DemoRun(audiences)
 
 
 def _metadata(result: dg.ExecuteInProcessResult, node: str, asset: str) -> dict[str, object]:
@@ -76,18 +70,21 @@ def _metadata(result: dg.ExecuteInProcessResult, node: str, asset: str) -> dict[
 
 def summary(run: DemoRun, settings: Settings) -> str:
     """A readable summary: eligibility counts, checks, and one line per audience."""
-    lines = [f"CRM run {run.crm.run_id}: {'succeeded' if run.crm.success else 'FAILED'}"]
-    meta = _metadata(run.crm, "eligible_subscribers", "eligible_subscribers")
+    runs = list(run.audiences.values())
+    lines = [f"runs: {', '.join(f'{k} {r.run_id}' for k, r in run.audiences.items())}"]
+    meta = _metadata(runs[0], "eligible_subscribers", "eligible_subscribers") if runs else {}
     if meta:
         counts = {"eligible": int(meta["eligible_count"])} | {
             r: int(meta[f"excluded_{r}"]) for r in REASONS
         }
         lines += ["", "CRM contacts -> eligible subscribers", counts_table(counts, fmt="simple")]
-    checks = [
-        e for r in (run.crm, *run.audiences.values()) for e in r.get_asset_check_evaluations()
-    ]
     lines.append("")
-    lines += [f"check {e.check_name}: {'passed' if e.passed else 'FAILED'}" for e in checks]
+    for key, result in run.audiences.items():
+        checks = ", ".join(
+            f"{e.check_name} {'passed' if e.passed else 'FAILED'}"
+            for e in result.get_asset_check_evaluations()
+        )
+        lines.append(f"checks of {key}: {checks}")
     rows = []
     for key, result in run.audiences.items():
         audience = settings.audience(key)
@@ -128,7 +125,6 @@ def main() -> int:
     """Run the demo and print its summary; exit status 1 when a run failed."""
     logging.basicConfig(level=logging.WARNING)
     settings = Settings()
-    print("materializing the crm group on the embedded defaults ...")
     run = run_demo(settings, _instance())
     print(summary(run, settings))
     return 0 if run.success else 1
