@@ -71,7 +71,7 @@ from newsletter_pipelines.state.ledger import create_tables, load_ledger
 
 MAILCHIMP_FACTOR = 1.05
 RECONCILE_BUDGET_S = 10.0
-MAILCHIMP_OPS_PER_BATCH = 1000  # OperationRunner's batch size (Mailchimp sets no cap)
+MAILCHIMP_OPS_PER_BATCH = 1000  # the batch size of mailchimp_batches.OperationRunner
 BREVO_RPS = 8.0  # the client's default pacing; the sandbox account enforces Brevo's 10/s
 CHUNK_SIZE = {"mailchimp": 500, "brevo": 5_000}  # as in defs/providers/assets.py
 SYSTEM_TAG = {"mailchimp": "CRM", "brevo": None}
