@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import pandas as pd
 
 from newsletter_pipelines.email_address import match_key
+from newsletter_pipelines.in_sync import match_keys, split_in_sync
 from newsletter_pipelines.providers.base import Member
 from newsletter_pipelines.reconcile import Actual, CrmExclusion, Desired, LedgerEntry, reconcile
 
@@ -100,11 +103,42 @@ def build_diff(
     ledger: Iterable[LedgerEntry],
     system_tag: str | None,
 ) -> pd.DataFrame:
-    """The reconciliation of one audience as a frame (columns `reconcile.DIFF_COLUMNS`)."""
-    return reconcile(
-        desired_contacts(eligible),
-        actual_members(snapshot),
-        ledger,
+    """The reconciliation of one audience as a frame (columns `reconcile.DIFF_COLUMNS`).
+
+    Contacts already in sync are settled in bulk (`in_sync`); the rest one by one (`reconcile`).
+    The cyclic garbage collector is paused meanwhile: millions of small objects are made and none
+    forms a cycle, and its passes cost a third of the time at a million contacts.
+    """
+    with _gc_paused():
+        return _build_diff(eligible, excluded, snapshot, list(ledger), system_tag)
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _build_diff(
+    eligible: pd.DataFrame,
+    excluded: pd.DataFrame,
+    snapshot: pd.DataFrame,
+    ledger: list[LedgerEntry],
+    system_tag: str | None,
+) -> pd.DataFrame:
+    settled, other_desired, other_members = split_in_sync(eligible, snapshot, ledger, system_tag)
+    ids = set(other_desired["contact_id"].astype(str))
+    keys = set(match_keys(other_members["email"]))
+    rest = reconcile(
+        desired_contacts(other_desired),
+        actual_members(other_members),
+        [e for e in ledger if e.crm_id in ids or e.match_key in keys],
         crm_exclusions(excluded),
         system_tag,
     ).frame()
+    return pd.concat([settled, rest], ignore_index=True) if len(settled) else rest

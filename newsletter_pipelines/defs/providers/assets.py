@@ -14,7 +14,7 @@ from newsletter_pipelines.diff_inputs import build_diff, members_by_key, snapsho
 from newsletter_pipelines.email_address import match_key
 from newsletter_pipelines.guards import RemovalVerdict, check_removals
 from newsletter_pipelines.providers.resources import BrevoResource, MailchimpResource
-from newsletter_pipelines.push import PushContext, push_diff
+from newsletter_pipelines.push import CHUNK_SIZE, PushContext, push_diff
 from newsletter_pipelines.reconcile import ACTIVE, OPTED_OUT, SyncAction
 from newsletter_pipelines.reporting import diff_samples, explain_diff, markdown_table, mask_email
 from newsletter_pipelines.settings import AudienceConfig, Settings
@@ -22,7 +22,6 @@ from newsletter_pipelines.state.ledger import load_ledger
 
 GROUP = "providers"
 _SETTINGS = Settings()
-CHUNK_SIZE = {"mailchimp": 500, "brevo": 5_000}
 
 
 def _audience(context: dg.AssetExecutionContext) -> AudienceConfig:
