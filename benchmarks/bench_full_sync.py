@@ -53,10 +53,9 @@ from newsletter_pipelines.providers.brevo import BATCH_UPDATE_MAX, IMPORT_MAX_BY
 from newsletter_pipelines.providers.brevo_attributes import AttributeMap
 from newsletter_pipelines.providers.mailchimp import (
     BATCH_SUBSCRIBE_MAX,
-    AudienceDefaults,
     MailchimpClient,
 )
-from newsletter_pipelines.providers.resources import SANDBOX_POLL
+from newsletter_pipelines.providers.resources import SANDBOX_AUDIENCE, SANDBOX_POLL
 from newsletter_pipelines.push import CHUNK_SIZE, PushContext, push_diff
 from newsletter_pipelines.reconcile import LedgerEntry, SyncAction, fields_hash, reconcile
 from newsletter_pipelines.sandbox import (
@@ -75,15 +74,6 @@ RECONCILE_BUDGET_S = 10.0
 MAILCHIMP_OPS_PER_BATCH = 1000  # the batch size of mailchimp_batches.OperationRunner
 BREVO_RPS = 8.0  # the client's default pacing; the sandbox account enforces Brevo's 10/s
 SYSTEM_TAG = {"mailchimp": "CRM", "brevo": None}
-AUDIENCE = AudienceDefaults(
-    company="Bench GmbH",
-    address1="Street 1",
-    city="Berlin",
-    country="DE",
-    permission_reminder="You signed up.",
-    from_name="Bench",
-    from_email="bench@example.com",
-)
 TAG_SETS: tuple[tuple[str, ...], ...] = ((), ("Käufer",), ("Käufer", "Stammkunde"), ("Messe",))
 DOMAINS = ("example.de", "example.com", "beispiel.de", "example.org")
 _ASCII = str.maketrans({"ä": "ae", "ö": "oe", "ü": "ue", "ß": "ss", " ": "", "-": ""})
@@ -286,7 +276,7 @@ def make_world(name: str, sandbox: Sandbox, folder: Path) -> World:
             SANDBOX_MAILCHIMP_KEY,
             "Bench",
             base_url=SANDBOX_ORIGIN + MAILCHIMP_PREFIX,
-            audience_defaults=AUDIENCE,
+            audience_defaults=SANDBOX_AUDIENCE,
             poll=SANDBOX_POLL,
             transport=transport,
         )

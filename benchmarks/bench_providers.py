@@ -23,7 +23,8 @@ import httpx
 from newsletter_pipelines.providers.base import Contact, Member, Provider, Result
 from newsletter_pipelines.providers.brevo import IMPORT_MAX_BYTES, BrevoClient
 from newsletter_pipelines.providers.http import PollPolicy
-from newsletter_pipelines.providers.mailchimp import AudienceDefaults, MailchimpClient
+from newsletter_pipelines.providers.mailchimp import MailchimpClient
+from newsletter_pipelines.providers.resources import SANDBOX_AUDIENCE
 from newsletter_pipelines.sandbox import (
     BREVO_PREFIX,
     MAILCHIMP_PREFIX,
@@ -34,15 +35,6 @@ from newsletter_pipelines.sandbox import (
     SandboxTransport,
 )
 
-AUDIENCE = AudienceDefaults(
-    company="Bench GmbH",
-    address1="Street 1",
-    city="Berlin",
-    country="DE",
-    permission_reminder="You signed up.",
-    from_name="Bench",
-    from_email="bench@example.com",
-)
 POLL = PollPolicy(initial=0.5, maximum=5.0, deadline=3600.0)
 
 
@@ -135,7 +127,7 @@ def bench_mailchimp(contacts: list[Contact], tagged: int) -> None:
         SANDBOX_MAILCHIMP_KEY,
         "Bench",
         base_url=SANDBOX_ORIGIN + MAILCHIMP_PREFIX,
-        audience_defaults=AUDIENCE,
+        audience_defaults=SANDBOX_AUDIENCE,
         poll=POLL,
         transport=SandboxTransport(sandbox),
     )

@@ -13,7 +13,8 @@ import pytest
 
 from newsletter_pipelines.providers.brevo import BrevoClient
 from newsletter_pipelines.providers.http import PollPolicy, RetryPolicy
-from newsletter_pipelines.providers.mailchimp import AudienceDefaults, MailchimpClient
+from newsletter_pipelines.providers.mailchimp import MailchimpClient
+from newsletter_pipelines.providers.resources import SANDBOX_AUDIENCE
 from newsletter_pipelines.sandbox import (
     BREVO_PREFIX,
     MAILCHIMP_PREFIX,
@@ -40,15 +41,6 @@ MAILCHIMP_URL = SANDBOX_ORIGIN + MAILCHIMP_PREFIX
 BREVO_URL = SANDBOX_ORIGIN + BREVO_PREFIX
 UNMETERED = 100_000
 """Brevo rate limit for tests that are not about rate limits (the real one is 10/s)."""
-AUDIENCE = AudienceDefaults(
-    company="Example GmbH",
-    address1="Hauptstrasse 1",
-    city="Berlin",
-    country="DE",
-    permission_reminder="You signed up in our shop.",
-    from_name="Example",
-    from_email="news@example.com",
-)
 
 
 @pytest.fixture(scope="session")
@@ -136,7 +128,7 @@ def make_mailchimp(
     settings: dict[str, Any] = {
         "base_url": MAILCHIMP_URL,
         "transport": transport,
-        "audience_defaults": AUDIENCE,
+        "audience_defaults": SANDBOX_AUDIENCE,
         "retry": FAST_RETRY,
         "poll": FAST_POLL,
     }

@@ -14,6 +14,7 @@ from newsletter_pipelines.providers.base import MemberStatus, Result
 from newsletter_pipelines.providers.brevo import BrevoClient
 from newsletter_pipelines.providers.errors import ConfigurationError
 from newsletter_pipelines.providers.mailchimp import MailchimpClient
+from newsletter_pipelines.providers.resources import SANDBOX_AUDIENCE
 from newsletter_pipelines.sandbox import (
     BREVO_PREFIX,
     MAILCHIMP_PREFIX,
@@ -24,7 +25,6 @@ from newsletter_pipelines.sandbox import (
 )
 from newsletter_pipelines.sandbox.server import running
 from newsletter_pipelines_tests.providers.conftest import (
-    AUDIENCE,
     FAST_POLL,
     FAST_RETRY,
     make_mailchimp,
@@ -47,7 +47,7 @@ def served_mailchimp(root: str, network: httpx.BaseTransport) -> MailchimpClient
         SANDBOX_MAILCHIMP_KEY,
         "Newsletter",
         base_url=root + MAILCHIMP_PREFIX,
-        audience_defaults=AUDIENCE,
+        audience_defaults=SANDBOX_AUDIENCE,
         retry=FAST_RETRY,
         poll=FAST_POLL,
         transport=network,
