@@ -31,10 +31,11 @@ from newsletter_pipelines.reconcile import REMOVED_BY_SYNC, LedgerEntry, SyncAct
 from newsletter_pipelines.state.ledger import OutcomeRecord, record
 
 CONFIRMED = (Result.CREATED, Result.UPDATED, Result.UNCHANGED)
-# Contacts per provider call and ledger transaction. Mailchimp: one batch subscribe (≤ 500).
-# Brevo: one chunk is one import process, polled from a 100 requests/hour budget, so chunks are
-# large; the client still splits them into bodies of ≤ 8 MB.
-CHUNK_SIZE = {"mailchimp": 500, "brevo": 40_000}
+# Contacts per client call and ledger transaction. Mailchimp: one `/batches` call takes 1,000
+# operations (the client splits creates into batch subscribes of ≤ 500). Brevo: one chunk is
+# one import process, polled from a 100 requests/hour budget, so chunks are large; the client
+# still splits them into bodies of ≤ 8 MB.
+CHUNK_SIZE = {"mailchimp": 1_000, "brevo": 40_000}
 
 
 @dataclass
