@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from newsletter_pipelines.diff_inputs import (
+    SNAPSHOT_COLUMNS,
     actual_members,
     build_diff,
     crm_exclusions,
@@ -89,19 +90,7 @@ def scenario(
     return (
         pd.DataFrame(eligible, columns=list(ELIGIBLE_COLUMNS)),
         pd.DataFrame(excluded, columns=list(EXCLUDED_COLUMNS)),
-        pd.DataFrame(
-            members,
-            columns=[
-                "provider_id",
-                "email",
-                "status",
-                "salutation",
-                "first_name",
-                "last_name",
-                "tags",
-                "last_changed",
-            ],
-        ),
+        pd.DataFrame(members, columns=list(SNAPSHOT_COLUMNS)),
         ledger,
     )
 

@@ -6,19 +6,11 @@ import pandas as pd
 import sqlalchemy as sa
 
 from newsletter_pipelines.crm.errors import CrmError
+from newsletter_pipelines.crm.schema import CONTACT_FIELDS
 from newsletter_pipelines.settings import CrmSchema
 
-CONTACT_COLUMNS = (
-    "contact_id",
-    "salutation",
-    "first_name",
-    "last_name",
-    "email",
-    "newsletter",
-    "is_private",
-    "updated_at",
-    "created_at",
-)
+# the frame's column names: the default schema's field names, with the id as `contact_id`
+CONTACT_COLUMNS = ("contact_id", *CONTACT_FIELDS[1:])
 
 
 def _mapped_names(schema: CrmSchema) -> list[str]:

@@ -8,6 +8,19 @@ import sqlalchemy as sa
 
 from newsletter_pipelines.settings import CrmSchema
 
+# field names of a contact row in the default schema (the demo CSV header, the loader's rows)
+CONTACT_FIELDS = (
+    "id",
+    "salutation",
+    "first_name",
+    "last_name",
+    "email",
+    "newsletter",
+    "is_private",
+    "updated_at",
+    "created_at",
+)
+
 
 @dataclass(frozen=True)
 class CrmTables:

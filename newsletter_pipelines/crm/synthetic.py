@@ -15,20 +15,12 @@ from datetime import datetime, timedelta
 from itertools import permutations
 from typing import Any
 
+from newsletter_pipelines.crm.schema import CONTACT_FIELDS
+
 Row = dict[str, Any]
 Mutator = Callable[[Row, random.Random], None]
 
-CONTACT_COLUMNS = (
-    "id",
-    "salutation",
-    "first_name",
-    "last_name",
-    "email",
-    "newsletter",
-    "is_private",
-    "updated_at",
-    "created_at",
-)
+CONTACT_COLUMNS = CONTACT_FIELDS
 TAG_COLUMNS = ("contact_id", "tag")
 
 
