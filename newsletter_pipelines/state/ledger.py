@@ -9,6 +9,7 @@ killed half-way leaves the ledger exact for everything that was confirmed.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -73,20 +74,31 @@ def create_tables(engine: sa.Engine) -> None:
 def load_ledger(engine: sa.Engine, audience: str) -> list[LedgerEntry]:
     """Every ledger row of an audience."""
     create_tables(engine)
+    columns = [
+        ledger.c.crm_id,
+        ledger.c.match_key,
+        ledger.c.email,
+        ledger.c.provider_id,
+        ledger.c.fields_hash,
+        ledger.c.tags,
+        ledger.c.provider_status,
+        ledger.c.refusal_code,
+    ]
     with engine.connect() as conn:
-        rows = conn.execute(sa.select(ledger).where(ledger.c.audience == audience)).all()
+        rows = conn.execute(sa.select(*columns).where(ledger.c.audience == audience)).all()
+    tag_set = functools.cache(lambda text: frozenset(json.loads(text)))  # few distinct lists
     return [
         LedgerEntry(
-            crm_id=row.crm_id,
-            match_key=row.match_key,
-            email=row.email,
-            provider_id=row.provider_id,
-            fields_hash=row.fields_hash,
-            tags=frozenset(json.loads(row.tags)),
-            provider_status=row.provider_status,
-            refusal_code=row.refusal_code,
+            crm_id,
+            key,
+            email,
+            provider_id,
+            fields_hash,
+            tag_set(tags),
+            status,
+            refusal,
         )
-        for row in rows
+        for crm_id, key, email, provider_id, fields_hash, tags, status, refusal in rows
     ]
 
 
