@@ -205,7 +205,9 @@ def _eligible_frame(
     )
     cleaned = 0
     for column in ("salutation", "first_name", "last_name"):
-        out[column] = _map_unique(rows[column], clean_field)
-        changed = _map_unique(rows[column], lambda v: v is not None and clean_field(v) != str(v))
-        cleaned += int(changed.sum())
+        codes, uniques = pd.factorize(rows[column], use_na_sentinel=True)
+        clean = [clean_field(u) for u in uniques]
+        changed = np.array([c != str(u) for c, u in zip(clean, uniques, strict=True)] + [False])
+        out[column] = np.array([*clean, clean_field(None)], dtype=object)[codes]
+        cleaned += int(changed[codes].sum())  # NULL (code -1) is not a cleaned value
     return out[list(ELIGIBLE_COLUMNS)], cleaned

@@ -142,10 +142,11 @@ class _Push:
             for r in chunk
         ]
         changed = _by_contact(self.provider.change_emails(changes))
-        done = [r for r in chunk if _outcome_for(r, changed).outcome in CONFIRMED]
-        refused = [r for r in chunk if _outcome_for(r, changed).outcome not in CONFIRMED]
+        outcomes = [(r, _outcome_for(r, changed)) for r in chunk]
+        done = [r for r, outcome in outcomes if outcome.outcome in CONFIRMED]
+        refused = [(r, outcome) for r, outcome in outcomes if outcome.outcome not in CONFIRMED]
         if refused:
-            self.settle(refused, [_outcome_for(r, changed) for r in refused], SyncAction.UPDATE)
+            self.settle([r for r, _ in refused], [o for _, o in refused], SyncAction.UPDATE)
         if done:
             current = {
                 email_key(r["email"]): self.members[match_key(r["old_email"])].model_copy(
