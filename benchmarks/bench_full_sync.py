@@ -36,7 +36,7 @@ import psutil
 import sqlalchemy as sa
 
 from newsletter_pipelines.crm.synthetic import GERMAN_FEMALE, GERMAN_LAST, GERMAN_MALE
-from newsletter_pipelines.diff_inputs import (
+from newsletter_pipelines.sync.inputs import (
     SNAPSHOT_COLUMNS,
     actual_members,
     build_diff,
@@ -45,9 +45,9 @@ from newsletter_pipelines.diff_inputs import (
     members_by_key,
     snapshot_frame,
 )
-from newsletter_pipelines.eligibility import ELIGIBLE_COLUMNS, EXCLUDED_COLUMNS
-from newsletter_pipelines.email_address import match_key
-from newsletter_pipelines.in_sync import split_in_sync
+from newsletter_pipelines.sync.eligibility import ELIGIBLE_COLUMNS, EXCLUDED_COLUMNS
+from newsletter_pipelines.sync.email_address import match_key
+from newsletter_pipelines.sync.settled import split_in_sync
 from newsletter_pipelines.providers.base import MemberStatus, Provider
 from newsletter_pipelines.providers.brevo import BATCH_UPDATE_MAX, IMPORT_MAX_BYTES, BrevoClient
 from newsletter_pipelines.providers.brevo_attributes import AttributeMap
@@ -56,8 +56,8 @@ from newsletter_pipelines.providers.mailchimp import (
     MailchimpClient,
 )
 from newsletter_pipelines.providers.resources import SANDBOX_AUDIENCE, SANDBOX_POLL
-from newsletter_pipelines.push import CHUNK_SIZE, PushContext, push_diff
-from newsletter_pipelines.reconcile import LedgerEntry, SyncAction, fields_hash, reconcile
+from newsletter_pipelines.sync.push import CHUNK_SIZE, PushContext, push_diff
+from newsletter_pipelines.sync.rules import LedgerEntry, SyncAction, fields_hash, reconcile
 from newsletter_pipelines.sandbox import (
     BREVO_PREFIX,
     MAILCHIMP_PREFIX,

@@ -13,7 +13,7 @@ from tabulate import tabulate
 from newsletter_pipelines.crm.embedded import ensure_demo_crm
 from newsletter_pipelines.definitions import defs
 from newsletter_pipelines.defs.resources import build_resources
-from newsletter_pipelines.eligibility import REASONS
+from newsletter_pipelines.sync.eligibility import REASONS
 from newsletter_pipelines.reporting import counts_table
 from newsletter_pipelines.settings import Settings
 

@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 from tabulate import tabulate
 
-from newsletter_pipelines.eligibility import REASONS, parse_private
+from newsletter_pipelines.sync.eligibility import REASONS, parse_private
 from newsletter_pipelines.values import is_missing
 
 REASON_TEXT = {

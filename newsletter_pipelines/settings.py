@@ -95,7 +95,13 @@ class Settings(BaseSettings):
         ge=0.0,
         le=1.0,
         description="Largest share of an audience's active members one push may unsubscribe or "
-        "remove before the removal guard stops it.",
+        "remove before the removal guard holds them.",
+    )
+    removal_min_count: int = Field(
+        default=10,
+        ge=0,
+        description="Floor of the removal guard: this many unsubscribes and removals never trip "
+        "it, whatever the share (small audiences keep moving).",
     )
     eligible_max_drop_share: float = Field(
         default=0.2,

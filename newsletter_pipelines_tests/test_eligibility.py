@@ -10,8 +10,8 @@ import pytest
 
 from newsletter_pipelines.crm.loader import read_csv_rows
 from newsletter_pipelines.crm.reader import CONTACT_COLUMNS
-from newsletter_pipelines.eligibility import REASONS, classify, clean_field
-from newsletter_pipelines.email_address import check_email, check_emails
+from newsletter_pipelines.sync.eligibility import REASONS, classify, clean_field
+from newsletter_pipelines.sync.email_address import check_email, check_emails
 from newsletter_pipelines_tests.conftest import DATA_DIR
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from newsletter_pipelines.guards import check_count_drop
+from newsletter_pipelines.sync.guards import check_count_drop
 
 
 def test_first_run_passes_and_sets_the_baseline() -> None:

@@ -7,16 +7,16 @@ import random
 import pandas as pd
 import pytest
 
-from newsletter_pipelines.diff_inputs import (
+from newsletter_pipelines.sync.inputs import (
     SNAPSHOT_COLUMNS,
     actual_members,
     build_diff,
     crm_exclusions,
     desired_contacts,
 )
-from newsletter_pipelines.eligibility import ELIGIBLE_COLUMNS, EXCLUDED_COLUMNS
-from newsletter_pipelines.in_sync import match_keys
-from newsletter_pipelines.reconcile import LedgerEntry, fields_hash, fields_hashes, reconcile
+from newsletter_pipelines.sync.eligibility import ELIGIBLE_COLUMNS, EXCLUDED_COLUMNS
+from newsletter_pipelines.sync.settled import match_keys
+from newsletter_pipelines.sync.rules import LedgerEntry, fields_hash, fields_hashes, reconcile
 
 STATUSES = [
     "subscribed",

@@ -9,14 +9,14 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from newsletter_pipelines.diff_inputs import build_diff, members_by_key, snapshot_frame
-from newsletter_pipelines.eligibility import classify
+from newsletter_pipelines.sync.inputs import build_diff, members_by_key, snapshot_frame
+from newsletter_pipelines.sync.eligibility import classify
 from newsletter_pipelines.providers.base import Provider
 from newsletter_pipelines.providers.errors import ProviderError
-from newsletter_pipelines.push import PushContext, PushSummary, push_diff
+from newsletter_pipelines.sync.push import PushContext, PushSummary, push_diff
 from newsletter_pipelines.sandbox import FaultRule, PersonEvent, Sandbox, SandboxTransport
 from newsletter_pipelines.sandbox.people import brevo_person, mailchimp_person
-from newsletter_pipelines.state.ledger import create_tables, load_ledger
+from newsletter_pipelines.state.ledger import create_tables, load_ledger, load_ledger_frame
 from newsletter_pipelines_tests.providers.conftest import brevo_account, make_brevo, make_mailchimp
 from newsletter_pipelines_tests.test_eligibility import contact, frame
 
@@ -36,21 +36,17 @@ class World:
     def sync(self, log: Callable[[str], None] = lambda _: None) -> tuple[pd.DataFrame, PushSummary]:
         result = classify(frame(*self.crm))
         members = snapshot_frame(self.provider.snapshot())
-        ledger = load_ledger(self.engine, self.provider_name)
+        ledger = load_ledger_frame(self.engine, self.provider_name)
         diff = build_diff(
-            result.eligible, result.excluded, members, ledger, SYSTEM_TAG[self.provider_name]
-        )
-        ctx = PushContext(
-            self.engine,
+            result.eligible,
+            result.excluded,
+            members,
+            ledger,
             self.provider_name,
-            "run",
             SYSTEM_TAG[self.provider_name],
-            chunk_size=20,
-            log=log,
         )
-        summary = push_diff(
-            self.provider, diff, members_by_key(members), {e.crm_id: e for e in ledger}, ctx
-        )
+        ctx = PushContext(self.engine, self.provider_name, "run", chunk_size=20, log=log)
+        summary = push_diff(self.provider, diff, members_by_key(members), ctx)
         return diff, summary
 
     def writes(self) -> int:
@@ -169,8 +165,8 @@ def test_killed_push_resumes_to_the_same_state(world: World) -> None:
     members = world.members()
     assert len(members) == 50 and set(members.values()) == {"subscribed"}
     ledger = load_ledger(world.engine, world.provider_name)
-    assert sorted(int(e.crm_id) for e in ledger) == list(range(1, 51))
-    assert {e.provider_status for e in ledger} == {"subscribed"}
+    assert sorted(int(e.owner) for e in ledger) == list(range(1, 51))
+    assert {e.state for e in ledger} == {"subscribed"}
     before = world.writes()
     assert actions(world.sync()[0]) == {"unchanged": 50}
     assert world.writes() == before

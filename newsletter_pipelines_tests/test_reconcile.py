@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from newsletter_pipelines.reconcile import (
+from newsletter_pipelines.sync.rules import (
     Actual,
     CrmExclusion,
     Desired,

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from newsletter_pipelines.reconcile import LedgerEntry
+from newsletter_pipelines.sync.rules import LedgerEntry
 from newsletter_pipelines.state.exclusions import count_by_reason, replace_exclusions
 from newsletter_pipelines.state.ledger import (
     OutcomeRecord,

@@ -444,10 +444,17 @@ class MailchimpClient:
 
     @staticmethod
     def _tag_changes(contact: Contact, member: Member | None) -> list[dict[str, str]]:
-        present = member.tags if member is not None else frozenset()
-        changes = [{"name": t, "status": "active"} for t in sorted(contact.tags - present)]
+        """Tag writes that make the member hold exactly `contact.tags` (the complete set the
+        sync wants there, tags people added included). Names compare case-insensitively, as
+        Mailchimp's do."""
+        present = {t.casefold(): t for t in (member.tags if member is not None else ())}
+        wanted = {t.casefold(): t for t in contact.tags}
+        changes = [{"name": wanted[k], "status": "active"} for k in sorted(wanted.keys() - present.keys())]
         if member is not None:
-            changes += [{"name": t, "status": "inactive"} for t in sorted(present - contact.tags)]
+            changes += [
+                {"name": present[k], "status": "inactive"}
+                for k in sorted(present.keys() - wanted.keys())
+            ]
         return changes
 
     def _combine(

@@ -1,23 +1,24 @@
-"""The sync ledger and the per-contact outcome log (DESIGN §3), in the state database.
+"""The sync ledger and the per-contact outcome log, in the state database.
 
-`sync_ledger`: one row per (audience, CRM contact): what the sync last pushed (address, hash of
-fields and tags) and the provider status it saw; the base of the three-way reconciliation.
-`sync_outcomes`: one row per contact and write of every push: run, action, outcome, the
-provider's code and message. Both are written in one transaction per provider call, so a run
-killed half-way leaves the ledger exact for everything that was confirmed.
+`sync_ledger`: one row per (audience, provider member): the CRM contact that owns it now, what
+the sync last pushed, what it knows of the member's consent, the last refused write and any write
+in flight (see `sync.identity`). `sync_outcomes`: one row per contact and write of every push:
+run, action, outcome, the provider's code and message. Both are written in one transaction per
+provider call, so a run killed half-way leaves the ledger exact for everything confirmed, and
+its intents say which writes may have happened.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import pandas as pd
 import sqlalchemy as sa
 
-from newsletter_pipelines.reconcile import LedgerEntry
+from newsletter_pipelines.sync.identity import Intent, LedgerRow, RowState
 
 metadata = sa.MetaData()
 
@@ -25,16 +26,20 @@ ledger = sa.Table(
     "sync_ledger",
     metadata,
     sa.Column("audience", sa.String(100), primary_key=True),
-    sa.Column("crm_id", sa.String(100), primary_key=True),
-    sa.Column("match_key", sa.Text, nullable=False, index=True),
+    sa.Column("member_key", sa.Text, primary_key=True),
     sa.Column("email", sa.Text, nullable=False),
+    sa.Column("owner", sa.String(100), index=True),
     sa.Column("provider_id", sa.Text),
     sa.Column("fields_hash", sa.String(64), nullable=False),
-    sa.Column("tags", sa.Text, nullable=False),  # JSON list of the CRM tags pushed
-    sa.Column("provider_status", sa.String(32), nullable=False),
+    sa.Column("tags", sa.Text, nullable=False),  # JSON list of the tags the sync put there
+    sa.Column("state", sa.String(32), nullable=False),
     sa.Column("refusal_code", sa.Text),
+    sa.Column("refusal_key", sa.String(64)),
+    sa.Column("intent", sa.String(32)),
+    sa.Column("intent_key", sa.Text),
     sa.Column("last_synced_at", sa.DateTime(timezone=True), nullable=False),
 )
+LEDGER_COLUMNS = tuple(c.name for c in ledger.columns if c.name not in ("audience", "last_synced_at"))
 
 outcomes = sa.Table(
     "sync_outcomes",
@@ -67,74 +72,100 @@ class OutcomeRecord:
 
 
 def create_tables(engine: sa.Engine) -> None:
-    """Create the ledger and outcome tables if missing."""
+    """Create the ledger and outcome tables if missing; refuse a ledger of an older layout."""
     metadata.create_all(engine)
-
-
-def load_ledger(engine: sa.Engine, audience: str) -> list[LedgerEntry]:
-    """Every ledger row of an audience."""
-    create_tables(engine)
-    columns = [
-        ledger.c.crm_id,
-        ledger.c.match_key,
-        ledger.c.email,
-        ledger.c.provider_id,
-        ledger.c.fields_hash,
-        ledger.c.tags,
-        ledger.c.provider_status,
-        ledger.c.refusal_code,
-    ]
-    with engine.connect() as conn:
-        rows = conn.execute(sa.select(*columns).where(ledger.c.audience == audience)).all()
-    tag_set = functools.cache(lambda text: frozenset(json.loads(text)))  # few distinct lists
-    return [
-        LedgerEntry(
-            crm_id,
-            key,
-            email,
-            provider_id,
-            fields_hash,
-            tag_set(tags),
-            status,
-            refusal,
+    columns = {c["name"] for c in sa.inspect(engine).get_columns("sync_ledger")}
+    if "member_key" not in columns:
+        raise RuntimeError(
+            "the state database holds a sync_ledger of an older layout (one row per CRM "
+            "contact); drop the table sync_ledger, or point NEWSLETTER_STATE_DATABASE_URL at a "
+            "new database: the next full sync rebuilds it from the provider"
         )
-        for crm_id, key, email, provider_id, fields_hash, tags, status, refusal in rows
+
+
+def load_ledger_frame(engine: sa.Engine, audience: str) -> pd.DataFrame:
+    """Every ledger row of an audience as a frame (columns `LEDGER_COLUMNS`, `tags` as JSON
+    text), ordered by member key."""
+    create_tables(engine)
+    columns = [ledger.c[name] for name in LEDGER_COLUMNS]
+    query = sa.select(*columns).where(ledger.c.audience == audience).order_by(ledger.c.member_key)
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    return pd.DataFrame(rows, columns=list(LEDGER_COLUMNS))
+
+
+def ledger_rows(frame: pd.DataFrame) -> list[LedgerRow]:
+    """The rows of a ledger frame as `LedgerRow`s."""
+    tag_sets: dict[str, frozenset[str]] = {}
+
+    def tags(text: str) -> frozenset[str]:
+        found = tag_sets.get(text)
+        if found is None:
+            found = tag_sets[text] = frozenset(json.loads(text))
+        return found
+
+    return [
+        LedgerRow(
+            member_key=key,
+            email=email,
+            owner=owner,
+            provider_id=provider_id,
+            fields_hash=fields_hash,
+            tags=tags(tag_text),
+            state=RowState(state),
+            refusal_code=code,
+            refusal_key=refusal_key,
+            intent=Intent(intent) if intent else None,
+            intent_key=intent_key,
+        )
+        for key, email, owner, provider_id, fields_hash, tag_text, state, code, refusal_key,
+        intent, intent_key in frame[list(LEDGER_COLUMNS)].itertuples(index=False, name=None)
     ]
+
+
+def load_ledger(engine: sa.Engine, audience: str) -> list[LedgerRow]:
+    """Every ledger row of an audience, ordered by member key."""
+    return ledger_rows(load_ledger_frame(engine, audience))
 
 
 def record(
     engine: sa.Engine,
     audience: str,
     run_id: str,
-    entries: Sequence[LedgerEntry],
+    rows: Sequence[LedgerRow],
     *,
+    deleted: Sequence[str] = (),
     logged: Sequence[OutcomeRecord] = (),
 ) -> None:
-    """In one transaction: write ledger entries (replacing by CRM id) and log outcomes."""
+    """In one transaction: write ledger rows (replacing by member key), delete the rows of
+    `deleted` member keys, and log outcomes."""
     now = datetime.now(UTC)
-    replaced = {e.crm_id for e in entries}
+    replaced = sorted({r.member_key for r in rows} | set(deleted))
     with engine.begin() as conn:
-        for chunk in _chunks(sorted(replaced), 500):
+        for chunk in _chunks(replaced, 500):
             conn.execute(
-                ledger.delete().where(ledger.c.audience == audience, ledger.c.crm_id.in_(chunk))
+                ledger.delete().where(ledger.c.audience == audience, ledger.c.member_key.in_(chunk))
             )
-        if entries:
+        if rows:
             conn.execute(
                 ledger.insert(),
                 [
                     {
                         "audience": audience,
-                        "crm_id": e.crm_id,
-                        "match_key": e.match_key,
-                        "email": e.email,
-                        "provider_id": e.provider_id,
-                        "fields_hash": e.fields_hash,
-                        "tags": json.dumps(sorted(e.tags), ensure_ascii=False),
-                        "provider_status": e.provider_status,
-                        "refusal_code": e.refusal_code,
+                        "member_key": r.member_key,
+                        "email": r.email,
+                        "owner": r.owner,
+                        "provider_id": r.provider_id,
+                        "fields_hash": r.fields_hash,
+                        "tags": json.dumps(sorted(r.tags), ensure_ascii=False),
+                        "state": r.state.value,
+                        "refusal_code": r.refusal_code,
+                        "refusal_key": r.refusal_key,
+                        "intent": r.intent.value if r.intent else None,
+                        "intent_key": r.intent_key,
                         "last_synced_at": now,
                     }
-                    for e in entries
+                    for r in rows
                 ],
             )
         if logged:

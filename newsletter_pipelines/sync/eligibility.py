@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from newsletter_pipelines.email_address import check_emails, clean_raw_email
+from newsletter_pipelines.sync.email_address import check_emails, clean_raw_email
 from newsletter_pipelines.values import is_missing
 
 REASONS = ("private", "missing_email", "invalid_email", "duplicate", "opted_out", "not_opted_in")

@@ -1,4 +1,4 @@
-"""Turn the assets' data (eligibility frames, provider snapshot) into reconciliation inputs."""
+"""Turn the assets' data (eligibility frames, provider snapshot, ledger) into the diff."""
 
 from __future__ import annotations
 
@@ -8,10 +8,19 @@ from contextlib import contextmanager
 
 import pandas as pd
 
-from newsletter_pipelines.email_address import match_key
-from newsletter_pipelines.in_sync import match_keys, split_in_sync
 from newsletter_pipelines.providers.base import Member
-from newsletter_pipelines.reconcile import Actual, CrmExclusion, Desired, LedgerEntry, reconcile
+from newsletter_pipelines.state.ledger import ledger_rows
+from newsletter_pipelines.sync.email_address import match_key
+from newsletter_pipelines.sync.rules import (
+    Actual,
+    Context,
+    CrmExclusion,
+    Desired,
+    Exclusions,
+    reconcile,
+)
+from newsletter_pipelines.sync.settled import split_settled
+from newsletter_pipelines.sync.tags import TAG_STYLES
 
 
 def desired_contacts(eligible: pd.DataFrame) -> Iterator[Desired]:
@@ -20,19 +29,29 @@ def desired_contacts(eligible: pd.DataFrame) -> Iterator[Desired]:
     for crm_id, email, salutation, first, last, tags in eligible[list(columns)].itertuples(
         index=False, name=None
     ):
-        yield Desired(str(crm_id), email, salutation, first, last, frozenset(tags))
+        key = email.lower()  # the validator's ASCII output: lower-casing is its match key
+        yield Desired(str(crm_id), email, key, salutation, first, last, frozenset(tags))
 
 
-def crm_exclusions(excluded: pd.DataFrame) -> dict[str, CrmExclusion]:
-    """Match key → reason for excluded contacts with a valid address (duplicates left out:
-    the deciding contact of the same address speaks for them)."""
+def crm_exclusions(excluded: pd.DataFrame) -> Exclusions:
+    """Excluded contacts by address key and by id.
+
+    By key: the deciding contact of each address (duplicates speak through it), and private
+    contacts, which win over any other reason for their address. By id: every excluded contact.
+    """
+    by_id = {
+        str(crm_id): CrmExclusion(str(crm_id), reason)
+        for crm_id, reason in excluded[["contact_id", "reason"]].itertuples(index=False, name=None)
+    }
     rows = excluded[excluded["email_key"].notna() & (excluded["reason"] != "duplicate")]
-    found: dict[str, CrmExclusion] = {}
+    by_key: dict[str, CrmExclusion] = {}
     for crm_id, reason, email in rows[["contact_id", "reason", "email_ascii"]].itertuples(
         index=False, name=None
     ):
-        found[match_key(email)] = CrmExclusion(str(crm_id), reason)
-    return found
+        key = match_key(email)
+        if by_key.get(key, CrmExclusion("", "")).reason != "private":
+            by_key[key] = CrmExclusion(str(crm_id), reason)
+    return Exclusions(by_key=by_key, by_id=by_id)
 
 
 SNAPSHOT_COLUMNS = (
@@ -73,7 +92,8 @@ def actual_members(snapshot: pd.DataFrame) -> Iterator[Actual]:
     for pid, email, status, salutation, first, last, tags in snapshot[list(columns)].itertuples(
         index=False, name=None
     ):
-        yield Actual(pid, email, status, salutation, first, last, frozenset(tags))
+        key = match_key(email)
+        yield Actual(pid, email, key, status, salutation, first, last, frozenset(tags))
 
 
 def members_by_key(snapshot: pd.DataFrame, keys: Iterable[str] | None = None) -> dict[str, Member]:
@@ -100,17 +120,28 @@ def build_diff(
     eligible: pd.DataFrame,
     excluded: pd.DataFrame,
     snapshot: pd.DataFrame,
-    ledger: Iterable[LedgerEntry],
+    ledger: pd.DataFrame,
+    provider: str,
     system_tag: str | None,
 ) -> pd.DataFrame:
-    """The reconciliation of one audience as a frame (columns `reconcile.DIFF_COLUMNS`).
+    """The reconciliation of one audience as a frame (columns `rules.DIFF_COLUMNS`).
 
-    Contacts already in sync are settled in bulk (`in_sync`); the rest one by one (`reconcile`).
-    The cyclic garbage collector is paused meanwhile: millions of small objects are made and none
-    forms a cycle, and its passes cost a third of the time at a million contacts.
+    `ledger` is `state.ledger.load_ledger_frame`. Contacts on which CRM, ledger and provider
+    agree are settled in bulk (`settled`); every other contact, member and ledger row goes
+    through the rules. The cyclic garbage collector is paused meanwhile: millions of small
+    objects are made and none forms a cycle, and its passes cost a third of the time.
     """
     with _gc_paused():
-        return _build_diff(eligible, excluded, snapshot, list(ledger), system_tag)
+        style = TAG_STYLES[provider]
+        split = split_settled(eligible, snapshot, ledger, style, system_tag)
+        rest = reconcile(
+            desired_contacts(split.eligible),
+            actual_members(split.snapshot),
+            ledger_rows(split.ledger),
+            crm_exclusions(excluded),
+            Context(style, system_tag, claimed=frozenset(split.settled["match_key"])),
+        )
+        return pd.concat([split.settled, rest], ignore_index=True) if len(split.settled) else rest
 
 
 @contextmanager
@@ -122,23 +153,3 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
-
-
-def _build_diff(
-    eligible: pd.DataFrame,
-    excluded: pd.DataFrame,
-    snapshot: pd.DataFrame,
-    ledger: list[LedgerEntry],
-    system_tag: str | None,
-) -> pd.DataFrame:
-    settled, other_desired, other_members = split_in_sync(eligible, snapshot, ledger, system_tag)
-    ids = set(other_desired["contact_id"].astype(str))
-    keys = set(match_keys(other_members["email"]))
-    rest = reconcile(
-        desired_contacts(other_desired),
-        actual_members(other_members),
-        [e for e in ledger if e.crm_id in ids or e.match_key in keys],
-        crm_exclusions(excluded),
-        system_tag,
-    ).frame()
-    return pd.concat([settled, rest], ignore_index=True) if len(settled) else rest

@@ -1,51 +1,70 @@
-"""Apply a reconciliation diff through a provider client, and keep the ledger from the outcomes.
+"""Apply a reconciliation diff through a provider client; keep the ledger from the outcomes.
 
-Writes go in chunks; after each provider call the outcomes are logged and the ledger is updated
-in one transaction, from confirmed outcomes only. A run killed half-way therefore resumes
-cleanly: the next diff sees what the provider really holds (created members come back as
-`unchanged` and get their ledger row then).
+Ledger observations of the diff (opt-outs seen, members gone, ownership moved) are stored first.
+Writes then go in chunks: before each provider call the intent of every contact in it is
+recorded in the ledger; after the call the outcomes are logged and the ledger rows written, in
+one transaction, from confirmed outcomes only (a refusal is remembered with the write it
+refused, so the same write is not sent again). A run killed between a call and its ledger write
+leaves the intents, and the next diff settles them from what the provider then holds (our own
+removal is never mistaken for someone else's). When the removal guard holds removals, the
+unsubscribes and removals are logged as `held` and not sent; everything else still goes out.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
+from more_itertools import chunked
 
-from newsletter_pipelines.email_address import match_key
 from newsletter_pipelines.providers.base import (
     Contact,
     ContactRef,
     EmailChange,
     Member,
+    MemberStatus,
     Outcome,
-    Provider,
     Result,
     email_key,
 )
-from newsletter_pipelines.reconcile import REMOVED_BY_SYNC, LedgerEntry, SyncAction
 from newsletter_pipelines.state.ledger import OutcomeRecord, record
+from newsletter_pipelines.sync.email_address import match_key
+from newsletter_pipelines.sync.identity import Intent, LedgerRow, RowState
+from newsletter_pipelines.sync.rules import OPTED_OUT, REMOVALS, WRITE_ACTIONS, SyncAction
 
-CONFIRMED = (Result.CREATED, Result.UPDATED, Result.UNCHANGED)
+HELD = "held"
 # Contacts per client call and ledger transaction. Mailchimp: one `/batches` call takes 1,000
 # operations (the client splits creates into batch subscribes of ≤ 500). Brevo: one chunk is
 # one import process, polled from a 100 requests/hour budget, so chunks are large; the client
 # still splits them into bodies of ≤ 8 MB.
 CHUNK_SIZE = {"mailchimp": 1_000, "brevo": 40_000}
+_CONFIRMED = {
+    SyncAction.CREATE: (Result.CREATED, Result.UPDATED, Result.UNCHANGED),
+    SyncAction.UPDATE: (Result.CREATED, Result.UPDATED, Result.UNCHANGED),
+    SyncAction.UNSUBSCRIBE: (Result.UNSUBSCRIBED,),
+    SyncAction.REMOVE: (Result.REMOVED, Result.UNCHANGED),
+}
+_INTENT = {
+    SyncAction.CREATE: Intent.CREATE,
+    SyncAction.UPDATE: Intent.UPDATE,
+    SyncAction.UNSUBSCRIBE: Intent.UNSUBSCRIBE,
+    SyncAction.REMOVE: Intent.REMOVE,
+}
 
 
 @dataclass
 class PushSummary:
-    """What a push did: outcomes per result, refusals per provider code, provider calls made."""
+    """What a push did: outcomes per result, refusals per provider code, calls, held rows."""
 
     results: Counter[str] = field(default_factory=Counter)
     refused_by_code: Counter[str] = field(default_factory=Counter)
     ledger_refreshed: int = 0
     chunks_sent: int = 0
+    held: list[dict[str, Any]] = field(default_factory=list)
 
     def add(self, outcomes: Sequence[Outcome]) -> None:
         """Count a batch of outcomes."""
@@ -58,67 +77,63 @@ class PushSummary:
 
 @dataclass
 class PushContext:
-    """Where a push writes its bookkeeping."""
+    """Where a push writes its bookkeeping, and how."""
 
     engine: sa.Engine
     audience: str
     run_id: str
-    system_tag: str | None = None
     chunk_size: int = 500
+    hold_removals: bool = False
     log: Callable[[str], None] = print
 
 
 def push_diff(
-    provider: Provider,
-    diff: pd.DataFrame,
-    members: Mapping[str, Member],
-    ledger: Mapping[str, LedgerEntry],
-    ctx: PushContext,
+    provider: Any, diff: pd.DataFrame, members: Mapping[str, Member], ctx: PushContext
 ) -> PushSummary:
-    """Send every write action of `diff` to `provider`; returns the counts.
+    """Send every write action of `diff` to `provider` (a `providers.base.Provider`).
 
-    `members` maps match keys to the snapshot's members, `ledger` CRM ids to ledger entries.
+    `members` maps match keys to the snapshot's members (those updated or renamed suffice).
     """
-    return _Push(provider, members, ledger, ctx).run(diff)
+    return _Push(provider, members, ctx).run(diff)
 
 
 class _Push:
-    def __init__(
-        self,
-        provider: Provider,
-        members: Mapping[str, Member],
-        ledger: Mapping[str, LedgerEntry],
-        ctx: PushContext,
-    ) -> None:
+    def __init__(self, provider: Any, members: Mapping[str, Member], ctx: PushContext) -> None:
         self.provider = provider
         self.members = members
-        self.ledger = ledger
         self.ctx = ctx
         self.summary = PushSummary()
 
     def run(self, diff: pd.DataFrame) -> PushSummary:
+        writes = diff[diff["action"].isin([a.value for a in WRITE_ACTIONS])]
+        self.observe(diff[~diff.index.isin(writes.index) & diff["ledger_after"].notna()])
         by_action: dict[str, list[dict[str, Any]]] = {}
-        for row in diff.to_dict("records"):
+        for row in writes.to_dict("records"):
             by_action.setdefault(row["action"], []).append(row)
         ctx, provider = self.ctx, self.provider
-        self.refresh_unchanged(by_action.get(SyncAction.UNCHANGED.value, []))
-        for chunk in _chunks(by_action.get(SyncAction.CREATE.value, []), ctx.chunk_size):
+        for chunk in chunked(by_action.get(SyncAction.CREATE.value, []), ctx.chunk_size):
             ctx.log(f"creating {len(chunk)} contacts")
-            contacts = [_contact(r, ctx.system_tag) for r in chunk]
-            self.settle(chunk, provider.upsert(contacts, current=None), SyncAction.CREATE)
+            self.intend(chunk, SyncAction.CREATE)
+            self.settle(chunk, provider.upsert([_contact(r) for r in chunk]), SyncAction.CREATE)
         updates = by_action.get(SyncAction.UPDATE.value, [])
-        for chunk in _chunks([r for r in updates if r["old_email"]], ctx.chunk_size):
+        for chunk in chunked([r for r in updates if r["old_email"]], ctx.chunk_size):
             ctx.log(f"changing the address of {len(chunk)} contacts")
             self.change_emails(chunk)
-        for chunk in _chunks([r for r in updates if not r["old_email"]], ctx.chunk_size):
+        for chunk in chunked([r for r in updates if not r["old_email"]], ctx.chunk_size):
             ctx.log(f"updating {len(chunk)} contacts")
+            self.intend(chunk, SyncAction.UPDATE)
             self.update(chunk, {email_key(r["email"]): self.members[r["match_key"]] for r in chunk})
         for action, call in (
             (SyncAction.UNSUBSCRIBE, provider.unsubscribe),
             (SyncAction.REMOVE, provider.remove),
         ):
-            for chunk in _chunks(by_action.get(action.value, []), ctx.chunk_size):
+            rows = by_action.get(action.value, [])
+            if ctx.hold_removals and action in REMOVALS:
+                self.hold(rows, action)
+                continue
+            for chunk in chunked(rows, ctx.chunk_size):
                 ctx.log(f"{action.value}: {len(chunk)} contacts")
+                self.intend(chunk, action)
                 refs = [
                     ContactRef(email=r["email"], crm_id=r["crm_id"], provider_id=r["provider_id"])
                     for r in chunk
@@ -126,12 +141,52 @@ class _Push:
                 self.settle(chunk, call(refs), action)
         return self.summary
 
+    # --- ledger bookkeeping ------------------------------------------------------------
+
+    def observe(self, rows: pd.DataFrame) -> None:
+        """Store what the diff observed without a write (opt-outs, members gone, owners)."""
+        after = rows["ledger_after"].tolist()
+        for chunk in chunked(after, 5_000):
+            record(self.ctx.engine, self.ctx.audience, self.ctx.run_id, chunk)
+        self.summary.ledger_refreshed += len(after)
+
+    def intend(self, chunk: Sequence[Mapping[str, Any]], action: SyncAction) -> None:
+        """Record the write about to be sent for every row of `chunk`."""
+        rows = [_intent(r, action) for r in chunk]
+        record(self.ctx.engine, self.ctx.audience, self.ctx.run_id, rows)
+
+    def hold(self, rows: Sequence[Mapping[str, Any]], action: SyncAction) -> None:
+        """Log held removals; nothing is sent and the ledger stays as it is."""
+        if not rows:
+            return
+        self.ctx.log(f"{action.value}: {len(rows)} contacts held by the removal guard")
+        logged = [
+            OutcomeRecord(
+                crm_id=_crm_id(r),
+                email=r["email"],
+                action=action.value,
+                outcome=HELD,
+                provider_id=r["provider_id"],
+                message="held by the removal guard; released by allow_mass_removal",
+            )
+            for r in rows
+        ]
+        record(self.ctx.engine, self.ctx.audience, self.ctx.run_id, [], logged=logged)
+        self.summary.results[HELD] += len(rows)
+        self.summary.held += [
+            {"action": action.value, "crm_id": _crm_id(r), "email": r["email"]} for r in rows
+        ]
+
+    # --- writes ------------------------------------------------------------------------
+
     def update(self, chunk: Sequence[dict[str, Any]], current: Mapping[str, Member]) -> None:
-        contacts = [_contact(r, self.ctx.system_tag) for r in chunk]
+        contacts = [_contact(r) for r in chunk]
         self.settle(chunk, self.provider.upsert(contacts, current=current), SyncAction.UPDATE)
 
     def change_emails(self, chunk: Sequence[dict[str, Any]]) -> None:
         """Change addresses first; members whose change was confirmed then get field updates."""
+        rows = [_intent(r, SyncAction.UPDATE, moving_to=r["match_key"]) for r in chunk]
+        record(self.ctx.engine, self.ctx.audience, self.ctx.run_id, rows)
         changes = [
             EmailChange(
                 crm_id=r["crm_id"],
@@ -143,11 +198,15 @@ class _Push:
         ]
         changed = _by_contact(self.provider.change_emails(changes))
         outcomes = [(r, _outcome_for(r, changed)) for r in chunk]
-        done = [r for r, outcome in outcomes if outcome.outcome in CONFIRMED]
-        refused = [(r, outcome) for r, outcome in outcomes if outcome.outcome not in CONFIRMED]
+        done = [r for r, o in outcomes if o.outcome in _CONFIRMED[SyncAction.UPDATE]]
+        refused = [(r, o) for r, o in outcomes if o.outcome not in _CONFIRMED[SyncAction.UPDATE]]
         if refused:
             self.settle([r for r, _ in refused], [o for _, o in refused], SyncAction.UPDATE)
-        if done:
+        if done:  # the members have their new address: the rows move before the field update
+            moved = [_moved(r) for r in done]
+            old_keys = [r["ledger_before"].member_key for r in done]
+            record(self.ctx.engine, self.ctx.audience, self.ctx.run_id, moved, deleted=old_keys)
+            done = [{**r, "ledger_before": m} for r, m in zip(done, moved, strict=True)]
             current = {
                 email_key(r["email"]): self.members[match_key(r["old_email"])].model_copy(
                     update={"email": r["email"]}
@@ -159,12 +218,12 @@ class _Push:
     def settle(
         self, chunk: Sequence[Mapping[str, Any]], outcomes: Sequence[Outcome], action: SyncAction
     ) -> None:
-        """Log every outcome of a provider call and update the ledger from confirmed ones."""
+        """Log every outcome of a provider call and write the ledger rows it decides."""
         found = _by_contact(outcomes)
         matched = [(row, _outcome_for(row, found)) for row in chunk]
         logged = [
             OutcomeRecord(
-                crm_id=None if row["crm_id"] is None else str(row["crm_id"]),
+                crm_id=_crm_id(row),
                 email=row["email"],
                 action=action.value,
                 outcome=outcome.outcome.value,
@@ -174,38 +233,78 @@ class _Push:
             )
             for row, outcome in matched
         ]
-        entries = [
-            entry
-            for row, outcome in matched
-            if (entry := _ledger_after(row, outcome, self.ledger.get(str(row["crm_id"])), action))
-        ]
+        rows = [_after(row, outcome, action) for row, outcome in matched]
         self.summary.add([outcome for _, outcome in matched])
-        record(self.ctx.engine, self.ctx.audience, self.ctx.run_id, entries, logged=logged)
-
-    def refresh_unchanged(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Give unchanged eligible contacts a current ledger row (first sync, resumed runs)."""
-        entries = []
-        for row in rows:
-            if row["crm_id"] is None or row["fields_hash"] is None:
-                continue
-            entry = _entry(row, str(row["crm_id"]), row["provider_id"], row["provider_status"])
-            if self.ledger.get(entry.crm_id) != entry:
-                entries.append(entry)
-        for chunk in _chunks(entries, 5_000):
-            record(self.ctx.engine, self.ctx.audience, self.ctx.run_id, chunk)
-        self.summary.ledger_refreshed += len(entries)
+        record(self.ctx.engine, self.ctx.audience, self.ctx.run_id, rows, logged=logged)
 
 
-def _contact(row: Mapping[str, Any], system_tag: str | None) -> Contact:
-    tags = frozenset(row["tags"] or ()) | ({system_tag} if system_tag else set())
+def _crm_id(row: Mapping[str, Any]) -> str | None:
+    return None if row["crm_id"] is None else str(row["crm_id"])
+
+
+def _contact(row: Mapping[str, Any]) -> Contact:
     return Contact(
         crm_id=str(row["crm_id"]),
         email=row["email"],
         first_name=row["first_name"] or "",
         last_name=row["last_name"] or "",
         salutation=row["salutation"] or "",
-        tags=tags,
+        tags=frozenset(row["provider_tags"] or ()),
     )
+
+
+def _intent(
+    row: Mapping[str, Any], action: SyncAction, moving_to: str | None = None
+) -> LedgerRow:
+    """The ledger row while the write of `row` is in flight.
+
+    It keeps the state from before (the write may not have happened) and widens the tags to
+    those about to be pushed (the sync may remove them later, whether the write happened or not).
+    """
+    before: LedgerRow | None = row["ledger_before"]
+    after: LedgerRow = row["ledger_after"]
+    if moving_to is not None and before is not None:
+        return before.moved(
+            intent=Intent.CHANGE_EMAIL, intent_key=moving_to, tags=before.tags | after.tags
+        )
+    if action is SyncAction.CREATE:
+        state = before.state if before is not None else RowState.NEW
+        base = after.moved(state=state)
+    elif before is not None:
+        base = before
+    else:
+        base = after.moved(state=RowState.SUBSCRIBED, fields_hash="")
+    refusal = (before.refusal_code, before.refusal_key) if before else (None, None)
+    return base.moved(
+        intent=_INTENT[action],
+        tags=base.tags | after.tags,
+        refusal_code=refusal[0],
+        refusal_key=refusal[1],
+    )
+
+
+def _moved(row: Mapping[str, Any]) -> LedgerRow:
+    """The row of a member whose address change was confirmed, before its field update."""
+    after: LedgerRow = row["ledger_after"]
+    before: LedgerRow = row["ledger_before"]
+    return after.moved(fields_hash="", tags=before.tags | after.tags)
+
+
+def _after(row: Mapping[str, Any], outcome: Outcome, action: SyncAction) -> LedgerRow:
+    """The ledger row once a write's outcome is known."""
+    after: LedgerRow = row["ledger_after"]
+    intent = _intent(row, action).moved(intent=None, intent_key=None)
+    if outcome.outcome in _CONFIRMED[action]:
+        state = after.state
+        if action in (SyncAction.CREATE, SyncAction.UPDATE) and outcome.status is not None:
+            if outcome.status.value in OPTED_OUT:
+                state = RowState.OPTED_OUT  # an opt-out since the snapshot: never overwritten
+            elif outcome.status is MemberStatus.ARCHIVED:
+                state = RowState.GONE
+        return after.moved(provider_id=outcome.provider_id or after.provider_id, state=state)
+    if outcome.outcome is Result.REFUSED:
+        return intent.moved(refusal_code=outcome.code or "refused", refusal_key=row["write_key"])
+    return intent
 
 
 def _by_contact(outcomes: Sequence[Outcome]) -> dict[str, Outcome]:
@@ -223,59 +322,3 @@ def _outcome_for(row: Mapping[str, Any], found: Mapping[str, Outcome]) -> Outcom
     if outcome is None:  # the client promises one outcome per contact; never lose one silently
         raise RuntimeError(f"the provider client returned no outcome for {row['email']!r}")
     return outcome
-
-
-def _ledger_after(
-    row: Mapping[str, Any], outcome: Outcome, previous: LedgerEntry | None, action: SyncAction
-) -> LedgerEntry | None:
-    if row["crm_id"] is None:
-        return None
-    crm_id = str(row["crm_id"])
-    provider_id = outcome.provider_id or row["provider_id"]
-    if action in (SyncAction.CREATE, SyncAction.UPDATE):
-        if outcome.outcome in CONFIRMED:
-            status = outcome.status.value if outcome.status else "subscribed"
-            return _entry(row, crm_id, provider_id, status)
-        if action is SyncAction.CREATE and outcome.outcome is Result.REFUSED:
-            return _entry(row, crm_id, provider_id, "refused", outcome.code or "refused")
-        return None
-    if previous is None:
-        return None
-    status = {Result.UNSUBSCRIBED: "unsubscribed", Result.REMOVED: REMOVED_BY_SYNC}.get(
-        outcome.outcome
-    )
-    if status is None:
-        return None
-    return LedgerEntry(
-        crm_id=crm_id,
-        match_key=previous.match_key,
-        email=previous.email,
-        provider_id=provider_id or previous.provider_id,
-        fields_hash=previous.fields_hash,
-        tags=previous.tags,
-        provider_status=status,
-    )
-
-
-def _entry(
-    row: Mapping[str, Any],
-    crm_id: str,
-    provider_id: str | None,
-    status: str,
-    refusal: str | None = None,
-) -> LedgerEntry:
-    return LedgerEntry(
-        crm_id=crm_id,
-        match_key=match_key(row["email"]),
-        email=row["email"],
-        provider_id=provider_id,
-        fields_hash=row["fields_hash"],
-        tags=frozenset(row["tags"] or ()),
-        provider_status=status,
-        refusal_code=refusal,
-    )
-
-
-def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

@@ -1,31 +1,43 @@
-"""Three-way reconciliation of one audience (DESIGN §4): CRM desired, provider actual, ledger base.
+"""The one rule set of the three-way reconciliation: CRM desired, provider actual, ledger base.
 
-Every contact gets exactly one action:
-- `create`: eligible in the CRM, not at the provider;
-- `update`: at the provider, but its fields, tags or email differ from the CRM (CRM wins);
-- `unsubscribe`: subscribed at the provider, the CRM says no (an opt-out wins on either side);
-- `remove`: subscribed at the provider, no longer eligible for another reason (private, deleted,
-  invalid, not opted in);
-- `unchanged`: nothing to do;
-- `blocked_by_provider`: eligible in the CRM, but the provider holds an opt-out (unsubscribed,
-  cleaned, blacklisted), a permanent refusal, or an archive whose consent is unknown; it is never
-  re-subscribed;
-- `import_back`: changed at the provider while the CRM did not change (a person unsubscribed,
-  was deleted or archived, signed up, or got tags); written back by the import-back job.
-No provider calls and no Dagster here: plain data in, plain data out.
+Every eligible contact, every provider member and every ledger row that needs attention gets
+exactly one action:
+- `create`: eligible, not at the provider, nothing known against it;
+- `update`: at the provider, fields or tags differ (the CRM wins on fields; tags people added at
+  the provider stay), or the address changed in the CRM (the same member gets the new address);
+- `unsubscribe`: subscribed at the provider, newsletter = no in the CRM;
+- `remove`: subscribed at the provider and pushed by the sync, no longer eligible for another
+  reason (private always wins: even a member the sync never pushed is removed);
+- `unchanged`: nothing to send (possibly a ledger observation);
+- `blocked_by_provider`: eligible, but the provider holds or held an opt-out (also under a
+  previous address of the contact, also after the member was archived or deleted), holds it
+  archived with unknown consent or as transactional, or refused this very write before;
+- `import_back`: changed at the provider while the CRM did not: opted out, archived or deleted,
+  signed up or re-subscribed, tags added.
+Identity follows `identity`: a member is its address; an eligible contact whose address is a
+member owns it; otherwise the contact's own previous member gets the new address. Each row also
+carries the ledger row before and after (`push` stores the latter once the write is confirmed;
+rows without a write store it at once). No provider calls and no Dagster here.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-import numpy as np
 import pandas as pd
 
-from newsletter_pipelines.email_address import match_key
+from newsletter_pipelines.sync.identity import (
+    BLOCKING,
+    MAY_CREATE,
+    LedgerRow,
+    RowState,
+    fields_hash,
+    resolve_intents,
+    write_key,
+)
+from newsletter_pipelines.sync.tags import TagStyle
 
 
 class SyncAction(StrEnum):
@@ -41,10 +53,10 @@ class SyncAction(StrEnum):
 
 
 WRITE_ACTIONS = (SyncAction.CREATE, SyncAction.UPDATE, SyncAction.UNSUBSCRIBE, SyncAction.REMOVE)
-ACTIVE = frozenset({"subscribed", "pending", "transactional"})
+REMOVALS = (SyncAction.UNSUBSCRIBE, SyncAction.REMOVE)
+ACTIVE = frozenset({"subscribed", "pending"})
 OPTED_OUT = frozenset({"unsubscribed", "cleaned", "blacklisted"})
 ARCHIVED = "archived"
-REMOVED_BY_SYNC = "removed"  # ledger status after our own `remove`
 DIFF_COLUMNS = (
     "action",
     "detail",
@@ -58,57 +70,40 @@ DIFF_COLUMNS = (
     "first_name",
     "last_name",
     "tags",
+    "provider_tags",
+    "import_tags",
     "fields_hash",
+    "write_key",
+    "ledger_before",
+    "ledger_after",
 )
 
 
 @dataclass(frozen=True)
 class Desired:
-    """What the CRM wants at the provider for one eligible contact."""
+    """What the CRM wants at the provider for one eligible contact (`key`: its match key)."""
 
     crm_id: str
     email: str
+    key: str
     salutation: str
     first_name: str
     last_name: str
     tags: frozenset[str]
 
-    @property
-    def key(self) -> str:
-        """The match key of the address."""
-        return match_key(self.email)
-
-    @property
-    def fields_hash(self) -> str:
-        """Hash of everything pushed: address, names, salutation, tags."""
-        return fields_hash(self.email, self.salutation, self.first_name, self.last_name, self.tags)
-
 
 @dataclass(frozen=True)
 class Actual:
-    """One member as the provider holds it (the snapshot), in plain values."""
+    """One member as the provider holds it (the snapshot); tags in the provider's form."""
 
     provider_id: str
     email: str
+    key: str
     status: str
     salutation: str = ""
     first_name: str = ""
     last_name: str = ""
     tags: frozenset[str] = frozenset()
-
-
-@dataclass(frozen=True)
-class LedgerEntry:
-    """The base: what the sync last pushed for a contact and what it saw afterwards."""
-
-    crm_id: str
-    match_key: str
-    email: str
-    provider_id: str | None
-    fields_hash: str
-    tags: frozenset[str]
-    provider_status: str
-    refusal_code: str | None = None
 
 
 @dataclass(frozen=True)
@@ -119,315 +114,500 @@ class CrmExclusion:
     reason: str
 
 
-@dataclass
-class Diff:
-    """The reconciliation of one audience."""
+@dataclass(frozen=True)
+class Exclusions:
+    """Excluded CRM contacts by address key (the deciding one, private first) and by id."""
 
-    rows: list[dict[str, object]] = field(default_factory=list)
+    by_key: Mapping[str, CrmExclusion] = field(default_factory=dict)
+    by_id: Mapping[str, CrmExclusion] = field(default_factory=dict)
 
-    def frame(self) -> pd.DataFrame:
-        """One row per contact, columns `DIFF_COLUMNS`."""
-        return pd.DataFrame(self.rows, columns=list(DIFF_COLUMNS))
-
-
-def fields_hash(
-    email: str, salutation: str, first_name: str, last_name: str, tags: Iterable[str]
-) -> str:
-    """A stable hash of the pushed fields (the ledger keeps it to see what changed where)."""
-    text = "\x1f".join([email.lower(), salutation, first_name, last_name, *sorted(tags)])
-    return hashlib.sha1(text.encode("utf-8"), usedforsecurity=False).hexdigest()
+    def deciding(self, key: str, owner: str | None) -> CrmExclusion | None:
+        """The reason that decides about a member: its address's, or its owner's when that
+        says more (private beats opted out beats the rest)."""
+        found = [e for e in (self.by_key.get(key), self.by_id.get(owner or "")) if e]
+        return min(found, key=lambda e: _PRIORITY.get(e.reason, 2), default=None)
 
 
-def fields_hashes(
-    emails: pd.Series,
-    salutations: pd.Series,
-    first_names: pd.Series,
-    last_names: pd.Series,
-    sorted_tags: pd.Series,
-) -> list[str]:
-    """`fields_hash` over columns (tags already sorted), for many contacts at once."""
-    suffixes = {tags: "".join(f"\x1f{t}" for t in tags) for tags in set(sorted_tags)}
-    texts = (
-        emails.str.lower().to_numpy()
-        + "\x1f"
-        + salutations.to_numpy()
-        + "\x1f"
-        + first_names.to_numpy()
-        + "\x1f"
-        + last_names.to_numpy()
-        + np.array([suffixes[tags] for tags in sorted_tags], dtype=object)
-    )
-    sha1 = hashlib.sha1
-    return [sha1(text.encode("utf-8"), usedforsecurity=False).hexdigest() for text in texts]
+_PRIORITY = {"private": 0, "opted_out": 1}
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the rules need besides the three inputs."""
+
+    style: TagStyle
+    system_tag: str | None = None
+    claimed: frozenset[str] = frozenset()  # keys of every eligible contact, settled ones too
 
 
 def reconcile(
     desired: Iterable[Desired],
     members: Iterable[Actual],
-    ledger: Iterable[LedgerEntry],
-    exclusions: Mapping[str, CrmExclusion],
-    system_tag: str | None = None,
-) -> Diff:
-    """Give every contact of the CRM, the provider and the ledger exactly one action.
-
-    `exclusions` maps the match key of every non-eligible CRM contact with a valid address (the
-    deciding row among duplicates, private ones included) to its reason.
-    """
-    state = _State(members, ledger, exclusions, frozenset({system_tag}) if system_tag else set())
+    ledger: Iterable[LedgerRow],
+    exclusions: Exclusions,
+    context: Context,
+) -> pd.DataFrame:
+    """One row per contact, member and ledger row that needs attention (columns `DIFF_COLUMNS`)."""
+    desired = list(desired)
+    claimed = context.claimed | {d.key for d in desired}
+    rules = _Rules(members, ledger, exclusions, context, claimed)
     for contact in desired:
-        state.decide_desired(contact)
-    state.decide_remaining_members()
-    return state.diff
+        rules.decide_desired(contact)
+    rules.decide_remaining_members()
+    rules.decide_remaining_rows()
+    return pd.DataFrame(rules.rows, columns=list(DIFF_COLUMNS))
 
 
-class _State:
+@dataclass
+class _Plan:
+    """The tags of a member after an update, and whether anything must be sent."""
+
+    tags: frozenset[str]
+    tag_keys: frozenset[str]
+    imported: frozenset[str]
+    fields_differ: bool
+    added: frozenset[str]
+    dropped: frozenset[str]
+
+    @property
+    def needed(self) -> bool:
+        return self.fields_differ or bool(self.added or self.dropped)
+
+    def detail(self) -> str:
+        parts = ["fields differ"] if self.fields_differ else []
+        if self.added:
+            parts.append("tags to add: " + ", ".join(sorted(self.added)))
+        if self.dropped:
+            parts.append("tags to remove: " + ", ".join(sorted(self.dropped)))
+        return "; ".join(parts)
+
+
+class _Rules:
     def __init__(
         self,
         members: Iterable[Actual],
-        ledger: Iterable[LedgerEntry],
-        exclusions: Mapping[str, CrmExclusion],
-        system_tags: frozenset[str] | set[str],
+        ledger: Iterable[LedgerRow],
+        exclusions: Exclusions,
+        context: Context,
+        claimed: frozenset[str],
     ) -> None:
-        self.members = {match_key(m.email): m for m in members}
-        self.ledger_by_crm: dict[str, LedgerEntry] = {}
-        self.ledger_by_key: dict[str, LedgerEntry] = {}
-        for entry in ledger:
-            self.ledger_by_crm[entry.crm_id] = entry
-            self.ledger_by_key[entry.match_key] = entry
+        self.members = {m.key: m for m in members}
+        self.ledger = resolve_intents(ledger, {k: m.status for k, m in self.members.items()})
         self.exclusions = exclusions
-        self.system_tags = frozenset(system_tags)
+        self.style = context.style
+        self.system = frozenset({context.system_tag}) if context.system_tag else frozenset()
+        self.claimed = claimed
+        self.live: dict[str, LedgerRow] = {}
+        self.opted_out: dict[str, LedgerRow] = {}
+        for row in sorted(self.ledger.values(), key=lambda r: r.member_key):
+            if row.owner is None:
+                continue
+            if row.state in (RowState.SUBSCRIBED, RowState.GONE):
+                self.live.setdefault(row.owner, row)
+            elif row.state is RowState.OPTED_OUT:
+                self.opted_out.setdefault(row.owner, row)
+        self.hashes: dict[str, str] = {}
         self.handled: set[str] = set()
-        self.diff = Diff()
+        self.rows: list[dict[str, object]] = []
+
+    # --- output ------------------------------------------------------------------------
 
     def emit(
         self,
         action: SyncAction,
         detail: str,
         key: str,
+        *,
         contact: Desired | None = None,
         member: Actual | None = None,
-        *,
         crm_id: str | None = None,
-        old_email: str | None = None,
+        before: LedgerRow | None = None,
+        after: LedgerRow | None = None,
+        old: Actual | None = None,
+        plan: _Plan | None = None,
+        write: str | None = None,
     ) -> None:
         self.handled.add(key)
-        self.diff.rows.append(
+        if after is not None and after == before:
+            after = None
+        target = old or member
+        self.rows.append(
             {
                 "action": action.value,
                 "detail": detail,
                 "crm_id": contact.crm_id if contact else crm_id,
                 "match_key": key,
                 "email": contact.email if contact else (member.email if member else None),
-                "old_email": old_email,
-                "provider_id": member.provider_id if member else None,
-                "provider_status": member.status if member else None,
+                "old_email": old.email if old else None,
+                "provider_id": target.provider_id if target else None,
+                "provider_status": target.status if target else None,
                 "salutation": contact.salutation if contact else None,
                 "first_name": contact.first_name if contact else None,
                 "last_name": contact.last_name if contact else None,
                 "tags": tuple(sorted(contact.tags)) if contact else None,
-                "fields_hash": contact.fields_hash if contact else None,
+                "provider_tags": tuple(sorted(plan.tags)) if plan else None,
+                "import_tags": tuple(sorted(plan.imported)) if plan and plan.imported else None,
+                "fields_hash": self.hash_of(contact) if contact else None,
+                "write_key": write,
+                "ledger_before": before,
+                "ledger_after": after,
             }
         )
 
-    # --- eligible CRM contacts --------------------------------------------------------------
+    # --- helpers -----------------------------------------------------------------------
+
+    def wanted(self, contact: Desired) -> frozenset[str]:
+        """The tags the sync puts on the contact's member, in the provider's form."""
+        return self.style.forms(contact.tags) | self.system
+
+    def hash_of(self, contact: Desired) -> str:
+        found = self.hashes.get(contact.crm_id)
+        if found is None:
+            found = self.hashes[contact.crm_id] = self._hash(contact)
+        return found
+
+    def _hash(self, contact: Desired) -> str:
+        return fields_hash(
+            contact.key,
+            contact.salutation,
+            contact.first_name,
+            contact.last_name,
+            self.style.keys(self.wanted(contact)),
+        )
+
+    def pushed(self, contact: Desired, key: str, provider_id: str | None) -> LedgerRow:
+        """The ledger row once the contact's member holds what the CRM wants."""
+        return LedgerRow(
+            member_key=key,
+            email=contact.email,
+            owner=contact.crm_id,
+            provider_id=provider_id,
+            fields_hash=self.hash_of(contact),
+            tags=self.wanted(contact),
+            state=RowState.SUBSCRIBED,
+        )
+
+    def plan(self, contact: Desired, member: Actual, row: LedgerRow | None) -> _Plan:
+        """Compare a member with the contact; only tags the sync pushed may be removed."""
+        key = self.style.key
+        wanted = {key(t): t for t in self.wanted(contact)}
+        present = {key(t): t for t in member.tags}
+        pushed = self.style.keys(row.tags) if row is not None else frozenset()
+        added = wanted.keys() - present.keys()
+        dropped = (pushed - wanted.keys()) & present.keys()
+        imported = present.keys() - wanted.keys() - pushed
+        tags = {present[k] for k in present.keys() - dropped} | {wanted[k] for k in added}
+        return _Plan(
+            tags=frozenset(tags),
+            tag_keys=frozenset(key(t) for t in tags),
+            imported=frozenset(present[k] for k in imported),
+            fields_differ=(member.salutation, member.first_name, member.last_name)
+            != (contact.salutation, contact.first_name, contact.last_name),
+            added=frozenset(wanted[k] for k in added),
+            dropped=frozenset(present[k] for k in dropped),
+        )
+
+    def observed(self, row: LedgerRow | None, member: Actual, owner: str | None) -> LedgerRow:
+        """The row after seeing `member` opted out at the provider."""
+        if row is None:
+            return LedgerRow(member.key, member.email, owner, member.provider_id, "", frozenset(),
+                             RowState.OPTED_OUT)
+        if row.state is RowState.UNSUBSCRIBED:  # our own unsubscribe: not the person's
+            return row
+        keep_owner = row.state is RowState.OPTED_OUT and row.owner is not None
+        return row.moved(state=RowState.OPTED_OUT, owner=row.owner if keep_owner else owner)
+
+    def refused_before(self, row: LedgerRow | None, write: str) -> bool:
+        return row is not None and row.refusal_key == write
+
+    def blocked_refused(self, key: str, contact: Desired, row: LedgerRow, **kw: object) -> None:
+        self.emit(
+            SyncAction.BLOCKED_BY_PROVIDER,
+            f"refused by the provider ({row.refusal_code}); retried when the CRM or the "
+            "provider changes",
+            key,
+            contact=contact,
+            before=row,
+            **kw,
+        )
+
+    # --- eligible CRM contacts ---------------------------------------------------------
 
     def decide_desired(self, contact: Desired) -> None:
         key = contact.key
-        entry = self.ledger_by_crm.get(contact.crm_id)
         member = self.members.get(key)
-        if member is None and entry is not None and entry.match_key != key:
-            self._email_changed(contact, key, entry)
-        elif member is None:
-            self._absent(contact, key, entry)
+        row = self.ledger.get(key)
+        if member is None:
+            self._absent(contact, row)
         elif member.status in OPTED_OUT:
             self.emit(
                 SyncAction.BLOCKED_BY_PROVIDER,
                 f"{member.status} at the provider: never re-subscribed",
                 key,
-                contact,
-                member,
+                contact=contact,
+                member=member,
+                before=row,
+                after=self.observed(row, member, contact.crm_id),
             )
         elif member.status == ARCHIVED:
-            self._archived(contact, key, entry, member)
+            self._archived(contact, member, row)
+        elif member.status in ACTIVE:
+            self._adopt(contact, member, row)
         else:
-            self._compare(contact, key, entry, member)
-
-    def _email_changed(self, contact: Desired, key: str, entry: LedgerEntry) -> None:
-        old = self.members.get(entry.match_key)
-        self.handled.add(entry.match_key)
-        if old is not None and old.status in ACTIVE:
-            self.emit(
-                SyncAction.UPDATE,
-                "email changed in the CRM: the same member gets the new address",
-                key,
-                contact,
-                old,
-                old_email=old.email,
-            )
-        elif old is not None and old.status in OPTED_OUT:
             self.emit(
                 SyncAction.BLOCKED_BY_PROVIDER,
-                f"{old.status} at the provider under the previous address {entry.email}",
+                f"{member.status} at the provider (no marketing consent there); the sync never "
+                "sets a subscription status",
                 key,
-                contact,
-                old,
+                contact=contact,
+                member=member,
+                before=row,
             )
-        else:
-            self.emit(SyncAction.CREATE, "new address, previous one gone", key, contact)
 
-    def _absent(self, contact: Desired, key: str, entry: LedgerEntry | None) -> None:
-        if entry is not None and entry.refusal_code and entry.fields_hash == contact.fields_hash:
+    def _consent_blocked(self, contact: Desired, key: str) -> LedgerRow | None:
+        """The row of an opt-out that blocks creating `key` for `contact`."""
+        row = self.ledger.get(key)
+        if row is not None and row.state in BLOCKING:
+            return row
+        return self.opted_out.get(contact.crm_id)
+
+    def _adopt(self, contact: Desired, member: Actual, row: LedgerRow | None) -> None:
+        plan = self.plan(contact, member, row)
+        after = self.pushed(contact, member.key, member.provider_id)
+        if not plan.needed:
+            action = SyncAction.IMPORT_BACK if plan.imported else SyncAction.UNCHANGED
+            detail = (
+                "tags added at the provider: " + ", ".join(sorted(plan.imported))
+                if plan.imported
+                else "in sync"
+            )
+            self.emit(action, detail, member.key, contact=contact, member=member, before=row,
+                      after=after, plan=plan)
+            return
+        write = write_key("update", member.key, after.fields_hash, sorted(plan.tag_keys),
+                          member.status)
+        if self.refused_before(row, write):
+            assert row is not None
+            self.blocked_refused(member.key, contact, row, member=member)
+            return
+        self.emit(SyncAction.UPDATE, plan.detail(), member.key, contact=contact, member=member,
+                  before=row, after=after, plan=plan, write=write)
+
+    def _archived(self, contact: Desired, member: Actual, row: LedgerRow | None) -> None:
+        key = member.key
+        blocker = self._consent_blocked(contact, key)
+        if blocker is not None:
             self.emit(
                 SyncAction.BLOCKED_BY_PROVIDER,
-                f"refused by the provider ({entry.refusal_code}); retried when the CRM changes",
+                f"archived at the provider after an opt-out under {blocker.email}: "
+                "never re-subscribed",
                 key,
-                contact,
+                contact=contact,
+                member=member,
+                before=row,
             )
-        elif entry is not None and entry.provider_status in ACTIVE:
-            self.emit(
-                SyncAction.IMPORT_BACK,
-                "deleted at the provider since the last sync",
-                key,
-                contact,
-            )
-        else:
-            self.emit(SyncAction.CREATE, "eligible, not at the provider", key, contact)
-
-    def _archived(
-        self, contact: Desired, key: str, entry: LedgerEntry | None, member: Actual
-    ) -> None:
-        if entry is not None and entry.provider_status == REMOVED_BY_SYNC:
-            self.emit(
-                SyncAction.CREATE, "eligible again after the sync removed it", key, contact, member
-            )
-        elif entry is not None and entry.provider_status in ACTIVE:
+        elif row is not None and row.state in MAY_CREATE:
+            self._create(contact, row, member, "eligible again after it left the audience")
+        elif row is not None and row.state is RowState.SUBSCRIBED:
             self.emit(
                 SyncAction.IMPORT_BACK,
                 "archived at the provider since the last sync",
                 key,
-                contact,
-                member,
+                contact=contact,
+                member=member,
+                before=row,
+                after=row.moved(state=RowState.GONE, owner=contact.crm_id),
             )
+        elif row is not None and row.state is RowState.GONE:
+            self.emit(SyncAction.IMPORT_BACK, "archived at the provider; waiting for the CRM",
+                      key, contact=contact, member=member, before=row)
         else:
             self.emit(
                 SyncAction.BLOCKED_BY_PROVIDER,
                 "archived at the provider before the sync knew it: its consent is unknown",
                 key,
-                contact,
-                member,
+                contact=contact,
+                member=member,
+                before=row,
             )
 
-    def _compare(
-        self, contact: Desired, key: str, entry: LedgerEntry | None, member: Actual
-    ) -> None:
-        wanted_tags = contact.tags | self.system_tags
-        pushed_tags = entry.tags if entry is not None else frozenset()
-        fields_differ = (
-            match_key(member.email) != key
-            or member.salutation != contact.salutation
-            or member.first_name != contact.first_name
-            or member.last_name != contact.last_name
-        )
-        missing_tags = wanted_tags - member.tags
-        dropped_in_crm = (pushed_tags - contact.tags) & member.tags
-        if fields_differ or missing_tags or dropped_in_crm:
+    def _absent(self, contact: Desired, row: LedgerRow | None) -> None:
+        key = contact.key
+        blocker = self._consent_blocked(contact, key)
+        if blocker is not None:
+            where = "" if blocker.member_key == key else f" under {blocker.email}"
             self.emit(
-                SyncAction.UPDATE,
-                _update_detail(fields_differ, missing_tags, dropped_in_crm),
+                SyncAction.BLOCKED_BY_PROVIDER,
+                f"{blocker.state} at the provider{where}: never re-subscribed",
                 key,
-                contact,
-                member,
+                contact=contact,
+                before=row,
             )
-        elif member.tags - wanted_tags - pushed_tags:
-            self.emit(SyncAction.IMPORT_BACK, "tags added at the provider", key, contact, member)
+            return
+        if row is not None and row.state in (RowState.SUBSCRIBED, RowState.GONE):
+            self._gone(contact, row, key)
+            return
+        own = self.live.get(contact.crm_id)
+        if own is None or own.member_key == key or own.member_key in self.claimed:
+            self._create(contact, row, None, "eligible, not at the provider")
+            return
+        old = self.members.get(own.member_key)
+        self.handled.add(own.member_key)
+        if old is not None and old.status in ACTIVE:
+            self._change_email(contact, own, old)
+        elif old is not None and old.status in OPTED_OUT:
+            self.emit(
+                SyncAction.BLOCKED_BY_PROVIDER,
+                f"{old.status} at the provider under the previous address: never re-subscribed",
+                key,
+                contact=contact,
+                before=own,
+                after=self.observed(own, old, contact.crm_id),
+            )
+        elif own.state in (RowState.SUBSCRIBED, RowState.GONE):
+            self._gone(contact, own, key)
         else:
-            self.emit(SyncAction.UNCHANGED, "in sync", key, contact, member)
+            self._create(contact, row, None, "new address, the previous one left the audience")
 
-    # --- provider members the CRM does not want ---------------------------------------------
+    def _gone(self, contact: Desired, row: LedgerRow, key: str) -> None:
+        where = "" if row.member_key == key else f" under the previous address {row.email}"
+        if row.state is RowState.GONE:
+            detail = f"removed at the provider{where}; waiting for the CRM"
+        else:
+            detail = f"archived or deleted at the provider{where} since the last sync"
+        self.emit(SyncAction.IMPORT_BACK, detail, key, contact=contact, before=row,
+                  after=row.moved(state=RowState.GONE, owner=contact.crm_id))
+
+    def _create(
+        self, contact: Desired, row: LedgerRow | None, member: Actual | None, detail: str
+    ) -> None:
+        key = contact.key
+        after = self.pushed(contact, key, member.provider_id if member else None)
+        write = write_key("create", key, after.fields_hash)
+        if self.refused_before(row, write):
+            assert row is not None
+            self.blocked_refused(key, contact, row, member=member)
+            return
+        plan = _Plan(after.tags, self.style.keys(after.tags), frozenset(), True, after.tags,
+                     frozenset())
+        self.emit(SyncAction.CREATE, detail, key, contact=contact, member=member, before=row,
+                  after=after, plan=plan, write=write)
+
+    def _change_email(self, contact: Desired, own: LedgerRow, old: Actual) -> None:
+        plan = self.plan(contact, old, own)
+        after = self.pushed(contact, contact.key, old.provider_id)
+        write = write_key("change_email", old.key, contact.key, after.fields_hash)
+        if self.refused_before(own, write):
+            self.blocked_refused(contact.key, contact, own, old=old)
+            return
+        self.emit(
+            SyncAction.UPDATE,
+            "email changed in the CRM: the same member gets the new address",
+            contact.key,
+            contact=contact,
+            old=old,
+            before=own,
+            after=after,
+            plan=plan,
+            write=write,
+        )
+
+    # --- provider members no eligible contact claims -------------------------------------
 
     def decide_remaining_members(self) -> None:
         for key, member in self.members.items():
-            if key in self.handled:
+            if key in self.handled or key in self.claimed:
                 continue
-            entry = self.ledger_by_key.get(key)
-            exclusion = self.exclusions.get(key)
-            if exclusion is None and entry is not None:
-                exclusion = CrmExclusion(entry.crm_id, "deleted_in_crm")
-            crm_id = exclusion.crm_id if exclusion else None
+            row = self.ledger.get(key)
+            owner = row.owner if row else None
+            exclusion = self.exclusions.deciding(key, owner)
+            crm_id = exclusion.crm_id if exclusion else owner
+            common = {"member": member, "crm_id": crm_id, "before": row}
             if member.status in ACTIVE:
-                self._unwanted_active(key, member, entry, exclusion, crm_id)
-            elif entry is not None and entry.provider_status in ACTIVE:
-                change = "opted out" if member.status in OPTED_OUT else "archived"
+                self._unwanted_active(member, row, exclusion, common)
+            elif member.status in OPTED_OUT:
+                was_ours = row is not None and row.state is RowState.SUBSCRIBED
                 self.emit(
-                    SyncAction.IMPORT_BACK,
-                    f"{change} at the provider since the last sync",
+                    SyncAction.IMPORT_BACK if was_ours else SyncAction.UNCHANGED,
+                    f"{member.status} at the provider"
+                    + (" since the last sync" if was_ours else ", not eligible"),
                     key,
-                    member=member,
-                    crm_id=crm_id,
+                    after=self.observed(row, member, crm_id),
+                    **common,
                 )
+            elif member.status == ARCHIVED and row is not None and row.state is RowState.SUBSCRIBED:
+                self.emit(SyncAction.IMPORT_BACK, "archived at the provider since the last sync",
+                          key, after=row.moved(state=RowState.GONE), **common)
+            elif member.status == ARCHIVED and row is not None and row.state is RowState.GONE:
+                self.emit(SyncAction.UNCHANGED, "archived at the provider, not eligible", key,
+                          after=row.moved(state=RowState.RELEASED), **common)
             else:
-                self.emit(
-                    SyncAction.UNCHANGED,
-                    f"{member.status} at the provider, not eligible",
-                    key,
-                    member=member,
-                    crm_id=crm_id,
-                )
+                self.emit(SyncAction.UNCHANGED, f"{member.status} at the provider, not eligible",
+                          key, **common)
 
     def _unwanted_active(
         self,
-        key: str,
         member: Actual,
-        entry: LedgerEntry | None,
+        row: LedgerRow | None,
         exclusion: CrmExclusion | None,
-        crm_id: str | None,
+        common: dict[str, object],
     ) -> None:
+        key = member.key
         reason = exclusion.reason if exclusion else None
-        if reason == "opted_out":
-            self.emit(
-                SyncAction.UNSUBSCRIBE,
-                "newsletter = no in the CRM",
-                key,
-                member=member,
-                crm_id=crm_id,
-            )
-        elif reason == "private":
-            self.emit(
-                SyncAction.REMOVE,
-                "private in the CRM: never at a provider",
-                key,
-                member=member,
-                crm_id=crm_id,
-            )
-        elif entry is not None:
-            self.emit(
-                SyncAction.REMOVE,
-                f"no longer eligible ({reason})",
-                key,
-                member=member,
-                crm_id=crm_id,
-            )
-        elif exclusion is None:
-            self.emit(
-                SyncAction.IMPORT_BACK,
-                "signed up at the provider, unknown to the CRM",
-                key,
-                member=member,
-            )
+        ours = row is not None and row.state is RowState.SUBSCRIBED
+        if reason == "private":
+            self._write(SyncAction.REMOVE, "private in the CRM: never at a provider", member,
+                        row, common)
+        elif row is not None and row.state in BLOCKING:
+            self.emit(SyncAction.IMPORT_BACK, "re-subscribed at the provider after an opt-out",
+                      key, after=row.moved(state=RowState.SUBSCRIBED), **common)
+        elif reason == "opted_out":
+            self._write(SyncAction.UNSUBSCRIBE, "newsletter = no in the CRM", member, row, common)
+        elif ours:
+            why = reason or "address no longer in the CRM"
+            self._write(SyncAction.REMOVE, f"no longer eligible ({why})", member, row, common)
         else:
+            known = f" ({reason} in the CRM)" if reason else ", unknown to the CRM"
+            self.emit(SyncAction.IMPORT_BACK, f"signed up at the provider{known}", key,
+                      **common)
+
+    def _write(
+        self,
+        action: SyncAction,
+        detail: str,
+        member: Actual,
+        row: LedgerRow | None,
+        common: dict[str, object],
+    ) -> None:
+        write = write_key(action.value, member.key, member.status)
+        if self.refused_before(row, write):
+            assert row is not None
             self.emit(
-                SyncAction.IMPORT_BACK,
-                f"signed up at the provider ({reason} in the CRM)",
-                key,
-                member=member,
-                crm_id=crm_id,
+                SyncAction.UNCHANGED,
+                f"{action.value} refused by the provider ({row.refusal_code}); retried when "
+                "the provider changes",
+                member.key,
+                **common,
             )
+            return
+        base = row or LedgerRow(member.key, member.email, common["crm_id"], member.provider_id,
+                                "", frozenset(), RowState.SUBSCRIBED)
+        state = RowState.UNSUBSCRIBED if action is SyncAction.UNSUBSCRIBE else RowState.REMOVED
+        self.emit(action, detail, member.key, after=base.moved(state=state), write=write,
+                  **common)
 
+    # --- ledger rows of members that are gone ------------------------------------------
 
-def _update_detail(fields_differ: bool, missing: frozenset[str], dropped: frozenset[str]) -> str:
-    parts = ["fields differ"] if fields_differ else []
-    if missing:
-        parts.append("tags to add: " + ", ".join(sorted(missing)))
-    if dropped:
-        parts.append("tags to remove: " + ", ".join(sorted(dropped)))
-    return "; ".join(parts)
+    def decide_remaining_rows(self) -> None:
+        for key, row in self.ledger.items():
+            if key in self.handled or key in self.claimed or key in self.members:
+                continue
+            if row.state in (RowState.SUBSCRIBED, RowState.GONE):
+                self.emit(
+                    SyncAction.UNCHANGED,
+                    "gone at the provider and no longer eligible in the CRM",
+                    key,
+                    crm_id=row.owner,
+                    before=row,
+                    after=row.moved(state=RowState.RELEASED),
+                )

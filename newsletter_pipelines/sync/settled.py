@@ -1,27 +1,38 @@
-"""Bulk pre-pass of the reconciliation: contacts already in sync, found with vectorised joins.
+"""The bulk pass of the reconciliation: contacts on which CRM, ledger and provider agree exactly.
 
-In a nightly run almost every contact is unchanged; deciding those one by one in Python is what
-made reconciling a million contacts slow. A contact is settled here as `unchanged` exactly when
-the per-contact rules of `reconcile` would say so for it: the provider holds its address with an
-active status and the same names, salutation and tags (plus the system tag). Everything else goes
-through `reconcile` as before.
+In a nightly run almost every contact is in sync, and deciding those one by one is what made
+reconciling a million contacts slow. This pass settles a contact as `unchanged` only where the
+rules provably have nothing to do, by construction: its address is a member with an active
+status whose names, salutation and tag keys are what the CRM wants, and the member's ledger row
+is owned by the contact, is `subscribed`, holds exactly the row the rules would write after an
+unchanged comparison (same address, provider id, fields hash, tags), and has no refusal and no
+write in flight. Under these conditions `rules._Rules._adopt` finds nothing to add, remove or
+import and leaves the ledger row as it is, so settling it here changes no outcome. Everything
+else, and every member and ledger row not settled here, goes through `rules`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import hashlib
+import json
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from newsletter_pipelines.email_address import match_key
-from newsletter_pipelines.reconcile import (
-    ACTIVE,
-    DIFF_COLUMNS,
-    LedgerEntry,
-    SyncAction,
-    fields_hashes,
-)
+from newsletter_pipelines.sync.email_address import match_key
+from newsletter_pipelines.sync.rules import ACTIVE, DIFF_COLUMNS, SyncAction
+from newsletter_pipelines.sync.tags import TagStyle
+
+
+@dataclass(frozen=True)
+class Split:
+    """The settled diff rows and what is left for the rules."""
+
+    settled: pd.DataFrame
+    eligible: pd.DataFrame
+    snapshot: pd.DataFrame
+    ledger: pd.DataFrame
 
 
 def match_keys(emails: pd.Series) -> pd.Series:
@@ -33,75 +44,116 @@ def match_keys(emails: pd.Series) -> pd.Series:
     return lowered
 
 
-def split_in_sync(
+def fields_hashes(
+    keys: np.ndarray,
+    salutations: np.ndarray,
+    first_names: np.ndarray,
+    last_names: np.ndarray,
+    sorted_tag_keys: list[tuple[str, ...]],
+) -> list[str]:
+    """`identity.fields_hash` over columns (tag keys already sorted), for many contacts."""
+    suffixes = {tags: "".join(f"\x1f{t}" for t in tags) for tags in set(sorted_tag_keys)}
+    texts = (
+        keys
+        + "\x1f"
+        + salutations
+        + "\x1f"
+        + first_names
+        + "\x1f"
+        + last_names
+        + np.array([suffixes[tags] for tags in sorted_tag_keys], dtype=object)
+    )
+    sha1 = hashlib.sha1
+    return [sha1(text.encode("utf-8"), usedforsecurity=False).hexdigest() for text in texts]
+
+
+def split_settled(
     eligible: pd.DataFrame,
     snapshot: pd.DataFrame,
-    ledger: Iterable[LedgerEntry],
+    ledger: pd.DataFrame,
+    style: TagStyle,
     system_tag: str | None,
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(diff rows of contacts in sync, the other eligible rows, the other snapshot rows)."""
-    # eligible addresses are the validator's ASCII output: lower-casing is their match key
-    desired_keys = eligible["email"].str.lower().to_numpy()
+) -> Split:
+    """Settle the contacts in sync; the rest of each input is left for the rules."""
+    keys = eligible["email"].str.lower().to_numpy()  # validator output: ASCII, lower = key
     member_keys = match_keys(snapshot["email"])
-    # the last member of a key wins, as in `reconcile` (a provider never holds one address twice)
-    last = ~member_keys.duplicated(keep="last").to_numpy()
-    found = pd.Index(member_keys.to_numpy()[last]).get_indexer(desired_keys)
-    matched = np.flatnonzero(found >= 0)
-    member_rows = np.flatnonzero(last)[found[matched]]
+    last = np.flatnonzero(~member_keys.duplicated(keep="last").to_numpy())  # as `rules` keeps
+    found = pd.Index(member_keys.to_numpy()[last]).get_indexer(keys)
+    at_member = np.full(len(keys), -1)
+    at_member[found >= 0] = last[found[found >= 0]]
+    at_row = pd.Index(ledger["member_key"].to_numpy()).get_indexer(keys)
+    candidates = np.flatnonzero((at_member >= 0) & (at_row >= 0))
+    m, r = at_member[candidates], at_row[candidates]
 
-    def desired(column: str) -> np.ndarray:
-        return eligible[column].to_numpy()[matched]
+    def want(column: str) -> np.ndarray:
+        return eligible[column].to_numpy()[candidates]
 
-    def member(column: str) -> np.ndarray:
-        return snapshot[column].to_numpy()[member_rows]
+    def have(column: str) -> np.ndarray:
+        return snapshot[column].to_numpy()[m]
+
+    def row(column: str) -> np.ndarray:
+        return ledger[column].to_numpy()[r]
 
     extra = {system_tag} if system_tag else set()
-    desired_tags = desired("tags")
-    wanted = {t: tuple(sorted({*t, *extra})) for t in set(desired_tags)}
-    same_tags = np.fromiter(
-        (wanted[d] == tuple(m) for d, m in zip(desired_tags, member("tags"), strict=True)),
-        dtype=bool,
-        count=len(matched),
+    wanted = {t: style.forms(t) | extra for t in set(want("tags"))}
+    wanted_keys = {t: tuple(sorted({style.key(f) for f in forms})) for t, forms in wanted.items()}
+    wanted_json = {t: json.dumps(sorted(f), ensure_ascii=False) for t, f in wanted.items()}
+    member_tag_keys = {t: tuple(sorted({style.key(f) for f in t})) for t in set(have("tags"))}
+    tags = want("tags")
+    desired_tag_keys = [wanted_keys[t] for t in tags]
+    same = (
+        pd.Series(have("status")).isin(ACTIVE).to_numpy()
+        & (want("salutation") == have("salutation"))
+        & (want("first_name") == have("first_name"))
+        & (want("last_name") == have("last_name"))
+        & np.fromiter(
+            (d == member_tag_keys[t] for d, t in zip(desired_tag_keys, have("tags"), strict=True)),
+            dtype=bool,
+            count=len(candidates),
+        )
+        & (row("owner") == want("contact_id").astype(str))
+        & (row("state") == "subscribed")
+        & pd.isna(row("intent"))
+        & pd.isna(row("refusal_code"))
+        & pd.isna(row("refusal_key"))
+        & (row("email") == want("email"))
+        & (row("provider_id") == have("provider_id"))
+        & (row("tags") == np.array([wanted_json[t] for t in tags], dtype=object))
     )
-    status = member("status")
-    in_sync = (
-        pd.Series(status).isin(ACTIVE).to_numpy()
-        & same_tags
-        & (desired("salutation") == member("salutation"))
-        & (desired("first_name") == member("first_name"))
-        & (desired("last_name") == member("last_name"))
+    hashes = np.array(
+        fields_hashes(
+            keys[candidates],
+            want("salutation"),
+            want("first_name"),
+            want("last_name"),
+            desired_tag_keys,
+        ),
+        dtype=object,
     )
-    # a CRM tag named like the system tag, dropped since the last push, needs the slow path
-    unsure = {e.crm_id for e in ledger if system_tag in e.tags} if system_tag else set()
-    if unsure:
-        in_sync &= ~pd.Series(desired("contact_id")).astype(str).isin(unsure).to_numpy()
-    rows_in_sync = matched[in_sync]
-    settled = eligible.iloc[rows_in_sync]
-    rows = pd.DataFrame(
+    same &= hashes == row("fields_hash")
+    done, done_members, done_rows = candidates[same], m[same], r[same]
+    settled_eligible = eligible.iloc[done]
+    settled = pd.DataFrame(
         {
             "action": SyncAction.UNCHANGED.value,
             "detail": "in sync",
-            "crm_id": settled["contact_id"].astype(str).to_numpy(),
-            "match_key": desired_keys[rows_in_sync],
-            "email": settled["email"].to_numpy(),
-            "old_email": None,
-            "provider_id": member("provider_id")[in_sync],
-            "provider_status": status[in_sync],
-            "salutation": settled["salutation"].to_numpy(),
-            "first_name": settled["first_name"].to_numpy(),
-            "last_name": settled["last_name"].to_numpy(),
-            "tags": settled["tags"].to_numpy(),
-            "fields_hash": fields_hashes(
-                settled["email"],
-                settled["salutation"],
-                settled["first_name"],
-                settled["last_name"],
-                settled["tags"],
-            ),
+            "crm_id": settled_eligible["contact_id"].astype(str).to_numpy(),
+            "match_key": keys[done],
+            "email": settled_eligible["email"].to_numpy(),
+            "provider_id": snapshot["provider_id"].to_numpy()[done_members],
+            "provider_status": snapshot["status"].to_numpy()[done_members],
+            "salutation": settled_eligible["salutation"].to_numpy(),
+            "first_name": settled_eligible["first_name"].to_numpy(),
+            "last_name": settled_eligible["last_name"].to_numpy(),
+            "tags": settled_eligible["tags"].to_numpy(),
+            "fields_hash": hashes[same],
         },
         columns=list(DIFF_COLUMNS),
     )
-    keep = np.ones(len(eligible), dtype=bool)
-    keep[rows_in_sync] = False
-    other_members = ~member_keys.isin(rows["match_key"]).to_numpy()
-    return rows, eligible[keep], snapshot[other_members]
+    keep_eligible = np.ones(len(eligible), dtype=bool)
+    keep_eligible[done] = False
+    keep_members = np.ones(len(snapshot), dtype=bool)
+    keep_members[done_members] = False
+    keep_rows = np.ones(len(ledger), dtype=bool)
+    keep_rows[done_rows] = False
+    return Split(settled, eligible[keep_eligible], snapshot[keep_members], ledger[keep_rows])

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 import dagster as dg
 import pandas as pd
 
-from newsletter_pipelines.email_address import check_emails
-from newsletter_pipelines.guards import check_count_drop
+from newsletter_pipelines.sync.email_address import check_emails
+from newsletter_pipelines.sync.guards import check_count_drop
 
 if TYPE_CHECKING:
     from newsletter_pipelines.defs.crm.assets import EligibilityConfig

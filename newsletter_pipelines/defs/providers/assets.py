@@ -10,15 +10,19 @@ import pandas as pd
 from newsletter_pipelines.defs.providers.clients import audience_client, provider_mode
 from newsletter_pipelines.defs.providers.partitions import audience_partitions
 from newsletter_pipelines.defs.resources import StateDatabaseResource
-from newsletter_pipelines.diff_inputs import build_diff, members_by_key, snapshot_frame
-from newsletter_pipelines.email_address import match_key
-from newsletter_pipelines.guards import RemovalVerdict, check_removals
 from newsletter_pipelines.providers.resources import BrevoResource, MailchimpResource
-from newsletter_pipelines.push import CHUNK_SIZE, PushContext, push_diff
-from newsletter_pipelines.reconcile import ACTIVE, OPTED_OUT, SyncAction
 from newsletter_pipelines.reporting import diff_samples, explain_diff, markdown_table, mask_email
 from newsletter_pipelines.settings import AudienceConfig, Settings
-from newsletter_pipelines.state.ledger import load_ledger
+from newsletter_pipelines.state.ledger import load_ledger_frame
+from newsletter_pipelines.sync.email_address import match_key
+from newsletter_pipelines.sync.guards import (
+    RemovalVerdict,
+    check_removals,
+    resubscribe_violations,
+)
+from newsletter_pipelines.sync.inputs import build_diff, members_by_key, snapshot_frame
+from newsletter_pipelines.sync.push import CHUNK_SIZE, PushContext, push_diff
+from newsletter_pipelines.sync.rules import ACTIVE, REMOVALS, SyncAction
 
 GROUP = "providers"
 _SETTINGS = Settings()
@@ -72,9 +76,15 @@ def _sync_config(context: dg.AssetExecutionContext) -> dict[str, Any]:
 
 
 def _removal_verdict(diff: pd.DataFrame, allow: bool) -> RemovalVerdict:
-    removals = int(diff["action"].isin([SyncAction.UNSUBSCRIBE, SyncAction.REMOVE]).sum())
+    removals = int(diff["action"].isin(REMOVALS).sum())
     active = int(diff["provider_status"].isin(ACTIVE).sum())
-    return check_removals(removals, active, _SETTINGS.removal_max_share, allow)
+    return check_removals(
+        removals, active, _SETTINGS.removal_max_share, _SETTINGS.removal_min_count, allow
+    )
+
+
+def _system_tag(audience: AudienceConfig) -> str | None:
+    return audience.system_tag if audience.provider == "mailchimp" else None
 
 
 @dg.asset(
@@ -85,17 +95,19 @@ def _removal_verdict(diff: pd.DataFrame, allow: bool) -> RemovalVerdict:
         dg.AssetCheckSpec(
             "removal_guard",
             asset="reconciliation_diff",
-            blocking=True,
             description="The push would not unsubscribe/remove more than the configured share "
-            "of the audience (NEWSLETTER_REMOVAL_MAX_SHARE), unless audience_sync's "
-            "allow_mass_removal is set for the run.",
+            "of the audience (NEWSLETTER_REMOVAL_MAX_SHARE) and more than "
+            "NEWSLETTER_REMOVAL_MIN_COUNT contacts, unless audience_sync's allow_mass_removal is "
+            "set for the run. When it fails, audience_sync holds those unsubscribes and removals "
+            "(creates and updates still go out).",
         ),
         dg.AssetCheckSpec(
             "never_resubscribe",
             asset="reconciliation_diff",
             blocking=True,
-            description="No create or update targets a contact the provider holds as "
-            "unsubscribed, cleaned or blacklisted.",
+            description="No create or update targets a member the provider holds as "
+            "unsubscribed, cleaned or blacklisted, an archived member of unknown consent, or an "
+            "address or contact with an opt-out in the ledger.",
         ),
     ],
 )
@@ -110,21 +122,19 @@ def reconciliation_diff(
     per contact (create, update, unsubscribe, remove, unchanged, blocked_by_provider,
     import_back)."""
     audience = _audience(context)
-    ledger = load_ledger(state_db.engine(), audience.key)
+    ledger = load_ledger_frame(state_db.engine(), audience.key)
     diff = build_diff(
         eligible_subscribers,
         excluded_contacts,
         provider_audience_snapshot,
         ledger,
-        audience.system_tag if audience.provider == "mailchimp" else None,
+        audience.provider,
+        _system_tag(audience),
     )
     actions = diff["action"].value_counts()
     context.log.info(f"{audience.key}: " + ", ".join(f"{a} {n}" for a, n in actions.items()))
     verdict = _removal_verdict(diff, bool(_sync_config(context).get("allow_mass_removal")))
-    risky = diff[
-        diff["action"].isin([SyncAction.CREATE, SyncAction.UPDATE])
-        & diff["provider_status"].isin(OPTED_OUT)
-    ]
+    risky = resubscribe_violations(diff, ledger)
     yield dg.Output(
         diff,
         metadata={
@@ -184,10 +194,9 @@ def audience_sync(
         context.log.info(f"dry run: nothing sent to {audience.key}")
         return dg.MaterializeResult(metadata={"dry_run": True, **planned_meta})
     verdict = _removal_verdict(reconciliation_diff, config.allow_mass_removal)
-    if not verdict.passed:  # the blocking check already stopped such runs; never send anyway
-        raise dg.Failure(description=verdict.message)
+    if not verdict.passed:
+        context.log.error(verdict.message)
     context.log.info(provider_mode(audience, mailchimp, brevo))
-    ledger = load_ledger(state_db.engine(), audience.key)
     client = audience_client(audience, mailchimp, brevo)
     try:
         client.ensure_audience()
@@ -201,13 +210,12 @@ def audience_sync(
                 ].tolist()
                 + reconciliation_diff["old_email"].dropna().map(match_key).tolist(),
             ),
-            {entry.crm_id: entry for entry in ledger},
             PushContext(
                 engine=state_db.engine(),
                 audience=audience.key,
                 run_id=context.run.run_id,
-                system_tag=audience.system_tag if audience.provider == "mailchimp" else None,
                 chunk_size=CHUNK_SIZE[audience.provider],
+                hold_removals=not verdict.passed,
                 log=context.log.info,
             ),
         )
@@ -215,15 +223,17 @@ def audience_sync(
         client.close()
     results = {
         r: summary.results.get(r, 0)
-        for r in ("created", "updated", "unchanged", "unsubscribed", "removed", "refused")
+        for r in ("created", "updated", "unchanged", "unsubscribed", "removed", "refused", "held")
     }
     context.log.info(f"{audience.key}: {results}")
     refusals = [{"provider code": c, "contacts": n} for c, n in summary.refused_by_code.items()]
+    held = [{**h, "email": mask_email(h["email"])} for h in summary.held[:50]]
     return dg.MaterializeResult(
         metadata={
             "dry_run": False,
             **{r: dg.MetadataValue.int(n) for r, n in results.items()},
             "refused_by_reason": dg.MetadataValue.md(markdown_table(refusals)),
+            "held_by_removal_guard": dg.MetadataValue.md(markdown_table(held)),
             "ledger_rows_refreshed": dg.MetadataValue.int(summary.ledger_refreshed),
             "outcome_log": f"table sync_outcomes (run_id {context.run.run_id}) in the "
             f"{state_db.describe()}",

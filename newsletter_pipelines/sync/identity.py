@@ -1,0 +1,126 @@
+"""The ledger's identity model: one row per (audience, provider member).
+
+A provider holds at most one member per address, so a member is known by the match key of its
+address. Its ledger row says which CRM contact owns it now, what the sync last pushed to it
+(address, hash of fields and tags, the tags the sync put there: only those may it remove), what
+the sync knows of its consent (the row's state), the last refused write, and any write in flight.
+
+States (what the sync knows about the member):
+- `subscribed`: at the provider as the sync pushed or last saw it, active;
+- `unsubscribed`: the sync unsubscribed it because the CRM said no;
+- `opted_out`: the provider held an opt-out (person, admin, bounce, complaint). Kept even after
+  the member is archived or deleted there: it blocks the address and its owner for good, until
+  the member is seen subscribed again (the person re-subscribed at the provider);
+- `removed`: the sync archived it (Mailchimp) or unlinked it from the list (Brevo);
+- `gone`: archived or deleted at the provider by someone else while subscribed; reported as
+  `import_back` until the owner is no longer eligible in the CRM, then `released`;
+- `released`: not at the provider and nothing to remember but that its consent was no opt-out;
+  the address may be created again.
+
+Transitions are made by `rules` (observations and planned writes) and `push` (confirmed
+outcomes). Ownership moves with the address: an eligible contact whose address is a member owns
+that member's row (duplicates, swaps, merges); the previous owner is handled by its own address.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+
+class RowState(StrEnum):
+    """What the sync knows about a provider member."""
+
+    SUBSCRIBED = "subscribed"
+    UNSUBSCRIBED = "unsubscribed"
+    OPTED_OUT = "opted_out"
+    REMOVED = "removed"
+    GONE = "gone"
+    RELEASED = "released"
+    NEW = "new"
+
+
+BLOCKING = frozenset({RowState.OPTED_OUT, RowState.UNSUBSCRIBED})
+"""States that forbid any create or update of the address."""
+MAY_CREATE = frozenset({RowState.REMOVED, RowState.RELEASED})
+"""States after which the address may be created again (consent known, no opt-out)."""
+
+
+class Intent(StrEnum):
+    """A write recorded before the provider call and cleared by its outcome."""
+
+    CREATE = "create"
+    UPDATE = "update"
+    CHANGE_EMAIL = "change_email"
+    UNSUBSCRIBE = "unsubscribe"
+    REMOVE = "remove"
+
+
+@dataclass(frozen=True)
+class LedgerRow:
+    """The sync's memory of one provider member."""
+
+    member_key: str
+    email: str
+    owner: str | None
+    provider_id: str | None
+    fields_hash: str
+    tags: frozenset[str]
+    state: RowState
+    refusal_code: str | None = None
+    refusal_key: str | None = None
+    intent: Intent | None = None
+    intent_key: str | None = None  # the new address key of an email change in flight
+
+    def moved(self, **changes: object) -> LedgerRow:
+        """A copy with `changes`."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def fields_hash(
+    email_key: str, salutation: str, first_name: str, last_name: str, tag_keys: Iterable[str]
+) -> str:
+    """A stable hash of what the sync pushes: address key, names, salutation, tag keys."""
+    text = "\x1f".join([email_key, salutation, first_name, last_name, *sorted(tag_keys)])
+    return hashlib.sha1(text.encode("utf-8"), usedforsecurity=False).hexdigest()
+
+
+def write_key(action: str, *parts: object) -> str:
+    """Identifies a planned write; a refusal of the same write is not retried."""
+    text = "\x1f".join([action, *(str(p) for p in parts)])
+    return hashlib.sha1(text.encode("utf-8"), usedforsecurity=False).hexdigest()
+
+
+def resolve_intents(
+    rows: Iterable[LedgerRow], statuses: Mapping[str, str]
+) -> dict[str, LedgerRow]:
+    """Rows by member key, with writes left in flight by a killed run settled from the snapshot.
+
+    `statuses` maps the member keys of the snapshot to their provider status. A write whose
+    effect is visible was ours: a removal, an unsubscribe, a create, an address change. One
+    whose effect is not visible never happened. Either way the intent is cleared.
+    """
+    resolved: dict[str, LedgerRow] = {}
+    for row in rows:
+        status = statuses.get(row.member_key)
+        done = row.moved(intent=None, intent_key=None)
+        if row.intent is None:
+            resolved[row.member_key] = row
+        elif row.intent is Intent.REMOVE and status in (None, "archived"):
+            resolved[row.member_key] = done.moved(state=RowState.REMOVED)
+        elif row.intent is Intent.UNSUBSCRIBE and status in ("unsubscribed", "blacklisted"):
+            resolved[row.member_key] = done.moved(state=RowState.UNSUBSCRIBED)
+        elif row.intent is Intent.CREATE and status in ("subscribed", "pending"):
+            resolved[row.member_key] = done.moved(state=RowState.SUBSCRIBED)
+        elif (
+            row.intent is Intent.CHANGE_EMAIL
+            and row.intent_key is not None
+            and status is None
+            and statuses.get(row.intent_key) in ("subscribed", "pending")
+        ):
+            resolved.setdefault(row.intent_key, done.moved(member_key=row.intent_key))
+        else:
+            resolved[row.member_key] = done
+    return resolved
