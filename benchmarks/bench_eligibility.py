@@ -30,8 +30,8 @@ from newsletter_pipelines.crm.loader import insert_rows
 from newsletter_pipelines.crm.reader import read_contacts
 from newsletter_pipelines.crm.schema import create_schema
 from newsletter_pipelines.crm.synthetic import iter_crm
-from newsletter_pipelines.sync.eligibility import classify
 from newsletter_pipelines.settings import CrmSchema
+from newsletter_pipelines.sync.eligibility import classify
 
 BUDGET_WALL_S = 30.0
 BUDGET_RSS_BYTES = 2 * 1024**3

@@ -13,9 +13,9 @@ from tabulate import tabulate
 from newsletter_pipelines.crm.embedded import ensure_demo_crm
 from newsletter_pipelines.definitions import defs
 from newsletter_pipelines.defs.resources import build_resources
-from newsletter_pipelines.sync.eligibility import REASONS
 from newsletter_pipelines.reporting import counts_table
 from newsletter_pipelines.settings import Settings
+from newsletter_pipelines.sync.eligibility import REASONS
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 SYNC_COLUMNS = ("created", "updated", "unsubscribed", "removed", "refused")

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from newsletter_pipelines.crm.loader import load_demo
 from newsletter_pipelines.settings import PROJECT_ROOT, Settings
+from newsletter_pipelines_tests.world import World, open_world
 
 DEFAULT_TEST_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DATA_DIR = PROJECT_ROOT / "data"
@@ -72,3 +73,10 @@ def postgres_url(postgres_server: sa.Engine) -> Iterator[str]:
     yield url.render_as_string(hide_password=False)
     with postgres_server.connect() as conn:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(params=["mailchimp", "brevo"])
+def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
+    """Fifty CRM contacts and an empty audience of each provider (see `world.World`)."""
+    with open_world(request.param, tmp_path) as opened:
+        yield opened

@@ -16,8 +16,8 @@ from newsletter_pipelines.crm.errors import CrmError
 from newsletter_pipelines.crm.loader import insert_rows, load_demo, read_csv_rows
 from newsletter_pipelines.crm.reader import read_contacts
 from newsletter_pipelines.crm.schema import create_schema
-from newsletter_pipelines.sync.eligibility import classify
 from newsletter_pipelines.settings import CrmSchema
+from newsletter_pipelines.sync.eligibility import classify
 from newsletter_pipelines_tests.conftest import DATA_DIR
 
 DEMO_CONTACTS = sum(1 for _ in read_csv_rows(DATA_DIR / "contacts.csv"))

@@ -12,9 +12,9 @@ import sqlalchemy as sa
 
 from newsletter_pipelines.defs.crm.assets import crm_contacts, eligible_subscribers
 from newsletter_pipelines.defs.resources import build_resources
-from newsletter_pipelines.sync.eligibility import REASONS
 from newsletter_pipelines.settings import Settings
 from newsletter_pipelines.state.exclusions import count_by_reason
+from newsletter_pipelines.sync.eligibility import REASONS
 
 CHECKS = {"unique_email_keys", "valid_emails", "eligible_count_drop"}
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}

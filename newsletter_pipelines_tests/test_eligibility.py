@@ -10,9 +10,11 @@ import pytest
 
 from newsletter_pipelines.crm.loader import read_csv_rows
 from newsletter_pipelines.crm.reader import CONTACT_COLUMNS
+from newsletter_pipelines.settings import PROJECT_ROOT
 from newsletter_pipelines.sync.eligibility import REASONS, classify, clean_field
 from newsletter_pipelines.sync.email_address import check_email, check_emails
-from newsletter_pipelines_tests.conftest import DATA_DIR
+
+DATA_DIR = PROJECT_ROOT / "data"
 
 
 def contact(contact_id: int = 1, **values: Any) -> dict[str, Any]:

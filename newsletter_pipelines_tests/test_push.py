@@ -2,87 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-
 import pandas as pd
 import pytest
-import sqlalchemy as sa
 
-from newsletter_pipelines.sync.inputs import build_diff, members_by_key, snapshot_frame
-from newsletter_pipelines.sync.eligibility import classify
-from newsletter_pipelines.providers.base import Provider
 from newsletter_pipelines.providers.errors import ProviderError
-from newsletter_pipelines.sync.push import PushContext, PushSummary, push_diff
-from newsletter_pipelines.sandbox import FaultRule, PersonEvent, Sandbox, SandboxTransport
-from newsletter_pipelines.sandbox.people import brevo_person, mailchimp_person
-from newsletter_pipelines.state.ledger import create_tables, load_ledger, load_ledger_frame
-from newsletter_pipelines_tests.providers.conftest import brevo_account, make_brevo, make_mailchimp
-from newsletter_pipelines_tests.test_eligibility import contact, frame
-
-SYSTEM_TAG = {"mailchimp": "CRM", "brevo": None}
-
-
-@dataclass
-class World:
-    """A CRM (as raw rows), one sandbox audience and a state database."""
-
-    provider_name: str
-    sandbox: Sandbox
-    provider: Provider
-    engine: sa.Engine
-    crm: list[dict[str, object]]
-
-    def sync(self, log: Callable[[str], None] = lambda _: None) -> tuple[pd.DataFrame, PushSummary]:
-        result = classify(frame(*self.crm))
-        members = snapshot_frame(self.provider.snapshot())
-        ledger = load_ledger_frame(self.engine, self.provider_name)
-        diff = build_diff(
-            result.eligible,
-            result.excluded,
-            members,
-            ledger,
-            self.provider_name,
-            SYSTEM_TAG[self.provider_name],
-        )
-        ctx = PushContext(self.engine, self.provider_name, "run", chunk_size=20, log=log)
-        summary = push_diff(self.provider, diff, members_by_key(members), ctx)
-        return diff, summary
-
-    def writes(self) -> int:
-        return self.sandbox.stats.count(self.provider_name, writes=True)
-
-    def members(self) -> dict[str, str]:
-        return {m.email.lower(): m.status.value for m in self.provider.snapshot()}
-
-    def person(self, email: str, action: str) -> None:
-        audience = self.provider.ensure_audience()
-        act = mailchimp_person if self.provider_name == "mailchimp" else brevo_person
-        act(self.sandbox, PersonEvent(list_id=audience.id, email=email, action=action))
-
-    def set(self, crm_id: int, **values: object) -> None:
-        row = next(r for r in self.crm if r["contact_id"] == crm_id)
-        row.update(values, updated_at="2026-01-01 00:00:00")
-
-
-@pytest.fixture(params=["mailchimp", "brevo"])
-def world(request: pytest.FixtureRequest, tmp_path) -> Iterator[World]:
-    sandbox = Sandbox()
-    transport = SandboxTransport(sandbox)
-    if request.param == "mailchimp":
-        provider = make_mailchimp(transport, "CRM Newsletter")
-    else:
-        brevo_account(sandbox)
-        provider = make_brevo(transport, "CRM Newsletter")
-    engine = sa.create_engine(f"sqlite:///{tmp_path / 'state.sqlite3'}")
-    create_tables(engine)
-    crm = [
-        contact(i, email=f"person{i}@example.de", tags=("Käufer",) if i % 2 else ())
-        for i in range(1, 51)
-    ]
-    yield World(request.param, sandbox, provider, engine, crm)
-    provider.close()
-    sandbox.close()
+from newsletter_pipelines.sandbox import FaultRule
+from newsletter_pipelines.state.ledger import load_ledger
+from newsletter_pipelines_tests.world import World
 
 
 def actions(diff: pd.DataFrame) -> dict[str, int]:
@@ -104,7 +30,7 @@ def test_first_sync_creates_everyone_and_a_second_sync_writes_nothing(world: Wor
 
 def test_provider_unsubscribe_is_never_resubscribed(world: World) -> None:
     world.sync()
-    world.person("person3@example.de", "unsubscribe")
+    world.act("person3@example.de", "unsubscribe")
     world.set(3, first_name="Changed")  # the CRM changes too: the opt-out still wins
     diff, _ = world.sync()
     row = diff.set_index("match_key").loc["person3@example.de"]

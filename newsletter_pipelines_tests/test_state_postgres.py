@@ -6,7 +6,6 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from newsletter_pipelines.sync.rules import LedgerEntry
 from newsletter_pipelines.state.exclusions import count_by_reason, replace_exclusions
 from newsletter_pipelines.state.ledger import (
     OutcomeRecord,
@@ -15,19 +14,21 @@ from newsletter_pipelines.state.ledger import (
     outcome_counts,
     record,
 )
+from newsletter_pipelines.sync.identity import Intent, LedgerRow, RowState
 
 pytestmark = pytest.mark.postgres
 
 
-def entry(crm_id: str, status: str = "subscribed") -> LedgerEntry:
-    return LedgerEntry(
-        crm_id,
-        f"p{crm_id}@example.de",
-        f"p{crm_id}@example.de",
-        f"id{crm_id}",
-        "hash",
-        frozenset({"Käufer", "VIP"}),
-        status,
+def row(n: str, state: RowState = RowState.SUBSCRIBED, **extra: object) -> LedgerRow:
+    return LedgerRow(
+        member_key=f"p{n}@example.de",
+        email=f"p{n}@example.de",
+        owner=n,
+        provider_id=f"id{n}",
+        fields_hash="hash",
+        tags=frozenset({"Käufer", "VIP"}),
+        state=state,
+        **extra,  # type: ignore[arg-type]
     )
 
 
@@ -38,7 +39,7 @@ def test_ledger_and_outcomes_round_trip(postgres_url: str) -> None:
         engine,
         "mailchimp",
         "run-1",
-        [entry("1"), entry("2")],
+        [row("1"), row("2")],
         logged=[
             OutcomeRecord("1", "p1@example.de", "create", "created"),
             OutcomeRecord(
@@ -51,14 +52,26 @@ def test_ledger_and_outcomes_round_trip(postgres_url: str) -> None:
             ),
         ],
     )
-    record(engine, "mailchimp", "run-2", [entry("2", "unsubscribed")])
-    record(engine, "brevo", "run-2", [entry("1")])
-    ledger = {e.crm_id: e for e in load_ledger(engine, "mailchimp")}
-    assert set(ledger) == {"1", "2"}
-    assert ledger["2"].provider_status == "unsubscribed"  # replaced, not duplicated
-    assert ledger["1"].tags == frozenset({"Käufer", "VIP"})
+    moving = row("2", RowState.UNSUBSCRIBED, intent=Intent.CHANGE_EMAIL, intent_key="n@x.de")
+    record(engine, "mailchimp", "run-2", [moving])
+    record(engine, "brevo", "run-2", [row("1")])
+    ledger = {e.member_key: e for e in load_ledger(engine, "mailchimp")}
+    assert set(ledger) == {"p1@example.de", "p2@example.de"}
+    assert ledger["p2@example.de"] == moving  # replaced, not duplicated; every field kept
+    assert ledger["p1@example.de"].tags == frozenset({"Käufer", "VIP"})
     assert len(load_ledger(engine, "brevo")) == 1
+    record(engine, "mailchimp", "run-3", [], deleted=["p1@example.de"])
+    assert [r.member_key for r in load_ledger(engine, "mailchimp")] == ["p2@example.de"]
     assert outcome_counts(engine, "run-1") == {("create", "created"): 1, ("create", "refused"): 1}
+
+
+def test_ledger_loads_in_member_key_order(postgres_url: str) -> None:
+    # without ORDER BY, PostgreSQL returns rows in storage order, which updates change
+    engine = sa.create_engine(postgres_url)
+    create_tables(engine)
+    record(engine, "a", "run-1", [row(n) for n in "93718"])
+    record(engine, "a", "run-2", [row("3", RowState.REMOVED)])
+    assert [r.owner for r in load_ledger(engine, "a")] == list("13789")
 
 
 def test_exclusions_on_postgres_replace_previous_rows(postgres_url: str) -> None:

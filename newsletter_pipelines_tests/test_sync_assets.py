@@ -133,24 +133,52 @@ def run_snapshot_emails(sandbox: Sandbox) -> set[str]:
     return found
 
 
-def test_removal_guard_stops_a_mass_unsubscribe_before_sending(
+def test_removal_guard_holds_a_mass_unsubscribe_while_the_rest_goes_out(
     settings: Settings, sandbox: Sandbox
 ) -> None:
     with dg.instance_for_test() as instance:
         assert run_sync(instance, "brevo").success
         crm_update(settings, "UPDATE contacts SET newsletter = 'no' WHERE id % 2 = 0")
-        before = writes(sandbox, "brevo")
+        crm_update(
+            settings,
+            "INSERT INTO contacts (id, salutation, first_name, last_name, email, newsletter, "
+            "is_private, updated_at, created_at) VALUES (900001, 'Frau', 'Neu', 'Kontakt', "
+            "'new.contact@example.de', 'yes', 0, '2026-06-01 00:00:00', '2026-06-01 00:00:00')",
+        )
         accept = {"eligible_subscribers": {"accept_drop": True}}
-        stopped = run_sync(instance, "brevo", **accept)
-        assert not stopped.success
-        assert checks(stopped)["removal_guard"] is False
-        assert not metadata(stopped, "audience_sync")
-        assert writes(sandbox, "brevo") == before  # nothing was sent
+        held = run_sync(instance, "brevo", **accept)
+        assert held.success  # the check fails visibly; creates and updates still went out
+        assert checks(held)["removal_guard"] is False
+        sync = metadata(held, "audience_sync")
+        diff = metadata(held, "reconciliation_diff")
+        assert sync["held"] == diff["action_unsubscribe"] + diff["action_remove"]
+        assert diff["action_unsubscribe"] > 1000
+        assert sync["unsubscribed"] == 0 and sync["created"] == 1
+        assert "new.contact@example.de" in run_snapshot_brevo(sandbox)
+        outcomes = sa.create_engine(settings.resolved_state_database_url())
+        with outcomes.connect() as conn:
+            logged = conn.execute(
+                sa.text(
+                    "SELECT count(*) FROM sync_outcomes WHERE outcome = 'held' AND run_id = :r"
+                ),
+                {"r": held.run_id},
+            ).scalar()
+        assert logged == sync["held"]
 
         allowed = run_sync(instance, "brevo", **accept, audience_sync={"allow_mass_removal": True})
         assert allowed.success
         diff = metadata(allowed, "reconciliation_diff")
         assert metadata(allowed, "audience_sync")["unsubscribed"] == diff["action_unsubscribe"] > 0
+
+
+def run_snapshot_brevo(sandbox: Sandbox) -> set[str]:
+    """Addresses in any Brevo list of the sandbox."""
+    return {
+        c.email.lower()
+        for account in sandbox.state.brevo.values()
+        for c in account.contacts.values()
+        if c.listIds
+    }
 
 
 def test_dry_run_sends_nothing(settings: Settings, sandbox: Sandbox) -> None:

@@ -449,7 +449,9 @@ class MailchimpClient:
         Mailchimp's do."""
         present = {t.casefold(): t for t in (member.tags if member is not None else ())}
         wanted = {t.casefold(): t for t in contact.tags}
-        changes = [{"name": wanted[k], "status": "active"} for k in sorted(wanted.keys() - present.keys())]
+        changes = [
+            {"name": wanted[k], "status": "active"} for k in sorted(wanted.keys() - present.keys())
+        ]
         if member is not None:
             changes += [
                 {"name": present[k], "status": "inactive"}

@@ -39,7 +39,9 @@ ledger = sa.Table(
     sa.Column("intent_key", sa.Text),
     sa.Column("last_synced_at", sa.DateTime(timezone=True), nullable=False),
 )
-LEDGER_COLUMNS = tuple(c.name for c in ledger.columns if c.name not in ("audience", "last_synced_at"))
+LEDGER_COLUMNS = tuple(
+    c.name for c in ledger.columns if c.name not in ("audience", "last_synced_at")
+)
 
 outcomes = sa.Table(
     "sync_outcomes",
@@ -118,8 +120,19 @@ def ledger_rows(frame: pd.DataFrame) -> list[LedgerRow]:
             intent=Intent(intent) if intent else None,
             intent_key=intent_key,
         )
-        for key, email, owner, provider_id, fields_hash, tag_text, state, code, refusal_key,
-        intent, intent_key in frame[list(LEDGER_COLUMNS)].itertuples(index=False, name=None)
+        for (
+            key,
+            email,
+            owner,
+            provider_id,
+            fields_hash,
+            tag_text,
+            state,
+            code,
+            refusal_key,
+            intent,
+            intent_key,
+        ) in frame[list(LEDGER_COLUMNS)].itertuples(index=False, name=None)
     ]
 
 

@@ -102,7 +102,9 @@ def resubscribe_violations(diff: pd.DataFrame, ledger: pd.DataFrame) -> pd.DataF
     """
     writes = diff[diff["action"].isin(["create", "update"])]
     creates = writes["action"] == "create"
-    blocked_keys = set(ledger.loc[ledger["state"].isin(["opted_out", "unsubscribed"]), "member_key"])
+    blocked_keys = set(
+        ledger.loc[ledger["state"].isin(["opted_out", "unsubscribed"]), "member_key"]
+    )
     opted_out_owners = set(ledger.loc[ledger["state"] == "opted_out", "owner"].dropna())
     may_create = writes["ledger_before"].map(
         lambda row: row is not None and row.state in ("removed", "released")

@@ -93,9 +93,7 @@ def write_key(action: str, *parts: object) -> str:
     return hashlib.sha1(text.encode("utf-8"), usedforsecurity=False).hexdigest()
 
 
-def resolve_intents(
-    rows: Iterable[LedgerRow], statuses: Mapping[str, str]
-) -> dict[str, LedgerRow]:
+def resolve_intents(rows: Iterable[LedgerRow], statuses: Mapping[str, str]) -> dict[str, LedgerRow]:
     """Rows by member key, with writes left in flight by a killed run settled from the snapshot.
 
     `statuses` maps the member keys of the snapshot to their provider status. A write whose

@@ -121,6 +121,7 @@ def build_diff(
     excluded: pd.DataFrame,
     snapshot: pd.DataFrame,
     ledger: pd.DataFrame,
+    *,
     provider: str,
     system_tag: str | None,
 ) -> pd.DataFrame:

@@ -253,9 +253,7 @@ def _contact(row: Mapping[str, Any]) -> Contact:
     )
 
 
-def _intent(
-    row: Mapping[str, Any], action: SyncAction, moving_to: str | None = None
-) -> LedgerRow:
+def _intent(row: Mapping[str, Any], action: SyncAction, moving_to: str | None = None) -> LedgerRow:
     """The ledger row while the write of `row` is in flight.
 
     It keeps the state from before (the write may not have happened) and widens the tags to

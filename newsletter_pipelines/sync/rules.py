@@ -310,8 +310,15 @@ class _Rules:
     def observed(self, row: LedgerRow | None, member: Actual, owner: str | None) -> LedgerRow:
         """The row after seeing `member` opted out at the provider."""
         if row is None:
-            return LedgerRow(member.key, member.email, owner, member.provider_id, "", frozenset(),
-                             RowState.OPTED_OUT)
+            return LedgerRow(
+                member.key,
+                member.email,
+                owner,
+                member.provider_id,
+                "",
+                frozenset(),
+                RowState.OPTED_OUT,
+            )
         if row.state is RowState.UNSUBSCRIBED:  # our own unsubscribe: not the person's
             return row
         keep_owner = row.state is RowState.OPTED_OUT and row.owner is not None
@@ -381,17 +388,35 @@ class _Rules:
                 if plan.imported
                 else "in sync"
             )
-            self.emit(action, detail, member.key, contact=contact, member=member, before=row,
-                      after=after, plan=plan)
+            self.emit(
+                action,
+                detail,
+                member.key,
+                contact=contact,
+                member=member,
+                before=row,
+                after=after,
+                plan=plan,
+            )
             return
-        write = write_key("update", member.key, after.fields_hash, sorted(plan.tag_keys),
-                          member.status)
+        write = write_key(
+            "update", member.key, after.fields_hash, sorted(plan.tag_keys), member.status
+        )
         if self.refused_before(row, write):
             assert row is not None
             self.blocked_refused(member.key, contact, row, member=member)
             return
-        self.emit(SyncAction.UPDATE, plan.detail(), member.key, contact=contact, member=member,
-                  before=row, after=after, plan=plan, write=write)
+        self.emit(
+            SyncAction.UPDATE,
+            plan.detail(),
+            member.key,
+            contact=contact,
+            member=member,
+            before=row,
+            after=after,
+            plan=plan,
+            write=write,
+        )
 
     def _archived(self, contact: Desired, member: Actual, row: LedgerRow | None) -> None:
         key = member.key
@@ -419,8 +444,14 @@ class _Rules:
                 after=row.moved(state=RowState.GONE, owner=contact.crm_id),
             )
         elif row is not None and row.state is RowState.GONE:
-            self.emit(SyncAction.IMPORT_BACK, "archived at the provider; waiting for the CRM",
-                      key, contact=contact, member=member, before=row)
+            self.emit(
+                SyncAction.IMPORT_BACK,
+                "archived at the provider; waiting for the CRM",
+                key,
+                contact=contact,
+                member=member,
+                before=row,
+            )
         else:
             self.emit(
                 SyncAction.BLOCKED_BY_PROVIDER,
@@ -475,8 +506,14 @@ class _Rules:
             detail = f"removed at the provider{where}; waiting for the CRM"
         else:
             detail = f"archived or deleted at the provider{where} since the last sync"
-        self.emit(SyncAction.IMPORT_BACK, detail, key, contact=contact, before=row,
-                  after=row.moved(state=RowState.GONE, owner=contact.crm_id))
+        self.emit(
+            SyncAction.IMPORT_BACK,
+            detail,
+            key,
+            contact=contact,
+            before=row,
+            after=row.moved(state=RowState.GONE, owner=contact.crm_id),
+        )
 
     def _create(
         self, contact: Desired, row: LedgerRow | None, member: Actual | None, detail: str
@@ -488,10 +525,20 @@ class _Rules:
             assert row is not None
             self.blocked_refused(key, contact, row, member=member)
             return
-        plan = _Plan(after.tags, self.style.keys(after.tags), frozenset(), True, after.tags,
-                     frozenset())
-        self.emit(SyncAction.CREATE, detail, key, contact=contact, member=member, before=row,
-                  after=after, plan=plan, write=write)
+        plan = _Plan(
+            after.tags, self.style.keys(after.tags), frozenset(), True, after.tags, frozenset()
+        )
+        self.emit(
+            SyncAction.CREATE,
+            detail,
+            key,
+            contact=contact,
+            member=member,
+            before=row,
+            after=after,
+            plan=plan,
+            write=write,
+        )
 
     def _change_email(self, contact: Desired, own: LedgerRow, old: Actual) -> None:
         plan = self.plan(contact, old, own)
@@ -536,14 +583,28 @@ class _Rules:
                     **common,
                 )
             elif member.status == ARCHIVED and row is not None and row.state is RowState.SUBSCRIBED:
-                self.emit(SyncAction.IMPORT_BACK, "archived at the provider since the last sync",
-                          key, after=row.moved(state=RowState.GONE), **common)
+                self.emit(
+                    SyncAction.IMPORT_BACK,
+                    "archived at the provider since the last sync",
+                    key,
+                    after=row.moved(state=RowState.GONE),
+                    **common,
+                )
             elif member.status == ARCHIVED and row is not None and row.state is RowState.GONE:
-                self.emit(SyncAction.UNCHANGED, "archived at the provider, not eligible", key,
-                          after=row.moved(state=RowState.RELEASED), **common)
+                self.emit(
+                    SyncAction.UNCHANGED,
+                    "archived at the provider, not eligible",
+                    key,
+                    after=row.moved(state=RowState.RELEASED),
+                    **common,
+                )
             else:
-                self.emit(SyncAction.UNCHANGED, f"{member.status} at the provider, not eligible",
-                          key, **common)
+                self.emit(
+                    SyncAction.UNCHANGED,
+                    f"{member.status} at the provider, not eligible",
+                    key,
+                    **common,
+                )
 
     def _unwanted_active(
         self,
@@ -556,11 +617,17 @@ class _Rules:
         reason = exclusion.reason if exclusion else None
         ours = row is not None and row.state is RowState.SUBSCRIBED
         if reason == "private":
-            self._write(SyncAction.REMOVE, "private in the CRM: never at a provider", member,
-                        row, common)
+            self._write(
+                SyncAction.REMOVE, "private in the CRM: never at a provider", member, row, common
+            )
         elif row is not None and row.state in BLOCKING:
-            self.emit(SyncAction.IMPORT_BACK, "re-subscribed at the provider after an opt-out",
-                      key, after=row.moved(state=RowState.SUBSCRIBED), **common)
+            self.emit(
+                SyncAction.IMPORT_BACK,
+                "re-subscribed at the provider after an opt-out",
+                key,
+                after=row.moved(state=RowState.SUBSCRIBED),
+                **common,
+            )
         elif reason == "opted_out":
             self._write(SyncAction.UNSUBSCRIBE, "newsletter = no in the CRM", member, row, common)
         elif ours:
@@ -568,8 +635,7 @@ class _Rules:
             self._write(SyncAction.REMOVE, f"no longer eligible ({why})", member, row, common)
         else:
             known = f" ({reason} in the CRM)" if reason else ", unknown to the CRM"
-            self.emit(SyncAction.IMPORT_BACK, f"signed up at the provider{known}", key,
-                      **common)
+            self.emit(SyncAction.IMPORT_BACK, f"signed up at the provider{known}", key, **common)
 
     def _write(
         self,
@@ -590,11 +656,17 @@ class _Rules:
                 **common,
             )
             return
-        base = row or LedgerRow(member.key, member.email, common["crm_id"], member.provider_id,
-                                "", frozenset(), RowState.SUBSCRIBED)
+        base = row or LedgerRow(
+            member.key,
+            member.email,
+            common["crm_id"],
+            member.provider_id,
+            "",
+            frozenset(),
+            RowState.SUBSCRIBED,
+        )
         state = RowState.UNSUBSCRIBED if action is SyncAction.UNSUBSCRIBE else RowState.REMOVED
-        self.emit(action, detail, member.key, after=base.moved(state=state), write=write,
-                  **common)
+        self.emit(action, detail, member.key, after=base.moved(state=state), write=write, **common)
 
     # --- ledger rows of members that are gone ------------------------------------------
 

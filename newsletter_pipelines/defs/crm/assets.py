@@ -8,10 +8,10 @@ from pydantic import Field
 
 from newsletter_pipelines.defs.crm.checks import CHECK_SPECS, eligibility_check_results
 from newsletter_pipelines.defs.resources import CrmResource, StateDatabaseResource
-from newsletter_pipelines.sync.eligibility import REASONS, classify
 from newsletter_pipelines.reporting import contacts_preview, counts_table
 from newsletter_pipelines.settings import Settings
 from newsletter_pipelines.state.exclusions import replace_exclusions
+from newsletter_pipelines.sync.eligibility import REASONS, classify
 
 GROUP = "crm"
 _SETTINGS = Settings()

@@ -128,8 +128,8 @@ def reconciliation_diff(
         excluded_contacts,
         provider_audience_snapshot,
         ledger,
-        audience.provider,
-        _system_tag(audience),
+        provider=audience.provider,
+        system_tag=_system_tag(audience),
     )
     actions = diff["action"].value_counts()
     context.log.info(f"{audience.key}: " + ", ".join(f"{a} {n}" for a, n in actions.items()))

@@ -1,0 +1,428 @@
+"""The rule set of the three-way reconciliation, as a pure function (one test per rule and per
+defect found in review)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from newsletter_pipelines.sync.identity import Intent, LedgerRow, RowState, fields_hash
+from newsletter_pipelines.sync.inputs import crm_exclusions
+from newsletter_pipelines.sync.rules import (
+    Actual,
+    Context,
+    CrmExclusion,
+    Desired,
+    Exclusions,
+    reconcile,
+)
+from newsletter_pipelines.sync.tags import TAG_STYLES
+
+SYSTEM = "CRM"
+MAILCHIMP = Context(TAG_STYLES["mailchimp"], SYSTEM)
+BREVO = Context(TAG_STYLES["brevo"], None)
+
+
+def want(
+    crm_id: str, email: str, first: str = "Anna", tags: frozenset[str] = frozenset()
+) -> Desired:
+    return Desired(crm_id, email, email.lower(), "Frau", first, "Schmidt", tags)
+
+
+def have(
+    email: str,
+    status: str = "subscribed",
+    first: str = "Anna",
+    tags: frozenset[str] = frozenset({SYSTEM}),
+    pid: str | None = None,
+) -> Actual:
+    key = email.lower()
+    return Actual(pid or f"p-{key}", email, key, status, "Frau", first, "Schmidt", tags)
+
+
+def synced(
+    contact: Desired,
+    state: RowState = RowState.SUBSCRIBED,
+    *,
+    email: str | None = None,
+    tags: frozenset[str] | None = None,
+    **extra: object,
+) -> LedgerRow:
+    """The ledger row after the sync pushed `contact` (to `email`, when given)."""
+    address = email or contact.email
+    pushed = (contact.tags | {SYSTEM}) if tags is None else tags
+    return LedgerRow(
+        member_key=address.lower(),
+        email=address,
+        owner=contact.crm_id,
+        provider_id=f"p-{address.lower()}",
+        fields_hash=fields_hash(
+            address.lower(),
+            contact.salutation,
+            contact.first_name,
+            contact.last_name,
+            {t.casefold() for t in pushed},
+        ),
+        tags=pushed,
+        state=state,
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def excluded(**reasons: tuple[str, str]) -> Exclusions:
+    """Exclusions by address: key=(crm_id, reason)."""
+    by_key = {
+        k.replace("_at_", "@").replace("_", "."): CrmExclusion(*v) for k, v in reasons.items()
+    }
+    return Exclusions(by_key=by_key, by_id={e.crm_id: e for e in by_key.values()})
+
+
+def diff(desired=(), members=(), ledger=(), exclusions=None, context=MAILCHIMP) -> pd.DataFrame:
+    frame = reconcile(desired, members, ledger, exclusions or Exclusions(), context)
+    assert frame["match_key"].is_unique, "every contact and member gets exactly one action"
+    return frame.set_index("match_key")
+
+
+def actions(**kwargs) -> dict[str, tuple[str, str]]:
+    frame = diff(**kwargs)
+    return {key: (row.action, row.detail) for key, row in frame.iterrows()}
+
+
+def action_of(key: str, **kwargs) -> str:
+    return actions(**kwargs)[key][0]
+
+
+# --- the common paths ----------------------------------------------------------------------
+
+
+def test_new_contact_is_created() -> None:
+    assert action_of("a@x.de", desired=[want("1", "a@x.de")]) == "create"
+
+
+def test_nothing_changed_is_unchanged_and_writes_no_ledger_row() -> None:
+    contact = want("1", "a@x.de")
+    row = diff(desired=[contact], members=[have("a@x.de")], ledger=[synced(contact)]).loc["a@x.de"]
+    assert (row.action, row.ledger_after) == ("unchanged", None)
+
+
+def test_changed_name_is_an_update() -> None:
+    contact = want("1", "a@x.de", first="Anne")
+    result = action_of(
+        "a@x.de", desired=[contact], members=[have("a@x.de")], ledger=[synced(want("1", "a@x.de"))]
+    )
+    assert result == "update"
+
+
+def test_first_sync_of_an_existing_identical_member_is_unchanged_and_owned() -> None:
+    row = diff(desired=[want("1", "A@X.de")], members=[have("a@x.de")]).loc["a@x.de"]
+    assert row.action == "unchanged"
+    assert row.ledger_after.owner == "1" and row.ledger_after.state == "subscribed"
+
+
+def test_tag_added_and_dropped_in_the_crm_are_updates() -> None:
+    before = want("1", "a@x.de", tags=frozenset({"VIP"}))
+    now = want("1", "a@x.de")
+    result = actions(
+        desired=[now],
+        members=[have("a@x.de", tags=frozenset({SYSTEM, "VIP"}))],
+        ledger=[synced(before)],
+    )
+    assert result["a@x.de"] == ("update", "tags to remove: VIP")
+    added = want("1", "a@x.de", tags=frozenset({"Käufer"}))
+    result = actions(desired=[added], members=[have("a@x.de")], ledger=[synced(now)])
+    assert result["a@x.de"] == ("update", "tags to add: Käufer")
+
+
+def test_system_tag_missing_at_the_provider_is_an_update() -> None:
+    contact = want("1", "a@x.de")
+    members = [have("a@x.de", tags=frozenset())]
+    assert action_of("a@x.de", desired=[contact], members=members, ledger=[synced(contact)]) == (
+        "update"
+    )
+
+
+@pytest.mark.parametrize("status", ["unsubscribed", "cleaned", "blacklisted"])
+def test_crm_yes_provider_opted_out_is_blocked_never_resubscribed(status: str) -> None:
+    contact = want("1", "a@x.de", first="Changed")  # even with CRM changes: opt-out wins
+    for ledger in ([], [synced(want("1", "a@x.de"))]):
+        row = diff(desired=[contact], members=[have("a@x.de", status)], ledger=ledger)
+        assert row.loc["a@x.de"].action == "blocked_by_provider"
+        assert row.loc["a@x.de"].ledger_after.state == "opted_out"  # the ledger remembers it
+
+
+def test_crm_no_provider_subscribed_is_unsubscribed() -> None:
+    result = action_of(
+        "a@x.de", members=[have("a@x.de")], exclusions=excluded(a_at_x_de=("1", "opted_out"))
+    )
+    assert result == "unsubscribe"
+
+
+@pytest.mark.parametrize("synced_before", [True, False])
+def test_private_contact_is_removed_synced_before_or_not(synced_before: bool) -> None:
+    ledger = [synced(want("1", "a@x.de"))] if synced_before else []
+    result = action_of(
+        "a@x.de",
+        members=[have("a@x.de")],
+        ledger=ledger,
+        exclusions=excluded(a_at_x_de=("1", "private")),
+    )
+    assert result == "remove"
+
+
+@pytest.mark.parametrize("reason", ["not_opted_in", None])
+def test_synced_contact_no_longer_eligible_is_removed(reason: str | None) -> None:
+    exclusions = excluded(a_at_x_de=("1", reason)) if reason else None
+    result = actions(
+        members=[have("a@x.de")], ledger=[synced(want("1", "a@x.de"))], exclusions=exclusions
+    )
+    assert result["a@x.de"][0] == "remove"
+    assert (reason or "address no longer in the CRM") in result["a@x.de"][1]
+
+
+def test_signups_at_the_provider_are_imported_back() -> None:
+    assert action_of("new@x.de", members=[have("new@x.de", tags=frozenset())]) == "import_back"
+    result = action_of(
+        "a@x.de", members=[have("a@x.de")], exclusions=excluded(a_at_x_de=("1", "not_opted_in"))
+    )
+    assert result == "import_back"
+
+
+def test_email_change_updates_the_same_member_and_moves_its_row() -> None:
+    old, new = want("1", "old@x.de"), want("1", "new@x.de")
+    frame = diff(desired=[new], members=[have("old@x.de")], ledger=[synced(old)])
+    assert list(frame.index) == ["new@x.de"]
+    row = frame.loc["new@x.de"]
+    assert (row.action, row.old_email, row.provider_id) == ("update", "old@x.de", "p-old@x.de")
+    assert (row.ledger_before.member_key, row.ledger_after.member_key) == ("old@x.de", "new@x.de")
+
+
+def test_email_change_to_an_address_already_there_adopts_it_and_removes_the_orphan() -> None:
+    old, new = want("1", "old@x.de"), want("1", "new@x.de")
+    result = actions(
+        desired=[new], members=[have("old@x.de"), have("new@x.de")], ledger=[synced(old)]
+    )
+    assert result["old@x.de"][0] == "remove"
+    assert result["new@x.de"][0] == "unchanged"
+
+
+def test_email_change_of_an_opted_out_member_is_blocked() -> None:
+    old, new = want("1", "old@x.de"), want("1", "new@x.de")
+    result = actions(
+        desired=[new], members=[have("old@x.de", "unsubscribed")], ledger=[synced(old)]
+    )
+    assert result == {
+        "new@x.de": (
+            "blocked_by_provider",
+            "unsubscribed at the provider under the previous address: never re-subscribed",
+        )
+    }
+
+
+def test_deleted_at_the_provider_is_imported_back_not_recreated() -> None:
+    contact = want("1", "a@x.de")
+    row = diff(desired=[contact], ledger=[synced(contact)]).loc["a@x.de"]
+    assert row.action == "import_back" and row.ledger_after.state == "gone"
+    gone = synced(contact, RowState.GONE)
+    assert action_of("a@x.de", desired=[contact], ledger=[gone]) == "import_back"
+    # once the CRM no longer wants it, the row is released and a later "yes" creates it again
+    released = diff(ledger=[gone]).loc["a@x.de"].ledger_after
+    assert released.state == "released"
+    assert action_of("a@x.de", desired=[contact], ledger=[released]) == "create"
+
+
+def test_permanent_refusal_is_not_retried_until_the_crm_changes() -> None:
+    contact = want("1", "a@x.de")
+    planned = diff(desired=[contact]).loc["a@x.de"]
+    refused = planned.ledger_after.moved(
+        state=RowState.NEW, refusal_code="Forgotten Email Not Subscribed",
+        refusal_key=planned.write_key,
+    )  # fmt: skip
+    assert action_of("a@x.de", desired=[contact], ledger=[refused]) == "blocked_by_provider"
+    changed = want("1", "a@x.de", first="Anne")  # new data: the provider may accept it now
+    assert action_of("a@x.de", desired=[changed], ledger=[refused]) == "create"
+
+
+def test_archived_members() -> None:
+    contact = want("1", "a@x.de")
+    archived = have("a@x.de", "archived")
+    removed = synced(contact, RowState.REMOVED)
+    assert action_of("a@x.de", desired=[contact], members=[archived], ledger=[removed]) == "create"
+    assert action_of("a@x.de", desired=[contact], members=[archived], ledger=[synced(contact)]) == (
+        "import_back"
+    )
+    assert action_of("a@x.de", desired=[contact], members=[archived]) == "blocked_by_provider"
+
+
+def test_opt_out_at_the_provider_of_a_non_eligible_contact_is_imported_back() -> None:
+    result = action_of(
+        "a@x.de",
+        members=[have("a@x.de", "unsubscribed")],
+        ledger=[synced(want("1", "a@x.de"))],
+        exclusions=excluded(a_at_x_de=("1", "not_opted_in")),
+    )
+    assert result == "import_back"
+
+
+def test_already_unsubscribed_and_crm_no_is_unchanged_but_remembered() -> None:
+    row = diff(
+        members=[have("a@x.de", "unsubscribed")], exclusions=excluded(a_at_x_de=("1", "opted_out"))
+    ).loc["a@x.de"]
+    assert row.action == "unchanged" and row.ledger_after.state == "opted_out"
+
+
+def test_unicode_domain_at_the_provider_matches_the_ascii_crm_address() -> None:
+    contact = want("1", "info@xn--bcher-kva.de")
+    members = [have("Info@Bücher.de")]
+    members = [Actual(m.provider_id, m.email, "info@xn--bcher-kva.de", m.status, m.salutation,
+                      m.first_name, m.last_name, m.tags) for m in members]  # fmt: skip
+    result = action_of("info@xn--bcher-kva.de", desired=[contact], members=members)
+    assert result == "unchanged"
+
+
+# --- defects found in review -----------------------------------------------------------------
+
+
+def test_d1_tags_people_added_at_the_provider_survive_an_update() -> None:
+    contact = want("1", "a@x.de", first="Anne")  # a field change forces an update
+    member = have("a@x.de", tags=frozenset({SYSTEM, "Webinar"}))
+    row = diff(desired=[contact], members=[member], ledger=[synced(want("1", "a@x.de"))])
+    update = row.loc["a@x.de"]
+    assert update.action == "update"
+    assert set(update.provider_tags) == {SYSTEM, "Webinar"}  # sent whole: nothing is removed
+    assert update.import_tags == ("Webinar",)
+    assert update.ledger_after.tags == {SYSTEM}  # only the sync's own tags may be removed later
+
+
+def test_d1_tags_added_at_the_provider_are_imported_back_and_the_ledger_advances() -> None:
+    contact = want("1", "a@x.de")
+    member = have("a@x.de", tags=frozenset({SYSTEM, "Webinar"}))
+    row = diff(desired=[contact], members=[member], ledger=[]).loc["a@x.de"]
+    assert (row.action, row.import_tags) == ("import_back", ("Webinar",))
+    assert row.ledger_after is not None and row.ledger_after.owner == "1"
+
+
+def test_d2_email_change_after_an_opt_out_and_an_archive_stays_blocked() -> None:
+    old, new = want("1", "old@x.de"), want("1", "new@x.de")
+    # the person unsubscribed; the sync saw it and remembered it
+    seen = diff(desired=[old], members=[have("old@x.de", "unsubscribed")], ledger=[synced(old)])
+    remembered = seen.loc["old@x.de"].ledger_after
+    assert remembered.state == "opted_out"
+    # an admin archives (Mailchimp) or deletes (Brevo) the member; the CRM changes the address
+    for members in ([have("old@x.de", "archived")], []):
+        result = actions(desired=[new], members=members, ledger=[remembered])
+        assert result["new@x.de"][0] == "blocked_by_provider", members
+
+
+def test_d3_archived_member_is_not_recreated_through_a_row_of_another_address() -> None:
+    contact = want("1", "a@x.de")
+    other = synced(contact, RowState.REMOVED, email="b@x.de")  # the sync removed b@x.de once
+    result = actions(desired=[contact], members=[have("a@x.de", "archived")], ledger=[other])
+    assert result["a@x.de"][0] == "blocked_by_provider"
+
+
+def test_d4_a_newer_contact_owns_the_address_of_a_stale_row() -> None:
+    # contact 1 was synced with shared@; now contact 2 (eligible) has that address and contact 1
+    # moved on to another one: the member stays with its address, contact 1 is created anew
+    one_before = want("1", "shared@x.de")
+    one_now, two = want("1", "one@x.de"), want("2", "shared@x.de")
+    frame = diff(desired=[one_now, two], members=[have("shared@x.de")], ledger=[synced(one_before)])
+    assert frame.loc["shared@x.de"].action == "unchanged"
+    assert frame.loc["shared@x.de"].ledger_after.owner == "2"
+    assert frame.loc["one@x.de"].action == "create"
+    assert "import_back" not in set(frame["action"])
+
+
+def test_d5_no_together_with_an_address_change_unsubscribes_the_old_member() -> None:
+    old = want("1", "old@x.de")
+    exclusions = Exclusions(
+        by_key={"new@x.de": CrmExclusion("1", "opted_out")},
+        by_id={"1": CrmExclusion("1", "opted_out")},
+    )
+    result = actions(members=[have("old@x.de")], ledger=[synced(old)], exclusions=exclusions)
+    assert result["old@x.de"][0] == "unsubscribe"
+
+
+def test_d6_private_wins_over_a_no_record_of_the_same_address() -> None:
+    # built as the inputs module builds it: private first whatever the order of the rows
+    frame = pd.DataFrame(
+        {
+            "contact_id": [1, 2, 3],
+            "reason": ["private", "opted_out", "duplicate"],
+            "email_key": ["a@x.de"] * 3,
+            "email_ascii": ["a@x.de"] * 3,
+        }
+    )
+    for order in ([0, 1, 2], [1, 0, 2], [2, 1, 0]):
+        exclusions = crm_exclusions(frame.iloc[order])
+        result = action_of(
+            "a@x.de", members=[have("a@x.de")], ledger=[synced(want("1", "a@x.de"))],
+            exclusions=exclusions,
+        )  # fmt: skip
+        assert result == "remove", order
+
+
+def test_d7_a_refused_update_or_removal_is_not_sent_again() -> None:
+    contact = want("1", "new@x.de")
+    own = synced(want("1", "old@x.de"))
+    planned = diff(desired=[contact], members=[have("old@x.de")], ledger=[own]).loc["new@x.de"]
+    refused = own.moved(refusal_code="duplicate_parameter", refusal_key=planned.write_key)
+    again = diff(desired=[contact], members=[have("old@x.de")], ledger=[refused])
+    assert again.loc["new@x.de"].action == "blocked_by_provider"
+    # a pending member cannot be archived (405): the refusal holds while it stays pending
+    pending = have("p@x.de", "pending")
+    row = synced(want("2", "p@x.de"))
+    planned = diff(members=[pending], ledger=[row]).loc["p@x.de"]
+    assert planned.action == "remove"
+    refused = row.moved(refusal_code="Method Not Allowed", refusal_key=planned.write_key)
+    assert action_of("p@x.de", members=[pending], ledger=[refused]) == "unchanged"
+    assert action_of("p@x.de", members=[have("p@x.de")], ledger=[refused]) == "remove"
+
+
+@pytest.mark.parametrize("status", ["archived", None])
+def test_d8_a_removal_killed_before_its_ledger_write_is_recognised_as_ours(status) -> None:
+    contact = want("1", "a@x.de")
+    in_flight = synced(contact).moved(intent=Intent.REMOVE)
+    members = [have("a@x.de", status)] if status else []
+    frame = diff(members=members, ledger=[in_flight])
+    assert "import_back" not in set(frame["action"])
+    # and a removal that never reached the provider is simply planned again
+    again = diff(members=[have("a@x.de")], ledger=[in_flight])
+    assert again.loc["a@x.de"].action == "remove"
+
+
+def test_d8_an_email_change_killed_before_its_ledger_write_keeps_the_pushed_tags() -> None:
+    old, new = want("1", "old@x.de", tags=frozenset({"VIP"})), want("1", "new@x.de")
+    in_flight = synced(old).moved(intent=Intent.CHANGE_EMAIL, intent_key="new@x.de")
+    member = have("new@x.de", tags=frozenset({SYSTEM, "VIP"}))
+    result = actions(desired=[new], members=[member], ledger=[in_flight])
+    assert result == {"new@x.de": ("update", "tags to remove: VIP")}
+
+
+# --- decisions ---------------------------------------------------------------------------------
+
+
+def test_mailchimp_tag_names_compare_case_insensitively() -> None:
+    contact = want("1", "a@x.de", tags=frozenset({"vip"}))
+    member = have("a@x.de", tags=frozenset({"CRM", "VIP"}))
+    assert action_of("a@x.de", desired=[contact], members=[member]) == "unchanged"
+
+
+def test_brevo_tags_compare_in_the_form_brevo_stores() -> None:
+    contact = want("1", "a@x.de", tags=frozenset({"Haus, Garten"}))
+    member = have("a@x.de", tags=frozenset({"Haus; Garten"}))
+    assert action_of("a@x.de", desired=[contact], members=[member], context=BREVO) == "unchanged"
+
+
+def test_transactional_members_are_never_subscribed_by_the_sync() -> None:
+    contact = want("1", "a@x.de")
+    assert action_of("a@x.de", desired=[contact], members=[have("a@x.de", "transactional")]) == (
+        "blocked_by_provider"
+    )
+    assert action_of("t@x.de", members=[have("t@x.de", "transactional")]) == "unchanged"
+
+
+def test_a_person_who_resubscribed_at_the_provider_is_imported_back_not_unsubscribed() -> None:
+    opted_out = synced(want("1", "a@x.de"), RowState.OPTED_OUT)
+    exclusions = excluded(a_at_x_de=("1", "opted_out"))
+    row = diff(members=[have("a@x.de")], ledger=[opted_out], exclusions=exclusions).loc["a@x.de"]
+    assert row.action == "import_back" and row.ledger_after.state == "subscribed"
