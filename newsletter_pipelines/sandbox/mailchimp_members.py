@@ -68,6 +68,18 @@ def invalid(field: str, message: str) -> ProblemError:
 
 def check_address(lst: McList, email: str) -> None:
     """Refuse syntactically wrong, fake and permanently deleted addresses."""
+    check_syntax(email)
+    if subscriber_hash(email) in lst.forgotten:
+        raise ProblemError(
+            400,
+            "Forgotten Email Not Subscribed",
+            f"{email} was permanently deleted and cannot be re-imported. "
+            "The contact must re-subscribe to get back on the list.",
+        )
+
+
+def check_syntax(email: str) -> None:
+    """Refuse syntactically wrong and fake addresses."""
     if not _ADDRESS.match(email):
         raise ProblemError(400, "Invalid Resource", "Please provide a valid email address.")
     if email.lower().endswith(".invalid"):
@@ -75,13 +87,6 @@ def check_address(lst: McList, email: str) -> None:
             400,
             "Invalid Resource",
             f"{email} looks fake or invalid, please enter a real email address.",
-        )
-    if subscriber_hash(email) in lst.forgotten:
-        raise ProblemError(
-            400,
-            "Forgotten Email Not Subscribed",
-            f"{email} was permanently deleted and cannot be re-imported. "
-            "The contact must re-subscribe to get back on the list.",
         )
 
 
@@ -171,7 +176,7 @@ def create(
             source=source,
         )
         lst.members[key] = member
-    add_tags(member, [str(tag) for tag in payload.get("tags") or []], now)
+    add_tags(member, [str(tag) for tag in payload.get("tags") or []], now, lst.segments)
     return member
 
 
@@ -237,19 +242,100 @@ def forget(lst: McList, member: McMember) -> None:
     lst.forgotten.add(member.id)
 
 
-def add_tags(member: McMember, names: Iterable[str], now: float) -> None:
-    """Activate tags on a member."""
+def rejoin(
+    account: McAccount,
+    lst: McList,
+    email: str,
+    *,
+    status: str,
+    merge: dict[str, Any],
+    now: float,
+) -> McMember:
+    """A person (re)joins through the audience's own signup form, as `subscribed` or `pending`.
+
+    What the API refuses, the form allows: an unsubscribed, archived (whatever it was archived
+    from), transactional or permanently deleted address comes back; a `pending` member may
+    confirm (`subscribed`). Refused, before anything changes: a cleaned member (400 `Member In
+    Compliance State`: a bounced address cannot re-subscribe by form), a member already in
+    `status` or already subscribed (400 `Member Exists`), and a bad address (400).
+    """
+    key = subscriber_hash(email)
+    member = lst.members.get(key)
+    current = member.status if member is not None else None
+    if current == "cleaned":
+        check_status(email, current, status)
+    if current in (status, "subscribed"):
+        raise ProblemError(
+            400, "Member Exists", f"{email} is already {current} on the audience {lst.name}."
+        )
+    check_syntax(email)
+    accepted = merge_values(lst, {k: v for k, v in merge.items() if v}, creating=member is None)
+    stamp = now_iso(now)
+    if member is None:
+        lst.forgotten.discard(key)
+        member = McMember(
+            id=key,
+            email_address=email,
+            unique_email_id=key[:10],
+            contact_id=key[::-1],
+            web_id=account.new_id(),
+            status=status,
+            merge_fields={field.tag: "" for field in lst.merge_fields},
+            timestamp_signup=stamp,
+            timestamp_opt=stamp,
+            last_changed=stamp,
+            source="Hosted Signup Form",
+        )
+        lst.members[key] = member
+    member.status = status
+    member.archived_from = None
+    member.unsubscribe_reason = ""
+    member.merge_fields.update(accepted)
+    member.timestamp_opt = stamp
+    member.last_changed = stamp
+    return member
+
+
+def _same_tag(names: Iterable[str], name: str) -> str | None:
+    """The spelling under which `name` is already among `names` (tags ignore case)."""
+    wanted = name.casefold()
+    return next((known for known in names if known.casefold() == wanted), None)
+
+
+def tag_spelling(segments: dict[str, int] | None, name: str) -> str:
+    """The audience's spelling of a tag: the first one it was created with."""
+    return _same_tag(segments or {}, name) or name
+
+
+def add_tags(
+    member: McMember, names: Iterable[str], now: float, segments: dict[str, int] | None = None
+) -> None:
+    """Activate tags on a member; names match case-insensitively, the first spelling stays."""
     for name in names:
-        member.tags.setdefault(name, now_iso(now))
+        if _same_tag(member.tags, name) is None:
+            member.tags[tag_spelling(segments, name)] = now_iso(now)
 
 
-def set_tags(member: McMember, tags: Iterable[dict[str, Any]], now: float) -> None:
-    """Apply `{"name", "status": active|inactive}` tag changes."""
+def set_tags(
+    member: McMember,
+    tags: Iterable[dict[str, Any]],
+    now: float,
+    segments: dict[str, int] | None = None,
+) -> None:
+    """Apply `{"name", "status": active|inactive}` tag changes.
+
+    Tag names are case-insensitive, as at Mailchimp: activating "vip" on a member tagged "VIP"
+    changes nothing, deactivating "vip" removes "VIP"; a new tag takes the audience's spelling
+    (`segments`) when the audience already knows it.
+    """
     for tag in tags:
+        name = str(tag.get("name"))
+        known = _same_tag(member.tags, name)
         if tag.get("status") == "inactive":
-            member.tags.pop(str(tag.get("name")), None)
-        else:
-            member.tags.setdefault(str(tag.get("name")), now_iso(now))
+            if known is not None:
+                del member.tags[known]
+        elif known is None:
+            member.tags[tag_spelling(segments, name)] = now_iso(now)
     member.last_changed = now_iso(now)
 
 
@@ -262,10 +348,17 @@ def find_list(account: McAccount, request: Request) -> McList:
 
 
 def register_tags(account: McAccount, lst: McList, member: McMember) -> None:
-    """Give every tag of the member a segment id (tags are static segments)."""
-    for name in member.tags:
-        if name not in lst.segments:
+    """Give every tag of the member a segment id (tags are static segments); a tag spelled
+    differently from the audience's tag of the same name takes the audience's spelling."""
+    renamed = False
+    for name in list(member.tags):
+        known = _same_tag(lst.segments, name)
+        if known is None:
             lst.segments[name] = account.new_id()
+        elif known != name:
+            renamed = True
+    if renamed:
+        member.tags = {tag_spelling(lst.segments, n): added for n, added in member.tags.items()}
 
 
 def find(lst: McList, hash_or_email: str) -> McMember:

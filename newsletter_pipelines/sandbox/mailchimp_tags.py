@@ -1,4 +1,8 @@
-"""Mailchimp tags: per member (`…/members/{hash}/tags`) and as static segments (bulk)."""
+"""Mailchimp tags: per member (`…/members/{hash}/tags`) and as static segments (bulk).
+
+Tag names are case-insensitive everywhere (as at Mailchimp): "vip" names the tag "VIP" when the
+audience or the member already has it, and the first spelling is kept.
+"""
 
 from __future__ import annotations
 
@@ -47,7 +51,8 @@ class TagHandlers:
         tags = request.json_object().get("tags")
         if not isinstance(tags, list):
             raise invalid("tags", "This value should not be blank.")
-        members.set_tags(member, [t for t in tags if isinstance(t, dict)], self.now())
+        changes = [t for t in tags if isinstance(t, dict)]
+        members.set_tags(member, changes, self.now(), lst.segments)
         members.register_tags(account, lst, member)
         return empty_response(204, {"content-type": "application/json; charset=utf-8"})
 
@@ -66,12 +71,13 @@ class TagHandlers:
         emails = body.get("static_segment")
         if not name or not isinstance(emails, list):
             raise invalid("static_segment", "Only static segments (tags) are emulated.")
+        name = members.tag_spelling(lst.segments, name)
         segment_id = lst.segments.setdefault(name, account.new_id())
         now = self.now()
         for email in emails:
             member = lst.members.get(members.subscriber_hash(str(email)))
             if member is not None:
-                members.set_tags(member, [{"name": name, "status": "active"}], now)
+                members.set_tags(member, [{"name": name, "status": "active"}], now, lst.segments)
         return json_response(200, self._segment_json(lst, name, segment_id))
 
     def _segment_json(self, lst: McList, name: str, segment_id: int) -> dict[str, Any]:
@@ -113,7 +119,7 @@ class TagHandlers:
                 if member is None:
                     missing.append(str(email))
                     continue
-                members.set_tags(member, [{"name": name, "status": status}], now)
+                members.set_tags(member, [{"name": name, "status": status}], now, lst.segments)
                 done.append(members.representation(lst, member, lst.segments))
         errors = [{"email_addresses": missing, "error": "Email addresses are not list members"}]
         return json_response(

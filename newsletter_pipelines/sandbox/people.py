@@ -3,8 +3,77 @@ bounce, get a tag. Each action changes the state like the provider's UI would an
 webhooks the provider would fire (Mailchimp with source `user` or `admin`, Brevo marketing
 events without `api_key_name`).
 
-Mailchimp sends no webhook for tag changes (its webhook events have none); a tag only bumps
-`last_changed`, which the nightly snapshot sees.
+Every action is total: where it makes no sense for the current state it raises the provider's
+error (`ProblemError` for Mailchimp, `BrevoError` for Brevo) before anything changes, and no
+webhook fires. An unknown audience/list is a 404; a `tag`/`untag` without a tag is a 400; an
+action of the other provider is a 400.
+
+Mailchimp (`mailchimp_person`; `email` not on the audience means no member, an archived one is
+on it):
+
+- `signup`: a hosted signup form. A new address (or an archived member, re-added under the
+  API's compliance rules) becomes `subscribed` (source "Hosted Signup Form"); an existing member
+  gets the names and `subscribed`. Fires `subscribe` (user). 400 for a permanently deleted
+  address or an archived opt-out.
+- `resubscribe`: the person comes back through the audience's own form. Unsubscribed,
+  archived (whatever it was archived from), transactional, pending, unknown and permanently
+  deleted addresses become `subscribed`; fires `subscribe` (user). 400 `Member In Compliance
+  State` for a cleaned member (a bounced address cannot re-subscribe by form), 400 `Member
+  Exists` for a subscribed one.
+- `pending`: a hosted form on a double-opt-in audience: the same members as `resubscribe`
+  (except pending ones) become `pending`, confirmation outstanding. No webhook (Mailchimp fires
+  `subscribe` on confirmation, i.e. a later `resubscribe`). 400 for cleaned, subscribed, pending.
+- `transactional`: a new address becomes a `transactional` member (no marketing consent, e.g.
+  from a store). No webhook. 400 `Member Exists` for any member (archived ones too), 400 for a
+  permanently deleted address.
+- `unsubscribe`: the member (whatever its status, an archived one too) becomes `unsubscribed`;
+  fires `unsubscribe` (user, action `unsub`).
+- `archive`: an admin archives the member; the status behind the archive is kept
+  (`archived_from`). Refused like `DELETE …/members/{hash}`: 405 for cleaned, pending and
+  archived members. Fires `unsubscribe` (admin, action `delete`). Re-adding an archived member
+  through the API (POST/PUT/batch subscribe, even with `update_existing: false`, since an
+  archived member counts as absent there) keeps the compliance rule: an archived opt-out comes
+  back as `subscribed`/`pending` only as a batch error (or a 400) `Member In Compliance State`.
+- `delete`: permanent deletion (the address can never be imported again); fires `unsubscribe`
+  (admin, action `delete`); returns `{}`.
+- `clean`: the address bounced: the member (whatever its status) becomes `cleaned`; fires
+  `cleaned` (admin, reason `hard`).
+- `tag` / `untag`: an admin (de)activates `tag`. Tag names are case-insensitive: tagging "vip"
+  on a member tagged "VIP" changes nothing, untagging "vip" removes "VIP"; a new tag takes the
+  audience's spelling. No webhook (Mailchimp has no tag event); `last_changed` moves, which the
+  nightly snapshot sees.
+- `blacklist`, `list_unsubscribe`: Brevo only, 400.
+- All but `signup`, `resubscribe`, `pending` and `transactional` need a member (404 otherwise).
+
+Brevo (`brevo_person`; `list_id` is the list the person acts on; no person action leaves a list
+id in both `listIds` and `listUnsubscribed`, though re-linking through the API can, and
+`signup`/`resubscribe` then clear the unsubscription):
+
+- `signup`: a form: creates the contact if needed, sets the names, links the list (and takes it
+  out of `listUnsubscribed`); the blacklist stays. Fires `listAddition`.
+- `resubscribe`: the person re-subscribes through Brevo's own form: `emailBlacklisted` becomes
+  false, the list leaves `listUnsubscribed` and joins `listIds` (the contact is created if
+  missing). Fires `listAddition`. 400 when the contact is already subscribed to the list and not
+  blacklisted.
+- `blacklist`: the contact is blacklisted (`emailBlacklisted: true`) without any change to its
+  lists; an unknown address becomes a contact outside every list, blacklisted (what a person
+  unsubscribing from another Brevo list or from a transactional mail leaves behind). Fires
+  `unsubscribed` with the contact's lists. 400 when already blacklisted.
+- `list_unsubscribe`: unsubscription from this list only (the account feature "unsubscription
+  per list"): the list leaves `listIds` and is appended to `listUnsubscribed`; the contact stays
+  globally subscribed. Fires `unsubscribed` with the list. 404 for an unknown contact, 400 when
+  the contact is not in the list. Decided from the v3 specification, whose examples never show a
+  list in both arrays and whose list-contacts example only shows contacts having the list in
+  `listIds`: `GET /contacts/{identifier}` (and `GET /contacts`) show such a contact with the list
+  in `listUnsubscribed`; `GET /contacts/lists/{listId}/contacts` and the list's counters no
+  longer include it, exactly as for a contact removed from the list.
+- `unsubscribe`: `emailBlacklisted: true`; fires `unsubscribed` with the list.
+- `delete` / `archive`: the contact is deleted; fires `contactDeleted`; returns `{}`.
+- `clean`: hard bounce: `emailBlacklisted: true`; fires `hardBounce`.
+- `tag` / `untag`: the tag is added to / removed from the comma-separated `tags_attribute`;
+  fires `contactUpdated`.
+- `pending`, `transactional`: Mailchimp only, 400.
+- All but `signup`, `resubscribe` and `blacklist` need a contact (404 otherwise).
 """
 
 from __future__ import annotations
@@ -14,15 +83,39 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel
 
 from newsletter_pipelines.sandbox import mailchimp_members as members
-from newsletter_pipelines.sandbox.brevo_rules import BrevoError, contact_json, stamp
-from newsletter_pipelines.sandbox.brevo_state import LANGUAGE_NAME_ATTRIBUTES, BvContact
+from newsletter_pipelines.sandbox.brevo_rules import (
+    BrevoError,
+    check_address,
+    contact_json,
+    stamp,
+)
+from newsletter_pipelines.sandbox.brevo_state import (
+    LANGUAGE_NAME_ATTRIBUTES,
+    BvAccount,
+    BvContact,
+)
 from newsletter_pipelines.sandbox.core import now_iso
 from newsletter_pipelines.sandbox.mailchimp_members import ProblemError
 
 if TYPE_CHECKING:
     from newsletter_pipelines.sandbox.engine import Sandbox
 
-PersonAction = Literal["signup", "unsubscribe", "archive", "delete", "clean", "tag", "untag"]
+PersonAction = Literal[
+    "signup",
+    "resubscribe",
+    "pending",
+    "transactional",
+    "unsubscribe",
+    "blacklist",
+    "list_unsubscribe",
+    "archive",
+    "delete",
+    "clean",
+    "tag",
+    "untag",
+]
+MAILCHIMP_ONLY = frozenset({"pending", "transactional"})
+BREVO_ONLY = frozenset({"blacklist", "list_unsubscribe"})
 
 
 class PersonEvent(BaseModel):
@@ -55,6 +148,12 @@ def brevo_person(sandbox: Sandbox, event: PersonEvent) -> dict[str, Any]:
 
 
 def _mailchimp_person(sandbox: Sandbox, event: PersonEvent) -> dict[str, Any]:
+    if event.action in BREVO_ONLY:
+        raise ProblemError(
+            400, "Invalid Resource", f"{event.action!r} is a Brevo action; Mailchimp has none."
+        )
+    if event.action in ("tag", "untag") and not event.tag:
+        raise members.invalid("tags", "This value should not be blank.")
     with sandbox.transaction():
         account = sandbox.state.mailchimp[event.api_key or _only(sandbox.state.mailchimp)]
         lst = account.lists.get(event.list_id)
@@ -63,8 +162,8 @@ def _mailchimp_person(sandbox: Sandbox, event: PersonEvent) -> dict[str, Any]:
         now = sandbox.now()
         key = members.subscriber_hash(event.email)
         member = lst.members.get(key)
+        merge = {"FNAME": event.first_name, "LNAME": event.last_name}
         if event.action == "signup":
-            merge = {"FNAME": event.first_name, "LNAME": event.last_name}
             if member is None or member.status == "archived":
                 payload = {"email_address": event.email, "merge_fields": merge}
                 member = members.create(
@@ -75,10 +174,23 @@ def _mailchimp_person(sandbox: Sandbox, event: PersonEvent) -> dict[str, Any]:
                 member.merge_fields.update(merge)
             _mc_event(sandbox, lst, "subscribe", member, "user")
             return members.representation(lst, member, lst.segments)
+        if event.action in ("resubscribe", "pending"):
+            status = "subscribed" if event.action == "resubscribe" else "pending"
+            member = members.rejoin(account, lst, event.email, status=status, merge=merge, now=now)
+            if status == "subscribed":
+                _mc_event(sandbox, lst, "subscribe", member, "user")
+            return members.representation(lst, member, lst.segments)
+        if event.action == "transactional":
+            if member is not None:
+                raise members.exists(event.email)
+            payload = {"email_address": event.email, "merge_fields": merge}
+            member = members.create(account, lst, payload, "transactional", now, source="Admin Add")
+            return members.representation(lst, member, lst.segments)
         if member is None:
             raise ProblemError(404, "Resource Not Found", f"{event.email} is not on the audience")
         if event.action == "unsubscribe":
             member.status, member.last_changed = "unsubscribed", now_iso(now)
+            member.archived_from = None
             member.unsubscribe_reason = "N/A (Unsubscribed by the contact)"
             _mc_event(sandbox, lst, "unsubscribe", member, "user", action="unsub", reason="manual")
         elif event.action == "archive":
@@ -94,11 +206,12 @@ def _mailchimp_person(sandbox: Sandbox, event: PersonEvent) -> dict[str, Any]:
             return {}
         elif event.action == "clean":
             member.status, member.last_changed = "cleaned", now_iso(now)
+            member.archived_from = None
             _mc_event(sandbox, lst, "cleaned", member, "admin", reason="hard")
         else:
             status = "active" if event.action == "tag" else "inactive"
-            members.set_tags(member, [{"name": event.tag or "", "status": status}], now)
-            lst.segments.setdefault(event.tag or "", account.new_id())
+            members.set_tags(member, [{"name": event.tag, "status": status}], now, lst.segments)
+            members.register_tags(account, lst, member)
         return members.representation(lst, member, lst.segments)
 
 
@@ -117,42 +230,67 @@ def _mc_event(
 
 
 def _brevo_person(sandbox: Sandbox, event: PersonEvent) -> dict[str, Any]:
+    if event.action in MAILCHIMP_ONLY:
+        raise BrevoError(
+            400, "invalid_parameter", f"{event.action!r} is a Mailchimp action; Brevo has none"
+        )
+    if event.action in ("tag", "untag") and not event.tag:
+        raise BrevoError(400, "missing_parameter", "tag is missing")
     with sandbox.transaction():
         account = sandbox.state.brevo[event.api_key or _only(sandbox.state.brevo)]
-        list_id = int(event.list_id)
+        list_id = int(event.list_id) if event.list_id.isdigit() else -1
         if list_id not in account.lists:
             raise BrevoError(404, "document_not_found", "List ID does not exist")
         now = sandbox.now()
         contact = account.by_email(event.email)
         common = {"email": event.email, "key": "", "date": stamp(now), "ts": int(now)}
-        if event.action == "signup":
+        unsubscribed = {
+            "event": "unsubscribed",
+            "camp_id": 0,
+            "date_event": stamp(now),
+            "ts_event": int(now),
+            **common,
+        }
+        if event.action in ("signup", "resubscribe"):
+            resubscribe = event.action == "resubscribe"
             if contact is None:
-                contact = BvContact(
-                    id=account.new_id(), email=event.email, createdAt=now, modifiedAt=now
+                check_address(event.email)
+            elif resubscribe and _subscribed_to(contact, list_id):
+                raise BrevoError(
+                    400, "duplicate_parameter", "Contact is already subscribed to the list"
                 )
-                account.add_contact(contact)
-            first, last = LANGUAGE_NAME_ATTRIBUTES[account.language]
-            contact.attributes.update({first: event.first_name, last: event.last_name})
-            if list_id not in contact.listIds:
-                contact.listIds.append(list_id)
+            contact = contact or _new_contact(account, event.email, now)
+            _set_names(account, contact, event, keep_blank=resubscribe)
+            if resubscribe:
+                contact.emailBlacklisted = False
+            _link(contact, list_id)
             contact.modifiedAt = now
             sandbox.brevo_event(
                 account, "listAddition", {"event": "list_addition", "list_id": [list_id], **common}
             )
             return contact_json(contact)
+        if event.action == "blacklist":
+            if contact is None:
+                check_address(event.email)
+            elif contact.emailBlacklisted:
+                raise BrevoError(400, "invalid_parameter", "Contact is already blacklisted")
+            contact = contact or _new_contact(account, event.email, now)
+            contact.emailBlacklisted, contact.modifiedAt = True, now
+            payload = {**unsubscribed, "list_id": list(contact.listIds)}
+            sandbox.brevo_event(account, "unsubscribed", payload)
+            return contact_json(contact)
         if contact is None:
             raise BrevoError(404, "document_not_found", "Contact does not exist")
-        if event.action == "unsubscribe":
+        if event.action == "list_unsubscribe":
+            if list_id not in contact.listIds:
+                raise BrevoError(400, "invalid_parameter", "Contact is not in the list")
+            contact.listIds.remove(list_id)
+            contact.listUnsubscribed.append(list_id)
+            contact.modifiedAt = now
+            sandbox.brevo_event(account, "unsubscribed", {**unsubscribed, "list_id": [list_id]})
+        elif event.action == "unsubscribe":
             contact.emailBlacklisted, contact.modifiedAt = True, now
-            payload = {
-                "event": "unsubscribed",
-                "list_id": [list_id],
-                "camp_id": 0,
-                "date_event": stamp(now),
-                "ts_event": int(now),
-                **common,
-            }
-            sandbox.brevo_event(account, "unsubscribed", payload)
+            sandbox.brevo_event(account, "unsubscribed", {**unsubscribed, "list_id": [list_id]})
         elif event.action in ("delete", "archive"):
             account.delete(contact)
             sandbox.brevo_event(
@@ -181,6 +319,38 @@ def _brevo_person(sandbox: Sandbox, event: PersonEvent) -> dict[str, Any]:
                 {"event": "contact_updated", "content": [contact.attributes], **common},
             )
         return contact_json(contact)
+
+
+def _subscribed_to(contact: BvContact, list_id: int) -> bool:
+    return (
+        not contact.emailBlacklisted
+        and list_id in contact.listIds
+        and list_id not in contact.listUnsubscribed
+    )
+
+
+def _new_contact(account: BvAccount, email: str, now: float) -> BvContact:
+    contact = BvContact(id=account.new_id(), email=email, createdAt=now, modifiedAt=now)
+    account.add_contact(contact)
+    return contact
+
+
+def _set_names(
+    account: BvAccount, contact: BvContact, event: PersonEvent, *, keep_blank: bool
+) -> None:
+    """The names the person typed; `keep_blank` leaves a name alone when none was typed."""
+    first, last = LANGUAGE_NAME_ATTRIBUTES[account.language]
+    for attribute, value in ((first, event.first_name), (last, event.last_name)):
+        if value or not keep_blank:
+            contact.attributes[attribute] = value
+
+
+def _link(contact: BvContact, list_id: int) -> None:
+    """Subscribe the contact to the list: in `listIds`, out of `listUnsubscribed`."""
+    if list_id in contact.listUnsubscribed:
+        contact.listUnsubscribed.remove(list_id)
+    if list_id not in contact.listIds:
+        contact.listIds.append(list_id)
 
 
 def _only(accounts: dict[str, Any]) -> str:
