@@ -1,13 +1,42 @@
 """Brevo API v3 client for one list (in one folder).
 
-- creates: a few through `POST /contacts` (`updateEnabled`, 201 created / 204 existed), many
-  through `POST /contacts/import` (jsonBody chunks ≤ 8 MB), whose process is polled sparingly
-  (the processes endpoint shares a 100 requests/hour budget) and whose result is read back from
-  the list (`modifiedSince`) for ids and statuses;
+- creates: a few through `POST /contacts`, many through `POST /contacts/import` (jsonBody chunks
+  ≤ 8 MB), whose process is polled sparingly (the processes endpoint shares a 100 requests/hour
+  budget) and whose result is read back from the list (`modifiedSince`) for ids and statuses;
 - updates, email changes and unsubscribes (`emailBlacklisted: true`): `POST /contacts/batch`;
   a refused batch is replayed contact by contact (`PUT /contacts/{id}`) to find who was refused;
 - removal: `POST /contacts/lists/{id}/contacts/remove`, 150 a call;
 - `emailBlacklisted: false` is never sent: a blacklist is Brevo's to keep.
+
+A create may meet a contact that already exists in the account outside the list, which the list
+snapshot cannot show. A contact that is blacklisted (`emailBlacklisted`) or unsubscribed from
+this list (our list in `listUnsubscribed`) gets no profile write and no list membership from us;
+it comes back `refused` with code `blacklisted` or `list_unsubscribed`. Both create paths keep
+that rule within what the API offers:
+
+- direct: `updateEnabled: false`, so an existing contact is never written blindly: 201 is a new
+  contact; 400 `duplicate_parameter` means it exists, and `GET /contacts/{email}` decides —
+  blacklisted or list-unsubscribed: refused, nothing written; otherwise one
+  `PUT /contacts/{id}` sets its attributes and links it to the list (`listIds`) at once, and
+  the outcome is `updated` (`unchanged` when it already held both);
+- import: `updateExistingContacts: false`, so the import writes no existing contact's
+  attributes (`emptyContactsAttributes` only works with updates on). It still links every
+  contact it meets to the list, blacklisted and list-unsubscribed ones included, and the API
+  has no way to exclude them up front (only a `GET` per contact could, at 10 requests a
+  second). So the read-back decides: every blacklisted or list-unsubscribed contact the import
+  touched is unlinked again at once (`…/contacts/remove` by id, 150 a call) and refused;
+  existing contacts whose attributes differ from ours (cleared values included, sent as `""`)
+  are brought up to date with `POST /contacts/batch`; a contact the read-back lacks is looked
+  up (`GET`) and settled like a direct duplicate. The import cannot tell a contact that was
+  already in the list from one it linked, so a blacklisted contact a stale snapshot missed is
+  unlinked too. It stays linked from the import's end until the read-back (seconds to a couple
+  of minutes): Brevo sends no campaign to a blacklisted contact, but a list-unsubscribed one
+  could get a list-triggered automation in that window. Importing into a separate staging list
+  and adding only the cleared contacts to this one would close that window, at two more calls
+  per 150 new contacts; not done here.
+- a list-unsubscribed contact is not in the list snapshot: Brevo moves the list from `listIds`
+  to `listUnsubscribed` (the spec's example of a list's contacts never shows a list in both);
+  one that is in both shows as `unsubscribed` (`status_of`).
 """
 
 from __future__ import annotations
@@ -246,44 +275,99 @@ class BrevoClient:
         return [outcomes[c.crm_id] for c in contacts]
 
     def _differs(self, contact: Contact, member: Member) -> bool:
-        wanted = (contact.first_name, contact.last_name, contact.salutation)
-        tags_differ = self._attributes.tags is not None and contact.tags != member.tags
-        return tags_differ or wanted != (member.first_name, member.last_name, member.salutation)
+        held = {
+            "first_name": member.first_name,
+            "last_name": member.last_name,
+            "salutation": member.salutation,
+            "tags": member.tags,
+        }
+        return self._attributes.differs(contact, held)
 
     def _create_one(self, contact: Contact) -> tuple[str, Outcome]:
         body = {
             "email": contact.email,
             "attributes": self._attributes.encode(contact),
             "listIds": [self._list_id],
-            "updateEnabled": True,
+            "updateEnabled": False,
         }
         try:
             response = self._api.request("POST", "/contacts", json=body)
         except ApiError as exc:
+            if exc.code == "duplicate_parameter":
+                return contact.crm_id, self._settle_existing(contact)
             return contact.crm_id, _refused(
                 Action.UPSERT, contact.email, contact.crm_id, exc.code, exc.detail
             )
-        if response.status_code == 201:
-            return contact.crm_id, Outcome(
-                action=Action.UPSERT,
-                outcome=Result.CREATED,
-                email=contact.email,
-                crm_id=contact.crm_id,
-                provider_id=str(response.json()["id"]),
-                status=MemberStatus.SUBSCRIBED,
-            )
-        path = f"/contacts/{quote(contact.email, safe='')}"
-        existing = ContactOut.model_validate(self._api.call("GET", path))
         return contact.crm_id, Outcome(
             action=Action.UPSERT,
-            outcome=Result.UPDATED,
+            outcome=Result.CREATED,
             email=contact.email,
             crm_id=contact.crm_id,
-            provider_id=str(existing.id),
-            status=status_of(existing, self._list_id),
+            provider_id=str(response.json()["id"]),
+            status=MemberStatus.SUBSCRIBED,
         )
 
+    def _settle_existing(self, contact: Contact, missing: tuple[str, str] | None = None) -> Outcome:
+        """A create met an existing contact: refuse it, or write it and link it to the list.
+
+        `missing`: (code, message) to refuse with when the contact does not exist after all.
+        """
+        path = f"/contacts/{quote(contact.email, safe='')}"
+        try:
+            found = ContactOut.model_validate(self._api.call("GET", path))
+        except ApiError as exc:
+            if exc.status not in (400, 404):
+                raise
+            code, message = missing or (exc.code, exc.detail)
+            return _refused(Action.UPSERT, contact.email, contact.crm_id, code, message)
+        refusal = self._refusal(contact, found)
+        if refusal is not None:
+            return refusal
+        body: dict[str, Any] = {}
+        if self._attributes.differs(contact, self._attributes.decode(found.attributes)):
+            body["attributes"] = self._attributes.encode(contact)
+        if self._list_id not in found.list_ids:
+            body["listIds"] = [self._list_id]
+        if body:
+            try:
+                self._api.request("PUT", f"/contacts/{found.id}", json=body)
+            except ApiError as exc:
+                if exc.status not in (400, 404):
+                    raise
+                return _refused(Action.UPSERT, contact.email, contact.crm_id, exc.code, exc.detail)
+        return Outcome(
+            action=Action.UPSERT,
+            outcome=Result.UPDATED if body else Result.UNCHANGED,
+            email=contact.email,
+            crm_id=contact.crm_id,
+            provider_id=str(found.id),
+            status=MemberStatus.SUBSCRIBED,
+        )
+
+    def _refusal(self, contact: Contact, found: ContactOut) -> Outcome | None:
+        """The refusal for a contact that must get neither writes nor list membership."""
+        if found.email_blacklisted:
+            return _refused(
+                Action.UPSERT,
+                contact.email,
+                contact.crm_id,
+                "blacklisted",
+                "blacklisted in Brevo: neither written nor added to the list",
+                status=MemberStatus.BLACKLISTED,
+            )
+        if self._list_id in found.list_unsubscribed:
+            return _refused(
+                Action.UPSERT,
+                contact.email,
+                contact.crm_id,
+                "list_unsubscribed",
+                "unsubscribed from this list in Brevo: neither written nor added to it again",
+                status=MemberStatus.UNSUBSCRIBED,
+            )
+        return None
+
     def _import(self, contacts: Sequence[Contact]) -> dict[str, Outcome]:
+        codec = self._attributes
         started = datetime.now(UTC)
         margin = started - timedelta(minutes=1)  # read back generously; clocks may differ
         since = margin.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
@@ -294,16 +378,22 @@ class BrevoClient:
         self._await(processes)
         seen = {c.email.lower(): c for c in self._read_list(since)}
         outcomes: dict[str, Outcome] = {}
+        unlink: list[int] = []
+        stale: list[tuple[dict[str, Any], str, str | None, Member | None]] = []
+        missing: list[Contact] = []
         for contact in contacts:
             found = seen.get(contact.key)
             if found is None:
-                outcomes[contact.crm_id] = _refused(
-                    Action.UPSERT,
-                    contact.email,
-                    contact.crm_id,
-                    "import_rejected",
-                    "the import did not add this contact to the list (invalid or duplicate)",
-                )
+                missing.append(contact)
+                continue
+            refusal = self._refusal(contact, found)
+            if refusal is not None:
+                unlink.append(found.id)
+                outcomes[contact.crm_id] = refusal
+                continue
+            if codec.differs(contact, codec.decode(found.attributes)):
+                entry = {"id": found.id, "attributes": codec.encode(contact)}
+                stale.append((entry, contact.email, contact.crm_id, self._member(found)))
                 continue
             created = found.created_at is not None and found.created_at >= started
             outcomes[contact.crm_id] = Outcome(
@@ -314,9 +404,29 @@ class BrevoClient:
                 provider_id=str(found.id),
                 status=status_of(found, self._list_id),
             )
+        self._unlink(unlink)
+        outcomes.update(self._batch_update(Action.UPSERT, Result.UPDATED, stale))
+        rejected = (
+            "import_rejected",
+            "the import did not add this contact to the list (invalid or duplicate)",
+        )
+        settled = self._api.parallel(lambda c: self._settle_existing(c, rejected), missing)
+        outcomes.update({c.crm_id: o for c, o in zip(missing, settled, strict=True)})
         return outcomes
 
+    def _unlink(self, ids: Sequence[int]) -> None:
+        """Take contacts an import linked against the rules out of the list again."""
+        path = f"/contacts/lists/{self._list_id}/contacts/remove"
+        for i in range(0, len(ids), LIST_MEMBERS_MAX):
+            answer = self._api.call("POST", path, json={"ids": list(ids[i : i + LIST_MEMBERS_MAX])})
+            failed = MembershipAnswer.model_validate(answer).contacts.failure
+            if failed:
+                log.warning("brevo: %d contacts were not in the list to unlink", len(failed))
+        if ids:
+            log.info("brevo: unlinked %d blacklisted or list-unsubscribed contacts", len(ids))
+
     def _import_bodies(self, contacts: Sequence[Contact]) -> list[dict[str, Any]]:
+        envelope = {"listIds": [self._list_id], "updateExistingContacts": False}
         bodies: list[dict[str, Any]] = []
         rows: list[dict[str, Any]] = []
         size = _IMPORT_ENVELOPE
@@ -324,12 +434,12 @@ class BrevoClient:
             row = {"email": contact.email, "attributes": self._attributes.encode(contact)}
             row_size = len(json.dumps(row).encode()) + 2
             if rows and size + row_size > IMPORT_MAX_BYTES:
-                bodies.append({"jsonBody": rows, "listIds": [self._list_id]})
+                bodies.append({"jsonBody": rows, **envelope})
                 rows, size = [], _IMPORT_ENVELOPE
             rows.append(row)
             size += row_size
         if rows:
-            bodies.append({"jsonBody": rows, "listIds": [self._list_id]})
+            bodies.append({"jsonBody": rows, **envelope})
         return bodies
 
     def _await(self, processes: list[int]) -> None:
@@ -506,12 +616,21 @@ def _identify(provider_id: str | None, email: str) -> dict[str, Any]:
     return {"id": int(provider_id)} if provider_id else {"email": email}
 
 
-def _refused(action: Action, email: str, crm_id: str | None, code: str, message: str) -> Outcome:
+def _refused(
+    action: Action,
+    email: str,
+    crm_id: str | None,
+    code: str,
+    message: str,
+    *,
+    status: MemberStatus | None = None,
+) -> Outcome:
     return Outcome(
         action=action,
         outcome=Result.REFUSED,
         email=email,
         crm_id=crm_id,
+        status=status,
         code=code,
         message=message,
     )

@@ -4,11 +4,18 @@ Default attribute names depend on the account language (FIRSTNAME/LASTNAME in En
 VORNAME/NACHNAME in German, PRENOM/NOM in French) and Brevo silently ignores unknown ones, so a
 mapped attribute that the account lacks is a configuration error, never a silent loss.
 A salutation may be a text attribute or a category (enumeration of value/label); tags are kept
-comma-separated in one text attribute.
+comma-separated in one text attribute, each in the form `brevo_tag` gives it (no commas).
+
+A value is cleared by sending an empty string: the only "empty" the spec allows for every
+attribute on create and update (their values are number, string, boolean or array; null is not
+among them), and the import's `emptyContactsAttributes` calls empty fields the ones that erase.
+So a contact without a salutation sends `""` for a category salutation too, never leaves it out
+(leaving it out keeps the old value, and every re-sync would write again).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pydantic import BaseModel
@@ -79,26 +86,58 @@ class AttributeCodec:
             self.first_name: contact.first_name,
             self.last_name: contact.last_name,
         }
-        if self._labels is None:
-            attributes[self.salutation] = contact.salutation
-        elif contact.salutation:
+        if self._labels is None or not contact.salutation:
+            attributes[self.salutation] = contact.salutation  # "" clears a category value too
+        else:
             attributes[self.salutation] = self._labels[contact.salutation]
         if self.tags:
-            attributes[self.tags] = ",".join(sorted(contact.tags))
+            attributes[self.tags] = ",".join(sorted(brevo_tags(contact.tags)))
         return attributes
 
-    def decode(self, attributes: dict[str, Any]) -> dict[str, Any]:
+    def decode(self, attributes: Mapping[str, Any]) -> dict[str, Any]:
         """Names, salutation and tags of a contact from its attributes."""
         raw = attributes.get(self.salutation, "")
-        if self._labels is not None:
-            labels = {v: k for k, v in self._labels.items()}
-            salutation = labels.get(raw, "") if isinstance(raw, int) else ""
-        else:
-            salutation = str(raw or "")
+        salutation = self._label(raw) if self._labels is not None else str(raw or "")
         tags = str(attributes.get(self.tags) or "") if self.tags else ""
         return {
             "first_name": str(attributes.get(self.first_name) or ""),
             "last_name": str(attributes.get(self.last_name) or ""),
             "salutation": salutation,
-            "tags": frozenset(t for t in tags.split(",") if t),
+            "tags": brevo_tags(tags.split(",")),
         }
+
+    def wanted(self, contact: Contact) -> dict[str, Any]:
+        """The contact's fields as `decode` would read them back once written."""
+        return {
+            "first_name": contact.first_name,
+            "last_name": contact.last_name,
+            "salutation": contact.salutation,
+            "tags": brevo_tags(contact.tags) if self.tags else frozenset(),
+        }
+
+    def differs(self, contact: Contact, held: Mapping[str, Any]) -> bool:
+        """Whether writing `contact` would change what Brevo holds (`held`: decoded fields)."""
+        wanted = self.wanted(contact)
+        return any(held.get(field) != value for field, value in wanted.items())
+
+    def _label(self, raw: Any) -> str:
+        """The label of a category value: read as its value (int or digits) or its label."""
+        assert self._labels is not None
+        labels = {v: k for k, v in self._labels.items()}
+        if isinstance(raw, bool):
+            return ""
+        if isinstance(raw, int) or (isinstance(raw, str) and raw.isdigit()):
+            return labels.get(int(raw), "")
+        return str(raw) if raw in self._labels else ""
+
+
+def brevo_tag(tag: str) -> str:
+    """The form in which Brevo stores `tag`: commas replaced by ";" (a comma would split the tag
+    in the comma-separated tags attribute), surrounding spaces stripped. An empty form is no tag.
+    """
+    return tag.replace(",", ";").strip()
+
+
+def brevo_tags(tags: Iterable[str]) -> frozenset[str]:
+    """The tags in Brevo's form, empty ones left out."""
+    return frozenset(form for form in map(brevo_tag, tags) if form)

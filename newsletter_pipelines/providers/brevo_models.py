@@ -42,6 +42,7 @@ class ContactOut(_Answer):
     id: int
     email: str = ""
     email_blacklisted: bool = Field(default=False, alias="emailBlacklisted")
+    list_ids: list[int] = Field(default_factory=list, alias="listIds")
     list_unsubscribed: list[int] = Field(default_factory=list, alias="listUnsubscribed")
     attributes: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime | None = Field(default=None, alias="createdAt")

@@ -153,7 +153,7 @@ class BrevoApi:
         contact = account.by_email(email)
         if contact is not None:
             if not body.get("updateEnabled"):
-                raise BrevoError(400, "duplicate_parameter", "Contact already exist")
+                raise rules.duplicate_email()
             added = rules.apply_update(account, contact, body, now)
             rules.api_events(self.hooks, account, contact, added, updated=True)
             return empty_response(204)
@@ -215,7 +215,7 @@ class BrevoApi:
         for (contact, _), email in zip(targets, new_emails, strict=True):
             other = account.by_email(email) if email else None
             if other is not None and other.id != contact.id:
-                raise BrevoError(400, "duplicate_parameter", f"Contact {email} already exist")
+                raise rules.duplicate_email()
         now = self.hooks.now()
         for contact, entry in targets:
             added = rules.apply_update(account, contact, entry, now)

@@ -1,4 +1,12 @@
-"""Brevo contact imports: background processes, polled through `/processes/{id}`."""
+"""Brevo contact imports: background processes, polled through `/processes/{id}`.
+
+An import links every contact it imports to `listIds`, existing ones included, whatever their
+blacklist or `listUnsubscribed` (it only blacklists on `emailBlacklist: true`, and never
+un-blacklists). `updateExistingContacts` (default true) decides only whether an existing
+contact's attributes are written; empty values then erase an attribute only with
+`emptyContactsAttributes: true` ("only available if `updateExistingContacts` set to true"),
+otherwise they leave the existing value alone.
+"""
 
 from __future__ import annotations
 
@@ -64,7 +72,8 @@ class ImportHandlers:
     def _import(self, account: BvAccount, body: dict[str, Any], now: float) -> dict[str, Any]:
         invalid = duplicates = 0
         seen: set[str] = set()
-        update_existing = body.get("updateExistingContacts", True)
+        update_existing = bool(body.get("updateExistingContacts", True))
+        erase = update_existing and bool(body.get("emptyContactsAttributes", False))
         blacklist = bool(body.get("emailBlacklist", False))
         for row in body.get("jsonBody") or []:
             email = str(row.get("email") or "") if isinstance(row, dict) else ""
@@ -79,16 +88,18 @@ class ImportHandlers:
             created = contact is None
             if contact is None:
                 contact = rules.new_contact(account, email, now)
-            elif not update_existing:
-                continue
-            update: dict[str, Any] = {
-                "attributes": row.get("attributes") or {},
-                "listIds": body["listIds"],
-            }
+            given = row.get("attributes") if isinstance(row.get("attributes"), dict) else {}
+            attributes = {k: v for k, v in given.items() if str(k).upper() != "EMAIL"}
+            if not created and not update_existing:
+                attributes = {}
+            elif not created and not erase:
+                attributes = {k: v for k, v in attributes.items() if v not in ("", None)}
+            update: dict[str, Any] = {"attributes": attributes, "listIds": body["listIds"]}
             if blacklist:
                 update["emailBlacklisted"] = True
             added = rules.apply_update(account, contact, update, now)
-            rules.api_events(self.hooks, account, contact, added, updated=not created)
+            written = not created and bool(attributes or blacklist)
+            rules.api_events(self.hooks, account, contact, added, updated=written)
         return {"invalid_emails": invalid, "duplicate_email_id": duplicates}
 
     def get_process(self, account: BvAccount, request: Request) -> Response:

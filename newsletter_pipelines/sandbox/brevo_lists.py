@@ -1,4 +1,10 @@
-"""Brevo folders and lists, and list membership (add/remove, 150 a call)."""
+"""Brevo folders and lists, and list membership (add/remove, 150 a call).
+
+A list's contacts are those with its id in `listIds`. A per-list unsubscription takes the id out
+of `listIds` and records it in `listUnsubscribed` (the spec's example of a list's contacts never
+shows a list in both), so such a contact is not among the list's contacts; linking it again
+(add, `listIds`, import) is not refused and leaves `listUnsubscribed` as it is.
+"""
 
 from __future__ import annotations
 

@@ -3,6 +3,11 @@ lookups, paging limits and how an update body changes a contact.
 
 Faithful quirks kept on purpose: unknown attributes are silently ignored (so a wrong attribute
 name loses data unless the client checks), and `emailBlacklisted: false` clears a blacklist.
+
+Attribute values: an empty string clears an attribute (the contact no longer has it), for a
+category attribute too; a value that does not fit the attribute (null, a category label or an
+unknown category value) is ignored, as the spec says of values of the wrong type. Linking a
+contact to a list (`listIds`, list add, import) leaves its `listUnsubscribed` as it is.
 """
 
 from __future__ import annotations
@@ -22,13 +27,29 @@ class BrevoError(Exception):
     """A Brevo error answer: `{"code", "message"}`."""
 
     def __init__(
-        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+        self,
+        status: int,
+        code: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.headers = headers or {}
+        self.metadata = metadata
+
+
+def duplicate_email() -> BrevoError:
+    """Brevo's answer when an address already belongs to another contact."""
+    return BrevoError(
+        400,
+        "duplicate_parameter",
+        "email is already associated with another Contact",
+        metadata={"duplicate_identifiers": ["email"]},
+    )
 
 
 class BrevoHooks(Protocol):
@@ -43,9 +64,10 @@ class BrevoHooks(Protocol):
 
 def error(exc: BrevoError) -> Response:
     """A Brevo error response."""
-    return json_response(
-        exc.status, {"code": exc.code, "message": exc.message}, headers=exc.headers
-    )
+    body: dict[str, Any] = {"code": exc.code, "message": exc.message}
+    if exc.metadata is not None:
+        body["metadata"] = exc.metadata
+    return json_response(exc.status, body, headers=exc.headers)
 
 
 def stamp(timestamp: float) -> str:
@@ -96,17 +118,17 @@ def find_contact(account: BvAccount, identifier: Any, kind: str | None = None) -
 
 
 def known_attributes(account: BvAccount, values: Any) -> dict[str, Any]:
-    """Known attributes with acceptable values; the rest is ignored, as Brevo does."""
+    """Known attributes with acceptable values (`""` clears); the rest is ignored, as Brevo does."""
     if not isinstance(values, dict):
         return {}
     kept: dict[str, Any] = {}
     for name, value in values.items():
         attribute = account.attribute(str(name))
-        if attribute is None or attribute.name == "EMAIL":
+        if attribute is None or attribute.name == "EMAIL" or value is None:
             continue
-        if attribute.category == "category":
+        if attribute.category == "category" and value != "":
             allowed = {item["value"] for item in attribute.enumeration or []}
-            if not isinstance(value, int) or value not in allowed:
+            if isinstance(value, bool) or not isinstance(value, int) or value not in allowed:
                 continue
         kept[attribute.name] = value
     return kept
@@ -121,9 +143,13 @@ def apply_update(
     if new_email and str(new_email).lower() != contact.email.lower():
         check_address(str(new_email))
         if account.by_email(str(new_email)) is not None:
-            raise BrevoError(400, "duplicate_parameter", "Contact already exist")
+            raise duplicate_email()
         account.rename(contact, str(new_email))
-    contact.attributes.update(known_attributes(account, attributes))
+    for name, value in known_attributes(account, attributes).items():
+        if value == "":
+            contact.attributes.pop(name, None)
+        else:
+            contact.attributes[name] = value
     if "emailBlacklisted" in body:
         contact.emailBlacklisted = bool(body["emailBlacklisted"])
     if "ext_id" in body:

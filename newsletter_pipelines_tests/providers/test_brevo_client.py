@@ -16,10 +16,11 @@ from newsletter_pipelines.providers.base import (
     Result,
 )
 from newsletter_pipelines.providers.brevo import BrevoClient
-from newsletter_pipelines.providers.brevo_attributes import AttributeMap
+from newsletter_pipelines.providers.brevo_attributes import AttributeCodec, AttributeMap, brevo_tag
+from newsletter_pipelines.providers.brevo_models import Attribute
 from newsletter_pipelines.providers.errors import AuthenticationError, ConfigurationError
 from newsletter_pipelines.sandbox import SANDBOX_BREVO_KEY, PersonEvent, Sandbox
-from newsletter_pipelines.sandbox.brevo_state import BvAccount, BvAttribute
+from newsletter_pipelines.sandbox.brevo_state import BvAccount, BvAttribute, BvContact
 from newsletter_pipelines.sandbox.people import brevo_person
 from newsletter_pipelines_tests.providers.conftest import Receiver, brevo_account, make_brevo
 from newsletter_pipelines_tests.providers.helpers import RecordingTransport, contacts
@@ -161,12 +162,26 @@ def test_a_blacklist_is_never_cleared(
     monkeypatch.setattr(brevo_module, "IMPORT_MAX_BYTES", 2_000)
     imported = client.upsert(renamed[2:], current={})
     assert (known.outcome, known.status) == (Result.UPDATED, MemberStatus.BLACKLISTED)
-    assert (stale.outcome, stale.status) == (Result.UPDATED, MemberStatus.BLACKLISTED)
-    assert (imported[0].outcome, imported[0].status) == (Result.UPDATED, MemberStatus.BLACKLISTED)
-    assert {o.status for o in imported[1:]} == {MemberStatus.SUBSCRIBED}
+    # A create that meets a blacklisted contact (here: a stale snapshot) writes nothing.
+    for refused in (stale, imported[0]):
+        assert (refused.outcome, refused.code, refused.status) == (
+            Result.REFUSED,
+            "blacklisted",
+            MemberStatus.BLACKLISTED,
+        )
+    assert {(o.outcome, o.status) for o in imported[1:]} == {
+        (Result.UPDATED, MemberStatus.SUBSCRIBED)
+    }
     stored = {c.email: c for c in account(sandbox).contacts.values()}
     assert all(stored[f"person{i}@example.com"].emailBlacklisted for i in (0, 1, 2))
-    assert stored["person2@example.com"].attributes["LASTNAME"] == "New"
+    assert stored["person0@example.com"].attributes["LASTNAME"] == "New"
+    assert stored["person1@example.com"].attributes["LASTNAME"] == "Last1"
+    assert stored["person2@example.com"].attributes["LASTNAME"] == "Last2"
+    assert stored["person3@example.com"].attributes["LASTNAME"] == "New"
+    # The import cannot tell whether it linked a blacklisted contact or found it linked, so it
+    # unlinks it either way; a direct create sees the membership and leaves it.
+    assert int(list_id) in stored["person1@example.com"].listIds
+    assert int(list_id) not in stored["person2@example.com"].listIds
     sent = [json.dumps(json.loads(r.content)) for r in recorder.requests if r.content]
     assert not [body for body in sent if '"emailBlacklisted": false' in body]
     assert not [body for body in sent if '"emailBlacklist": false' in body]
@@ -258,3 +273,196 @@ def test_addresses_with_plus_are_found_again(brevo: BrevoClient) -> None:
     assert (again.outcome, again.provider_id) == (Result.UPDATED, created.provider_id)
     assert brevo.unsubscribe([plus.ref()])[0].outcome is Result.UNSUBSCRIBED
     assert brevo.snapshot()[0].first_name == "Again"
+
+
+def existing(
+    sandbox: Sandbox,
+    email: str,
+    *,
+    lists: tuple[int, ...] = (),
+    unsubscribed_from: tuple[int, ...] = (),
+    blacklisted: bool = False,
+    **attributes: object,
+) -> int:
+    """Put a contact into the account directly, as an earlier day (or person) left it."""
+    with sandbox.transaction():
+        state = account(sandbox)
+        day_ago = sandbox.now() - 86_400
+        contact = BvContact(
+            id=state.new_id(),
+            email=email,
+            attributes=dict(attributes),
+            emailBlacklisted=blacklisted,
+            listIds=list(lists),
+            listUnsubscribed=list(unsubscribed_from),
+            createdAt=day_ago,
+            modifiedAt=day_ago,
+        )
+        state.add_contact(contact)
+        return contact.id
+
+
+def stored(sandbox: Sandbox, email: str) -> BvContact:
+    found = account(sandbox).by_email(email)
+    assert found is not None
+    return found
+
+
+PATHS = pytest.mark.parametrize("direct_max", [10, 0], ids=["direct", "import"])
+
+
+@PATHS
+def test_a_contact_blacklisted_outside_the_list_is_neither_written_nor_added(
+    sandbox: Sandbox, transport: httpx.BaseTransport, direct_max: int
+) -> None:
+    brevo_account(sandbox)
+    recorder = RecordingTransport(transport)
+    client = make_brevo(recorder, direct_max=direct_max)
+    list_id = int(client.ensure_audience().id)
+    blocked = existing(sandbox, "person0@example.com", blacklisted=True, LASTNAME="Kept")
+    other = existing(sandbox, "person1@example.com", FIRSTNAME="Old", NEWSLETTER_TAGS="theirs")
+    assert client.snapshot() == []
+    outcomes = client.upsert(contacts(3, tags=frozenset({"news"})), current={})
+    refused = outcomes[0]
+    assert (refused.outcome, refused.code, refused.status) == (
+        Result.REFUSED,
+        "blacklisted",
+        MemberStatus.BLACKLISTED,
+    )
+    assert (outcomes[1].outcome, outcomes[1].provider_id) == (Result.UPDATED, str(other))
+    assert outcomes[2].outcome is Result.CREATED
+    blacklisted = stored(sandbox, "person0@example.com")
+    assert list_id not in blacklisted.listIds and blacklisted.emailBlacklisted
+    assert blacklisted.attributes == {"LASTNAME": "Kept"}
+    assert {m.email for m in client.snapshot()} == {"person1@example.com", "person2@example.com"}
+    updated = stored(sandbox, "person1@example.com")
+    assert updated.attributes["FIRSTNAME"] == "First1"
+    assert updated.attributes["NEWSLETTER_TAGS"] == "news"
+    sent = [json.loads(r.content) for r in recorder.requests if r.content]
+    assert not [b for b in sent if b.get("updateEnabled") or b.get("updateExistingContacts", 0)]
+    assert not [r for r in recorder.requests if r.method == "PUT" and str(blocked) in r.url.path]
+    batched = [e for b in recorder.bodies("POST", "/contacts/batch") for e in b["contacts"]]
+    assert not [e for e in batched if e.get("id") == blocked]
+
+
+@PATHS
+def test_a_contact_unsubscribed_from_the_list_is_not_in_the_snapshot_and_never_re_added(
+    sandbox: Sandbox, transport: httpx.BaseTransport, direct_max: int
+) -> None:
+    brevo_account(sandbox)
+    client = make_brevo(transport, direct_max=direct_max)
+    list_id = int(client.ensure_audience().id)
+    # After a per-list unsubscription Brevo keeps the list in `listUnsubscribed`, not `listIds`
+    # (the spec's example of the list's contacts never shows a list in both).
+    existing(sandbox, "person0@example.com", unsubscribed_from=(list_id,), LASTNAME="Kept")
+    assert client.snapshot() == []
+    outcomes = client.upsert(contacts(2), current={})
+    assert (outcomes[0].outcome, outcomes[0].code, outcomes[0].status) == (
+        Result.REFUSED,
+        "list_unsubscribed",
+        MemberStatus.UNSUBSCRIBED,
+    )
+    assert outcomes[1].outcome is Result.CREATED
+    kept = stored(sandbox, "person0@example.com")
+    assert kept.listIds == [] and kept.listUnsubscribed == [list_id]
+    assert kept.attributes == {"LASTNAME": "Kept"}
+    assert [m.email for m in client.snapshot()] == ["person1@example.com"]
+
+
+def test_a_list_unsubscribed_contact_still_linked_shows_as_unsubscribed(
+    sandbox: Sandbox, brevo: BrevoClient
+) -> None:
+    list_id = int(brevo.ensure_audience().id)
+    existing(sandbox, "person0@example.com", lists=(list_id,), unsubscribed_from=(list_id,))
+    (member,) = brevo.snapshot()
+    assert member.status is MemberStatus.UNSUBSCRIBED
+
+
+def test_a_cleared_category_salutation_is_cleared_once(
+    sandbox: Sandbox, transport: httpx.BaseTransport
+) -> None:
+    brevo_account(sandbox, salutation=CATEGORY)
+    client = make_brevo(transport)
+    herr = Contact(crm_id="h", email="h@example.com", first_name="H", salutation="Herr")
+    client.upsert([herr])
+    assert stored(sandbox, "h@example.com").attributes["SALUTATION"] == 1
+    cleared = herr.model_copy(update={"salutation": ""})
+    current = {m.key: m for m in client.snapshot()}
+    assert client.upsert([cleared], current)[0].outcome is Result.UPDATED
+    assert "SALUTATION" not in stored(sandbox, "h@example.com").attributes
+    current = {m.key: m for m in client.snapshot()}
+    assert current["h@example.com"].salutation == ""
+    writes = sandbox.stats.count("brevo", writes=True)
+    assert client.upsert([cleared], current)[0].outcome is Result.UNCHANGED
+    assert sandbox.stats.count("brevo", writes=True) == writes
+
+
+def test_tags_with_commas_round_trip_in_brevo_form(sandbox: Sandbox, brevo: BrevoClient) -> None:
+    tags = frozenset({"a,b", " spaced ", "plain", "x, y"})
+    person = Contact(crm_id="t", email="t@example.com", tags=tags)
+    brevo.upsert([person])
+    (member,) = brevo.snapshot()
+    assert member.tags == {brevo_tag(t) for t in tags} == {"a;b", "spaced", "plain", "x; y"}
+    writes = sandbox.stats.count("brevo", writes=True)
+    outcome = brevo.upsert([person], {member.key: member})[0]
+    assert outcome.outcome is Result.UNCHANGED
+    assert sandbox.stats.count("brevo", writes=True) == writes
+
+
+def test_an_email_change_onto_an_address_outside_the_list_is_refused_per_contact(
+    sandbox: Sandbox, brevo: BrevoClient
+) -> None:
+    created = brevo.upsert(contacts(2))
+    existing(sandbox, "taken@example.com")
+    outcomes = brevo.change_emails(
+        [
+            EmailChange(
+                crm_id="0",
+                old_email="person0@example.com",
+                new_email="taken@example.com",
+                provider_id=created[0].provider_id,
+            ),
+            EmailChange(
+                crm_id="1",
+                old_email="person1@example.com",
+                new_email="new1@example.com",
+                provider_id=created[1].provider_id,
+            ),
+        ]
+    )
+    assert (outcomes[0].outcome, outcomes[0].code) == (Result.REFUSED, "duplicate_parameter")
+    assert outcomes[1].outcome is Result.UPDATED
+    assert {m.email for m in brevo.snapshot()} == {"person0@example.com", "new1@example.com"}
+
+
+def test_encode_then_decode_round_trips_brevo_tag_forms() -> None:
+    names = ("FIRSTNAME", "LASTNAME", "SALUTATION", "NEWSLETTER_TAGS")
+    codec = AttributeCodec(AttributeMap(), [Attribute(name=n, category="normal") for n in names])
+    tags = frozenset({"a,b", " spaced ", "semi;colon", "x , y", "plain", "trailing,"})
+    forms = frozenset(brevo_tag(t) for t in tags)
+    assert forms == {"a;b", "spaced", "semi;colon", "x ; y", "plain", "trailing;"}
+    contact = Contact(crm_id="1", email="a@example.com", tags=tags)
+    assert codec.decode(codec.encode(contact))["tags"] == forms
+    in_form = contact.model_copy(update={"tags": forms})
+    assert codec.encode(in_form) == codec.encode(contact)
+    assert codec.decode(codec.encode(in_form))["tags"] == forms
+
+
+def test_a_create_repeated_against_a_stale_snapshot_writes_nothing(
+    sandbox: Sandbox, brevo: BrevoClient
+) -> None:
+    first = brevo.upsert(contacts(1))[0]
+    again = brevo.upsert(contacts(1), current={})[0]
+    assert (again.outcome, again.provider_id) == (Result.UNCHANGED, first.provider_id)
+    assert sandbox.stats.count("brevo", method="PUT") == 0
+
+
+def test_an_import_refuses_the_rows_it_did_not_take(
+    sandbox: Sandbox, transport: httpx.BaseTransport
+) -> None:
+    brevo_account(sandbox)
+    client = make_brevo(transport, direct_max=0)
+    odd = Contact(crm_id="odd", email="no-domain@localhost")
+    outcomes = client.upsert([*contacts(2), odd])
+    assert [o.outcome for o in outcomes[:2]] == [Result.CREATED] * 2
+    assert (outcomes[2].outcome, outcomes[2].code) == (Result.REFUSED, "import_rejected")

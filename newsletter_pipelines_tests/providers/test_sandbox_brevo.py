@@ -3,6 +3,8 @@ processes and rate-limit headers."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import pytest
 
@@ -12,6 +14,7 @@ from newsletter_pipelines.sandbox import (
     Sandbox,
     SandboxTransport,
 )
+from newsletter_pipelines.sandbox.brevo_state import BvAttribute, BvContact
 from newsletter_pipelines_tests.providers.conftest import brevo_account
 
 ROOT = "/brevo/v3"
@@ -133,3 +136,90 @@ def test_the_account_owner_cannot_be_deleted(http: httpx.Client, list_id: int) -
     owner = http.get(f"{ROOT}/account", headers=KEY).json()["email"]
     http.post(f"{ROOT}/contacts", json={"email": owner}, headers=KEY)
     assert http.delete(f"{ROOT}/contacts/{owner}", headers=KEY).status_code == 405
+
+
+def put_contact(sandbox: Sandbox, email: str, **fields: Any) -> None:
+    with sandbox.transaction():
+        state = sandbox.state.brevo[SANDBOX_BREVO_KEY]
+        now = sandbox.now()
+        contact = BvContact(id=state.new_id(), email=email, createdAt=now, modifiedAt=now, **fields)
+        state.add_contact(contact)
+
+
+def run_import(http: httpx.Client, body: dict[str, Any]) -> None:
+    process_id = http.post(f"{ROOT}/contacts/import", json=body, headers=KEY).json()["processId"]
+    assert http.get(f"{ROOT}/processes/{process_id}", headers=KEY).json()["status"] == "completed"
+
+
+def test_an_import_links_existing_contacts_and_updates_them_only_when_asked(
+    http: httpx.Client, sandbox: Sandbox, list_id: int
+) -> None:
+    put_contact(sandbox, "a@example.com", attributes={"FIRSTNAME": "Old", "LASTNAME": "Keep"})
+    put_contact(sandbox, "b@example.com", attributes={"FIRSTNAME": "Old"}, emailBlacklisted=True)
+    put_contact(sandbox, "c@example.com", listUnsubscribed=[list_id])
+    rows = [
+        {"email": email, "attributes": {"FIRSTNAME": "New", "LASTNAME": ""}}
+        for email in ("a@example.com", "b@example.com", "c@example.com", "d@example.com")
+    ]
+    run_import(http, {"jsonBody": rows, "listIds": [list_id], "updateExistingContacts": False})
+    a, b, c, d = (contact(http, f"{x}@example.com") for x in "abcd")
+    assert all(x["listIds"] == [list_id] for x in (a, b, c, d))
+    assert a["attributes"] == {"FIRSTNAME": "Old", "LASTNAME": "Keep"}
+    assert (b["attributes"], b["emailBlacklisted"]) == ({"FIRSTNAME": "Old"}, True)
+    assert c["listUnsubscribed"] == [list_id]
+    assert d["attributes"] == {"FIRSTNAME": "New"}
+    run_import(http, {"jsonBody": rows[:1], "listIds": [list_id]})
+    assert contact(http, "a@example.com")["attributes"] == {"FIRSTNAME": "New", "LASTNAME": "Keep"}
+    erase = {"jsonBody": rows[:1], "listIds": [list_id], "emptyContactsAttributes": True}
+    run_import(http, erase)
+    assert contact(http, "a@example.com")["attributes"] == {"FIRSTNAME": "New"}
+
+
+def test_an_empty_string_clears_an_attribute_and_null_is_ignored(
+    http: httpx.Client, sandbox: Sandbox
+) -> None:
+    salutation = BvAttribute(
+        name="SALUTATION",
+        category="category",
+        type=None,
+        enumeration=[{"value": 1, "label": "Herr"}, {"value": 2, "label": "Frau"}],
+    )
+    brevo_account(sandbox, salutation=salutation)
+    body = {"email": "a@example.com", "attributes": {"SALUTATION": 1, "FIRSTNAME": "Ann"}}
+    assert http.post(f"{ROOT}/contacts", json=body, headers=KEY).status_code == 201
+    nulls = {"contacts": [{"email": "a@example.com", "attributes": {"SALUTATION": None}}]}
+    assert http.post(f"{ROOT}/contacts/batch", json=nulls, headers=KEY).status_code == 204
+    label = {"attributes": {"SALUTATION": "Frau"}}
+    assert http.put(f"{ROOT}/contacts/a@example.com", json=label, headers=KEY).status_code == 204
+    assert contact(http, "a@example.com")["attributes"] == {"SALUTATION": 1, "FIRSTNAME": "Ann"}
+    empty = {"attributes": {"SALUTATION": "", "FIRSTNAME": ""}}
+    assert http.put(f"{ROOT}/contacts/a@example.com", json=empty, headers=KEY).status_code == 204
+    assert contact(http, "a@example.com")["attributes"] == {}
+
+
+def test_duplicate_addresses_are_refused_with_the_identifier_named(
+    http: httpx.Client, list_id: int
+) -> None:
+    for email in ("a@example.com", "b@example.com"):
+        http.post(f"{ROOT}/contacts", json={"email": email}, headers=KEY)
+    again = http.post(f"{ROOT}/contacts", json={"email": "A@example.com"}, headers=KEY)
+    rename = {"attributes": {"EMAIL": "b@example.com"}}
+    renamed = http.put(f"{ROOT}/contacts/a@example.com", json=rename, headers=KEY)
+    for answer in (again, renamed):
+        assert answer.status_code == 400
+        assert answer.json()["code"] == "duplicate_parameter"
+        assert answer.json()["metadata"] == {"duplicate_identifiers": ["email"]}
+    batch = {"contacts": [{"email": "a@example.com", "attributes": {"EMAIL": "b@example.com"}}]}
+    refused = http.post(f"{ROOT}/contacts/batch", json=batch, headers=KEY)
+    assert (refused.status_code, refused.json()["code"]) == (400, "duplicate_parameter")
+
+
+def test_a_list_holds_its_linked_contacts_not_those_unsubscribed_from_it(
+    http: httpx.Client, sandbox: Sandbox, list_id: int
+) -> None:
+    put_contact(sandbox, "in@example.com", listIds=[list_id])
+    put_contact(sandbox, "out@example.com", listUnsubscribed=[list_id])
+    page = http.get(f"{ROOT}/contacts/lists/{list_id}/contacts", headers=KEY).json()
+    assert [c["email"] for c in page["contacts"]] == ["in@example.com"]
+    assert page["count"] == 1
+    assert contact(http, "out@example.com")["listUnsubscribed"] == [list_id]
