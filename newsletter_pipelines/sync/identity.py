@@ -15,7 +15,11 @@ States (what the sync knows about the member):
 - `gone`: archived or deleted at the provider by someone else while subscribed; reported as
   `import_back` until the owner is no longer eligible in the CRM, then `released`;
 - `released`: not at the provider and nothing to remember but that its consent was no opt-out;
-  the address may be created again.
+  the address may be created again;
+- `resubscribed`: subscribed again at the provider by the person (a form, a re-subscription)
+  after the sync knew it as opted out, removed or gone; reported as `import_back` until an
+  eligible contact wants it (then `subscribed`), never unsubscribed or removed for it;
+- `new`: a create was planned, refused or interrupted; nothing is known of the address.
 
 Transitions are made by `rules` (observations and planned writes) and `push` (confirmed
 outcomes). Ownership moves with the address: an eligible contact whose address is a member owns
@@ -39,6 +43,7 @@ class RowState(StrEnum):
     REMOVED = "removed"
     GONE = "gone"
     RELEASED = "released"
+    RESUBSCRIBED = "resubscribed"
     NEW = "new"
 
 
@@ -46,6 +51,8 @@ BLOCKING = frozenset({RowState.OPTED_OUT, RowState.UNSUBSCRIBED})
 """States that forbid any create or update of the address."""
 MAY_CREATE = frozenset({RowState.REMOVED, RowState.RELEASED})
 """States after which the address may be created again (consent known, no opt-out)."""
+SEEN_ACTIVE = frozenset({RowState.SUBSCRIBED, RowState.RESUBSCRIBED})
+"""States of a member last seen active at the provider."""
 
 
 class Intent(StrEnum):

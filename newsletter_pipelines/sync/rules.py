@@ -31,6 +31,7 @@ import pandas as pd
 from newsletter_pipelines.sync.identity import (
     BLOCKING,
     MAY_CREATE,
+    SEEN_ACTIVE,
     LedgerRow,
     RowState,
     fields_hash,
@@ -202,7 +203,7 @@ class _Rules:
         for row in sorted(self.ledger.values(), key=lambda r: r.member_key):
             if row.owner is None:
                 continue
-            if row.state in (RowState.SUBSCRIBED, RowState.GONE):
+            if row.state in SEEN_ACTIVE or row.state is RowState.GONE:
                 self.live.setdefault(row.owner, row)
             elif row.state is RowState.OPTED_OUT:
                 self.opted_out.setdefault(row.owner, row)
@@ -228,8 +229,8 @@ class _Rules:
         write: str | None = None,
     ) -> None:
         self.handled.add(key)
-        if after is not None and after == before:
-            after = None
+        if after is not None and after == before and action not in WRITE_ACTIONS:
+            after = None  # nothing to record
         target = old or member
         self.rows.append(
             {
@@ -433,7 +434,7 @@ class _Rules:
             )
         elif row is not None and row.state in MAY_CREATE:
             self._create(contact, row, member, "eligible again after it left the audience")
-        elif row is not None and row.state is RowState.SUBSCRIBED:
+        elif row is not None and row.state in SEEN_ACTIVE:
             self.emit(
                 SyncAction.IMPORT_BACK,
                 "archived at the provider since the last sync",
@@ -475,7 +476,7 @@ class _Rules:
                 before=row,
             )
             return
-        if row is not None and row.state in (RowState.SUBSCRIBED, RowState.GONE):
+        if row is not None and (row.state in SEEN_ACTIVE or row.state is RowState.GONE):
             self._gone(contact, row, key)
             return
         own = self.live.get(contact.crm_id)
@@ -495,7 +496,7 @@ class _Rules:
                 before=own,
                 after=self.observed(own, old, contact.crm_id),
             )
-        elif own.state in (RowState.SUBSCRIBED, RowState.GONE):
+        elif own.state in SEEN_ACTIVE or own.state is RowState.GONE:
             self._gone(contact, own, key)
         else:
             self._create(contact, row, None, "new address, the previous one left the audience")
@@ -573,7 +574,7 @@ class _Rules:
             if member.status in ACTIVE:
                 self._unwanted_active(member, row, exclusion, common)
             elif member.status in OPTED_OUT:
-                was_ours = row is not None and row.state is RowState.SUBSCRIBED
+                was_ours = row is not None and row.state in SEEN_ACTIVE
                 self.emit(
                     SyncAction.IMPORT_BACK if was_ours else SyncAction.UNCHANGED,
                     f"{member.status} at the provider"
@@ -582,7 +583,7 @@ class _Rules:
                     after=self.observed(row, member, crm_id),
                     **common,
                 )
-            elif member.status == ARCHIVED and row is not None and row.state is RowState.SUBSCRIBED:
+            elif member.status == ARCHIVED and row is not None and row.state in SEEN_ACTIVE:
                 self.emit(
                     SyncAction.IMPORT_BACK,
                     "archived at the provider since the last sync",
@@ -615,22 +616,24 @@ class _Rules:
     ) -> None:
         key = member.key
         reason = exclusion.reason if exclusion else None
-        ours = row is not None and row.state is RowState.SUBSCRIBED
         if reason == "private":
             self._write(
                 SyncAction.REMOVE, "private in the CRM: never at a provider", member, row, common
             )
-        elif row is not None and row.state in BLOCKING:
+        elif row is not None and row.state is not RowState.SUBSCRIBED:
+            # the sync knew it as not subscribed: a person subscribed it again at the provider
+            again = "after an opt-out" if row.state in BLOCKING else "again"
             self.emit(
                 SyncAction.IMPORT_BACK,
-                "re-subscribed at the provider after an opt-out",
+                f"subscribed at the provider {again}"
+                + (f" ({reason} in the CRM)" if reason else ""),
                 key,
-                after=row.moved(state=RowState.SUBSCRIBED),
+                after=row.moved(state=RowState.RESUBSCRIBED),
                 **common,
             )
         elif reason == "opted_out":
             self._write(SyncAction.UNSUBSCRIBE, "newsletter = no in the CRM", member, row, common)
-        elif ours:
+        elif row is not None:
             why = reason or "address no longer in the CRM"
             self._write(SyncAction.REMOVE, f"no longer eligible ({why})", member, row, common)
         else:
@@ -674,7 +677,7 @@ class _Rules:
         for key, row in self.ledger.items():
             if key in self.handled or key in self.claimed or key in self.members:
                 continue
-            if row.state in (RowState.SUBSCRIBED, RowState.GONE):
+            if row.state in SEEN_ACTIVE or row.state is RowState.GONE:
                 self.emit(
                     SyncAction.UNCHANGED,
                     "gone at the provider and no longer eligible in the CRM",

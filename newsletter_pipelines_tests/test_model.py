@@ -1,0 +1,347 @@
+"""The consent guarantees, proven over random sequences (hypothesis `RuleBasedStateMachine`).
+
+The real code runs: eligibility, the real clients against the in-process sandbox, the rules,
+the push and the ledger on SQLite. Steps are CRM changes (inserts, names, addresses with swaps
+and collisions, newsletter yes/no/other, private, deletes, tags), what people and admins do at
+the provider (unsubscribe, re-subscribe through the provider's form, sign up, archive, delete,
+clean, tag, untag, Brevo blacklist and list unsubscribe, Mailchimp pending), and syncs, full or
+killed at a random provider call. After every complete sync:
+
+- nobody the provider held as opted out when a sync looked is subscribed again, unless the
+  person re-subscribed at the provider;
+- no address that only private contacts have is subscribed;
+- every eligible contact whose addresses no person touched at the provider is subscribed, and
+  every subscribed address is an eligible contact's or one a person subscribed;
+- tags a person set at the provider are still on the member;
+- a second sync with nothing changed sends no write call;
+- every `import_back` is backed by something a person did at the provider.
+
+`make test` runs a bounded, derandomised profile; `HYPOTHESIS_PROFILE=long` runs at least
+10,000 steps (see the README).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pandas as pd
+from hypothesis import HealthCheck, note, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from newsletter_pipelines.sandbox.brevo_rules import BrevoError
+from newsletter_pipelines.sandbox.mailchimp_members import ProblemError
+from newsletter_pipelines.sync.eligibility import classify
+from newsletter_pipelines_tests.test_consent import Killed, KilledAfter
+from newsletter_pipelines_tests.test_eligibility import contact, frame
+from newsletter_pipelines_tests.world import World, open_world
+
+settings.register_profile(
+    "default",
+    max_examples=12,
+    stateful_step_count=30,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile(
+    "long",
+    max_examples=400,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+ADDRESSES = [f"{name}@example.de" for name in ("anna", "ben", "cem", "dora", "emil", "fay")]
+CRM_TAGS = ["Käufer", "VIP", "Haus, Garten"]
+PERSON_TAGS = ["Webinar", "Messe"]  # never CRM tags, in any case: a person's own tags
+NEWSLETTER = ["yes", "yes", "no", "unspecified"]
+WRITES = ("upsert", "change_emails", "unsubscribe", "remove")
+OPTED_OUT = ("unsubscribed", "cleaned", "blacklisted")
+SUBSCRIBING = ("signup", "resubscribe", "pending")
+
+
+class ConsentMachine(RuleBasedStateMachine):
+    """One audience of `PROVIDER`, a CRM of a few contacts, and what people do."""
+
+    PROVIDER: ClassVar[str]
+    PERSON_ACTIONS: ClassVar[list[str]]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack = ExitStack()
+        folder = Path(self.stack.enter_context(tempfile.TemporaryDirectory()))
+        self.world: World = self.stack.enter_context(open_world(self.PROVIDER, folder, 0))
+        self.next_id = 1
+        self.history: dict[int, set[str]] = {}  # every address a contact had
+        self.touched: set[str] = set()  # addresses a person acted on at the provider
+        self.person_subscribed: set[str] = set()  # addresses a person (re)subscribed
+        self.opted_out: set[str] = set()  # held as opted out when a sync looked
+        self.person_tags: set[tuple[str, str]] = set()  # (member's stable id, tag key)
+        self.killed = False
+
+    def teardown(self) -> None:
+        self.stack.close()
+
+    # --- the CRM ------------------------------------------------------------------------
+
+    @initialize()
+    def start(self) -> None:
+        self.world.provider.ensure_audience()
+
+    @rule(
+        email=st.sampled_from(ADDRESSES),
+        newsletter=st.sampled_from(NEWSLETTER),
+        private=st.booleans(),
+        tags=st.sets(st.sampled_from(CRM_TAGS), max_size=2),
+    )
+    def crm_insert(self, email: str, newsletter: str, private: bool, tags: set[str]) -> None:
+        crm_id, self.next_id = self.next_id, self.next_id + 1
+        row = contact(crm_id, email=email, newsletter=newsletter, is_private=private)
+        row.update(tags=tuple(sorted(tags)), updated_at=f"2026-01-01 00:00:{crm_id:02d}")
+        self.world.crm.append(row)
+        self.history[crm_id] = {email}
+
+    def rows(self) -> st.SearchStrategy[dict[str, Any]]:
+        return st.sampled_from(self.world.crm)
+
+    def touch(self, row: dict[str, Any], **values: Any) -> None:
+        note(f"CRM contact {row['contact_id']}: {values}")
+        self.next_id += 1
+        row.update(
+            values, updated_at=f"2026-01-01 00:{self.next_id // 60:02d}:{self.next_id % 60:02d}"
+        )
+
+    @precondition(lambda self: self.world.crm)
+    @rule(data=st.data(), first=st.sampled_from(["Anna", "Ben", "Ünal"]))
+    def crm_rename(self, data: st.DataObject, first: str) -> None:
+        self.touch(data.draw(self.rows()), first_name=first)
+
+    @precondition(lambda self: self.world.crm)
+    @rule(data=st.data(), email=st.sampled_from(ADDRESSES))
+    def crm_change_email(self, data: st.DataObject, email: str) -> None:
+        row = data.draw(self.rows())
+        self.touch(row, email=email)
+        self.history[row["contact_id"]].add(email)
+
+    @precondition(lambda self: len(self.world.crm) >= 2)
+    @rule(data=st.data())
+    def crm_swap_emails(self, data: st.DataObject) -> None:
+        one, two = data.draw(st.lists(self.rows(), min_size=2, max_size=2, unique_by=id))
+        first, second = one["email"], two["email"]
+        self.touch(one, email=second)
+        self.touch(two, email=first)
+        self.history[one["contact_id"]].add(second)
+        self.history[two["contact_id"]].add(first)
+
+    @precondition(lambda self: self.world.crm)
+    @rule(data=st.data(), newsletter=st.sampled_from(NEWSLETTER))
+    def crm_newsletter(self, data: st.DataObject, newsletter: str) -> None:
+        self.touch(data.draw(self.rows()), newsletter=newsletter)
+
+    @precondition(lambda self: self.world.crm)
+    @rule(data=st.data(), private=st.booleans())
+    def crm_private(self, data: st.DataObject, private: bool) -> None:
+        self.touch(data.draw(self.rows()), is_private=private)
+
+    @precondition(lambda self: self.world.crm)
+    @rule(data=st.data(), tags=st.sets(st.sampled_from(CRM_TAGS), max_size=2))
+    def crm_tags(self, data: st.DataObject, tags: set[str]) -> None:
+        self.touch(data.draw(self.rows()), tags=tuple(sorted(tags)))
+
+    @precondition(lambda self: self.world.crm)
+    @rule(data=st.data())
+    def crm_delete(self, data: st.DataObject) -> None:
+        row = data.draw(self.rows())
+        note(f"CRM contact {row['contact_id']} deleted")
+        self.world.crm.remove(row)
+
+    # --- people at the provider ---------------------------------------------------------
+
+    @rule(data=st.data(), email=st.sampled_from(ADDRESSES))
+    def person(self, data: st.DataObject, email: str) -> None:
+        action = data.draw(st.sampled_from(self.PERSON_ACTIONS))
+        tag = data.draw(st.sampled_from(PERSON_TAGS)) if action in ("tag", "untag") else None
+        stable = self.stable_id(email)
+        note(f"person at the provider: {action} {email} {tag or ''}")
+        try:
+            self.world.act(email, action, tag=tag)
+        except (ProblemError, BrevoError):
+            return  # not possible in this state: nothing changed
+        self.touched.add(email)
+        if action in SUBSCRIBING:
+            self.person_subscribed.add(email)
+            if self.provider_status(email) in ("subscribed", "pending"):
+                self.opted_out.discard(email)
+        if action == "tag" and tag and (stable := self.stable_id(email)):
+            self.person_tags.add((stable, tag.casefold()))
+        elif action == "untag" and tag and stable:
+            self.person_tags.discard((stable, tag.casefold()))
+
+    # --- syncs --------------------------------------------------------------------------
+
+    def look(self) -> dict[str, str]:
+        """The audience as a snapshot shows it; opt-outs seen are remembered."""
+        statuses = self.world.members()
+        self.opted_out |= {email for email, status in statuses.items() if status in OPTED_OUT}
+        return statuses
+
+    @rule()
+    def sync(self) -> None:
+        self.look()
+        tags_before = self.tags_by_stable_id()
+        diff, _ = self.world.sync()
+        statuses = self.look()
+        self.killed = False
+        self.check_after_sync(diff, statuses, tags_before)
+        writes = self.world.writes()
+        again, _ = self.world.sync()
+        assert self.world.writes() == writes, self.explain("a re-sync wrote", again)
+        planned = again[again["action"].isin(["create", "update", "unsubscribe", "remove"])]
+        assert planned.empty, self.explain("a re-sync planned writes", planned)
+
+    @rule(calls=st.integers(min_value=1, max_value=4))
+    def killed_sync(self, calls: int) -> None:
+        self.look()
+        provider = self.world.provider
+        self.world.provider = KilledAfter(provider, calls, WRITES)  # type: ignore[assignment]
+        try:
+            self.world.sync()
+        except Killed:
+            self.killed = True
+        finally:
+            self.world.provider = provider
+        self.look()
+
+    # --- the guarantees -----------------------------------------------------------------
+
+    @invariant()
+    def nobody_opted_out_is_subscribed_again(self) -> None:
+        statuses = self.world.members()
+        again = {e for e in self.opted_out if statuses.get(e) == "subscribed"}
+        assert not again, f"re-subscribed after an opt-out: {sorted(again)}"
+
+    def check_after_sync(
+        self, diff: pd.DataFrame, statuses: dict[str, str], tags_before: dict[str, set[str]]
+    ) -> None:
+        result = classify(frame(*self.world.crm))
+        eligible = dict(
+            zip(result.eligible["email_key"], result.eligible["contact_id"], strict=True)
+        )
+        private = set(result.excluded.loc[result.excluded["reason"] == "private", "email_key"])
+        subscribed = {e for e, s in statuses.items() if s == "subscribed"}
+        leaked = (private - set(eligible)) & subscribed
+        assert not leaked, self.explain(f"private addresses subscribed: {leaked}", diff)
+        unexpected = subscribed - set(eligible) - self.person_subscribed
+        assert not unexpected, self.explain(f"subscribed, not wanted: {unexpected}", diff)
+        missing = {
+            email
+            for email, crm_id in eligible.items()
+            if email not in subscribed and not (self.history[crm_id] & self.touched)
+            and email not in self.opted_out
+        }  # fmt: skip
+        assert not missing, self.explain(f"eligible, untouched, not subscribed: {missing}", diff)
+        imports = diff[diff["action"] == "import_back"]
+        for row in imports.itertuples():
+            addresses = {row.match_key} | self.history.get(_int(row.crm_id), set())
+            assert addresses & self.touched, self.explain("import_back nobody did", imports)
+        tags_after = self.tags_by_stable_id()
+        lost = {
+            (stable, tag)
+            for stable, tag in self.person_tags
+            if stable in tags_before and stable in tags_after
+            and tag in tags_before[stable] and tag not in tags_after[stable]
+        }  # fmt: skip
+        assert not lost, self.explain(f"tags people set were removed: {lost}", diff)
+
+    # --- reading the sandbox ------------------------------------------------------------
+
+    def provider_status(self, email: str) -> str | None:
+        return self.world.members().get(email)
+
+    def explain(self, problem: str, diff: pd.DataFrame) -> str:
+        columns = ["action", "detail", "crm_id", "match_key", "old_email", "provider_status"]
+        return f"{problem}\n{diff[columns].to_string()}\nCRM: {self.world.crm}"
+
+
+class MailchimpConsent(ConsentMachine):
+    PROVIDER = "mailchimp"
+    PERSON_ACTIONS: ClassVar[list[str]] = [
+        "signup",
+        "unsubscribe",
+        "resubscribe",
+        "pending",
+        "archive",
+        "delete",
+        "clean",
+        "tag",
+        "untag",
+    ]
+
+    def audience(self) -> Any:
+        account = next(iter(self.world.sandbox.state.mailchimp.values()))
+        return account.lists[self.world.provider.ensure_audience().id]
+
+    def stable_id(self, email: str) -> str | None:
+        member = next(
+            (m for m in self.audience().members.values() if m.email_address.lower() == email),
+            None,
+        )
+        return member.contact_id if member else None
+
+    def tags_by_stable_id(self) -> dict[str, set[str]]:
+        return {
+            m.contact_id: {t.casefold() for t in m.tags}
+            for m in self.audience().members.values()
+            if m.status != "archived"
+        }
+
+
+class BrevoConsent(ConsentMachine):
+    PROVIDER = "brevo"
+    PERSON_ACTIONS: ClassVar[list[str]] = [
+        "signup",
+        "unsubscribe",
+        "resubscribe",
+        "blacklist",
+        "list_unsubscribe",
+        "delete",
+        "tag",
+        "untag",
+    ]
+
+    def account(self) -> Any:
+        return next(iter(self.world.sandbox.state.brevo.values()))
+
+    def stable_id(self, email: str) -> str | None:
+        found = self.account().by_email(email)
+        return str(found.id) if found else None
+
+    def tags_by_stable_id(self) -> dict[str, set[str]]:
+        list_id = int(self.world.provider.ensure_audience().id)
+        return {
+            str(c.id): {
+                t.strip() for t in str(c.attributes.get("NEWSLETTER_TAGS") or "").split(",")
+            }
+            for c in self.account().contacts.values()
+            if list_id in c.listIds
+        }
+
+
+def _int(value: object) -> int:
+    return int(str(value)) if value is not None and str(value).isdigit() else -1
+
+
+TestMailchimpConsent = MailchimpConsent.TestCase
+TestBrevoConsent = BrevoConsent.TestCase
