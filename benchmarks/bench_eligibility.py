@@ -1,4 +1,4 @@
-"""Benchmark: read N CRM contacts from SQLite and classify eligibility (DESIGN §9).
+"""Benchmark: read N CRM contacts from SQLite and classify eligibility.
 
 `python benchmarks/bench_eligibility.py [--rows 1000000] [--seed 42] [--keep DIR]`
 
@@ -36,7 +36,7 @@ from newsletter_pipelines.sync.eligibility import classify
 BUDGET_WALL_S = 30.0
 BUDGET_RSS_BYTES = 2 * 1024**3
 BUDGET_CORES = 2
-BUDGET_TEXT = "≤ 30 s wall, ≤ 2 GiB peak RSS, 2 cores (DESIGN §9)"
+BUDGET_TEXT = "≤ 30 s wall, ≤ 2 GiB peak RSS, 2 cores"
 _CHUNK = 100_000
 _SAMPLE_S = 0.05
 

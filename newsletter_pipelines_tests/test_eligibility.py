@@ -1,4 +1,4 @@
-"""Eligibility (DESIGN §3): every bad input is classified, nothing is lost, duplicates resolved."""
+"""Eligibility: every bad input is classified, nothing is lost, duplicates resolved."""
 
 from __future__ import annotations
 

@@ -111,7 +111,7 @@ def test_private_contacts_never_reach_the_provider(settings: Settings, sandbox: 
     engine = sa.create_engine(settings.resolved_crm_database_url())
     with engine.connect() as conn:
         rows = conn.execute(sa.text("SELECT email, is_private FROM contacts")).all()
-    # addresses only private contacts have (a non-private duplicate may share one: DESIGN §3)
+    # addresses only private contacts have (a non-private duplicate may share one)
     keys = {False: set(), True: set()}
     for email, is_private in rows:
         if email is not None:

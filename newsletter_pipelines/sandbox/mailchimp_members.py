@@ -1,6 +1,6 @@
 """Mailchimp member rules: validation, compliance refusals, status changes, representation.
 
-Titles and details follow what Mailchimp answers (see shared/research/mailchimp.md §2, §4).
+Titles and details follow what Mailchimp answers.
 Addresses under the reserved `.invalid` top-level domain are what the sandbox treats as fake.
 """
 

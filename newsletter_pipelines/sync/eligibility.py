@@ -1,4 +1,4 @@
-"""Eligible subscribers from raw CRM contacts (DESIGN §3 "Eligibility"), in pandas.
+"""Eligible subscribers from raw CRM contacts, in pandas.
 
 1. Private contacts are dropped first: their data never leaves the CRM.
 2. Email: trim, Unicode NFC, syntax check with email-validator; the key is the normalised

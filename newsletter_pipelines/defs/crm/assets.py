@@ -69,7 +69,7 @@ def eligible_subscribers(
     crm_contacts: pd.DataFrame,
     state_db: StateDatabaseResource,
 ) -> Iterator[dg.Output[pd.DataFrame] | dg.AssetCheckResult]:
-    """Eligibility (DESIGN §3): eligible subscribers and excluded contacts with their reason."""
+    """Eligibility: eligible subscribers and excluded contacts with their reason."""
     result = classify(crm_contacts)
     counts = result.counts
     context.log.info(
