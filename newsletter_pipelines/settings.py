@@ -97,6 +97,18 @@ class Settings(BaseSettings):
         description="Largest share of an audience's active members one push may unsubscribe or "
         "remove before the removal guard holds them.",
     )
+    rename_max_share: float = Field(
+        default=0.1,
+        ge=0.0,
+        le=1.0,
+        description="Largest share of an audience's active members one push may move to other "
+        "addresses before the rename guard holds those changes.",
+    )
+    rename_min_count: int = Field(
+        default=10,
+        ge=0,
+        description="Floor of the rename guard: this many address changes never trip it.",
+    )
     removal_min_count: int = Field(
         default=10,
         ge=0,

@@ -17,7 +17,7 @@ from newsletter_pipelines.sandbox import PersonEvent, Sandbox, SandboxTransport
 from newsletter_pipelines.sandbox.people import brevo_person, mailchimp_person
 from newsletter_pipelines.state.ledger import create_tables, load_ledger_frame
 from newsletter_pipelines.sync.eligibility import classify
-from newsletter_pipelines.sync.guards import check_removals
+from newsletter_pipelines.sync.guards import MassLimits, push_verdicts
 from newsletter_pipelines.sync.inputs import build_diff, members_by_key, snapshot_frame
 from newsletter_pipelines.sync.push import PushContext, PushSummary, push_diff
 from newsletter_pipelines_tests.providers.conftest import brevo_account, make_brevo, make_mailchimp
@@ -39,9 +39,9 @@ class World:
     def sync(
         self,
         log: Callable[[str], None] = lambda _: None,
-        guard: tuple[float, int] | None = None,
+        guard: MassLimits | None = None,
     ) -> tuple[pd.DataFrame, PushSummary]:
-        """One full sync; `guard` (max share, floor) holds mass removals as the asset does."""
+        """One full sync; with `guard`, mass removals and renames are held as the asset does."""
         result = classify(frame(*self.crm))
         members = snapshot_frame(self.provider.snapshot())
         ledger = load_ledger_frame(self.engine, self.provider_name)
@@ -53,13 +53,15 @@ class World:
             provider=self.provider_name,
             system_tag=SYSTEM_TAG[self.provider_name],
         )
-        hold = False
-        if guard is not None:
-            removals = int(diff["action"].isin(["unsubscribe", "remove"]).sum())
-            active = int(diff["provider_status"].isin(["subscribed", "pending"]).sum())
-            hold = not check_removals(removals, active, *guard).passed
+        verdicts = push_verdicts(diff, guard or MassLimits(), False, False)
         ctx = PushContext(
-            self.engine, self.provider_name, "run", chunk_size=20, hold_removals=hold, log=log
+            self.engine,
+            self.provider_name,
+            "run",
+            chunk_size=20,
+            hold_removals=guard is not None and not verdicts["removal_guard"].passed,
+            hold_renames=guard is not None and not verdicts["rename_guard"].passed,
+            log=log,
         )
         summary = push_diff(self.provider, diff, members_by_key(members), ctx)
         return diff, summary

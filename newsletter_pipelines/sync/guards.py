@@ -47,14 +47,71 @@ def check_count_drop(
 
 
 @dataclass(frozen=True)
-class RemovalVerdict:
-    """Whether a push may unsubscribe/remove as many contacts as the diff asks."""
+class MassVerdict:
+    """Whether a push may send as many writes of one kind as the diff asks."""
 
     passed: bool
-    removals: int
+    count: int
     active_members: int
     share: float
     message: str
+
+
+@dataclass(frozen=True)
+class MassGuard:
+    """A guard against a mass write of one kind: what it counts and how to release it."""
+
+    what: str  # e.g. "to unsubscribe or remove"
+    release: str  # the audience_sync config that releases it for one run
+    effect: str  # what is held meanwhile
+
+
+REMOVAL_GUARD = MassGuard(
+    "to unsubscribe or remove",
+    "allow_mass_removal",
+    "These unsubscribes and removals are held (creates and updates still go out)",
+)
+RENAME_GUARD = MassGuard(
+    "to move to another address",
+    "allow_mass_rename",
+    "These address changes are held (everything else still goes out)",
+)
+
+
+def check_mass(
+    guard: MassGuard,
+    count: int,
+    active_members: int,
+    max_share: float,
+    *,
+    min_count: int = 10,
+    allow: bool = False,
+) -> MassVerdict:
+    """Fail when `count` exceeds both `max_share` of the audience's active members and the
+    floor `min_count` (so one opt-out or one new address never stalls a small audience).
+
+    A truncated CRM export or a mapping mistake must never empty or rename an audience: the
+    push then holds those writes back, the rest still goes out, until a run sets the release.
+    """
+    share = count / active_members if active_members else 0.0
+    summary = (
+        f"{count} of {active_members} active members {guard.what} "
+        f"({share:.1%}; limit {max_share:.0%} or {min_count} contacts, whichever is more)"
+    )
+    if share <= max_share or count <= min_count:
+        return MassVerdict(True, count, active_members, share, summary)
+    if allow:
+        return MassVerdict(
+            True, count, active_members, share, f"{summary}; allowed for this run by config"
+        )
+    return MassVerdict(
+        False,
+        count,
+        active_members,
+        share,
+        f"{summary}. {guard.effect}. If they are intended, run audience_sync with "
+        f"{guard.release}: true.",
+    )
 
 
 def check_removals(
@@ -63,32 +120,15 @@ def check_removals(
     max_share: float,
     min_count: int = 10,
     allow_mass_removal: bool = False,
-) -> RemovalVerdict:
-    """Fail when unsubscribes + removals exceed both `max_share` of the audience's active
-    members and the floor `min_count` (so one opt-out never stalls a small audience).
-
-    A truncated CRM export or a mapping mistake must never empty an audience: the push then
-    holds the unsubscribes and removals back (creates and updates still go out) until a run
-    sets `allow_mass_removal`.
-    """
-    share = removals / active_members if active_members else 0.0
-    summary = (
-        f"{removals} of {active_members} active members to unsubscribe or remove "
-        f"({share:.1%}; limit {max_share:.0%} or {min_count} contacts, whichever is more)"
-    )
-    if share <= max_share or removals <= min_count:
-        return RemovalVerdict(True, removals, active_members, share, summary)
-    if allow_mass_removal:
-        return RemovalVerdict(
-            True, removals, active_members, share, f"{summary}; allowed for this run by config"
-        )
-    return RemovalVerdict(
-        False,
+) -> MassVerdict:
+    """The removal guard: unsubscribes and removals of one push."""
+    return check_mass(
+        REMOVAL_GUARD,
         removals,
         active_members,
-        share,
-        f"{summary}. These unsubscribes and removals are held (creates and updates still go "
-        "out). If they are intended, run audience_sync with allow_mass_removal: true.",
+        max_share,
+        min_count=min_count,
+        allow=allow_mass_removal,
     )
 
 
@@ -116,3 +156,40 @@ def resubscribe_violations(diff: pd.DataFrame, ledger: pd.DataFrame) -> pd.DataF
         | (creates & writes["crm_id"].isin(opted_out_owners))
     )
     return writes[risky]
+
+
+@dataclass(frozen=True)
+class MassLimits:
+    """The limits of the removal and rename guards (from the settings)."""
+
+    removal_max_share: float = 0.1
+    removal_min_count: int = 10
+    rename_max_share: float = 0.1
+    rename_min_count: int = 10
+
+
+def push_verdicts(
+    diff: pd.DataFrame, limits: MassLimits, allow_removal: bool, allow_rename: bool
+) -> dict[str, MassVerdict]:
+    """The removal guard and the rename guard of a diff, by check name."""
+    active = int(diff["provider_status"].isin(["subscribed", "pending"]).sum())
+    removals = int(diff["action"].isin(["unsubscribe", "remove"]).sum())
+    renames = int(((diff["action"] == "update") & diff["old_email"].notna()).sum())
+    return {
+        "removal_guard": check_mass(
+            REMOVAL_GUARD,
+            removals,
+            active,
+            limits.removal_max_share,
+            min_count=limits.removal_min_count,
+            allow=allow_removal,
+        ),
+        "rename_guard": check_mass(
+            RENAME_GUARD,
+            renames,
+            active,
+            limits.rename_max_share,
+            min_count=limits.rename_min_count,
+            allow=allow_rename,
+        ),
+    }

@@ -84,6 +84,7 @@ class PushContext:
     run_id: str
     chunk_size: int = 500
     hold_removals: bool = False
+    hold_renames: bool = False
     log: Callable[[str], None] = print
 
 
@@ -116,7 +117,11 @@ class _Push:
             self.intend(chunk, SyncAction.CREATE)
             self.settle(chunk, provider.upsert([_contact(r) for r in chunk]), SyncAction.CREATE)
         updates = by_action.get(SyncAction.UPDATE.value, [])
-        for chunk in chunked([r for r in updates if r["old_email"]], ctx.chunk_size):
+        renames = [r for r in updates if r["old_email"]]
+        if ctx.hold_renames:
+            self.hold(renames, SyncAction.UPDATE, "rename_guard", "allow_mass_rename")
+            renames = []
+        for chunk in chunked(renames, ctx.chunk_size):
             ctx.log(f"changing the address of {len(chunk)} contacts")
             self.change_emails(chunk)
         for chunk in chunked([r for r in updates if not r["old_email"]], ctx.chunk_size):
@@ -129,7 +134,7 @@ class _Push:
         ):
             rows = by_action.get(action.value, [])
             if ctx.hold_removals and action in REMOVALS:
-                self.hold(rows, action)
+                self.hold(rows, action, "removal_guard", "allow_mass_removal")
                 continue
             for chunk in chunked(rows, ctx.chunk_size):
                 ctx.log(f"{action.value}: {len(chunk)} contacts")
@@ -155,11 +160,13 @@ class _Push:
         rows = [_intent(r, action) for r in chunk]
         record(self.ctx.engine, self.ctx.audience, self.ctx.run_id, rows)
 
-    def hold(self, rows: Sequence[Mapping[str, Any]], action: SyncAction) -> None:
-        """Log held removals; nothing is sent and the ledger stays as it is."""
+    def hold(
+        self, rows: Sequence[Mapping[str, Any]], action: SyncAction, guard: str, release: str
+    ) -> None:
+        """Log writes a guard holds; nothing is sent and the ledger stays as it is."""
         if not rows:
             return
-        self.ctx.log(f"{action.value}: {len(rows)} contacts held by the removal guard")
+        self.ctx.log(f"{action.value}: {len(rows)} contacts held by {guard}")
         logged = [
             OutcomeRecord(
                 crm_id=_crm_id(r),
@@ -167,14 +174,15 @@ class _Push:
                 action=action.value,
                 outcome=HELD,
                 provider_id=r["provider_id"],
-                message="held by the removal guard; released by allow_mass_removal",
+                message=f"held by {guard}; released by {release}",
             )
             for r in rows
         ]
         record(self.ctx.engine, self.ctx.audience, self.ctx.run_id, [], logged=logged)
         self.summary.results[HELD] += len(rows)
         self.summary.held += [
-            {"action": action.value, "crm_id": _crm_id(r), "email": r["email"]} for r in rows
+            {"guard": guard, "action": action.value, "crm_id": _crm_id(r), "email": r["email"]}
+            for r in rows
         ]
 
     # --- writes ------------------------------------------------------------------------

@@ -16,13 +16,14 @@ from newsletter_pipelines.settings import AudienceConfig, Settings
 from newsletter_pipelines.state.ledger import load_ledger_frame
 from newsletter_pipelines.sync.email_address import match_key
 from newsletter_pipelines.sync.guards import (
-    RemovalVerdict,
-    check_removals,
+    MassLimits,
+    MassVerdict,
+    push_verdicts,
     resubscribe_violations,
 )
 from newsletter_pipelines.sync.inputs import build_diff, members_by_key, snapshot_frame
 from newsletter_pipelines.sync.push import CHUNK_SIZE, PushContext, push_diff
-from newsletter_pipelines.sync.rules import ACTIVE, REMOVALS, SyncAction
+from newsletter_pipelines.sync.rules import SyncAction
 
 GROUP = "providers"
 _SETTINGS = Settings()
@@ -70,16 +71,23 @@ def provider_audience_snapshot(
 
 
 def _sync_config(context: dg.AssetExecutionContext) -> dict[str, Any]:
-    """`audience_sync`'s run config, so the removal guard honours its override in the same run."""
+    """`audience_sync`'s run config, so the guards honour its releases in the same run."""
     ops = (context.run.run_config or {}).get("ops", {})
     return ops.get("audience_sync", {}).get("config", {}) or {}
 
 
-def _removal_verdict(diff: pd.DataFrame, allow: bool) -> RemovalVerdict:
-    removals = int(diff["action"].isin(REMOVALS).sum())
-    active = int(diff["provider_status"].isin(ACTIVE).sum())
-    return check_removals(
-        removals, active, _SETTINGS.removal_max_share, _SETTINGS.removal_min_count, allow
+def _verdicts(diff: pd.DataFrame, config: dict[str, Any]) -> dict[str, MassVerdict]:
+    limits = MassLimits(
+        _SETTINGS.removal_max_share,
+        _SETTINGS.removal_min_count,
+        _SETTINGS.rename_max_share,
+        _SETTINGS.rename_min_count,
+    )
+    return push_verdicts(
+        diff,
+        limits,
+        bool(config.get("allow_mass_removal")),
+        bool(config.get("allow_mass_rename")),
     )
 
 
@@ -100,6 +108,14 @@ def _system_tag(audience: AudienceConfig) -> str | None:
             "NEWSLETTER_REMOVAL_MIN_COUNT contacts, unless audience_sync's allow_mass_removal is "
             "set for the run. When it fails, audience_sync holds those unsubscribes and removals "
             "(creates and updates still go out).",
+        ),
+        dg.AssetCheckSpec(
+            "rename_guard",
+            asset="reconciliation_diff",
+            description="The push would not move more than NEWSLETTER_RENAME_MAX_SHARE of the "
+            "audience to other addresses and more than NEWSLETTER_RENAME_MIN_COUNT contacts "
+            "(a wrongly mapped email column), unless audience_sync's allow_mass_rename is set "
+            "for the run. When it fails, audience_sync holds those address changes.",
         ),
         dg.AssetCheckSpec(
             "never_resubscribe",
@@ -133,7 +149,7 @@ def reconciliation_diff(
     )
     actions = diff["action"].value_counts()
     context.log.info(f"{audience.key}: " + ", ".join(f"{a} {n}" for a, n in actions.items()))
-    verdict = _removal_verdict(diff, bool(_sync_config(context).get("allow_mass_removal")))
+    verdicts = _verdicts(diff, _sync_config(context))
     risky = resubscribe_violations(diff, ledger)
     yield dg.Output(
         diff,
@@ -147,19 +163,20 @@ def reconciliation_diff(
             "ledger_rows": dg.MetadataValue.int(len(ledger)),
         },
     )
-    if not verdict.passed:
-        context.log.error(verdict.message)
-    yield dg.AssetCheckResult(
-        check_name="removal_guard",
-        asset_key="reconciliation_diff",
-        passed=verdict.passed,
-        description=verdict.message,
-        metadata={
-            "removals": verdict.removals,
-            "active_members": verdict.active_members,
-            "share": verdict.share,
-        },
-    )
+    for name, verdict in verdicts.items():
+        if not verdict.passed:
+            context.log.error(verdict.message)
+        yield dg.AssetCheckResult(
+            check_name=name,
+            asset_key="reconciliation_diff",
+            passed=verdict.passed,
+            description=verdict.message,
+            metadata={
+                "contacts": verdict.count,
+                "active_members": verdict.active_members,
+                "share": verdict.share,
+            },
+        )
     yield dg.AssetCheckResult(
         check_name="never_resubscribe",
         asset_key="reconciliation_diff",
@@ -173,6 +190,7 @@ class SyncConfig(dg.Config):
 
     dry_run: bool = False
     allow_mass_removal: bool = False
+    allow_mass_rename: bool = False
 
 
 @dg.asset(group_name=GROUP, partitions_def=audience_partitions, kinds={"api"})
@@ -193,9 +211,10 @@ def audience_sync(
     if config.dry_run:
         context.log.info(f"dry run: nothing sent to {audience.key}")
         return dg.MaterializeResult(metadata={"dry_run": True, **planned_meta})
-    verdict = _removal_verdict(reconciliation_diff, config.allow_mass_removal)
-    if not verdict.passed:
-        context.log.error(verdict.message)
+    verdicts = _verdicts(reconciliation_diff, config.model_dump())
+    for verdict in verdicts.values():
+        if not verdict.passed:
+            context.log.error(verdict.message)
     context.log.info(provider_mode(audience, mailchimp, brevo))
     client = audience_client(audience, mailchimp, brevo)
     try:
@@ -215,7 +234,8 @@ def audience_sync(
                 audience=audience.key,
                 run_id=context.run.run_id,
                 chunk_size=CHUNK_SIZE[audience.provider],
-                hold_removals=not verdict.passed,
+                hold_removals=not verdicts["removal_guard"].passed,
+                hold_renames=not verdicts["rename_guard"].passed,
                 log=context.log.info,
             ),
         )
@@ -233,7 +253,7 @@ def audience_sync(
             "dry_run": False,
             **{r: dg.MetadataValue.int(n) for r, n in results.items()},
             "refused_by_reason": dg.MetadataValue.md(markdown_table(refusals)),
-            "held_by_removal_guard": dg.MetadataValue.md(markdown_table(held)),
+            "held_by_guards": dg.MetadataValue.md(markdown_table(held)),
             "ledger_rows_refreshed": dg.MetadataValue.int(summary.ledger_refreshed),
             "outcome_log": f"table sync_outcomes (run_id {context.run.run_id}) in the "
             f"{state_db.describe()}",
