@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -80,3 +81,11 @@ def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
     """Fifty CRM contacts and an empty audience of each provider (see `world.World`)."""
     with open_world(request.param, tmp_path) as opened:
         yield opened
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """How much the model-based test exercised, when it ran."""
+    model = sys.modules.get("newsletter_pipelines_tests.test_model")
+    if model is not None and model.STATS:
+        counts = ", ".join(f"{k} {v:,}" for k, v in sorted(model.STATS.items()))
+        terminalreporter.write_line(f"model-based test: {counts}")

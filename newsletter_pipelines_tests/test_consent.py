@@ -32,11 +32,11 @@ def writes_of_a_resync(world: World) -> int:
 
 
 class KilledAfter:
-    """The provider client, killed right after its `n`-th write call returned (the write
-    happened; the run dies before it can record it)."""
+    """The provider client, killed at its `n`-th write call: right after the call returned
+    (the write happened; the run dies before it can record it), or right before it (`before`)."""
 
-    def __init__(self, inner: Any, n: int, methods: tuple[str, ...]) -> None:
-        self.inner, self.left, self.methods = inner, n, methods
+    def __init__(self, inner: Any, n: int, methods: tuple[str, ...], before: bool = False) -> None:
+        self.inner, self.left, self.methods, self.before = inner, n, methods, before
 
     def __getattr__(self, name: str) -> Any:
         attribute = getattr(self.inner, name)
@@ -44,8 +44,10 @@ class KilledAfter:
             return attribute
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            result = attribute(*args, **kwargs)
             self.left -= 1
+            if self.left == 0 and self.before:
+                raise Killed
+            result = attribute(*args, **kwargs)
             if self.left == 0:
                 raise Killed
             return result

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, ClassVar
@@ -48,7 +49,7 @@ from newsletter_pipelines_tests.world import World, open_world
 
 settings.register_profile(
     "default",
-    max_examples=12,
+    max_examples=25,
     stateful_step_count=30,
     deadline=None,
     derandomize=True,
@@ -69,6 +70,8 @@ PERSON_TAGS = ["Webinar", "Messe"]  # never CRM tags, in any case: a person's ow
 NEWSLETTER = ["yes", "yes", "no", "unspecified"]
 WRITES = ("upsert", "change_emails", "unsubscribe", "remove")
 OPTED_OUT = ("unsubscribed", "cleaned", "blacklisted")
+STATS: Counter[str] = Counter()
+"""What the runs of this session did (printed in pytest's summary by conftest)."""
 SUBSCRIBING = ("signup", "resubscribe", "pending")
 
 
@@ -76,7 +79,9 @@ class ConsentMachine(RuleBasedStateMachine):
     """One audience of `PROVIDER`, a CRM of a few contacts, and what people do."""
 
     PROVIDER: ClassVar[str]
-    PERSON_ACTIONS: ClassVar[list[str]]
+    OPT_OUTS: ClassVar[list[str]]
+    SUBSCRIBES: ClassVar[list[str]]
+    REMOVALS: ClassVar[list[str]]
 
     def __init__(self) -> None:
         super().__init__()
@@ -89,7 +94,7 @@ class ConsentMachine(RuleBasedStateMachine):
         self.person_subscribed: set[str] = set()  # addresses a person (re)subscribed
         self.opted_out: set[str] = set()  # held as opted out when a sync looked
         self.person_tags: set[tuple[str, str]] = set()  # (member's stable id, tag key)
-        self.killed = False
+        self.dirty = False  # something changed since the last complete sync
 
     def teardown(self) -> None:
         self.stack.close()
@@ -112,12 +117,14 @@ class ConsentMachine(RuleBasedStateMachine):
         row.update(tags=tuple(sorted(tags)), updated_at=f"2026-01-01 00:00:{crm_id:02d}")
         self.world.crm.append(row)
         self.history[crm_id] = {email}
+        self.dirty = True
 
     def rows(self) -> st.SearchStrategy[dict[str, Any]]:
         return st.sampled_from(self.world.crm)
 
     def touch(self, row: dict[str, Any], **values: Any) -> None:
         note(f"CRM contact {row['contact_id']}: {values}")
+        self.dirty = True
         self.next_id += 1
         row.update(
             values, updated_at=f"2026-01-01 00:{self.next_id // 60:02d}:{self.next_id % 60:02d}"
@@ -166,20 +173,41 @@ class ConsentMachine(RuleBasedStateMachine):
         row = data.draw(self.rows())
         note(f"CRM contact {row['contact_id']} deleted")
         self.world.crm.remove(row)
+        self.dirty = True
 
     # --- people at the provider ---------------------------------------------------------
 
     @rule(data=st.data(), email=st.sampled_from(ADDRESSES))
-    def person(self, data: st.DataObject, email: str) -> None:
-        action = data.draw(st.sampled_from(self.PERSON_ACTIONS))
-        tag = data.draw(st.sampled_from(PERSON_TAGS)) if action in ("tag", "untag") else None
+    def person_opts_out(self, data: st.DataObject, email: str) -> None:
+        self.person(email, data.draw(st.sampled_from(self.OPT_OUTS)))
+
+    @rule(data=st.data(), email=st.sampled_from(ADDRESSES))
+    def person_subscribes(self, data: st.DataObject, email: str) -> None:
+        self.person(email, data.draw(st.sampled_from(self.SUBSCRIBES)))
+
+    @rule(data=st.data(), email=st.sampled_from(ADDRESSES))
+    def admin_removes(self, data: st.DataObject, email: str) -> None:
+        self.person(email, data.draw(st.sampled_from(self.REMOVALS)))
+
+    @rule(
+        untag=st.booleans(),
+        email=st.sampled_from(ADDRESSES),
+        tag=st.sampled_from(PERSON_TAGS),
+    )
+    def person_tags_member(self, untag: bool, email: str, tag: str) -> None:
+        self.person(email, "untag" if untag else "tag", tag)
+
+    def person(self, email: str, action: str, tag: str | None = None) -> None:
+        """A person or an admin acts at the provider; impossible actions change nothing."""
         stable = self.stable_id(email)
         note(f"person at the provider: {action} {email} {tag or ''}")
         try:
             self.world.act(email, action, tag=tag)
         except (ProblemError, BrevoError):
-            return  # not possible in this state: nothing changed
+            return
         self.touched.add(email)
+        self.dirty = True
+        STATS[f"{self.PROVIDER} person actions"] += 1
         if action in SUBSCRIBING:
             self.person_subscribed.add(email)
             if self.provider_status(email) in ("subscribed", "pending"):
@@ -199,11 +227,12 @@ class ConsentMachine(RuleBasedStateMachine):
 
     @rule()
     def sync(self) -> None:
+        self.dirty = False
         self.look()
         tags_before = self.tags_by_stable_id()
         diff, _ = self.world.sync()
         statuses = self.look()
-        self.killed = False
+        STATS[f"{self.PROVIDER} checked syncs"] += 1
         self.check_after_sync(diff, statuses, tags_before)
         writes = self.world.writes()
         again, _ = self.world.sync()
@@ -211,15 +240,17 @@ class ConsentMachine(RuleBasedStateMachine):
         planned = again[again["action"].isin(["create", "update", "unsubscribe", "remove"])]
         assert planned.empty, self.explain("a re-sync planned writes", planned)
 
-    @rule(calls=st.integers(min_value=1, max_value=4))
-    def killed_sync(self, calls: int) -> None:
+    @precondition(lambda self: self.dirty)
+    @rule(calls=st.sampled_from([1, 1, 2, 3]), before=st.booleans())
+    def killed_sync(self, calls: int, before: bool) -> None:
+        STATS[f"{self.PROVIDER} sync kill attempts"] += 1
         self.look()
         provider = self.world.provider
-        self.world.provider = KilledAfter(provider, calls, WRITES)  # type: ignore[assignment]
+        self.world.provider = KilledAfter(provider, calls, WRITES, before)  # type: ignore[assignment]
         try:
             self.world.sync()
         except Killed:
-            self.killed = True
+            STATS[f"{self.PROVIDER} killed syncs"] += 1
         finally:
             self.world.provider = provider
         self.look()
@@ -228,6 +259,7 @@ class ConsentMachine(RuleBasedStateMachine):
 
     @invariant()
     def nobody_opted_out_is_subscribed_again(self) -> None:
+        STATS[f"{self.PROVIDER} steps"] += 1
         statuses = self.world.members()
         again = {e for e in self.opted_out if statuses.get(e) == "subscribed"}
         assert not again, f"re-subscribed after an opt-out: {sorted(again)}"
@@ -277,17 +309,9 @@ class ConsentMachine(RuleBasedStateMachine):
 
 class MailchimpConsent(ConsentMachine):
     PROVIDER = "mailchimp"
-    PERSON_ACTIONS: ClassVar[list[str]] = [
-        "signup",
-        "unsubscribe",
-        "resubscribe",
-        "pending",
-        "archive",
-        "delete",
-        "clean",
-        "tag",
-        "untag",
-    ]
+    OPT_OUTS: ClassVar[list[str]] = ["unsubscribe", "clean"]
+    SUBSCRIBES: ClassVar[list[str]] = ["signup", "resubscribe", "pending"]
+    REMOVALS: ClassVar[list[str]] = ["archive", "delete"]
 
     def audience(self) -> Any:
         account = next(iter(self.world.sandbox.state.mailchimp.values()))
@@ -310,16 +334,9 @@ class MailchimpConsent(ConsentMachine):
 
 class BrevoConsent(ConsentMachine):
     PROVIDER = "brevo"
-    PERSON_ACTIONS: ClassVar[list[str]] = [
-        "signup",
-        "unsubscribe",
-        "resubscribe",
-        "blacklist",
-        "list_unsubscribe",
-        "delete",
-        "tag",
-        "untag",
-    ]
+    OPT_OUTS: ClassVar[list[str]] = ["unsubscribe", "blacklist", "list_unsubscribe"]
+    SUBSCRIBES: ClassVar[list[str]] = ["signup", "resubscribe"]
+    REMOVALS: ClassVar[list[str]] = ["delete"]
 
     def account(self) -> Any:
         return next(iter(self.world.sandbox.state.brevo.values()))

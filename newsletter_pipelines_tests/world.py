@@ -53,6 +53,7 @@ class World:
             provider=self.provider_name,
             system_tag=SYSTEM_TAG[self.provider_name],
         )
+        assert diff["match_key"].is_unique, "one action per contact, member and ledger row"
         verdicts = push_verdicts(diff, guard or MassLimits(), False, False)
         ctx = PushContext(
             self.engine,

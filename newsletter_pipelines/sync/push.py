@@ -309,7 +309,10 @@ def _after(row: Mapping[str, Any], outcome: Outcome, action: SyncAction) -> Ledg
                 state = RowState.GONE
         return after.moved(provider_id=outcome.provider_id or after.provider_id, state=state)
     if outcome.outcome is Result.REFUSED:
-        return intent.moved(refusal_code=outcome.code or "refused", refusal_key=row["write_key"])
+        refused = intent.moved(refusal_code=outcome.code or "refused", refusal_key=row["write_key"])
+        if outcome.status is not None and outcome.status.value in OPTED_OUT:
+            return refused.moved(state=RowState.OPTED_OUT)  # e.g. blacklisted outside the list
+        return refused
     return intent
 
 
