@@ -61,7 +61,7 @@ from newsletter_pipelines.state.ledger import (
 )
 from newsletter_pipelines.sync.eligibility import ELIGIBLE_COLUMNS, EXCLUDED_COLUMNS
 from newsletter_pipelines.sync.email_address import match_key
-from newsletter_pipelines.sync.identity import LedgerRow, RowState, fields_hash
+from newsletter_pipelines.sync.identity import LedgerRow, RowState
 from newsletter_pipelines.sync.inputs import (
     SNAPSHOT_COLUMNS,
     actual_members,
@@ -468,16 +468,15 @@ def reconcile_inputs(
         provider_id = f"id{crm_id}"
         wanted_tags = tuple(sorted({*tags, "CRM"}))
         status = MemberStatus.SUBSCRIBED.value
-        snapshot.append((provider_id, email, status, salutation, first, pushed, wanted_tags, None))
+        snapshot.append(
+            (provider_id, email, email, status, salutation, first, pushed, wanted_tags, None)
+        )
         ledger.append(
             LedgerRow(
                 member_key=email,
                 email=email,
                 owner=str(crm_id),
                 provider_id=provider_id,
-                fields_hash=fields_hash(
-                    email, salutation, first, pushed, {t.casefold() for t in wanted_tags}
-                ),
                 tags=frozenset(wanted_tags),
                 state=RowState.SUBSCRIBED,
             )

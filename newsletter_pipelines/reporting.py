@@ -74,10 +74,10 @@ def counts_table(counts: Mapping[str, int], fmt: str = "github") -> str:
 
 def explain_diff(diff: pd.DataFrame) -> str:
     """Markdown: why the provider's subscribed count differs from the CRM's eligible count."""
-    desired = diff[diff["fields_hash"].notna()]
+    desired = diff[diff["eligible"]]
     mine = desired["action"].value_counts()
     subscribed = diff[diff["provider_status"] == "subscribed"]
-    theirs = subscribed[subscribed["fields_hash"].isna()]["action"].value_counts()
+    theirs = subscribed[~subscribed["eligible"]]["action"].value_counts()
     now = len(subscribed)
     after = (
         now
@@ -101,7 +101,7 @@ def explain_diff(diff: pd.DataFrame) -> str:
             int(mine.get("import_back", 0)),
         ],
         ["subscribed at the provider before this sync", now],
-        ["… eligible in the CRM", int((subscribed["fields_hash"].notna()).sum())],
+        ["… eligible in the CRM", int(subscribed["eligible"].sum())],
         ["… newsletter = no in the CRM: unsubscribed now", int(theirs.get("unsubscribe", 0))],
         ["… private, deleted or no longer eligible: removed now", int(theirs.get("remove", 0))],
         [

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from newsletter_pipelines.sync.identity import Intent, LedgerRow, RowState, fields_hash
+from newsletter_pipelines.sync.identity import Intent, LedgerRow, RowState
 from newsletter_pipelines.sync.inputs import crm_exclusions
 from newsletter_pipelines.sync.rules import (
     Actual,
@@ -56,13 +56,6 @@ def synced(
         email=address,
         owner=contact.crm_id,
         provider_id=f"p-{address.lower()}",
-        fields_hash=fields_hash(
-            address.lower(),
-            contact.salutation,
-            contact.first_name,
-            contact.last_name,
-            {t.casefold() for t in pushed},
-        ),
         tags=pushed,
         state=state,
         **extra,  # type: ignore[arg-type]

@@ -25,7 +25,6 @@ def row(n: str, state: RowState = RowState.SUBSCRIBED, **extra: object) -> Ledge
         email=f"p{n}@example.de",
         owner=n,
         provider_id=f"id{n}",
-        fields_hash="hash",
         tags=frozenset({"Käufer", "VIP"}),
         state=state,
         **extra,  # type: ignore[arg-type]

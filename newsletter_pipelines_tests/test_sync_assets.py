@@ -81,6 +81,7 @@ def test_full_sync_then_nothing_to_do(audience: str, sandbox: Sandbox) -> None:
                 "valid_emails",
                 "eligible_count_drop",
                 "removal_guard",
+                "rename_guard",
                 "never_resubscribe",
             ],
             True,

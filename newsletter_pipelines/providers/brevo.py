@@ -368,7 +368,8 @@ class BrevoClient:
 
     def _import(self, contacts: Sequence[Contact]) -> dict[str, Outcome]:
         codec = self._attributes
-        started = datetime.now(UTC)
+        now = datetime.now(UTC)  # Brevo stamps milliseconds: compare at that precision
+        started = now.replace(microsecond=now.microsecond // 1000 * 1000)
         margin = started - timedelta(minutes=1)  # read back generously; clocks may differ
         since = margin.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
         processes = [

@@ -2,7 +2,7 @@
 
 A provider holds at most one member per address, so a member is known by the match key of its
 address. Its ledger row says which CRM contact owns it now, what the sync last pushed to it
-(address, hash of fields and tags, the tags the sync put there: only those may it remove), what
+(address, provider id, the tags the sync put there: only those may it remove), what
 the sync knows of its consent (the row's state), the last refused write, and any write in flight.
 
 States (what the sync knows about the member):
@@ -65,7 +65,7 @@ class Intent(StrEnum):
     REMOVE = "remove"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LedgerRow:
     """The sync's memory of one provider member."""
 
@@ -73,7 +73,6 @@ class LedgerRow:
     email: str
     owner: str | None
     provider_id: str | None
-    fields_hash: str
     tags: frozenset[str]
     state: RowState
     refusal_code: str | None = None
@@ -86,16 +85,9 @@ class LedgerRow:
         return replace(self, **changes)  # type: ignore[arg-type]
 
 
-def fields_hash(
-    email_key: str, salutation: str, first_name: str, last_name: str, tag_keys: Iterable[str]
-) -> str:
-    """A stable hash of what the sync pushes: address key, names, salutation, tag keys."""
-    text = "\x1f".join([email_key, salutation, first_name, last_name, *sorted(tag_keys)])
-    return hashlib.sha1(text.encode("utf-8"), usedforsecurity=False).hexdigest()
-
-
 def write_key(action: str, *parts: object) -> str:
-    """Identifies a planned write; a refusal of the same write is not retried."""
+    """Identifies a planned write (action, address, the fields and tags it sends, the member's
+    status); a refusal of the same write is not retried."""
     text = "\x1f".join([action, *(str(p) for p in parts)])
     return hashlib.sha1(text.encode("utf-8"), usedforsecurity=False).hexdigest()
 

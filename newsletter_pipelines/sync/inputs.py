@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 
 import pandas as pd
 
+from newsletter_pipelines.bulk import gc_paused
 from newsletter_pipelines.providers.base import Member
 from newsletter_pipelines.state.ledger import ledger_rows
 from newsletter_pipelines.sync.email_address import match_key
@@ -57,6 +56,7 @@ def crm_exclusions(excluded: pd.DataFrame) -> Exclusions:
 SNAPSHOT_COLUMNS = (
     "provider_id",
     "email",
+    "match_key",
     "status",
     "salutation",
     "first_name",
@@ -67,12 +67,14 @@ SNAPSHOT_COLUMNS = (
 
 
 def snapshot_frame(members: Iterable[Member]) -> pd.DataFrame:
-    """The provider snapshot as a frame (what the `provider_audience_snapshot` asset holds)."""
+    """The provider snapshot as a frame (what the `provider_audience_snapshot` asset holds),
+    with each member's match key."""
     return pd.DataFrame(
         [
             (
                 m.provider_id,
                 m.email,
+                match_key(m.email),
                 m.status.value,
                 m.salutation,
                 m.first_name,
@@ -89,10 +91,9 @@ def snapshot_frame(members: Iterable[Member]) -> pd.DataFrame:
 def actual_members(snapshot: pd.DataFrame) -> Iterator[Actual]:
     """The snapshot in reconciliation values."""
     columns = SNAPSHOT_COLUMNS[:-1]
-    for pid, email, status, salutation, first, last, tags in snapshot[list(columns)].itertuples(
-        index=False, name=None
-    ):
-        key = match_key(email)
+    for pid, email, key, status, salutation, first, last, tags in snapshot[
+        list(columns)
+    ].itertuples(index=False, name=None):
         yield Actual(pid, email, key, status, salutation, first, last, frozenset(tags))
 
 
@@ -101,7 +102,7 @@ def members_by_key(snapshot: pd.DataFrame, keys: Iterable[str] | None = None) ->
     wanted = None if keys is None else set(keys)
     found: dict[str, Member] = {}
     for row in snapshot.itertuples(index=False):
-        key = match_key(row.email)
+        key = row.match_key
         if wanted is None or key in wanted:
             found[key] = Member(
                 provider_id=row.provider_id,
@@ -129,10 +130,9 @@ def build_diff(
 
     `ledger` is `state.ledger.load_ledger_frame`. Contacts on which CRM, ledger and provider
     agree are settled in bulk (`settled`); every other contact, member and ledger row goes
-    through the rules. The cyclic garbage collector is paused meanwhile: millions of small
-    objects are made and none forms a cycle, and its passes cost a third of the time.
+    through the rules. The cyclic garbage collector is paused meanwhile (`bulk.gc_paused`).
     """
-    with _gc_paused():
+    with gc_paused():
         style = TAG_STYLES[provider]
         split = split_settled(eligible, snapshot, ledger, style, system_tag)
         rest = reconcile(
@@ -143,14 +143,3 @@ def build_diff(
             Context(style, system_tag, claimed=frozenset(split.settled["match_key"])),
         )
         return pd.concat([split.settled, rest], ignore_index=True) if len(split.settled) else rest
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()

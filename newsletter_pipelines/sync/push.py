@@ -279,7 +279,7 @@ def _intent(row: Mapping[str, Any], action: SyncAction, moving_to: str | None = 
     elif before is not None:
         base = before
     else:
-        base = after.moved(state=RowState.SUBSCRIBED, fields_hash="")
+        base = after.moved(state=RowState.SUBSCRIBED)
     refusal = (before.refusal_code, before.refusal_key) if before else (None, None)
     return base.moved(
         intent=_INTENT[action],
@@ -293,7 +293,7 @@ def _moved(row: Mapping[str, Any]) -> LedgerRow:
     """The row of a member whose address change was confirmed, before its field update."""
     after: LedgerRow = row["ledger_after"]
     before: LedgerRow = row["ledger_before"]
-    return after.moved(fields_hash="", tags=before.tags | after.tags)
+    return after.moved(tags=before.tags | after.tags)
 
 
 def _after(row: Mapping[str, Any], outcome: Outcome, action: SyncAction) -> LedgerRow:

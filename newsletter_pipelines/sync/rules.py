@@ -34,7 +34,6 @@ from newsletter_pipelines.sync.identity import (
     SEEN_ACTIVE,
     LedgerRow,
     RowState,
-    fields_hash,
     resolve_intents,
     write_key,
 )
@@ -73,7 +72,7 @@ DIFF_COLUMNS = (
     "tags",
     "provider_tags",
     "import_tags",
-    "fields_hash",
+    "eligible",
     "write_key",
     "ledger_before",
     "ledger_after",
@@ -156,7 +155,7 @@ def reconcile(
         rules.decide_desired(contact)
     rules.decide_remaining_members()
     rules.decide_remaining_rows()
-    return pd.DataFrame(rules.rows, columns=list(DIFF_COLUMNS))
+    return pd.DataFrame(rules.rows, columns=list(DIFF_COLUMNS)).astype({"eligible": bool})
 
 
 @dataclass
@@ -207,7 +206,6 @@ class _Rules:
                 self.live.setdefault(row.owner, row)
             elif row.state is RowState.OPTED_OUT:
                 self.opted_out.setdefault(row.owner, row)
-        self.hashes: dict[str, str] = {}
         self.handled: set[str] = set()
         self.rows: list[dict[str, object]] = []
 
@@ -248,7 +246,7 @@ class _Rules:
                 "tags": tuple(sorted(contact.tags)) if contact else None,
                 "provider_tags": tuple(sorted(plan.tags)) if plan else None,
                 "import_tags": tuple(sorted(plan.imported)) if plan and plan.imported else None,
-                "fields_hash": self.hash_of(contact) if contact else None,
+                "eligible": contact is not None,
                 "write_key": write,
                 "ledger_before": before,
                 "ledger_after": after,
@@ -261,20 +259,11 @@ class _Rules:
         """The tags the sync puts on the contact's member, in the provider's form."""
         return self.style.forms(contact.tags) | self.system
 
-    def hash_of(self, contact: Desired) -> str:
-        found = self.hashes.get(contact.crm_id)
-        if found is None:
-            found = self.hashes[contact.crm_id] = self._hash(contact)
-        return found
-
-    def _hash(self, contact: Desired) -> str:
-        return fields_hash(
-            contact.key,
-            contact.salutation,
-            contact.first_name,
-            contact.last_name,
-            self.style.keys(self.wanted(contact)),
-        )
+    @staticmethod
+    def sent(contact: Desired, tag_keys: Iterable[str]) -> tuple[str, ...]:
+        """What a write sends for the contact: address key, fields, tag keys."""
+        fields = (contact.salutation, contact.first_name, contact.last_name)
+        return (contact.key, *fields, *sorted(tag_keys))
 
     def pushed(self, contact: Desired, key: str, provider_id: str | None) -> LedgerRow:
         """The ledger row once the contact's member holds what the CRM wants."""
@@ -283,7 +272,6 @@ class _Rules:
             email=contact.email,
             owner=contact.crm_id,
             provider_id=provider_id,
-            fields_hash=self.hash_of(contact),
             tags=self.wanted(contact),
             state=RowState.SUBSCRIBED,
         )
@@ -311,15 +299,7 @@ class _Rules:
     def observed(self, row: LedgerRow | None, member: Actual, owner: str | None) -> LedgerRow:
         """The row after seeing `member` opted out at the provider."""
         if row is None:
-            return LedgerRow(
-                member.key,
-                member.email,
-                owner,
-                member.provider_id,
-                "",
-                frozenset(),
-                RowState.OPTED_OUT,
-            )
+            return _first_seen(member, owner, RowState.OPTED_OUT)
         if row.state is RowState.UNSUBSCRIBED:  # our own unsubscribe: not the person's
             return row
         keep_owner = row.state is RowState.OPTED_OUT and row.owner is not None
@@ -400,9 +380,7 @@ class _Rules:
                 plan=plan,
             )
             return
-        write = write_key(
-            "update", member.key, after.fields_hash, sorted(plan.tag_keys), member.status
-        )
+        write = write_key("update", *self.sent(contact, plan.tag_keys), member.status)
         if self.refused_before(row, write):
             assert row is not None
             self.blocked_refused(member.key, contact, row, member=member)
@@ -521,7 +499,7 @@ class _Rules:
     ) -> None:
         key = contact.key
         after = self.pushed(contact, key, member.provider_id if member else None)
-        write = write_key("create", key, after.fields_hash)
+        write = write_key("create", *self.sent(contact, self.style.keys(after.tags)))
         if self.refused_before(row, write):
             assert row is not None
             self.blocked_refused(key, contact, row, member=member)
@@ -544,7 +522,7 @@ class _Rules:
     def _change_email(self, contact: Desired, own: LedgerRow, old: Actual) -> None:
         plan = self.plan(contact, old, own)
         after = self.pushed(contact, contact.key, old.provider_id)
-        write = write_key("change_email", old.key, contact.key, after.fields_hash)
+        write = write_key("change_email", old.key, *self.sent(contact, plan.tag_keys))
         if self.refused_before(own, write):
             self.blocked_refused(contact.key, contact, own, old=old)
             return
@@ -659,15 +637,7 @@ class _Rules:
                 **common,
             )
             return
-        base = row or LedgerRow(
-            member.key,
-            member.email,
-            common["crm_id"],
-            member.provider_id,
-            "",
-            frozenset(),
-            RowState.SUBSCRIBED,
-        )
+        base = row or _first_seen(member, common["crm_id"], RowState.SUBSCRIBED)  # type: ignore[arg-type]
         state = RowState.UNSUBSCRIBED if action is SyncAction.UNSUBSCRIBE else RowState.REMOVED
         self.emit(action, detail, member.key, after=base.moved(state=state), write=write, **common)
 
@@ -686,3 +656,15 @@ class _Rules:
                     before=row,
                     after=row.moved(state=RowState.RELEASED),
                 )
+
+
+def _first_seen(member: Actual, owner: str | None, state: RowState) -> LedgerRow:
+    """The first ledger row of a member the sync never pushed anything to."""
+    return LedgerRow(
+        member_key=member.key,
+        email=member.email,
+        owner=owner,
+        provider_id=member.provider_id,
+        tags=frozenset(),
+        state=state,
+    )

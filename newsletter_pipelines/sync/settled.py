@@ -5,7 +5,7 @@ reconciling a million contacts slow. This pass settles a contact as `unchanged` 
 rules provably have nothing to do, by construction: its address is a member with an active
 status whose names, salutation and tag keys are what the CRM wants, and the member's ledger row
 is owned by the contact, is `subscribed`, holds exactly the row the rules would write after an
-unchanged comparison (same address, provider id, fields hash, tags), and has no refusal and no
+unchanged comparison (same address, provider id, tags), and has no refusal and no
 write in flight. Under these conditions `rules._Rules._adopt` finds nothing to add, remove or
 import and leaves the ledger row as it is, so settling it here changes no outcome. Everything
 else, and every member and ledger row not settled here, goes through `rules`.
@@ -13,14 +13,12 @@ else, and every member and ledger row not settled here, goes through `rules`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from newsletter_pipelines.sync.email_address import match_key
 from newsletter_pipelines.sync.rules import ACTIVE, DIFF_COLUMNS, SyncAction
 from newsletter_pipelines.sync.tags import TagStyle
 
@@ -35,38 +33,6 @@ class Split:
     ledger: pd.DataFrame
 
 
-def match_keys(emails: pd.Series) -> pd.Series:
-    """`email_address.match_key` over a column (vectorised for ASCII addresses)."""
-    lowered = emails.str.strip().str.lower()
-    non_ascii = ~lowered.map(str.isascii).astype(bool)
-    if non_ascii.any():
-        lowered[non_ascii] = lowered[non_ascii].map(match_key)
-    return lowered
-
-
-def fields_hashes(
-    keys: np.ndarray,
-    salutations: np.ndarray,
-    first_names: np.ndarray,
-    last_names: np.ndarray,
-    sorted_tag_keys: list[tuple[str, ...]],
-) -> list[str]:
-    """`identity.fields_hash` over columns (tag keys already sorted), for many contacts."""
-    suffixes = {tags: "".join(f"\x1f{t}" for t in tags) for tags in set(sorted_tag_keys)}
-    texts = (
-        keys
-        + "\x1f"
-        + salutations
-        + "\x1f"
-        + first_names
-        + "\x1f"
-        + last_names
-        + np.array([suffixes[tags] for tags in sorted_tag_keys], dtype=object)
-    )
-    sha1 = hashlib.sha1
-    return [sha1(text.encode("utf-8"), usedforsecurity=False).hexdigest() for text in texts]
-
-
 def split_settled(
     eligible: pd.DataFrame,
     snapshot: pd.DataFrame,
@@ -76,7 +42,7 @@ def split_settled(
 ) -> Split:
     """Settle the contacts in sync; the rest of each input is left for the rules."""
     keys = eligible["email"].str.lower().to_numpy()  # validator output: ASCII, lower = key
-    member_keys = match_keys(snapshot["email"])
+    member_keys = snapshot["match_key"]
     last = np.flatnonzero(~member_keys.duplicated(keep="last").to_numpy())  # as `rules` keeps
     found = pd.Index(member_keys.to_numpy()[last]).get_indexer(keys)
     at_member = np.full(len(keys), -1)
@@ -120,17 +86,6 @@ def split_settled(
         & (row("provider_id") == have("provider_id"))
         & (row("tags") == np.array([wanted_json[t] for t in tags], dtype=object))
     )
-    hashes = np.array(
-        fields_hashes(
-            keys[candidates],
-            want("salutation"),
-            want("first_name"),
-            want("last_name"),
-            desired_tag_keys,
-        ),
-        dtype=object,
-    )
-    same &= hashes == row("fields_hash")
     done, done_members, done_rows = candidates[same], m[same], r[same]
     settled_eligible = eligible.iloc[done]
     settled = pd.DataFrame(
@@ -146,7 +101,7 @@ def split_settled(
             "first_name": settled_eligible["first_name"].to_numpy(),
             "last_name": settled_eligible["last_name"].to_numpy(),
             "tags": settled_eligible["tags"].to_numpy(),
-            "fields_hash": hashes[same],
+            "eligible": True,
         },
         columns=list(DIFF_COLUMNS),
     )
