@@ -516,7 +516,7 @@ def bench_reconcile(rows: int, seed: int) -> None:
             actual_members(split.snapshot),
             ledger_rows(split.ledger),
             crm_exclusions(excluded),
-            Context(TAG_STYLES["mailchimp"], "CRM", frozenset(split.settled["match_key"])),
+            Context(TAG_STYLES["mailchimp"], "CRM", settled=frozenset(split.settled["match_key"])),
         )
     total = whole["load_ledger"] + whole["build_diff"]
     report(

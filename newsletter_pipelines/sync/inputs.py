@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
+import numpy as np
 import pandas as pd
 
 from newsletter_pipelines.bulk import gc_paused
@@ -140,6 +141,9 @@ def build_diff(
             actual_members(split.snapshot),
             ledger_rows(split.ledger),
             crm_exclusions(excluded),
-            Context(style, system_tag, claimed=frozenset(split.settled["match_key"])),
+            Context(style, system_tag, settled=frozenset(split.settled["match_key"])),
         )
-        return pd.concat([split.settled, rest], ignore_index=True) if len(split.settled) else rest
+        # column by column: pd.concat would test a million settled rows for all-NA columns
+        return pd.DataFrame(
+            {c: np.concatenate([split.settled[c].to_numpy(), rest[c].to_numpy()]) for c in rest}
+        ).astype({"eligible": bool})

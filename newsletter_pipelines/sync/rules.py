@@ -137,7 +137,7 @@ class Context:
 
     style: TagStyle
     system_tag: str | None = None
-    claimed: frozenset[str] = frozenset()  # keys of every eligible contact, settled ones too
+    settled: frozenset[str] = frozenset()  # keys of eligible contacts settled in bulk
 
 
 def reconcile(
@@ -149,8 +149,7 @@ def reconcile(
 ) -> pd.DataFrame:
     """One row per contact, member and ledger row that needs attention (columns `DIFF_COLUMNS`)."""
     desired = list(desired)
-    claimed = context.claimed | {d.key for d in desired}
-    rules = _Rules(members, ledger, exclusions, context, claimed)
+    rules = _Rules(members, ledger, exclusions, context, {d.key for d in desired})
     for contact in desired:
         rules.decide_desired(contact)
     rules.decide_remaining_members()
@@ -189,14 +188,15 @@ class _Rules:
         ledger: Iterable[LedgerRow],
         exclusions: Exclusions,
         context: Context,
-        claimed: frozenset[str],
+        desired_keys: set[str],
     ) -> None:
         self.members = {m.key: m for m in members}
         self.ledger = resolve_intents(ledger, {k: m.status for k, m in self.members.items()})
         self.exclusions = exclusions
         self.style = context.style
         self.system = frozenset({context.system_tag}) if context.system_tag else frozenset()
-        self.claimed = claimed
+        self.desired_keys = desired_keys
+        self.settled = context.settled
         self.live: dict[str, LedgerRow] = {}
         self.opted_out: dict[str, LedgerRow] = {}
         for row in sorted(self.ledger.values(), key=lambda r: r.member_key):
@@ -208,6 +208,10 @@ class _Rules:
                 self.opted_out.setdefault(row.owner, row)
         self.handled: set[str] = set()
         self.rows: list[dict[str, object]] = []
+
+    def claimed(self, key: str) -> bool:
+        """Whether an eligible contact (settled in bulk or not) has the address `key`."""
+        return key in self.desired_keys or key in self.settled
 
     # --- output ------------------------------------------------------------------------
 
@@ -458,7 +462,7 @@ class _Rules:
             self._gone(contact, row, key)
             return
         own = self.live.get(contact.crm_id)
-        if own is None or own.member_key == key or own.member_key in self.claimed:
+        if own is None or own.member_key == key or self.claimed(own.member_key):
             self._create(contact, row, None, "eligible, not at the provider")
             return
         old = self.members.get(own.member_key)
@@ -542,7 +546,7 @@ class _Rules:
 
     def decide_remaining_members(self) -> None:
         for key, member in self.members.items():
-            if key in self.handled or key in self.claimed:
+            if key in self.handled or self.claimed(key):
                 continue
             row = self.ledger.get(key)
             owner = row.owner if row else None
@@ -645,7 +649,7 @@ class _Rules:
 
     def decide_remaining_rows(self) -> None:
         for key, row in self.ledger.items():
-            if key in self.handled or key in self.claimed or key in self.members:
+            if key in self.handled or self.claimed(key) or key in self.members:
                 continue
             if row.state in SEEN_ACTIVE or row.state is RowState.GONE:
                 self.emit(
