@@ -5,7 +5,7 @@ provider's error, leaving state and webhooks untouched."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, get_args
 
 import httpx
 import pytest
@@ -23,7 +23,7 @@ from newsletter_pipelines.sandbox.brevo_rules import BrevoError
 from newsletter_pipelines.sandbox.brevo_state import BvAccount, BvContact
 from newsletter_pipelines.sandbox.mailchimp_members import ProblemError
 from newsletter_pipelines.sandbox.mailchimp_state import McMember, subscriber_hash
-from newsletter_pipelines.sandbox.people import brevo_person, mailchimp_person
+from newsletter_pipelines.sandbox.people import PersonAction, brevo_person, mailchimp_person
 from newsletter_pipelines_tests.providers.conftest import Receiver
 from newsletter_pipelines_tests.providers.helpers import audience, contacts
 
@@ -31,20 +31,7 @@ MC_ROOT = "/mailchimp/3.0"
 MC_AUTH = ("anystring", SANDBOX_MAILCHIMP_KEY)
 BV_ROOT = "/brevo/v3"
 BV_KEY = {"api-key": SANDBOX_BREVO_KEY}
-ACTIONS = (
-    "signup",
-    "resubscribe",
-    "pending",
-    "transactional",
-    "unsubscribe",
-    "blacklist",
-    "list_unsubscribe",
-    "archive",
-    "delete",
-    "clean",
-    "tag",
-    "untag",
-)
+ACTIONS = get_args(PersonAction)
 
 
 def mc(sandbox: Sandbox, email: str, action: str, **extra: Any) -> dict[str, Any]:
