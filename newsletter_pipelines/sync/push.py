@@ -28,13 +28,14 @@ from newsletter_pipelines.providers.base import (
     Member,
     MemberStatus,
     Outcome,
+    Provider,
     Result,
     email_key,
 )
 from newsletter_pipelines.state.ledger import OutcomeRecord, record
 from newsletter_pipelines.sync.email_address import match_key
 from newsletter_pipelines.sync.identity import Intent, LedgerRow, RowState
-from newsletter_pipelines.sync.rules import OPTED_OUT, REMOVALS, WRITE_ACTIONS, SyncAction
+from newsletter_pipelines.sync.rules import OPTED_OUT, WRITE_ACTIONS, SyncAction
 
 HELD = "held"
 # Contacts per client call and ledger transaction. Mailchimp: one `/batches` call takes 1,000
@@ -89,9 +90,9 @@ class PushContext:
 
 
 def push_diff(
-    provider: Any, diff: pd.DataFrame, members: Mapping[str, Member], ctx: PushContext
+    provider: Provider, diff: pd.DataFrame, members: Mapping[str, Member], ctx: PushContext
 ) -> PushSummary:
-    """Send every write action of `diff` to `provider` (a `providers.base.Provider`).
+    """Send every write action of `diff` to `provider`.
 
     `members` maps match keys to the snapshot's members (those updated or renamed suffice).
     """
@@ -99,7 +100,7 @@ def push_diff(
 
 
 class _Push:
-    def __init__(self, provider: Any, members: Mapping[str, Member], ctx: PushContext) -> None:
+    def __init__(self, provider: Provider, members: Mapping[str, Member], ctx: PushContext) -> None:
         self.provider = provider
         self.members = members
         self.ctx = ctx
@@ -133,7 +134,7 @@ class _Push:
             (SyncAction.REMOVE, provider.remove),
         ):
             rows = by_action.get(action.value, [])
-            if ctx.hold_removals and action in REMOVALS:
+            if ctx.hold_removals:
                 self.hold(rows, action, "removal_guard", "allow_mass_removal")
                 continue
             for chunk in chunked(rows, ctx.chunk_size):

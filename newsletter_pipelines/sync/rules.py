@@ -53,7 +53,6 @@ class SyncAction(StrEnum):
 
 
 WRITE_ACTIONS = (SyncAction.CREATE, SyncAction.UPDATE, SyncAction.UNSUBSCRIBE, SyncAction.REMOVE)
-REMOVALS = (SyncAction.UNSUBSCRIBE, SyncAction.REMOVE)
 ACTIVE = frozenset({"subscribed", "pending"})
 OPTED_OUT = frozenset({"unsubscribed", "cleaned", "blacklisted"})
 ARCHIVED = "archived"
