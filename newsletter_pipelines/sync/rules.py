@@ -527,7 +527,11 @@ class _Rules:
         after = self.pushed(contact, contact.key, old.provider_id)
         write = write_key("change_email", old.key, *self.sent(contact, plan.tag_keys))
         if self.refused_before(own, write):
-            self.blocked_refused(contact.key, contact, own, old=old)
+            # the member cannot take the new address: it is no longer the contact's (it is
+            # removed as such), and the new address is created if the provider takes it
+            self.handled.discard(old.key)
+            detail = f"new address; the previous member was refused it ({own.refusal_code})"
+            self._create(contact, self.ledger.get(contact.key), None, detail)
             return
         self.emit(
             SyncAction.UPDATE,
