@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from newsletter_pipelines.sync.guards import check_removals
+from newsletter_pipelines.sync.guards import REMOVAL_GUARD, MassVerdict, check_mass
+
+
+def check_removals(
+    removals: int, active: int, share: float, min_count: int = 10, allow_mass_removal: bool = False
+) -> MassVerdict:
+    return check_mass(
+        REMOVAL_GUARD, removals, active, share, min_count=min_count, allow=allow_mass_removal
+    )
 
 
 def test_within_the_limit_passes() -> None:

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from newsletter_pipelines.sync.identity import BLOCKING, MAY_CREATE, RowState
+from newsletter_pipelines.sync.rules import ACTIVE, OPTED_OUT
+
 
 @dataclass(frozen=True)
 class DropVerdict:
@@ -114,24 +117,6 @@ def check_mass(
     )
 
 
-def check_removals(
-    removals: int,
-    active_members: int,
-    max_share: float,
-    min_count: int = 10,
-    allow_mass_removal: bool = False,
-) -> MassVerdict:
-    """The removal guard: unsubscribes and removals of one push."""
-    return check_mass(
-        REMOVAL_GUARD,
-        removals,
-        active_members,
-        max_share,
-        min_count=min_count,
-        allow=allow_mass_removal,
-    )
-
-
 def resubscribe_violations(diff: pd.DataFrame, ledger: pd.DataFrame) -> pd.DataFrame:
     """Diff rows that would subscribe someone the provider holds or held as opted out.
 
@@ -142,15 +127,13 @@ def resubscribe_violations(diff: pd.DataFrame, ledger: pd.DataFrame) -> pd.DataF
     """
     writes = diff[diff["action"].isin(["create", "update"])]
     creates = writes["action"] == "create"
-    blocked_keys = set(
-        ledger.loc[ledger["state"].isin(["opted_out", "unsubscribed"]), "member_key"]
-    )
-    opted_out_owners = set(ledger.loc[ledger["state"] == "opted_out", "owner"].dropna())
+    blocked_keys = set(ledger.loc[ledger["state"].isin(BLOCKING), "member_key"])
+    opted_out_owners = set(ledger.loc[ledger["state"] == RowState.OPTED_OUT, "owner"].dropna())
     may_create = writes["ledger_before"].map(
-        lambda row: row is not None and row.state in ("removed", "released")
+        lambda row: row is not None and row.state in MAY_CREATE
     )
     risky = (
-        writes["provider_status"].isin(["unsubscribed", "cleaned", "blacklisted"])
+        writes["provider_status"].isin(OPTED_OUT)
         | (creates & (writes["provider_status"] == "archived") & ~may_create)
         | (creates & writes["match_key"].isin(blocked_keys))
         | (creates & writes["crm_id"].isin(opted_out_owners))
@@ -172,7 +155,7 @@ def push_verdicts(
     diff: pd.DataFrame, limits: MassLimits, allow_removal: bool, allow_rename: bool
 ) -> dict[str, MassVerdict]:
     """The removal guard and the rename guard of a diff, by check name."""
-    active = int(diff["provider_status"].isin(["subscribed", "pending"]).sum())
+    active = int(diff["provider_status"].isin(ACTIVE).sum())
     removals = int(diff["action"].isin(["unsubscribe", "remove"]).sum())
     renames = int(((diff["action"] == "update") & diff["old_email"].notna()).sum())
     return {
