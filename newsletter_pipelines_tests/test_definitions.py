@@ -23,6 +23,10 @@ def test_graph_shape(snapshot: SnapshotAssertion) -> None:
         "groups": {
             key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()
         },
+        "upstream": {
+            key.to_user_string(): sorted(p.to_user_string() for p in graph.get(key).parent_keys)
+            for key in graph.get_all_asset_keys()
+        },
         "checks": sorted(
             f"{key.asset_key.to_user_string()}:{key.name}"
             f"{' (blocking)' if graph.get_check_spec(key).blocking else ''}"

@@ -18,7 +18,7 @@ from newsletter_pipelines.sandbox.people import brevo_person, mailchimp_person
 from newsletter_pipelines.state.ledger import create_tables, load_ledger_frame
 from newsletter_pipelines.sync.eligibility import classify
 from newsletter_pipelines.sync.guards import MassLimits, push_verdicts
-from newsletter_pipelines.sync.inputs import build_diff, members_by_key, snapshot_frame
+from newsletter_pipelines.sync.inputs import build_diff, members_by_key, redecider, snapshot_frame
 from newsletter_pipelines.sync.push import PushContext, PushSummary, push_diff
 from newsletter_pipelines_tests.providers.conftest import brevo_account, make_brevo, make_mailchimp
 from newsletter_pipelines_tests.test_eligibility import contact, frame
@@ -63,6 +63,14 @@ class World:
             hold_removals=guard is not None and not verdicts["removal_guard"].passed,
             hold_renames=guard is not None and not verdicts["rename_guard"].passed,
             log=log,
+            redecide=redecider(
+                result.eligible,
+                result.excluded,
+                members,
+                lambda: load_ledger_frame(self.engine, self.provider_name),
+                provider=self.provider_name,
+                system_tag=SYSTEM_TAG[self.provider_name],
+            ),
         )
         summary = push_diff(self.provider, diff, members_by_key(members), ctx)
         return diff, summary

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -147,3 +147,42 @@ def build_diff(
         return pd.DataFrame(
             {c: np.concatenate([split.settled[c].to_numpy(), rest[c].to_numpy()]) for c in rest}
         ).astype({"eligible": bool})
+
+
+def redecider(
+    eligible: pd.DataFrame,
+    excluded: pd.DataFrame,
+    snapshot: pd.DataFrame,
+    ledger: Callable[[], pd.DataFrame],
+    *,
+    provider: str,
+    system_tag: str | None,
+) -> Callable[[Collection[str], Collection[str]], tuple[pd.DataFrame, dict[str, Member]]]:
+    """What `push.PushContext.redecide` calls: the rules again, for a few contacts, mid-push.
+
+    Called with the ids of eligible contacts whose ledger rows a push just changed without a
+    provider change (a refused address change) and the addresses that concern them; answers
+    the rules' rows for those addresses over the ledger as it is now (`ledger()`) and the
+    snapshot of those addresses, and the snapshot members to update them from. Every other
+    eligible contact keeps its address claimed, as in the full diff.
+    """
+
+    def decide(
+        crm_ids: Collection[str], keys: Collection[str]
+    ) -> tuple[pd.DataFrame, dict[str, Member]]:
+        ids, wanted = set(crm_ids), set(keys)
+        mine = eligible["contact_id"].astype(str).isin(ids).to_numpy()
+        others = set(eligible.loc[~mine, "email"].str.lower()) & wanted
+        rows = ledger()
+        rows = rows[rows["member_key"].isin(wanted) | rows["owner"].isin(ids)]
+        members = snapshot[snapshot["match_key"].isin(wanted)]
+        diff = reconcile(
+            desired_contacts(eligible[mine]),
+            actual_members(members),
+            ledger_rows(rows),
+            crm_exclusions(excluded),
+            Context(TAG_STYLES[provider], system_tag, settled=frozenset(others)),
+        )
+        return diff[diff["match_key"].isin(wanted)], members_by_key(members)
+
+    return decide

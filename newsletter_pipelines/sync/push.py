@@ -8,13 +8,15 @@ refused, so the same write is not sent again). A run killed between a call and i
 leaves the intents, and the next diff settles them from what the provider then holds (our own
 removal is never mistaken for someone else's). When the removal guard holds removals, the
 unsubscribes and removals are logged as `held` and not sent; everything else still goes out.
+A refused address change is decided again by the rules within the same push (`redecide`): the
+old member is no longer the contact's, and the new address is created if nothing blocks it.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pandas as pd
@@ -57,6 +59,11 @@ _INTENT = {
 }
 
 
+Redecide = Callable[[Collection[str], Collection[str]], tuple[pd.DataFrame, Mapping[str, Member]]]
+"""The rules' rows again for contacts (by CRM id), restricted to addresses (match keys), from the
+ledger as it is now, with the snapshot members of those addresses (`inputs.redecider`)."""
+
+
 @dataclass
 class PushSummary:
     """What a push did: outcomes per result, refusals per provider code, calls, held rows."""
@@ -66,6 +73,7 @@ class PushSummary:
     ledger_refreshed: int = 0
     chunks_sent: int = 0
     held: list[dict[str, Any]] = field(default_factory=list)
+    redecided: int = 0
 
     def add(self, outcomes: Sequence[Outcome]) -> None:
         """Count a batch of outcomes."""
@@ -74,6 +82,14 @@ class PushSummary:
             self.results[outcome.outcome.value] += 1
             if outcome.outcome is Result.REFUSED:
                 self.refused_by_code[outcome.code or "unknown"] += 1
+
+    def merge(self, other: PushSummary) -> None:
+        """Add the counts of a follow-up push."""
+        self.results.update(other.results)
+        self.refused_by_code.update(other.refused_by_code)
+        self.ledger_refreshed += other.ledger_refreshed
+        self.chunks_sent += other.chunks_sent
+        self.held += other.held
 
 
 @dataclass
@@ -87,6 +103,7 @@ class PushContext:
     hold_removals: bool = False
     hold_renames: bool = False
     log: Callable[[str], None] = print
+    redecide: Redecide | None = None
 
 
 def push_diff(
@@ -105,6 +122,7 @@ class _Push:
         self.members = members
         self.ctx = ctx
         self.summary = PushSummary()
+        self.refused_renames: list[Mapping[str, Any]] = []
 
     def run(self, diff: pd.DataFrame) -> PushSummary:
         writes = diff[diff["action"].isin([a.value for a in WRITE_ACTIONS])]
@@ -145,7 +163,19 @@ class _Push:
                     for r in chunk
                 ]
                 self.settle(chunk, call(refs), action)
+        if self.refused_renames and ctx.redecide is not None:
+            self.redecide(ctx.redecide)
         return self.summary
+
+    def redecide(self, redecide: Redecide) -> None:
+        """Push what the rules now decide for the contacts whose address change was refused."""
+        rows = self.refused_renames
+        keys = {r["match_key"] for r in rows} | {match_key(r["old_email"]) for r in rows}
+        diff, members = redecide([r["crm_id"] for r in rows], keys)
+        self.ctx.log(f"address change refused for {len(rows)} contacts: deciding them again")
+        again = _Push(self.provider, members, replace(self.ctx, redecide=None)).run(diff)
+        self.summary.merge(again)
+        self.summary.redecided += len(rows)
 
     # --- ledger bookkeeping ------------------------------------------------------------
 
@@ -211,6 +241,7 @@ class _Push:
         refused = [(r, o) for r, o in outcomes if o.outcome not in _CONFIRMED[SyncAction.UPDATE]]
         if refused:
             self.settle([r for r, _ in refused], [o for _, o in refused], SyncAction.UPDATE)
+            self.refused_renames += [r for r, o in refused if o.outcome is Result.REFUSED]
         if done:  # the members have their new address: the rows move before the field update
             moved = [_moved(r) for r in done]
             old_keys = [r["ledger_before"].member_key for r in done]

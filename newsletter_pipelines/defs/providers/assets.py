@@ -21,7 +21,7 @@ from newsletter_pipelines.sync.guards import (
     push_verdicts,
     resubscribe_violations,
 )
-from newsletter_pipelines.sync.inputs import build_diff, members_by_key, snapshot_frame
+from newsletter_pipelines.sync.inputs import build_diff, members_by_key, redecider, snapshot_frame
 from newsletter_pipelines.sync.push import CHUNK_SIZE, PushContext, push_diff
 from newsletter_pipelines.sync.rules import SyncAction
 
@@ -198,13 +198,17 @@ def audience_sync(
     context: dg.AssetExecutionContext,
     config: SyncConfig,
     reconciliation_diff: pd.DataFrame,
+    eligible_subscribers: pd.DataFrame,
+    excluded_contacts: pd.DataFrame,
     provider_audience_snapshot: pd.DataFrame,
     state_db: StateDatabaseResource,
     mailchimp: MailchimpResource,
     brevo: BrevoResource,
 ) -> dg.MaterializeResult:
     """Apply the diff through the provider client in bulk; the ledger follows confirmed outcomes
-    and every contact's outcome is logged (state database table sync_outcomes)."""
+    and every contact's outcome is logged (state database table sync_outcomes). Contacts whose
+    address change the provider refuses are decided again by the same rules in the same run
+    (from the CRM and snapshot inputs)."""
     audience = _audience(context)
     planned = reconciliation_diff["action"].value_counts()
     planned_meta = {f"planned_{a}": dg.MetadataValue.int(int(n)) for a, n in planned.items()}
@@ -237,6 +241,14 @@ def audience_sync(
                 hold_removals=not verdicts["removal_guard"].passed,
                 hold_renames=not verdicts["rename_guard"].passed,
                 log=context.log.info,
+                redecide=redecider(
+                    eligible_subscribers,
+                    excluded_contacts,
+                    provider_audience_snapshot,
+                    lambda: load_ledger_frame(state_db.engine(), audience.key),
+                    provider=audience.provider,
+                    system_tag=_system_tag(audience),
+                ),
             ),
         )
     finally:
@@ -255,6 +267,7 @@ def audience_sync(
             "refused_by_reason": dg.MetadataValue.md(markdown_table(refusals)),
             "held_by_guards": dg.MetadataValue.md(markdown_table(held)),
             "ledger_rows_refreshed": dg.MetadataValue.int(summary.ledger_refreshed),
+            "decided_again": dg.MetadataValue.int(summary.redecided),
             "outcome_log": f"table sync_outcomes (run_id {context.run.run_id}) in the "
             f"{state_db.describe()}",
             **planned_meta,
