@@ -11,12 +11,13 @@ its intents say which writes may have happened.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pandas as pd
 import sqlalchemy as sa
+from more_itertools import chunked
 
 from newsletter_pipelines.bulk import gc_paused
 from newsletter_pipelines.sync.identity import Intent, LedgerRow, RowState
@@ -38,6 +39,8 @@ ledger = sa.Table(
     sa.Column("intent", sa.String(32)),
     sa.Column("intent_key", sa.Text),
     sa.Column("last_synced_at", sa.DateTime(timezone=True), nullable=False),
+    # SQLite: rows stored in key order, so an audience's ledger is read in one sequential scan
+    sqlite_with_rowid=False,
 )
 LEDGER_COLUMNS = tuple(
     c.name for c in ledger.columns if c.name not in ("audience", "last_synced_at")
@@ -154,7 +157,7 @@ def record(
     now = datetime.now(UTC)
     replaced = sorted({r.member_key for r in rows} | set(deleted))
     with engine.begin() as conn:
-        for chunk in _chunks(replaced, 500):
+        for chunk in chunked(replaced, 500):
             conn.execute(
                 ledger.delete().where(ledger.c.audience == audience, ledger.c.member_key.in_(chunk))
             )
@@ -209,8 +212,3 @@ def outcome_counts(engine: sa.Engine, run_id: str) -> dict[tuple[str, str], int]
             .group_by(outcomes.c.action, outcomes.c.outcome)
         )
         return {(action, outcome): count for action, outcome, count in result}
-
-
-def _chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

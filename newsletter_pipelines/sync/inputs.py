@@ -143,10 +143,11 @@ def build_diff(
             crm_exclusions(excluded),
             Context(style, system_tag, settled=frozenset(split.settled["match_key"])),
         )
-        # column by column: pd.concat would test a million settled rows for all-NA columns
-        return pd.DataFrame(
-            {c: np.concatenate([split.settled[c].to_numpy(), rest[c].to_numpy()]) for c in rest}
-        ).astype({"eligible": bool})
+        # column by column and unconsolidated: pd.concat would test a million settled rows
+        # for all-NA columns, and consolidating the object columns copies them all once more
+        columns = {c: np.concatenate([split.settled[c], rest[c].to_numpy()]) for c in rest}
+        columns["eligible"] = columns["eligible"].astype(bool)
+        return pd.DataFrame(columns, copy=False)
 
 
 def redecider(

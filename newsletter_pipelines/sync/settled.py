@@ -25,9 +25,10 @@ from newsletter_pipelines.sync.tags import TagStyle
 
 @dataclass(frozen=True)
 class Split:
-    """The settled diff rows and what is left for the rules."""
+    """The settled diff rows (one array per column of `DIFF_COLUMNS`) and what is left for the
+    rules."""
 
-    settled: pd.DataFrame
+    settled: dict[str, np.ndarray]
     eligible: pd.DataFrame
     snapshot: pd.DataFrame
     ledger: pd.DataFrame
@@ -67,6 +68,7 @@ def split_settled(
     member_tag_keys = {t: tuple(sorted({style.key(f) for f in t})) for t in set(have("tags"))}
     tags = want("tags")
     desired_tag_keys = [wanted_keys[t] for t in tags]
+    crm_ids = want("contact_id").astype(str)
     same = (
         pd.Series(have("status")).isin(ACTIVE).to_numpy()
         & (want("salutation") == have("salutation"))
@@ -77,7 +79,7 @@ def split_settled(
             dtype=bool,
             count=len(candidates),
         )
-        & (row("owner") == want("contact_id").astype(str))
+        & (row("owner") == crm_ids)
         & (row("state") == "subscribed")
         & pd.isna(row("intent"))
         & pd.isna(row("refusal_code"))
@@ -87,28 +89,29 @@ def split_settled(
         & (row("tags") == np.array([wanted_json[t] for t in tags], dtype=object))
     )
     done, done_members, done_rows = candidates[same], m[same], r[same]
-    settled_eligible = eligible.iloc[done]
-    settled = pd.DataFrame(
-        {
-            "action": SyncAction.UNCHANGED.value,
-            "detail": "in sync",
-            "crm_id": settled_eligible["contact_id"].astype(str).to_numpy(),
-            "match_key": keys[done],
-            "email": settled_eligible["email"].to_numpy(),
-            "provider_id": snapshot["provider_id"].to_numpy()[done_members],
-            "provider_status": snapshot["status"].to_numpy()[done_members],
-            "salutation": settled_eligible["salutation"].to_numpy(),
-            "first_name": settled_eligible["first_name"].to_numpy(),
-            "last_name": settled_eligible["last_name"].to_numpy(),
-            "tags": settled_eligible["tags"].to_numpy(),
-            "eligible": True,
-        },
-        columns=list(DIFF_COLUMNS),
+    count = len(done)
+    nothing = np.full(count, None, dtype=object)  # shared: build_diff copies every column
+    settled = dict.fromkeys(DIFF_COLUMNS, nothing) | {
+        "action": np.full(count, SyncAction.UNCHANGED.value, dtype=object),
+        "detail": np.full(count, "in sync", dtype=object),
+        "crm_id": crm_ids[same],
+        "match_key": keys[done],
+        "provider_id": snapshot["provider_id"].to_numpy()[done_members],
+        "provider_status": snapshot["status"].to_numpy()[done_members],
+        "eligible": np.ones(count, dtype=bool),
+    }
+    for column in ("email", "salutation", "first_name", "last_name", "tags"):
+        settled[column] = eligible[column].to_numpy()[done]
+    return Split(
+        settled,
+        eligible[_without(len(eligible), done)],
+        snapshot[_without(len(snapshot), done_members)],
+        ledger[_without(len(ledger), done_rows)],
     )
-    keep_eligible = np.ones(len(eligible), dtype=bool)
-    keep_eligible[done] = False
-    keep_members = np.ones(len(snapshot), dtype=bool)
-    keep_members[done_members] = False
-    keep_rows = np.ones(len(ledger), dtype=bool)
-    keep_rows[done_rows] = False
-    return Split(settled, eligible[keep_eligible], snapshot[keep_members], ledger[keep_rows])
+
+
+def _without(length: int, positions: np.ndarray) -> np.ndarray:
+    """A mask of `length` rows that is false at `positions`."""
+    keep = np.ones(length, dtype=bool)
+    keep[positions] = False
+    return keep
