@@ -5,9 +5,14 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from newsletter_pipelines.providers.base import Member
 from newsletter_pipelines.providers.errors import ProviderError
 from newsletter_pipelines.sandbox import FaultRule
-from newsletter_pipelines.state.ledger import load_ledger
+from newsletter_pipelines.state.ledger import LEDGER_COLUMNS, load_ledger
+from newsletter_pipelines.sync.eligibility import classify
+from newsletter_pipelines.sync.identity import LedgerRow, RowState
+from newsletter_pipelines.sync.inputs import redecider, snapshot_frame
+from newsletter_pipelines_tests.test_eligibility import contact, frame
 from newsletter_pipelines_tests.world import World
 
 
@@ -107,3 +112,47 @@ def test_snapshot_error_fails_instead_of_looking_empty(world: World) -> None:
         world.sync()
     world.sandbox.faults.clear()
     assert len(world.members()) == 50
+
+
+def test_deciding_again_keeps_other_contacts_addresses_claimed() -> None:
+    """`redecider` answers only for the addresses asked, and an address another eligible contact
+    has is never treated as unwanted (nothing removed, no second owner)."""
+    result = classify(
+        frame(contact(1, email="new@example.de"), contact(2, email="other@example.de"))
+    )
+    members = [
+        Member(provider_id=f"id-{n}", email=f"{n}@example.de", status="subscribed")
+        for n in ("old", "other")
+    ]
+    owned = [
+        LedgerRow(
+            member_key=f"{n}@example.de",
+            email=f"{n}@example.de",
+            owner=owner,
+            provider_id=f"id-{n}",
+            tags=frozenset({"CRM"}),
+            state=RowState.SUBSCRIBED,
+        )
+        for n, owner in (("old", "1"), ("other", "2"))
+    ]
+    ledger = pd.DataFrame(
+        [
+            (r.member_key, r.email, r.owner, r.provider_id, '["CRM"]', r.state.value) + (None,) * 4
+            for r in owned
+        ],
+        columns=list(LEDGER_COLUMNS),
+    )
+    decide = redecider(
+        result.eligible,
+        result.excluded,
+        snapshot_frame(members),
+        lambda: ledger,
+        provider="mailchimp",
+        system_tag="CRM",
+    )
+    keys = ("new@example.de", "old@example.de", "other@example.de")
+    diff, found = decide(["1"], keys)
+    assert set(diff["match_key"]) <= set(keys)
+    assert "other@example.de" not in set(diff["match_key"])  # contact 2's: not decided here
+    assert set(found) == {"old@example.de", "other@example.de"}
+    assert diff.set_index("match_key").loc["new@example.de"].action == "update"  # the rename

@@ -306,6 +306,20 @@ def test_d2_email_change_after_an_opt_out_and_an_archive_stays_blocked() -> None
         assert result["new@x.de"][0] == "blocked_by_provider", members
 
 
+def test_d2_an_opt_out_follows_the_contact_to_an_address_the_sync_archived_before() -> None:
+    # the contact opted out under old@; its new address is a member the sync itself archived
+    # once (which alone would allow re-creating it): the person's opt-out still blocks it
+    old, new = want("1", "old@x.de"), want("1", "new@x.de")
+    opted_out = synced(old, RowState.OPTED_OUT)
+    archived_by_us = synced(want("2", "new@x.de"), RowState.REMOVED)
+    for members in (
+        [have("new@x.de", "archived")],
+        [have("new@x.de", "archived"), have("old@x.de", "unsubscribed")],
+    ):
+        result = actions(desired=[new], members=members, ledger=[opted_out, archived_by_us])
+        assert result["new@x.de"][0] == "blocked_by_provider", members
+
+
 def test_d3_archived_member_is_not_recreated_through_a_row_of_another_address() -> None:
     contact = want("1", "a@x.de")
     other = synced(contact, RowState.REMOVED, email="b@x.de")  # the sync removed b@x.de once

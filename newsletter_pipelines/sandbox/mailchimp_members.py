@@ -166,7 +166,7 @@ def create(
             id=key,
             email_address=email,
             unique_email_id=key[:10],
-            contact_id=key[::-1],
+            contact_id=f"{account.new_id():032x}",  # one per contact, never reused
             web_id=account.new_id(),
             status=status,
             merge_fields={field.tag: "" for field in lst.merge_fields} | merge,
@@ -277,7 +277,7 @@ def rejoin(
             id=key,
             email_address=email,
             unique_email_id=key[:10],
-            contact_id=key[::-1],
+            contact_id=f"{account.new_id():032x}",  # one per contact, never reused
             web_id=account.new_id(),
             status=status,
             merge_fields={field.tag: "" for field in lst.merge_fields},
