@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -30,6 +31,29 @@ class CrmSchema(BaseModel):
     tags_table: str = "contact_tags"
     tag_contact_id: str = "contact_id"
     tag: str = "tag"
+    activities_table: str = "activities"
+    activities_id: str = "id"
+    activities_contact_id: str = "contact_id"
+    activities_kind: str = "kind"
+    activities_provider: str = "provider"
+    activities_audience: str = "audience"
+    activities_occurred_at: str = "occurred_at"
+    activities_details: str = "details"
+    activities_source_key: str = "source_key"
+
+
+class CrmValues(BaseModel):
+    """The values the import-back writes into the CRM's newsletter column."""
+
+    yes: str = "yes"
+    no: str = "no"
+    unspecified: str = "unspecified"
+
+    @model_validator(mode="after")
+    def _distinct(self) -> CrmValues:
+        if len({self.yes, self.no, self.unspecified}) != 3:
+            raise ValueError("NEWSLETTER_CRM_VALUES__YES/NO/UNSPECIFIED must differ")
+        return self
 
 
 class BrevoAttributes(BaseModel):
@@ -78,6 +102,17 @@ class Settings(BaseSettings):
         "built from data/ on first use.",
     )
     crm_schema: CrmSchema = Field(default_factory=CrmSchema)
+    crm_values: CrmValues = Field(default_factory=CrmValues)
+    crm_write_back: bool = Field(
+        default=True,
+        description="False: the import-back only reports what it would write to the CRM.",
+    )
+    import_back_cron: str = Field(
+        default="0 2 * * *", description="Cron schedule of the import-back (provider → CRM)."
+    )
+    timezone: str = Field(
+        default="Europe/Berlin", description="IANA time zone the schedules run in."
+    )
     state_database_url: str | None = Field(
         default=None,
         description="SQLAlchemy URL of the state database (exclusions, ledger, outcomes). "
@@ -168,6 +203,18 @@ class Settings(BaseSettings):
         default=PROJECT_ROOT.parent / "shared" / "specs",
         description="Folder of the official API specifications used by the contract tests.",
     )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a folder such as "Europe"
+            raise ValueError(
+                f"NEWSLETTER_TIMEZONE: unknown time zone {value!r} "
+                "(expected an IANA name such as Europe/Berlin)"
+            ) from None
+        return value
 
     @field_validator("audiences")
     @classmethod

@@ -69,7 +69,7 @@ def test_mapped_table_and_column_names(tmp_path: Path) -> None:
         }
     ]
     insert_rows(engine, schema, rows, [{"contact_id": 1, "tag": "VIP"}])
-    assert set(sa.inspect(engine).get_table_names()) == {"kontakte", "kontakt_tags"}
+    assert set(sa.inspect(engine).get_table_names()) == {"kontakte", "kontakt_tags", "activities"}
     contacts = read_contacts(engine, schema)
     assert list(contacts["email"]) == ["a@example.de"]
     assert list(contacts["tags"]) == [("VIP",)]

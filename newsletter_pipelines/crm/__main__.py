@@ -30,7 +30,11 @@ def cli() -> None:
     type=click.Path(path_type=Path, file_okay=False, exists=True),
     help="Folder with contacts.csv and contact_tags.csv (default: data/).",
 )
-@click.option("--replace", is_flag=True, help="Delete the contacts already in the tables first.")
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="Delete the contacts, tags and activities already in the tables first.",
+)
 def load_demo_command(url: str | None, data_dir: Path | None, replace: bool) -> None:
     """Create the default CRM schema at URL and load the demo contacts into it."""
     settings = Settings()

@@ -124,6 +124,7 @@ def load_demo(
                     f"table {schema.contacts_table!r} already holds {count} contacts; "
                     "pass --replace to overwrite them with the demo data"
                 )
+            conn.execute(tables.activities.delete())
             conn.execute(tables.tags.delete())
             conn.execute(tables.contacts.delete())
         return insert_rows(

@@ -29,10 +29,16 @@ class CrmTables:
     metadata: sa.MetaData
     contacts: sa.Table
     tags: sa.Table
+    activities: sa.Table
 
 
 def crm_tables(schema: CrmSchema) -> CrmTables:
-    """Build the contacts and contact-tags tables under the mapped names (default schema types)."""
+    """Build the contacts, contact-tags and activities tables under the mapped names.
+
+    Types are the default schema's. The activities table is written by the import-back only
+    (one row per change it applied; `source_key` makes each write idempotent); reading contacts
+    never touches it.
+    """
     metadata = sa.MetaData()
     contacts = sa.Table(
         schema.contacts_table,
@@ -53,7 +59,19 @@ def crm_tables(schema: CrmSchema) -> CrmTables:
         sa.Column(schema.tag_contact_id, sa.BigInteger, primary_key=True),
         sa.Column(schema.tag, sa.Text, primary_key=True),
     )
-    return CrmTables(metadata=metadata, contacts=contacts, tags=tags)
+    activities = sa.Table(
+        schema.activities_table,
+        metadata,
+        sa.Column(schema.activities_id, sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column(schema.activities_contact_id, sa.BigInteger, nullable=False),
+        sa.Column(schema.activities_kind, sa.Text, nullable=False),
+        sa.Column(schema.activities_provider, sa.Text),
+        sa.Column(schema.activities_audience, sa.Text),
+        sa.Column(schema.activities_occurred_at, sa.DateTime),
+        sa.Column(schema.activities_details, sa.Text),  # JSON text
+        sa.Column(schema.activities_source_key, sa.Text, nullable=False, unique=True),
+    )
+    return CrmTables(metadata=metadata, contacts=contacts, tags=tags, activities=activities)
 
 
 def create_schema(engine: sa.Engine, schema: CrmSchema) -> None:

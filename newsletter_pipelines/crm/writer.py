@@ -1,0 +1,506 @@
+"""Write provider-side changes back into the CRM (the import-back), through the `CrmSchema` mapping.
+
+The writer changes only the newsletter column, the tags table, the activities table and inserts
+new contacts. Every item carries an `Activity` whose `source_key` is unique in the activities
+table: an item whose key is already there was applied before and is skipped entirely, so applying
+the same list twice writes once. Items are written in chunks, one transaction each.
+
+Timestamps are stored naive in UTC (the CRM's `DateTime` columns carry no zone; eligibility reads
+naive values as UTC).
+"""
+
+from __future__ import annotations
+
+import json
+import numbers
+import unicodedata
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from itertools import islice
+from typing import Any
+
+import sqlalchemy as sa
+
+from newsletter_pipelines.crm.errors import CrmError
+from newsletter_pipelines.crm.schema import crm_tables
+from newsletter_pipelines.settings import CrmSchema, CrmValues
+
+NEWSLETTER_VALUES = ("yes", "no", "unspecified")  # logical values, mapped by CrmValues
+_IN_BATCH = 500  # values per IN (...) list
+
+
+def _utc_naive(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is None:
+        return value
+    return value.astimezone(UTC).replace(tzinfo=None)
+
+
+def _no_nul(text: str) -> str:
+    """PostgreSQL text cannot hold NUL: it becomes U+FFFD (as the loader does)."""
+    return text.replace("\x00", "\ufffd")
+
+
+def _tags(tags: Iterable[str]) -> frozenset[str]:
+    return frozenset(_no_nul(tag) for tag in tags)
+
+
+def address_key(email: str) -> str:
+    """Addresses that differ only in case, surrounding spaces or Unicode form are the same."""
+    return unicodedata.normalize("NFC", email.strip()).lower()
+
+
+@dataclass(frozen=True)
+class Activity:
+    """One row of the activities table; `source_key` makes the write it records idempotent."""
+
+    kind: str
+    provider: str
+    audience: str
+    occurred_at: datetime | None
+    details: Mapping[str, Any]
+    source_key: str
+
+    def __post_init__(self) -> None:
+        if not self.source_key:
+            raise ValueError("an activity needs a non-empty source_key")
+
+
+@dataclass(frozen=True)
+class ContactChange:
+    """Changes to one existing contact, applied at most once (by `activity.source_key`).
+
+    `newsletter` is the logical value ('yes', 'no', 'unspecified'; None: unchanged), written as
+    mapped by `CrmValues`. A tag may not be both added and removed.
+    """
+
+    contact_id: int | str  # as the reader returns it
+    activity: Activity
+    newsletter: str | None = None
+    add_tags: frozenset[str] = frozenset()
+    remove_tags: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.contact_id, numbers.Integral) and not isinstance(self.contact_id, int):
+            object.__setattr__(self, "contact_id", int(self.contact_id))  # numpy integers
+        object.__setattr__(self, "add_tags", _tags(self.add_tags))
+        object.__setattr__(self, "remove_tags", _tags(self.remove_tags))
+        if self.newsletter is not None and self.newsletter not in NEWSLETTER_VALUES:
+            raise ValueError(f"newsletter must be one of {NEWSLETTER_VALUES}: {self.newsletter!r}")
+        if both := self.add_tags & self.remove_tags:
+            raise ValueError(f"tags both added and removed: {sorted(both)}")
+
+
+@dataclass(frozen=True)
+class NewContact:
+    """A person who signed up at the provider and is unknown to the CRM; created with newsletter
+    = yes."""
+
+    email: str
+    salutation: str
+    first_name: str
+    last_name: str
+    tags: frozenset[str]
+    activity: Activity
+
+    def __post_init__(self) -> None:
+        for name in ("email", "salutation", "first_name", "last_name"):
+            object.__setattr__(self, name, _no_nul(getattr(self, name)))
+        object.__setattr__(self, "tags", _tags(self.tags))
+
+
+class _StatementError(Exception):
+    """A statement failed; `apply` turns it into a CrmError."""
+
+    def __init__(self, verb: str, table: str, exc: Exception) -> None:
+        super().__init__(verb, table, exc)
+        self.verb, self.table, self.exc = verb, table, exc
+
+
+@dataclass
+class WriteSummary:
+    """What one `CrmWriter.apply` wrote.
+
+    `applied`: changes applied to existing contacts; `newsletter_set` (per logical value) and
+    `tags_added`/`tags_removed` count the net writes to those contacts. `contacts_created`: new
+    contacts inserted (newsletter yes, with their tags); `activities`: activity rows inserted,
+    one per applied change or created contact.
+    """
+
+    applied: int = 0
+    skipped_already_applied: int = 0
+    skipped_missing_contact: int = 0
+    skipped_existing_address: int = 0
+    contacts_created: int = 0
+    newsletter_set: Counter[str] = field(default_factory=Counter)
+    tags_added: int = 0
+    tags_removed: int = 0
+    activities: int = 0
+    chunks: int = 0
+
+
+@dataclass
+class _State:
+    """One contact's stored newsletter value and tags, and the values after the chunk's changes."""
+
+    db_id: Any
+    stored_newsletter: Any
+    stored_tags: frozenset[str]
+    newsletter: Any
+    logical: str | None
+    tags: set[str]
+
+
+@dataclass
+class _Run:
+    """State of one `apply`: its timestamp, summary, source keys seen, CRM address keys and how
+    contact ids are bound."""
+
+    now: datetime
+    summary: WriteSummary
+    seen: set[str]
+    bind_id: Callable[[Any], Any]
+    addresses: set[str] | None = None  # read when the first new contact is to be created
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _bind(bind_id: Callable[[Any], Any], contact_id: Any) -> Any:
+    """The id as the CRM's column holds it; None when it cannot be one (no such contact)."""
+    try:
+        return bind_id(contact_id)
+    except (TypeError, ValueError):
+        return None
+
+
+def _batches(items: Sequence[Any], size: int) -> Iterator[list[Any]]:
+    iterator = iter(items)
+    while batch := list(islice(iterator, size)):
+        yield batch
+
+
+class CrmWriter:
+    """Applies import-back changes to a CRM mapped by `CrmSchema`, in chunked transactions.
+
+    New contacts get ids `max(id) + 1, …` read inside their chunk's transaction: this assumes an
+    integer id column the application assigns (the default schema: BigInteger, no autoincrement).
+    A concurrent writer inserting contacts at the same time makes the chunk fail on the primary
+    key and roll back; re-running is safe.
+    """
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        schema: CrmSchema,
+        values: CrmValues,
+        chunk_size: int = 1000,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        if chunk_size < 1:
+            raise ValueError("chunk_size must be at least 1")
+        self.engine = engine
+        self.schema = schema
+        self.values = values
+        self.chunk_size = chunk_size
+        self.log = log
+        s = schema
+        # untyped ids: bound as `_id_binder` says, so a mapped CRM's id type is respected
+        self.contacts = sa.table(
+            s.contacts_table,
+            sa.column(s.id),
+            sa.column(s.salutation, sa.Text),
+            sa.column(s.first_name, sa.Text),
+            sa.column(s.last_name, sa.Text),
+            sa.column(s.email, sa.Text),
+            sa.column(s.newsletter, sa.Text),
+            sa.column(s.is_private, sa.Boolean),
+            sa.column(s.updated_at, sa.DateTime),
+            sa.column(s.created_at, sa.DateTime),
+        )
+        self.tags = sa.table(s.tags_table, sa.column(s.tag_contact_id), sa.column(s.tag, sa.Text))
+        self.activities = crm_tables(s).activities
+
+    def apply(
+        self,
+        changes: Sequence[ContactChange],
+        new_contacts: Sequence[NewContact],
+        now: datetime | None = None,
+    ) -> WriteSummary:
+        """Write `changes`, then create `new_contacts`; chunks of `chunk_size` items each commit.
+
+        A change to a contact id the CRM does not hold is skipped (`skipped_missing_contact`); a
+        new contact whose address (case-insensitive) the CRM already holds is skipped
+        (`skipped_existing_address`). Raises `CrmError` when the database refuses a statement;
+        chunks committed before stay committed.
+        """
+        summary = WriteSummary()
+        run = _Run(
+            now=_utc_naive(now or datetime.now(UTC)),
+            summary=summary,
+            seen=set(),
+            bind_id=self._id_binder() if changes else _same,
+        )
+        items: list[ContactChange | NewContact] = [*changes, *new_contacts]
+        n_chunks = -(-len(items) // self.chunk_size)
+        for number, chunk in enumerate(_batches(items, self.chunk_size), start=1):
+            try:
+                with self.engine.begin() as conn:
+                    self._chunk(conn, chunk, run)
+            except _StatementError as failed:
+                raise self._error(failed.verb, failed.table, failed.exc, summary) from failed.exc
+            except sa.exc.SQLAlchemyError as exc:  # connecting, committing
+                raise self._error("write", self.schema.contacts_table, exc, summary) from exc
+            summary.chunks += 1
+            if self.log:
+                self.log(
+                    f"CRM write chunk {number}/{n_chunks}: {summary.applied} changes applied, "
+                    f"{summary.contacts_created} contacts created so far"
+                )
+        return summary
+
+    # --- one chunk --------------------------------------------------------------------------
+
+    def _chunk(
+        self,
+        conn: sa.Connection,
+        chunk: list[ContactChange | NewContact],
+        run: _Run,
+    ) -> None:
+        s, act, summary = self.schema, self.activities.c, run.summary
+        keys = [item.activity.source_key for item in chunk]
+        done = set(self._lookup(conn, act[s.activities_source_key], keys, self.activities))
+        fresh: list[ContactChange | NewContact] = []
+        for item in chunk:
+            key = item.activity.source_key
+            if key in done or key in run.seen:
+                summary.skipped_already_applied += 1
+            else:
+                run.seen.add(key)
+                fresh.append(item)
+        activities = self._changes(conn, [i for i in fresh if isinstance(i, ContactChange)], run)
+        activities += self._create(conn, [i for i in fresh if isinstance(i, NewContact)], run)
+        self._insert(conn, self.activities, activities)
+        summary.activities += len(activities)
+
+    def _changes(
+        self,
+        conn: sa.Connection,
+        changes: list[ContactChange],
+        run: _Run,
+    ) -> list[dict[str, Any]]:
+        """Apply `changes` to their contacts' current state; write the net differences."""
+        if not changes:
+            return []
+        s, c, t = self.schema, self.contacts.c, self.tags.c
+        now, summary = run.now, run.summary
+        bound = [_bind(run.bind_id, change.contact_id) for change in changes]
+        ids = list({cid for cid in bound if cid is not None})
+        states: dict[str, _State] = {}
+        query = sa.select(c[s.id], c[s.newsletter])
+        for db_id, newsletter in self._rows(conn, query, c[s.id], ids, self.contacts):
+            states[str(db_id)] = _State(db_id, newsletter, frozenset(), newsletter, None, set())
+        db_ids = [state.db_id for state in states.values()]
+        tag_query = sa.select(t[s.tag_contact_id], t[s.tag]).where(t[s.tag].is_not(None))
+        stored_tags: dict[str, set[str]] = {}
+        for cid, tag in self._rows(conn, tag_query, t[s.tag_contact_id], db_ids, self.tags):
+            stored_tags.setdefault(str(cid), set()).add(tag)
+        for key, tags in stored_tags.items():
+            states[key].stored_tags, states[key].tags = frozenset(tags), set(tags)
+        activities = []
+        for change, cid in zip(changes, bound, strict=True):
+            state = None if cid is None else states.get(str(cid))
+            if state is None:
+                summary.skipped_missing_contact += 1
+                continue
+            if change.newsletter is not None:
+                state.newsletter = getattr(self.values, change.newsletter)
+                state.logical = change.newsletter
+            state.tags = (state.tags - change.remove_tags) | change.add_tags
+            activities.append(self._activity_row(state.db_id, change.activity))
+            summary.applied += 1
+        by_value: dict[Any, list[Any]] = {}  # newsletter value to write -> contact ids
+        stamp_only: list[Any] = []
+        removed: dict[str, list[Any]] = {}  # tag -> contact ids
+        added: list[dict[str, Any]] = []
+        for state in states.values():
+            added += [
+                {s.tag_contact_id: state.db_id, s.tag: tag}
+                for tag in state.tags - state.stored_tags
+            ]
+            for tag in state.stored_tags - state.tags:
+                removed.setdefault(tag, []).append(state.db_id)
+            if state.newsletter != state.stored_newsletter:
+                summary.newsletter_set[state.logical or ""] += 1
+                by_value.setdefault(state.newsletter, []).append(state.db_id)
+            elif state.tags != state.stored_tags:
+                stamp_only.append(state.db_id)
+        update = sa.update(self.contacts)
+        for value, ids in by_value.items():
+            self._each(conn, update.values({s.newsletter: value, s.updated_at: now}), c[s.id], ids)
+        self._each(conn, update.values({s.updated_at: now}), c[s.id], stamp_only)
+        for tag, ids in removed.items():
+            self._each(conn, sa.delete(self.tags).where(t[s.tag] == tag), t[s.tag_contact_id], ids)
+        self._insert(conn, self.tags, added)
+        n_removed = sum(map(len, removed.values()))
+        summary.tags_added += len(added)
+        summary.tags_removed += n_removed
+        return activities
+
+    def _create(
+        self,
+        conn: sa.Connection,
+        new_contacts: list[NewContact],
+        run: _Run,
+    ) -> list[dict[str, Any]]:
+        """Insert the contacts whose address the CRM does not hold yet, ids from max(id) + 1."""
+        if not new_contacts:
+            return []
+        s, c = self.schema, self.contacts.c
+        if run.addresses is None:
+            run.addresses = self._addresses(conn)
+        now, summary, addresses = run.now, run.summary, run.addresses
+        highest = self._scalar(conn, sa.select(sa.func.max(c[s.id])), s.contacts_table)
+        try:
+            next_id = int(highest or 0) + 1
+        except (TypeError, ValueError):
+            raise CrmError(
+                f"cannot assign ids to new contacts in {s.contacts_table!r}: the largest "
+                f"{s.id!r} is not an integer ({highest!r})"
+            ) from None
+        contacts, tags, activities = [], [], []
+        for new in new_contacts:
+            key = address_key(new.email)
+            if key in addresses:
+                summary.skipped_existing_address += 1
+                continue
+            addresses.add(key)
+            contacts.append(
+                {
+                    s.id: next_id,
+                    s.salutation: new.salutation,
+                    s.first_name: new.first_name,
+                    s.last_name: new.last_name,
+                    s.email: new.email,
+                    s.newsletter: self.values.yes,
+                    s.is_private: False,
+                    s.updated_at: now,
+                    s.created_at: now,
+                }
+            )
+            tags += [{s.tag_contact_id: next_id, s.tag: tag} for tag in sorted(new.tags)]
+            activities.append(self._activity_row(next_id, new.activity))
+            next_id += 1
+        self._insert(conn, self.contacts, contacts)
+        self._insert(conn, self.tags, tags)
+        summary.contacts_created += len(contacts)
+        return activities
+
+    def _activity_row(self, contact_id: Any, activity: Activity) -> dict[str, Any]:
+        s = self.schema
+        return {
+            s.activities_contact_id: contact_id,
+            s.activities_kind: activity.kind,
+            s.activities_provider: activity.provider,
+            s.activities_audience: activity.audience,
+            s.activities_occurred_at: _utc_naive(activity.occurred_at),
+            s.activities_details: json.dumps(
+                dict(activity.details), sort_keys=True, ensure_ascii=False, default=str
+            ),
+            s.activities_source_key: activity.source_key,
+        }
+
+    # --- statements, each failure named by its table ---------------------------------------
+
+    def _id_binder(self) -> Callable[[Any], Any]:
+        """`int` or `str` when the CRM's id column holds integers or text, so ids given either
+        way match (PostgreSQL refuses `bigint = varchar`); else ids are bound as given."""
+        s = self.schema
+        try:
+            with self.engine.connect() as conn:
+                columns = sa.inspect(conn).get_columns(s.contacts_table)
+        except sa.exc.SQLAlchemyError as exc:
+            raise self._error("read", s.contacts_table, exc, None) from exc
+        for column in columns:
+            if column["name"] == s.id:
+                try:
+                    python_type = column["type"].python_type
+                except NotImplementedError:
+                    return _same
+                return {int: int, str: str}.get(python_type, _same)
+        return _same
+
+    def _addresses(self, conn: sa.Connection) -> set[str]:
+        """Address keys of every CRM contact (one scan per apply)."""
+        s, c = self.schema, self.contacts.c
+        query = sa.select(c[s.email]).where(c[s.email].is_not(None))
+        try:
+            return {address_key(str(e)) for e in conn.execute(query).scalars()}
+        except sa.exc.SQLAlchemyError as exc:
+            raise _StatementError("read", s.contacts_table, exc) from exc
+
+    def _lookup(
+        self, conn: sa.Connection, column: sa.ColumnElement[Any], values: list[Any], table: Any
+    ) -> Iterable[Any]:
+        """Values of `column` among `values` (a primary-key or unique lookup)."""
+        return [row[0] for row in self._rows(conn, sa.select(column), column, values, table)]
+
+    def _rows(
+        self,
+        conn: sa.Connection,
+        query: sa.Select[Any],
+        column: sa.ColumnElement[Any],
+        values: list[Any],
+        table: Any,
+    ) -> list[sa.Row[Any]]:
+        rows: list[sa.Row[Any]] = []
+        for batch in _batches(values, _IN_BATCH):
+            try:
+                rows += conn.execute(query.where(column.in_(batch))).all()
+            except sa.exc.SQLAlchemyError as exc:
+                raise _StatementError("read", table.name, exc) from exc
+        return rows
+
+    def _scalar(self, conn: sa.Connection, query: sa.Select[Any], table: str) -> Any:
+        try:
+            return conn.execute(query).scalar()
+        except sa.exc.SQLAlchemyError as exc:
+            raise _StatementError("read", table, exc) from exc
+
+    def _each(
+        self, conn: sa.Connection, statement: Any, column: sa.ColumnElement[Any], ids: list[Any]
+    ) -> None:
+        """An UPDATE or DELETE restricted to `column IN ids`, in batches."""
+        for batch in _batches(ids, _IN_BATCH):
+            self._write(conn, statement.where(column.in_(batch)), statement.table.name)
+
+    def _insert(self, conn: sa.Connection, table: Any, rows: list[dict[str, Any]]) -> None:
+        """One executemany INSERT (psycopg pipelines it; faster than multi-row VALUES here)."""
+        if rows:
+            self._write(conn, sa.insert(table), table.name, rows)
+
+    def _write(
+        self, conn: sa.Connection, statement: Any, table: str, rows: list[Any] | None = None
+    ) -> None:
+        try:
+            conn.execute(statement, rows)
+        except sa.exc.SQLAlchemyError as exc:
+            raise _StatementError("write", table, exc) from exc
+
+    def _error(
+        self, verb: str, table: str, exc: Exception, summary: WriteSummary | None
+    ) -> CrmError:
+        """A CrmError naming the table, the database without its password, and the cause."""
+        cause = getattr(exc, "orig", None) or exc
+        reason = (str(cause).strip().splitlines() or [""])[0]
+        password = self.engine.url.password
+        if password:
+            reason = reason.replace(str(password), "***")
+        where = self.engine.url.render_as_string(hide_password=True)
+        message = f"cannot {verb} the CRM table {table!r} at {where}: {type(cause).__name__}: "
+        message += reason
+        if summary is not None:
+            message += f" ({summary.chunks} earlier chunks are committed; re-running skips them)"
+        return CrmError(message)
