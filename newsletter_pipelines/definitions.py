@@ -3,6 +3,9 @@
 import dagster as dg
 
 from newsletter_pipelines.defs.crm.assets import crm_contacts, eligible_subscribers
+from newsletter_pipelines.defs.import_back.assets import crm_import_back
+from newsletter_pipelines.defs.import_back.jobs import import_back_job
+from newsletter_pipelines.defs.import_back.schedules import import_back_schedule
 from newsletter_pipelines.defs.providers.assets import (
     audience_sync,
     provider_audience_snapshot,
@@ -18,7 +21,9 @@ defs = dg.Definitions(
         provider_audience_snapshot,
         reconciliation_diff,
         audience_sync,
+        crm_import_back,
     ],
-    jobs=[full_sync_job],
+    jobs=[full_sync_job, import_back_job],
+    schedules=[import_back_schedule],
     resources=build_resources(),
 )

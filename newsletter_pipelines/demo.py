@@ -13,12 +13,22 @@ from tabulate import tabulate
 from newsletter_pipelines.crm.embedded import ensure_demo_crm
 from newsletter_pipelines.definitions import defs
 from newsletter_pipelines.defs.resources import build_resources
+from newsletter_pipelines.demo_people import play_people
 from newsletter_pipelines.reporting import counts_table
 from newsletter_pipelines.settings import Settings
 from newsletter_pipelines.sync.eligibility import REASONS
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 SYNC_COLUMNS = ("created", "updated", "unsubscribed", "removed", "refused")
+IMPORT_KINDS = (
+    "newsletter_unsubscribed",
+    "hard_bounce",
+    "removed_at_provider",
+    "newsletter_subscribed",
+    "contact_created",
+    "tags_added_at_provider",
+    "tags_removed_at_provider",
+)
 
 
 @dataclass
@@ -26,6 +36,7 @@ class DemoRun:
     """The results of the demo: one `full_sync_job` run per audience."""
 
     audiences: dict[str, dg.ExecuteInProcessResult]
+    people: list[str]  # what people did at the sandbox after this run (first demo only)
 
     @property
     def success(self) -> bool:
@@ -58,7 +69,10 @@ def run_demo(settings: Settings, instance: dg.DagsterInstance) -> DemoRun:
         )
         if not audiences[audience.key].success:
             break
-    return DemoRun(audiences)
+    run = DemoRun(audiences, [])
+    if run.success:
+        run.people = play_people(settings)
+    return run
 
 
 def _metadata(result: dg.ExecuteInProcessResult, node: str, asset: str) -> dict[str, object]:
@@ -109,6 +123,36 @@ def summary(run: DemoRun, settings: Settings) -> str:
             "import back",
         ]
         lines += ["", "Full sync per audience", tabulate(rows, headers=headers, tablefmt="simple")]
+    imports = []
+    for key, result in run.audiences.items():
+        back = _metadata(result, "crm_import_back", "crm_import_back")
+        if back:
+            imports.append(
+                [key, back.get("mode", "-")]
+                + [back.get(f"planned_{k}", 0) for k in IMPORT_KINDS]
+                + [back.get("applied", 0)]
+            )
+    if imports:
+        headers = [
+            "audience",
+            "mode",
+            "unsubscribed",
+            "bounced",
+            "removed",
+            "subscribed",
+            "new contact",
+            "tags added",
+            "tags removed",
+            "written",
+        ]
+        lines += [
+            "",
+            "Import-back into the CRM (what people did at the provider)",
+            tabulate(imports, headers=headers, tablefmt="simple"),
+        ]
+    if run.people:
+        lines += ["", "Meanwhile, at the sandbox providers (run `make demo` again to import it):"]
+        lines += [f"  {line}" for line in run.people]
     lines += [
         "",
         "providers: embedded sandbox (no API keys set), state in "

@@ -16,7 +16,10 @@ After every complete sync:
   every subscribed address is an eligible contact's or one a person subscribed;
 - tags a person set at the provider are still on the member;
 - a second sync with nothing changed sends no write call;
-- every `import_back` is backed by something a person did at the provider.
+- every `import_back` is backed by something a person did at the provider;
+- the import-back (run before each push, into the CRM rows) sets `no` on every contact with an
+  address a person opted out of, unless the contact changed since, and changes the CRM only
+  where a person did something at the provider.
 
 `make test` runs a bounded, derandomised profile; `HYPOTHESIS_PROFILE=long` runs at least
 10,000 steps (see the README).
@@ -75,6 +78,7 @@ OPTED_OUT = ("unsubscribed", "cleaned", "blacklisted")
 STATS: Counter[str] = Counter()
 """What the runs of this session did (printed in pytest's summary by conftest)."""
 SUBSCRIBING = ("signup", "resubscribe", "pending")
+PERSON_OPT_OUTS = ("unsubscribe", "blacklist", "list_unsubscribe")
 
 
 class ConsentMachine(RuleBasedStateMachine):
@@ -97,6 +101,20 @@ class ConsentMachine(RuleBasedStateMachine):
         self.opted_out: set[str] = set()  # held as opted out when a sync looked
         self.person_tags: set[tuple[str, str]] = set()  # (member's stable id, tag key)
         self.dirty = False  # something changed since the last complete sync
+        self.step = 0  # a clock: what happened when
+        self.crm_changed: dict[int, int] = {}  # CRM contact → step of its last change
+        self.opted_out_at: dict[str, int] = {}  # address → step a person opted out there
+        self.world.stamp = self.stamp
+        self.world.new_id = self.new_id
+
+    def new_id(self) -> int:
+        crm_id, self.next_id = self.next_id, self.next_id + 1
+        return crm_id
+
+    def stamp(self) -> str:
+        """The next CRM `updated_at` (every CRM change, also an imported one, is newer)."""
+        self.step += 1
+        return f"2026-01-01 {self.step // 3600:02d}:{self.step // 60 % 60:02d}:{self.step % 60:02d}"
 
     def teardown(self) -> None:
         self.stack.close()
@@ -121,11 +139,12 @@ class ConsentMachine(RuleBasedStateMachine):
         tags=st.sets(st.sampled_from(CRM_TAGS), max_size=2),
     )
     def crm_insert(self, email: str, newsletter: str, private: bool, tags: set[str]) -> None:
-        crm_id, self.next_id = self.next_id, self.next_id + 1
+        crm_id = self.new_id()
         row = contact(crm_id, email=email, newsletter=newsletter, is_private=private)
-        row.update(tags=tuple(sorted(tags)), updated_at=f"2026-01-01 00:00:{crm_id:02d}")
+        row.update(tags=tuple(sorted(tags)), updated_at=self.stamp())
         self.world.crm.append(row)
         self.history[crm_id] = {email}
+        self.crm_changed[crm_id] = self.step
         self.dirty = True
 
     def rows(self) -> st.SearchStrategy[dict[str, Any]]:
@@ -134,10 +153,8 @@ class ConsentMachine(RuleBasedStateMachine):
     def touch(self, row: dict[str, Any], **values: Any) -> None:
         note(f"CRM contact {row['contact_id']}: {values}")
         self.dirty = True
-        self.next_id += 1
-        row.update(
-            values, updated_at=f"2026-01-01 00:{self.next_id // 60:02d}:{self.next_id % 60:02d}"
-        )
+        row.update(values, updated_at=self.stamp())
+        self.crm_changed[row["contact_id"]] = self.step
 
     @precondition(lambda self: self.world.crm)
     @rule(data=st.data(), first=st.sampled_from(["Anna", "Ben", "Ünal"]))
@@ -211,6 +228,7 @@ class ConsentMachine(RuleBasedStateMachine):
     def person(self, email: str, action: str, tag: str | None = None) -> None:
         """A person or an admin acts at the provider; impossible actions change nothing."""
         stable = self.stable_id(email)
+        was = self.provider_status(email)
         note(f"person at the provider: {action} {email} {tag or ''}")
         try:
             self.world.act(email, action, tag=tag)
@@ -218,6 +236,9 @@ class ConsentMachine(RuleBasedStateMachine):
             return
         self.touched.add(email)
         self.dirty = True
+        if action in PERSON_OPT_OUTS and was not in OPTED_OUT:  # a new opt-out
+            self.stamp()
+            self.opted_out_at[email] = self.step
         STATS[f"{self.PROVIDER} person actions"] += 1
         STATS[f"{self.PROVIDER} {action}"] += 1
         if action in SUBSCRIBING:
@@ -242,10 +263,19 @@ class ConsentMachine(RuleBasedStateMachine):
         self.dirty = False
         self.look()
         tags_before = self.tags_by_stable_id()
-        diff, _ = self.world.sync()
+        crm_before = {r["contact_id"]: dict(r) for r in self.world.crm}
+        diff, _ = self.world.sync(import_back=True)
         statuses = self.look()
         STATS[f"{self.PROVIDER} checked syncs"] += 1
+        self.check_import_back(crm_before, statuses)
         self.check_after_sync(diff, statuses, tags_before)
+        for _ in range(3):  # what the import-back changed in the CRM goes out once
+            crm = [dict(r) for r in self.world.crm]
+            if crm == crm_before:
+                break
+            crm_before = crm
+            self.world.sync(import_back=True)
+            self.register_imported_contacts()
         writes = self.world.writes()
         again, _ = self.world.sync()
         assert self.world.writes() == writes, self.explain("a re-sync wrote", again)
@@ -260,14 +290,60 @@ class ConsentMachine(RuleBasedStateMachine):
         provider = self.world.provider
         self.world.provider = KilledAfter(provider, calls, WRITES, before)  # type: ignore[assignment]
         try:
-            self.world.sync()
+            self.world.sync(import_back=True)
         except Killed:
             STATS[f"{self.PROVIDER} killed syncs"] += 1
         finally:
             self.world.provider = provider
+            self.register_imported_contacts()
         self.look()
 
     # --- the guarantees -----------------------------------------------------------------
+
+    def register_imported_contacts(self) -> None:
+        for row in self.world.crm:
+            if row["contact_id"] not in self.history:
+                self.history[row["contact_id"]] = {str(row["email"])}
+                self.crm_changed[row["contact_id"]] = self.step
+
+    def check_import_back(
+        self, crm_before: dict[int, dict[str, Any]], statuses: dict[str, str]
+    ) -> None:
+        """An opt-out at the provider ends as `no` in the CRM (unless the CRM changed since),
+        and the CRM changes only where a person did something at the provider."""
+        self.register_imported_contacts()
+        for plan in self.world.imported[-1:]:  # a tag imported into the CRM is the CRM's now
+            added = [(c.activity.details.get("email"), c.add_tags) for c in plan.changes]
+            added += [(c.email, c.tags) for c in plan.new_contacts]
+            for email, tags in added:
+                stable = self.stable_id(str(email).lower())
+                self.person_tags -= {(stable, t.casefold()) for t in tags}
+        for row in self.world.crm:
+            email = str(row["email"]).lower()
+            when = self.opted_out_at.get(email)
+            if when is None or statuses.get(email) not in ("unsubscribed", "blacklisted"):
+                continue
+            if self.crm_changed[row["contact_id"]] < when:
+                assert row["newsletter"] == "no", self.explain(
+                    f"opt-out of {email} not in the CRM (contact {row['contact_id']})",
+                    pd.DataFrame(
+                        columns=[
+                            "action",
+                            "detail",
+                            "crm_id",
+                            "match_key",
+                            "old_email",
+                            "provider_status",
+                        ]
+                    ),
+                )
+        for row in self.world.crm:
+            before = crm_before.get(row["contact_id"])
+            changed = before is None or any(before[k] != row[k] for k in ("newsletter", "tags"))
+            if changed:
+                STATS[f"{self.PROVIDER} CRM changes imported"] += 1
+                addresses = self.history[row["contact_id"]] | {str(row["email"]).lower()}
+                assert addresses & self.touched, f"CRM contact {row} changed, nobody did it"
 
     @invariant()
     def nobody_opted_out_is_subscribed_again(self) -> None:

@@ -438,3 +438,75 @@ def test_a_person_who_resubscribed_at_the_provider_is_imported_back_not_unsubscr
     assert row.action == "import_back" and row.ledger_after.state == "resubscribed"
     again = diff(members=[have("a@x.de")], ledger=[row.ledger_after], exclusions=exclusions)
     assert again.loc["a@x.de"].action == "import_back"  # until the CRM takes it in
+
+
+def changes(**kwargs) -> dict[str, str | None]:
+    frame = diff(**kwargs)
+    return frame["provider_change"].to_dict()
+
+
+def test_provider_changes_are_named_once_for_the_import_back() -> None:
+    contact = want("1", "a@x.de")
+    row = synced(contact)
+    # an opt-out the ledger learns now, under the contact's address or first seen
+    for status in ("unsubscribed", "cleaned", "blacklisted"):
+        assert changes(desired=[contact], members=[have("a@x.de", status)], ledger=[row]) == {
+            "a@x.de": "opted_out"
+        }
+        assert changes(desired=[contact], members=[have("a@x.de", status)]) == {
+            "a@x.de": "opted_out"
+        }
+    # ... but not one it already knew, nor the sync's own unsubscribe
+    for state in (RowState.OPTED_OUT, RowState.UNSUBSCRIBED):
+        known = synced(contact, state)
+        assert changes(
+            desired=[contact], members=[have("a@x.de", "unsubscribed")], ledger=[known]
+        ) == {"a@x.de": None}
+    # archived or deleted while subscribed: once (a `gone` row waits without a new change)
+    assert changes(desired=[contact], members=[have("a@x.de", "archived")], ledger=[row]) == {
+        "a@x.de": "removed"
+    }
+    assert changes(desired=[contact], ledger=[row]) == {"a@x.de": "removed"}
+    assert changes(desired=[contact], ledger=[synced(contact, RowState.GONE)]) == {"a@x.de": None}
+    assert changes(members=[have("a@x.de", "archived")], ledger=[row]) == {"a@x.de": "removed"}
+    # a sign-up nobody in the CRM wants, and a re-subscription after an opt-out
+    assert changes(members=[have("new@x.de")]) == {"new@x.de": "signed_up"}
+    back = synced(contact, RowState.OPTED_OUT)
+    assert changes(members=[have("a@x.de")], ledger=[back]) == {"a@x.de": "resubscribed"}
+    again = synced(contact, RowState.RESUBSCRIBED)
+    assert changes(members=[have("a@x.de")], ledger=[again]) == {"a@x.de": None}
+    # in sync: nothing
+    assert changes(desired=[contact], members=[have("a@x.de")], ledger=[row]) == {"a@x.de": None}
+
+
+@pytest.mark.parametrize("context", [MAILCHIMP, BREVO], ids=["mailchimp", "brevo"])
+def test_a_tag_a_person_removed_at_the_provider_is_imported_not_pushed_again(
+    context: Context,
+) -> None:
+    system = {SYSTEM} if context is MAILCHIMP else set()
+    contact = want("1", "a@x.de", tags=frozenset({"VIP", "Haus, Garten"}))
+    forms = context.style.forms(contact.tags) | system
+    row = synced(contact, tags=frozenset(forms))
+    kept = frozenset(forms - {"VIP"})  # the person removed VIP at the provider
+    frame = diff(
+        desired=[contact], members=[have("a@x.de", tags=kept)], ledger=[row], context=context
+    )
+    found = frame.loc["a@x.de"]
+    assert (found.action, found.import_untags) == ("import_back", ("VIP",))
+    assert found.ledger_after is None  # the row stays: reported until the CRM drops the tag
+    assert found.write_key is None  # nothing is sent
+    dropped = want("1", "a@x.de", tags=frozenset({"Haus, Garten"}))  # the import reached the CRM
+    again = diff(
+        desired=[dropped],
+        members=[have("a@x.de", tags=kept)],
+        ledger=[row],
+        context=context,
+    )
+    assert again.loc["a@x.de"].action == "unchanged"
+    # a tag the CRM added since the last sync is pushed, and the system tag always comes back
+    new = want("1", "a@x.de", tags=frozenset({"VIP", "Haus, Garten", "Neu"}))
+    pushed = diff(
+        desired=[new], members=[have("a@x.de", tags=kept - system)], ledger=[row], context=context
+    )
+    assert pushed.loc["a@x.de"].action == "update"
+    assert set(pushed.loc["a@x.de"].provider_tags) == (kept | {"Neu"})

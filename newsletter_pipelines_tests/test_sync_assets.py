@@ -83,6 +83,7 @@ def test_full_sync_then_nothing_to_do(audience: str, sandbox: Sandbox) -> None:
                 "removal_guard",
                 "rename_guard",
                 "never_resubscribe",
+                "vanish_guard",
             ],
             True,
         )

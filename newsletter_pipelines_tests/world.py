@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,12 @@ from newsletter_pipelines.sandbox.people import brevo_person, mailchimp_person
 from newsletter_pipelines.state.ledger import create_tables, load_ledger_frame
 from newsletter_pipelines.sync.eligibility import classify
 from newsletter_pipelines.sync.guards import MassLimits, push_verdicts
+from newsletter_pipelines.sync.import_back import (
+    Audience,
+    CrmView,
+    ImportBackPlan,
+    plan_import_back,
+)
 from newsletter_pipelines.sync.inputs import build_diff, members_by_key, redecider, snapshot_frame
 from newsletter_pipelines.sync.push import PushContext, PushSummary, push_diff
 from newsletter_pipelines_tests.providers.conftest import brevo_account, make_brevo, make_mailchimp
@@ -35,13 +41,20 @@ class World:
     provider: Provider
     engine: sa.Engine
     crm: list[dict[str, object]]
+    imported: list[ImportBackPlan] = field(default_factory=list)  # plans of import_back syncs
+    activities: set[str] = field(default_factory=set)  # source keys applied to `crm`
+    stamp: Callable[[], str] = lambda: "2026-06-01 00:00:00"  # updated_at of imported changes
+    new_id: Callable[[], int] | None = None  # id of an imported contact (default: max + 1)
 
     def sync(
         self,
         log: Callable[[str], None] = lambda _: None,
         guard: MassLimits | None = None,
+        import_back: bool = False,
     ) -> tuple[pd.DataFrame, PushSummary]:
-        """One full sync; with `guard`, mass removals and renames are held as the asset does."""
+        """One full sync; with `guard`, mass removals and renames are held as the asset does;
+        with `import_back`, the CRM learns the provider-side changes before the push, as in
+        `full_sync_job`."""
         result = classify(frame(*self.crm))
         members = snapshot_frame(self.provider.snapshot())
         ledger = load_ledger_frame(self.engine, self.provider_name)
@@ -54,6 +67,8 @@ class World:
             system_tag=SYSTEM_TAG[self.provider_name],
         )
         assert diff["match_key"].is_unique, "one action per contact, member and ledger row"
+        if import_back:
+            self.imported.append(self.import_back(diff, members))
         verdicts = push_verdicts(diff, guard or MassLimits(), False, False)
         ctx = PushContext(
             self.engine,
@@ -74,6 +89,50 @@ class World:
         )
         summary = push_diff(self.provider, diff, members_by_key(members), ctx)
         return diff, summary
+
+    def import_back(self, diff: pd.DataFrame, members: pd.DataFrame) -> ImportBackPlan:
+        """Plan the import-back of `diff` and apply it to the CRM rows, each change once (as
+        `crm.writer.CrmWriter` does in a database)."""
+        contacts = frame(*self.crm)
+        result = classify(contacts)
+        name = self.provider_name
+        plan = plan_import_back(
+            diff,
+            members,
+            CrmView.from_frames(contacts, result.eligible, result.excluded),
+            Audience(name, name, SYSTEM_TAG[name]),
+            min_vanish_count=1_000,  # a small world: never held
+        )
+        now = self.stamp()
+        rows = {str(r["contact_id"]): r for r in self.crm}
+        for change in plan.changes:
+            if change.activity.source_key in self.activities:
+                continue
+            self.activities.add(change.activity.source_key)
+            row = rows[str(change.contact_id)]
+            tags = (set(row["tags"]) | change.add_tags) - change.remove_tags  # type: ignore[arg-type]
+            if change.newsletter is not None and change.newsletter != row["newsletter"]:
+                row.update(newsletter=change.newsletter, updated_at=now)
+            if tags != set(row["tags"]):  # type: ignore[arg-type]
+                row.update(tags=tuple(sorted(tags)), updated_at=now)
+        for new in plan.new_contacts:
+            if new.activity.source_key in self.activities:
+                continue
+            self.activities.add(new.activity.source_key)
+            top = max((int(str(r["contact_id"])) for r in self.crm), default=0)
+            crm_id = self.new_id() if self.new_id else top + 1
+            self.crm.append(
+                contact(
+                    crm_id,
+                    email=new.email,
+                    salutation=new.salutation,
+                    first_name=new.first_name,
+                    last_name=new.last_name,
+                    tags=tuple(sorted(new.tags)),
+                    updated_at=now,
+                )
+            )
+        return plan
 
     def writes(self) -> int:
         return self.sandbox.stats.count(self.provider_name, writes=True)

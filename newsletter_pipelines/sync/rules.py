@@ -52,6 +52,15 @@ class SyncAction(StrEnum):
     IMPORT_BACK = "import_back"
 
 
+class ProviderChange(StrEnum):
+    """What someone did at the provider that the diff proves (the import-back acts on it)."""
+
+    OPTED_OUT = "opted_out"  # unsubscribed, cleaned or blacklisted; new to the ledger
+    REMOVED = "removed"  # archived or deleted while the sync had it subscribed
+    SIGNED_UP = "signed_up"  # active, unknown to the ledger, no eligible contact has it
+    RESUBSCRIBED = "resubscribed"  # active again after the sync knew it not subscribed
+
+
 WRITE_ACTIONS = (SyncAction.CREATE, SyncAction.UPDATE, SyncAction.UNSUBSCRIBE, SyncAction.REMOVE)
 ACTIVE = frozenset({"subscribed", "pending"})
 OPTED_OUT = frozenset({"unsubscribed", "cleaned", "blacklisted"})
@@ -71,6 +80,8 @@ DIFF_COLUMNS = (
     "tags",
     "provider_tags",
     "import_tags",
+    "import_untags",
+    "provider_change",
     "eligible",
     "write_key",
     "ledger_before",
@@ -163,6 +174,8 @@ class _Plan:
     tags: frozenset[str]
     tag_keys: frozenset[str]
     imported: frozenset[str]
+    unset: frozenset[str]  # CRM tags a person removed at the provider (CRM names)
+    unmarked: frozenset[str]  # the system tag, on a member the sync never marked
     fields_differ: bool
     added: frozenset[str]
     dropped: frozenset[str]
@@ -177,6 +190,10 @@ class _Plan:
             parts.append("tags to add: " + ", ".join(sorted(self.added)))
         if self.dropped:
             parts.append("tags to remove: " + ", ".join(sorted(self.dropped)))
+        if self.imported:
+            parts.append("tags added at the provider: " + ", ".join(sorted(self.imported)))
+        if self.unset:
+            parts.append("tags removed at the provider: " + ", ".join(sorted(self.unset)))
         return "; ".join(parts)
 
 
@@ -228,6 +245,7 @@ class _Rules:
         old: Actual | None = None,
         plan: _Plan | None = None,
         write: str | None = None,
+        change: ProviderChange | None = None,
     ) -> None:
         self.handled.add(key)
         if after is not None and after == before and action not in WRITE_ACTIONS:
@@ -249,6 +267,8 @@ class _Rules:
                 "tags": tuple(sorted(contact.tags)) if contact else None,
                 "provider_tags": tuple(sorted(plan.tags)) if plan else None,
                 "import_tags": tuple(sorted(plan.imported)) if plan and plan.imported else None,
+                "import_untags": tuple(sorted(plan.unset)) if plan and plan.unset else None,
+                "provider_change": change.value if change else None,
                 "eligible": contact is not None,
                 "write_key": write,
                 "ledger_before": before,
@@ -280,12 +300,19 @@ class _Rules:
         )
 
     def plan(self, contact: Desired, member: Actual, row: LedgerRow | None) -> _Plan:
-        """Compare a member with the contact; only tags the sync pushed may be removed."""
+        """Compare a member with the contact; only tags the sync pushed may be removed, and a
+        pushed tag a person removed at the provider while the CRM kept it is not pushed again
+        (it is imported: `unset`), except the system tag. The system tag goes along with every
+        write and comes back when it went missing, but a member the sync never marked (one
+        adopted as it is, e.g. after a sign-up was imported) is not written to just to mark it."""
         key = self.style.key
         wanted = {key(t): t for t in self.wanted(contact)}
         present = {key(t): t for t in member.tags}
         pushed = self.style.keys(row.tags) if row is not None else frozenset()
-        added = wanted.keys() - present.keys()
+        crm_names = {key(self.style.form(t)): t for t in contact.tags}
+        unset = (pushed & crm_names.keys()) - present.keys()
+        added = wanted.keys() - present.keys() - unset
+        unmarked = self.style.keys(self.system) - present.keys() - pushed
         dropped = (pushed - wanted.keys()) & present.keys()
         imported = present.keys() - wanted.keys() - pushed
         tags = {present[k] for k in present.keys() - dropped} | {wanted[k] for k in added}
@@ -293,9 +320,11 @@ class _Rules:
             tags=frozenset(tags),
             tag_keys=frozenset(key(t) for t in tags),
             imported=frozenset(present[k] for k in imported),
+            unset=frozenset(crm_names[k] for k in unset),
             fields_differ=(member.salutation, member.first_name, member.last_name)
             != (contact.salutation, contact.first_name, contact.last_name),
-            added=frozenset(wanted[k] for k in added),
+            added=frozenset(wanted[k] for k in added - unmarked),
+            unmarked=frozenset(wanted[k] for k in unmarked),
             dropped=frozenset(present[k] for k in dropped),
         )
 
@@ -307,6 +336,12 @@ class _Rules:
             return row
         keep_owner = row.state is RowState.OPTED_OUT and row.owner is not None
         return row.moved(state=RowState.OPTED_OUT, owner=row.owner if keep_owner else owner)
+
+    @staticmethod
+    def opt_out_change(row: LedgerRow | None) -> ProviderChange | None:
+        """`OPTED_OUT` when a snapshot showing the member opted out tells the ledger something
+        new (not the sync's own unsubscribe, not an opt-out it already knew)."""
+        return None if row is not None and row.state in BLOCKING else ProviderChange.OPTED_OUT
 
     def refused_before(self, row: LedgerRow | None, write: str) -> bool:
         return row is not None and row.refusal_key == write
@@ -339,6 +374,7 @@ class _Rules:
                 member=member,
                 before=row,
                 after=self.observed(row, member, contact.crm_id),
+                change=self.opt_out_change(row),
             )
         elif member.status == ARCHIVED:
             self._archived(contact, member, row)
@@ -366,15 +402,11 @@ class _Rules:
         plan = self.plan(contact, member, row)
         after = self.pushed(contact, member.key, member.provider_id)
         if not plan.needed:
-            action = SyncAction.IMPORT_BACK if plan.imported else SyncAction.UNCHANGED
-            detail = (
-                "tags added at the provider: " + ", ".join(sorted(plan.imported))
-                if plan.imported
-                else "in sync"
-            )
+            found = plan.imported or plan.unset
+            after = after.moved(tags=after.tags - plan.unmarked)  # nothing is written
             self.emit(
-                action,
-                detail,
+                SyncAction.IMPORT_BACK if found else SyncAction.UNCHANGED,
+                plan.detail() or "in sync",
                 member.key,
                 contact=contact,
                 member=member,
@@ -424,6 +456,7 @@ class _Rules:
                 member=member,
                 before=row,
                 after=row.moved(state=RowState.GONE, owner=contact.crm_id),
+                change=ProviderChange.REMOVED,
             )
         elif row is not None and row.state is RowState.GONE:
             self.emit(
@@ -476,6 +509,7 @@ class _Rules:
                 contact=contact,
                 before=own,
                 after=self.observed(own, old, contact.crm_id),
+                change=self.opt_out_change(own),
             )
         elif own.state in SEEN_ACTIVE or own.state is RowState.GONE:
             self._gone(contact, own, key)
@@ -495,6 +529,7 @@ class _Rules:
             contact=contact,
             before=row,
             after=row.moved(state=RowState.GONE, owner=contact.crm_id),
+            change=None if row.state is RowState.GONE else ProviderChange.REMOVED,
         )
 
     def _create(
@@ -508,7 +543,14 @@ class _Rules:
             self.blocked_refused(key, contact, row, member=member)
             return
         plan = _Plan(
-            after.tags, self.style.keys(after.tags), frozenset(), True, after.tags, frozenset()
+            tags=after.tags,
+            tag_keys=self.style.keys(after.tags),
+            imported=frozenset(),
+            unset=frozenset(),
+            unmarked=frozenset(),
+            fields_differ=True,
+            added=after.tags,
+            dropped=frozenset(),
         )
         self.emit(
             SyncAction.CREATE,
@@ -566,6 +608,7 @@ class _Rules:
                     + (" since the last sync" if was_ours else ", not eligible"),
                     key,
                     after=self.observed(row, member, crm_id),
+                    change=self.opt_out_change(row),
                     **common,
                 )
             elif member.status == ARCHIVED and row is not None and row.state in SEEN_ACTIVE:
@@ -574,6 +617,7 @@ class _Rules:
                     "archived at the provider since the last sync",
                     key,
                     after=row.moved(state=RowState.GONE),
+                    change=ProviderChange.REMOVED,
                     **common,
                 )
             elif member.status == ARCHIVED and row is not None and row.state is RowState.GONE:
@@ -614,6 +658,7 @@ class _Rules:
                 + (f" ({reason} in the CRM)" if reason else ""),
                 key,
                 after=row.moved(state=RowState.RESUBSCRIBED),
+                change=None if row.state is RowState.RESUBSCRIBED else ProviderChange.RESUBSCRIBED,
                 **common,
             )
         elif reason == "opted_out":
@@ -623,7 +668,13 @@ class _Rules:
             self._write(SyncAction.REMOVE, f"no longer eligible ({why})", member, row, common)
         else:
             known = f" ({reason} in the CRM)" if reason else ", unknown to the CRM"
-            self.emit(SyncAction.IMPORT_BACK, f"signed up at the provider{known}", key, **common)
+            self.emit(
+                SyncAction.IMPORT_BACK,
+                f"signed up at the provider{known}",
+                key,
+                change=ProviderChange.SIGNED_UP,
+                **common,
+            )
 
     def _write(
         self,

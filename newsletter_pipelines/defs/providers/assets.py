@@ -193,7 +193,14 @@ class SyncConfig(dg.Config):
     allow_mass_rename: bool = False
 
 
-@dg.asset(group_name=GROUP, partitions_def=audience_partitions, kinds={"api"})
+@dg.asset(
+    group_name=GROUP,
+    partitions_def=audience_partitions,
+    kinds={"api"},
+    # the push stores what the diff observed (opt-outs, members gone) in the ledger, after which
+    # a later diff no longer shows them as changes: the CRM must have learnt them first
+    deps=["crm_import_back"],
+)
 def audience_sync(
     context: dg.AssetExecutionContext,
     config: SyncConfig,
@@ -205,7 +212,9 @@ def audience_sync(
     mailchimp: MailchimpResource,
     brevo: BrevoResource,
 ) -> dg.MaterializeResult:
-    """Apply the diff through the provider client in bulk; the ledger follows confirmed outcomes
+    """Apply the diff through the provider client in bulk, after the import-back of the same
+    diff (a failed import-back stops the push, so no provider-side change is lost); the ledger
+    follows confirmed outcomes
     and every contact's outcome is logged (state database table sync_outcomes). Contacts whose
     address change the provider refuses are decided again by the same rules in the same run
     (from the CRM and snapshot inputs)."""

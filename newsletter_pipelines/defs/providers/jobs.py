@@ -4,8 +4,9 @@ import dagster as dg
 
 full_sync_job = dg.define_asset_job(
     "full_sync_job",
-    selection=dg.AssetSelection.groups("crm", "providers"),
-    description="Full sync of one audience: CRM contacts → eligible subscribers → provider "
-    "snapshot → reconciliation diff → push. Blocking checks stop the push on a suspicious "
-    "eligible-count drop, a mass removal or a would-be re-subscription.",
+    selection=dg.AssetSelection.groups("crm", "providers", "import_back"),
+    description="Full two-way sync of one audience: CRM contacts → eligible subscribers → "
+    "provider snapshot → reconciliation diff → push, and the import-back into the CRM. "
+    "Blocking checks stop the push on a suspicious eligible-count drop, a mass removal or a "
+    "would-be re-subscription.",
 )

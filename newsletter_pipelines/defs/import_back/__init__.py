@@ -1,0 +1,1 @@
+"""Dagster wiring of the import-back (provider → CRM): asset, job, schedule."""

@@ -1,0 +1,297 @@
+"""Plan the import-back: what the CRM learns from the provider-side changes the diff proves.
+
+The rules name each provider-side change once (`rules.ProviderChange`, `import_tags`); this
+module turns them into CRM changes, one per CRM contact with the member's address:
+
+- opted out (unsubscribed, blacklisted, spam complaint) → newsletter `no` on every contact with
+  that address (an opt-out belongs to the address), activity `newsletter_unsubscribed`;
+- cleaned (hard bounce) → activity `hard_bounce`, newsletter unchanged;
+- archived or deleted by someone else while the sync had it subscribed → newsletter
+  `unspecified` on the contacts that still say `yes`, activity `removed_at_provider`; held
+  as a whole when more members vanished than the removal guard's limits allow;
+- signed up or re-subscribed at the provider → newsletter `yes` on contacts whose last CRM
+  change is older than the provider's, activity `newsletter_subscribed`; an address no contact
+  has becomes a new contact (names, salutation, tags from the member);
+- tags a person added at the provider (never the system tag) → added to the contact; tags
+  the sync had pushed and a person removed there while the CRM kept them → removed.
+
+Every CRM change carries a source key made from the change itself (audience, address, kind,
+what the ledger knew, the provider's time or id, contact), so applying a plan twice writes once.
+No provider calls and no Dagster here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+
+from newsletter_pipelines.crm.writer import Activity, ContactChange, NewContact
+from newsletter_pipelines.sync.eligibility import parse_newsletter
+from newsletter_pipelines.sync.guards import MassGuard, MassVerdict, check_mass
+from newsletter_pipelines.sync.rules import ACTIVE, ProviderChange
+
+VANISH_GUARD = MassGuard(
+    "archived or deleted at the provider since the last sync",
+    "allow_mass_vanish",
+    "Their import-back (newsletter 'unspecified') is held",
+)
+
+
+@dataclass(frozen=True)
+class CrmView:
+    """What the planner needs to know of the CRM: contacts by address key, their newsletter
+    value (`yes`/`no`/`unknown`) and when each last changed."""
+
+    by_key: Mapping[str, tuple[str, ...]]
+    newsletter: Mapping[str, str]
+    updated_at: Mapping[str, datetime | None]
+
+    @classmethod
+    def from_frames(
+        cls, contacts: pd.DataFrame, eligible: pd.DataFrame, excluded: pd.DataFrame
+    ) -> CrmView:
+        """From the raw contacts and the eligibility frames (every contact is in one of them)."""
+        by_key: dict[str, list[str]] = {}
+        for frame in (eligible, excluded):
+            rows = frame[frame["email_key"].notna()]
+            for crm_id, key in rows[["contact_id", "email_key"]].itertuples(index=False):
+                by_key.setdefault(key, []).append(str(crm_id))
+        ids = contacts["contact_id"].astype(str)
+        updated = pd.to_datetime(contacts["updated_at"], errors="coerce", format="mixed")
+        return cls(
+            by_key={k: tuple(sorted(v)) for k, v in by_key.items()},
+            newsletter=dict(zip(ids, contacts["newsletter"].map(parse_newsletter), strict=True)),
+            updated_at={
+                i: None if pd.isna(t) else t.to_pydatetime()
+                for i, t in zip(ids, updated, strict=True)
+            },
+        )
+
+
+@dataclass
+class ImportBackPlan:
+    """The CRM changes of one audience's import-back, and what was held or left alone."""
+
+    changes: list[ContactChange] = field(default_factory=list)
+    new_contacts: list[NewContact] = field(default_factory=list)
+    held: list[dict[str, Any]] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)  # per activity kind
+    vanish: MassVerdict | None = None
+
+    def __len__(self) -> int:
+        return len(self.changes) + len(self.new_contacts)
+
+
+@dataclass(frozen=True)
+class Audience:
+    """The audience the diff belongs to."""
+
+    key: str
+    provider: str
+    system_tag: str | None = None
+
+
+def plan_import_back(
+    diff: pd.DataFrame,
+    snapshot: pd.DataFrame,
+    crm: CrmView,
+    audience: Audience,
+    *,
+    max_vanish_share: float = 0.1,
+    min_vanish_count: int = 10,
+    allow_mass_vanish: bool = False,
+) -> ImportBackPlan:
+    """The CRM changes the diff's provider-side changes call for."""
+    plan = ImportBackPlan()
+    members = snapshot.set_index("match_key", drop=False)
+    members = members[~members.index.duplicated(keep="last")]
+    rows = diff[
+        diff["provider_change"].notna()
+        | diff["import_tags"].notna()
+        | diff["import_untags"].notna()
+    ]
+    removed = rows[rows["provider_change"] == ProviderChange.REMOVED.value]
+    active = int(snapshot["status"].isin(ACTIVE).sum()) + len(removed)
+    plan.vanish = check_mass(
+        VANISH_GUARD,
+        len(removed),
+        active,
+        max_vanish_share,
+        min_count=min_vanish_count,
+        allow=allow_mass_vanish,
+    )
+    planner = _Planner(plan, members, crm, audience)
+    for row in rows.to_dict("records"):
+        change = row["provider_change"]
+        if change == ProviderChange.REMOVED.value and not plan.vanish.passed:
+            plan.held.append({"email": row["email"], "crm_id": row["crm_id"], "kind": change})
+            continue
+        if change is not None:
+            planner.change(row, ProviderChange(change))
+        if row["import_tags"] or row["import_untags"]:
+            planner.tags(row)
+    return plan
+
+
+class _Planner:
+    def __init__(
+        self, plan: ImportBackPlan, members: pd.DataFrame, crm: CrmView, audience: Audience
+    ) -> None:
+        self.plan, self.members, self.crm, self.audience = plan, members, crm, audience
+
+    def member(self, key: str) -> Mapping[str, Any] | None:
+        return self.members.loc[key].to_dict() if key in self.members.index else None
+
+    def contacts(self, row: Mapping[str, Any]) -> tuple[str, ...]:
+        """The CRM contacts a change concerns: those with the member's address (an opt-out
+        under a contact's previous address concerns whoever has that address now), and for an
+        opt-out or a removal the row's contact too."""
+        after = row["ledger_after"]
+        keys = {row["match_key"]} | ({after.member_key} if after is not None else set())
+        found = {crm_id for key in keys for crm_id in self.crm.by_key.get(key, ())}
+        kinds = (ProviderChange.REMOVED.value, ProviderChange.OPTED_OUT.value)
+        owner = None if row["crm_id"] is None else str(row["crm_id"])
+        if owner in self.crm.newsletter and row["provider_change"] in kinds:
+            found.add(owner)  # under the contact's previous address (if still in the CRM)
+        return tuple(sorted(found))
+
+    def activity(
+        self, row: Mapping[str, Any], kind: str, crm_id: str, member: Mapping[str, Any] | None
+    ) -> Activity:
+        before = row["ledger_before"]
+        when = _when(member)
+        parts = (
+            self.audience.key,
+            row["match_key"],
+            kind,
+            before.state.value if before is not None else "-",
+            str(when or (member or {}).get("provider_id") or row["provider_id"] or "-"),
+            crm_id,
+        )
+        return Activity(
+            kind=kind,
+            provider=self.audience.provider,
+            audience=self.audience.key,
+            occurred_at=when,
+            details={
+                "email": row["email"],
+                "provider_status": row["provider_status"],
+                "change": row["provider_change"],
+                "detail": row["detail"],
+            },
+            source_key=hashlib.sha256("\x1f".join(parts).encode()).hexdigest(),
+        )
+
+    def add(self, change: ContactChange) -> None:
+        self.plan.changes.append(change)
+        self.plan.counts[change.activity.kind] += 1
+
+    def change(self, row: Mapping[str, Any], change: ProviderChange) -> None:
+        member = self.member(row["match_key"])
+        if change is ProviderChange.OPTED_OUT:
+            bounced = row["provider_status"] == "cleaned"
+            kind = "hard_bounce" if bounced else "newsletter_unsubscribed"
+            for crm_id in self.contacts(row):
+                self.add(
+                    ContactChange(
+                        contact_id=crm_id,
+                        activity=self.activity(row, kind, crm_id, member),
+                        newsletter=None if bounced else "no",
+                    )
+                )
+        elif change is ProviderChange.REMOVED:
+            for crm_id in self.contacts(row):
+                still_yes = self.crm.newsletter.get(crm_id) == "yes"
+                self.add(
+                    ContactChange(
+                        contact_id=crm_id,
+                        activity=self.activity(row, "removed_at_provider", crm_id, member),
+                        newsletter="unspecified" if still_yes else None,
+                    )
+                )
+        else:  # signed up or re-subscribed
+            self.subscribed(row, member)
+
+    def subscribed(self, row: Mapping[str, Any], member: Mapping[str, Any] | None) -> None:
+        contacts = self.contacts(row)
+        if not contacts:
+            if member is not None:
+                self.new_contact(row, member)
+            return
+        when = _when(member)
+        for crm_id in contacts:
+            changed = self.crm.updated_at.get(crm_id)
+            newer = when is None or changed is None or _utc(when) > _utc(changed)
+            if not newer:  # the CRM changed since: its value stands
+                continue
+            self.add(
+                ContactChange(
+                    contact_id=crm_id,
+                    activity=self.activity(row, "newsletter_subscribed", crm_id, member),
+                    newsletter="yes",
+                )
+            )
+
+    def new_contact(self, row: Mapping[str, Any], member: Mapping[str, Any]) -> None:
+        system = {self.audience.system_tag} if self.audience.system_tag else set()
+        contact = NewContact(
+            email=member["email"],
+            salutation=member["salutation"] or "",
+            first_name=member["first_name"] or "",
+            last_name=member["last_name"] or "",
+            tags=frozenset(member["tags"]) - system,
+            activity=self.activity(row, "newsletter_subscribed", "new", member),
+        )
+        self.plan.new_contacts.append(contact)
+        self.plan.counts["contact_created"] += 1
+
+    def tags(self, row: Mapping[str, Any]) -> None:
+        """Tags added at the provider are added to the contact, tags removed there removed."""
+        system = {self.audience.system_tag} if self.audience.system_tag else set()
+        added = frozenset(row["import_tags"] or ()) - system
+        removed = frozenset(row["import_untags"] or ())
+        if row["crm_id"] is None or not (added or removed):
+            return
+        crm_id = str(row["crm_id"])
+        member = self.member(row["match_key"])
+        for kind, tags in (
+            ("tags_added_at_provider", added),
+            ("tags_removed_at_provider", removed),
+        ):
+            if not tags:
+                continue
+            base = self.activity(row, kind, crm_id, member)
+            key = "\x1f".join((base.source_key, *sorted(tags)))
+            self.add(
+                ContactChange(
+                    contact_id=crm_id,
+                    activity=replace(
+                        base,
+                        details={**base.details, "tags": sorted(tags)},
+                        source_key=hashlib.sha256(key.encode()).hexdigest(),
+                    ),
+                    add_tags=tags if kind == "tags_added_at_provider" else frozenset(),
+                    remove_tags=tags if kind == "tags_removed_at_provider" else frozenset(),
+                )
+            )
+
+
+def _when(member: Mapping[str, Any] | None) -> datetime | None:
+    """The provider's time of the member's last change, if it has one."""
+    value = member.get("last_changed") if member else None
+    return None if value is None or pd.isna(value) else pd.Timestamp(value).to_pydatetime()
+
+
+def _utc(moment: datetime) -> datetime:
+    """Comparable times: provider times are aware, CRM times naive and taken as UTC."""
+    return (
+        moment.replace(tzinfo=None)
+        if moment.tzinfo is None
+        else (moment.astimezone(UTC).replace(tzinfo=None))
+    )

@@ -1,0 +1,145 @@
+"""The import-back plan from real diffs: people act at the sandbox provider, a sync sees it, the
+plan says what the CRM learns (both providers)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from newsletter_pipelines.sync.eligibility import classify
+from newsletter_pipelines.sync.import_back import (
+    Audience,
+    CrmView,
+    ImportBackPlan,
+    plan_import_back,
+)
+from newsletter_pipelines.sync.inputs import snapshot_frame
+from newsletter_pipelines_tests.test_eligibility import frame
+from newsletter_pipelines_tests.world import SYSTEM_TAG, World
+
+
+def plan(world: World, diff: pd.DataFrame, **limits: object) -> ImportBackPlan:
+    contacts = frame(*world.crm)
+    result = classify(contacts)
+    return plan_import_back(
+        diff,
+        snapshot_frame(world.provider.snapshot()),
+        CrmView.from_frames(contacts, result.eligible, result.excluded),
+        Audience(world.provider_name, world.provider_name, SYSTEM_TAG[world.provider_name]),
+        **limits,  # type: ignore[arg-type]
+    )
+
+
+def by_contact(result: ImportBackPlan) -> dict[str, list[tuple[str, str | None]]]:
+    found: dict[str, list[tuple[str, str | None]]] = {}
+    for change in result.changes:
+        found.setdefault(str(change.contact_id), []).append(
+            (change.activity.kind, change.newsletter)
+        )
+    return found
+
+
+def test_nothing_happened_nothing_to_import(world: World) -> None:
+    world.sync()
+    diff, _ = world.sync()
+    assert len(plan(world, diff)) == 0
+
+
+def test_an_unsubscribe_at_the_provider_sets_no_on_every_contact_with_the_address(
+    world: World,
+) -> None:
+    world.crm.append({**world.crm[2], "contact_id": 99, "updated_at": "2020-01-01 00:00:00"})
+    world.sync()  # contact 99 is an older duplicate of contact 3
+    world.act("person3@example.de", "unsubscribe")
+    diff, _ = world.sync()
+    result = plan(world, diff)
+    assert by_contact(result) == {
+        "3": [("newsletter_unsubscribed", "no")],
+        "99": [("newsletter_unsubscribed", "no")],
+    }
+    again, _ = world.sync()  # the ledger knows it now: not a new change
+    assert len(plan(world, again)) == 0
+
+
+@pytest.mark.parametrize("world", ["mailchimp"], indirect=True)
+def test_a_hard_bounce_is_an_activity_and_leaves_the_newsletter_value(world: World) -> None:
+    world.sync()
+    world.act("person4@example.de", "clean")
+    diff, _ = world.sync()
+    assert by_contact(plan(world, diff)) == {"4": [("hard_bounce", None)]}
+
+
+def test_a_member_removed_at_the_provider_becomes_unspecified(world: World) -> None:
+    world.sync()
+    world.act("person5@example.de", "archive" if world.provider_name == "mailchimp" else "delete")
+    diff, _ = world.sync()
+    assert by_contact(plan(world, diff)) == {"5": [("removed_at_provider", "unspecified")]}
+
+
+def test_a_mass_removal_at_the_provider_is_held(world: World) -> None:
+    world.sync()
+    removal = "archive" if world.provider_name == "mailchimp" else "delete"
+    for n in range(1, 21):
+        world.act(f"person{n}@example.de", removal)
+    diff, _ = world.sync()
+    result = plan(world, diff)
+    assert result.vanish is not None and not result.vanish.passed
+    assert len(result.held) == 20 and len(result) == 0
+    released = plan(world, diff, allow_mass_vanish=True)
+    assert len(released.changes) == 20
+
+
+def test_a_sign_up_of_an_unknown_address_becomes_a_new_contact(world: World) -> None:
+    world.sync()
+    world.act("neu@example.de", "signup")
+    world.act("neu@example.de", "tag", tag="Webinar")
+    diff, _ = world.sync()
+    result = plan(world, diff)
+    assert [c.email for c in result.new_contacts] == ["neu@example.de"]
+    assert result.new_contacts[0].tags == {"Webinar"}  # never the system tag
+    assert result.new_contacts[0].activity.kind == "newsletter_subscribed"
+
+
+def test_a_resubscription_sets_yes_unless_the_crm_changed_since(world: World) -> None:
+    world.sync()
+    world.act("person6@example.de", "unsubscribe")
+    world.sync()
+    world.set(6, newsletter="no", updated_at="2020-01-01 00:00:00")  # an old CRM change
+    world.sync()
+    world.act("person6@example.de", "resubscribe")
+    diff, _ = world.sync()
+    assert by_contact(plan(world, diff)) == {"6": [("newsletter_subscribed", "yes")]}
+    world.set(6, newsletter="no", updated_at="2100-01-01 00:00:00")  # the CRM decided later
+    assert len(plan(world, diff)) == 0
+
+
+def test_tags_a_person_added_are_added_to_the_contact(world: World) -> None:
+    world.sync()
+    world.act("person7@example.de", "tag", tag="Messe")
+    diff, _ = world.sync()
+    result = plan(world, diff)
+    assert [(c.contact_id, c.add_tags) for c in result.changes] == [("7", {"Messe"})]
+
+
+def test_the_same_change_planned_twice_has_the_same_source_keys(world: World) -> None:
+    world.sync()
+    world.act("person8@example.de", "unsubscribe")
+    world.act("person9@example.de", "tag", tag="Messe")
+    diff, _ = world.sync()
+    first = [c.activity.source_key for c in plan(world, diff).changes]
+    assert len(set(first)) == 2
+    assert first == [c.activity.source_key for c in plan(world, diff).changes]
+
+
+def test_a_tag_a_person_removed_is_removed_from_the_contact_and_not_pushed_again(
+    world: World,
+) -> None:
+    world.set(11, tags=("VIP", "Käufer"))
+    world.sync()
+    world.act("person11@example.de", "untag", tag="VIP")
+    before = world.writes()
+    diff, _ = world.sync()
+    assert world.writes() == before  # not pushed again
+    result = plan(world, diff)
+    assert [(c.contact_id, c.remove_tags) for c in result.changes] == [("11", {"VIP"})]
+    assert result.changes[0].activity.kind == "tags_removed_at_provider"
