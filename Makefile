@@ -42,6 +42,7 @@ bench: install
 	$(PY) benchmarks/bench_eligibility.py
 	$(PY) benchmarks/bench_providers.py
 	$(PY) benchmarks/bench_full_sync.py
+	$(PY) benchmarks/bench_import_back.py
 
 clean:
 	rm -rf .newsletter
