@@ -109,8 +109,6 @@ def plan_import_back(
 ) -> ImportBackPlan:
     """The CRM changes the diff's provider-side changes call for."""
     plan = ImportBackPlan()
-    members = snapshot.set_index("match_key", drop=False)
-    members = members[~members.index.duplicated(keep="last")]
     rows = diff[
         diff["provider_change"].notna()
         | diff["import_tags"].notna()
@@ -126,6 +124,8 @@ def plan_import_back(
         min_count=min_vanish_count,
         allow=allow_mass_vanish,
     )
+    acting = snapshot[snapshot["match_key"].isin(set(rows["match_key"]))]
+    members = {m["match_key"]: m for m in acting.to_dict("records")}  # the last one wins
     planner = _Planner(plan, members, crm, audience)
     for row in rows.to_dict("records"):
         change = row["provider_change"]
@@ -141,12 +141,16 @@ def plan_import_back(
 
 class _Planner:
     def __init__(
-        self, plan: ImportBackPlan, members: pd.DataFrame, crm: CrmView, audience: Audience
+        self,
+        plan: ImportBackPlan,
+        members: Mapping[str, Mapping[str, Any]],
+        crm: CrmView,
+        audience: Audience,
     ) -> None:
         self.plan, self.members, self.crm, self.audience = plan, members, crm, audience
 
     def member(self, key: str) -> Mapping[str, Any] | None:
-        return self.members.loc[key].to_dict() if key in self.members.index else None
+        return self.members.get(key)
 
     def contacts(self, row: Mapping[str, Any]) -> tuple[str, ...]:
         """The CRM contacts a change concerns: those with the member's address (an opt-out
