@@ -25,6 +25,7 @@ from typing import Any
 
 import psutil
 import sqlalchemy as sa
+from measure import fast_sqlite_writes, verdict
 
 from newsletter_pipelines.crm.loader import insert_rows
 from newsletter_pipelines.crm.reader import read_contacts
@@ -41,20 +42,6 @@ _CHUNK = 100_000
 _SAMPLE_S = 0.05
 
 
-def _sqlite_engine(path: Path, fast_writes: bool = False) -> sa.Engine:
-    engine = sa.create_engine(f"sqlite:///{path}")
-    if fast_writes:  # setup only: the file is thrown away afterwards
-
-        @sa.event.listens_for(engine, "connect")
-        def _pragmas(dbapi_connection: Any, _record: Any) -> None:
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=OFF")
-            cursor.execute("PRAGMA synchronous=OFF")
-            cursor.close()
-
-    return engine
-
-
 def _chunks(rows: int, seed: int) -> Iterator[tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
     stream = iter_crm(rows, seed)
     while chunk := list(islice(stream, _CHUNK)):
@@ -64,7 +51,7 @@ def _chunks(rows: int, seed: int) -> Iterator[tuple[list[dict[str, Any]], list[d
 def build_crm(path: Path, rows: int, seed: int) -> tuple[int, int]:
     """Generate `rows` synthetic contacts into a new SQLite CRM at `path`."""
     schema = CrmSchema()
-    engine = _sqlite_engine(path, fast_writes=True)
+    engine = fast_sqlite_writes(sa.create_engine(f"sqlite:///{path}"))
     try:
         create_schema(engine, schema)
         n_contacts = n_tags = 0
@@ -80,7 +67,7 @@ def measure(path: Path) -> dict[str, Any]:
     """The measured work (runs in the subprocess): read the contacts, classify them."""
     cores = sorted(os.sched_getaffinity(0))[:BUDGET_CORES]
     os.sched_setaffinity(0, cores)
-    engine = _sqlite_engine(path)
+    engine = sa.create_engine(f"sqlite:///{path}")
     start = time.perf_counter()
     contacts = read_contacts(engine, CrmSchema())
     read_s = time.perf_counter() - start
@@ -122,10 +109,6 @@ def run_measurement(path: Path) -> tuple[dict[str, Any], int, int]:
     return json.loads(output.strip().splitlines()[-1]), peak, max_rss
 
 
-def _verdict(ok: bool) -> str:
-    return "within budget" if ok else "OVER BUDGET"
-
-
 def report(figures: dict[str, Any], peak: int, max_rss: int, tags: int, setup_s: float) -> str:
     """The printed result, budget beside the figures."""
     total = figures["read_s"] + figures["classify_s"]
@@ -139,13 +122,13 @@ def report(figures: dict[str, Any], peak: int, max_rss: int, tags: int, setup_s:
             f"read contacts      {figures['read_s']:>10.2f} s",
             f"eligibility        {figures['classify_s']:>10.2f} s",
             f"total wall         {total:>10.2f} s   budget ≤ {BUDGET_WALL_S:.0f} s      "
-            f"{_verdict(total <= BUDGET_WALL_S)}",
+            f"{verdict(total <= BUDGET_WALL_S)}",
             f"peak RSS           {rss / 1024**3:>10.2f} GiB budget ≤ 2 GiB     "
-            f"{_verdict(rss <= BUDGET_RSS_BYTES)}",
+            f"{verdict(rss <= BUDGET_RSS_BYTES)}",
             f"  (process tree sampled {peak / 1024**2:,.0f} MiB; "
             f"largest single process ru_maxrss {max_rss / 1024**2:,.0f} MiB)",
             f"cores              {figures['cores']:>10}     budget {BUDGET_CORES} cores      "
-            f"{_verdict(figures['cores'] <= BUDGET_CORES)}",
+            f"{verdict(figures['cores'] <= BUDGET_CORES)}",
             f"counts: {counts}",
         ]
     )

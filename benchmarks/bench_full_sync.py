@@ -21,19 +21,17 @@ import random
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import psutil
 import sqlalchemy as sa
+from measure import PeakRss, counts_text, report, timer, verdict
 
 from newsletter_pipelines.crm.synthetic import GERMAN_FEMALE, GERMAN_LAST, GERMAN_MALE
 from newsletter_pipelines.providers.base import MemberStatus, Provider
@@ -84,55 +82,10 @@ SYSTEM_TAG = {"mailchimp": "CRM", "brevo": None}
 TAG_SETS: tuple[tuple[str, ...], ...] = ((), ("Käufer",), ("Käufer", "Stammkunde"), ("Messe",))
 DOMAINS = ("example.de", "example.com", "beispiel.de", "example.org")
 _ASCII = str.maketrans({"ä": "ae", "ö": "oe", "ü": "ue", "ß": "ss", " ": "", "-": ""})
-_SAMPLE_S = 0.01
 _MIB = 1024**2
 
 
 # --- measuring ---------------------------------------------------------------------------
-
-
-class PeakRss:
-    """Samples this process's RSS on a thread while the block runs; `peak` in bytes."""
-
-    def __init__(self) -> None:
-        self._process = psutil.Process()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self.start = self.peak = self._process.memory_info().rss
-
-    def _sample(self) -> None:
-        while not self._stop.wait(_SAMPLE_S):
-            self.peak = max(self.peak, self._process.memory_info().rss)
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._process.memory_info().rss)
-
-
-@contextmanager
-def timer(into: dict[str, float], name: str) -> Iterator[None]:
-    """Add the seconds the block took to `into[name]`."""
-    start = time.perf_counter()
-    yield
-    into[name] = into.get(name, 0.0) + time.perf_counter() - start
-
-
-def verdict(ok: bool) -> str:
-    """The word printed beside a figure with a budget."""
-    return "within budget" if ok else "OVER BUDGET"
-
-
-def report(title: str, rows: list[tuple[str, str]]) -> None:
-    """Print a small aligned table."""
-    print(f"\n{title}", flush=True)
-    width = max(len(label) for label, _ in rows)
-    for label, value in rows:
-        print(f"  {label:<{width}}  {value}", flush=True)
 
 
 # --- the CRM side --------------------------------------------------------------------------
@@ -353,13 +306,9 @@ def _first_sync_rows(name: str, run: SyncRun, eligible: pd.DataFrame) -> list[tu
             f"{run.rss.peak / _MIB:,.0f} MiB (process at start {run.rss.start / _MIB:,.0f} MiB; "
             "client, sandbox and state together)   no budget set",
         ),
-        ("diff", _counts(run.actions)),
-        ("outcomes", _counts(run.results)),
+        ("diff", counts_text(run.actions)),
+        ("outcomes", counts_text(run.results)),
     ]
-
-
-def _counts(counter: Counter[str]) -> str:
-    return ", ".join(f"{k} {v:,}" for k, v in sorted(counter.items())) or "none"
 
 
 def bench_provider(name: str, contacts: int, seed: int) -> None:
@@ -404,7 +353,7 @@ def bench_provider(name: str, contacts: int, seed: int) -> None:
                     ),
                     ("wall time", f"{again.timing()}   no budget set"),
                     ("read calls", f"{again.reads:,}"),
-                    ("diff", _counts(again.actions)),
+                    ("diff", counts_text(again.actions)),
                 ],
             )
 
@@ -428,8 +377,8 @@ def bench_provider(name: str, contacts: int, seed: int) -> None:
                     ("  by route", moved.routes()),
                     ("wall time", f"{moved.timing()}   no budget set"),
                     ("read calls", f"{moved.reads:,}"),
-                    ("diff", _counts(moved.actions)),
-                    ("outcomes", _counts(moved.results)),
+                    ("diff", counts_text(moved.actions)),
+                    ("outcomes", counts_text(moved.results)),
                 ],
             )
         finally:
@@ -525,7 +474,7 @@ def bench_reconcile(rows: int, seed: int) -> None:
             (
                 "inputs",
                 f"{rows:,} eligible, {len(snapshot):,} members, {ledger_rows_stored:,} ledger "
-                f"rows in SQLite, 0 excluded; {_counts(planned)} (built in {setup_s:.1f} s, "
+                f"rows in SQLite, 0 excluded; {counts_text(planned)} (built in {setup_s:.1f} s, "
                 "not timed)",
             ),
             (
@@ -536,7 +485,7 @@ def bench_reconcile(rows: int, seed: int) -> None:
             ("  of which", ", ".join(f"{k} {v:.2f} s" for k, v in whole.items())),
             ("  parts, timed apart", ", ".join(f"{k} {v:.2f} s" for k, v in parts.items())),
             ("peak RSS", f"{rss.peak / _MIB:,.0f} MiB (inputs included)   no budget yet"),
-            ("diff", _counts(actions)),
+            ("diff", counts_text(actions)),
         ],
     )
     engine.dispose()

@@ -39,10 +39,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -52,8 +50,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import psutil
 import sqlalchemy as sa
+from measure import PeakRss, counts_text, fast_sqlite_writes, report, timer, verdict
 
 from newsletter_pipelines.crm.loader import insert_rows
 from newsletter_pipelines.crm.reader import read_contacts
@@ -89,7 +87,6 @@ SIGNUP_TAGS = ((), ("Webinar",), ("Messe 2025", "Webinar"))
 SYNCED_AT = datetime(2025, 6, 1, tzinfo=UTC)  # last change of the members nobody touched
 CHANGED_AT = datetime(2025, 7, 1, tzinfo=UTC)  # after every synthetic CRM updated_at
 _CHUNK = 100_000
-_SAMPLE_S = 0.01
 _MIB = 1024**2
 _GIB = 1024**3
 
@@ -97,100 +94,7 @@ _GIB = 1024**3
 # --- measuring ---------------------------------------------------------------------------
 
 
-class PeakRss:
-    """Samples this process's RSS on a thread while the block runs; `peak` in bytes.
-
-    Where Linux allows it, the kernel's high-water mark (VmHWM) is reset on entry and read on
-    exit too, so a spike between two samples is not missed.
-    """
-
-    def __init__(self) -> None:
-        self._process = psutil.Process()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._hwm_reset = _reset_hwm()
-        self.start = self.peak = self._process.memory_info().rss
-
-    def _sample(self) -> None:
-        while not self._stop.wait(_SAMPLE_S):
-            self.peak = max(self.peak, self._process.memory_info().rss)
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._process.memory_info().rss)
-        if self._hwm_reset:
-            self.peak = max(self.peak, _hwm())
-
-    @property
-    def how(self) -> str:
-        """How `peak` was measured."""
-        sampled = f"sampled every {_SAMPLE_S * 1000:.0f} ms"
-        return f"{sampled} and kernel high-water mark" if self._hwm_reset else sampled
-
-
-def _reset_hwm() -> bool:
-    """Reset this process's peak RSS (VmHWM) to its current RSS; False where not allowed."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return _hwm() > 0
-
-
-def _hwm() -> int:
-    """VmHWM of this process in bytes (0 when unknown)."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-@contextmanager
-def timer(into: dict[str, float], name: str) -> Iterator[None]:
-    """Add the seconds the block took to `into[name]`."""
-    start = time.perf_counter()
-    yield
-    into[name] = into.get(name, 0.0) + time.perf_counter() - start
-
-
-def verdict(ok: bool) -> str:
-    """The word printed beside a figure with a budget."""
-    return "within budget" if ok else "OVER BUDGET"
-
-
-def report(title: str, rows: list[tuple[str, str]]) -> None:
-    """Print a small aligned table."""
-    print(f"\n{title}", flush=True)
-    width = max(len(label) for label, _ in rows)
-    for label, value in rows:
-        print(f"  {label:<{width}}  {value}", flush=True)
-
-
-def _counts(counter: Counter[str] | dict[str, int]) -> str:
-    return ", ".join(f"{k} {v:,}" for k, v in sorted(counter.items()) if v) or "none"
-
-
 # --- setup: the CRM ----------------------------------------------------------------------
-
-
-def _engine(url: str, fast_writes: bool = False) -> sa.Engine:
-    engine = create_engine(url)
-    if fast_writes and engine.dialect.name == "sqlite":  # setup only
-
-        @sa.event.listens_for(engine, "connect")
-        def _pragmas(dbapi_connection: Any, _record: Any) -> None:
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=OFF")
-            cursor.execute("PRAGMA synchronous=OFF")
-            cursor.close()
-
-    return engine
 
 
 def build_crms(urls: dict[str, str], contacts: int, seed: int) -> tuple[int, int]:
@@ -198,7 +102,7 @@ def build_crms(urls: dict[str, str], contacts: int, seed: int) -> tuple[int, int
     PostgreSQL is vacuumed and analyzed afterwards (autovacuum would otherwise start during
     the measurement). Returns (contacts, tags)."""
     schema = CrmSchema()
-    engines = {name: _engine(url, fast_writes=True) for name, url in urls.items()}
+    engines = {name: fast_sqlite_writes(create_engine(url)) for name, url in urls.items()}
     try:
         for engine in engines.values():
             create_schema(engine, schema)
@@ -657,7 +561,7 @@ def measure(database: str, url: str, folder: Path, changes: int) -> None:
                 f"diff {len(diff):,} rows ({acting:,} the planner acts on), snapshot "
                 f"{len(snapshot):,} members; built in {setup_s:.1f} s, not timed",
             ),
-            ("  diff rows", _counts(rows)),
+            ("  diff rows", counts_text(rows)),
             (
                 "  CRM",
                 f"{before[0]:,} contacts, {before[1]:,} tag rows, {before[2]:,} activities; "
@@ -678,7 +582,7 @@ def measure(database: str, url: str, folder: Path, changes: int) -> None:
             (
                 "plan",
                 f"{len(plan.changes):,} contact changes + {len(plan.new_contacts):,} new "
-                f"contacts, {len(plan.held):,} held; {_counts(plan.counts)}",
+                f"contacts, {len(plan.held):,} held; {counts_text(plan.counts)}",
             ),
         ],
     )
@@ -717,7 +621,7 @@ def measure(database: str, url: str, folder: Path, changes: int) -> None:
             (
                 "written",
                 f"newsletter set {first.newsletter_set.total():,} "
-                f"({_counts(first.newsletter_set)}); tags added {first.tags_added:,}, removed "
+                f"({counts_text(first.newsletter_set)}); tags added {first.tags_added:,}, removed "
                 f"{first.tags_removed:,}; activities {first.activities:,}; contacts created "
                 f"{first.contacts_created:,}",
             ),

@@ -1,0 +1,110 @@
+"""What the benchmarks share: peak RSS, timers, the budget verdict, the printed tables, and
+fast writes while a throwaway SQLite file is set up."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psutil
+import sqlalchemy as sa
+
+
+class PeakRss:
+    """Samples this process's RSS on a thread while the block runs; `peak` in bytes.
+
+    Where Linux allows it, the kernel's high-water mark (VmHWM) is reset on entry and read on
+    exit too, so a spike between two samples is not missed.
+    """
+
+    def __init__(self, every_s: float = 0.01) -> None:
+        self._every_s = every_s
+        self._process = psutil.Process()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._hwm_reset = _reset_hwm()
+        self.start = self.peak = self._process.memory_info().rss
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self._every_s):
+            self.peak = max(self.peak, self._process.memory_info().rss)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._process.memory_info().rss)
+        if self._hwm_reset:
+            self.peak = max(self.peak, _hwm())
+
+    @property
+    def how(self) -> str:
+        """How `peak` was measured."""
+        sampled = f"sampled every {self._every_s * 1000:.0f} ms"
+        return f"{sampled} and kernel high-water mark" if self._hwm_reset else sampled
+
+
+def _reset_hwm() -> bool:
+    """Reset this process's peak RSS (VmHWM) to its current RSS; False where not allowed."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return _hwm() > 0
+
+
+def _hwm() -> int:
+    """VmHWM of this process in bytes (0 when unknown)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+@contextmanager
+def timer(into: dict[str, float], name: str) -> Iterator[None]:
+    """Add the seconds the block took to `into[name]`."""
+    start = time.perf_counter()
+    yield
+    into[name] = into.get(name, 0.0) + time.perf_counter() - start
+
+
+def verdict(ok: bool) -> str:
+    """The word printed beside a figure with a budget."""
+    return "within budget" if ok else "OVER BUDGET"
+
+
+def report(title: str, rows: list[tuple[str, str]]) -> None:
+    """Print a small aligned table."""
+    print(f"\n{title}", flush=True)
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        print(f"  {label:<{width}}  {value}", flush=True)
+
+
+def counts_text(counter: Mapping[str, int]) -> str:
+    """`a 1, b 2`: the non-zero counts by name."""
+    return ", ".join(f"{k} {v:,}" for k, v in sorted(counter.items()) if v) or "none"
+
+
+def fast_sqlite_writes(engine: sa.Engine) -> sa.Engine:
+    """No journal and no fsync on a SQLite engine: for setting up a throwaway file only."""
+    if engine.dialect.name == "sqlite":
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=OFF")
+            cursor.execute("PRAGMA synchronous=OFF")
+            cursor.close()
+
+    return engine
