@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from newsletter_pipelines.crm.errors import CrmError
 from newsletter_pipelines.crm.loader import insert_rows
 from newsletter_pipelines.crm.reader import read_contacts
-from newsletter_pipelines.crm.schema import create_schema, crm_tables
+from newsletter_pipelines.crm.schema import CONTACT_FIELDS, create_schema, crm_tables
 from newsletter_pipelines.crm.writer import (
     Activity,
     ContactChange,
@@ -110,16 +110,7 @@ class Crm:
             return conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
 
 
-_FIELDS = (
-    "salutation",
-    "first_name",
-    "last_name",
-    "email",
-    "newsletter",
-    "is_private",
-    "updated_at",
-    "created_at",
-)
+_FIELDS = CONTACT_FIELDS[1:]  # every contact field but the id
 _ACTIVITY_FIELDS = (
     "id",
     "contact_id",

@@ -267,7 +267,7 @@ class ConsentMachine(RuleBasedStateMachine):
         diff, _ = self.world.sync(import_back=True)
         statuses = self.look()
         STATS[f"{self.PROVIDER} checked syncs"] += 1
-        self.check_import_back(crm_before, statuses)
+        self.check_import_back(diff, crm_before, statuses)
         self.check_after_sync(diff, statuses, tags_before)
         for _ in range(3):  # what the import-back changed in the CRM goes out once
             crm = [dict(r) for r in self.world.crm]
@@ -307,7 +307,7 @@ class ConsentMachine(RuleBasedStateMachine):
                 self.crm_changed[row["contact_id"]] = self.step
 
     def check_import_back(
-        self, crm_before: dict[int, dict[str, Any]], statuses: dict[str, str]
+        self, diff: pd.DataFrame, crm_before: dict[int, dict[str, Any]], statuses: dict[str, str]
     ) -> None:
         """An opt-out at the provider ends as `no` in the CRM (unless the CRM changed since),
         and the CRM changes only where a person did something at the provider."""
@@ -325,17 +325,7 @@ class ConsentMachine(RuleBasedStateMachine):
                 continue
             if self.crm_changed[row["contact_id"]] < when:
                 assert row["newsletter"] == "no", self.explain(
-                    f"opt-out of {email} not in the CRM (contact {row['contact_id']})",
-                    pd.DataFrame(
-                        columns=[
-                            "action",
-                            "detail",
-                            "crm_id",
-                            "match_key",
-                            "old_email",
-                            "provider_status",
-                        ]
-                    ),
+                    f"opt-out of {email} not in the CRM (contact {row['contact_id']})", diff
                 )
         for row in self.world.crm:
             before = crm_before.get(row["contact_id"])
