@@ -4,21 +4,18 @@ import-back brings into the CRM. Never against a live provider account."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from newsletter_pipelines.defs.providers.clients import audience_client
 from newsletter_pipelines.defs.resources import build_resources
 from newsletter_pipelines.providers.base import MemberStatus
 from newsletter_pipelines.providers.resources import embedded_sandbox
 from newsletter_pipelines.sandbox import PersonEvent
 from newsletter_pipelines.sandbox.people import brevo_person, mailchimp_person
-from newsletter_pipelines.settings import AudienceConfig, Settings
+from newsletter_pipelines.settings import Settings
 
 SIGN_UP = ("neue.leserin@example.org", "Nina", "Neumann")
 MARKER = "demo-people-played"
-
-
-def _uses_sandbox(settings: Settings, audience: AudienceConfig) -> bool:
-    key = settings.mailchimp_api_key if audience.provider == "mailchimp" else settings.brevo_api_key
-    return key is None
 
 
 def play_people(settings: Settings) -> list[str]:
@@ -27,11 +24,12 @@ def play_people(settings: Settings) -> list[str]:
     if marker.exists():
         return []
     resources = build_resources(settings)
-    sandbox = embedded_sandbox(settings.sandbox_state_file or settings.home / "sandbox.json")
     done: list[str] = []
     for audience in settings.audiences:
-        if not _uses_sandbox(settings, audience):
+        provider = resources[audience.provider]
+        if not provider.uses_sandbox:
             continue
+        sandbox = embedded_sandbox(Path(provider.sandbox_state_file))
         client = audience_client(audience, resources["mailchimp"], resources["brevo"])
         try:
             list_id = client.ensure_audience().id

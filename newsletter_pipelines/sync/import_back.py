@@ -78,11 +78,11 @@ class CrmView:
 class ImportBackPlan:
     """The CRM changes of one audience's import-back, and what was held or left alone."""
 
+    vanish: MassVerdict  # the guard against a mass archive or delete at the provider
     changes: list[ContactChange] = field(default_factory=list)
     new_contacts: list[NewContact] = field(default_factory=list)
     held: list[dict[str, Any]] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)  # per activity kind
-    vanish: MassVerdict | None = None
 
     def __len__(self) -> int:
         return len(self.changes) + len(self.new_contacts)
@@ -108,7 +108,6 @@ def plan_import_back(
     allow_mass_vanish: bool = False,
 ) -> ImportBackPlan:
     """The CRM changes the diff's provider-side changes call for."""
-    plan = ImportBackPlan()
     rows = diff[
         diff["provider_change"].notna()
         | diff["import_tags"].notna()
@@ -116,13 +115,15 @@ def plan_import_back(
     ]
     removed = rows[rows["provider_change"] == ProviderChange.REMOVED.value]
     active = int(snapshot["status"].isin(ACTIVE).sum()) + len(removed)
-    plan.vanish = check_mass(
-        VANISH_GUARD,
-        len(removed),
-        active,
-        max_vanish_share,
-        min_count=min_vanish_count,
-        allow=allow_mass_vanish,
+    plan = ImportBackPlan(
+        vanish=check_mass(
+            VANISH_GUARD,
+            len(removed),
+            active,
+            max_vanish_share,
+            min_count=min_vanish_count,
+            allow=allow_mass_vanish,
+        )
     )
     acting = snapshot[snapshot["match_key"].isin(set(rows["match_key"]))]
     members = {m["match_key"]: m for m in acting.to_dict("records")}  # the last one wins

@@ -84,7 +84,6 @@ def crm_import_back(
     elif len(plan):
         context.log.info(f"{audience.key}: {mode}: nothing written into the CRM")
     vanish = plan.vanish
-    assert vanish is not None
     if not vanish.passed:
         context.log.error(vanish.message)
     yield dg.MaterializeResult(
