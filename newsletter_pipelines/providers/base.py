@@ -74,6 +74,11 @@ class Member(_Frozen):
     salutation: str = ""
     tags: frozenset[str] = frozenset()
     last_changed: datetime | None = None
+    stable_id: str | None = Field(
+        default=None,
+        description="The provider's id of the person that survives an address change "
+        "(Mailchimp `contact_id`, Brevo contact `id`).",
+    )
 
     @property
     def key(self) -> str:

@@ -229,6 +229,7 @@ class BrevoClient:
             email=contact.email,
             status=status_of(contact, self._list_id),
             last_changed=contact.modified_at,
+            stable_id=str(contact.id),
             **self._attributes.decode(contact.attributes),
         )
 

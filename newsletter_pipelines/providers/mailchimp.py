@@ -56,7 +56,15 @@ _SNAPSHOT_FIELDS = ",".join(
     ["total_items"]
     + [
         f"members.{f}"
-        for f in ("id", "email_address", "status", "merge_fields", "tags", "last_changed")
+        for f in (
+            "id",
+            "contact_id",
+            "email_address",
+            "status",
+            "merge_fields",
+            "tags",
+            "last_changed",
+        )
     ]
 )
 _CHOICE_TYPES = ("dropdown", "radio")
@@ -312,6 +320,7 @@ class MailchimpClient:
             salutation=str(merge.get(self._salutation_tag) or ""),
             tags=frozenset(t.name for t in m.tags),
             last_changed=m.last_changed,
+            stable_id=m.contact_id,
         )
 
     # --- upsert -------------------------------------------------------------------------

@@ -19,6 +19,7 @@ class TagRef(_Answer):
 
 class MemberOut(_Answer):
     id: str
+    contact_id: str | None = None
     email_address: str
     status: str
     merge_fields: dict[str, Any] = Field(default_factory=dict)

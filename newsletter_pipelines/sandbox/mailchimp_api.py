@@ -412,7 +412,8 @@ class MailchimpApi:
         old_email = member.email_address
         members.update(lst, member, request.json_object(), self.hooks.now())
         if member.email_address != old_email:
-            self._event(lst, "upemail", member, old_email=old_email, new_email=member.email_address)
+            data = members.upemail_data(lst, member, old_email)
+            self.hooks.mailchimp_event(lst, "upemail", data, "api")
         return json_response(200, members.representation(lst, member, lst.segments))
 
     def delete_member(self, account: McAccount, request: Request) -> Response:

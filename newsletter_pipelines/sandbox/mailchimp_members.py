@@ -203,7 +203,8 @@ def update(lst: McList, member: McMember, payload: dict[str, Any], now: float) -
 
 
 def change_email(lst: McList, member: McMember, new_email: str) -> None:
-    """Move a member to a new address; only subscribed members may change it."""
+    """Move a member to a new address (new `id` and `unique_email_id`, same `contact_id`);
+    only subscribed members may change it, and not onto an address already on the list."""
     if member.status != "subscribed":
         raise ProblemError(
             400,
@@ -217,8 +218,19 @@ def change_email(lst: McList, member: McMember, new_email: str) -> None:
         raise exists(new_email)
     del lst.members[member.id]
     member.id = new_key
+    member.unique_email_id = new_key[:10]
     member.email_address = new_email
     lst.members[new_key] = member
+
+
+def upemail_data(lst: McList, member: McMember, old_email: str) -> dict[str, str]:
+    """The `data` of the `upemail` webhook event for a member that moved from `old_email`."""
+    return {
+        "list_id": lst.id,
+        "new_id": member.id,
+        "new_email": member.email_address,
+        "old_email": old_email,
+    }
 
 
 def archive(lst: McList, member: McMember, now: float) -> None:

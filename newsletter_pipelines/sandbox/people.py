@@ -1,12 +1,12 @@
 """What a *person* does at a provider (outside the API): sign up, unsubscribe, get deleted,
-bounce, get a tag. Each action changes the state like the provider's UI would and fires the
-webhooks the provider would fire (Mailchimp with source `user` or `admin`, Brevo marketing
-events without `api_key_name`).
+bounce, get a tag, change the address. Each action changes the state like the provider's UI
+would and fires the webhooks the provider would fire (Mailchimp with source `user` or `admin`,
+Brevo marketing events without `api_key_name`).
 
 Every action is total: where it makes no sense for the current state it raises the provider's
 error (`ProblemError` for Mailchimp, `BrevoError` for Brevo) before anything changes, and no
-webhook fires. An unknown audience/list is a 404; a `tag`/`untag` without a tag is a 400; an
-action of the other provider is a 400.
+webhook fires. An unknown audience/list is a 404; a `tag`/`untag` without a tag and a
+`change_email` without `new_email` are a 400; an action of the other provider is a 400.
 
 Mailchimp (`mailchimp_person`; `email` not on the audience means no member, an archived one is
 on it):
@@ -42,6 +42,14 @@ on it):
   on a member tagged "VIP" changes nothing, untagging "vip" removes "VIP"; a new tag takes the
   audience's spelling. No webhook (Mailchimp has no tag event); `last_changed` moves, which the
   nightly snapshot sees.
+- `change_email`: the person (update-profile form) or an admin moves the member to `new_email`:
+  its `id` becomes the new address's subscriber hash (`unique_email_id` follows the address),
+  `contact_id`, status, merge fields and tags stay, `last_changed` moves. Fires `upemail` (user)
+  with `data[list_id]`, `data[new_id]` (the new `id`), `data[new_email]`, `data[old_email]`.
+  Refused as the API's `PATCH {"email_address"}` is, and for the member's own address: 400
+  `Member Exists` when the new address is on the audience (an archived member or the member
+  itself), 400 `Invalid Resource` for a member that is not subscribed or a bad address, 400
+  `Forgotten Email Not Subscribed` for a permanently deleted one.
 - `blacklist`, `list_unsubscribe`: Brevo only, 400.
 - All but `signup`, `resubscribe`, `pending` and `transactional` need a member (404 otherwise).
 
@@ -72,6 +80,10 @@ id in both `listIds` and `listUnsubscribed`, though re-linking through the API c
 - `clean`: hard bounce: `emailBlacklisted: true`; fires `hardBounce`.
 - `tag` / `untag`: the tag is added to / removed from the comma-separated `tags_attribute`;
   fires `contactUpdated`.
+- `change_email`: the contact's `email` becomes `new_email` (any contact of the account, in the
+  list or not); its `id`, lists, attributes and blacklist stay, `modifiedAt` moves. No webhook
+  (Brevo's marketing events have none for an address change). 400 `duplicate_parameter` when
+  another contact has the address, 400 `invalid_parameter` for a bad address.
 - `pending`, `transactional`: Mailchimp only, 400.
 - All but `signup`, `resubscribe` and `blacklist` need a contact (404 otherwise).
 """
@@ -87,6 +99,7 @@ from newsletter_pipelines.sandbox.brevo_rules import (
     BrevoError,
     check_address,
     contact_json,
+    duplicate_email,
     stamp,
 )
 from newsletter_pipelines.sandbox.brevo_state import (
@@ -113,6 +126,7 @@ PersonAction = Literal[
     "clean",
     "tag",
     "untag",
+    "change_email",
 ]
 MAILCHIMP_ONLY = frozenset({"pending", "transactional"})
 BREVO_ONLY = frozenset({"blacklist", "list_unsubscribe"})
@@ -125,6 +139,7 @@ class PersonEvent(BaseModel):
     email: str
     action: PersonAction
     tag: str | None = None
+    new_email: str | None = None
     first_name: str = ""
     last_name: str = ""
     api_key: str | None = None
@@ -154,6 +169,13 @@ def _mailchimp_person(sandbox: Sandbox, event: PersonEvent) -> dict[str, Any]:
         )
     if event.action in ("tag", "untag") and not event.tag:
         raise members.invalid("tags", "This value should not be blank.")
+    if event.action == "change_email" and not event.new_email:
+        raise ProblemError(
+            400,
+            "Invalid Resource",
+            "change_email needs new_email, the member's new address.",
+            [{"field": "new_email", "message": "This value should not be blank."}],
+        )
     with sandbox.transaction():
         account = sandbox.state.mailchimp[event.api_key or _only(sandbox.state.mailchimp)]
         lst = account.lists.get(event.list_id)
@@ -208,6 +230,13 @@ def _mailchimp_person(sandbox: Sandbox, event: PersonEvent) -> dict[str, Any]:
             member.status, member.last_changed = "cleaned", now_iso(now)
             member.archived_from = None
             _mc_event(sandbox, lst, "cleaned", member, "admin", reason="hard")
+        elif event.action == "change_email":
+            old_email = member.email_address
+            members.change_email(lst, member, str(event.new_email))
+            member.last_changed = now_iso(now)
+            sandbox.mailchimp_event(
+                lst, "upemail", members.upemail_data(lst, member, old_email), "user"
+            )
         else:
             status = "active" if event.action == "tag" else "inactive"
             members.set_tags(member, [{"name": event.tag, "status": status}], now, lst.segments)
@@ -236,6 +265,8 @@ def _brevo_person(sandbox: Sandbox, event: PersonEvent) -> dict[str, Any]:
         )
     if event.action in ("tag", "untag") and not event.tag:
         raise BrevoError(400, "missing_parameter", "tag is missing")
+    if event.action == "change_email" and not event.new_email:
+        raise BrevoError(400, "missing_parameter", "new_email is missing")
     with sandbox.transaction():
         account = sandbox.state.brevo[event.api_key or _only(sandbox.state.brevo)]
         list_id = int(event.list_id) if event.list_id.isdigit() else -1
@@ -304,6 +335,8 @@ def _brevo_person(sandbox: Sandbox, event: PersonEvent) -> dict[str, Any]:
             sandbox.brevo_event(
                 account, "hardBounce", {"event": "hard_bounce", "reason": "unknown user", **common}
             )
+        elif event.action == "change_email":
+            _move(account, contact, str(event.new_email), now)
         else:
             tags = [
                 t for t in str(contact.attributes.get(event.tags_attribute, "")).split(",") if t
@@ -319,6 +352,16 @@ def _brevo_person(sandbox: Sandbox, event: PersonEvent) -> dict[str, Any]:
                 {"event": "contact_updated", "content": [contact.attributes], **common},
             )
         return contact_json(contact)
+
+
+def _move(account: BvAccount, contact: BvContact, new_email: str, now: float) -> None:
+    """Give the contact a new address, unless it is bad or another contact's."""
+    check_address(new_email)
+    other = account.by_email(new_email)
+    if other is not None and other.id != contact.id:
+        raise duplicate_email()
+    account.rename(contact, new_email)
+    contact.modifiedAt = now
 
 
 def _subscribed_to(contact: BvContact, list_id: int) -> bool:

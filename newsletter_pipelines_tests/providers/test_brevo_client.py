@@ -230,6 +230,23 @@ def test_email_changes_keep_the_contact_and_refusals_are_per_contact(
     }
 
 
+def test_snapshot_stable_id_is_the_contact_id_across_address_changes(
+    sandbox: Sandbox, brevo: BrevoClient
+) -> None:
+    brevo.upsert(contacts(2))
+    list_id = brevo.ensure_audience().id
+    first = {m.stable_id: m for m in brevo.snapshot()}
+    assert set(first) == {str(c.id) for c in account(sandbox).contacts.values()}
+    assert all(m.provider_id == stable_id for stable_id, m in first.items())
+    person(sandbox, list_id, "person0@example.com", "change_email", new_email="moved@example.com")
+    after = {m.stable_id: m.email for m in brevo.snapshot()}
+    renamed = {
+        "person0@example.com": "moved@example.com",
+        "person1@example.com": "person1@example.com",
+    }
+    assert after == {stable_id: renamed[m.email] for stable_id, m in first.items()}
+
+
 def test_unsubscribe_blacklists_and_remove_unlinks(sandbox: Sandbox, brevo: BrevoClient) -> None:
     brevo.upsert(contacts(170))
     refs = [c.ref() for c in contacts(5)] + [ContactRef(email="ghost@example.com", crm_id="g")]

@@ -234,6 +234,25 @@ def test_email_change_keeps_the_member(sandbox: Sandbox, mailchimp: MailchimpCli
     assert emails == {"new0@example.com", "person1@example.com", "person2@example.com"}
 
 
+def test_snapshot_stable_id_is_the_contact_id_across_address_changes(
+    sandbox: Sandbox, mailchimp: MailchimpClient
+) -> None:
+    mailchimp.upsert(contacts(2))
+    list_id = mailchimp.ensure_audience().id
+    first = {m.stable_id: m.email for m in mailchimp.snapshot()}
+    assert set(first) == {m.contact_id for m in audience(sandbox).members.values()}
+    person(sandbox, list_id, "person0@example.com", "change_email", new_email="moved@example.com")
+    mailchimp.change_emails(
+        [EmailChange(crm_id="1", old_email="person1@example.com", new_email="new1@example.com")]
+    )
+    after = {m.stable_id: m.email for m in mailchimp.snapshot()}
+    renamed = {
+        "person0@example.com": "moved@example.com",
+        "person1@example.com": "new1@example.com",
+    }
+    assert after == {stable_id: renamed[email] for stable_id, email in first.items()}
+
+
 def test_unsubscribe_and_remove_in_batches(sandbox: Sandbox, mailchimp: MailchimpClient) -> None:
     mailchimp.upsert(contacts(30))
     list_id = mailchimp.ensure_audience().id

@@ -5,6 +5,7 @@ provider's error, leaving state and webhooks untouched."""
 from __future__ import annotations
 
 import json
+import time
 from typing import Any, get_args
 
 import httpx
@@ -44,10 +45,14 @@ def bv(sandbox: Sandbox, list_id: str, email: str, action: str, **extra: Any) ->
     return brevo_person(sandbox, event)
 
 
+def mc_bodies(receiver: Receiver) -> list[httpx.QueryParams]:
+    """The form-encoded Mailchimp deliveries so far."""
+    return [httpx.QueryParams(r.content.decode()) for r in receiver.posts()]
+
+
 def mc_hooks(receiver: Receiver) -> list[tuple[str, str]]:
     """(type, email) of the Mailchimp deliveries so far."""
-    bodies = [httpx.QueryParams(r.content.decode()) for r in receiver.posts()]
-    return [(b["type"], b["data[email]"]) for b in bodies]
+    return [(b["type"], b["data[email]"]) for b in mc_bodies(receiver)]
 
 
 def bv_hooks(receiver: Receiver) -> list[dict[str, Any]]:
@@ -121,6 +126,7 @@ MC_EXPECTED: dict[str, dict[str, str | int]] = {
     "clean": {**_GONE, **dict.fromkeys(_EXISTING, "cleaned")},
     "tag": {**_GONE, **_same(_EXISTING)},
     "untag": {**_GONE, **_same(_EXISTING)},
+    "change_email": {**_GONE, **dict.fromkeys(_EXISTING, 400), "subscribed": "subscribed"},
 }
 MC_WEBHOOKS = {
     "signup": ["subscribe"],
@@ -129,6 +135,7 @@ MC_WEBHOOKS = {
     "archive": ["unsubscribe"],
     "delete": ["unsubscribe"],
     "clean": ["cleaned"],
+    "change_email": ["upemail"],
 }
 
 
@@ -140,26 +147,28 @@ def test_every_mailchimp_action_in_every_state(
     for action, expected in MC_EXPECTED.items():
         for state, outcome in expected.items():
             email = f"{action}.{state}@example.com"
+            moved = f"moved.{email}"
             for step in MC_SETUP[state]:
                 mc(sandbox, email, step)
             before, hooks = audience(sandbox).model_dump(), len(receiver.posts())
             case = f"{action} on {state}"
             try:
-                answer = mc(sandbox, email, action, tag="VIP")
+                answer = mc(sandbox, email, action, tag="VIP", new_email=moved)
             except ProblemError as refusal:
                 assert refusal.status == outcome, case
                 assert audience(sandbox).model_dump() == before, case
                 assert len(receiver.posts()) == hooks, case
                 continue
             lst = audience(sandbox)
-            current = lst.members.get(subscriber_hash(email))
+            where = moved if action == "change_email" else email
+            current = lst.members.get(subscriber_hash(where))
             status = current.status if current is not None else "gone"
             assert status == outcome, case
             assert answer.get("status", "gone") == status, case
             if current is not None:
                 assert (current.archived_from is not None) == (status == "archived"), case
-            assert (subscriber_hash(email) in lst.forgotten) == (status == "gone"), case
-            fired = [kind for kind, _ in mc_hooks(receiver)[hooks:]]
+            assert (subscriber_hash(where) in lst.forgotten) == (status == "gone"), case
+            fired = [b["type"] for b in mc_bodies(receiver)[hooks:]]
             assert fired == MC_WEBHOOKS.get(action, []), case
 
 
@@ -325,6 +334,87 @@ def test_mailchimp_refuses_brevo_actions_unknown_audiences_and_blank_tags(
     assert [m.status for m in mailchimp.snapshot()] == [MemberStatus.SUBSCRIBED]
 
 
+# --- Mailchimp: a member changes its address --------------------------------------------
+
+
+def test_change_email_moves_the_mailchimp_member_and_fires_upemail(
+    sandbox: Sandbox,
+    mailchimp: MailchimpClient,
+    receiver: Receiver,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    mailchimp.upsert(contacts(2, tags=frozenset({"VIP"})))
+    mailchimp.register_webhook("https://hooks.example.com/mailchimp", "s3cret")
+    list_id = audience(sandbox).id
+    old = member(sandbox, "person0@example.com").model_copy(deep=True)
+    before = {m.email: m for m in mailchimp.snapshot()}["person0@example.com"]
+    later = time.time() + 3600
+    monkeypatch.setattr(sandbox, "now", lambda: later)
+    answer = mc(sandbox, "person0@example.com", "change_email", new_email="Moved@example.com")
+    assert subscriber_hash("person0@example.com") not in audience(sandbox).members
+    moved = member(sandbox, "moved@example.com")
+    assert (moved.id, moved.email_address) == (
+        subscriber_hash("moved@example.com"),
+        "Moved@example.com",
+    )
+    assert (moved.contact_id, moved.status, moved.tags, moved.merge_fields) == (
+        old.contact_id,
+        "subscribed",
+        old.tags,
+        old.merge_fields,
+    )
+    assert moved.last_changed > old.last_changed
+    assert (answer["id"], answer["contact_id"]) == (moved.id, old.contact_id)
+    assert [dict(b) for b in mc_bodies(receiver)] == [
+        {
+            "type": "upemail",
+            "fired_at": mc_bodies(receiver)[0]["fired_at"],
+            "data[list_id]": list_id,
+            "data[new_id]": subscriber_hash("moved@example.com"),
+            "data[new_email]": "Moved@example.com",
+            "data[old_email]": "person0@example.com",
+        }
+    ]
+    after = {m.email: m for m in mailchimp.snapshot()}
+    assert set(after) == {"Moved@example.com", "person1@example.com"}
+    assert after["Moved@example.com"].provider_id == subscriber_hash("moved@example.com")
+    assert after["Moved@example.com"].stable_id == before.stable_id == old.contact_id
+    assert after["Moved@example.com"].tags == {"VIP"}
+
+
+def test_change_email_refuses_taken_addresses_unknown_members_and_a_missing_address(
+    sandbox: Sandbox, mailchimp: MailchimpClient, receiver: Receiver, http: httpx.Client
+) -> None:
+    mailchimp.upsert(contacts(3))
+    mailchimp.register_webhook("https://hooks.example.com/mailchimp", "s3cret")
+    mc(sandbox, "person2@example.com", "archive")
+    mc(sandbox, "gone@example.com", "signup")
+    mc(sandbox, "gone@example.com", "delete")
+    before, hooks = audience(sandbox).model_dump(), len(receiver.posts())
+    refusals = {
+        ("person0@example.com", "person1@example.com"): (400, "Member Exists"),
+        ("person0@example.com", "Person0@example.com"): (400, "Member Exists"),  # itself
+        ("person0@example.com", "PERSON2@example.com"): (400, "Member Exists"),  # archived
+        ("person0@example.com", "gone@example.com"): (400, "Forgotten Email Not Subscribed"),
+        ("person0@example.com", "not-an-address"): (400, "Invalid Resource"),
+        ("nobody@example.com", "new@example.com"): (404, "Resource Not Found"),
+        ("person2@example.com", "new@example.com"): (400, "Invalid Resource"),  # not subscribed
+    }
+    for (email, new_email), expected in refusals.items():
+        with pytest.raises(ProblemError) as refused:
+            mc(sandbox, email, "change_email", new_email=new_email)
+        assert (refused.value.status, refused.value.title) == expected, (email, new_email)
+    with pytest.raises(ProblemError) as missing:
+        mc(sandbox, "person0@example.com", "change_email")
+    assert (missing.value.status, missing.value.title) == (400, "Invalid Resource")
+    assert "new_email" in missing.value.detail
+    body = {"list_id": audience(sandbox).id, "email": "person0@example.com"}
+    answer = http.post("/_sandbox/mailchimp/people", json={**body, "action": "change_email"})
+    assert answer.status_code == 400 and "new_email" in answer.json()["error"]
+    assert audience(sandbox).model_dump() == before
+    assert len(receiver.posts()) == hooks
+
+
 # --- Mailchimp: tag names are case-insensitive -------------------------------------------
 
 
@@ -418,19 +508,21 @@ BV_EXPECTED: dict[str, dict[str, str | int]] = {
     "transactional": dict.fromkeys(BV_SETUP, 400),
     "tag": {"absent": 404, **{s: s for s in _CONTACTS}},
     "untag": {"absent": 404, **{s: s for s in _CONTACTS}},
+    "change_email": {"absent": 404, **{s: s for s in _CONTACTS}},
 }
 BV_EXPECTED["clean"] = BV_EXPECTED["unsubscribe"]
 BV_WEBHOOKS = {
-    "signup": "list_addition",
-    "resubscribe": "list_addition",
-    "blacklist": "unsubscribed",
-    "list_unsubscribe": "unsubscribed",
-    "unsubscribe": "unsubscribed",
-    "archive": "contact_deleted",
-    "delete": "contact_deleted",
-    "clean": "hard_bounce",
-    "tag": "contact_updated",
-    "untag": "contact_updated",
+    "signup": ["list_addition"],
+    "resubscribe": ["list_addition"],
+    "blacklist": ["unsubscribed"],
+    "list_unsubscribe": ["unsubscribed"],
+    "unsubscribe": ["unsubscribed"],
+    "archive": ["contact_deleted"],
+    "delete": ["contact_deleted"],
+    "clean": ["hard_bounce"],
+    "tag": ["contact_updated"],
+    "untag": ["contact_updated"],
+    "change_email": [],  # Brevo's marketing events have none for an address change
 }
 
 
@@ -453,6 +545,7 @@ def test_every_brevo_action_in_every_state(
     for action, expected in BV_EXPECTED.items():
         for state, outcome in expected.items():
             email = f"{action}.{state}@example.com"
+            moved = f"moved.{email}"
             for step in BV_SETUP[state]:
                 bv(sandbox, list_id, email, step)
             assert describe(brevo_state(sandbox).by_email(email), int(list_id)) == (
@@ -461,18 +554,19 @@ def test_every_brevo_action_in_every_state(
             before, hooks = brevo_state(sandbox).model_dump(), len(receiver.posts())
             case = f"{action} on {state}"
             try:
-                bv(sandbox, list_id, email, action, tag="vip")
+                bv(sandbox, list_id, email, action, tag="vip", new_email=moved)
             except BrevoError as refusal:
                 assert refusal.status == outcome, case
                 assert brevo_state(sandbox).model_dump() == before, case
                 assert len(receiver.posts()) == hooks, case
                 continue
-            contact = brevo_state(sandbox).by_email(email)
+            where = moved if action == "change_email" else email
+            contact = brevo_state(sandbox).by_email(where)
             assert describe(contact, int(list_id)) == outcome, case
             if contact is not None:
                 assert not set(contact.listIds) & set(contact.listUnsubscribed), case
             fired = [e["event"] for e in bv_hooks(receiver)[hooks:]]
-            assert fired == [BV_WEBHOOKS[action]], case
+            assert fired == BV_WEBHOOKS[action], case
 
 
 # --- Brevo: the new actions through the client -------------------------------------------
@@ -581,6 +675,65 @@ def test_list_unsubscribe_leaves_the_list_but_not_the_account(
     assert {m.email: m.status for m in brevo.snapshot()}["person0@example.com"] is (
         MemberStatus.SUBSCRIBED
     )
+
+
+def test_change_email_keeps_the_brevo_contact_under_its_id(
+    sandbox: Sandbox, brevo: BrevoClient, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    brevo.upsert(contacts(2))
+    brevo.register_webhook("https://hooks.example.com/brevo", "t0ken")
+    list_id = brevo.ensure_audience().id
+    bv(sandbox, list_id, "person0@example.com", "tag", tag="vip")
+    old = stored(sandbox, "person0@example.com").model_copy(deep=True)
+    before = {m.email: m for m in brevo.snapshot()}["person0@example.com"]
+    start = len(receiver.posts())
+    later = time.time() + 3600
+    monkeypatch.setattr(sandbox, "now", lambda: later)
+    answer = bv(
+        sandbox, list_id, "person0@example.com", "change_email", new_email="moved@example.com"
+    )
+    assert brevo_state(sandbox).by_email("person0@example.com") is None
+    moved = stored(sandbox, "moved@example.com")
+    assert (moved.id, moved.listIds, moved.attributes, moved.emailBlacklisted) == (
+        old.id,
+        old.listIds,
+        old.attributes,
+        False,
+    )
+    assert moved.modifiedAt == later > old.modifiedAt
+    assert (answer["id"], answer["email"]) == (old.id, "moved@example.com")
+    assert receiver.posts()[start:] == []  # no marketing event for an address change
+    after = {m.email: m for m in brevo.snapshot()}
+    assert set(after) == {"moved@example.com", "person1@example.com"}
+    assert after["moved@example.com"].stable_id == before.stable_id == str(old.id)
+    assert after["moved@example.com"].provider_id == before.provider_id
+    assert after["moved@example.com"].status is MemberStatus.SUBSCRIBED
+
+
+def test_brevo_change_email_refuses_taken_addresses_unknown_contacts_and_a_missing_address(
+    sandbox: Sandbox, brevo: BrevoClient, http: httpx.Client
+) -> None:
+    brevo.upsert(contacts(2))
+    list_id = brevo.ensure_audience().id
+    bv(sandbox, list_id, "outside@example.com", "blacklist")
+    before = brevo_state(sandbox).model_dump()
+    refusals = {
+        ("person0@example.com", "PERSON1@example.com"): (400, "duplicate_parameter"),
+        ("person0@example.com", "outside@example.com"): (400, "duplicate_parameter"),
+        ("person0@example.com", "not-an-address"): (400, "invalid_parameter"),
+        ("nobody@example.com", "new@example.com"): (404, "document_not_found"),
+    }
+    for (email, new_email), expected in refusals.items():
+        with pytest.raises(BrevoError) as refused:
+            bv(sandbox, list_id, email, "change_email", new_email=new_email)
+        assert (refused.value.status, refused.value.code) == expected, (email, new_email)
+    with pytest.raises(BrevoError) as missing:
+        bv(sandbox, list_id, "person0@example.com", "change_email")
+    assert (missing.value.status, missing.value.code) == (400, "missing_parameter")
+    body = {"list_id": list_id, "email": "person0@example.com", "action": "change_email"}
+    answer = http.post("/_sandbox/brevo/people", json=body)
+    assert answer.status_code == 400 and "new_email" in answer.json()["error"]
+    assert brevo_state(sandbox).model_dump() == before
 
 
 def test_brevo_refuses_mailchimp_actions_unknown_lists_and_blank_tags(
