@@ -10,11 +10,12 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
+from newsletter_pipelines.defs.crm import assets
 from newsletter_pipelines.defs.crm.assets import crm_contacts, eligible_subscribers
 from newsletter_pipelines.defs.resources import build_resources
 from newsletter_pipelines.settings import Settings
 from newsletter_pipelines.state.exclusions import count_by_reason
-from newsletter_pipelines.sync.eligibility import REASONS
+from newsletter_pipelines.sync.eligibility import EXCLUDED_COLUMNS, REASONS
 
 CHECKS = {"unique_email_keys", "valid_emails", "eligible_count_drop"}
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
@@ -73,6 +74,7 @@ def test_materialize_crm_group_reports_every_count(crm_url: str) -> None:
     eligible = result.output_for_node("eligible_subscribers", "eligible_subscribers")
     assert isinstance(eligible, pd.DataFrame) and len(eligible) == meta["eligible_count"]
     excluded_frame = result.output_for_node("eligible_subscribers", "excluded_contacts")
+    assert list(excluded_frame.columns) == list(EXCLUDED_COLUMNS)
     assert excluded_frame["reason"].value_counts().to_dict() == {
         r: c for r, c in excluded.items() if c
     }
@@ -92,6 +94,35 @@ def test_private_contacts_leave_no_email_in_the_exclusions_table(crm_url: str) -
             )
         ).scalar_one()
     assert emails == 0
+
+
+def _counts(result: dg.ExecuteInProcessResult) -> dict[str, object]:
+    meta = eligible_metadata(result)
+    return {r: meta[f"excluded_{r}"] for r in REASONS} | {"eligible": meta["eligible_count"]}
+
+
+def test_eligibility_reads_the_newsletter_column_through_the_configured_values(
+    crm_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with dg.instance_for_test() as instance:
+        expected = _counts(materialize(instance))
+    with sa.create_engine(crm_url).begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE contacts SET newsletter = CASE lower(trim(newsletter))"
+                " WHEN 'yes' THEN ' Opt-In' WHEN 'no' THEN 'opt-out' ELSE newsletter END"
+            )
+        )
+    monkeypatch.setenv("NEWSLETTER_CRM_VALUES__YES", "opt-in")
+    monkeypatch.setenv("NEWSLETTER_CRM_VALUES__NO", "OPT-OUT")
+    monkeypatch.setattr(assets, "_SETTINGS", Settings())
+    with dg.instance_for_test() as instance:
+        result = materialize(instance)
+    assert _counts(result) == expected
+    excluded = result.output_for_node("eligible_subscribers", "excluded_contacts")
+    opted_out = excluded.loc[excluded["reason"] == "opted_out", "newsletter"]
+    assert set(opted_out) == {"no"} and set(excluded["newsletter"]) == {"yes", "no", "unknown"}
+    assert str(excluded["updated_at"].dtype) == "datetime64[ns, UTC]"
 
 
 def _opt_out_half(crm_url: str) -> None:

@@ -10,8 +10,14 @@ import pytest
 
 from newsletter_pipelines.crm.loader import read_csv_rows
 from newsletter_pipelines.crm.reader import CONTACT_COLUMNS
-from newsletter_pipelines.settings import PROJECT_ROOT
-from newsletter_pipelines.sync.eligibility import REASONS, classify, clean_field
+from newsletter_pipelines.settings import PROJECT_ROOT, CrmValues
+from newsletter_pipelines.sync.eligibility import (
+    EXCLUDED_COLUMNS,
+    REASONS,
+    classify,
+    clean_field,
+    parse_newsletter,
+)
 from newsletter_pipelines.sync.email_address import check_email, check_emails
 
 DATA_DIR = PROJECT_ROOT / "data"
@@ -39,8 +45,8 @@ def frame(*rows: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(list(rows), columns=[*CONTACT_COLUMNS, "tags"])
 
 
-def outcome(row: dict[str, Any]) -> str:
-    result = classify(frame(row))
+def outcome(row: dict[str, Any], values: CrmValues | None = None) -> str:
+    result = classify(frame(row), values or CrmValues())
     if len(result.eligible):
         return "eligible"
     return str(result.excluded["reason"].iloc[0])
@@ -219,6 +225,74 @@ def test_private_rows_do_not_take_part_in_dedupe() -> None:
     )
     assert list(result.eligible["contact_id"]) == [1]
     assert result.excluded.set_index("contact_id").loc[2, "email"] is None  # private: not copied
+
+
+GERMAN = CrmValues(yes="ja", no="nein", unspecified="k. A.")
+GERMAN_CASES = [
+    ("ja", "eligible"),
+    (" JA ", "eligible"),
+    ("nein", "opted_out"),
+    ("Nein ", "opted_out"),
+    ("k. A.", "not_opted_in"),
+    ("yes", "not_opted_in"),
+    ("no", "not_opted_in"),
+    (None, "not_opted_in"),
+]
+
+
+@pytest.mark.parametrize(("value", "expected"), GERMAN_CASES)
+def test_newsletter_is_read_through_the_configured_values(value: str | None, expected: str) -> None:
+    assert outcome(contact(newsletter=value), GERMAN) == expected
+
+
+def test_parse_newsletter_defaults_to_yes_and_no() -> None:
+    assert [parse_newsletter(v) for v in (" Yes", "NO", "unspecified", "ja", None)] == [
+        "yes",
+        "no",
+        "unknown",
+        "unknown",
+        "unknown",
+    ]
+    assert parse_newsletter("JA", GERMAN) == "yes"
+
+
+def test_excluded_rows_carry_their_newsletter_and_updated_at() -> None:
+    result = classify(
+        frame(
+            contact(1, is_private=True, newsletter="ja", updated_at="2025-02-01 08:00:00+01:00"),
+            contact(2, email="anna@example.de", newsletter="ja", updated_at="2025-01-01"),
+            contact(3, email="anna@example.de", newsletter="nein", updated_at="2025-03-01"),
+            contact(4, email="not an email", newsletter=None, updated_at="gestern"),
+            contact(5, email=None, newsletter="yes", updated_at=None),
+            contact(6, newsletter="k. A."),
+            contact(7, newsletter="ja"),
+        ),
+        GERMAN,
+    )
+    assert list(result.excluded.columns) == list(EXCLUDED_COLUMNS)
+    assert EXCLUDED_COLUMNS[-2:] == ("newsletter", "updated_at")
+    rows = result.excluded.set_index("contact_id")
+    assert rows["reason"].to_dict() == {
+        1: "private",
+        2: "duplicate",
+        3: "opted_out",
+        4: "invalid_email",
+        5: "missing_email",
+        6: "not_opted_in",
+    }
+    assert rows["newsletter"].to_dict() == {
+        1: "yes",
+        2: "yes",
+        3: "no",
+        4: "unknown",
+        5: "unknown",
+        6: "unknown",
+    }
+    assert rows["updated_at"].dtype == result.eligible["updated_at"].dtype == "datetime64[ns, UTC]"
+    assert rows.loc[1, "updated_at"] == pd.Timestamp("2025-02-01 07:00:00", tz="UTC")
+    assert rows.loc[3, "updated_at"] == pd.Timestamp("2025-03-01", tz="UTC")
+    assert pd.isna(rows.loc[4, "updated_at"]) and pd.isna(rows.loc[5, "updated_at"])
+    assert result.eligible["updated_at"].iloc[0] == rows.loc[6, "updated_at"]
 
 
 def test_parallel_check_matches_serial() -> None:

@@ -29,7 +29,8 @@ _BATCH = 20_000
 
 
 def replace_exclusions(engine: sa.Engine, excluded: pd.DataFrame, run_id: str) -> int:
-    """Replace the table's rows by `excluded` (columns contact_id, reason, email, detail)."""
+    """Replace the table's rows by `excluded`; only its columns contact_id, reason, email and
+    detail are stored (the logical newsletter and updated_at stay in the asset)."""
     metadata.create_all(engine)
     now = datetime.now(UTC)
     rows = [

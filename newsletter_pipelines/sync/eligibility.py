@@ -5,7 +5,8 @@
    address, lower-cased.
 3. Among non-private rows with the same key the most recently updated row decides (ties: lowest
    id); the others are `duplicate`.
-4. Eligible: the deciding row has newsletter 'yes'.
+4. Eligible: the deciding row's newsletter is `CrmValues.yes` (the value the import-back
+   writes; `no` opts out, anything else is not an opt-in).
 Every other row keeps exactly one exclusion reason.
 """
 
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from newsletter_pipelines.settings import CrmValues
 from newsletter_pipelines.sync.email_address import check_emails, clean_raw_email
 from newsletter_pipelines.values import is_missing
 
@@ -33,10 +35,19 @@ ELIGIBLE_COLUMNS = (
     "tags",
     "updated_at",
 )
-EXCLUDED_COLUMNS = ("contact_id", "reason", "email", "email_key", "email_ascii", "detail")
+EXCLUDED_COLUMNS = (
+    "contact_id",
+    "reason",
+    "email",
+    "email_key",
+    "email_ascii",
+    "detail",
+    "newsletter",
+    "updated_at",
+)
+DEFAULT_VALUES = CrmValues()
 MAX_FIELD_BYTES = 255  # Mailchimp's limit for text merge fields; Brevo text attributes take more
 
-_TRUE_FLAGS = frozenset({"1", "true", "t", "yes", "y", "ja", "j", "x", "on"})
 _FALSE_FLAGS = frozenset({"", "0", "false", "f", "no", "n", "nein", "off"})
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
 _SPACES = re.compile(r"\s+")
@@ -62,12 +73,17 @@ def parse_private(value: Any) -> bool:
     return str(value).strip().lower() not in _FALSE_FLAGS
 
 
-def parse_newsletter(value: Any) -> str:
-    """'yes' or 'no' when the CRM says so (case and spaces ignored), else 'unknown'."""
+def _fold(value: Any) -> str:
+    return str(value).strip().lower()
+
+
+def parse_newsletter(value: Any, values: CrmValues = DEFAULT_VALUES) -> str:
+    """'yes' for `values.yes`, 'no' for `values.no` (case and outer spaces ignored), else
+    'unknown' (`values.unspecified`, NULL, anything unrecognised)."""
     if is_missing(value):
         return "unknown"
-    text = str(value).strip().lower()
-    return text if text in ("yes", "no") else "unknown"
+    # 'no' last: should both fold to the same text, the opt-out wins
+    return {_fold(values.yes): "yes", _fold(values.no): "no"}.get(_fold(value), "unknown")
 
 
 def clean_field(value: Any) -> str:
@@ -118,17 +134,23 @@ def _newest_first_order(keys: np.ndarray, updated_at: pd.Series, ids: np.ndarray
     return np.lexsort((id_rank, newest_first, key_codes))
 
 
-def classify(contacts: pd.DataFrame, workers: int | None = None) -> EligibilityResult:
-    """Split raw CRM contacts (columns of `crm.reader.read_contacts`) into eligible and excluded.
+def classify(
+    contacts: pd.DataFrame, values: CrmValues = DEFAULT_VALUES, workers: int | None = None
+) -> EligibilityResult:
+    """Split raw CRM contacts (columns of `crm.reader.read_contacts`) into eligible and excluded,
+    reading the newsletter column through `values`.
 
     The excluded frame also carries the `email_key` where the address is valid (private
-    contacts included), so a provider member can be matched to its CRM contact.
+    contacts included), so a provider member can be matched to its CRM contact, and every
+    row's logical `newsletter` ('yes'/'no'/'unknown') and UTC `updated_at`.
     """
     frame = contacts.reset_index(drop=True)
     total = len(frame)
     ids = frame["contact_id"].to_numpy()
     reason = np.full(total, None, dtype=object)
     detail = np.full(total, None, dtype=object)
+    newsletter = _map_unique(frame["newsletter"], lambda v: parse_newsletter(v, values))
+    updated_at = _timestamps(frame["updated_at"])
 
     private = _map_unique(frame["is_private"], parse_private).astype(bool)
     raw_email = _map_unique(frame["email"], clean_raw_email)
@@ -150,9 +172,7 @@ def classify(contacts: pd.DataFrame, workers: int | None = None) -> EligibilityR
 
     candidates = np.flatnonzero(reason == None)  # noqa: E711 (element-wise on an object array)
     order = candidates[
-        _newest_first_order(
-            key[candidates], _timestamps(frame["updated_at"].iloc[candidates]), ids[candidates]
-        )
+        _newest_first_order(key[candidates], updated_at.iloc[candidates], ids[candidates])
     ]
     sorted_keys = key[order]
     first = np.ones(len(order), dtype=bool)
@@ -165,12 +185,12 @@ def classify(contacts: pd.DataFrame, workers: int | None = None) -> EligibilityR
             f"contact {decider_of_key[key[position]]} has the same address and decides"
         )
 
-    newsletter = _map_unique(frame["newsletter"].iloc[deciders], parse_newsletter)
-    reason[deciders[newsletter == "no"]] = "opted_out"
-    reason[deciders[newsletter == "unknown"]] = "not_opted_in"
-    eligible_positions = np.sort(deciders[newsletter == "yes"])
+    decided = newsletter[deciders]
+    reason[deciders[decided == "no"]] = "opted_out"
+    reason[deciders[decided == "unknown"]] = "not_opted_in"
+    eligible_positions = np.sort(deciders[decided == "yes"])
 
-    eligible, cleaned = _eligible_frame(frame, email, key, eligible_positions)
+    eligible, cleaned = _eligible_frame(frame, email, key, updated_at, eligible_positions)
     is_excluded = reason != None  # noqa: E711
     excluded = pd.DataFrame(
         {
@@ -180,6 +200,8 @@ def classify(contacts: pd.DataFrame, workers: int | None = None) -> EligibilityR
             "email_key": key[is_excluded],
             "email_ascii": email[is_excluded],
             "detail": detail[is_excluded],
+            "newsletter": newsletter[is_excluded],
+            "updated_at": updated_at.iloc[is_excluded].reset_index(drop=True),
         }
     )
     reasons, occurrences = np.unique(reason[is_excluded].astype(str), return_counts=True)
@@ -191,7 +213,11 @@ def classify(contacts: pd.DataFrame, workers: int | None = None) -> EligibilityR
 
 
 def _eligible_frame(
-    frame: pd.DataFrame, email: np.ndarray, key: np.ndarray, positions: np.ndarray
+    frame: pd.DataFrame,
+    email: np.ndarray,
+    key: np.ndarray,
+    updated_at: pd.Series,
+    positions: np.ndarray,
 ) -> tuple[pd.DataFrame, int]:
     rows = frame.iloc[positions]
     out = pd.DataFrame(
@@ -199,7 +225,7 @@ def _eligible_frame(
             "contact_id": rows["contact_id"].to_numpy(),
             "email": email[positions],
             "email_key": key[positions],
-            "updated_at": _timestamps(rows["updated_at"]).reset_index(drop=True),
+            "updated_at": updated_at.iloc[positions].reset_index(drop=True),
             "tags": _map_unique(rows["tags"], clean_tags),
         }
     )

@@ -57,8 +57,9 @@ class EligibilityConfig(dg.Config):
         "excluded_contacts": dg.AssetOut(
             group_name=GROUP,
             kinds={"pandas"},
-            description="Every other CRM contact with its one exclusion reason (also in the state "
-            "database table eligibility_exclusions).",
+            description="Every other CRM contact with its one exclusion reason, its newsletter "
+            "value (yes/no/unknown) and updated_at (id, reason, email and detail also in the "
+            "state database table eligibility_exclusions).",
         ),
     },
     check_specs=CHECK_SPECS,
@@ -69,8 +70,9 @@ def eligible_subscribers(
     crm_contacts: pd.DataFrame,
     state_db: StateDatabaseResource,
 ) -> Iterator[dg.Output[pd.DataFrame] | dg.AssetCheckResult]:
-    """Eligibility: eligible subscribers and excluded contacts with their reason."""
-    result = classify(crm_contacts)
+    """Eligibility: eligible subscribers and excluded contacts with their reason; the newsletter
+    column is read through NEWSLETTER_CRM_VALUES__*, the values the import-back writes."""
+    result = classify(crm_contacts, _SETTINGS.crm_values)
     counts = result.counts
     context.log.info(
         "eligibility: " + ", ".join(f"{name} {count}" for name, count in counts.items())
