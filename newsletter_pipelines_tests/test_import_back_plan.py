@@ -19,12 +19,11 @@ from newsletter_pipelines_tests.world import SYSTEM_TAG, World
 
 
 def plan(world: World, diff: pd.DataFrame, **limits: object) -> ImportBackPlan:
-    contacts = frame(*world.crm)
-    result = classify(contacts)
+    result = classify(frame(*world.crm))
     return plan_import_back(
         diff,
         snapshot_frame(world.provider.snapshot()),
-        CrmView.from_frames(contacts, result.eligible, result.excluded),
+        CrmView.for_diff(diff, result.eligible, result.excluded),
         Audience(world.provider_name, world.provider_name, SYSTEM_TAG[world.provider_name]),
         **limits,  # type: ignore[arg-type]
     )
@@ -84,6 +83,7 @@ def test_a_mass_removal_at_the_provider_is_held(world: World) -> None:
     diff, _ = world.sync()
     result = plan(world, diff)
     assert result.vanish is not None and not result.vanish.passed
+    assert "run crm_import_back with allow_mass_vanish: true" in result.vanish.message
     assert len(result.held) == 20 and len(result) == 0
     released = plan(world, diff, allow_mass_vanish=True)
     assert len(released.changes) == 20
@@ -143,3 +143,20 @@ def test_a_tag_a_person_removed_is_removed_from_the_contact_and_not_pushed_again
     result = plan(world, diff)
     assert [(c.contact_id, c.remove_tags) for c in result.changes] == [("11", {"VIP"})]
     assert result.changes[0].activity.kind == "tags_removed_at_provider"
+
+
+def test_a_sign_up_after_the_crm_said_no_sets_yes_and_an_older_one_is_unsubscribed(
+    world: World,
+) -> None:
+    world.set(12, newsletter="no", updated_at="2020-01-01 00:00:00")  # long before the sign-up
+    world.set(13, newsletter="no", updated_at="2100-01-01 00:00:00")  # "after" the sign-up
+    world.sync()
+    world.act("person12@example.de", "signup")
+    world.act("person13@example.de", "signup")
+    before = world.writes()
+    diff, summary = world.sync()
+    assert by_contact(plan(world, diff)) == {"12": [("newsletter_subscribed", "yes")]}
+    assert summary.results["unsubscribed"] == 1  # only the newer "no" of contact 13
+    assert world.writes() - before == 1
+    assert world.members()["person12@example.de"] == "subscribed"
+    assert world.members()["person13@example.de"] in {"unsubscribed", "blacklisted"}

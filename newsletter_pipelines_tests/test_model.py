@@ -31,6 +31,7 @@ import os
 import tempfile
 from collections import Counter
 from contextlib import ExitStack
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -104,6 +105,7 @@ class ConsentMachine(RuleBasedStateMachine):
         self.step = 0  # a clock: what happened when
         self.crm_changed: dict[int, int] = {}  # CRM contact → step of its last change
         self.opted_out_at: dict[str, int] = {}  # address → step a person opted out there
+        self.clock = datetime.now(UTC)
         self.world.stamp = self.stamp
         self.world.new_id = self.new_id
 
@@ -112,9 +114,12 @@ class ConsentMachine(RuleBasedStateMachine):
         return crm_id
 
     def stamp(self) -> str:
-        """The next CRM `updated_at` (every CRM change, also an imported one, is newer)."""
+        """The next CRM `updated_at`: wall-clock time as the sandbox's (so a CRM change and a
+        person's action at the provider compare), every CRM change, also an imported one,
+        strictly newer than the last."""
         self.step += 1
-        return f"2026-01-01 {self.step // 3600:02d}:{self.step // 60 % 60:02d}:{self.step % 60:02d}"
+        self.clock = max(datetime.now(UTC), self.clock + timedelta(microseconds=1))
+        return self.clock.strftime("%Y-%m-%d %H:%M:%S.%f")
 
     def teardown(self) -> None:
         self.stack.close()
@@ -258,17 +263,27 @@ class ConsentMachine(RuleBasedStateMachine):
         self.opted_out |= {email for email, status in statuses.items() if status in OPTED_OUT}
         return statuses
 
-    @rule()
-    def sync(self) -> None:
+    @rule(write_back=st.sampled_from([True, True, True, False]))
+    def sync(self, write_back: bool = True) -> None:
+        """A full sync; one in four only reports the import-back (NEWSLETTER_CRM_WRITE_BACK
+        false), which must leave every provider-side change to a later sync."""
         self.dirty = False
         self.look()
         tags_before = self.tags_by_stable_id()
         crm_before = {r["contact_id"]: dict(r) for r in self.world.crm}
-        diff, _ = self.world.sync(import_back=True)
+        diff, _ = self.world.sync(import_back=True, write_back=write_back)
         statuses = self.look()
         STATS[f"{self.PROVIDER} checked syncs"] += 1
-        self.check_import_back(diff, crm_before, statuses)
+        if write_back:
+            self.check_import_back(diff, crm_before, statuses)
         self.check_after_sync(diff, statuses, tags_before)
+        if not write_back:
+            STATS[f"{self.PROVIDER} report-only syncs"] += 1
+            assert [dict(r) for r in self.world.crm] == list(crm_before.values())
+            writes = self.world.writes()
+            again, _ = self.world.sync(import_back=True, write_back=False)
+            assert self.world.writes() == writes, self.explain("a re-sync wrote", again)
+            return
         for _ in range(3):  # what the import-back changed in the CRM goes out once
             crm = [dict(r) for r in self.world.crm]
             if crm == crm_before:

@@ -3,6 +3,9 @@ defect found in review)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
+
 import pandas as pd
 import pytest
 
@@ -357,6 +360,7 @@ def test_d6_private_wins_over_a_no_record_of_the_same_address() -> None:
             "reason": ["private", "opted_out", "duplicate"],
             "email_key": ["a@x.de"] * 3,
             "email_ascii": ["a@x.de"] * 3,
+            "updated_at": pd.to_datetime(["2026-01-01"] * 3, utc=True),
         }
     )
     for order in ([0, 1, 2], [1, 0, 2], [2, 1, 0]):
@@ -510,3 +514,35 @@ def test_a_tag_a_person_removed_at_the_provider_is_imported_not_pushed_again(
     )
     assert pushed.loc["a@x.de"].action == "update"
     assert set(pushed.loc["a@x.de"].provider_tags) == (kept | {"Neu"})
+
+
+def test_a_sign_up_after_the_crm_said_no_wins_and_an_older_one_is_unsubscribed() -> None:
+    """A member unknown to the ledger whose address the CRM holds as newsletter = no: the newer
+    side wins; without both times the CRM, the master, stands."""
+    signed_up = datetime(2026, 5, 2, 12, 0, tzinfo=UTC)
+
+    def decided(crm_time: datetime | None, provider_time: datetime | None) -> tuple[str, str]:
+        member = replace(have("a@x.de", tags=frozenset()), changed_at=provider_time)
+        no = CrmExclusion("1", "opted_out", crm_time)
+        found = diff(
+            members=[member], exclusions=Exclusions(by_key={"a@x.de": no}, by_id={"1": no})
+        ).loc["a@x.de"]
+        return found.action, found.provider_change
+
+    assert decided(datetime(2026, 5, 1), signed_up) == ("import_back", "signed_up")
+    assert decided(datetime(2026, 5, 3), signed_up) == ("unsubscribe", None)
+    assert (
+        decided(datetime(2026, 5, 2, 14, 0), signed_up.astimezone(timezone(timedelta(hours=3))))[0]
+        == "unsubscribe"
+    )  # naive CRM times are UTC
+    assert decided(None, signed_up) == ("unsubscribe", None)
+    assert decided(datetime(2026, 5, 1), None) == ("unsubscribe", None)
+
+
+def test_a_sign_up_of_a_private_address_is_removed_and_reported_for_the_import_back() -> None:
+    private = CrmExclusion("1", "private", datetime(2026, 1, 1))
+    found = diff(
+        members=[replace(have("a@x.de"), changed_at=datetime(2026, 5, 1, tzinfo=UTC))],
+        exclusions=Exclusions(by_key={"a@x.de": private}, by_id={"1": private}),
+    ).loc["a@x.de"]
+    assert (found.action, found.provider_change, found.crm_id) == ("remove", "signed_up", "1")

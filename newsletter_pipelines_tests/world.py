@@ -23,6 +23,7 @@ from newsletter_pipelines.sync.import_back import (
     CrmView,
     ImportBackPlan,
     plan_import_back,
+    unimported_keys,
 )
 from newsletter_pipelines.sync.inputs import build_diff, members_by_key, redecider, snapshot_frame
 from newsletter_pipelines.sync.push import PushContext, PushSummary, push_diff
@@ -51,10 +52,12 @@ class World:
         log: Callable[[str], None] = lambda _: None,
         guard: MassLimits | None = None,
         import_back: bool = False,
+        write_back: bool = True,
     ) -> tuple[pd.DataFrame, PushSummary]:
         """One full sync; with `guard`, mass removals and renames are held as the asset does;
         with `import_back`, the CRM learns the provider-side changes before the push, as in
-        `full_sync_job`."""
+        `full_sync_job` (without `write_back` they are only planned, as in report-only mode,
+        and the push leaves them for the next run)."""
         result = classify(frame(*self.crm))
         members = snapshot_frame(self.provider.snapshot())
         ledger = load_ledger_frame(self.engine, self.provider_name)
@@ -67,8 +70,10 @@ class World:
             system_tag=SYSTEM_TAG[self.provider_name],
         )
         assert diff["match_key"].is_unique, "one action per contact, member and ledger row"
+        unimported: frozenset[str] = frozenset()
         if import_back:
-            self.imported.append(self.import_back(diff, members))
+            plan = self.import_back(diff, members, apply=write_back)
+            unimported = unimported_keys(diff, plan, written=write_back)
         verdicts = push_verdicts(diff, guard or MassLimits(), False, False)
         ctx = PushContext(
             self.engine,
@@ -78,6 +83,7 @@ class World:
             hold_removals=guard is not None and not verdicts["removal_guard"].passed,
             hold_renames=guard is not None and not verdicts["rename_guard"].passed,
             log=log,
+            unimported=unimported,
             redecide=redecider(
                 result.eligible,
                 result.excluded,
@@ -90,19 +96,23 @@ class World:
         summary = push_diff(self.provider, diff, members_by_key(members), ctx)
         return diff, summary
 
-    def import_back(self, diff: pd.DataFrame, members: pd.DataFrame) -> ImportBackPlan:
+    def import_back(
+        self, diff: pd.DataFrame, members: pd.DataFrame, apply: bool = True
+    ) -> ImportBackPlan:
         """Plan the import-back of `diff` and apply it to the CRM rows, each change once (as
-        `crm.writer.CrmWriter` does in a database)."""
-        contacts = frame(*self.crm)
-        result = classify(contacts)
+        `crm.writer.CrmWriter` does in a database); only plan it unless `apply`."""
+        result = classify(frame(*self.crm))
         name = self.provider_name
         plan = plan_import_back(
             diff,
             members,
-            CrmView.from_frames(contacts, result.eligible, result.excluded),
+            CrmView.for_diff(diff, result.eligible, result.excluded),
             Audience(name, name, SYSTEM_TAG[name]),
             min_vanish_count=1_000,  # a small world: never held
         )
+        if not apply:
+            return plan
+        self.imported.append(plan)
         now = self.stamp()
         rows = {str(r["contact_id"]): r for r in self.crm}
         for change in plan.changes:

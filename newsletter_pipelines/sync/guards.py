@@ -65,8 +65,9 @@ class MassGuard:
     """A guard against a mass write of one kind: what it counts and how to release it."""
 
     what: str  # e.g. "to unsubscribe or remove"
-    release: str  # the audience_sync config that releases it for one run
+    release: str  # the run config that releases it for one run
     effect: str  # what is held meanwhile
+    asset: str = "audience_sync"  # the asset whose config `release` is
 
 
 REMOVAL_GUARD = MassGuard(
@@ -99,7 +100,7 @@ def check_mass(
     share = count / active_members if active_members else 0.0
     summary = (
         f"{count} of {active_members} active members {guard.what} "
-        f"({share:.1%}; limit {max_share:.0%} or {min_count} contacts, whichever is more)"
+        f"({share:.1%}; limit {max_share:.1%} or {min_count} contacts, whichever is more)"
     )
     if share <= max_share or count <= min_count:
         return MassVerdict(True, count, active_members, share, summary)
@@ -112,7 +113,7 @@ def check_mass(
         count,
         active_members,
         share,
-        f"{summary}. {guard.effect}. If they are intended, run audience_sync with "
+        f"{summary}. {guard.effect}. If they are intended, run {guard.asset} with "
         f"{guard.release}: true.",
     )
 

@@ -10,8 +10,9 @@ module turns them into CRM changes, one per CRM contact with the member's addres
   `unspecified` on the contacts that still say `yes`, activity `removed_at_provider`; held
   as a whole when more members vanished than the removal guard's limits allow;
 - signed up or re-subscribed at the provider → newsletter `yes` on contacts whose last CRM
-  change is older than the provider's, activity `newsletter_subscribed`; an address no contact
-  has becomes a new contact (names, salutation, tags from the member);
+  change is older than the provider's (`rules.provider_is_newer`), activity
+  `newsletter_subscribed`; an address no contact has becomes a new contact (names, salutation,
+  tags from the member);
 - tags a person added at the provider (never the system tag) → added to the contact; tags
   the sync had pushed and a person removed there while the CRM kept them → removed.
 
@@ -26,51 +27,82 @@ import hashlib
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import pandas as pd
 
-from newsletter_pipelines.crm.writer import Activity, ContactChange, NewContact
-from newsletter_pipelines.sync.eligibility import parse_newsletter
+from newsletter_pipelines.crm.writer import Activity, ContactChange, NewContact, WriteSummary
+from newsletter_pipelines.state.ledger import OutcomeRecord
 from newsletter_pipelines.sync.guards import MassGuard, MassVerdict, check_mass
-from newsletter_pipelines.sync.rules import ACTIVE, ProviderChange
+from newsletter_pipelines.sync.identity import LedgerRow
+from newsletter_pipelines.sync.rules import (
+    ACTIVE,
+    WRITE_ACTIONS,
+    ProviderChange,
+    provider_is_newer,
+)
 
 VANISH_GUARD = MassGuard(
     "archived or deleted at the provider since the last sync",
     "allow_mass_vanish",
     "Their import-back (newsletter 'unspecified') is held",
+    asset="crm_import_back",
 )
+
+
+def acting_rows(diff: pd.DataFrame) -> pd.DataFrame:
+    """The diff's rows that carry a provider-side change or tags to import."""
+    return diff[
+        diff["provider_change"].notna()
+        | diff["import_tags"].notna()
+        | diff["import_untags"].notna()
+    ]
 
 
 @dataclass(frozen=True)
 class CrmView:
-    """What the planner needs to know of the CRM: contacts by address key, their newsletter
-    value (`yes`/`no`/`unknown`) and when each last changed."""
+    """What the planner needs to know of the CRM contacts a diff concerns: contacts by address
+    key, their newsletter value (`yes`/`no`/`unknown`) and when each last changed."""
 
     by_key: Mapping[str, tuple[str, ...]]
     newsletter: Mapping[str, str]
     updated_at: Mapping[str, datetime | None]
 
     @classmethod
-    def from_frames(
-        cls, contacts: pd.DataFrame, eligible: pd.DataFrame, excluded: pd.DataFrame
+    def for_diff(
+        cls, diff: pd.DataFrame, eligible: pd.DataFrame, excluded: pd.DataFrame
     ) -> CrmView:
-        """From the raw contacts and the eligibility frames (every contact is in one of them)."""
+        """From the eligibility frames (every CRM contact is in one of them), only the contacts
+        with an address or id of a row that `plan_import_back` acts on."""
+        rows = acting_rows(diff)
+        after = [r.member_key for r in rows["ledger_after"] if r is not None]
+        keys = set(rows["match_key"]) | set(after)
+        ids = set(rows["crm_id"].dropna().astype(str))
         by_key: dict[str, list[str]] = {}
+        newsletter: dict[str, str] = {}
+        updated_at: dict[str, datetime | None] = {}
         for frame in (eligible, excluded):
-            rows = frame[frame["email_key"].notna()]
-            for crm_id, key in rows[["contact_id", "email_key"]].itertuples(index=False):
-                by_key.setdefault(key, []).append(str(crm_id))
-        ids = contacts["contact_id"].astype(str)
-        updated = pd.to_datetime(contacts["updated_at"], errors="coerce", format="mixed")
+            concerned = frame["email_key"].isin(keys)
+            if ids:
+                concerned |= frame["contact_id"].astype(str).isin(ids)
+            part = frame[concerned]
+            said = part["newsletter"] if frame is excluded else ["yes"] * len(part)
+            for crm_id, key, updated, value in zip(
+                part["contact_id"].astype(str),
+                part["email_key"],
+                part["updated_at"],
+                said,
+                strict=True,
+            ):
+                if key in keys:
+                    by_key.setdefault(key, []).append(crm_id)
+                newsletter[crm_id] = value
+                updated_at[crm_id] = None if pd.isna(updated) else updated.to_pydatetime()
         return cls(
             by_key={k: tuple(sorted(v)) for k, v in by_key.items()},
-            newsletter=dict(zip(ids, contacts["newsletter"].map(parse_newsletter), strict=True)),
-            updated_at={
-                i: None if pd.isna(t) else t.to_pydatetime()
-                for i, t in zip(ids, updated, strict=True)
-            },
+            newsletter=newsletter,
+            updated_at=updated_at,
         )
 
 
@@ -108,11 +140,7 @@ def plan_import_back(
     allow_mass_vanish: bool = False,
 ) -> ImportBackPlan:
     """The CRM changes the diff's provider-side changes call for."""
-    rows = diff[
-        diff["provider_change"].notna()
-        | diff["import_tags"].notna()
-        | diff["import_untags"].notna()
-    ]
+    rows = acting_rows(diff)
     removed = rows[rows["provider_change"] == ProviderChange.REMOVED.value]
     active = int(snapshot["status"].isin(ACTIVE).sum()) + len(removed)
     plan = ImportBackPlan(
@@ -131,7 +159,14 @@ def plan_import_back(
     for row in rows.to_dict("records"):
         change = row["provider_change"]
         if change == ProviderChange.REMOVED.value and not plan.vanish.passed:
-            plan.held.append({"email": row["email"], "crm_id": row["crm_id"], "kind": change})
+            plan.held.append(
+                {
+                    "email": row["email"],
+                    "crm_id": row["crm_id"],
+                    "kind": change,
+                    "match_key": row["match_key"],
+                }
+            )
             continue
         if change is not None:
             planner.change(row, ProviderChange(change))
@@ -231,10 +266,8 @@ class _Planner:
             return
         when = _when(member)
         for crm_id in contacts:
-            changed = self.crm.updated_at.get(crm_id)
-            newer = when is None or changed is None or _utc(when) > _utc(changed)
-            if not newer:  # the CRM changed since: its value stands
-                continue
+            if not provider_is_newer(when, self.crm.updated_at.get(crm_id)):
+                continue  # the CRM changed since (or cannot say when): its value stands
             self.add(
                 ContactChange(
                     contact_id=crm_id,
@@ -293,10 +326,55 @@ def _when(member: Mapping[str, Any] | None) -> datetime | None:
     return None if value is None or pd.isna(value) else pd.Timestamp(value).to_pydatetime()
 
 
-def _utc(moment: datetime) -> datetime:
-    """Comparable times: provider times are aware, CRM times naive and taken as UTC."""
-    return (
-        moment.replace(tzinfo=None)
-        if moment.tzinfo is None
-        else (moment.astimezone(UTC).replace(tzinfo=None))
-    )
+def unimported_keys(diff: pd.DataFrame, plan: ImportBackPlan, written: bool) -> frozenset[str]:
+    """Match keys of provider-side changes the CRM did not take in: those held by the vanish
+    guard, or all of them when nothing was written (dry run, report only). The push leaves
+    them out of the ledger (`push.PushContext.unimported`), so the next run finds them again."""
+    if not written:
+        return frozenset(diff.loc[diff["provider_change"].notna(), "match_key"])
+    return frozenset(held["match_key"] for held in plan.held)
+
+
+def observations(diff: pd.DataFrame, unimported: frozenset[str]) -> list[LedgerRow]:
+    """The ledger rows of the provider-side changes the CRM took in and no write concerns (what
+    the push would store for them): recorded by the import-back, each change is found once."""
+    rows = diff[
+        diff["provider_change"].notna()
+        & diff["ledger_after"].notna()
+        & ~diff["action"].isin([a.value for a in WRITE_ACTIONS])
+        & ~diff["match_key"].isin(unimported)
+    ]
+    return rows["ledger_after"].tolist()
+
+
+def outcome_records(
+    plan: ImportBackPlan, summary: WriteSummary | None, mode: str
+) -> list[OutcomeRecord]:
+    """The outcome log (`state.ledger.record`) of an import-back: one row per planned CRM change
+    and per held vanishing, the activity kind as the action, what the writer did as the outcome
+    (`crm.writer.ItemOutcome`), or `mode` (dry_run, report_only) when nothing was written."""
+    results = {item.source_key: item for item in summary.items} if summary else {}
+    logged = []
+    for item in [*plan.changes, *plan.new_contacts]:
+        activity = item.activity
+        done = results.get(activity.source_key)
+        crm_id = done.contact_id if done else getattr(item, "contact_id", None)
+        logged.append(
+            OutcomeRecord(
+                crm_id=None if crm_id is None else str(crm_id),
+                email=activity.details.get("email"),
+                action=activity.kind,
+                outcome=str(done.result) if done else mode,
+            )
+        )
+    logged += [
+        OutcomeRecord(
+            crm_id=held["crm_id"],
+            email=held["email"],
+            action="removed_at_provider",
+            outcome="held",
+            message="held by vanish_guard; released by allow_mass_vanish",
+        )
+        for held in plan.held
+    ]
+    return logged

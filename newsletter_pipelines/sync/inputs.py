@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Iterator
+from datetime import datetime
 
 import numpy as np
 import pandas as pd
@@ -39,19 +40,23 @@ def crm_exclusions(excluded: pd.DataFrame) -> Exclusions:
     By key: the deciding contact of each address (duplicates speak through it), and private
     contacts, which win over any other reason for their address. By id: every excluded contact.
     """
+    columns = ["contact_id", "reason", "updated_at"]
     by_id = {
-        str(crm_id): CrmExclusion(str(crm_id), reason)
-        for crm_id, reason in excluded[["contact_id", "reason"]].itertuples(index=False, name=None)
+        str(crm_id): CrmExclusion(str(crm_id), reason, _time(updated))
+        for crm_id, reason, updated in excluded[columns].itertuples(index=False, name=None)
     }
     rows = excluded[excluded["email_key"].notna() & (excluded["reason"] != "duplicate")]
     by_key: dict[str, CrmExclusion] = {}
-    for crm_id, reason, email in rows[["contact_id", "reason", "email_ascii"]].itertuples(
-        index=False, name=None
-    ):
+    for crm_id, email in rows[["contact_id", "email_ascii"]].itertuples(index=False, name=None):
         key = match_key(email)
         if by_key.get(key, CrmExclusion("", "")).reason != "private":
-            by_key[key] = CrmExclusion(str(crm_id), reason)
+            by_key[key] = by_id[str(crm_id)]
     return Exclusions(by_key=by_key, by_id=by_id)
+
+
+def _time(value: object) -> datetime | None:
+    """A frame's timestamp as a datetime, None for NaT."""
+    return None if value is None or pd.isna(value) else pd.Timestamp(value).to_pydatetime()
 
 
 SNAPSHOT_COLUMNS = (
@@ -91,11 +96,12 @@ def snapshot_frame(members: Iterable[Member]) -> pd.DataFrame:
 
 def actual_members(snapshot: pd.DataFrame) -> Iterator[Actual]:
     """The snapshot in reconciliation values."""
-    columns = SNAPSHOT_COLUMNS[:-1]
-    for pid, email, key, status, salutation, first, last, tags in snapshot[
-        list(columns)
+    for pid, email, key, status, salutation, first, last, tags, changed in snapshot[
+        list(SNAPSHOT_COLUMNS)
     ].itertuples(index=False, name=None):
-        yield Actual(pid, email, key, status, salutation, first, last, frozenset(tags))
+        yield Actual(
+            pid, email, key, status, salutation, first, last, frozenset(tags), _time(changed)
+        )
 
 
 def members_by_key(snapshot: pd.DataFrame, keys: Iterable[str] | None = None) -> dict[str, Member]:

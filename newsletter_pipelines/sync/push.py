@@ -1,6 +1,7 @@
 """Apply a reconciliation diff through a provider client; keep the ledger from the outcomes.
 
-Ledger observations of the diff (opt-outs seen, members gone, ownership moved) are stored first.
+Ledger observations of the diff (opt-outs seen, members gone, ownership moved) are stored first,
+except those of provider-side changes the CRM has not taken in (`PushContext.unimported`).
 Writes then go in chunks: before each provider call the intent of every contact in it is
 recorded in the ledger; after the call the outcomes are logged and the ledger rows written, in
 one transaction, from confirmed outcomes only (a refusal is remembered with the write it
@@ -104,6 +105,9 @@ class PushContext:
     hold_renames: bool = False
     log: Callable[[str], None] = print
     redecide: Redecide | None = None
+    # match keys of provider-side changes the CRM did not take in (held by the vanish guard, a
+    # dry run, report only): not stored in the ledger, so the next run finds them again
+    unimported: frozenset[str] = frozenset()
 
 
 def push_diff(
@@ -126,7 +130,8 @@ class _Push:
 
     def run(self, diff: pd.DataFrame) -> PushSummary:
         writes = diff[diff["action"].isin([a.value for a in WRITE_ACTIONS])]
-        self.observe(diff[~diff.index.isin(writes.index) & diff["ledger_after"].notna()])
+        pending = diff["provider_change"].notna() & diff["match_key"].isin(self.ctx.unimported)
+        self.observe(diff[~diff.index.isin(writes.index) & diff["ledger_after"].notna() & ~pending])
         by_action: dict[str, list[dict[str, Any]]] = {}
         for row in writes.to_dict("records"):
             by_action.setdefault(row["action"], []).append(row)

@@ -5,7 +5,8 @@ exactly one action:
 - `create`: eligible, not at the provider, nothing known against it;
 - `update`: at the provider, fields or tags differ (the CRM wins on fields; tags people added at
   the provider stay), or the address changed in the CRM (the same member gets the new address);
-- `unsubscribe`: subscribed at the provider, newsletter = no in the CRM;
+- `unsubscribe`: subscribed at the provider, newsletter = no in the CRM (a sign-up at the
+  provider unknown to the ledger wins only when it is newer than the CRM's last change);
 - `remove`: subscribed at the provider and pushed by the sync, no longer eligible for another
   reason (private always wins: even a member the sync never pushed is removed);
 - `unchanged`: nothing to send (possibly a ledger observation);
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 
 import pandas as pd
@@ -114,14 +116,30 @@ class Actual:
     first_name: str = ""
     last_name: str = ""
     tags: frozenset[str] = frozenset()
+    changed_at: datetime | None = None  # the provider's time of the member's last change
 
 
 @dataclass(frozen=True)
 class CrmExclusion:
-    """A CRM contact that is not eligible, with its reason (from eligibility)."""
+    """A CRM contact that is not eligible, with its reason (from eligibility) and the time of
+    its last change in the CRM."""
 
     crm_id: str
     reason: str
+    updated_at: datetime | None = None
+
+
+def provider_is_newer(provider_time: datetime | None, crm_time: datetime | None) -> bool:
+    """Whether a change at the provider came after the CRM row's last change. Both times must
+    be known: otherwise the CRM, the master, stands. Naive times are taken as UTC."""
+    if provider_time is None or crm_time is None or pd.isna(provider_time) or pd.isna(crm_time):
+        return False
+    return _utc(provider_time) > _utc(crm_time)
+
+
+def _utc(moment: datetime) -> pd.Timestamp:
+    stamp = pd.Timestamp(moment)
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
 
 @dataclass(frozen=True)
@@ -647,7 +665,12 @@ class _Rules:
         reason = exclusion.reason if exclusion else None
         if reason == "private":
             self._write(
-                SyncAction.REMOVE, "private in the CRM: never at a provider", member, row, common
+                SyncAction.REMOVE,
+                "private in the CRM: never at a provider",
+                member,
+                row,
+                common,
+                change=ProviderChange.SIGNED_UP if row is None else None,
             )
         elif row is not None and row.state is not RowState.SUBSCRIBED:
             # the sync knew it as not subscribed: a person subscribed it again at the provider
@@ -661,13 +684,17 @@ class _Rules:
                 change=None if row.state is RowState.RESUBSCRIBED else ProviderChange.RESUBSCRIBED,
                 **common,
             )
-        elif reason == "opted_out":
+        elif reason == "opted_out" and not (
+            row is None and self._signed_up_since(member, exclusion)
+        ):
             self._write(SyncAction.UNSUBSCRIBE, "newsletter = no in the CRM", member, row, common)
         elif row is not None:
             why = reason or "address no longer in the CRM"
             self._write(SyncAction.REMOVE, f"no longer eligible ({why})", member, row, common)
         else:
             known = f" ({reason} in the CRM)" if reason else ", unknown to the CRM"
+            if reason == "opted_out":
+                known = " after the CRM's newsletter = no"
             self.emit(
                 SyncAction.IMPORT_BACK,
                 f"signed up at the provider{known}",
@@ -676,6 +703,11 @@ class _Rules:
                 **common,
             )
 
+    @staticmethod
+    def _signed_up_since(member: Actual, exclusion: CrmExclusion | None) -> bool:
+        """Whether a member unknown to the ledger signed up after the CRM said no."""
+        return exclusion is not None and provider_is_newer(member.changed_at, exclusion.updated_at)
+
     def _write(
         self,
         action: SyncAction,
@@ -683,6 +715,8 @@ class _Rules:
         member: Actual,
         row: LedgerRow | None,
         common: dict[str, object],
+        *,
+        change: ProviderChange | None = None,
     ) -> None:
         write = write_key(action.value, member.key, member.status)
         if self.refused_before(row, write):
@@ -697,7 +731,15 @@ class _Rules:
             return
         base = row or _first_seen(member, common["crm_id"], RowState.SUBSCRIBED)  # type: ignore[arg-type]
         state = RowState.UNSUBSCRIBED if action is SyncAction.UNSUBSCRIBE else RowState.REMOVED
-        self.emit(action, detail, member.key, after=base.moved(state=state), write=write, **common)
+        self.emit(
+            action,
+            detail,
+            member.key,
+            after=base.moved(state=state),
+            write=write,
+            change=change,
+            **common,
+        )
 
     # --- ledger rows of members that are gone ------------------------------------------
 

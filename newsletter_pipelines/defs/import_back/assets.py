@@ -5,16 +5,20 @@ from collections.abc import Iterator
 import dagster as dg
 import pandas as pd
 
-from newsletter_pipelines.crm.writer import CrmWriter
+from newsletter_pipelines.crm.writer import CrmWriter, WriteSummary
 from newsletter_pipelines.defs.providers.partitions import audience_partitions
-from newsletter_pipelines.defs.resources import CrmResource
+from newsletter_pipelines.defs.resources import CrmResource, StateDatabaseResource
 from newsletter_pipelines.reporting import markdown_table, mask_email
 from newsletter_pipelines.settings import Settings
+from newsletter_pipelines.state.ledger import record
 from newsletter_pipelines.sync.import_back import (
     Audience,
     CrmView,
     ImportBackPlan,
+    observations,
+    outcome_records,
     plan_import_back,
+    unimported_keys,
 )
 
 GROUP = "import_back"
@@ -49,20 +53,24 @@ def crm_import_back(
     config: ImportBackConfig,
     reconciliation_diff: pd.DataFrame,
     provider_audience_snapshot: pd.DataFrame,
-    crm_contacts: pd.DataFrame,
     eligible_subscribers: pd.DataFrame,
     excluded_contacts: pd.DataFrame,
     crm: CrmResource,
-) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+    state_db: StateDatabaseResource,
+) -> Iterator[dg.Output[frozenset] | dg.AssetCheckResult]:
     """Writes into the CRM what people did at the provider, as the diff proves it: opt-outs
     (newsletter no), hard bounces, members archived or deleted (unspecified), sign-ups and
-    re-subscriptions (yes, or a new contact), tags added; one activity per change, each
-    applied once. NEWSLETTER_CRM_WRITE_BACK=false or dry_run only report."""
+    re-subscriptions (yes, or a new contact), tags added and removed; one activity per change,
+    each applied once, every contact's outcome logged (state database table sync_outcomes) and
+    the ledger advanced. NEWSLETTER_CRM_WRITE_BACK=false or dry_run only report. Its value: the
+    addresses whose provider-side change the CRM did not take in, which the push leaves to the
+    next run."""
     audience = _SETTINGS.audience(context.partition_key)
+    diff = reconciliation_diff
     plan = plan_import_back(
-        reconciliation_diff,
+        diff,
         provider_audience_snapshot,
-        CrmView.from_frames(crm_contacts, eligible_subscribers, excluded_contacts),
+        CrmView.for_diff(diff, eligible_subscribers, excluded_contacts),
         Audience(audience.key, audience.provider, audience.system_tag),
         max_vanish_share=_SETTINGS.removal_max_share,
         min_vanish_count=_SETTINGS.removal_min_count,
@@ -70,30 +78,39 @@ def crm_import_back(
     )
     context.log.info(f"{audience.key}: import-back planned {dict(plan.counts)}")
     mode = _mode(config.dry_run)
-    written: dict[str, int] = {}
+    summary = None
     if mode == "write" and len(plan):
         writer = CrmWriter(crm.engine(), crm.crm_schema, _SETTINGS.crm_values, log=context.log.info)
         summary = writer.apply(plan.changes, plan.new_contacts)
-        written = {
-            "applied": summary.applied,
-            "skipped_already_applied": summary.skipped_already_applied,
-            "contacts_created": summary.contacts_created,
-            "activities": summary.activities,
-        }
-        context.log.info(f"{audience.key}: written into the {crm.describe()}: {written}")
+        context.log.info(f"{audience.key}: written into the {crm.describe()}: {_written(summary)}")
     elif len(plan):
-        context.log.info(f"{audience.key}: {mode}: nothing written into the CRM")
+        why = "dry run" if mode == "dry_run" else "NEWSLETTER_CRM_WRITE_BACK=false"
+        context.log.info(f"{audience.key}: {why}: nothing written into the CRM")
+    unimported = unimported_keys(diff, plan, written=mode == "write")
+    ledger_rows = observations(diff, unimported) if mode == "write" else []
+    record(
+        state_db.engine(),
+        audience.key,
+        context.run.run_id,
+        ledger_rows,
+        logged=outcome_records(plan, summary, mode),
+    )
     vanish = plan.vanish
     if not vanish.passed:
         context.log.error(vanish.message)
-    yield dg.MaterializeResult(
+    yield dg.Output(
+        unimported,
         metadata={
             "mode": mode,
             **{f"planned_{k}": dg.MetadataValue.int(n) for k, n in sorted(plan.counts.items())},
-            **{k: dg.MetadataValue.int(n) for k, n in written.items()},
+            **{k: dg.MetadataValue.int(n) for k, n in _written(summary).items()},
             "held": dg.MetadataValue.int(len(plan.held)),
+            "left_for_the_next_run": dg.MetadataValue.int(len(unimported)),
+            "ledger_rows_advanced": dg.MetadataValue.int(len(ledger_rows)),
+            "outcome_log": f"table sync_outcomes (run_id {context.run.run_id}) in the "
+            f"{state_db.describe()}",
             "samples": dg.MetadataValue.md(_samples(plan)),
-        }
+        },
     )
     yield dg.AssetCheckResult(
         check_name="vanish_guard",
@@ -105,9 +122,21 @@ def crm_import_back(
 
 
 def _mode(dry_run: bool) -> str:
+    """`write`, `dry_run` (run config) or `report_only` (NEWSLETTER_CRM_WRITE_BACK=false)."""
     if dry_run:
-        return "dry run"
-    return "write" if _SETTINGS.crm_write_back else "report only (NEWSLETTER_CRM_WRITE_BACK=false)"
+        return "dry_run"
+    return "write" if _SETTINGS.crm_write_back else "report_only"
+
+
+def _written(summary: WriteSummary | None) -> dict[str, int]:
+    if summary is None:
+        return {}
+    return {
+        "applied": summary.applied,
+        "skipped_already_applied": summary.skipped_already_applied,
+        "contacts_created": summary.contacts_created,
+        "activities": summary.activities,
+    }
 
 
 def _samples(plan: ImportBackPlan, rows: int = 10) -> str:

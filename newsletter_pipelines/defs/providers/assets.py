@@ -197,9 +197,6 @@ class SyncConfig(dg.Config):
     group_name=GROUP,
     partitions_def=audience_partitions,
     kinds={"api"},
-    # the push stores what the diff observed (opt-outs, members gone) in the ledger, after which
-    # a later diff no longer shows them as changes: the CRM must have learnt them first
-    deps=["crm_import_back"],
 )
 def audience_sync(
     context: dg.AssetExecutionContext,
@@ -208,16 +205,17 @@ def audience_sync(
     eligible_subscribers: pd.DataFrame,
     excluded_contacts: pd.DataFrame,
     provider_audience_snapshot: pd.DataFrame,
+    crm_import_back: frozenset,  # addresses whose provider-side change the CRM did not take in
     state_db: StateDatabaseResource,
     mailchimp: MailchimpResource,
     brevo: BrevoResource,
 ) -> dg.MaterializeResult:
     """Apply the diff through the provider client in bulk, after the import-back of the same
-    diff (a failed import-back stops the push, so no provider-side change is lost); the ledger
-    follows confirmed outcomes
-    and every contact's outcome is logged (state database table sync_outcomes). Contacts whose
-    address change the provider refuses are decided again by the same rules in the same run
-    (from the CRM and snapshot inputs)."""
+    diff (a failed import-back stops the push, so no provider-side change is lost; those the CRM
+    did not take in stay out of the ledger for the next run); the ledger follows confirmed
+    outcomes and every contact's outcome is logged (state database table sync_outcomes).
+    Contacts whose address change the provider refuses are decided again by the same rules in
+    the same run (from the CRM and snapshot inputs)."""
     audience = _audience(context)
     planned = reconciliation_diff["action"].value_counts()
     planned_meta = {f"planned_{a}": dg.MetadataValue.int(int(n)) for a, n in planned.items()}
@@ -250,6 +248,7 @@ def audience_sync(
                 hold_removals=not verdicts["removal_guard"].passed,
                 hold_renames=not verdicts["rename_guard"].passed,
                 log=context.log.info,
+                unimported=crm_import_back,
                 redecide=redecider(
                     eligible_subscribers,
                     excluded_contacts,
