@@ -14,12 +14,14 @@ subprocesses follow, as two Dagster steps would:
   opted out with status unsubscribed, 5 % cleaned, 15 % removed, 10 % signed up with new
   addresses, 5 % re-subscribed, 15 % tags added at the provider) plus `--contacts` −
   `--changes` unchanged rows, and the provider snapshot behind it (Mailchimp audience, system
-  tag "CRM"). The asset's five inputs are stored as one pickle each, as Dagster's default IO
+  tag "CRM"). The asset's four inputs are stored as one pickle each, as Dagster's default IO
   manager stores asset outputs;
 - measure: the inputs are loaded (not in the budget), then what the `crm_import_back` asset
-  does is timed by part: `CrmView.from_frames`, `plan_import_back` (allow_mass_vanish=True; the
-  removals stay under the default 10 % limit anyway) and `CrmWriter.apply` with the asset's
-  default chunk size; then the same plan is applied a second time, which must write nothing.
+  does is timed by part: `CrmView.for_diff`, `plan_import_back` (allow_mass_vanish=True; the
+  removals stay under the default 10 % limit anyway), `CrmWriter.apply` with the asset's
+  default chunk size, and the ledger observations and per-contact outcome log written to the
+  state database (a SQLite file, or the PostgreSQL database); then the same plan is applied a
+  second time, which must write nothing.
   Peak RSS is this process's, the loaded inputs included.
 
 Figures are printed beside the budget (≤ 30 s wall and ≤ 2 GiB peak RSS per database); nothing
@@ -60,9 +62,17 @@ from newsletter_pipelines.crm.synthetic import GERMAN_FEMALE, GERMAN_LAST, GERMA
 from newsletter_pipelines.crm.writer import CrmWriter, WriteSummary
 from newsletter_pipelines.db import create_engine, safe_url
 from newsletter_pipelines.settings import CrmSchema, CrmValues
+from newsletter_pipelines.state.ledger import create_tables, record
 from newsletter_pipelines.sync.eligibility import classify
 from newsletter_pipelines.sync.identity import LedgerRow, RowState
-from newsletter_pipelines.sync.import_back import Audience, CrmView, plan_import_back
+from newsletter_pipelines.sync.import_back import (
+    Audience,
+    CrmView,
+    observations,
+    outcome_records,
+    plan_import_back,
+    unimported_keys,
+)
 from newsletter_pipelines.sync.inputs import SNAPSHOT_COLUMNS
 from newsletter_pipelines.sync.rules import DIFF_COLUMNS, ProviderChange, SyncAction
 from newsletter_pipelines.sync.tags import TAG_STYLES
@@ -475,12 +485,12 @@ def _crm_rows(engine: sa.Engine) -> tuple[int, int, int]:
         )
 
 
-INPUTS = ("crm_contacts", "eligible_subscribers", "excluded_contacts", "diff", "snapshot")
+INPUTS = ("eligible_subscribers", "excluded_contacts", "diff", "snapshot")
 
 
 def prepare(url: str, folder: Path, changes: int, seed: int) -> None:
     """Read and classify the CRM (context), build the diff and snapshot (setup); store the
-    asset's five inputs as separate pickles, as Dagster's default IO manager does, and the
+    asset's four inputs as separate pickles, as Dagster's default IO manager does, and the
     figures beside them in `facts.json`."""
     engine = create_engine(url)
     schema = CrmSchema()
@@ -493,7 +503,7 @@ def prepare(url: str, folder: Path, changes: int, seed: int) -> None:
     start = time.perf_counter()
     diff, snapshot, rows = synthetic_inputs(contacts, eligible, excluded, changes, seed)
     setup_s = time.perf_counter() - start
-    for name, frame in zip(INPUTS, (contacts, eligible, excluded, diff, snapshot), strict=True):
+    for name, frame in zip(INPUTS, (eligible, excluded, diff, snapshot), strict=True):
         with (folder / f"{name}.pickle").open("wb") as handle:
             pickle.dump(frame, handle, protocol=pickle.HIGHEST_PROTOCOL)
     facts = {
@@ -519,7 +529,7 @@ def measure(database: str, url: str, folder: Path, changes: int) -> None:
     for name in INPUTS:
         with (folder / f"{name}.pickle").open("rb") as handle:
             loaded.append(pickle.load(handle))
-    contacts, eligible, excluded, diff, snapshot = loaded
+    eligible, excluded, diff, snapshot = loaded
     del loaded
     load_s = time.perf_counter() - start
     pickled = sum((folder / f"{name}.pickle").stat().st_size for name in INPUTS)
@@ -527,21 +537,30 @@ def measure(database: str, url: str, folder: Path, changes: int) -> None:
     context, setup_s, rows = facts["context"], facts["setup_s"], facts["rows"]
     gc.collect()
 
+    # the state database: its own SQLite file, or the PostgreSQL database beside the CRM tables
+    state = create_engine(url if database == "postgres" else f"sqlite:///{folder / 'state.db'}")
+    create_tables(state)
     seconds: dict[str, float] = {}
     writer = CrmWriter(engine, schema, CrmValues())
     with PeakRss() as rss:
-        with timer(seconds, "CrmView.from_frames"):
-            view = CrmView.from_frames(contacts, eligible, excluded)
+        with timer(seconds, "CrmView.for_diff"):
+            view = CrmView.for_diff(diff, eligible, excluded)
         with timer(seconds, "plan_import_back"):
             plan = plan_import_back(diff, snapshot, view, AUDIENCE, allow_mass_vanish=True)
         with timer(seconds, "CrmWriter.apply"):
             first = writer.apply(plan.changes, plan.new_contacts)
+        with timer(seconds, "ledger + outcome log"):
+            unimported = unimported_keys(diff, plan, written=True)
+            advanced = observations(diff, unimported)
+            logged = outcome_records(plan, first, "write")
+            record(state, AUDIENCE.key, "bench", advanced, logged=logged)
     after = _crm_rows(engine)
     again: dict[str, float] = {}
     with PeakRss() as rss_again, timer(again, "apply"):
         second = CrmWriter(engine, schema, CrmValues()).apply(plan.changes, plan.new_contacts)
     final = _crm_rows(engine)
     engine.dispose()
+    state.dispose()
 
     total = sum(seconds.values())
     acting = int(
@@ -554,7 +573,7 @@ def measure(database: str, url: str, folder: Path, changes: int) -> None:
     vanish = plan.vanish.message if plan.vanish else "not checked"
     report(
         f"=== {database}: import-back of {changes:,} provider changes into a CRM of "
-        f"{len(contacts):,} contacts ({safe_url(url)}) ===",
+        f"{before[0]:,} contacts ({safe_url(url)}) ===",
         [
             (
                 "inputs",
@@ -587,9 +606,10 @@ def measure(database: str, url: str, folder: Path, changes: int) -> None:
         ],
     )
     counts = {
-        "CrmView.from_frames": (len(contacts), "contacts"),
+        "CrmView.for_diff": (len(eligible) + len(excluded), "contacts"),
         "plan_import_back": (len(diff), "diff rows"),
         "CrmWriter.apply": (len(plan), "items"),
+        "ledger + outcome log": (len(advanced) + len(logged), "rows"),
     }
     timing = [
         (
@@ -611,7 +631,7 @@ def measure(database: str, url: str, folder: Path, changes: int) -> None:
                 "peak RSS",
                 f"{rss.peak / _GIB:6.2f} GiB budget ≤ {BUDGET_RSS_BYTES / _GIB:.0f} GiB  "
                 f"{verdict(rss.peak <= BUDGET_RSS_BYTES)} (process at start "
-                f"{rss.start / _MIB:,.0f} MiB: the five inputs loaded; {rss.how})",
+                f"{rss.start / _MIB:,.0f} MiB: the four inputs loaded; {rss.how})",
             ),
             (
                 "throughput",
