@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,6 +13,8 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from newsletter_pipelines.crm.errors import CrmError
@@ -22,10 +25,15 @@ from newsletter_pipelines.crm.writer import (
     Activity,
     ContactChange,
     CrmWriter,
+    ItemOutcome,
+    ItemResult,
     NewContact,
+    WriteSummary,
 )
 from newsletter_pipelines.settings import CrmSchema, CrmValues, Settings
 
+APPLIED, ALREADY_APPLIED = ItemOutcome.APPLIED, ItemOutcome.ALREADY_APPLIED
+MISSING_CONTACT, EXISTING_ADDRESS = ItemOutcome.MISSING_CONTACT, ItemOutcome.EXISTING_ADDRESS
 T0 = datetime(2025, 1, 1, 12, 0)
 NOW = datetime(2025, 6, 1, 8, 30)
 MAPPED = CrmSchema(
@@ -58,7 +66,15 @@ def activity(key: str, kind: str = "unsubscribed", **details: Any) -> Activity:
     )
 
 
-def contact(cid: int, email: str, newsletter: str = "yes") -> dict[str, Any]:
+def signup(email: str, key: str) -> NewContact:
+    return NewContact(email, "", "X", "Y", frozenset(), activity(key, kind="signed_up"))
+
+
+def nfd(text: str) -> str:
+    return unicodedata.normalize("NFD", text)
+
+
+def contact(cid: int, email: str | None, newsletter: str = "yes") -> dict[str, Any]:
     return {
         "id": cid,
         "first_name": f"F{cid}",
@@ -130,18 +146,36 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'crm.sqlite3'}"
 
 
-@pytest.fixture
-def crm(database_url: str) -> Iterator[Crm]:
+def three_contacts(url: str) -> Crm:
     """The default schema with three contacts: 1 and 2 say yes, 3 says no."""
-    engine = sa.create_engine(database_url)
+    engine = sa.create_engine(url)
     create_schema(engine, CrmSchema())
     result = Crm(engine, CrmSchema(), CrmValues())
     result.fill(
         [contact(1, "a@example.de"), contact(2, "b@example.de"), contact(3, "c@example.de", "no")],
         {1: ["A", "B"], 2: ["VIP"]},
     )
+    return result
+
+
+@pytest.fixture
+def crm(database_url: str) -> Iterator[Crm]:
+    """`three_contacts` on each database."""
+    result = three_contacts(database_url)
     yield result
-    engine.dispose()
+    result.engine.dispose()
+
+
+def counters(summary: WriteSummary) -> Counter[str]:
+    """The summary's counters by item result (a created contact is an applied item)."""
+    return Counter(
+        {
+            APPLIED: summary.applied + summary.contacts_created,
+            ALREADY_APPLIED: summary.skipped_already_applied,
+            MISSING_CONTACT: summary.skipped_missing_contact,
+            EXISTING_ADDRESS: summary.skipped_existing_address,
+        }
+    )
 
 
 def test_newsletter_set_with_mapped_names_and_values(
@@ -436,4 +470,192 @@ def test_text_ids_of_a_mapped_crm(database_url: str) -> None:
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT newsletter FROM people")).scalar_one() == "no"
         assert conn.execute(sa.text("SELECT pid, tag FROM people_tags")).one() == ("7", "T")
+    engine.dispose()
+
+
+def test_item_outcome_values() -> None:
+    assert [str(outcome) for outcome in ItemOutcome] == [
+        "applied",
+        "already_applied",
+        "missing_contact",
+        "existing_address",
+    ]
+
+
+def test_items_say_what_happened_to_each_item_in_input_order(crm: Crm) -> None:
+    crm.writer().apply([ContactChange(3, activity("k0"), newsletter="yes")], [], now=NOW)
+    summary = crm.writer(chunk_size=3).apply(
+        [
+            ContactChange("2", activity("k1"), newsletter="no"),
+            ContactChange(99, activity("k2"), newsletter="no"),
+            ContactChange(3, activity("k0"), newsletter="no"),  # applied before
+            ContactChange(1, activity("k1"), newsletter="no"),  # the key of the first one
+        ],
+        [
+            signup("neu@example.de", "s1"),
+            signup(" B@Example.DE ", "s2"),
+            signup("NEU@example.de", "s3"),  # the address the first one created
+        ],
+        now=NOW,
+    )
+    assert summary.items == [
+        ItemResult("k1", "2", APPLIED),
+        ItemResult("k2", "99", MISSING_CONTACT),
+        ItemResult("k0", "3", ALREADY_APPLIED),
+        ItemResult("k1", "1", ALREADY_APPLIED),
+        ItemResult("s1", "4", APPLIED),
+        ItemResult("s2", None, EXISTING_ADDRESS),
+        ItemResult("s3", None, EXISTING_ADDRESS),
+    ]
+    assert Counter(item.result for item in summary.items) == counters(summary)
+    assert crm.contact(4)["email"] == "neu@example.de"
+
+
+def test_applying_a_list_twice_reports_every_item_already_applied(crm: Crm) -> None:
+    changes = [
+        ContactChange(1, activity("k1"), newsletter="no"),
+        ContactChange("2", activity("k2"), add_tags=frozenset({"X"})),
+    ]
+    new_contacts = [signup("neu@example.de", "s1"), signup("zwei@example.de", "s2")]
+    first = crm.writer(chunk_size=3).apply(changes, new_contacts, now=NOW)
+    second = crm.writer(chunk_size=3).apply(changes, new_contacts, now=NOW)
+    assert first.items == [
+        ItemResult("k1", "1", APPLIED),
+        ItemResult("k2", "2", APPLIED),
+        ItemResult("s1", "4", APPLIED),
+        ItemResult("s2", "5", APPLIED),
+    ]
+    assert second.items == [
+        ItemResult("k1", "1", ALREADY_APPLIED),
+        ItemResult("k2", "2", ALREADY_APPLIED),
+        ItemResult("s1", None, ALREADY_APPLIED),
+        ItemResult("s2", None, ALREADY_APPLIED),
+    ]
+    assert Counter(item.result for item in second.items) == counters(second)
+
+
+_EMAILS = (
+    "a@example.de",
+    " A@EXAMPLE.DE",
+    "neu@example.de",
+    "NEU@example.de ",
+    "ärger@example.de",
+    nfd("ÄRGER@example.de"),
+    "",
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    changes=st.lists(
+        st.tuples(
+            st.sampled_from([1, 2, 3, "2", 99]),
+            st.sampled_from("abcde"),
+            st.sampled_from([None, "yes", "no"]),
+        ),
+        max_size=8,
+    ),
+    signups=st.lists(st.tuples(st.sampled_from(_EMAILS), st.sampled_from("cdefg")), max_size=8),
+    chunk_size=st.integers(1, 5),
+)
+def test_items_agree_with_the_counters(
+    changes: list[tuple[int | str, str, str | None]],
+    signups: list[tuple[str, str]],
+    chunk_size: int,
+) -> None:
+    """Any list (keys shared between items, ids missing, addresses repeated), applied twice:
+    one item per input item in order, counted as the counters say; the second time every
+    item applied before is already applied and every skipped one is skipped the same way."""
+    crm = three_contacts("sqlite://")
+    items_in = [
+        *(ContactChange(cid, activity(key), newsletter=value) for cid, key, value in changes),
+        *(signup(email, key) for email, key in signups),
+    ]
+    n_changes = len(changes)
+    first, second = (
+        crm.writer(chunk_size).apply(items_in[:n_changes], items_in[n_changes:], now=NOW)
+        for _ in range(2)
+    )
+    for summary in (first, second):
+        assert [item.source_key for item in summary.items] == [
+            item.activity.source_key for item in items_in
+        ]
+        assert Counter(item.result for item in summary.items) == counters(summary)
+    done = (APPLIED, ALREADY_APPLIED)
+    assert [item.result for item in second.items] == [
+        ALREADY_APPLIED if item.result in done else item.result for item in first.items
+    ]
+    assert crm.count() == 3 + first.contacts_created
+    crm.engine.dispose()
+
+
+# (address the CRM holds, address of a new contact, whether it is the same address)
+ADDRESS_CASES = [
+    ("ÄRGER@Example.de", "ärger@example.de", True),  # upper-case non-ASCII
+    ("öl@example.de", "ÖL@EXAMPLE.DE", True),
+    ("  spaced@example.de ", "Spaced@Example.DE", True),
+    ("\ttab@example.de\r\n", "tab@example.de", True),  # ASCII whitespace SQL's trim keeps
+    ("\xa0nbsp@example.de\u3000", " nbsp@example.de", True),  # Unicode whitespace
+    (nfd("müller@bücher.de"), "Müller@Bücher.de", True),  # NFD held, NFC new
+    ("MÜLLER2@BÜCHER.DE", nfd(" müller2@bücher.de"), True),  # NFC held, NFD new
+    ("\u212aelvin@example.de", "kelvin@example.de", True),  # Kelvin sign: NFC makes it K
+    ("O'Brien_100%@Example.de", "o'brien_100%@example.de", True),  # SQL's special characters
+    ("arger@example.de", "ärger2@example.de", False),
+    ("ärger3@example.de", "arger3@example.de", False),
+    ("straße@example.de", "strasse@example.de", False),  # lower-cased, not case-folded
+    ("İnci@example.de", "inci@example.de", False),  # İ lower-cases to i and a combining dot
+    ("tab\t2@example.de", "tab 2@example.de", False),
+]
+
+
+@pytest.mark.parametrize("many", [False, True], ids=["few new contacts", "many new contacts"])
+def test_known_addresses_in_any_case_spacing_or_unicode_form(database_url: str, many: bool) -> None:
+    """A new contact whose address the CRM holds in any case, surrounding whitespace or Unicode
+    form is skipped, on both databases: with few new contacts their addresses are looked up
+    in SQL, with many every address is read; two new contacts with one address create one."""
+    engine = sa.create_engine(database_url)
+    create_schema(engine, CrmSchema())
+    crm = Crm(engine, CrmSchema(), CrmValues())
+    held = [contact(10 + i, stored) for i, (stored, _, _) in enumerate(ADDRESS_CASES)]
+    crm.fill([*held, contact(9, None)], {})
+    statements: list[str] = []
+    sa.event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    fillers = [signup(f"filler{i}@example.de", f"f{i}") for i in range(600 if many else 0)]
+    cases = [signup(new, f"s{i}") for i, (_, new, _) in enumerate(ADDRESS_CASES)]
+    twins = [
+        signup("Twin@Example.de", "t1"),
+        signup(" twin@example.de", "t2"),
+        signup("jürgen@example.de", "t3"),
+        signup(nfd("JÜRGEN@example.de"), "t4"),
+    ]
+    summary = crm.writer().apply([], [*cases, *twins, *fillers], now=NOW)
+    expected = [EXISTING_ADDRESS if same else APPLIED for _, _, same in ADDRESS_CASES]
+    assert [item.result for item in summary.items[: len(cases)]] == expected
+    assert [item.result for item in summary.items[len(cases) : len(cases) + 4]] == [
+        APPLIED,
+        EXISTING_ADDRESS,
+        APPLIED,
+        EXISTING_ADDRESS,
+    ]
+    assert crm.count() == len(held) + 1 + summary.contacts_created
+    assert summary.contacts_created == expected.count(APPLIED) + 2 + len(fillers)
+    looked_up = any("lower(trim(" in sql for sql in statements)
+    assert looked_up is not many  # few: the candidates looked up in SQL; many: one pass
+    engine.dispose()
+
+
+@pytest.mark.postgres
+def test_known_address_under_a_turkish_collation(postgres_url: str) -> None:
+    """PostgreSQL's lower() follows the collation, and a Turkish one lower-cases I to a dotless
+    ı: the lookup lower-cases as `address_key` does, whatever the column's collation."""
+    engine = sa.create_engine(postgres_url)
+    create_schema(engine, CrmSchema())
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text('ALTER TABLE contacts ALTER COLUMN email TYPE text COLLATE "tr-x-icu"')
+        )
+    crm = Crm(engine, CrmSchema(), CrmValues())
+    crm.fill([contact(1, "MIKE@EXAMPLE.DE")], {})
+    summary = crm.writer().apply([], [signup("mike@example.de", "s1")], now=NOW)
+    assert summary.items == [ItemResult("s1", None, EXISTING_ADDRESS)]
     engine.dispose()

@@ -3,7 +3,8 @@
 The writer changes only the newsletter column, the tags table, the activities table and inserts
 new contacts. Every item carries an `Activity` whose `source_key` is unique in the activities
 table: an item whose key is already there was applied before and is skipped entirely, so applying
-the same list twice writes once. Items are written in chunks, one transaction each.
+the same list twice writes once. Items are written in chunks, one transaction each; the summary
+says what happened to each item (`ItemResult`).
 
 Timestamps are stored naive in UTC (the CRM's `DateTime` columns carry no zone; eligibility reads
 naive values as UTC).
@@ -15,13 +16,14 @@ import json
 import numbers
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from itertools import islice
+from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
+from more_itertools import chunked
 
 from newsletter_pipelines.crm.errors import CrmError
 from newsletter_pipelines.crm.schema import crm_tables
@@ -29,6 +31,8 @@ from newsletter_pipelines.settings import CrmSchema, CrmValues
 
 NEWSLETTER_VALUES = ("yes", "no", "unspecified")  # logical values, mapped by CrmValues
 _IN_BATCH = 500  # values per IN (...) list
+_FETCH = 10_000  # rows fetched at a time when addresses are read
+_OUTSIDE_PRINTABLE_ASCII = "[^ -~]"  # a character other than space to tilde
 
 
 def _utc_naive(value: datetime | None) -> datetime | None:
@@ -49,6 +53,27 @@ def _tags(tags: Iterable[str]) -> frozenset[str]:
 def address_key(email: str) -> str:
     """Addresses that differ only in case, surrounding spaces or Unicode form are the same."""
     return unicodedata.normalize("NFC", email.strip()).lower()
+
+
+def _printable_ascii(text: str) -> bool:
+    return text.isascii() and text.isprintable()
+
+
+def _sql_address_key(email: sa.ColumnElement[Any], dialect: str) -> sa.ColumnElement[str]:
+    """`address_key` in SQL, exact for printable-ASCII addresses only: trim() strips the only
+    whitespace among them (the space), NFC leaves them alone and lower() folds A-Z (under
+    PostgreSQL's "C" collation whatever the database's locale; SQLite's folds ASCII only)."""
+    trimmed: sa.ColumnElement[Any] = sa.func.trim(email)
+    if dialect == "postgresql":
+        trimmed = sa.collate(trimmed, "C")
+    return sa.func.lower(trimmed)
+
+
+def _irregular(email: sa.ColumnElement[Any], dialect: str) -> sa.ColumnElement[bool]:
+    """Addresses with a character outside printable ASCII, which SQL cannot key."""
+    if dialect == "sqlite":  # native GLOB; SQLite's REGEXP would call back into Python per row
+        return email.op("GLOB", is_comparison=True)(f"*{_OUTSIDE_PRINTABLE_ASCII}*")
+    return email.regexp_match(_OUTSIDE_PRINTABLE_ASCII)
 
 
 @dataclass(frozen=True)
@@ -118,6 +143,28 @@ class _StatementError(Exception):
         self.verb, self.table, self.exc = verb, table, exc
 
 
+class ItemOutcome(StrEnum):
+    """What `CrmWriter.apply` did with one item."""
+
+    APPLIED = "applied"  # change written, or contact created
+    ALREADY_APPLIED = "already_applied"  # its source key was applied before
+    MISSING_CONTACT = "missing_contact"  # a change to a contact the CRM does not hold
+    EXISTING_ADDRESS = "existing_address"  # a new contact whose address the CRM holds
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    """One item of an apply: its activity's source key, the contact and the outcome.
+
+    `contact_id` (as text): the contact written (a created contact's new id), else the id the
+    change gave; None for a new contact not created.
+    """
+
+    source_key: str
+    contact_id: str | None
+    result: ItemOutcome
+
+
 @dataclass
 class WriteSummary:
     """What one `CrmWriter.apply` wrote.
@@ -125,7 +172,8 @@ class WriteSummary:
     `applied`: changes applied to existing contacts; `newsletter_set` (per logical value) and
     `tags_added`/`tags_removed` count the net writes to those contacts. `contacts_created`: new
     contacts inserted (newsletter yes, with their tags); `activities`: activity rows inserted,
-    one per applied change or created contact.
+    one per applied change or created contact. `items`: one result per item, in input order
+    (changes, then new contacts); `applied` and `contacts_created` count its applied ones.
     """
 
     applied: int = 0
@@ -138,6 +186,7 @@ class WriteSummary:
     tags_removed: int = 0
     activities: int = 0
     chunks: int = 0
+    items: list[ItemResult] = field(default_factory=list)
 
 
 @dataclass
@@ -154,14 +203,15 @@ class _State:
 
 @dataclass
 class _Run:
-    """State of one `apply`: its timestamp, summary, source keys seen, CRM address keys and how
-    contact ids are bound."""
+    """State of one `apply`: its timestamp, summary, source keys seen, how contact ids are bound,
+    the address keys of its new contacts and those of them the CRM holds."""
 
     now: datetime
     summary: WriteSummary
     seen: set[str]
     bind_id: Callable[[Any], Any]
-    addresses: set[str] | None = None  # read when the first new contact is to be created
+    new_keys: frozenset[str]
+    held: set[str] | None = None  # looked up when the first new contact is to be created
 
 
 def _same(value: Any) -> Any:
@@ -176,10 +226,8 @@ def _bind(bind_id: Callable[[Any], Any], contact_id: Any) -> Any:
         return None
 
 
-def _batches(items: Sequence[Any], size: int) -> Iterator[list[Any]]:
-    iterator = iter(items)
-    while batch := list(islice(iterator, size)):
-        yield batch
+def _given_id(item: ContactChange | NewContact) -> str | None:
+    return str(item.contact_id) if isinstance(item, ContactChange) else None
 
 
 class CrmWriter:
@@ -232,9 +280,9 @@ class CrmWriter:
         """Write `changes`, then create `new_contacts`; chunks of `chunk_size` items each commit.
 
         A change to a contact id the CRM does not hold is skipped (`skipped_missing_contact`); a
-        new contact whose address (case-insensitive) the CRM already holds is skipped
-        (`skipped_existing_address`). Raises `CrmError` when the database refuses a statement;
-        chunks committed before stay committed.
+        new contact whose address (as `address_key`) the CRM already holds, or an earlier new
+        contact of this apply has, is skipped (`skipped_existing_address`). Raises `CrmError`
+        when the database refuses a statement; chunks committed before stay committed.
         """
         summary = WriteSummary()
         run = _Run(
@@ -242,10 +290,11 @@ class CrmWriter:
             summary=summary,
             seen=set(),
             bind_id=self._id_binder() if changes else _same,
+            new_keys=frozenset(address_key(new.email) for new in new_contacts),
         )
         items: list[ContactChange | NewContact] = [*changes, *new_contacts]
         n_chunks = -(-len(items) // self.chunk_size)
-        for number, chunk in enumerate(_batches(items, self.chunk_size), start=1):
+        for number, chunk in enumerate(chunked(items, self.chunk_size), start=1):
             try:
                 with self.engine.begin() as conn:
                     self._chunk(conn, chunk, run)
@@ -273,27 +322,37 @@ class CrmWriter:
         keys = [item.activity.source_key for item in chunk]
         done = set(self._lookup(conn, act[s.activities_source_key], keys, self.activities))
         fresh: list[ContactChange | NewContact] = []
+        already: list[ItemResult | None] = []  # per item of the chunk; None: fresh
         for item in chunk:
             key = item.activity.source_key
             if key in done or key in run.seen:
                 summary.skipped_already_applied += 1
+                already.append(ItemResult(key, _given_id(item), ItemOutcome.ALREADY_APPLIED))
             else:
                 run.seen.add(key)
                 fresh.append(item)
-        activities = self._changes(conn, [i for i in fresh if isinstance(i, ContactChange)], run)
-        activities += self._create(conn, [i for i in fresh if isinstance(i, NewContact)], run)
-        self._insert(conn, self.activities, activities)
-        summary.activities += len(activities)
+                already.append(None)
+        changed, activities = self._changes(
+            conn, [i for i in fresh if isinstance(i, ContactChange)], run
+        )
+        created, created_activities = self._create(
+            conn, [i for i in fresh if isinstance(i, NewContact)], run
+        )
+        self._insert(conn, self.activities, activities + created_activities)
+        summary.activities += len(activities) + len(created_activities)
+        outcomes = iter(changed + created)  # in chunk order: changes precede new contacts
+        summary.items += [result or next(outcomes) for result in already]
 
     def _changes(
         self,
         conn: sa.Connection,
         changes: list[ContactChange],
         run: _Run,
-    ) -> list[dict[str, Any]]:
-        """Apply `changes` to their contacts' current state; write the net differences."""
+    ) -> tuple[list[ItemResult], list[dict[str, Any]]]:
+        """Apply `changes` to their contacts' current state; write the net differences. Returns
+        a result per change and the activity rows of those applied."""
         if not changes:
-            return []
+            return [], []
         s, c, t = self.schema, self.contacts.c, self.tags.c
         now, summary = run.now, run.summary
         bound = [_bind(run.bind_id, change.contact_id) for change in changes]
@@ -309,17 +368,20 @@ class CrmWriter:
             stored_tags.setdefault(str(cid), set()).add(tag)
         for key, tags in stored_tags.items():
             states[key].stored_tags, states[key].tags = frozenset(tags), set(tags)
-        activities = []
+        results, activities = [], []
         for change, cid in zip(changes, bound, strict=True):
+            key = change.activity.source_key
             state = None if cid is None else states.get(str(cid))
             if state is None:
                 summary.skipped_missing_contact += 1
+                results.append(ItemResult(key, _given_id(change), ItemOutcome.MISSING_CONTACT))
                 continue
             if change.newsletter is not None:
                 state.newsletter = getattr(self.values, change.newsletter)
                 state.logical = change.newsletter
             state.tags = (state.tags - change.remove_tags) | change.add_tags
             activities.append(self._activity_row(state.db_id, change.activity))
+            results.append(ItemResult(key, str(state.db_id), ItemOutcome.APPLIED))
             summary.applied += 1
         by_value: dict[Any, list[Any]] = {}  # newsletter value to write -> contact ids
         stamp_only: list[Any] = []
@@ -347,21 +409,22 @@ class CrmWriter:
         n_removed = sum(map(len, removed.values()))
         summary.tags_added += len(added)
         summary.tags_removed += n_removed
-        return activities
+        return results, activities
 
     def _create(
         self,
         conn: sa.Connection,
         new_contacts: list[NewContact],
         run: _Run,
-    ) -> list[dict[str, Any]]:
-        """Insert the contacts whose address the CRM does not hold yet, ids from max(id) + 1."""
+    ) -> tuple[list[ItemResult], list[dict[str, Any]]]:
+        """Insert the contacts whose address the CRM does not hold yet, ids from max(id) + 1.
+        Returns a result per new contact and the activity rows of those created."""
         if not new_contacts:
-            return []
+            return [], []
         s, c = self.schema, self.contacts.c
-        if run.addresses is None:
-            run.addresses = self._addresses(conn)
-        now, summary, addresses = run.now, run.summary, run.addresses
+        if run.held is None:
+            run.held = self._held(conn, run.new_keys)
+        now, summary, held = run.now, run.summary, run.held
         highest = self._scalar(conn, sa.select(sa.func.max(c[s.id])), s.contacts_table)
         try:
             next_id = int(highest or 0) + 1
@@ -370,13 +433,16 @@ class CrmWriter:
                 f"cannot assign ids to new contacts in {s.contacts_table!r}: the largest "
                 f"{s.id!r} is not an integer ({highest!r})"
             ) from None
-        contacts, tags, activities = [], [], []
+        contacts, tags, activities, results = [], [], [], []
         for new in new_contacts:
             key = address_key(new.email)
-            if key in addresses:
+            if key in held:
                 summary.skipped_existing_address += 1
+                results.append(
+                    ItemResult(new.activity.source_key, None, ItemOutcome.EXISTING_ADDRESS)
+                )
                 continue
-            addresses.add(key)
+            held.add(key)
             contacts.append(
                 {
                     s.id: next_id,
@@ -392,11 +458,12 @@ class CrmWriter:
             )
             tags += [{s.tag_contact_id: next_id, s.tag: tag} for tag in sorted(new.tags)]
             activities.append(self._activity_row(next_id, new.activity))
+            results.append(ItemResult(new.activity.source_key, str(next_id), ItemOutcome.APPLIED))
             next_id += 1
         self._insert(conn, self.contacts, contacts)
         self._insert(conn, self.tags, tags)
         summary.contacts_created += len(contacts)
-        return activities
+        return results, activities
 
     def _activity_row(self, contact_id: Any, activity: Activity) -> dict[str, Any]:
         s = self.schema
@@ -432,12 +499,27 @@ class CrmWriter:
                 return {int: int, str: str}.get(python_type, _same)
         return _same
 
-    def _addresses(self, conn: sa.Connection) -> set[str]:
-        """Address keys of every CRM contact (one scan per apply)."""
-        s, c = self.schema, self.contacts.c
-        query = sa.select(c[s.email]).where(c[s.email].is_not(None))
+    def _held(self, conn: sa.Connection, keys: frozenset[str]) -> set[str]:
+        """Those of `keys` that CRM addresses have (compared as `address_key`), in one query.
+
+        Up to `_IN_BATCH` printable-ASCII keys are looked up with `_sql_address_key`, exact for
+        the printable-ASCII addresses, which alone have such keys; every other address is read
+        as well (`_irregular`: few) and keyed here. Past that, every address is read: one pass
+        costs less than several IN scans of an unindexed column. Rows are streamed and compared
+        here, so memory grows with `keys` only.
+        """
+        s = self.schema
+        email = self.contacts.c[s.email]
+        plain = sorted(key for key in keys if _printable_ascii(key))
+        query = sa.select(email).where(email.is_not(None))
+        if len(plain) <= _IN_BATCH:
+            dialect = conn.dialect.name
+            query = query.where(
+                sa.or_(_sql_address_key(email, dialect).in_(plain), _irregular(email, dialect))
+            )
         try:
-            return {address_key(str(e)) for e in conn.execute(query).scalars()}
+            rows = conn.execute(query.execution_options(yield_per=_FETCH)).scalars()
+            return {key for e in rows if (key := address_key(str(e))) in keys}
         except sa.exc.SQLAlchemyError as exc:
             raise _StatementError("read", s.contacts_table, exc) from exc
 
@@ -456,7 +538,7 @@ class CrmWriter:
         table: Any,
     ) -> list[sa.Row[Any]]:
         rows: list[sa.Row[Any]] = []
-        for batch in _batches(values, _IN_BATCH):
+        for batch in chunked(values, _IN_BATCH):
             try:
                 rows += conn.execute(query.where(column.in_(batch))).all()
             except sa.exc.SQLAlchemyError as exc:
@@ -473,7 +555,7 @@ class CrmWriter:
         self, conn: sa.Connection, statement: Any, column: sa.ColumnElement[Any], ids: list[Any]
     ) -> None:
         """An UPDATE or DELETE restricted to `column IN ids`, in batches."""
-        for batch in _batches(ids, _IN_BATCH):
+        for batch in chunked(ids, _IN_BATCH):
             self._write(conn, statement.where(column.in_(batch)), statement.table.name)
 
     def _insert(self, conn: sa.Connection, table: Any, rows: list[dict[str, Any]]) -> None:
