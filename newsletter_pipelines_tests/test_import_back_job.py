@@ -36,7 +36,7 @@ from newsletter_pipelines_tests.test_import_back_assets import (
     crm,
     run_import_back,
 )
-from newsletter_pipelines_tests.test_sync_assets import checks, metadata, run_sync, writes
+from newsletter_pipelines_tests.test_sync_assets import checks, metadata, run_sync
 
 AUDIENCES = ["mailchimp", "brevo"]
 CONTACT_COLUMNS = (
@@ -128,6 +128,7 @@ class Actors:
     shared: list[Actor]
     alone: list[Actor]
     eligible: int  # all eligible contacts: the members the first sync created per audience
+    said_no: list[Actor]  # newsletter = no, alone with their address: never at the provider
 
 
 def actors(sync: dg.ExecuteInProcessResult) -> Actors:
@@ -147,7 +148,13 @@ def actors(sync: dg.ExecuteInProcessResult) -> Actors:
             continue
         found = Actor(int(row["contact_id"]), email, tuple(row["tags"]), tuple(by_key[email]))
         (shared if len(found.address_contacts) > 1 else alone).append(found)
-    return Actors(shared, alone, len(eligible))
+    no = excluded[excluded["reason"] == "opted_out"].sort_values("contact_id")
+    said_no = [
+        Actor(int(row["contact_id"]), row["email_key"], (), (int(row["contact_id"]),))
+        for row in no.to_dict("records")
+        if row["email_key"].isascii() and len(by_key[row["email_key"]]) == 1
+    ]
+    return Actors(shared, alone, len(eligible), said_no)
 
 
 @dataclass(frozen=True)
@@ -242,9 +249,10 @@ class Expectations:
 def test_every_import_back_rule_through_the_jobs(
     audience: str, settings: Settings, synced: Synced
 ) -> None:
-    """After the first full sync, eight people act, each on a different contact; one
+    """After the first full sync, ten people act, each on a different contact; one
     `import_back_job` writes exactly what the rules say, a second writes nothing, and the next
-    `full_sync_job` sends the provider nothing."""
+    `full_sync_job` sends the provider nothing but the unsubscribe of a sign-up older than the
+    CRM's newsletter = no."""
     provider = settings.audience(audience).provider
     system_tag = settings.audience(audience).system_tag
     found = synced.copy_to(settings.home)
@@ -252,9 +260,12 @@ def test_every_import_back_rule_through_the_jobs(
     untagged = next(a for a in found.alone if any(map(plain_tag, a.tags)))  # tags were pushed
     removed_tag = next(filter(plain_tag, untagged.tags))
     cleaned, archived, deleted, tagged = [a for a in found.alone if a is not untagged][:4]
+    said_no_before, said_no_after = found.said_no[:2]  # the CRM's no is older / newer
     assert len(unsubscriber.address_contacts) > 1
     assert TAG_BY_PERSON.casefold() not in {t.casefold() for t in tagged.tags}
     expect = Expectations()
+    stamp(settings, said_no_before.contact_id, "2020-01-01 00:00:00")
+    stamp(settings, said_no_after.contact_id, "2100-01-01 00:00:00")
     with dg.instance_for_test() as instance:
         act(settings, audience, unsubscriber.email, "unsubscribe")
         act(settings, audience, cleaned.email, "clean")
@@ -266,6 +277,8 @@ def test_every_import_back_rule_through_the_jobs(
         person(settings, audience, SIGNUP_EMAIL, "tag", tag=SIGNUP_TAG)
         if system_tag:  # a person puts the system tag on the sign-up: never imported
             person(settings, audience, SIGNUP_EMAIL, "tag", tag=system_tag)
+        person(settings, audience, said_no_before.email, "signup")
+        person(settings, audience, said_no_after.email, "signup")
 
         before = crm_state(settings)
         assert before.activities == ()
@@ -291,6 +304,7 @@ def test_every_import_back_rule_through_the_jobs(
                     (tagged.contact_id, "tags_added_at_provider"): 1,
                     (untagged.contact_id, "tags_removed_at_provider"): 1,
                     (new_id, "newsletter_subscribed"): 1,
+                    (said_no_before.contact_id, "newsletter_subscribed"): 1,
                 }
             ),
         )
@@ -305,6 +319,8 @@ def test_every_import_back_rule_through_the_jobs(
             archived.contact_id: "unspecified",
             deleted.contact_id: "unspecified",
             new_id: "yes",
+            said_no_before.contact_id: "yes",  # signed up after the CRM said no
+            said_no_after.contact_id: "no",  # the CRM said no after the sign-up
         }
         expect("newsletter", {i: after.newsletter(i) for i in newsletter}, newsletter)
         tags = {
@@ -325,7 +341,7 @@ def test_every_import_back_rule_through_the_jobs(
             changed(before, after),
             {i for i in unsubscribed if before.newsletter(i) != "no"}
             | {archived.contact_id, deleted.contact_id, tagged.contact_id}
-            | {untagged.contact_id, new_id},
+            | {untagged.contact_id, new_id, said_no_before.contact_id},
         )
         expect(
             "planned",
@@ -337,15 +353,16 @@ def test_every_import_back_rule_through_the_jobs(
                 "tags_added_at_provider": 1,
                 "tags_removed_at_provider": 1,
                 "contact_created": 1,
+                "newsletter_subscribed": 1,
             },
         )
         expect(
             "written",
             written(first),
             {
-                "applied": len(unsubscribed) + 5,
+                "applied": len(unsubscribed) + 6,
                 "contacts_created": 1,
-                "activities": len(unsubscribed) + 6,
+                "activities": len(unsubscribed) + 7,
             },
         )
         expect("held", metadata(first, "crm_import_back")["held"], 0)
@@ -358,23 +375,57 @@ def test_every_import_back_rule_through_the_jobs(
         expect("CRM changed by the second import-back", changed(after, crm_state(settings)), set())
         expect("CRM after the second import-back", crm_state(settings), after)
 
-        # the next full sync sends the provider nothing (no echo); the CRM stays as it is
+        # the next full sync echoes nothing, and the CRM stays as it is
         calls_before = sandbox_of(settings).stats.count(provider)
-        writes_before = writes(sandbox_of(settings), provider)
         echo = run_sync(instance, audience)
         assert echo.success
         assert sandbox_of(settings).stats.count(provider) > calls_before  # the sandbox counted
         expect("failed checks of the next full sync", falsy(checks(echo)), set())
-        expect("pushed by the next full sync", pushed(echo), NOTHING_PUSHED)
+        # the member who signed up after the CRM's no gets the CRM's names (the CRM wins on
+        # fields); the one who signed up before it is unsubscribed; nothing else is written
         expect(
-            "write calls of the next full sync",
-            writes(sandbox_of(settings), provider) - writes_before,
-            0,
+            "pushed by the next full sync",
+            pushed(echo),
+            {**NOTHING_PUSHED, "unsubscribed": 1, "updated": 1},
+        )
+        expect(
+            "outcomes of the next full sync",
+            outcomes(settings, echo.run_id),
+            {
+                (said_no_before.contact_id, "update", "updated"),
+                (said_no_after.contact_id, "unsubscribe", "unsubscribed"),
+            },
         )
         expect("written by the next full sync's import-back", written(echo), NOTHING_WRITTEN)
         expect("CRM changed by the next full sync", changed(after, crm_state(settings)), set())
         expect("CRM after the next full sync", crm_state(settings), after)
     expect.assert_all()
+
+
+def outcomes(settings: Settings, run_id: str) -> set[tuple[int, str, str]]:
+    """(contact, action, outcome) of a run's writes in the state database's outcome log."""
+    engine = sa.create_engine(settings.resolved_state_database_url())
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT crm_id, action, outcome FROM sync_outcomes WHERE run_id = :run "
+                "AND outcome != 'unchanged'"
+            ),
+            {"run": run_id},
+        ).all()
+    engine.dispose()
+    return {(int(crm_id), action, outcome) for crm_id, action, outcome in rows}
+
+
+def stamp(settings: Settings, contact_id: int, updated_at: str) -> None:
+    """Set a CRM contact's last change."""
+    engine = sa.create_engine(settings.resolved_crm_database_url())
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE contacts SET updated_at = :at WHERE id = :id"),
+            {"at": updated_at, "id": contact_id},
+        )
+    engine.dispose()
 
 
 def plain_tag(tag: str) -> bool:
