@@ -6,7 +6,9 @@
 - updates, email changes and unsubscribes (`emailBlacklisted: true`): `POST /contacts/batch`;
   a refused batch is replayed contact by contact (`PUT /contacts/{id}`) to find who was refused;
 - removal: `POST /contacts/lists/{id}/contacts/remove`, 150 a call;
-- `emailBlacklisted: false` is never sent: a blacklist is Brevo's to keep.
+- `emailBlacklisted: false` is never sent: a blacklist is Brevo's to keep;
+- why a contact is blacklisted (a hard bounce blacklists exactly as an unsubscription does):
+  its statistics, one `GET /contacts/{id}` each, which cover the last 90 days only.
 
 A create may meet a contact that already exists in the account outside the list, which the list
 snapshot cannot show. A contact that is blacklisted (`emailBlacklisted`) or unsubscribed from
@@ -66,6 +68,8 @@ from newsletter_pipelines.providers.base import (
 from newsletter_pipelines.providers.brevo_attributes import AttributeCodec, AttributeMap
 from newsletter_pipelines.providers.brevo_models import (
     Attributes,
+    BlocklistReason,
+    ContactDetails,
     ContactOut,
     ContactsPage,
     Folders,
@@ -87,6 +91,8 @@ LIST_MEMBERS_MAX = 150
 BATCH_UPDATE_MAX = 100
 IMPORT_MAX_BYTES = 8 * 1024 * 1024
 _IMPORT_ENVELOPE = 256
+REASONS_LOG_EVERY = 200
+"""Contacts between two progress lines while reading why they are blacklisted."""
 _WEBHOOK_EVENTS = [
     "unsubscribed",
     "listAddition",
@@ -588,6 +594,34 @@ class BrevoClient:
             )
             for r in refs
         ]
+
+    # --- why contacts are blacklisted ---------------------------------------------------
+
+    def blocklist_reasons(self, provider_ids: Sequence[str]) -> dict[str, BlocklistReason]:
+        """Why Brevo blacklisted each contact (by contact id), from its statistics of the last
+        90 days: one `GET /contacts/{id}` each, concurrently within the client's limits.
+        Contacts that do not exist are left out; `unknown` when no event explains it."""
+        ids = list(dict.fromkeys(provider_ids))
+        reasons: dict[str, BlocklistReason] = {}
+        for start in range(0, len(ids), REASONS_LOG_EVERY):
+            chunk = ids[start : start + REASONS_LOG_EVERY]
+            found = self._api.parallel(self._blocklist_reason, chunk)
+            reasons.update({i: r for i, r in zip(chunk, found, strict=True) if r is not None})
+            if len(ids) > REASONS_LOG_EVERY:
+                done = start + len(chunk)
+                log.info("brevo: read why %d/%d contacts are blocklisted", done, len(ids))
+        return reasons
+
+    def _blocklist_reason(self, provider_id: str) -> BlocklistReason | None:
+        """The contact's reason, or None when it does not exist."""
+        path = f"/contacts/{quote(provider_id, safe='')}"
+        try:
+            answer = self._api.call("GET", path, params={"identifierType": "contact_id"})
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            return None
+        return ContactDetails.model_validate(answer).statistics.blocklist_reason()
 
     # --- webhook ------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -47,6 +48,43 @@ class ContactOut(_Answer):
     attributes: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime | None = Field(default=None, alias="createdAt")
     modified_at: datetime | None = Field(default=None, alias="modifiedAt")
+
+
+class BlocklistReason(StrEnum):
+    """Why Brevo blacklisted a contact, as its statistics tell."""
+
+    HARD_BOUNCE = "hard_bounce"
+    COMPLAINT = "complaint"
+    UNSUBSCRIBED = "unsubscribed"
+    UNKNOWN = "unknown"
+    """No event in the statistics' window (the last 90 days) explains it."""
+
+
+class Unsubscriptions(_Answer):
+    user: list[dict[str, Any]] = Field(default_factory=list, alias="userUnsubscription")
+    admin: list[dict[str, Any]] = Field(default_factory=list, alias="adminUnsubscription")
+
+
+class Statistics(_Answer):
+    hard_bounces: list[dict[str, Any]] = Field(default_factory=list, alias="hardBounces")
+    complaints: list[dict[str, Any]] = Field(default_factory=list)
+    unsubscriptions: Unsubscriptions = Field(default_factory=Unsubscriptions)
+
+    def blocklist_reason(self) -> BlocklistReason:
+        """A complaint beats an unsubscription (by the person or an admin) beats a hard bounce."""
+        if self.complaints:
+            return BlocklistReason.COMPLAINT
+        if self.unsubscriptions.user or self.unsubscriptions.admin:
+            return BlocklistReason.UNSUBSCRIBED
+        if self.hard_bounces:
+            return BlocklistReason.HARD_BOUNCE
+        return BlocklistReason.UNKNOWN
+
+
+class ContactDetails(_Answer):
+    """`GET /contacts/{identifier}`: the contact and its statistics (only what we read)."""
+
+    statistics: Statistics = Field(default_factory=Statistics)
 
 
 class ContactsPage(_Answer):

@@ -169,7 +169,7 @@ class BrevoApi:
         contact = rules.find_contact(
             account, request.params["identifier"], request.arg("identifierType")
         )
-        statistics = {"unsubscriptions": {"userUnsubscription": [], "adminUnsubscription": []}}
+        statistics = rules.statistics_json(contact.statistics, self.hooks.now())
         return json_response(200, {**contact_json(contact), "statistics": statistics})
 
     def put_contact(self, account: BvAccount, request: Request) -> Response:

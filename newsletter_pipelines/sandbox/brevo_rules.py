@@ -8,6 +8,11 @@ Attribute values: an empty string clears an attribute (the contact no longer has
 category attribute too; a value that does not fit the attribute (null, a category label or an
 unknown category value) is ignored, as the spec says of values of the wrong type. Linking a
 contact to a list (`listIds`, list add, import) leaves its `listUnsubscribed` as it is.
+
+Statistics: a contact keeps every event; `GET /contacts/{identifier}` shows those of the last
+90 days (its default window). Blacklisting through the API (`emailBlacklisted: true`, an
+import's `emailBlacklist`) is recorded as an `adminUnsubscription`, as Brevo records blocklisting
+a contact by hand (assumed: the API counts as the account's admin, like the app).
 """
 
 from __future__ import annotations
@@ -17,10 +22,18 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from newsletter_pipelines.sandbox.brevo_state import BvAccount, BvContact, BvList
+from newsletter_pipelines.sandbox.brevo_state import (
+    BvAccount,
+    BvContact,
+    BvEvent,
+    BvList,
+    BvStatistics,
+)
 from newsletter_pipelines.sandbox.core import Request, Response, json_response
 
 _ADDRESS = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+STATISTICS_SECONDS = 90 * 86400
+"""How far back `GET /contacts/{identifier}` shows a contact's statistics by default."""
 
 
 class BrevoError(Exception):
@@ -90,6 +103,33 @@ def contact_json(contact: BvContact) -> dict[str, Any]:
     }
 
 
+def statistics_json(statistics: BvStatistics, now: float) -> dict[str, Any]:
+    """The statistics of the last 90 days, as `GET /contacts/{identifier}` shows them."""
+    since = now - STATISTICS_SECONDS
+
+    def recent(events: list[BvEvent]) -> list[dict[str, Any]]:
+        return [
+            {**e.model_dump(exclude={"eventTime"}, exclude_none=True), "eventTime": event_time(e)}
+            for e in events
+            if e.eventTime >= since
+        ]
+
+    unsubscriptions = statistics.unsubscriptions
+    return {
+        "hardBounces": recent(statistics.hardBounces),
+        "complaints": recent(statistics.complaints),
+        "unsubscriptions": {
+            "userUnsubscription": recent(unsubscriptions.userUnsubscription),
+            "adminUnsubscription": recent(unsubscriptions.adminUnsubscription),
+        },
+    }
+
+
+def event_time(event: BvEvent) -> str:
+    """A statistics event's time as the spec shows it: UTC, whole seconds, `Z`."""
+    return datetime.fromtimestamp(event.eventTime, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def page(request: Request, maximum: int, default: int) -> tuple[int, int]:
     limit, offset = request.int_arg("limit", default), request.int_arg("offset", 0)
     if limit > maximum or limit < 0 or offset < 0:
@@ -151,7 +191,10 @@ def apply_update(
         else:
             contact.attributes[name] = value
     if "emailBlacklisted" in body:
-        contact.emailBlacklisted = bool(body["emailBlacklisted"])
+        blacklisted = bool(body["emailBlacklisted"])
+        if blacklisted and not contact.emailBlacklisted:
+            contact.statistics.unsubscriptions.adminUnsubscription.append(BvEvent(eventTime=now))
+        contact.emailBlacklisted = blacklisted
     if "ext_id" in body:
         contact.ext_id = str(body["ext_id"])
     added: list[int] = []

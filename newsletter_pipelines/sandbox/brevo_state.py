@@ -21,6 +21,26 @@ class BvAttribute(BaseModel):
     enumeration: list[dict[str, Any]] | None = None
 
 
+class BvEvent(BaseModel):
+    """One entry of a contact's statistics; an admin's unsubscription names no campaign."""
+
+    eventTime: float  # noqa: N815 - Brevo's field name
+    campaignId: int | None = None  # noqa: N815
+
+
+class BvUnsubscriptions(BaseModel):
+    userUnsubscription: list[BvEvent] = Field(default_factory=list)  # noqa: N815
+    adminUnsubscription: list[BvEvent] = Field(default_factory=list)  # noqa: N815
+
+
+class BvStatistics(BaseModel):
+    """The parts of a contact's campaign statistics that tell why it is blacklisted."""
+
+    hardBounces: list[BvEvent] = Field(default_factory=list)  # noqa: N815
+    complaints: list[BvEvent] = Field(default_factory=list)
+    unsubscriptions: BvUnsubscriptions = Field(default_factory=BvUnsubscriptions)
+
+
 class BvContact(BaseModel):
     id: int
     email: str
@@ -32,6 +52,8 @@ class BvContact(BaseModel):
     ext_id: str | None = None
     createdAt: float  # noqa: N815
     modifiedAt: float  # noqa: N815
+    statistics: BvStatistics = Field(default_factory=BvStatistics)
+    """Every event ever; `GET /contacts/{identifier}` shows the last 90 days."""
 
 
 class BvFolder(BaseModel):

@@ -1,7 +1,7 @@
 """What a *person* does at a provider (outside the API): sign up, unsubscribe, get deleted,
-bounce, get a tag, change the address. Each action changes the state like the provider's UI
-would and fires the webhooks the provider would fire (Mailchimp with source `user` or `admin`,
-Brevo marketing events without `api_key_name`).
+bounce, complain, get a tag, change the address. Each action changes the state like the
+provider's UI would and fires the webhooks the provider would fire (Mailchimp with source
+`user` or `admin`, Brevo marketing events without `api_key_name`).
 
 Every action is total: where it makes no sense for the current state it raises the provider's
 error (`ProblemError` for Mailchimp, `BrevoError` for Brevo) before anything changes, and no
@@ -50,12 +50,16 @@ on it):
   `Member Exists` when the new address is on the audience (an archived member or the member
   itself), 400 `Invalid Resource` for a member that is not subscribed or a bad address, 400
   `Forgotten Email Not Subscribed` for a permanently deleted one.
-- `blacklist`, `list_unsubscribe`: Brevo only, 400.
+- `blacklist`, `list_unsubscribe`, `complain`: Brevo only, 400.
 - All but `signup`, `resubscribe`, `pending` and `transactional` need a member (404 otherwise).
 
 Brevo (`brevo_person`; `list_id` is the list the person acts on; no person action leaves a list
 id in both `listIds` and `listUnsubscribed`, though re-linking through the API can, and
-`signup`/`resubscribe` then clear the unsubscription):
+`signup`/`resubscribe` then clear the unsubscription). The four ways Brevo blacklists a contact
+(hard bounce, unsubscription, spam complaint, an admin's blocklisting) look alike in
+`emailBlacklisted`; each is also recorded in the contact's `statistics`, as `GET
+/contacts/{identifier}` shows them, and stays there when the blacklist is lifted. A person
+reacts to campaign 0 (the sandbox sends none), in statistics and webhooks alike:
 
 - `signup`: a form: creates the contact if needed, sets the names, links the list (and takes it
   out of `listUnsubscribed`); the blacklist stays. Fires `listAddition`.
@@ -63,10 +67,10 @@ id in both `listIds` and `listUnsubscribed`, though re-linking through the API c
   false, the list leaves `listUnsubscribed` and joins `listIds` (the contact is created if
   missing). Fires `listAddition`. 400 when the contact is already subscribed to the list and not
   blacklisted.
-- `blacklist`: the contact is blacklisted (`emailBlacklisted: true`) without any change to its
-  lists; an unknown address becomes a contact outside every list, blacklisted (what a person
-  unsubscribing from another Brevo list or from a transactional mail leaves behind). Fires
-  `unsubscribed` with the contact's lists. 400 when already blacklisted.
+- `blacklist`: an admin blocklists the contact in Brevo's app (`emailBlacklisted: true`) without
+  any change to its lists; an unknown address becomes a contact outside every list,
+  blacklisted. Recorded as an `adminUnsubscription` (time only). Fires `unsubscribed` with the
+  contact's lists. 400 when already blacklisted.
 - `list_unsubscribe`: unsubscription from this list only (the account feature "unsubscription
   per list"): the list leaves `listIds` and is appended to `listUnsubscribed`; the contact stays
   globally subscribed. Fires `unsubscribed` with the list. 404 for an unknown contact, 400 when
@@ -75,9 +79,12 @@ id in both `listIds` and `listUnsubscribed`, though re-linking through the API c
   `listIds`: `GET /contacts/{identifier}` (and `GET /contacts`) show such a contact with the list
   in `listUnsubscribed`; `GET /contacts/lists/{listId}/contacts` and the list's counters no
   longer include it, exactly as for a contact removed from the list.
-- `unsubscribe`: `emailBlacklisted: true`; fires `unsubscribed` with the list.
+- `unsubscribe`: the campaign's unsubscribe link: `emailBlacklisted: true`, a
+  `userUnsubscription`; fires `unsubscribed` with the list.
 - `delete` / `archive`: the contact is deleted; fires `contactDeleted`; returns `{}`.
-- `clean`: hard bounce: `emailBlacklisted: true`; fires `hardBounce`.
+- `clean`: hard bounce: `emailBlacklisted: true`, a `hardBounces` entry; fires `hardBounce`.
+- `complain`: the person marks a campaign as spam: `emailBlacklisted: true`, a `complaints`
+  entry; fires `spam`.
 - `tag` / `untag`: the tag is added to / removed from the comma-separated `tags_attribute`;
   fires `contactUpdated`.
 - `change_email`: the contact's `email` becomes `new_email` (any contact of the account, in the
@@ -106,6 +113,7 @@ from newsletter_pipelines.sandbox.brevo_state import (
     LANGUAGE_NAME_ATTRIBUTES,
     BvAccount,
     BvContact,
+    BvEvent,
 )
 from newsletter_pipelines.sandbox.core import now_iso
 from newsletter_pipelines.sandbox.mailchimp_members import ProblemError
@@ -124,12 +132,15 @@ PersonAction = Literal[
     "archive",
     "delete",
     "clean",
+    "complain",
     "tag",
     "untag",
     "change_email",
 ]
 MAILCHIMP_ONLY = frozenset({"pending", "transactional"})
-BREVO_ONLY = frozenset({"blacklist", "list_unsubscribe"})
+BREVO_ONLY = frozenset({"blacklist", "list_unsubscribe", "complain"})
+CAMPAIGN_ID = 0
+"""The Brevo campaign a person reacts to (the sandbox sends none)."""
 
 
 class PersonEvent(BaseModel):
@@ -275,13 +286,13 @@ def _brevo_person(sandbox: Sandbox, event: PersonEvent) -> dict[str, Any]:
         now = sandbox.now()
         contact = account.by_email(event.email)
         common = {"email": event.email, "key": "", "date": stamp(now), "ts": int(now)}
-        unsubscribed = {
-            "event": "unsubscribed",
-            "camp_id": 0,
+        campaign = {
+            "camp_id": CAMPAIGN_ID,
             "date_event": stamp(now),
             "ts_event": int(now),
             **common,
         }
+        unsubscribed = {"event": "unsubscribed", **campaign}
         if event.action in ("signup", "resubscribe"):
             resubscribe = event.action == "resubscribe"
             if contact is None:
@@ -307,6 +318,7 @@ def _brevo_person(sandbox: Sandbox, event: PersonEvent) -> dict[str, Any]:
                 raise BrevoError(400, "invalid_parameter", "Contact is already blacklisted")
             contact = contact or _new_contact(account, event.email, now)
             contact.emailBlacklisted, contact.modifiedAt = True, now
+            contact.statistics.unsubscriptions.adminUnsubscription.append(BvEvent(eventTime=now))
             payload = {**unsubscribed, "list_id": list(contact.listIds)}
             sandbox.brevo_event(account, "unsubscribed", payload)
             return contact_json(contact)
@@ -321,6 +333,7 @@ def _brevo_person(sandbox: Sandbox, event: PersonEvent) -> dict[str, Any]:
             sandbox.brevo_event(account, "unsubscribed", {**unsubscribed, "list_id": [list_id]})
         elif event.action == "unsubscribe":
             contact.emailBlacklisted, contact.modifiedAt = True, now
+            contact.statistics.unsubscriptions.userUnsubscription.append(_campaign_event(now))
             sandbox.brevo_event(account, "unsubscribed", {**unsubscribed, "list_id": [list_id]})
         elif event.action in ("delete", "archive"):
             account.delete(contact)
@@ -332,9 +345,14 @@ def _brevo_person(sandbox: Sandbox, event: PersonEvent) -> dict[str, Any]:
             return {}
         elif event.action == "clean":
             contact.emailBlacklisted, contact.modifiedAt = True, now
+            contact.statistics.hardBounces.append(_campaign_event(now))
             sandbox.brevo_event(
                 account, "hardBounce", {"event": "hard_bounce", "reason": "unknown user", **common}
             )
+        elif event.action == "complain":
+            contact.emailBlacklisted, contact.modifiedAt = True, now
+            contact.statistics.complaints.append(_campaign_event(now))
+            sandbox.brevo_event(account, "spam", {"event": "spam", **campaign})
         elif event.action == "change_email":
             _move(account, contact, str(event.new_email), now)
         else:
@@ -352,6 +370,11 @@ def _brevo_person(sandbox: Sandbox, event: PersonEvent) -> dict[str, Any]:
                 {"event": "contact_updated", "content": [contact.attributes], **common},
             )
         return contact_json(contact)
+
+
+def _campaign_event(now: float) -> BvEvent:
+    """A statistics entry for the person's reaction to the campaign, now."""
+    return BvEvent(campaignId=CAMPAIGN_ID, eventTime=now)
 
 
 def _move(account: BvAccount, contact: BvContact, new_email: str, now: float) -> None:

@@ -1,8 +1,12 @@
-"""The Brevo client against the sandbox: every operation of the Provider interface."""
+"""The Brevo client against the sandbox: every operation of the Provider interface, and why
+a contact is blocklisted."""
 
 from __future__ import annotations
 
 import json
+import logging
+import threading
+import time
 
 import httpx
 import pytest
@@ -15,11 +19,15 @@ from newsletter_pipelines.providers.base import (
     MemberStatus,
     Result,
 )
-from newsletter_pipelines.providers.brevo import BrevoClient
+from newsletter_pipelines.providers.brevo import BlocklistReason, BrevoClient
 from newsletter_pipelines.providers.brevo_attributes import AttributeCodec, AttributeMap, brevo_tag
 from newsletter_pipelines.providers.brevo_models import Attribute
-from newsletter_pipelines.providers.errors import AuthenticationError, ConfigurationError
-from newsletter_pipelines.sandbox import SANDBOX_BREVO_KEY, PersonEvent, Sandbox
+from newsletter_pipelines.providers.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    UnavailableError,
+)
+from newsletter_pipelines.sandbox import SANDBOX_BREVO_KEY, FaultRule, PersonEvent, Sandbox
 from newsletter_pipelines.sandbox.brevo_state import BvAccount, BvAttribute, BvContact
 from newsletter_pipelines.sandbox.people import brevo_person
 from newsletter_pipelines_tests.providers.conftest import Receiver, brevo_account, make_brevo
@@ -483,3 +491,131 @@ def test_an_import_refuses_the_rows_it_did_not_take(
     outcomes = client.upsert([*contacts(2), odd])
     assert [o.outcome for o in outcomes[:2]] == [Result.CREATED] * 2
     assert (outcomes[2].outcome, outcomes[2].code) == (Result.REFUSED, "import_rejected")
+
+
+# --- why a contact is blocklisted --------------------------------------------------------
+
+
+def contact_id(sandbox: Sandbox, email: str) -> str:
+    found = account(sandbox).by_email(email)
+    assert found is not None
+    return str(found.id)
+
+
+class PeakTransport(httpx.BaseTransport):
+    """Passes requests on, counting the contact reads and the most in flight at once."""
+
+    def __init__(self, inner: httpx.BaseTransport) -> None:
+        self.inner = inner
+        self.reads: list[httpx.URL] = []
+        self.peak = 0
+        self._in_flight = 0
+        self._lock = threading.Lock()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        """Count, then forward."""
+        with self._lock:
+            self._in_flight += 1
+            self.peak = max(self.peak, self._in_flight)
+            if request.method == "GET" and request.url.path.count("/") == 4:
+                self.reads.append(request.url)  # /brevo/v3/contacts/{identifier}
+        try:
+            return self.inner.handle_request(request)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+
+def test_blocklist_reasons_tell_hard_bounces_from_opt_outs(
+    sandbox: Sandbox, brevo: BrevoClient
+) -> None:
+    brevo.upsert(contacts(9))
+    list_id = brevo.ensure_audience().id
+    steps = [
+        ["clean"],
+        ["unsubscribe"],
+        ["blacklist"],  # an admin blocklists the contact in Brevo's app
+        ["complain"],
+        ["clean", "unsubscribe"],
+        ["unsubscribe", "complain"],
+        [],  # never blocklisted: no statistics to tell
+        ["delete"],
+    ]
+    for i, actions in enumerate(steps):
+        for action in actions:
+            person(sandbox, list_id, f"person{i}@example.com", action)
+    brevo.unsubscribe([contacts(9)[8].ref()])  # the sync's own opt-out, through the API
+    ids = [contact_id(sandbox, f"person{i}@example.com") for i in (0, 1, 2, 3, 4, 5, 6, 8)]
+    reasons = brevo.blocklist_reasons([*ids, "999999", "not-an-id"])
+    assert reasons == dict(
+        zip(
+            ids,
+            [
+                BlocklistReason.HARD_BOUNCE,
+                BlocklistReason.UNSUBSCRIBED,
+                BlocklistReason.UNSUBSCRIBED,
+                BlocklistReason.COMPLAINT,
+                BlocklistReason.UNSUBSCRIBED,
+                BlocklistReason.COMPLAINT,
+                BlocklistReason.UNKNOWN,
+                BlocklistReason.UNSUBSCRIBED,
+            ],
+            strict=True,
+        )
+    )
+    assert brevo.blocklist_reasons([]) == {}
+
+
+def test_a_blocklisting_older_than_brevos_90_days_of_statistics_is_unknown(
+    sandbox: Sandbox, brevo: BrevoClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    brevo.upsert(contacts(1))
+    person(sandbox, brevo.ensure_audience().id, "person0@example.com", "clean")
+    bounced = contact_id(sandbox, "person0@example.com")
+    assert brevo.blocklist_reasons([bounced]) == {bounced: BlocklistReason.HARD_BOUNCE}
+    later = time.time() + 91 * 86400
+    monkeypatch.setattr(sandbox, "now", lambda: later)
+    assert brevo.blocklist_reasons([bounced]) == {bounced: BlocklistReason.UNKNOWN}
+
+
+def test_blocklist_reasons_of_30_contacts_are_read_concurrently_within_the_limits(
+    sandbox: Sandbox,
+    transport: httpx.BaseTransport,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    brevo_account(sandbox)
+    peak = PeakTransport(transport)
+    client = make_brevo(peak, max_connections=3)
+    client.upsert(contacts(30))
+    list_id = client.ensure_audience().id
+    for i in range(30):
+        person(sandbox, list_id, f"person{i}@example.com", "clean" if i % 3 else "unsubscribe")
+    ids = [contact_id(sandbox, f"person{i}@example.com") for i in range(30)]
+    sandbox.faults.add(
+        FaultRule(kind="latency", provider="brevo", method="GET", rate=1.0, seconds=0.02)
+    )
+    monkeypatch.setattr(brevo_module, "REASONS_LOG_EVERY", 10)
+    caplog.set_level(logging.INFO, logger="newsletter_pipelines.providers")
+    peak.reads, peak.peak = [], 0
+    reasons = client.blocklist_reasons([*ids, *ids[:5]])
+    assert reasons == {
+        provider_id: BlocklistReason.HARD_BOUNCE if i % 3 else BlocklistReason.UNSUBSCRIBED
+        for i, provider_id in enumerate(ids)
+    }
+    assert sorted(url.path.rsplit("/", 1)[1] for url in peak.reads) == sorted(ids)
+    assert {url.params["identifierType"] for url in peak.reads} == {"contact_id"}
+    assert peak.peak == 3
+    assert [m for m in caplog.messages if "blocklist" in m] == [
+        f"brevo: read why {n}/30 contacts are blocklisted" for n in (10, 20, 30)
+    ]
+
+
+def test_blocklist_reasons_raise_the_clients_errors(
+    sandbox: Sandbox, transport: httpx.BaseTransport, brevo: BrevoClient
+) -> None:
+    with pytest.raises(AuthenticationError):
+        make_brevo(transport, api_key="xkeysib-wrong-key").blocklist_reasons(["1"])
+    sandbox.faults.add(FaultRule(kind="server_error", provider="brevo", count=100))
+    with pytest.raises(UnavailableError, match="503"):
+        brevo.blocklist_reasons(["1"])

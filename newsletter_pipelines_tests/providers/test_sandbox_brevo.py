@@ -3,6 +3,8 @@ processes and rate-limit headers."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -223,3 +225,55 @@ def test_a_list_holds_its_linked_contacts_not_those_unsubscribed_from_it(
     assert [c["email"] for c in page["contacts"]] == ["in@example.com"]
     assert page["count"] == 1
     assert contact(http, "out@example.com")["listUnsubscribed"] == [list_id]
+
+
+def admin_unsubscriptions(http: httpx.Client, email: str) -> int:
+    statistics: Any = contact(http, email)["statistics"]
+    return len(statistics["unsubscriptions"]["adminUnsubscription"])
+
+
+def test_blacklisting_through_the_api_is_an_admin_unsubscription(
+    http: httpx.Client, list_id: int
+) -> None:
+    blacklisted = {"email": "a@example.com", "emailBlacklisted": True}
+    assert http.post(f"{ROOT}/contacts", json=blacklisted, headers=KEY).status_code == 201
+    assert admin_unsubscriptions(http, "a@example.com") == 1
+    for flag, expected in ((True, 1), (False, 1), (True, 2)):
+        body = {"emailBlacklisted": flag}
+        assert http.put(f"{ROOT}/contacts/a@example.com", json=body, headers=KEY).status_code == 204
+        assert admin_unsubscriptions(http, "a@example.com") == expected
+    imported = {"jsonBody": [{"email": "b@example.com"}], "listIds": [list_id]}
+    run_import(http, {**imported, "emailBlacklist": True})
+    assert admin_unsubscriptions(http, "b@example.com") == 1
+    statistics: Any = contact(http, "b@example.com")["statistics"]
+    assert (statistics["hardBounces"], statistics["complaints"]) == ([], [])
+
+
+def test_statistics_survive_the_state_file_and_older_files_load(tmp_path: Path) -> None:
+    state = tmp_path / "sandbox.json"
+
+    def call(method: str, path: str, **options: Any) -> httpx.Response:
+        """One request to a sandbox freshly loaded from the state file."""
+        box = Sandbox(state_file=state)
+        try:
+            with httpx.Client(transport=SandboxTransport(box), base_url=SANDBOX_ORIGIN) as http:
+                return http.request(method, ROOT + path, headers=KEY, **options)
+        finally:
+            box.close()
+
+    body = {"email": "a@example.com", "emailBlacklisted": True}
+    assert call("POST", "/contacts", json=body).status_code == 201
+    kept = call("GET", "/contacts/a@example.com").json()["statistics"]
+    assert len(kept["unsubscriptions"]["adminUnsubscription"]) == 1
+
+    older = json.loads(state.read_text())
+    for stored in older["brevo"][SANDBOX_BREVO_KEY]["contacts"].values():
+        del stored["statistics"]
+    state.write_text(json.dumps(older))
+    loaded = call("GET", "/contacts/a@example.com").json()
+    assert loaded["emailBlacklisted"] is True
+    assert loaded["statistics"] == {
+        "hardBounces": [],
+        "complaints": [],
+        "unsubscriptions": {"userUnsubscription": [], "adminUnsubscription": []},
+    }

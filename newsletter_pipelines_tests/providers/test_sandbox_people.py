@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime
 from typing import Any, get_args
 
 import httpx
@@ -115,6 +116,7 @@ MC_EXPECTED: dict[str, dict[str, str | int]] = {
     "unsubscribe": {**_GONE, **dict.fromkeys(_EXISTING, "unsubscribed")},
     "blacklist": dict.fromkeys(MC_SETUP, 400),
     "list_unsubscribe": dict.fromkeys(MC_SETUP, 400),
+    "complain": dict.fromkeys(MC_SETUP, 400),
     "archive": {
         **_GONE,
         **dict.fromkeys(_EXISTING, 405),
@@ -320,7 +322,7 @@ def test_mailchimp_refuses_brevo_actions_unknown_audiences_and_blank_tags(
     sandbox: Sandbox, mailchimp: MailchimpClient
 ) -> None:
     mailchimp.upsert(contacts(1))
-    for action in ("blacklist", "list_unsubscribe"):
+    for action in ("blacklist", "list_unsubscribe", "complain"):
         with pytest.raises(ProblemError) as refused:
             mc(sandbox, "person0@example.com", action)
         assert refused.value.status == 400
@@ -510,7 +512,7 @@ BV_EXPECTED: dict[str, dict[str, str | int]] = {
     "untag": {"absent": 404, **{s: s for s in _CONTACTS}},
     "change_email": {"absent": 404, **{s: s for s in _CONTACTS}},
 }
-BV_EXPECTED["clean"] = BV_EXPECTED["unsubscribe"]
+BV_EXPECTED["clean"] = BV_EXPECTED["complain"] = BV_EXPECTED["unsubscribe"]
 BV_WEBHOOKS = {
     "signup": ["list_addition"],
     "resubscribe": ["list_addition"],
@@ -520,6 +522,7 @@ BV_WEBHOOKS = {
     "archive": ["contact_deleted"],
     "delete": ["contact_deleted"],
     "clean": ["hard_bounce"],
+    "complain": ["spam"],
     "tag": ["contact_updated"],
     "untag": ["contact_updated"],
     "change_email": [],  # Brevo's marketing events have none for an address change
@@ -634,6 +637,80 @@ def test_blacklist_keeps_lists_and_creates_unknown_addresses_outside_every_list(
     with pytest.raises(BrevoError) as twice:
         bv(sandbox, list_id, "stranger@example.com", "blacklist")
     assert twice.value.status == 400
+
+
+def statistics(
+    hard: list[dict[str, Any]] | None = None,
+    complaints: list[dict[str, Any]] | None = None,
+    user: list[dict[str, Any]] | None = None,
+    admin: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The `statistics` part of `GET /contacts/{identifier}` the sandbox keeps."""
+    return {
+        "hardBounces": hard or [],
+        "complaints": complaints or [],
+        "unsubscriptions": {"userUnsubscription": user or [], "adminUnsubscription": admin or []},
+    }
+
+
+def test_brevo_statistics_record_why_a_contact_is_blocklisted(
+    sandbox: Sandbox,
+    brevo: BrevoClient,
+    receiver: Receiver,
+    http: httpx.Client,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    brevo.upsert(contacts(4))
+    brevo.register_webhook("https://hooks.example.com/brevo", "t0ken")
+    list_id = brevo.ensure_audience().id
+    moment = datetime(2026, 3, 1, 12, 30, 5, tzinfo=UTC).timestamp()
+    monkeypatch.setattr(sandbox, "now", lambda: moment)
+    start = len(receiver.posts())
+    actions = ["clean", "unsubscribe", "blacklist", "complain"]
+    for i, action in enumerate(actions):
+        bv(sandbox, list_id, f"person{i}@example.com", action)
+    details = [
+        http.get(f"{BV_ROOT}/contacts/person{i}@example.com", headers=BV_KEY).json()
+        for i in range(len(actions))
+    ]
+    assert all(d["emailBlacklisted"] for d in details)
+    campaign = [{"campaignId": 0, "eventTime": "2026-03-01T12:30:05Z"}]
+    assert [d["statistics"] for d in details] == [
+        statistics(hard=campaign),
+        statistics(user=campaign),
+        statistics(admin=[{"eventTime": "2026-03-01T12:30:05Z"}]),
+        statistics(complaints=campaign),
+    ]
+    events = bv_hooks(receiver)[start:]
+    assert [(e["event"], e["email"]) for e in events] == [
+        (event, f"person{i}@example.com")
+        for i, event in enumerate(["hard_bounce", "unsubscribed", "unsubscribed", "spam"])
+    ]
+    assert (events[3]["camp_id"], events[3]["ts_event"]) == (0, int(moment))
+
+
+def test_brevo_statistics_keep_their_history_and_show_the_last_90_days(
+    sandbox: Sandbox, brevo: BrevoClient, http: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    brevo.upsert(contacts(1))
+    list_id = brevo.ensure_audience().id
+    moment = time.time()
+    monkeypatch.setattr(sandbox, "now", lambda: moment)
+    for action in ("unsubscribe", "resubscribe", "clean"):
+        bv(sandbox, list_id, "person0@example.com", action)
+
+    def shown(days: float) -> tuple[bool, dict[str, Any]]:
+        monkeypatch.setattr(sandbox, "now", lambda: moment + days * 86400)
+        answer = http.get(f"{BV_ROOT}/contacts/person0@example.com", headers=BV_KEY).json()
+        return answer["emailBlacklisted"], answer["statistics"]
+
+    blacklisted, recent = shown(89.9)
+    assert blacklisted
+    assert [len(recent["hardBounces"]), len(recent["unsubscriptions"]["userUnsubscription"])] == [
+        1,
+        1,
+    ]
+    assert shown(90.1) == (True, statistics())
 
 
 def test_list_unsubscribe_leaves_the_list_but_not_the_account(
