@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -138,8 +138,11 @@ def plan_import_back(
     max_vanish_share: float = 0.1,
     min_vanish_count: int = 10,
     allow_mass_vanish: bool = False,
+    bounced: Collection[str] = frozenset(),
 ) -> ImportBackPlan:
-    """The CRM changes the diff's provider-side changes call for."""
+    """The CRM changes the diff's provider-side changes call for. `bounced`: match keys of
+    members the provider blocklisted for a hard bounce (Brevo shows a bounce only as a
+    blocklisting, like an opt-out: see `bounce_candidates`)."""
     rows = acting_rows(diff)
     removed = rows[rows["provider_change"] == ProviderChange.REMOVED.value]
     active = int(snapshot["status"].isin(ACTIVE).sum()) + len(removed)
@@ -155,7 +158,7 @@ def plan_import_back(
     )
     acting = snapshot[snapshot["match_key"].isin(set(rows["match_key"]))]
     members = {m["match_key"]: m for m in acting.to_dict("records")}  # the last one wins
-    planner = _Planner(plan, members, crm, audience)
+    planner = _Planner(plan, members, crm, audience, frozenset(bounced))
     for row in rows.to_dict("records"):
         change = row["provider_change"]
         if change == ProviderChange.REMOVED.value and not plan.vanish.passed:
@@ -182,8 +185,10 @@ class _Planner:
         members: Mapping[str, Mapping[str, Any]],
         crm: CrmView,
         audience: Audience,
+        bounced: frozenset[str],
     ) -> None:
         self.plan, self.members, self.crm, self.audience = plan, members, crm, audience
+        self.bounced = bounced
 
     def member(self, key: str) -> Mapping[str, Any] | None:
         return self.members.get(key)
@@ -235,7 +240,7 @@ class _Planner:
     def change(self, row: Mapping[str, Any], change: ProviderChange) -> None:
         member = self.member(row["match_key"])
         if change is ProviderChange.OPTED_OUT:
-            bounced = row["provider_status"] == "cleaned"
+            bounced = row["provider_status"] == "cleaned" or row["match_key"] in self.bounced
             kind = "hard_bounce" if bounced else "newsletter_unsubscribed"
             for crm_id in self.contacts(row):
                 self.add(
@@ -324,6 +329,17 @@ def _when(member: Mapping[str, Any] | None) -> datetime | None:
     """The provider's time of the member's last change, if it has one."""
     value = member.get("last_changed") if member else None
     return None if value is None or pd.isna(value) else pd.Timestamp(value).to_pydatetime()
+
+
+def bounce_candidates(diff: pd.DataFrame) -> dict[str, str]:
+    """Provider ids (to match keys) of members newly seen blocklisted: on Brevo a hard bounce,
+    a complaint and an unsubscribe all look like this; the provider tells why on request."""
+    rows = diff[
+        (diff["provider_change"] == ProviderChange.OPTED_OUT.value)
+        & (diff["provider_status"] == "blacklisted")
+        & diff["provider_id"].notna()
+    ]
+    return dict(zip(rows["provider_id"].astype(str), rows["match_key"], strict=True))
 
 
 def unimported_keys(diff: pd.DataFrame, plan: ImportBackPlan, written: bool) -> frozenset[str]:

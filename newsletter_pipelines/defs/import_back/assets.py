@@ -1,6 +1,7 @@
 """Asset `crm_import_back`, one partition per audience: what the CRM learns from the provider."""
 
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 
 import dagster as dg
 import pandas as pd
@@ -8,13 +9,16 @@ import pandas as pd
 from newsletter_pipelines.crm.writer import CrmWriter, WriteSummary
 from newsletter_pipelines.defs.providers.partitions import audience_partitions
 from newsletter_pipelines.defs.resources import CrmResource, StateDatabaseResource
+from newsletter_pipelines.providers.brevo import BlocklistReason
+from newsletter_pipelines.providers.resources import BrevoResource
 from newsletter_pipelines.reporting import markdown_table, mask_email
-from newsletter_pipelines.settings import Settings
+from newsletter_pipelines.settings import AudienceConfig, Settings
 from newsletter_pipelines.state.ledger import record
 from newsletter_pipelines.sync.import_back import (
     Audience,
     CrmView,
     ImportBackPlan,
+    bounce_candidates,
     observations,
     outcome_records,
     plan_import_back,
@@ -57,6 +61,7 @@ def crm_import_back(
     excluded_contacts: pd.DataFrame,
     crm: CrmResource,
     state_db: StateDatabaseResource,
+    brevo: BrevoResource,
 ) -> Iterator[dg.Output[frozenset] | dg.AssetCheckResult]:
     """Writes into the CRM what people did at the provider, as the diff proves it: opt-outs
     (newsletter no), hard bounces, members archived or deleted (unspecified), sign-ups and
@@ -75,6 +80,7 @@ def crm_import_back(
         max_vanish_share=_SETTINGS.removal_max_share,
         min_vanish_count=_SETTINGS.removal_min_count,
         allow_mass_vanish=config.allow_mass_vanish,
+        bounced=_bounced(audience, diff, brevo, context.log.info),
     )
     context.log.info(f"{audience.key}: import-back planned {dict(plan.counts)}")
     mode = _mode(config.dry_run)
@@ -118,6 +124,27 @@ def crm_import_back(
         passed=vanish.passed,
         description=vanish.message,
         metadata={"vanished": vanish.count, "active_members": vanish.active_members},
+    )
+
+
+def _bounced(
+    audience: AudienceConfig, diff: pd.DataFrame, brevo: BrevoResource, log: Callable[[str], None]
+) -> frozenset[str]:
+    """Match keys of members Brevo blocklisted for a hard bounce: Brevo shows a bounce only as
+    a blocklisting, like an opt-out, so it is asked why for each member newly seen blocklisted
+    (Mailchimp says `cleaned`)."""
+    candidates = bounce_candidates(diff)
+    if audience.provider != "brevo" or not candidates:
+        return frozenset()
+    log(f"{audience.key}: asking Brevo why {len(candidates)} newly blocklisted members are")
+    client = brevo.client(audience.name)
+    try:
+        reasons = client.blocklist_reasons(list(candidates))
+    finally:
+        client.close()
+    log(f"{audience.key}: blocklisted because of " + str(dict(Counter(reasons.values()))))
+    return frozenset(
+        candidates[pid] for pid, why in reasons.items() if why is BlocklistReason.HARD_BOUNCE
     )
 
 
