@@ -26,6 +26,7 @@ import pytest
 import sqlalchemy as sa
 
 from newsletter_pipelines.crm.loader import load_demo
+from newsletter_pipelines.crm.schema import CONTACT_FIELDS
 from newsletter_pipelines.providers.resources import embedded_sandbox
 from newsletter_pipelines.sandbox import PersonEvent, Sandbox
 from newsletter_pipelines.sandbox.people import brevo_person, mailchimp_person
@@ -39,16 +40,7 @@ from newsletter_pipelines_tests.test_import_back_assets import (
 from newsletter_pipelines_tests.test_sync_assets import checks, metadata, run_sync
 
 AUDIENCES = ["mailchimp", "brevo"]
-CONTACT_COLUMNS = (
-    "salutation",
-    "first_name",
-    "last_name",
-    "email",
-    "newsletter",
-    "is_private",
-    "updated_at",
-    "created_at",
-)
+CONTACT_COLUMNS = CONTACT_FIELDS[1:]  # every column but the id
 TAG_BY_PERSON = "Messe 2026"  # no demo contact has it
 SIGNUP_EMAIL = "nora.neumann@example.org"  # a new address
 SIGNUP_NAMES = {"first_name": "Nora", "last_name": "Neumann"}
