@@ -32,6 +32,7 @@ from typing import Any
 
 import pandas as pd
 
+from newsletter_pipelines.bulk import records
 from newsletter_pipelines.crm.writer import Activity, ContactChange, NewContact, WriteSummary
 from newsletter_pipelines.state.ledger import OutcomeRecord
 from newsletter_pipelines.sync.guards import MassGuard, MassVerdict, check_mass
@@ -157,9 +158,9 @@ def plan_import_back(
         )
     )
     acting = snapshot[snapshot["match_key"].isin(set(rows["match_key"]))]
-    members = {m["match_key"]: m for m in acting.to_dict("records")}  # the last one wins
+    members = {m["match_key"]: m for m in records(acting)}  # the last one wins
     planner = _Planner(plan, members, crm, audience, frozenset(bounced))
-    for row in rows.to_dict("records"):
+    for row in records(rows):
         change = row["provider_change"]
         if change == ProviderChange.REMOVED.value and not plan.vanish.passed:
             plan.held.append(

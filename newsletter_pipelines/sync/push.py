@@ -24,6 +24,7 @@ import pandas as pd
 import sqlalchemy as sa
 from more_itertools import chunked
 
+from newsletter_pipelines.bulk import records
 from newsletter_pipelines.providers.base import (
     Contact,
     ContactRef,
@@ -133,7 +134,7 @@ class _Push:
         pending = diff["provider_change"].notna() & diff["match_key"].isin(self.ctx.unimported)
         self.observe(diff[~diff.index.isin(writes.index) & diff["ledger_after"].notna() & ~pending])
         by_action: dict[str, list[dict[str, Any]]] = {}
-        for row in writes.to_dict("records"):
+        for row in records(writes):
             by_action.setdefault(row["action"], []).append(row)
         ctx, provider = self.ctx, self.provider
         for chunk in chunked(by_action.get(SyncAction.CREATE.value, []), ctx.chunk_size):
