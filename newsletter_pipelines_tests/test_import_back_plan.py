@@ -160,3 +160,18 @@ def test_a_sign_up_after_the_crm_said_no_sets_yes_and_an_older_one_is_unsubscrib
     assert world.writes() - before == 1
     assert world.members()["person12@example.de"] == "subscribed"
     assert world.members()["person13@example.de"] in {"unsubscribed", "blacklisted"}
+
+
+@pytest.mark.parametrize("world", ["mailchimp"], indirect=True)
+def test_the_crm_view_finds_contacts_by_id_whatever_the_id_column_holds(world: World) -> None:
+    world.sync()
+    world.act("person3@example.de", "unsubscribe")
+    diff, _ = world.sync()
+    diff["match_key"] = "elsewhere@example.de"  # only the row's contact id leads to contact 3
+    result = classify(frame(*world.crm))
+    text = [
+        f.assign(contact_id=f["contact_id"].astype(str)) for f in (result.eligible, result.excluded)
+    ]
+    by_int = CrmView.for_diff(diff, result.eligible, result.excluded)
+    assert by_int.newsletter == {"3": "yes"}
+    assert CrmView.for_diff(diff, *text) == by_int

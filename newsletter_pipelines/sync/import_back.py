@@ -86,7 +86,7 @@ class CrmView:
         for frame in (eligible, excluded):
             concerned = frame["email_key"].isin(keys)
             if ids:
-                concerned |= frame["contact_id"].astype(str).isin(ids)
+                concerned |= _has_id(frame["contact_id"], ids)
             part = frame[concerned]
             said = part["newsletter"] if frame is excluded else ["yes"] * len(part)
             for crm_id, key, updated, value in zip(
@@ -105,6 +105,14 @@ class CrmView:
             newsletter=newsletter,
             updated_at=updated_at,
         )
+
+
+def _has_id(column: pd.Series, ids: set[str]) -> pd.Series:
+    """Which CRM ids of `column` are among `ids` (text): integer ids are compared as integers,
+    without turning a million of them into text."""
+    if column.dtype.kind in "iu":
+        return column.isin({int(i) for i in ids if i.lstrip("-").isdigit()})
+    return column.astype(str).isin(ids)
 
 
 @dataclass
