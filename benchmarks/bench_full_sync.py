@@ -414,12 +414,11 @@ def reconcile_inputs(
         if kind == "absent":
             continue
         pushed = f"{last}-Alt" if kind == "differs" else last
-        provider_id = f"id{crm_id}"
+        provider_id, stable_id = f"id{crm_id}", f"c{crm_id}"
         wanted_tags = tuple(sorted({*tags, "CRM"}))
         status = MemberStatus.SUBSCRIBED.value
-        snapshot.append(
-            (provider_id, email, email, status, salutation, first, pushed, wanted_tags, None)
-        )
+        fields = (salutation, first, pushed, wanted_tags, None)
+        snapshot.append((provider_id, email, email, status, *fields, stable_id))
         ledger.append(
             LedgerRow(
                 member_key=email,
@@ -428,6 +427,7 @@ def reconcile_inputs(
                 provider_id=provider_id,
                 tags=frozenset(wanted_tags),
                 state=RowState.SUBSCRIBED,
+                stable_id=stable_id,
             )
         )
     create_tables(engine)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from newsletter_pipelines.state.ledger import load_ledger
 from newsletter_pipelines.sync.eligibility import classify
 from newsletter_pipelines.sync.import_back import (
     Audience,
@@ -160,6 +161,56 @@ def test_a_sign_up_after_the_crm_said_no_sets_yes_and_an_older_one_is_unsubscrib
     assert world.writes() - before == 1
     assert world.members()["person12@example.de"] == "subscribed"
     assert world.members()["person13@example.de"] in {"unsubscribed", "blacklisted"}
+
+
+def ledger_keys(world: World) -> dict[str, str]:
+    return {r.member_key: r.state.value for r in load_ledger(world.engine, world.provider_name)}
+
+
+def test_an_address_changed_at_the_provider_is_an_activity_and_the_crm_address_goes_back(
+    world: World,
+) -> None:
+    world.sync()
+    world.sync()  # learns the members' stable ids
+    world.act("person3@example.de", "change_email", new_email="neu3@example.de")
+    before = world.writes()
+    diff, _ = world.sync(import_back=True)
+    result = world.imported[-1]
+    assert by_contact(result) == {"3": [("email_changed_at_provider", None)]}
+    assert not result.new_contacts  # no new contact, no 'unspecified'
+    details = result.changes[0].activity.details
+    assert (details["old_email"], details["new_email"]) == ("person3@example.de", "neu3@example.de")
+    row = diff.set_index("match_key").loc["person3@example.de"]
+    assert (row.action, row.old_email) == ("update", "neu3@example.de")
+    assert world.writes() - before == 1  # the address change, nothing else
+    assert world.members()["person3@example.de"] == "subscribed"
+    assert "neu3@example.de" not in world.members()
+    keys = ledger_keys(world)
+    assert keys["person3@example.de"] == "subscribed" and "neu3@example.de" not in keys
+    again, _ = world.sync(import_back=True)
+    assert world.writes() - before == 1  # nothing more is sent, nothing more imported
+    assert set(again["action"]) <= {"unchanged"} and not again["provider_change"].notna().any()
+    assert len(world.imported[-1]) == 0
+
+
+@pytest.mark.parametrize("world", ["brevo"], indirect=True)
+def test_an_opted_out_contact_that_changed_its_address_stays_opted_out(world: World) -> None:
+    world.sync()
+    world.act("person4@example.de", "blacklist")
+    world.sync(import_back=True)  # the CRM learns the opt-out
+    world.set(4, newsletter="yes")  # someone says yes again in the CRM
+    world.act("person4@example.de", "change_email", new_email="neu4@example.de")
+    before = world.writes()
+    diff, _ = world.sync(import_back=True)
+    assert by_contact(world.imported[-1]) == {"4": [("email_changed_at_provider", None)]}
+    assert world.writes() == before
+    found = diff.set_index("match_key")
+    assert found.loc["person4@example.de"].action == "blocked_by_provider"
+    assert ledger_keys(world) | {"neu4@example.de": "opted_out"} == ledger_keys(world)
+    assert "person4@example.de" not in ledger_keys(world)
+    again, _ = world.sync(import_back=True)
+    assert world.writes() == before and len(world.imported[-1]) == 0
+    assert again.set_index("match_key").loc["person4@example.de"].action == "blocked_by_provider"
 
 
 @pytest.mark.parametrize("world", ["mailchimp"], indirect=True)

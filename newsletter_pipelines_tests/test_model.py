@@ -4,9 +4,10 @@ The real code runs: eligibility, the real clients against the in-process sandbox
 the push and the ledger on SQLite. Steps are CRM changes (inserts, names, addresses with swaps
 and collisions, newsletter yes/no/other, private, deletes, tags), what people and admins do at
 the provider (unsubscribe, re-subscribe through the provider's form, sign up, archive, delete,
-clean, tag, untag, Brevo blacklist and list unsubscribe, Mailchimp pending), and syncs, full or
-killed at a random provider call. Each sequence starts from a synced audience of a few
-contacts, and people act on the audience's members, so most steps reach states that matter.
+clean, tag, untag, change the address, Brevo blacklist and list unsubscribe, Mailchimp
+pending), and syncs, full or killed at a random provider call. Each sequence starts from a
+synced audience of a few contacts, and people act on the audience's members, so most steps
+reach states that matter.
 After every complete sync:
 
 - nobody the provider held as opted out when a sync looked is subscribed again, unless the
@@ -122,6 +123,8 @@ class ConsentMachine(RuleBasedStateMachine):
         return self.clock.strftime("%Y-%m-%d %H:%M:%S.%f")
 
     def teardown(self) -> None:
+        moves = sum(p.counts["email_changed_at_provider"] for p in self.world.imported)
+        STATS[f"{self.PROVIDER} address changes imported"] += moves
         self.stack.close()
 
     # --- the CRM ------------------------------------------------------------------------
@@ -230,16 +233,30 @@ class ConsentMachine(RuleBasedStateMachine):
     def person_tags_member(self, data: st.DataObject, untag: bool, tag: str) -> None:
         self.person(data.draw(self.members()), "untag" if untag else "tag", tag)
 
-    def person(self, email: str, action: str, tag: str | None = None) -> None:
+    @rule(data=st.data())
+    def person_changes_email(self, data: st.DataObject) -> None:
+        """A person moves a member to another address, mostly one not on the audience (the
+        provider refuses those; Mailchimp also a member that is not subscribed)."""
+        email = data.draw(self.members())
+        on_audience = self.world.members()
+        free = [a for a in ADDRESSES if a not in on_audience and a != email]
+        new_email = data.draw(st.sampled_from(free or ADDRESSES))
+        self.person(email, "change_email", new_email=new_email)
+
+    def person(
+        self, email: str, action: str, tag: str | None = None, new_email: str | None = None
+    ) -> None:
         """A person or an admin acts at the provider; impossible actions change nothing."""
         stable = self.stable_id(email)
         was = self.provider_status(email)
-        note(f"person at the provider: {action} {email} {tag or ''}")
+        note(f"person at the provider: {action} {email} {tag or new_email or ''}")
         try:
-            self.world.act(email, action, tag=tag)
+            self.world.act(email, action, tag=tag, new_email=new_email)
         except (ProblemError, BrevoError):
             return
         self.touched.add(email)
+        if new_email is not None:
+            self.moved(email, new_email)
         self.dirty = True
         if action in PERSON_OPT_OUTS and was not in OPTED_OUT:  # a new opt-out
             self.stamp()
@@ -254,6 +271,18 @@ class ConsentMachine(RuleBasedStateMachine):
             self.person_tags.add((stable, tag.casefold()))
         elif action == "untag" and tag and stable:
             self.person_tags.discard((stable, tag.casefold()))
+
+    def moved(self, email: str, new_email: str) -> None:
+        """The member moved to `new_email`: both addresses are touched; an active member there
+        is the person's subscription, an opt-out moved with the member (Brevo: a blacklisted
+        contact)."""
+        self.touched.add(new_email)
+        if self.provider_status(new_email) in ("subscribed", "pending"):
+            self.person_subscribed.add(new_email)
+            self.opted_out.discard(new_email)
+        elif email in self.opted_out:
+            self.opted_out.add(new_email)
+        self.opted_out.discard(email)
 
     # --- syncs --------------------------------------------------------------------------
 

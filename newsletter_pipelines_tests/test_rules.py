@@ -13,6 +13,7 @@ from newsletter_pipelines.sync.identity import Intent, LedgerRow, RowState
 from newsletter_pipelines.sync.inputs import crm_exclusions
 from newsletter_pipelines.sync.rules import (
     Actual,
+    AddressMove,
     Context,
     CrmExclusion,
     Desired,
@@ -392,6 +393,25 @@ def test_d7_a_refused_update_or_removal_is_not_sent_again() -> None:
     assert action_of("p@x.de", members=[have("p@x.de")], ledger=[refused]) == "remove"
 
 
+def test_d7_a_rename_refused_and_then_a_removal_refused_are_not_sent_again() -> None:
+    # a pending member takes no new address (Mailchimp), and then cannot be archived either
+    # (405): the removal's refusal replaced the rename's in the row; neither is sent again
+    contact = want("1", "new@x.de")
+    pending = have("old@x.de", "pending")
+    own = synced(want("1", "old@x.de"))
+    renamed = diff(desired=[contact], members=[pending], ledger=[own]).loc["new@x.de"]
+    refused = own.moved(refusal_code="Invalid Resource", refusal_key=renamed.write_key)
+    removal = diff(desired=[contact], members=[pending], ledger=[refused]).loc["old@x.de"]
+    assert removal.action == "remove"
+    given_up = own.moved(refusal_code="Method Not Allowed", refusal_key=removal.write_key)
+    again = actions(desired=[contact], members=[pending], ledger=[given_up])
+    assert again["new@x.de"] == (
+        "create",
+        "new address; the previous member could not be removed (Method Not Allowed)",
+    )
+    assert again["old@x.de"][0] == "unchanged"
+
+
 @pytest.mark.parametrize("status", ["archived", None])
 def test_d8_a_removal_killed_before_its_ledger_write_is_recognised_as_ours(status) -> None:
     contact = want("1", "a@x.de")
@@ -546,3 +566,117 @@ def test_a_sign_up_of_a_private_address_is_removed_and_reported_for_the_import_b
         exclusions=Exclusions(by_key={"a@x.de": private}, by_id={"1": private}),
     ).loc["a@x.de"]
     assert (found.action, found.provider_change, found.crm_id) == ("remove", "signed_up", "1")
+
+
+# --- an address changed at the provider ------------------------------------------------------
+
+
+def moved(email: str, status: str = "subscribed", stable_id: str = "c1") -> Actual:
+    """The member whose address a person changed at the provider to `email`."""
+    return replace(have(email, status), stable_id=stable_id)
+
+
+def test_members_and_the_rows_derived_from_them_carry_the_stable_id() -> None:
+    contact = want("1", "a@x.de")
+    adopted = diff(desired=[contact], members=[moved("a@x.de")]).loc["a@x.de"]
+    assert adopted.ledger_after.stable_id == "c1"
+    # a ledger without stable ids learns them once, with nothing sent
+    learnt = diff(desired=[contact], members=[moved("a@x.de")], ledger=[synced(contact)])
+    assert (learnt.loc["a@x.de"].action, learnt.loc["a@x.de"].ledger_after.stable_id) == (
+        "unchanged",
+        "c1",
+    )
+    seen = diff(members=[moved("b@x.de", "unsubscribed", "c2")]).loc["b@x.de"].ledger_after
+    assert (seen.state, seen.stable_id) == ("opted_out", "c2")
+
+
+def test_an_address_changed_at_the_provider_keeps_the_member_and_the_crm_address_wins() -> None:
+    contact = want("1", "a@x.de")
+    frame = diff(
+        desired=[contact], members=[moved("b@x.de")], ledger=[synced(contact, stable_id="c1")]
+    )
+    assert list(frame.index) == ["a@x.de"]  # no removal, no sign-up, no second member
+    row = frame.loc["a@x.de"]
+    assert (row.action, row.old_email, row.crm_id) == ("update", "b@x.de", "1")
+    assert row.provider_change == "email_changed"
+    assert row.address_move == AddressMove("a@x.de", "b@x.de", None)
+    assert row.detail.startswith("address changed at the provider from a@x.de to b@x.de; ")
+    before, after = row.ledger_before, row.ledger_after
+    assert (before.member_key, before.moved_from, before.provider_id) == (
+        "b@x.de",
+        "a@x.de",
+        "p-b@x.de",
+    )
+    assert (after.member_key, after.stable_id, after.owner) == ("a@x.de", "c1", "1")
+
+
+def test_no_address_change_is_found_without_stable_ids_or_when_the_new_address_has_a_row() -> None:
+    contact = want("1", "a@x.de")
+    without = changes(desired=[contact], members=[have("b@x.de")], ledger=[synced(contact)])
+    assert without == {"a@x.de": "removed", "b@x.de": "signed_up"}
+    known = LedgerRow(
+        member_key="b@x.de",
+        email="b@x.de",
+        owner=None,
+        provider_id="p-b@x.de",
+        tags=frozenset(),
+        state=RowState.RELEASED,
+    )
+    rows = [synced(contact, stable_id="c1"), known]
+    found = changes(desired=[contact], members=[moved("b@x.de")], ledger=rows)
+    assert "email_changed" not in found.values()
+
+
+@pytest.mark.parametrize("context", [MAILCHIMP, BREVO], ids=["mailchimp", "brevo"])
+def test_an_opt_out_moves_with_the_member_and_still_blocks_its_owner(context: Context) -> None:
+    contact = want("1", "a@x.de")
+    opted_out = synced(contact, RowState.OPTED_OUT, stable_id="c1")
+    frame = diff(
+        desired=[contact],
+        members=[moved("b@x.de", "blacklisted")],
+        ledger=[opted_out],
+        context=context,
+    )
+    assert frame.loc["a@x.de"].action == "blocked_by_provider"
+    assert (
+        frame.loc["a@x.de"].detail == "opted_out at the provider under b@x.de: never re-subscribed"
+    )
+    member = frame.loc["b@x.de"]
+    assert (member.action, member.provider_change, member.crm_id) == (
+        "unchanged",
+        "email_changed",
+        "1",
+    )
+    stored = member.ledger_after
+    assert (stored.member_key, stored.moved_from, stored.state, stored.owner) == (
+        "b@x.de",
+        "a@x.de",
+        "opted_out",
+        "1",
+    )
+
+
+def test_an_opt_out_at_the_new_address_is_imported_as_the_opt_out() -> None:
+    contact = want("1", "a@x.de")
+    frame = diff(
+        desired=[contact],
+        members=[moved("b@x.de", "unsubscribed")],
+        ledger=[synced(contact, stable_id="c1")],
+    )
+    row = frame.loc["a@x.de"]
+    assert (row.action, row.provider_change) == ("blocked_by_provider", "opted_out")
+    assert row.detail.startswith("address changed at the provider from a@x.de to b@x.de; ")
+    assert (row.ledger_after.member_key, row.ledger_after.state) == ("b@x.de", "opted_out")
+    assert row.ledger_after.moved_from == "a@x.de"
+
+
+def test_an_address_changed_to_another_eligible_contacts_address() -> None:
+    # the member goes with its address to the contact who has it; the owner is created anew
+    mine, theirs = want("1", "a@x.de"), want("2", "b@x.de")
+    frame = diff(
+        desired=[theirs, mine], members=[moved("b@x.de")], ledger=[synced(mine, stable_id="c1")]
+    )
+    assert (frame.loc["b@x.de"].action, frame.loc["b@x.de"].crm_id) == ("unchanged", "2")
+    assert frame.loc["b@x.de"].ledger_after.moved_from == "a@x.de"
+    owner = frame.loc["a@x.de"]
+    assert (owner.action, owner.provider_change, owner.crm_id) == ("create", "email_changed", "1")

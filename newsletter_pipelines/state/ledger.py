@@ -1,11 +1,11 @@
 """The sync ledger and the per-contact outcome log, in the state database.
 
 `sync_ledger`: one row per (audience, provider member): the CRM contact that owns it now, what
-the sync last pushed, what it knows of the member's consent, the last refused write and any write
-in flight (see `sync.identity`). `sync_outcomes`: one row per contact and write of every push:
-run, action, outcome, the provider's code and message. Both are written in one transaction per
-provider call, so a run killed half-way leaves the ledger exact for everything confirmed, and
-its intents say which writes may have happened.
+the sync last pushed, the member's stable id, what it knows of the member's consent, the last
+refused write and any write in flight (see `sync.identity`). `sync_outcomes`: one row per
+contact and write of every push: run, action, outcome, the provider's code and message. Both
+are written in one transaction per provider call, so a run killed half-way leaves the ledger
+exact for everything confirmed, and its intents say which writes may have happened.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ ledger = sa.Table(
     sa.Column("intent", sa.String(32)),
     sa.Column("intent_key", sa.Text),
     sa.Column("last_synced_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("stable_id", sa.Text),  # last: where ALTER TABLE puts it in an older ledger
     # SQLite: rows stored in key order, so an audience's ledger is read in one sequential scan
     sqlite_with_rowid=False,
 )
@@ -77,15 +78,33 @@ class OutcomeRecord:
 
 
 def create_tables(engine: sa.Engine) -> None:
-    """Create the ledger and outcome tables if missing; refuse a ledger of an older layout."""
+    """Create the ledger and outcome tables if missing; add `stable_id` to a ledger created
+    before it; refuse a ledger of an older layout."""
     metadata.create_all(engine)
-    columns = {c["name"] for c in sa.inspect(engine).get_columns("sync_ledger")}
+    columns = _ledger_columns(engine)
     if "member_key" not in columns:
         raise RuntimeError(
             "the state database holds a sync_ledger of an older layout (one row per CRM "
             "contact); drop the table sync_ledger, or point NEWSLETTER_STATE_DATABASE_URL at a "
             "new database: the next full sync rebuilds it from the provider"
         )
+    if "stable_id" not in columns:
+        _add_stable_id(engine)
+
+
+def _ledger_columns(engine: sa.Engine) -> set[str]:
+    return {c["name"] for c in sa.inspect(engine).get_columns("sync_ledger")}
+
+
+def _add_stable_id(engine: sa.Engine) -> None:
+    """Add the nullable `stable_id` column (its rows learn their stable ids from the next
+    sync); another process adding it at the same time is fine."""
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("ALTER TABLE sync_ledger ADD COLUMN stable_id TEXT"))
+    except sa.exc.DBAPIError:
+        if "stable_id" not in _ledger_columns(engine):
+            raise
 
 
 def load_ledger_frame(engine: sa.Engine, audience: str) -> pd.DataFrame:
@@ -122,6 +141,7 @@ def ledger_rows(frame: pd.DataFrame) -> list[LedgerRow]:
             refusal_key=refusal_key,
             intent=Intent(intent) if intent else None,
             intent_key=intent_key,
+            stable_id=stable_id,
         )
         for (
             key,
@@ -134,6 +154,7 @@ def ledger_rows(frame: pd.DataFrame) -> list[LedgerRow]:
             refusal_key,
             intent,
             intent_key,
+            stable_id,
         ) in frame[list(LEDGER_COLUMNS)].itertuples(index=False, name=None)
     ]
 
@@ -153,10 +174,18 @@ def record(
     logged: Sequence[OutcomeRecord] = (),
 ) -> None:
     """In one transaction: write ledger rows (replacing by member key), delete the rows of
-    `deleted` member keys, and log outcomes."""
+    `deleted` member keys and the rows the written ones moved from (`LedgerRow.moved_from`, if
+    still the same member's: same stable id), and log outcomes."""
     now = datetime.now(UTC)
     replaced = sorted({r.member_key for r in rows} | set(deleted))
+    moved = [
+        {"of_audience": audience, "old_key": r.moved_from, "of_member": r.stable_id}
+        for r in rows
+        if r.moved_from is not None
+    ]
     with engine.begin() as conn:
+        if moved:
+            conn.execute(_DELETE_MOVED, moved)
         for chunk in chunked(replaced, 500):
             conn.execute(
                 ledger.delete().where(ledger.c.audience == audience, ledger.c.member_key.in_(chunk))
@@ -178,6 +207,7 @@ def record(
                         "intent": r.intent.value if r.intent else None,
                         "intent_key": r.intent_key,
                         "last_synced_at": now,
+                        "stable_id": r.stable_id,
                     }
                     for r in rows
                 ],
@@ -201,6 +231,13 @@ def record(
                     for o in logged
                 ],
             )
+
+
+_DELETE_MOVED = ledger.delete().where(
+    ledger.c.audience == sa.bindparam("of_audience"),
+    ledger.c.member_key == sa.bindparam("old_key"),
+    ledger.c.stable_id == sa.bindparam("of_member"),
+)
 
 
 def outcome_counts(engine: sa.Engine, run_id: str) -> dict[tuple[str, str], int]:

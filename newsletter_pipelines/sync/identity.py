@@ -2,8 +2,10 @@
 
 A provider holds at most one member per address, so a member is known by the match key of its
 address. Its ledger row says which CRM contact owns it now, what the sync last pushed to it
-(address, provider id, the tags the sync put there: only those may it remove), what
-the sync knows of its consent (the row's state), the last refused write, and any write in flight.
+(address, provider id, the tags the sync put there: only those may it remove), the provider's
+stable id of the member (Mailchimp `contact_id`, Brevo contact id: it survives an address change
+at the provider), what the sync knows of its consent (the row's state), the last refused write,
+and any write in flight.
 
 States (what the sync knows about the member):
 - `subscribed`: at the provider as the sync pushed or last saw it, active;
@@ -24,13 +26,15 @@ States (what the sync knows about the member):
 Transitions are made by `rules` (observations and planned writes) and `push` (confirmed
 outcomes). Ownership moves with the address: an eligible contact whose address is a member owns
 that member's row (duplicates, swaps, merges); the previous owner is handled by its own address.
+A member whose address changed at the provider keeps its row: the rules find it by its stable id
+and move it to the new address (`moved_from` names the old one, whose row the ledger then drops).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 
@@ -79,6 +83,11 @@ class LedgerRow:
     refusal_key: str | None = None
     intent: Intent | None = None
     intent_key: str | None = None  # the new address key of an email change in flight
+    stable_id: str | None = None  # the provider's id of the member across address changes
+    # the key this row was stored under before its member's address changed (at the provider,
+    # or by a write a killed run left in flight): not part of the row (neither stored nor
+    # compared); storing the row deletes the row at that key if it is the same member's
+    moved_from: str | None = field(default=None, compare=False)
 
     def moved(self, **changes: object) -> LedgerRow:
         """A copy with `changes`."""
@@ -117,7 +126,9 @@ def resolve_intents(rows: Iterable[LedgerRow], statuses: Mapping[str, str]) -> d
             and status is None
             and statuses.get(row.intent_key) in ("subscribed", "pending")
         ):
-            resolved.setdefault(row.intent_key, done.moved(member_key=row.intent_key))
+            resolved.setdefault(
+                row.intent_key, done.moved(member_key=row.intent_key, moved_from=row.member_key)
+            )
         else:
             resolved[row.member_key] = done
     return resolved

@@ -14,7 +14,10 @@ module turns them into CRM changes, one per CRM contact with the member's addres
   `newsletter_subscribed`; an address no contact has becomes a new contact (names, salutation,
   tags from the member);
 - tags a person added at the provider (never the system tag) → added to the contact; tags
-  the sync had pushed and a person removed there while the CRM kept them → removed.
+  the sync had pushed and a person removed there while the CRM kept them → removed;
+- the member's address changed at the provider → activity `email_changed_at_provider` on the
+  owner contact (old and new address in its details), nothing else: the CRM's address wins and
+  the push sends it back.
 
 Every CRM change carries a source key made from the change itself (audience, address, kind,
 what the ledger knew, the provider's time or id, contact), so applying a plan twice writes once.
@@ -40,6 +43,7 @@ from newsletter_pipelines.sync.identity import LedgerRow
 from newsletter_pipelines.sync.rules import (
     ACTIVE,
     WRITE_ACTIONS,
+    AddressMove,
     ProviderChange,
     provider_is_newer,
 )
@@ -269,8 +273,34 @@ class _Planner:
                         newsletter="unspecified" if still_yes else None,
                     )
                 )
+        elif change is ProviderChange.EMAIL_CHANGED:
+            self.email_changed(row)
         else:  # signed up or re-subscribed
             self.subscribed(row, member)
+
+    def email_changed(self, row: Mapping[str, Any]) -> None:
+        """Tell the owner contact (if the CRM still has it) its member's new address."""
+        crm_id = None if row["crm_id"] is None else str(row["crm_id"])
+        if crm_id not in self.crm.newsletter:
+            return
+        move: AddressMove = row["address_move"]
+        base = self.activity(row, "email_changed_at_provider", crm_id, None)
+        parts = (base.source_key, move.old_email, move.new_email, str(move.changed_at or "-"))
+        self.add(
+            ContactChange(
+                contact_id=crm_id,
+                activity=replace(
+                    base,
+                    occurred_at=move.changed_at,
+                    details={
+                        **base.details,
+                        "old_email": move.old_email,
+                        "new_email": move.new_email,
+                    },
+                    source_key=hashlib.sha256("\x1f".join(parts).encode()).hexdigest(),
+                ),
+            )
+        )
 
     def subscribed(self, row: Mapping[str, Any], member: Mapping[str, Any] | None) -> None:
         contacts = self.contacts(row)

@@ -69,6 +69,7 @@ SNAPSHOT_COLUMNS = (
     "last_name",
     "tags",
     "last_changed",
+    "stable_id",
 )
 
 
@@ -87,6 +88,7 @@ def snapshot_frame(members: Iterable[Member]) -> pd.DataFrame:
                 m.last_name,
                 tuple(sorted(m.tags)),
                 m.last_changed,
+                m.stable_id,
             )
             for m in members
         ],
@@ -96,11 +98,20 @@ def snapshot_frame(members: Iterable[Member]) -> pd.DataFrame:
 
 def actual_members(snapshot: pd.DataFrame) -> Iterator[Actual]:
     """The snapshot in reconciliation values."""
-    for pid, email, key, status, salutation, first, last, tags, changed in snapshot[
+    for pid, email, key, status, salutation, first, last, tags, changed, stable in snapshot[
         list(SNAPSHOT_COLUMNS)
     ].itertuples(index=False, name=None):
         yield Actual(
-            pid, email, key, status, salutation, first, last, frozenset(tags), _time(changed)
+            pid,
+            email,
+            key,
+            status,
+            salutation,
+            first,
+            last,
+            frozenset(tags),
+            _time(changed),
+            stable,
         )
 
 
@@ -120,6 +131,7 @@ def members_by_key(snapshot: pd.DataFrame, keys: Iterable[str] | None = None) ->
                 last_name=row.last_name,
                 tags=frozenset(row.tags),
                 last_changed=None if pd.isna(row.last_changed) else row.last_changed,
+                stable_id=row.stable_id,
             )
     return found
 

@@ -16,9 +16,14 @@ exactly one action:
 - `import_back`: changed at the provider while the CRM did not: opted out, archived or deleted,
   signed up or re-subscribed, tags added.
 Identity follows `identity`: a member is its address; an eligible contact whose address is a
-member owns it; otherwise the contact's own previous member gets the new address. Each row also
-carries the ledger row before and after (`push` stores the latter once the write is confirmed;
-rows without a write store it at once). No provider calls and no Dagster here.
+member owns it; otherwise the contact's own previous member gets the new address. An address
+changed at the provider is found before deciding (`address_moves`: a ledger row whose address is
+no member, and the member with its stable id at an address the ledger does not know): the row
+moves to the new address with everything it knew (an opt-out stays an opt-out), so the member is
+decided as the owner's, the CRM's address is pushed back, and one row reports the change
+(`email_changed`). Each row also carries the ledger row before and after (`push` stores the
+latter once the write is confirmed; rows without a write store it at once). No provider calls
+and no Dagster here.
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ class ProviderChange(StrEnum):
     REMOVED = "removed"  # archived or deleted while the sync had it subscribed
     SIGNED_UP = "signed_up"  # active, unknown to the ledger, no eligible contact has it
     RESUBSCRIBED = "resubscribed"  # active again after the sync knew it not subscribed
+    EMAIL_CHANGED = "email_changed"  # the member moved to another address (same stable id)
 
 
 WRITE_ACTIONS = (SyncAction.CREATE, SyncAction.UPDATE, SyncAction.UNSUBSCRIBE, SyncAction.REMOVE)
@@ -84,6 +90,7 @@ DIFF_COLUMNS = (
     "import_tags",
     "import_untags",
     "provider_change",
+    "address_move",
     "eligible",
     "write_key",
     "ledger_before",
@@ -117,6 +124,17 @@ class Actual:
     last_name: str = ""
     tags: frozenset[str] = frozenset()
     changed_at: datetime | None = None  # the provider's time of the member's last change
+    stable_id: str | None = None  # the provider's id of the member across address changes
+
+
+@dataclass(frozen=True)
+class AddressMove:
+    """A member's address changed at the provider (the diff's `address_move` of the row whose
+    `provider_change` is `email_changed`)."""
+
+    old_email: str
+    new_email: str
+    changed_at: datetime | None  # the provider's time of the member's last change
 
 
 @dataclass(frozen=True)
@@ -182,6 +200,7 @@ def reconcile(
         rules.decide_desired(contact)
     rules.decide_remaining_members()
     rules.decide_remaining_rows()
+    rules.report_moves()
     return pd.DataFrame(rules.rows, columns=list(DIFF_COLUMNS)).astype({"eligible": bool})
 
 
@@ -225,7 +244,9 @@ class _Rules:
         desired_keys: set[str],
     ) -> None:
         self.members = {m.key: m for m in members}
-        self.ledger = resolve_intents(ledger, {k: m.status for k, m in self.members.items()})
+        resolved = resolve_intents(ledger, {k: m.status for k, m in self.members.items()})
+        self.moves = address_moves(resolved, self.members)
+        self.ledger = _moved_rows(resolved, self.moves, self.members)
         self.exclusions = exclusions
         self.style = context.style
         self.system = frozenset({context.system_tag}) if context.system_tag else frozenset()
@@ -266,8 +287,7 @@ class _Rules:
         change: ProviderChange | None = None,
     ) -> None:
         self.handled.add(key)
-        if after is not None and after == before and action not in WRITE_ACTIONS:
-            after = None  # nothing to record
+        after = _recorded(action, before, after)
         target = old or member
         self.rows.append(
             {
@@ -287,6 +307,7 @@ class _Rules:
                 "import_tags": tuple(sorted(plan.imported)) if plan and plan.imported else None,
                 "import_untags": tuple(sorted(plan.unset)) if plan and plan.unset else None,
                 "provider_change": change.value if change else None,
+                "address_move": None,
                 "eligible": contact is not None,
                 "write_key": write,
                 "ledger_before": before,
@@ -306,15 +327,17 @@ class _Rules:
         fields = (contact.salutation, contact.first_name, contact.last_name)
         return (contact.key, *fields, *sorted(tag_keys))
 
-    def pushed(self, contact: Desired, key: str, provider_id: str | None) -> LedgerRow:
-        """The ledger row once the contact's member holds what the CRM wants."""
+    def pushed(self, contact: Desired, key: str, member: Actual | None) -> LedgerRow:
+        """The ledger row once the contact's member (`member`, None for a new one) holds what
+        the CRM wants."""
         return LedgerRow(
             member_key=key,
             email=contact.email,
             owner=contact.crm_id,
-            provider_id=provider_id,
+            provider_id=member.provider_id if member else None,
             tags=self.wanted(contact),
             state=RowState.SUBSCRIBED,
+            stable_id=member.stable_id if member else None,
         )
 
     def plan(self, contact: Desired, member: Actual, row: LedgerRow | None) -> _Plan:
@@ -351,9 +374,13 @@ class _Rules:
         if row is None:
             return _first_seen(member, owner, RowState.OPTED_OUT)
         if row.state is RowState.UNSUBSCRIBED:  # our own unsubscribe: not the person's
-            return row
+            return row.moved(stable_id=member.stable_id)
         keep_owner = row.state is RowState.OPTED_OUT and row.owner is not None
-        return row.moved(state=RowState.OPTED_OUT, owner=row.owner if keep_owner else owner)
+        return row.moved(
+            state=RowState.OPTED_OUT,
+            owner=row.owner if keep_owner else owner,
+            stable_id=member.stable_id,
+        )
 
     @staticmethod
     def opt_out_change(row: LedgerRow | None) -> ProviderChange | None:
@@ -418,7 +445,7 @@ class _Rules:
 
     def _adopt(self, contact: Desired, member: Actual, row: LedgerRow | None) -> None:
         plan = self.plan(contact, member, row)
-        after = self.pushed(contact, member.key, member.provider_id)
+        after = self.pushed(contact, member.key, member)
         if not plan.needed:
             found = plan.imported or plan.unset
             after = after.moved(tags=after.tags - plan.unmarked)  # nothing is written
@@ -473,7 +500,9 @@ class _Rules:
                 contact=contact,
                 member=member,
                 before=row,
-                after=row.moved(state=RowState.GONE, owner=contact.crm_id),
+                after=row.moved(
+                    state=RowState.GONE, owner=contact.crm_id, stable_id=member.stable_id
+                ),
                 change=ProviderChange.REMOVED,
             )
         elif row is not None and row.state is RowState.GONE:
@@ -554,7 +583,7 @@ class _Rules:
         self, contact: Desired, row: LedgerRow | None, member: Actual | None, detail: str
     ) -> None:
         key = contact.key
-        after = self.pushed(contact, key, member.provider_id if member else None)
+        after = self.pushed(contact, key, member)
         write = write_key("create", *self.sent(contact, self.style.keys(after.tags)))
         if self.refused_before(row, write):
             assert row is not None
@@ -584,18 +613,24 @@ class _Rules:
 
     def _change_email(self, contact: Desired, own: LedgerRow, old: Actual) -> None:
         plan = self.plan(contact, old, own)
-        after = self.pushed(contact, contact.key, old.provider_id)
+        after = self.pushed(contact, contact.key, old)
         write = write_key("change_email", old.key, *self.sent(contact, plan.tag_keys))
-        if self.refused_before(own, write):
-            # the member cannot take the new address: it is no longer the contact's (it is
-            # removed as such), and the new address is created if the provider takes it
+        given_up = self.refused_before(own, write_key(SyncAction.REMOVE.value, old.key, old.status))
+        if self.refused_before(own, write) or given_up:
+            # the member cannot take the new address (or, given up after that, could not even
+            # be removed: that refusal replaced the rename's): it is no longer the contact's
+            # (it is removed as such), and the new address is created if the provider takes it
             self.handled.discard(old.key)
-            detail = f"new address; the previous member was refused it ({own.refusal_code})"
+            why = "could not be removed" if given_up else "was refused it"
+            detail = f"new address; the previous member {why} ({own.refusal_code})"
             self._create(contact, self.ledger.get(contact.key), None, detail)
             return
+        by_provider = old.key in self.moves  # the member moved away at the provider
         self.emit(
             SyncAction.UPDATE,
-            "email changed in the CRM: the same member gets the new address",
+            "the CRM's address wins: the same member gets it"
+            if by_provider
+            else "email changed in the CRM: the same member gets the new address",
             contact.key,
             contact=contact,
             old=old,
@@ -634,7 +669,7 @@ class _Rules:
                     SyncAction.IMPORT_BACK,
                     "archived at the provider since the last sync",
                     key,
-                    after=row.moved(state=RowState.GONE),
+                    after=row.moved(state=RowState.GONE, stable_id=member.stable_id),
                     change=ProviderChange.REMOVED,
                     **common,
                 )
@@ -643,7 +678,7 @@ class _Rules:
                     SyncAction.UNCHANGED,
                     "archived at the provider, not eligible",
                     key,
-                    after=row.moved(state=RowState.RELEASED),
+                    after=row.moved(state=RowState.RELEASED, stable_id=member.stable_id),
                     **common,
                 )
             else:
@@ -680,7 +715,7 @@ class _Rules:
                 f"subscribed at the provider {again}"
                 + (f" ({reason} in the CRM)" if reason else ""),
                 key,
-                after=row.moved(state=RowState.RESUBSCRIBED),
+                after=row.moved(state=RowState.RESUBSCRIBED, stable_id=member.stable_id),
                 change=None if row.state is RowState.RESUBSCRIBED else ProviderChange.RESUBSCRIBED,
                 **common,
             )
@@ -735,11 +770,44 @@ class _Rules:
             action,
             detail,
             member.key,
-            after=base.moved(state=state),
+            after=base.moved(state=state, stable_id=member.stable_id),
             write=write,
             change=change,
             **common,
         )
+
+    # --- addresses changed at the provider -----------------------------------------------
+
+    def report_moves(self) -> None:
+        """Name each address change at the provider once: on the row about the owner (the one
+        deciding the moved member first), else on the member's row. A row that names another
+        change already (an opt-out) only says it in its detail."""
+        if not self.moves:
+            return
+        index: dict[tuple[str, str], list[dict[str, object]]] = {}
+        for row in self.rows:
+            before = row["ledger_before"]
+            if isinstance(before, LedgerRow) and before.moved_from is not None:
+                index.setdefault(("member", before.member_key), []).append(row)
+            if row["crm_id"] is not None:
+                index.setdefault(("owner", str(row["crm_id"])), []).append(row)
+        for key, old in self.moves.items():
+            about = index.get(("member", key), [])
+            mine = index.get(("owner", old.owner), []) if old.owner is not None else []
+            ranked = [r for r in mine if any(r is a for a in about)] + mine + about
+            if ranked:
+                new = self.members[key]
+                self.report_move(ranked, AddressMove(old.email, new.email, new.changed_at))
+
+    @staticmethod
+    def report_move(ranked: list[dict[str, object]], move: AddressMove) -> None:
+        free = [r for r in ranked if r["provider_change"] is None]
+        row = free[0] if free else ranked[0]
+        changed = f"address changed at the provider from {move.old_email} to {move.new_email}"
+        row["detail"] = f"{changed}; {row['detail']}"
+        if free:
+            row["provider_change"] = ProviderChange.EMAIL_CHANGED.value
+            row["address_move"] = move
 
     # --- ledger rows of members that are gone ------------------------------------------
 
@@ -758,6 +826,52 @@ class _Rules:
                 )
 
 
+def _recorded(
+    action: SyncAction, before: LedgerRow | None, after: LedgerRow | None
+) -> LedgerRow | None:
+    """The ledger row a diff row stores: none when nothing changed and nothing is written; a
+    row moved to a new address always, with the key it moved from (whose row then goes)."""
+    if before is not None and before.moved_from is not None:
+        if after is None or after.member_key == before.member_key:
+            return (after or before).moved(moved_from=before.moved_from)
+        return after
+    if after == before and action not in WRITE_ACTIONS:
+        return None
+    return after
+
+
+def address_moves(
+    ledger: Mapping[str, LedgerRow], members: Mapping[str, Actual]
+) -> dict[str, LedgerRow]:
+    """Ledger rows whose member's address changed at the provider, by the member's new key: the
+    row has a stable id, no member has its address, and the member with that stable id has an
+    address the ledger does not know."""
+    by_stable = {m.stable_id: m for m in members.values() if m.stable_id is not None}
+    moves: dict[str, LedgerRow] = {}
+    for key, row in ledger.items():
+        member = by_stable.get(row.stable_id) if row.stable_id is not None else None
+        if member is not None and key not in members and member.key not in ledger:
+            moves.setdefault(member.key, row)
+    return moves
+
+
+def _moved_rows(
+    ledger: Mapping[str, LedgerRow], moves: Mapping[str, LedgerRow], members: Mapping[str, Actual]
+) -> dict[str, LedgerRow]:
+    """The ledger with each moved row at its member's new address (what it knew kept)."""
+    rows = dict(ledger)
+    for key, row in moves.items():
+        member = members[key]
+        del rows[row.member_key]
+        rows[key] = row.moved(
+            member_key=key,
+            email=member.email,
+            provider_id=member.provider_id,
+            moved_from=row.member_key,
+        )
+    return rows
+
+
 def _first_seen(member: Actual, owner: str | None, state: RowState) -> LedgerRow:
     """The first ledger row of a member the sync never pushed anything to."""
     return LedgerRow(
@@ -767,4 +881,5 @@ def _first_seen(member: Actual, owner: str | None, state: RowState) -> LedgerRow
         provider_id=member.provider_id,
         tags=frozenset(),
         state=state,
+        stable_id=member.stable_id,
     )

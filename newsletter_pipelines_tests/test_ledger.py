@@ -1,0 +1,84 @@
+"""The ledger table on SQLite and PostgreSQL: a ledger of the layout before `stable_id` gets the
+column, and a row moved by an address change at the provider replaces its old row."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from newsletter_pipelines.state.ledger import create_tables, ledger, load_ledger, record
+from newsletter_pipelines.sync.identity import LedgerRow, RowState
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> sa.Engine:
+    if request.param == "postgres":
+        return sa.create_engine(request.getfixturevalue("postgres_url"))
+    return sa.create_engine(f"sqlite:///{tmp_path / 'state.sqlite3'}")
+
+
+def row(key: str, stable_id: str | None = None, **extra: object) -> LedgerRow:
+    return LedgerRow(
+        member_key=key,
+        email=key,
+        owner="1",
+        provider_id=f"id-{key}",
+        tags=frozenset({"CRM"}),
+        state=RowState.SUBSCRIBED,
+        stable_id=stable_id,
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def test_a_ledger_without_stable_ids_gets_the_column_and_keeps_its_rows(engine: sa.Engine) -> None:
+    columns = [c for c in ledger.columns if c.name != "stable_id"]
+    old = sa.Table(
+        "sync_ledger",
+        sa.MetaData(),
+        *(
+            sa.Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
+            for c in columns
+        ),
+        sqlite_with_rowid=False,
+    )
+    old.create(engine)
+    stored = row("x@example.de")
+    with engine.begin() as conn:
+        conn.execute(
+            old.insert(),
+            {
+                "audience": "a",
+                "member_key": stored.member_key,
+                "email": stored.email,
+                "owner": stored.owner,
+                "provider_id": stored.provider_id,
+                "tags": '["CRM"]',
+                "state": stored.state.value,
+                "last_synced_at": datetime.now(UTC),
+            },
+        )
+    create_tables(engine)
+    create_tables(engine)  # once there, the column is not added again
+    assert load_ledger(engine, "a") == [stored]
+    record(engine, "a", "run", [row("x@example.de", "c1")])
+    assert [r.stable_id for r in load_ledger(engine, "a")] == ["c1"]
+
+
+def test_a_moved_row_replaces_the_row_of_the_same_member_at_its_old_address(
+    engine: sa.Engine,
+) -> None:
+    create_tables(engine)
+    record(engine, "a", "run", [row("old@example.de", "c1"), row("other@example.de", "c2")])
+    moved = row("new@example.de", "c1", moved_from="old@example.de")
+    record(engine, "a", "run", [moved])
+    assert [r.member_key for r in load_ledger(engine, "a")] == [
+        "new@example.de",
+        "other@example.de",
+    ]
+    # a row of another member at the old address (created since) stays
+    record(engine, "a", "run", [row("old@example.de", None)])
+    record(engine, "a", "run", [moved])
+    assert len(load_ledger(engine, "a")) == 3
