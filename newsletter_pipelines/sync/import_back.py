@@ -47,6 +47,7 @@ from newsletter_pipelines.sync.rules import (
     ProviderChange,
     provider_is_newer,
 )
+from newsletter_pipelines.values import as_datetime
 
 VANISH_GUARD = MassGuard(
     "archived or deleted at the provider since the last sync",
@@ -103,7 +104,7 @@ class CrmView:
                 if key in keys:
                     by_key.setdefault(key, []).append(crm_id)
                 newsletter[crm_id] = value
-                updated_at[crm_id] = None if pd.isna(updated) else updated.to_pydatetime()
+                updated_at[crm_id] = as_datetime(updated)
         return cls(
             by_key={k: tuple(sorted(v)) for k, v in by_key.items()},
             newsletter=newsletter,
@@ -366,8 +367,7 @@ class _Planner:
 
 def _when(member: Mapping[str, Any] | None) -> datetime | None:
     """The provider's time of the member's last change, if it has one."""
-    value = member.get("last_changed") if member else None
-    return None if value is None or pd.isna(value) else pd.Timestamp(value).to_pydatetime()
+    return as_datetime(member.get("last_changed")) if member else None
 
 
 def bounce_candidates(diff: pd.DataFrame) -> dict[str, str]:

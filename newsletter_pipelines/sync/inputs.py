@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Iterator
-from datetime import datetime
 
 import numpy as np
 import pandas as pd
@@ -22,6 +21,7 @@ from newsletter_pipelines.sync.rules import (
 )
 from newsletter_pipelines.sync.settled import split_settled
 from newsletter_pipelines.sync.tags import TAG_STYLES
+from newsletter_pipelines.values import as_datetime
 
 
 def desired_contacts(eligible: pd.DataFrame) -> Iterator[Desired]:
@@ -42,7 +42,7 @@ def crm_exclusions(excluded: pd.DataFrame) -> Exclusions:
     """
     columns = ["contact_id", "reason", "updated_at"]
     by_id = {
-        str(crm_id): CrmExclusion(str(crm_id), reason, _time(updated))
+        str(crm_id): CrmExclusion(str(crm_id), reason, as_datetime(updated))
         for crm_id, reason, updated in excluded[columns].itertuples(index=False, name=None)
     }
     rows = excluded[excluded["email_key"].notna() & (excluded["reason"] != "duplicate")]
@@ -52,11 +52,6 @@ def crm_exclusions(excluded: pd.DataFrame) -> Exclusions:
         if by_key.get(key, CrmExclusion("", "")).reason != "private":
             by_key[key] = by_id[str(crm_id)]
     return Exclusions(by_key=by_key, by_id=by_id)
-
-
-def _time(value: object) -> datetime | None:
-    """A frame's timestamp as a datetime, None for NaT."""
-    return None if value is None or pd.isna(value) else pd.Timestamp(value).to_pydatetime()
 
 
 SNAPSHOT_COLUMNS = (
@@ -110,7 +105,7 @@ def actual_members(snapshot: pd.DataFrame) -> Iterator[Actual]:
             first,
             last,
             frozenset(tags),
-            _time(changed),
+            as_datetime(changed),
             stable,
         )
 
