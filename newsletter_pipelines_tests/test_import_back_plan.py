@@ -193,6 +193,26 @@ def test_an_address_changed_at_the_provider_is_an_activity_and_the_crm_address_g
     assert len(world.imported[-1]) == 0
 
 
+def test_an_address_change_not_taken_in_is_not_undone_at_the_provider(world: World) -> None:
+    """Report only: the CRM's address is not pushed back (that would erase the change before
+    the CRM learned it); the first run that writes logs the activity, then renames back."""
+    world.sync()
+    world.sync()  # learns the members' stable ids
+    world.act("person3@example.de", "change_email", new_email="neu3@example.de")
+    before = world.writes()
+    for _ in range(2):
+        _, summary = world.sync(import_back=True, write_back=False)
+        assert world.writes() == before
+        assert summary.results["held"] == 1
+        assert [h["guard"] for h in summary.held] == ["crm_import_back"]
+        assert world.members()["neu3@example.de"] == "subscribed"
+    world.sync(import_back=True)
+    assert by_contact(world.imported[-1]) == {"3": [("email_changed_at_provider", None)]}
+    assert world.writes() - before == 1
+    assert world.members()["person3@example.de"] == "subscribed"
+    assert "neu3@example.de" not in world.members()
+
+
 @pytest.mark.parametrize("world", ["brevo"], indirect=True)
 def test_an_opted_out_contact_that_changed_its_address_stays_opted_out(world: World) -> None:
     world.sync()

@@ -9,6 +9,8 @@ refused, so the same write is not sent again). A run killed between a call and i
 leaves the intents, and the next diff settles them from what the provider then holds (our own
 removal is never mistaken for someone else's). When the removal guard holds removals, the
 unsubscribes and removals are logged as `held` and not sent; everything else still goes out.
+An address changed at the provider that the CRM has not taken in is not changed back either
+(held by `crm_import_back`): that would erase the change before the CRM logged it.
 A refused address change is decided again by the rules within the same push (`redecide`): the
 old member is no longer the contact's, and the new address is created if nothing blocks it.
 """
@@ -39,7 +41,7 @@ from newsletter_pipelines.providers.base import (
 from newsletter_pipelines.state.ledger import OutcomeRecord, record
 from newsletter_pipelines.sync.email_address import match_key
 from newsletter_pipelines.sync.identity import Intent, LedgerRow, RowState
-from newsletter_pipelines.sync.rules import OPTED_OUT, WRITE_ACTIONS, SyncAction
+from newsletter_pipelines.sync.rules import OPTED_OUT, WRITE_ACTIONS, ProviderChange, SyncAction
 
 HELD = "held"
 # Contacts per client call and ledger transaction. Mailchimp: one `/batches` call takes 1,000
@@ -143,6 +145,9 @@ class _Push:
             self.settle(chunk, provider.upsert([_contact(r) for r in chunk]), SyncAction.CREATE)
         updates = by_action.get(SyncAction.UPDATE.value, [])
         renames = [r for r in updates if r["old_email"]]
+        moved_back = [r for r in renames if self.undoes_unimported_move(r)]
+        self.hold(moved_back, SyncAction.UPDATE, "crm_import_back", "a run writing it into the CRM")
+        renames = [r for r in renames if not self.undoes_unimported_move(r)]
         if ctx.hold_renames:
             self.hold(renames, SyncAction.UPDATE, "rename_guard", "allow_mass_rename")
             renames = []
@@ -182,6 +187,12 @@ class _Push:
         again = _Push(self.provider, members, replace(self.ctx, redecide=None)).run(diff)
         self.summary.merge(again)
         self.summary.redecided += len(rows)
+
+    def undoes_unimported_move(self, row: Mapping[str, Any]) -> bool:
+        """Whether `row` changes back an address the provider changed and the CRM has not
+        taken in (dry run, report only)."""
+        moved = row["provider_change"] == ProviderChange.EMAIL_CHANGED.value
+        return moved and row["match_key"] in self.ctx.unimported
 
     # --- ledger bookkeeping ------------------------------------------------------------
 
