@@ -24,7 +24,10 @@ $(DAGSTER_HOME)/dagster.yaml:
 demo: install $(DAGSTER_HOME)/dagster.yaml
 	$(PY) -m newsletter_pipelines.demo
 
+# The webhook receiver (port 8780) runs beside Dagster and stops with it.
 dev: install $(DAGSTER_HOME)/dagster.yaml
+	$(PY) -m newsletter_pipelines.webhooks serve --host 127.0.0.1 --port 8780 & receiver=$$!; \
+	trap 'kill $$receiver 2>/dev/null' EXIT INT TERM; \
 	$(VENV)/bin/dagster dev -w workspace.yaml
 
 test: install

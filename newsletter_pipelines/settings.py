@@ -15,6 +15,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+DEMO_WEBHOOK_SECRET = "embedded-demo-webhook-secret"
+"""Webhook secret of the embedded demo (no provider API key); never used for a real provider."""
+WEBHOOK_SECRET_MIN_LENGTH = 16
+
+
 class CrmSchema(BaseModel):
     """Table and column names of the CRM; defaults: the schema `crm load-demo` creates."""
 
@@ -199,6 +204,27 @@ class Settings(BaseSettings):
         description="State file of the embedded provider sandbox. Default: "
         "NEWSLETTER_HOME/sandbox.json.",
     )
+    # --- webhook receiver (see README "Webhook receiver") ---
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="Shared secret of the webhook receiver (Mailchimp: `?secret=` in the URL, "
+        "Brevo: bearer token), at least 16 characters. Required as soon as an audience's "
+        "provider has an API key; unset in the embedded demo: DEMO_WEBHOOK_SECRET.",
+    )
+    webhook_signing_secret: SecretStr | None = Field(
+        default=None,
+        description="Mailchimp webhook signing secret: when set, every Mailchimp delivery must "
+        "carry a valid `X-Mailchimp-Signature`. Unset: the URL secret alone.",
+    )
+    webhook_rate_per_second: float = Field(
+        default=50.0,
+        gt=0,
+        description="Requests per second the receiver accepts per client "
+        "and provider (token bucket refill); more are answered 429.",
+    )
+    webhook_rate_burst: int = Field(
+        default=500, ge=1, description="Token bucket size: requests a client may send at once."
+    )
     api_specs_dir: Path = Field(
         default=PROJECT_ROOT.parent / "shared" / "specs",
         description="Folder of the official API specifications used by the contract tests.",
@@ -238,6 +264,30 @@ class Settings(BaseSettings):
     def resolved_state_database_url(self) -> str:
         """The state database URL, falling back to a SQLite file in NEWSLETTER_HOME."""
         return self.state_database_url or f"sqlite:///{(self.home / 'state.sqlite3').resolve()}"
+
+    def uses_sandbox(self, provider: str) -> bool:
+        """True when `provider` has no API key, so the embedded sandbox stands in for it."""
+        key = self.mailchimp_api_key if provider == "mailchimp" else self.brevo_api_key
+        return key is None or not key.get_secret_value()
+
+    def resolved_webhook_secret(self) -> str:
+        """NEWSLETTER_WEBHOOK_SECRET; the documented DEMO_WEBHOOK_SECRET only while every
+        configured audience is served by the embedded sandbox."""
+        secret = self.webhook_secret.get_secret_value() if self.webhook_secret else ""
+        if secret:
+            if len(secret) < WEBHOOK_SECRET_MIN_LENGTH:
+                raise ValueError(
+                    f"NEWSLETTER_WEBHOOK_SECRET must have at least {WEBHOOK_SECRET_MIN_LENGTH} "
+                    "characters"
+                )
+            return secret
+        real = sorted({a.provider for a in self.audiences if not self.uses_sandbox(a.provider)})
+        if real:
+            raise ValueError(
+                "NEWSLETTER_WEBHOOK_SECRET is required: the webhook receiver serves audiences "
+                f"of real providers ({', '.join(real)} API key set)"
+            )
+        return DEMO_WEBHOOK_SECRET
 
     def uses_embedded_crm(self) -> bool:
         """True when no CRM URL is configured and the demo CRM is used."""

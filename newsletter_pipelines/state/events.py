@@ -1,0 +1,160 @@
+"""Table `provider_events`: the durable inbox of provider webhook events.
+
+The webhook receiver commits every accepted event here before it answers 2xx; whatever applies
+the events later reads an audience's unprocessed events in `id` order and marks them processed.
+Deliveries are at-least-once: `dedupe_key` is unique and a stored event is never stored again.
+
+    SELECT provider, type, count(*) FROM provider_events WHERE processed_at IS NULL GROUP BY 1, 2;
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+metadata = sa.MetaData()
+
+provider_events = sa.Table(
+    "provider_events",
+    metadata,
+    sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("audience", sa.String(64), nullable=False),
+    sa.Column("provider", sa.String(16), nullable=False),
+    sa.Column("type", sa.String(64), nullable=False),
+    sa.Column("email", sa.Text),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("dedupe_key", sa.String(64), nullable=False, unique=True),
+    sa.Column("processed_at", sa.DateTime(timezone=True)),
+    sa.Index("ix_provider_events_audience_processed", "audience", "processed_at", "id"),
+)
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """An event as received: `payload` is the provider's event, `dedupe_key` its identity."""
+
+    audience: str
+    provider: str
+    type: str
+    email: str | None
+    payload: dict[str, Any]
+    dedupe_key: str
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """A row of `provider_events`."""
+
+    id: int
+    audience: str
+    provider: str
+    type: str
+    email: str | None
+    payload: dict[str, Any]
+    received_at: datetime
+    dedupe_key: str
+    processed_at: datetime | None
+
+
+def create_events_table(engine: sa.Engine) -> None:
+    """Create `provider_events` (and its index) unless it exists."""
+    metadata.create_all(engine)
+
+
+def store_events(
+    engine: sa.Engine, events: Sequence[NewEvent], *, now: datetime | None = None
+) -> int:
+    """Insert the events whose `dedupe_key` is not stored yet, in one transaction; returns how
+    many were new (duplicates, also within `events`, are skipped)."""
+    unique: dict[str, NewEvent] = {}
+    for event in events:
+        unique.setdefault(event.dedupe_key, event)
+    if not unique:
+        return 0
+    received_at = now or datetime.now(UTC)
+    rows = [
+        {
+            "audience": e.audience,
+            "provider": e.provider,
+            "type": e.type,
+            "email": e.email,
+            "payload": json.dumps(e.payload, ensure_ascii=False, sort_keys=True),
+            "received_at": received_at,
+            "dedupe_key": e.dedupe_key,
+        }
+        for e in unique.values()
+    ]
+    with engine.begin() as conn:
+        statement = _insert_ignoring_duplicates(conn.dialect.name)
+        return len(conn.execute(statement, rows).all())
+
+
+def unprocessed_events(
+    engine: sa.Engine, audience: str, *, limit: int | None = None
+) -> list[StoredEvent]:
+    """The audience's events not processed yet, oldest (lowest `id`) first."""
+    query = (
+        sa.select(provider_events)
+        .where(provider_events.c.audience == audience, provider_events.c.processed_at.is_(None))
+        .order_by(provider_events.c.id)
+        .limit(limit)
+    )
+    with engine.connect() as conn:
+        return [_stored(row) for row in conn.execute(query).mappings()]
+
+
+def mark_processed(engine: sa.Engine, ids: Sequence[int], *, now: datetime | None = None) -> int:
+    """Set `processed_at` on the given events not processed yet; returns how many changed."""
+    if not ids:
+        return 0
+    statement = (
+        sa.update(provider_events)
+        .where(provider_events.c.id.in_(list(ids)), provider_events.c.processed_at.is_(None))
+        .values(processed_at=now or datetime.now(UTC))
+    )
+    with engine.begin() as conn:
+        return conn.execute(statement).rowcount
+
+
+def _insert_ignoring_duplicates(dialect: str) -> sa.Insert:
+    """INSERT … ON CONFLICT (dedupe_key) DO NOTHING RETURNING id, for SQLite and PostgreSQL."""
+    if dialect == "postgresql":
+        insert = postgresql.insert(provider_events)
+    elif dialect == "sqlite":
+        insert = sqlite.insert(provider_events)
+    else:
+        raise NotImplementedError(f"provider_events supports SQLite and PostgreSQL, not {dialect}")
+    return insert.on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(
+        provider_events.c.id
+    )
+
+
+def _stored(row: sa.RowMapping) -> StoredEvent:
+    return StoredEvent(
+        id=row["id"],
+        audience=row["audience"],
+        provider=row["provider"],
+        type=row["type"],
+        email=row["email"],
+        payload=json.loads(row["payload"]),
+        received_at=_utc(row["received_at"]),
+        dedupe_key=row["dedupe_key"],
+        processed_at=None if row["processed_at"] is None else _utc(row["processed_at"]),
+    )
+
+
+def _utc(value: datetime) -> datetime:
+    """SQLite returns naive datetimes; they were written in UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
