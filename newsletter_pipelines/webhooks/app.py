@@ -44,6 +44,8 @@ from newsletter_pipelines.webhooks.parse import PayloadError, brevo_events, mail
 
 log = logging.getLogger("newsletter_pipelines.webhooks")
 STORE_RETRY_AFTER_SECONDS = 60
+LOGGED_EVENTS = 5
+"""Events named in a delivery's log line (a Brevo batch holds up to 500)."""
 
 
 class RejectedError(Exception):
@@ -123,20 +125,15 @@ class Receiver:
         except PayloadError as exc:
             raise RejectedError(400, f"malformed body: {exc}") from None
         stored = await self._store(events)
-        for event in events:
-            log.info(
-                "%s/%s: %s %s from %s",
-                provider,
-                audience,
-                event.type,
-                mask_email(event.email),
-                client,
-            )
+        shown = ", ".join(f"{e.type} {mask_email(e.email)}".strip() for e in events[:LOGGED_EVENTS])
+        more = f" and {len(events) - LOGGED_EVENTS} more" if len(events) > LOGGED_EVENTS else ""
         log.info(
-            "%s/%s: %d event(s), %d new, %d duplicate(s)",
+            "%s/%s from %s: %s%s; %d new, %d duplicate(s)",
             provider,
             audience,
-            len(events),
+            client,
+            shown,
+            more,
             stored,
             len(events) - stored,
         )

@@ -1,0 +1,90 @@
+"""The webhook inbox `provider_events` on SQLite and PostgreSQL: idempotent storing, reading an
+audience's unprocessed events in id order, marking them processed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from newsletter_pipelines.state.events import (
+    NewEvent,
+    create_events_table,
+    mark_processed,
+    store_events,
+    unprocessed_events,
+)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
+    url = (
+        f"sqlite:///{tmp_path / 'state.sqlite3'}"
+        if request.param == "sqlite"
+        else request.getfixturevalue("postgres_url")
+    )
+    created = sa.create_engine(url)
+    create_events_table(created)
+    create_events_table(created)  # idempotent
+    yield created
+    created.dispose()
+
+
+def event(n: int, audience: str = "mailchimp", key: str | None = None) -> NewEvent:
+    return NewEvent(
+        audience=audience,
+        provider="mailchimp",
+        type="unsubscribe",
+        email=f"p{n}@example.com",
+        payload={"type": "unsubscribe", "data": {"email": f"p{n}@example.com", "n": n}},
+        dedupe_key=key or f"key-{audience}-{n}",
+    )
+
+
+def test_stores_each_event_once_and_reads_them_in_id_order(engine: sa.Engine) -> None:
+    assert store_events(engine, [event(1), event(2), event(1), event(3, "other")]) == 3
+    assert store_events(engine, [event(2), event(4)]) == 1
+    assert store_events(engine, []) == 0
+    pending = unprocessed_events(engine, "mailchimp")
+    assert [e.email for e in pending] == ["p1@example.com", "p2@example.com", "p4@example.com"]
+    assert [e.id for e in pending] == sorted(e.id for e in pending)
+    first = pending[0]
+    assert first.payload == {"type": "unsubscribe", "data": {"email": "p1@example.com", "n": 1}}
+    assert (first.provider, first.type, first.processed_at) == ("mailchimp", "unsubscribe", None)
+    assert first.received_at.tzinfo is not None
+    assert [e.email for e in unprocessed_events(engine, "other")] == ["p3@example.com"]
+    assert len(unprocessed_events(engine, "mailchimp", limit=2)) == 2
+
+
+def test_marked_events_are_no_longer_unprocessed(engine: sa.Engine) -> None:
+    store_events(engine, [event(1), event(2), event(3)])
+    first, second, third = unprocessed_events(engine, "mailchimp")
+    at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert mark_processed(engine, [first.id, third.id], now=at) == 2
+    assert mark_processed(engine, [first.id], now=at) == 0  # already processed
+    assert mark_processed(engine, []) == 0
+    assert unprocessed_events(engine, "mailchimp") == [second]
+    with engine.connect() as conn:
+        stamps = conn.execute(
+            sa.text("SELECT processed_at FROM provider_events WHERE id = :i"), {"i": first.id}
+        )
+        assert stamps.scalar_one() is not None
+    # A redelivery of a processed event is still a duplicate.
+    assert store_events(engine, [event(1)]) == 0
+
+
+def test_unicode_and_null_characters_survive_in_the_payload(engine: sa.Engine) -> None:
+    odd = NewEvent(
+        audience="brevo",
+        provider="brevo",
+        type="contact_updated",
+        email="jürgen@example.de",
+        payload={"content": [{"NACHNAME": "Groß\x00"}], "event": "contact_updated"},
+        dedupe_key="odd",
+    )
+    assert store_events(engine, [odd]) == 1
+    (stored,) = unprocessed_events(engine, "brevo")
+    assert (stored.email, stored.payload) == (odd.email, odd.payload)
