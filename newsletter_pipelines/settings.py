@@ -274,20 +274,19 @@ class Settings(BaseSettings):
         """NEWSLETTER_WEBHOOK_SECRET; the documented DEMO_WEBHOOK_SECRET only while every
         configured audience is served by the embedded sandbox."""
         secret = self.webhook_secret.get_secret_value() if self.webhook_secret else ""
-        if secret:
-            if len(secret) < WEBHOOK_SECRET_MIN_LENGTH:
-                raise ValueError(
-                    f"NEWSLETTER_WEBHOOK_SECRET must have at least {WEBHOOK_SECRET_MIN_LENGTH} "
-                    "characters"
-                )
-            return secret
         real = sorted({a.provider for a in self.audiences if not self.uses_sandbox(a.provider)})
-        if real:
+        if real and secret in ("", DEMO_WEBHOOK_SECRET):
             raise ValueError(
-                "NEWSLETTER_WEBHOOK_SECRET is required: the webhook receiver serves audiences "
-                f"of real providers ({', '.join(real)} API key set)"
+                "NEWSLETTER_WEBHOOK_SECRET is required (and must not be the public demo secret): "
+                f"the webhook receiver serves audiences of real providers ({', '.join(real)} "
+                "API key set)"
             )
-        return DEMO_WEBHOOK_SECRET
+        if secret and len(secret) < WEBHOOK_SECRET_MIN_LENGTH:
+            raise ValueError(
+                f"NEWSLETTER_WEBHOOK_SECRET must have at least {WEBHOOK_SECRET_MIN_LENGTH} "
+                "characters"
+            )
+        return secret or DEMO_WEBHOOK_SECRET
 
     def uses_embedded_crm(self) -> bool:
         """True when no CRM URL is configured and the demo CRM is used."""

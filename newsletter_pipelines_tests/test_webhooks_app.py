@@ -92,6 +92,7 @@ def test_mailchimp_validator_get_answers_200(receiver: Receiver) -> None:
         f"{MC}?secret={SECRET}", headers={"user-agent": "MailChimp.com WebHook Validator"}
     )
     assert answer.status_code == 200
+    assert receiver.client.head(f"{MC}?secret={SECRET}").status_code == 200
     assert receiver.client.get(MC).status_code == 401
     assert receiver.client.get(f"/webhooks/mailchimp/nope?secret={SECRET}").status_code == 404
     assert receiver.nothing_stored()
@@ -278,6 +279,10 @@ def test_a_secret_is_required_outside_the_embedded_demo(tmp_path: Path) -> None:
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'state.sqlite3'}")
     with pytest.raises(ValueError, match="NEWSLETTER_WEBHOOK_SECRET is required"):
         create_app(Settings(mailchimp_api_key="k-us6"), engine)
+    with pytest.raises(ValueError, match="must not be the public demo secret"):
+        create_app(
+            Settings(brevo_api_key="xkeysib-real", webhook_secret=DEMO_WEBHOOK_SECRET), engine
+        )
     with pytest.raises(ValueError, match="NEWSLETTER_WEBHOOK_SECRET must have at least 16"):
         create_app(Settings(webhook_secret="short"), engine)
     demo = TestClient(create_app(Settings(), engine))

@@ -112,7 +112,7 @@ class Receiver:
         audience = request.path_params["audience"]
         if self.audiences.get(audience) != provider:
             raise RejectedError(404, f"no {provider} audience {audience[:64]!r} configured")
-        if request.method == "GET":
+        if request.method in ("GET", "HEAD"):
             return PlainTextResponse("ok")
         body = await self._body(request)
         if provider == "mailchimp" and self.signing_secret is not None:
@@ -187,10 +187,14 @@ def create_app(
         )
     engine = engine or create_engine(settings.resolved_state_database_url())
     create_events_table(engine)
-    signing = settings.webhook_signing_secret
+    signing = (
+        settings.webhook_signing_secret.get_secret_value()
+        if settings.webhook_signing_secret
+        else ""
+    )
     receiver = Receiver(
         secret=secret,
-        signing_secret=signing.get_secret_value() or None if signing else None,
+        signing_secret=signing or None,
         audiences={a.key: a.provider for a in settings.audiences},
         limiter=RateLimiter(settings.webhook_rate_per_second, settings.webhook_rate_burst),
         engine=engine,
