@@ -321,3 +321,22 @@ def test_the_state_database_of_the_settings_is_used(isolated_home: Path) -> None
 def test_garbage_never_gets_a_500(receiver: Receiver, body: bytes) -> None:
     assert receiver.mc(body).status_code in (200, 400)
     assert receiver.bv(body).status_code in (200, 400)
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+KEYS = st.sampled_from(["event", "email", "id", "ts", "list_id", "content"]) | st.text(max_size=6)
+EVENTS = st.dictionaries(KEYS, JSON_VALUES, max_size=6)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(document=JSON_VALUES | EVENTS | st.lists(EVENTS, max_size=3))
+def test_odd_json_never_gets_a_500(receiver: Receiver, document: Any) -> None:
+    assert receiver.bv(json.dumps(document).encode()).status_code in (200, 400)

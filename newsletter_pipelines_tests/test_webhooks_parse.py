@@ -15,7 +15,13 @@ from newsletter_pipelines.webhooks.auth import (
     mailchimp_signature_valid,
     secret_matches,
 )
-from newsletter_pipelines.webhooks.limits import RateLimiter
+from newsletter_pipelines.webhooks.limits import (
+    MAX_BODY_BYTES,
+    BadContentLengthError,
+    BodyTooLargeError,
+    RateLimiter,
+    declared_length,
+)
 from newsletter_pipelines.webhooks.parse import (
     PayloadError,
     brevo_events,
@@ -249,6 +255,8 @@ def test_brevo_event_names_get_one_spelling(name: str, normalised: str) -> None:
         b'{"event": "unsubscribed", "email": 5}',
         b'{"event": "unsubscribed", "email": "a@b.c", "ts": NaN}',
         b'{"event": "unsubscribed", "email": "a\\u0000@b.c"}',
+        b'{"event": "unsubscribed", "email": "\\ud800@b.c"}',
+        b'{"event": "contact_updated", "content": [{"\\udfff": 1}]}',
         b'[{"event": "unsubscribed"}, "x"]',
         b"[" * 100_000 + b"]" * 100_000,
         b'{"event": "unsubscribed", "x": ' + b"[" * 40 + b"]" * 40 + b"}",
@@ -299,3 +307,16 @@ def test_rate_limiter_refills_per_key() -> None:
     now[0] = 100.0
     assert [limiter.allow("a") for _ in range(4)] == [True, True, True, False]
     assert limiter.retry_after() == 1
+
+
+def test_declared_length() -> None:
+    assert declared_length(None) is None
+    assert declared_length(" 12 ") == 12
+    assert declared_length("0" * 50 + "5") == 5
+    assert declared_length(str(MAX_BODY_BYTES)) == MAX_BODY_BYTES
+    for bad in ("abc", "-1", "1.5", "١٢", ""):
+        with pytest.raises(BadContentLengthError):
+            declared_length(bad)
+    for large in (str(MAX_BODY_BYTES + 1), "9" * 5000):
+        with pytest.raises(BodyTooLargeError):
+            declared_length(large)

@@ -117,6 +117,10 @@ def brevo_events(body: bytes, audience: str) -> list[NewEvent]:
         document = json.loads(body, parse_constant=_no_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise PayloadError(f"not JSON: {str(exc)[:200]}") from None
+    try:
+        json.dumps(document, ensure_ascii=False).encode()
+    except UnicodeEncodeError:  # a lone surrogate such as "\ud800"
+        raise PayloadError("text that is not valid Unicode") from None
     items = document if isinstance(document, list) else [document]
     if not items:
         raise PayloadError("empty batch")
