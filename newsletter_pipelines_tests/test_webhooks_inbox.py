@@ -88,3 +88,9 @@ def test_unicode_and_null_characters_survive_in_the_payload(engine: sa.Engine) -
     assert store_events(engine, [odd]) == 1
     (stored,) = unprocessed_events(engine, "brevo")
     assert (stored.email, stored.payload) == (odd.email, odd.payload)
+
+
+def test_other_databases_are_refused_up_front() -> None:
+    mysql = sa.create_mock_engine("mysql://", executor=lambda *_: None)
+    with pytest.raises(NotImplementedError, match="SQLite and PostgreSQL"):
+        create_events_table(mysql)  # type: ignore[arg-type]

@@ -69,7 +69,8 @@ class StoredEvent:
 
 
 def create_events_table(engine: sa.Engine) -> None:
-    """Create `provider_events` (and its index) unless it exists."""
+    """Create `provider_events` (and its index) unless it exists; SQLite and PostgreSQL only."""
+    _insert_ignoring_duplicates(engine.dialect.name)  # refuses other databases up front
     metadata.create_all(engine)
 
 
