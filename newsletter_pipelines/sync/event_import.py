@@ -1,0 +1,71 @@
+"""Webhook events → the import-back of the addresses they name, with the nightly rules.
+
+An event is a hint, never the truth: it says which addresses to look at. What the CRM learns is
+what the rules prove for those addresses over the provider's current members, the ledger and
+the CRM (`scope`), so a duplicate, late or out-of-order delivery changes nothing, and an event
+of the sync's own writes finds nothing to import. Only what a few addresses cannot prove is
+left to the nightly full import-back: a member gone from its address may have moved to one
+outside the scope, so `removed` is believed only where an event says the member was deleted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pandas as pd
+
+from newsletter_pipelines.state.events import StoredEvent
+from newsletter_pipelines.sync.email_address import clean_raw_email, match_key
+from newsletter_pipelines.sync.rules import ProviderChange
+
+_MAILCHIMP_DELETING = frozenset({"delete", "archive"})  # `data[action]` of an `unsubscribe`
+
+
+def event_addresses(events: Iterable[StoredEvent]) -> frozenset[str]:
+    """Match keys of every address the events name (a Mailchimp `upemail` names two)."""
+    found = set()
+    for event in events:
+        data = _data(event)
+        for value in (event.email, data.get("new_email"), data.get("old_email")):
+            email = clean_raw_email(value)
+            if email:
+                found.add(match_key(email))
+    return frozenset(found)
+
+
+def deleted_addresses(events: Iterable[StoredEvent]) -> frozenset[str]:
+    """Match keys of members the events say were deleted or archived at the provider."""
+    found = set()
+    for event in events:
+        email = clean_raw_email(event.email)
+        if email and _says_deleted(event):
+            found.add(match_key(email))
+    return frozenset(found)
+
+
+def _says_deleted(event: StoredEvent) -> bool:
+    if event.provider == "brevo":
+        return event.type == "contact_deleted"
+    return event.type == "unsubscribe" and _data(event).get("action") in _MAILCHIMP_DELETING
+
+
+def _data(event: StoredEvent) -> Mapping[str, Any]:
+    """Mailchimp's `data[...]` (Brevo events are flat)."""
+    data = event.payload.get("data") if event.provider == "mailchimp" else event.payload
+    return data if isinstance(data, Mapping) else {}
+
+
+def provable(diff: pd.DataFrame, unseen: frozenset[str], deleted: frozenset[str]) -> pd.DataFrame:
+    """`diff` without the removals a run of a few addresses cannot prove: a ledger row whose
+    member is not at its address (`unseen`) is `removed` only where an event says deleted."""
+    doubtful = (
+        (diff["provider_change"] == ProviderChange.REMOVED.value)
+        & diff["match_key"].isin(unseen)
+        & ~diff["match_key"].isin(deleted)
+    )
+    if not doubtful.any():
+        return diff
+    kept = diff.copy()
+    kept.loc[doubtful, ["provider_change", "ledger_after"]] = None
+    return kept
