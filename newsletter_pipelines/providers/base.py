@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
@@ -150,6 +150,15 @@ class Provider(Protocol):
         """Every member of the audience, whatever its status."""
         ...
 
+    def members(self, emails: Sequence[str]) -> list[Member]:
+        """The audience's members at these addresses, whatever their status; addresses that are
+        no member are left out.
+
+        Each is what `snapshot()` returns for it, in the order the addresses come (once per
+        `email_key`); many addresses at once read the snapshot instead of one call each.
+        """
+        ...
+
     def upsert(
         self, contacts: Sequence[Contact], current: Mapping[str, Member] | None = None
     ) -> list[Outcome]:
@@ -184,3 +193,14 @@ class Provider(Protocol):
 def email_key(email: str) -> str:
     """The provider-side identity of an address: trimmed and lower-cased."""
     return email.strip().lower()
+
+
+def lookup_keys(emails: Iterable[str]) -> list[str]:
+    """The distinct, non-empty `email_key`s of `emails`, in their first order."""
+    return [key for key in dict.fromkeys(email_key(e) for e in emails) if key]
+
+
+def pick(members: Iterable[Member], keys: Sequence[str]) -> list[Member]:
+    """The members at `keys`, in the order of `keys`; keys with no member are left out."""
+    by_key = {m.key: m for m in members}
+    return [by_key[key] for key in keys if key in by_key]

@@ -33,8 +33,10 @@ from newsletter_pipelines.providers.base import (
     MemberStatus,
     Outcome,
     Result,
+    lookup_keys,
+    pick,
 )
-from newsletter_pipelines.providers.errors import ConfigurationError
+from newsletter_pipelines.providers.errors import ApiError, ConfigurationError
 from newsletter_pipelines.providers.http import ApiClient, PollPolicy, RetryPolicy
 from newsletter_pipelines.providers.mailchimp_batches import Operation, OperationRunner, OpResult
 from newsletter_pipelines.providers.mailchimp_models import (
@@ -52,21 +54,20 @@ log = logging.getLogger("newsletter_pipelines.providers")
 NAME = "mailchimp"
 BATCH_SUBSCRIBE_MAX = 500
 PAGE_SIZE = 1000
-_SNAPSHOT_FIELDS = ",".join(
-    ["total_items"]
-    + [
-        f"members.{f}"
-        for f in (
-            "id",
-            "contact_id",
-            "email_address",
-            "status",
-            "merge_fields",
-            "tags",
-            "last_changed",
-        )
-    ]
+MEMBERS_LOOKUP_MAX = 2000
+"""Most addresses `members` reads one by one (`GET …/members/{hash}`, 5 at a time by default);
+above, the snapshot (1000 members a page) is cheaper and is filtered instead."""
+_MEMBER_FIELD_NAMES = (
+    "id",
+    "contact_id",
+    "email_address",
+    "status",
+    "merge_fields",
+    "tags",
+    "last_changed",
 )
+_MEMBER_FIELDS = ",".join(_MEMBER_FIELD_NAMES)
+_SNAPSHOT_FIELDS = ",".join(["total_items", *(f"members.{f}" for f in _MEMBER_FIELD_NAMES)])
 _CHOICE_TYPES = ("dropdown", "radio")
 _WEBHOOK_EVENTS = {
     "subscribe": True,
@@ -302,6 +303,28 @@ class MailchimpClient:
         pages = [first, *self._api.parallel(self._page, offsets)]
         by_id = {m.id: self._member(m) for page in pages for m in page.members}
         return list(by_id.values())
+
+    def members(self, emails: Sequence[str]) -> list[Member]:
+        """`GET …/members/{hash}` per address, concurrently (404: no member); the snapshot,
+        filtered, for more than `MEMBERS_LOOKUP_MAX` addresses."""
+        keys = lookup_keys(emails)
+        if len(keys) > MEMBERS_LOOKUP_MAX:
+            return pick(self.snapshot(), keys)
+        if keys:
+            self.ensure_audience()
+        found = self._api.parallel(self._read_member, keys)
+        return [m for m in found if m is not None]
+
+    def _read_member(self, key: str) -> Member | None:
+        """The member at this address, or None (no member, or an address Mailchimp refuses)."""
+        path = f"/lists/{self._list_id}/members/{subscriber_hash(key)}"
+        try:
+            answer = self._api.call("GET", path, params={"fields": _MEMBER_FIELDS})
+        except ApiError as exc:
+            if exc.status not in (400, 404):
+                raise
+            return None
+        return self._member(MemberOut.model_validate(answer))
 
     def _page(self, offset: int) -> MembersPage:
         params = {"count": PAGE_SIZE, "offset": offset, "fields": _SNAPSHOT_FIELDS}

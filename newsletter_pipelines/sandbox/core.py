@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote
 
 
 class BodyError(ValueError):
@@ -16,7 +17,8 @@ class BodyError(ValueError):
 
 @dataclass
 class Request:
-    """One HTTP request as the emulators see it; `path` is relative to the API root."""
+    """One HTTP request as the emulators see it; `path` is relative to the API root and still
+    percent-encoded (as sent), so an encoded `/` stays inside its segment."""
 
     method: str
     path: str
@@ -105,10 +107,11 @@ class Router:
     def resolve(self, method: str, path: str) -> tuple[str, Handler, dict[str, str]] | None:
         """(template, handler, path params) for the request, or None when nothing matches.
 
-        The most literal template wins (`/contacts/folders` over `/contacts/{identifier}`).
+        The most literal template wins (`/contacts/folders` over `/contacts/{identifier}`);
+        path params are percent-decoded.
         """
         found = [
-            (template.count("{"), template, handler, match.groupdict())
+            (template.count("{"), template, handler, _decoded(match.groupdict()))
             for route_method, template, pattern, handler in self._routes
             if route_method == method and (match := pattern.match(path))
         ]
@@ -120,6 +123,10 @@ class Router:
     def allowed(self, path: str) -> list[str]:
         """Methods registered for a path (for 405 answers)."""
         return sorted({m for m, _, pattern, _ in self._routes if pattern.match(path)})
+
+
+def _decoded(params: dict[str, str]) -> dict[str, str]:
+    return {name: unquote(value) for name, value in params.items()}
 
 
 def now_iso(timestamp: float) -> str:

@@ -7,7 +7,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 import uvicorn
 from starlette.concurrency import run_in_threadpool
@@ -42,7 +42,7 @@ class SandboxApp:
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         request = Request(
             method=scope["method"],
-            path=scope["path"],
+            path=_raw_path(scope),
             query=parse_qs(scope["query_string"].decode(), keep_blank_values=True),
             headers=headers,
             body=body,
@@ -74,6 +74,12 @@ class SandboxApp:
                 await run_in_threadpool(self.sandbox.save)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def _raw_path(scope: Scope) -> str:
+    """The path as sent, still percent-encoded (rebuilt from `path` if the server lacks it)."""
+    raw = scope.get("raw_path")
+    return raw.decode("ascii").split("?", 1)[0] if raw else quote(scope["path"])
 
 
 def serve(sandbox: Sandbox, host: str = "127.0.0.1", port: int = 8765) -> None:

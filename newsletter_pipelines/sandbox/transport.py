@@ -22,7 +22,7 @@ class SandboxTransport(httpx.BaseTransport):
         timeout = (request.extensions.get("timeout") or {}).get("read")
         incoming = Request(
             method=request.method,
-            path=request.url.path,
+            path=request.url.raw_path.decode("ascii").split("?", 1)[0],
             query=_query(request.url),
             headers={k.lower(): v for k, v in request.headers.items()},
             body=request.read(),

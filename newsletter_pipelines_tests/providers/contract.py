@@ -2,7 +2,8 @@
 
 The specs are read from `api_specs_dir` (never copied into the repository) and loaded once per
 test session by openapi-core. Requests to the sandbox are re-based onto the spec's server URL
-(`/mailchimp/3.0/lists` → `https://server.api.mailchimp.com/3.0/lists`).
+(`/mailchimp/3.0/lists` → `https://server.api.mailchimp.com/3.0/lists`), still percent-encoded
+so that an encoded `/` stays inside its path parameter.
 
 In-memory errata, each restoring the spec's evident intent rather than loosening it:
 - an empty `content: {}` on a response means "no body" in OpenAPI 3, but openapi-core then
@@ -136,7 +137,8 @@ class _OpenApiRequest:
     def __init__(self, request: httpx.Request, spec: Spec) -> None:
         server = httpx.URL(spec.server)
         self.host_url = f"{server.scheme}://{server.host}"
-        self.path = server.path.rstrip("/") + request.url.path[len(spec.prefix) :]
+        raw_path = request.url.raw_path.decode("ascii").split("?", 1)[0]
+        self.path = server.path.rstrip("/") + raw_path[len(spec.prefix) :]
         self.method = request.method.lower()
         self.body = request.content or None
         self.content_type = request.headers.get("content-type", "")

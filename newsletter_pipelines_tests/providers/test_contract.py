@@ -8,6 +8,7 @@ import base64
 import httpx
 import pytest
 
+from newsletter_pipelines.providers.brevo import BrevoClient
 from newsletter_pipelines.providers.mailchimp import MailchimpClient
 from newsletter_pipelines.sandbox import SANDBOX_BREVO_KEY, SANDBOX_MAILCHIMP_KEY, SANDBOX_ORIGIN
 from newsletter_pipelines_tests.providers.contract import ContractChecker, ContractViolation
@@ -25,6 +26,17 @@ def test_client_traffic_is_checked(checker: ContractChecker, mailchimp: Mailchim
     mailchimp.upsert(contacts(20))
     mailchimp.snapshot()
     assert checker.checked - before >= 6
+
+
+def test_member_reads_are_checked(
+    checker: ContractChecker, mailchimp: MailchimpClient, brevo: BrevoClient
+) -> None:
+    addresses = ["person0@example.com", "nobody@example.com", "a/b@example.com", "not-an-address"]
+    for client in (mailchimp, brevo):
+        client.upsert(contacts(1))
+        before = checker.checked
+        assert [m.email for m in client.members(addresses)] == ["person0@example.com"]
+        assert checker.checked - before == len(addresses)
 
 
 @pytest.mark.parametrize(

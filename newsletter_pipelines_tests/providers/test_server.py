@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from newsletter_pipelines.providers.base import MemberStatus, Result
+from newsletter_pipelines.providers.base import Contact, MemberStatus, Result
 from newsletter_pipelines.providers.brevo import BrevoClient
 from newsletter_pipelines.providers.errors import ConfigurationError
 from newsletter_pipelines.providers.mailchimp import MailchimpClient
@@ -86,6 +86,13 @@ def test_clients_run_unchanged_against_the_server_and_survive_drops(
             transport=network,
         )
         assert brevo.upsert(contacts(2))[0].outcome is Result.CREATED
+        slash = Contact(crm_id="s", email="a/b@example.com")  # "/" travels encoded as %2F
+        assert brevo.upsert([slash])[0].outcome is Result.CREATED
+        found = brevo.members(["a/b@example.com", "person1@example.com", "nobody@example.com"])
+        assert [m.email for m in found] == ["a/b@example.com", "person1@example.com"]
+        assert [m.email for m in mailchimp.members(["person4@example.com"])] == [
+            "person4@example.com"
+        ]
         mailchimp.close()
         brevo.close()
 

@@ -1,0 +1,310 @@
+"""`members(emails)`: a targeted read of a few members that returns exactly what the snapshot
+returns for them, on both clients, by lookups or (many addresses) through the snapshot."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import httpx
+import pytest
+
+from newsletter_pipelines.providers import brevo as brevo_module
+from newsletter_pipelines.providers import mailchimp as mailchimp_module
+from newsletter_pipelines.providers.base import Contact, Member, MemberStatus, Provider
+from newsletter_pipelines.providers.brevo import BrevoClient
+from newsletter_pipelines.providers.errors import AuthenticationError, UnavailableError
+from newsletter_pipelines.providers.http import RetryPolicy
+from newsletter_pipelines.providers.mailchimp import MailchimpClient, subscriber_hash
+from newsletter_pipelines.sandbox import SANDBOX_BREVO_KEY, FaultRule, PersonEvent, Sandbox
+from newsletter_pipelines.sandbox.people import brevo_person, mailchimp_person
+from newsletter_pipelines_tests.providers.conftest import brevo_account, make_brevo, make_mailchimp
+from newsletter_pipelines_tests.providers.helpers import RecordingTransport, contacts
+
+MC_MEMBER = "/lists/{list_id}/members/{hash}"
+BV_CONTACT = "/contacts/{identifier}"
+UNKNOWN = ["nobody@example.com", "not-an-address", "a@b"]
+
+
+def by_key(members: Sequence[Member]) -> dict[str, Member]:
+    return {m.key: m for m in members}
+
+
+def act(
+    sandbox: Sandbox, provider: str, list_id: str, email: str, action: str, **extra: str
+) -> None:
+    event = PersonEvent(list_id=list_id, email=email, action=action, **extra)  # type: ignore[arg-type]
+    (mailchimp_person if provider == "mailchimp" else brevo_person)(sandbox, event)
+
+
+class Answering(httpx.BaseTransport):
+    """Answers the member reads that `hit` picks with `answer`, passes the rest on."""
+
+    def __init__(
+        self,
+        inner: httpx.BaseTransport,
+        hit: Callable[[httpx.Request], bool],
+        answer: httpx.Response,
+    ) -> None:
+        self.inner, self.hit, self.answer = inner, hit, answer
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        """The canned answer for a hit, else the inner transport's."""
+        if request.method == "GET" and self.hit(request):
+            return httpx.Response(
+                self.answer.status_code, headers=self.answer.headers, content=self.answer.content
+            )
+        return self.inner.handle_request(request)
+
+
+def mailchimp_problem(status: int, title: str) -> httpx.Response:
+    body = {
+        "type": "about:blank",
+        "title": title,
+        "status": status,
+        "detail": title,
+        "instance": "",
+    }
+    return httpx.Response(status, json=body)
+
+
+def brevo_error(status: int, code: str) -> httpx.Response:
+    return httpx.Response(status, json={"code": code, "message": code})
+
+
+# --- shared behaviour -------------------------------------------------------------------
+
+
+@pytest.fixture(params=["mailchimp", "brevo"])
+def client(
+    request: pytest.FixtureRequest, sandbox: Sandbox, transport: httpx.BaseTransport
+) -> Provider:
+    if request.param == "brevo":
+        brevo_account(sandbox)
+        return make_brevo(transport)
+    return make_mailchimp(transport)
+
+
+def test_no_address_makes_no_call(sandbox: Sandbox, client: Provider) -> None:
+    assert client.members([]) == []
+    assert client.members(["", "   "]) == []
+    assert sandbox.stats.count(client.name) == 0
+
+
+def test_addresses_are_read_once_per_key_in_their_order(sandbox: Sandbox, client: Provider) -> None:
+    client.upsert(contacts(3))
+    template = MC_MEMBER if client.name == "mailchimp" else BV_CONTACT
+    before = sandbox.stats.count(client.name, method="GET", template=template)
+    found = client.members(
+        ["PERSON2@example.com", " person0@example.com ", "person2@EXAMPLE.com", "nobody@x.org"]
+    )
+    assert [m.email for m in found] == ["person2@example.com", "person0@example.com"]
+    assert sandbox.stats.count(client.name, method="GET", template=template) == before + 3
+
+
+# --- Mailchimp --------------------------------------------------------------------------
+
+
+def populate_mailchimp(sandbox: Sandbox, client: MailchimpClient) -> list[str]:
+    """An audience with members of every status; returns every address involved."""
+    people = contacts(10, tags=frozenset({"news"}))
+    client.upsert(people)
+    list_id = client.ensure_audience().id
+    for i, action in enumerate(["unsubscribe", "clean", "archive", "delete"], start=1):
+        act(sandbox, "mailchimp", list_id, f"person{i}@example.com", action)
+    act(sandbox, "mailchimp", list_id, "person5@example.com", "tag", tag="VIP")
+    act(sandbox, "mailchimp", list_id, "person6@example.com", "change_email", new_email="n6@x.org")
+    act(sandbox, "mailchimp", list_id, "waiting@example.com", "pending")
+    act(sandbox, "mailchimp", list_id, "shop@example.com", "transactional")
+    client.unsubscribe([people[7].ref()])
+    client.remove([people[8].ref()])  # archived by the sync
+    extra = ["n6@x.org", "waiting@example.com", "shop@example.com"]
+    return [c.email for c in people] + extra + UNKNOWN
+
+
+def test_mailchimp_members_are_the_snapshot_of_every_status(
+    sandbox: Sandbox, transport: httpx.BaseTransport
+) -> None:
+    recording = RecordingTransport(transport)
+    client = make_mailchimp(recording)
+    addresses = populate_mailchimp(sandbox, client)
+    snapshot = by_key(client.snapshot())
+    assert {m.status for m in snapshot.values()} == {
+        MemberStatus.SUBSCRIBED,
+        MemberStatus.UNSUBSCRIBED,
+        MemberStatus.CLEANED,
+        MemberStatus.ARCHIVED,
+        MemberStatus.PENDING,
+        MemberStatus.TRANSACTIONAL,
+    }
+    recording.requests.clear()
+    found = client.members(addresses)
+    assert by_key(found) == snapshot
+    assert len(found) == len(snapshot)  # person4 (deleted), person6's old address, UNKNOWN: out
+    reads = [r for r in recording.requests if r.method == "GET"]
+    assert len(reads) == len(recording.requests) == len(addresses)
+    assert {r.url.path.rsplit("/", 1)[1] for r in reads} == {subscriber_hash(a) for a in addresses}
+    assert {r.url.params["fields"] for r in reads} == {mailchimp_module._MEMBER_FIELDS}
+
+
+def test_mailchimp_many_addresses_read_the_snapshot(
+    sandbox: Sandbox, transport: httpx.BaseTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = make_mailchimp(transport)
+    addresses = populate_mailchimp(sandbox, client)
+    looked_up = client.members(addresses)
+    monkeypatch.setattr(mailchimp_module, "MEMBERS_LOOKUP_MAX", len(addresses) - 1)
+    before = sandbox.stats.count("mailchimp", method="GET", template=MC_MEMBER)
+    assert client.members(addresses) == looked_up
+    assert sandbox.stats.count("mailchimp", method="GET", template=MC_MEMBER) == before
+    assert sandbox.stats.count("mailchimp", method="GET", template="/lists/{list_id}/members") == 1
+    monkeypatch.setattr(mailchimp_module, "MEMBERS_LOOKUP_MAX", len(addresses))
+    assert client.members(addresses) == looked_up
+    after = sandbox.stats.count("mailchimp", method="GET", template=MC_MEMBER)
+    assert after == before + len(addresses)
+
+
+def test_mailchimp_refused_address_is_absent_but_errors_raise(
+    sandbox: Sandbox, transport: httpx.BaseTransport
+) -> None:
+    make_mailchimp(transport).upsert(contacts(2))
+    refused = subscriber_hash("person1@example.com")
+
+    def hit(request: httpx.Request) -> bool:
+        return request.url.path.endswith(refused)
+
+    bad = make_mailchimp(Answering(transport, hit, mailchimp_problem(400, "Invalid Resource")))
+    assert [m.email for m in bad.members(["person0@example.com", "person1@example.com"])] == [
+        "person0@example.com"
+    ]
+    denied = make_mailchimp(Answering(transport, hit, mailchimp_problem(401, "API Key Invalid")))
+    with pytest.raises(AuthenticationError):
+        denied.members(["person0@example.com", "person1@example.com"])
+    client = make_mailchimp(transport)
+    list_id = client.ensure_audience().id
+    sandbox.faults.add(
+        FaultRule(
+            kind="server_error",
+            provider="mailchimp",
+            method="GET",
+            path_prefix=f"/lists/{list_id}/members/",
+            count=100,
+        )
+    )
+    with pytest.raises(UnavailableError, match="503"):
+        client.members(["person0@example.com"])
+
+
+# --- Brevo ------------------------------------------------------------------------------
+
+
+def populate_brevo(
+    sandbox: Sandbox, transport: httpx.BaseTransport, client: BrevoClient, http: httpx.Client
+) -> list[str]:
+    """A list with contacts of every status, and contacts of the account outside it."""
+    people = [*contacts(9), Contact(crm_id="slash", email="a/b+c@example.com", first_name="S")]
+    client.upsert(people)
+    list_id = client.ensure_audience().id
+    steps = {1: "blacklist", 2: "unsubscribe", 3: "list_unsubscribe", 4: "clean", 5: "delete"}
+    for i, action in steps.items():
+        act(sandbox, "brevo", list_id, f"person{i}@example.com", action)
+    act(sandbox, "brevo", list_id, "person6@example.com", "change_email", new_email="n6@x.org")
+    act(sandbox, "brevo", list_id, "person7@example.com", "list_unsubscribe")
+    relink = http.post(  # back in the list, still list-unsubscribed: both arrays
+        f"/brevo/v3/contacts/lists/{list_id}/contacts/add",
+        json={"emails": ["person7@example.com"]},
+        headers={"api-key": SANDBOX_BREVO_KEY},
+    )
+    assert relink.status_code == 201
+    client.remove([people[8].ref()])  # unlinked by the sync
+    act(sandbox, "brevo", list_id, "outside@example.com", "blacklist")  # in no list
+    make_brevo(transport, "Other").upsert([Contact(crm_id="o", email="elsewhere@example.com")])
+    extra = ["n6@x.org", "outside@example.com", "elsewhere@example.com"]
+    return [c.email for c in people] + extra + UNKNOWN
+
+
+def test_brevo_members_are_the_snapshot_of_every_status(
+    sandbox: Sandbox, transport: httpx.BaseTransport, http: httpx.Client
+) -> None:
+    brevo_account(sandbox)
+    recording = RecordingTransport(transport)
+    client = make_brevo(recording)
+    addresses = populate_brevo(sandbox, transport, client, http)
+    snapshot = by_key(client.snapshot())
+    assert {m.status for m in snapshot.values()} == {
+        MemberStatus.SUBSCRIBED,
+        MemberStatus.UNSUBSCRIBED,
+        MemberStatus.BLACKLISTED,
+    }
+    assert "person3@example.com" not in snapshot and "outside@example.com" not in snapshot
+    recording.requests.clear()
+    found = client.members(addresses)
+    assert by_key(found) == snapshot
+    assert len(found) == len(snapshot)
+    assert "a/b+c@example.com" in by_key(found)
+    reads = [r for r in recording.requests if r.method == "GET"]
+    assert len(reads) == len(recording.requests) == len(addresses)
+    assert {r.url.params["identifierType"] for r in reads} == {"email_id"}
+    encoded = b"/brevo/v3/contacts/a%2Fb%2Bc%40example.com?"
+    assert any(r.url.raw_path.startswith(encoded) for r in reads)
+
+
+def test_brevo_many_addresses_read_the_snapshot(
+    sandbox: Sandbox,
+    transport: httpx.BaseTransport,
+    http: httpx.Client,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    brevo_account(sandbox)
+    client = make_brevo(transport)
+    addresses = populate_brevo(sandbox, transport, client, http)
+    looked_up = client.members(addresses)
+    monkeypatch.setattr(brevo_module, "MEMBERS_LOOKUP_MAX", len(addresses) - 1)
+    before = sandbox.stats.count("brevo", method="GET", template=BV_CONTACT)
+    assert client.members(addresses) == looked_up
+    assert sandbox.stats.count("brevo", method="GET", template=BV_CONTACT) == before
+    monkeypatch.setattr(brevo_module, "MEMBERS_LOOKUP_MAX", len(addresses))
+    assert client.members(addresses) == looked_up
+    after = sandbox.stats.count("brevo", method="GET", template=BV_CONTACT)
+    assert after == before + len(addresses)
+
+
+def test_brevo_lookups_are_paced_below_the_rate_limit(
+    sandbox: Sandbox, transport: httpx.BaseTransport
+) -> None:
+    brevo_account(sandbox, per_second=10)  # Brevo's limit on contact endpoints
+    once = RetryPolicy(attempts=1, timeout=5.0)  # a 429 would fail the call
+    client = make_brevo(transport, requests_per_second=8.0, retry=once)
+    client.ensure_audience()
+    assert client.members([f"person{i}@example.com" for i in range(12)]) == []
+    assert sandbox.stats.count("brevo", method="GET", template=BV_CONTACT) == 12
+
+
+def test_brevo_refused_address_is_absent_but_errors_raise(
+    sandbox: Sandbox, transport: httpx.BaseTransport
+) -> None:
+    brevo_account(sandbox)
+    make_brevo(transport).upsert(contacts(2))
+
+    def hit(request: httpx.Request) -> bool:
+        return request.url.path.endswith("/contacts/person1@example.com")
+
+    bad = make_brevo(Answering(transport, hit, brevo_error(400, "invalid_parameter")))
+    assert [m.email for m in bad.members(["person0@example.com", "person1@example.com"])] == [
+        "person0@example.com"
+    ]
+    denied = make_brevo(Answering(transport, hit, brevo_error(401, "unauthorized")))
+    with pytest.raises(AuthenticationError):
+        denied.members(["person0@example.com", "person1@example.com"])
+    client = make_brevo(transport)
+    client.ensure_audience()
+    sandbox.faults.add(
+        FaultRule(
+            kind="server_error",
+            provider="brevo",
+            method="GET",
+            path_prefix="/contacts/p",
+            count=100,
+        )
+    )
+    with pytest.raises(UnavailableError, match="503"):
+        client.members(["person0@example.com"])
