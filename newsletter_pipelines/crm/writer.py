@@ -25,12 +25,14 @@ from typing import Any
 import sqlalchemy as sa
 from more_itertools import chunked
 
+from newsletter_pipelines.bulk import gc_paused
 from newsletter_pipelines.crm.errors import CrmError
 from newsletter_pipelines.crm.schema import crm_tables
+from newsletter_pipelines.db import IN_BATCH, bulk_insert, matching
 from newsletter_pipelines.settings import CrmSchema, CrmValues
 
 NEWSLETTER_VALUES = ("yes", "no", "unspecified")  # logical values, mapped by CrmValues
-_IN_BATCH = 500  # values per IN (...) list
+_ID_TYPES: dict[Any, sa.types.TypeEngine[Any]] = {int: sa.BigInteger(), str: sa.Text()}
 _FETCH = 10_000  # rows fetched at a time when addresses are read
 _OUTSIDE_PRINTABLE_ASCII = "[^ -~]"  # a character other than space to tilde
 
@@ -47,7 +49,7 @@ def _no_nul(text: str) -> str:
 
 
 def _tags(tags: Iterable[str]) -> frozenset[str]:
-    return frozenset(_no_nul(tag) for tag in tags)
+    return frozenset(map(_no_nul, tags))
 
 
 def address_key(email: str) -> str:
@@ -226,6 +228,13 @@ def _bind(bind_id: Callable[[Any], Any], contact_id: Any) -> Any:
         return None
 
 
+def _typed(column: sa.ColumnElement[Any], run: _Run) -> sa.ColumnElement[Any]:
+    """An id column typed as `run` binds ids (int or str), so PostgreSQL can match them as one
+    array (`db.matching`); else as it is (IN lists)."""
+    id_type = _ID_TYPES.get(run.bind_id)
+    return column if id_type is None else sa.type_coerce(column, id_type)
+
+
 def _given_id(item: ContactChange | NewContact) -> str | None:
     return str(item.contact_id) if isinstance(item, ContactChange) else None
 
@@ -270,6 +279,7 @@ class CrmWriter:
         )
         self.tags = sa.table(s.tags_table, sa.column(s.tag_contact_id), sa.column(s.tag, sa.Text))
         self.activities = crm_tables(s).activities
+        self.activity_columns = tuple(c.name for c in self.activities.c)[1:]  # all but the id
 
     def apply(
         self,
@@ -294,21 +304,26 @@ class CrmWriter:
         )
         items: list[ContactChange | NewContact] = [*changes, *new_contacts]
         n_chunks = -(-len(items) // self.chunk_size)
-        for number, chunk in enumerate(chunked(items, self.chunk_size), start=1):
-            try:
-                with self.engine.begin() as conn:
-                    self._chunk(conn, chunk, run)
-            except _StatementError as failed:
-                raise self._error(failed.verb, failed.table, failed.exc, summary) from failed.exc
-            except sa.exc.SQLAlchemyError as exc:  # connecting, committing
-                raise self._error("write", self.schema.contacts_table, exc, summary) from exc
-            summary.chunks += 1
-            if self.log:
-                self.log(
-                    f"CRM write chunk {number}/{n_chunks}: {summary.applied} changes applied, "
-                    f"{summary.contacts_created} contacts created so far"
-                )
+        with gc_paused():  # rows by the hundred thousand, no cycles among them
+            for number, chunk in enumerate(chunked(items, self.chunk_size), start=1):
+                self._commit(chunk, run)
+                if self.log:
+                    self.log(
+                        f"CRM write chunk {number}/{n_chunks}: {summary.applied} changes "
+                        f"applied, {summary.contacts_created} contacts created so far"
+                    )
         return summary
+
+    def _commit(self, chunk: list[ContactChange | NewContact], run: _Run) -> None:
+        """Write one chunk in one transaction."""
+        try:
+            with self.engine.begin() as conn:
+                self._chunk(conn, chunk, run)
+        except _StatementError as failed:
+            raise self._error(failed.verb, failed.table, failed.exc, run.summary) from failed.exc
+        except sa.exc.SQLAlchemyError as exc:  # connecting, committing
+            raise self._error("write", self.schema.contacts_table, exc, run.summary) from exc
+        run.summary.chunks += 1
 
     # --- one chunk --------------------------------------------------------------------------
 
@@ -338,7 +353,7 @@ class CrmWriter:
         created, created_activities = self._create(
             conn, [i for i in fresh if isinstance(i, NewContact)], run
         )
-        self._insert(conn, self.activities, activities + created_activities)
+        self._insert(conn, self.activities, self.activity_columns, activities + created_activities)
         summary.activities += len(activities) + len(created_activities)
         outcomes = iter(changed + created)  # in chunk order: changes precede new contacts
         summary.items += [result or next(outcomes) for result in already]
@@ -348,27 +363,29 @@ class CrmWriter:
         conn: sa.Connection,
         changes: list[ContactChange],
         run: _Run,
-    ) -> tuple[list[ItemResult], list[dict[str, Any]]]:
+    ) -> tuple[list[ItemResult], list[tuple[Any, ...]]]:
         """Apply `changes` to their contacts' current state; write the net differences. Returns
         a result per change and the activity rows of those applied."""
         if not changes:
             return [], []
         s, c, t = self.schema, self.contacts.c, self.tags.c
         now, summary = run.now, run.summary
+        contact_id, tag_contact_id = _typed(c[s.id], run), _typed(t[s.tag_contact_id], run)
         bound = [_bind(run.bind_id, change.contact_id) for change in changes]
         ids = list({cid for cid in bound if cid is not None})
         states: dict[str, _State] = {}
         query = sa.select(c[s.id], c[s.newsletter])
-        for db_id, newsletter in self._rows(conn, query, c[s.id], ids, self.contacts):
+        for db_id, newsletter in self._rows(conn, query, contact_id, ids, self.contacts):
             states[str(db_id)] = _State(db_id, newsletter, frozenset(), newsletter, None, set())
         db_ids = [state.db_id for state in states.values()]
         tag_query = sa.select(t[s.tag_contact_id], t[s.tag]).where(t[s.tag].is_not(None))
         stored_tags: dict[str, set[str]] = {}
-        for cid, tag in self._rows(conn, tag_query, t[s.tag_contact_id], db_ids, self.tags):
+        for cid, tag in self._rows(conn, tag_query, tag_contact_id, db_ids, self.tags):
             stored_tags.setdefault(str(cid), set()).add(tag)
         for key, tags in stored_tags.items():
             states[key].stored_tags, states[key].tags = frozenset(tags), set(tags)
-        results, activities = [], []
+        results: list[ItemResult] = []
+        activities: list[tuple[Any, ...]] = []
         for change, cid in zip(changes, bound, strict=True):
             key = change.activity.source_key
             state = None if cid is None else states.get(str(cid))
@@ -386,12 +403,9 @@ class CrmWriter:
         by_value: dict[Any, list[Any]] = {}  # newsletter value to write -> contact ids
         stamp_only: list[Any] = []
         removed: dict[str, list[Any]] = {}  # tag -> contact ids
-        added: list[dict[str, Any]] = []
+        added: list[tuple[Any, str]] = []
         for state in states.values():
-            added += [
-                {s.tag_contact_id: state.db_id, s.tag: tag}
-                for tag in state.tags - state.stored_tags
-            ]
+            added += [(state.db_id, tag) for tag in state.tags - state.stored_tags]
             for tag in state.stored_tags - state.tags:
                 removed.setdefault(tag, []).append(state.db_id)
             if state.newsletter != state.stored_newsletter:
@@ -401,11 +415,12 @@ class CrmWriter:
                 stamp_only.append(state.db_id)
         update = sa.update(self.contacts)
         for value, ids in by_value.items():
-            self._each(conn, update.values({s.newsletter: value, s.updated_at: now}), c[s.id], ids)
-        self._each(conn, update.values({s.updated_at: now}), c[s.id], stamp_only)
+            values = {s.newsletter: value, s.updated_at: now}
+            self._each(conn, update.values(values), contact_id, ids)
+        self._each(conn, update.values({s.updated_at: now}), contact_id, stamp_only)
         for tag, ids in removed.items():
-            self._each(conn, sa.delete(self.tags).where(t[s.tag] == tag), t[s.tag_contact_id], ids)
-        self._insert(conn, self.tags, added)
+            self._each(conn, sa.delete(self.tags).where(t[s.tag] == tag), tag_contact_id, ids)
+        self._insert(conn, self.tags, (s.tag_contact_id, s.tag), added)
         n_removed = sum(map(len, removed.values()))
         summary.tags_added += len(added)
         summary.tags_removed += n_removed
@@ -416,7 +431,7 @@ class CrmWriter:
         conn: sa.Connection,
         new_contacts: list[NewContact],
         run: _Run,
-    ) -> tuple[list[ItemResult], list[dict[str, Any]]]:
+    ) -> tuple[list[ItemResult], list[tuple[Any, ...]]]:
         """Insert the contacts whose address the CRM does not hold yet, ids from max(id) + 1.
         Returns a result per new contact and the activity rows of those created."""
         if not new_contacts:
@@ -433,7 +448,10 @@ class CrmWriter:
                 f"cannot assign ids to new contacts in {s.contacts_table!r}: the largest "
                 f"{s.id!r} is not an integer ({highest!r})"
             ) from None
-        contacts, tags, activities, results = [], [], [], []
+        contacts: list[tuple[Any, ...]] = []
+        tags: list[tuple[Any, str]] = []
+        activities: list[tuple[Any, ...]] = []
+        results: list[ItemResult] = []
         for new in new_contacts:
             key = address_key(new.email)
             if key in held:
@@ -444,40 +462,38 @@ class CrmWriter:
                 continue
             held.add(key)
             contacts.append(
-                {
-                    s.id: next_id,
-                    s.salutation: new.salutation,
-                    s.first_name: new.first_name,
-                    s.last_name: new.last_name,
-                    s.email: new.email,
-                    s.newsletter: self.values.yes,
-                    s.is_private: False,
-                    s.updated_at: now,
-                    s.created_at: now,
-                }
+                (
+                    next_id,
+                    new.salutation,
+                    new.first_name,
+                    new.last_name,
+                    new.email,
+                    self.values.yes,
+                    False,
+                    now,
+                    now,
+                )
             )
-            tags += [{s.tag_contact_id: next_id, s.tag: tag} for tag in sorted(new.tags)]
+            tags += [(next_id, tag) for tag in sorted(new.tags)]
             activities.append(self._activity_row(next_id, new.activity))
             results.append(ItemResult(new.activity.source_key, str(next_id), ItemOutcome.APPLIED))
             next_id += 1
-        self._insert(conn, self.contacts, contacts)
-        self._insert(conn, self.tags, tags)
+        self._insert(conn, self.contacts, tuple(c.name for c in self.contacts.c), contacts)
+        self._insert(conn, self.tags, (s.tag_contact_id, s.tag), tags)
         summary.contacts_created += len(contacts)
         return results, activities
 
-    def _activity_row(self, contact_id: Any, activity: Activity) -> dict[str, Any]:
-        s = self.schema
-        return {
-            s.activities_contact_id: contact_id,
-            s.activities_kind: activity.kind,
-            s.activities_provider: activity.provider,
-            s.activities_audience: activity.audience,
-            s.activities_occurred_at: _utc_naive(activity.occurred_at),
-            s.activities_details: json.dumps(
-                dict(activity.details), sort_keys=True, ensure_ascii=False, default=str
-            ),
-            s.activities_source_key: activity.source_key,
-        }
+    def _activity_row(self, contact_id: Any, activity: Activity) -> tuple[Any, ...]:
+        """An activities row, values in the order of `activity_columns`."""
+        return (
+            contact_id,
+            activity.kind,
+            activity.provider,
+            activity.audience,
+            _utc_naive(activity.occurred_at),
+            json.dumps(dict(activity.details), sort_keys=True, ensure_ascii=False, default=str),
+            activity.source_key,
+        )
 
     # --- statements, each failure named by its table ---------------------------------------
 
@@ -502,7 +518,7 @@ class CrmWriter:
     def _held(self, conn: sa.Connection, keys: frozenset[str]) -> set[str]:
         """Those of `keys` that CRM addresses have (compared as `address_key`), in one query.
 
-        Up to `_IN_BATCH` printable-ASCII keys are looked up with `_sql_address_key`, exact for
+        Up to `IN_BATCH` printable-ASCII keys are looked up with `_sql_address_key`, exact for
         the printable-ASCII addresses, which alone have such keys; every other address is read
         as well (`_irregular`: few) and keyed here. Past that, every address is read: one pass
         costs less than several IN scans of an unindexed column. Rows are streamed and compared
@@ -512,7 +528,7 @@ class CrmWriter:
         email = self.contacts.c[s.email]
         plain = sorted(key for key in keys if _printable_ascii(key))
         query = sa.select(email).where(email.is_not(None))
-        if len(plain) <= _IN_BATCH:
+        if len(plain) <= IN_BATCH:
             dialect = conn.dialect.name
             query = query.where(
                 sa.or_(_sql_address_key(email, dialect).in_(plain), _irregular(email, dialect))
@@ -538,9 +554,9 @@ class CrmWriter:
         table: Any,
     ) -> list[sa.Row[Any]]:
         rows: list[sa.Row[Any]] = []
-        for batch in chunked(values, _IN_BATCH):
+        for condition in matching(column, values, conn.dialect):
             try:
-                rows += conn.execute(query.where(column.in_(batch))).all()
+                rows += conn.execute(query.where(condition)).all()
             except sa.exc.SQLAlchemyError as exc:
                 raise _StatementError("read", table.name, exc) from exc
         return rows
@@ -555,21 +571,24 @@ class CrmWriter:
         self, conn: sa.Connection, statement: Any, column: sa.ColumnElement[Any], ids: list[Any]
     ) -> None:
         """An UPDATE or DELETE restricted to `column IN ids`, in batches."""
-        for batch in chunked(ids, _IN_BATCH):
-            self._write(conn, statement.where(column.in_(batch)), statement.table.name)
+        for condition in matching(column, ids, conn.dialect):
+            try:
+                conn.execute(statement.where(condition))
+            except sa.exc.SQLAlchemyError as exc:
+                raise _StatementError("write", statement.table.name, exc) from exc
 
-    def _insert(self, conn: sa.Connection, table: Any, rows: list[dict[str, Any]]) -> None:
-        """One executemany INSERT (psycopg pipelines it; faster than multi-row VALUES here)."""
-        if rows:
-            self._write(conn, sa.insert(table), table.name, rows)
-
-    def _write(
-        self, conn: sa.Connection, statement: Any, table: str, rows: list[Any] | None = None
+    def _insert(
+        self,
+        conn: sa.Connection,
+        table: Any,
+        columns: Sequence[str],
+        rows: list[tuple[Any, ...]],
     ) -> None:
+        """The rows (values of `columns`) in bulk (`db.bulk_insert`: COPY on psycopg)."""
         try:
-            conn.execute(statement, rows)
+            bulk_insert(conn, table, columns, rows)
         except sa.exc.SQLAlchemyError as exc:
-            raise _StatementError("write", table, exc) from exc
+            raise _StatementError("write", table.name, exc) from exc
 
     def _error(
         self, verb: str, table: str, exc: Exception, summary: WriteSummary | None

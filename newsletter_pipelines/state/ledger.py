@@ -17,9 +17,9 @@ from datetime import UTC, datetime
 
 import pandas as pd
 import sqlalchemy as sa
-from more_itertools import chunked
 
 from newsletter_pipelines.bulk import gc_paused
+from newsletter_pipelines.db import bulk_insert, matching
 from newsletter_pipelines.sync.identity import Intent, LedgerRow, RowState
 
 metadata = sa.MetaData()
@@ -183,54 +183,97 @@ def record(
         for r in rows
         if r.moved_from is not None
     ]
-    with engine.begin() as conn:
+    with gc_paused(), engine.begin() as conn:
         if moved:
             conn.execute(_DELETE_MOVED, moved)
-        for chunk in chunked(replaced, 500):
-            conn.execute(
-                ledger.delete().where(ledger.c.audience == audience, ledger.c.member_key.in_(chunk))
-            )
-        if rows:
-            conn.execute(
-                ledger.insert(),
-                [
-                    {
-                        "audience": audience,
-                        "member_key": r.member_key,
-                        "email": r.email,
-                        "owner": r.owner,
-                        "provider_id": r.provider_id,
-                        "tags": json.dumps(sorted(r.tags), ensure_ascii=False),
-                        "state": r.state.value,
-                        "refusal_code": r.refusal_code,
-                        "refusal_key": r.refusal_key,
-                        "intent": r.intent.value if r.intent else None,
-                        "intent_key": r.intent_key,
-                        "last_synced_at": now,
-                        "stable_id": r.stable_id,
-                    }
-                    for r in rows
-                ],
-            )
-        if logged:
-            conn.execute(
-                outcomes.insert(),
-                [
-                    {
-                        "run_id": run_id,
-                        "audience": audience,
-                        "crm_id": o.crm_id,
-                        "email": o.email,
-                        "action": o.action,
-                        "outcome": o.outcome,
-                        "provider_id": o.provider_id,
-                        "code": o.code,
-                        "message": (o.message or "")[:2000] or None,
-                        "recorded_at": now,
-                    }
-                    for o in logged
-                ],
-            )
+        for condition in matching(ledger.c.member_key, replaced, conn.dialect):
+            conn.execute(ledger.delete().where(ledger.c.audience == audience, condition))
+        bulk_insert(conn, ledger, _LEDGER_INSERTED, _ledger_values(audience, rows, now))
+        bulk_insert(
+            conn, outcomes, _OUTCOME_INSERTED, _outcome_values(audience, run_id, logged, now)
+        )
+
+
+_LEDGER_INSERTED = (  # in the order of `_ledger_values`
+    "audience",
+    "member_key",
+    "email",
+    "owner",
+    "provider_id",
+    "tags",
+    "state",
+    "refusal_code",
+    "refusal_key",
+    "intent",
+    "intent_key",
+    "last_synced_at",
+    "stable_id",
+)
+_OUTCOME_INSERTED = (  # in the order of `_outcome_values`
+    "run_id",
+    "audience",
+    "crm_id",
+    "email",
+    "action",
+    "outcome",
+    "provider_id",
+    "code",
+    "message",
+    "recorded_at",
+)
+
+
+def _ledger_values(
+    audience: str, rows: Sequence[LedgerRow], now: datetime
+) -> list[tuple[str | datetime | None, ...]]:
+    """Ledger rows as values of `_LEDGER_INSERTED`; each set of tags made JSON once."""
+    tag_texts: dict[frozenset[str], str] = {}
+
+    def tags(found: frozenset[str]) -> str:
+        text = tag_texts.get(found)
+        if text is None:
+            text = tag_texts[found] = json.dumps(sorted(found), ensure_ascii=False)
+        return text
+
+    return [
+        (
+            audience,
+            r.member_key,
+            r.email,
+            r.owner,
+            r.provider_id,
+            tags(r.tags),
+            r.state.value,
+            r.refusal_code,
+            r.refusal_key,
+            r.intent.value if r.intent else None,
+            r.intent_key,
+            now,
+            r.stable_id,
+        )
+        for r in rows
+    ]
+
+
+def _outcome_values(
+    audience: str, run_id: str, logged: Sequence[OutcomeRecord], now: datetime
+) -> list[tuple[str | datetime | None, ...]]:
+    """Outcome records as values of `_OUTCOME_INSERTED`."""
+    return [
+        (
+            run_id,
+            audience,
+            o.crm_id,
+            o.email,
+            o.action,
+            o.outcome,
+            o.provider_id,
+            o.code,
+            (o.message or "")[:2000] or None,
+            now,
+        )
+        for o in logged
+    ]
 
 
 _DELETE_MOVED = ledger.delete().where(
