@@ -3,6 +3,8 @@ plan says what the CRM learns (both providers)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pandas as pd
 import pytest
 
@@ -67,6 +69,9 @@ def test_a_hard_bounce_is_an_activity_and_leaves_the_newsletter_value(world: Wor
     world.act("person4@example.de", "clean")
     diff, _ = world.sync()
     assert by_contact(plan(world, diff)) == {"4": [("hard_bounce", None)]}
+    world.set(4, first_name="Bea")  # still yes, last changed before the bounce
+    again, _ = world.sync()  # the member did not change since: no new bounce
+    assert len(plan(world, again)) == 0
 
 
 def test_a_member_removed_at_the_provider_becomes_unspecified(world: World) -> None:
@@ -246,3 +251,25 @@ def test_the_crm_view_finds_contacts_by_id_whatever_the_id_column_holds(world: W
     by_int = CrmView.for_diff(diff, result.eligible, result.excluded)
     assert by_int.newsletter == {"3": "yes"}
     assert CrmView.for_diff(diff, *text) == by_int
+
+
+def test_an_opt_out_after_a_re_subscribe_between_two_syncs_reaches_the_crm(world: World) -> None:
+    """The CRM said yes again after an opt-out it took in; the person re-subscribes and opts out
+    again before the next sync: the provider looks as the ledger knew it, yet the opt-out is new
+    and newer than the CRM's yes."""
+    clock = iter(range(1_900_000_000, 2_000_000_000, 10))
+    world.sandbox.now = lambda: float(next(clock))  # type: ignore[method-assign]
+    world.sync()
+    world.act("person3@example.de", "unsubscribe")
+    world.sync(import_back=True)
+    assert world.crm[2]["newsletter"] == "no"
+    world.crm[2].update(newsletter="yes", updated_at=stamp_of(next(clock)))
+    world.act("person3@example.de", "resubscribe")
+    world.act("person3@example.de", "unsubscribe")
+    world.sync(import_back=True)
+    assert world.crm[2]["newsletter"] == "no"
+    assert by_contact(world.imported[-1]) == {"3": [("newsletter_unsubscribed", "no")]}
+
+
+def stamp_of(epoch: int) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S")

@@ -1,5 +1,6 @@
-"""The ledger table on SQLite and PostgreSQL: a ledger of the layout before `stable_id` gets the
-column, and a row moved by an address change at the provider replaces its old row."""
+"""The ledger table on SQLite and PostgreSQL: a ledger of the layout before `stable_id` and
+`provider_changed_at` gets the columns, and a row moved by an address change at the provider
+replaces its old row."""
 
 from __future__ import annotations
 
@@ -9,7 +10,13 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from newsletter_pipelines.state.ledger import create_tables, ledger, load_ledger, record
+from newsletter_pipelines.state.ledger import (
+    ADDED_COLUMNS,
+    create_tables,
+    ledger,
+    load_ledger,
+    record,
+)
 from newsletter_pipelines.sync.identity import LedgerRow, RowState
 
 
@@ -33,8 +40,11 @@ def row(key: str, stable_id: str | None = None, **extra: object) -> LedgerRow:
     )
 
 
-def test_a_ledger_without_stable_ids_gets_the_column_and_keeps_its_rows(engine: sa.Engine) -> None:
-    columns = [c for c in ledger.columns if c.name != "stable_id"]
+@pytest.mark.parametrize("added", [ADDED_COLUMNS, ADDED_COLUMNS[1:]])
+def test_a_ledger_of_an_older_layout_gets_the_columns_and_keeps_its_rows(
+    engine: sa.Engine, added: tuple[str, ...]
+) -> None:
+    columns = [c for c in ledger.columns if c.name not in added]
     old = sa.Table(
         "sync_ledger",
         sa.MetaData(),
@@ -61,10 +71,11 @@ def test_a_ledger_without_stable_ids_gets_the_column_and_keeps_its_rows(engine: 
             },
         )
     create_tables(engine)
-    create_tables(engine)  # once there, the column is not added again
+    create_tables(engine)  # once there, the columns are not added again
     assert load_ledger(engine, "a") == [stored]
-    record(engine, "a", "run", [row("x@example.de", "c1")])
-    assert [r.stable_id for r in load_ledger(engine, "a")] == ["c1"]
+    seen = row("x@example.de", "c1", provider_changed_at="2026-12-03T10:00:00+00:00")
+    record(engine, "a", "run", [seen])
+    assert load_ledger(engine, "a") == [seen]
 
 
 def test_a_moved_row_replaces_the_row_of_the_same_member_at_its_old_address(

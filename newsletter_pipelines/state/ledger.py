@@ -11,7 +11,7 @@ exact for everything confirmed, and its intents say which writes may have happen
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -39,13 +39,16 @@ ledger = sa.Table(
     sa.Column("intent", sa.String(32)),
     sa.Column("intent_key", sa.Text),
     sa.Column("last_synced_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("stable_id", sa.Text),  # last: where ALTER TABLE puts it in an older ledger
+    # the last columns: where ALTER TABLE puts them in an older ledger (`ADDED_COLUMNS`)
+    sa.Column("stable_id", sa.Text),
+    sa.Column("provider_changed_at", sa.Text),  # ISO 8601, as `LedgerRow` holds it
     # SQLite: rows stored in key order, so an audience's ledger is read in one sequential scan
     sqlite_with_rowid=False,
 )
 LEDGER_COLUMNS = tuple(
     c.name for c in ledger.columns if c.name not in ("audience", "last_synced_at")
 )
+ADDED_COLUMNS = ("stable_id", "provider_changed_at")  # nullable text, added after release
 
 outcomes = sa.Table(
     "sync_outcomes",
@@ -78,8 +81,8 @@ class OutcomeRecord:
 
 
 def create_tables(engine: sa.Engine) -> None:
-    """Create the ledger and outcome tables if missing; add `stable_id` to a ledger created
-    before it; refuse a ledger of an older layout."""
+    """Create the ledger and outcome tables if missing; add the `ADDED_COLUMNS` a ledger
+    created before them lacks; refuse a ledger of an older layout."""
     metadata.create_all(engine)
     columns = _ledger_columns(engine)
     if "member_key" not in columns:
@@ -88,22 +91,23 @@ def create_tables(engine: sa.Engine) -> None:
             "contact); drop the table sync_ledger, or point NEWSLETTER_STATE_DATABASE_URL at a "
             "new database: the next full sync rebuilds it from the provider"
         )
-    if "stable_id" not in columns:
-        _add_stable_id(engine)
+    for name in ADDED_COLUMNS:
+        if name not in columns:
+            _add_column(engine, name)
 
 
 def _ledger_columns(engine: sa.Engine) -> set[str]:
     return {c["name"] for c in sa.inspect(engine).get_columns("sync_ledger")}
 
 
-def _add_stable_id(engine: sa.Engine) -> None:
-    """Add the nullable `stable_id` column (its rows learn their stable ids from the next
-    sync); another process adding it at the same time is fine."""
+def _add_column(engine: sa.Engine, name: str) -> None:
+    """Add the nullable text column `name` of `ADDED_COLUMNS` (the rows learn their values
+    from the next sync); another process adding it at the same time is fine."""
     try:
         with engine.begin() as conn:
-            conn.execute(sa.text("ALTER TABLE sync_ledger ADD COLUMN stable_id TEXT"))
+            conn.execute(sa.text(f"ALTER TABLE sync_ledger ADD COLUMN {name} TEXT"))
     except sa.exc.DBAPIError:
-        if "stable_id" not in _ledger_columns(engine):
+        if name not in _ledger_columns(engine):
             raise
 
 
@@ -117,6 +121,22 @@ def load_ledger_frame(engine: sa.Engine, audience: str) -> pd.DataFrame:
         # every column is text: the driver's rows need no result processing (much faster)
         rows = conn.execute(query).cursor.fetchall()
         return pd.DataFrame(rows, columns=list(LEDGER_COLUMNS))
+
+
+def load_ledger_frame_at(
+    engine: sa.Engine, audience: str, keys: Collection[str], owners: Collection[str]
+) -> pd.DataFrame:
+    """The audience's ledger rows at these member keys or owned by these CRM ids, as
+    `load_ledger_frame` reads them (for a run about a few addresses, `sync.scope`)."""
+    create_tables(engine)
+    columns = [ledger.c[name] for name in LEDGER_COLUMNS]
+    rows: dict[str, tuple[object, ...]] = {}
+    with engine.connect() as conn:
+        for column, values in ((ledger.c.member_key, keys), (ledger.c.owner, owners)):
+            for condition in matching(column, sorted(values), conn.dialect):
+                query = sa.select(*columns).where(ledger.c.audience == audience, condition)
+                rows.update((row[0], tuple(row)) for row in conn.execute(query))
+    return pd.DataFrame([rows[k] for k in sorted(rows)], columns=list(LEDGER_COLUMNS))
 
 
 def ledger_rows(frame: pd.DataFrame) -> list[LedgerRow]:
@@ -142,6 +162,7 @@ def ledger_rows(frame: pd.DataFrame) -> list[LedgerRow]:
             intent=Intent(intent) if intent else None,
             intent_key=intent_key,
             stable_id=stable_id,
+            provider_changed_at=provider_changed_at,
         )
         for (
             key,
@@ -155,6 +176,7 @@ def ledger_rows(frame: pd.DataFrame) -> list[LedgerRow]:
             intent,
             intent_key,
             stable_id,
+            provider_changed_at,
         ) in frame[list(LEDGER_COLUMNS)].itertuples(index=False, name=None)
     ]
 
@@ -208,6 +230,7 @@ _LEDGER_INSERTED = (  # in the order of `_ledger_values`
     "intent_key",
     "last_synced_at",
     "stable_id",
+    "provider_changed_at",
 )
 _OUTCOME_INSERTED = (  # in the order of `_outcome_values`
     "run_id",
@@ -250,6 +273,7 @@ def _ledger_values(
             r.intent_key,
             now,
             r.stable_id,
+            r.provider_changed_at,
         )
         for r in rows
     ]

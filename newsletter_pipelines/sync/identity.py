@@ -84,6 +84,9 @@ class LedgerRow:
     intent: Intent | None = None
     intent_key: str | None = None  # the new address key of an email change in flight
     stable_id: str | None = None  # the provider's id of the member across address changes
+    # the provider's time of the member's last change (ISO 8601) when the sync last saw it
+    # opted out: a later change of an opted-out member may be a new opt-out
+    provider_changed_at: str | None = None
     # the key this row was stored under before its member's address changed (at the provider,
     # or by a write a killed run left in flight): not part of the row (neither stored nor
     # compared); storing the row deletes the row at that key if it is the same member's

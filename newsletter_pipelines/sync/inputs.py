@@ -26,12 +26,12 @@ from newsletter_pipelines.values import as_datetime
 
 def desired_contacts(eligible: pd.DataFrame) -> Iterator[Desired]:
     """One `Desired` per eligible subscriber (columns of `eligible_subscribers`)."""
-    columns = ("contact_id", "email", "salutation", "first_name", "last_name", "tags")
-    for crm_id, email, salutation, first, last, tags in eligible[list(columns)].itertuples(
-        index=False, name=None
-    ):
+    columns = ("contact_id", "email", "salutation", "first_name", "last_name", "tags", "updated_at")
+    for crm_id, email, salutation, first, last, tags, updated_at in eligible[
+        list(columns)
+    ].itertuples(index=False, name=None):
         key = email.lower()  # the validator's ASCII output: lower-casing is its match key
-        yield Desired(str(crm_id), email, key, salutation, first, last, frozenset(tags))
+        yield Desired(str(crm_id), email, key, salutation, first, last, frozenset(tags), updated_at)
 
 
 def crm_exclusions(excluded: pd.DataFrame) -> Exclusions:

@@ -45,6 +45,7 @@ from newsletter_pipelines.sync.identity import (
     write_key,
 )
 from newsletter_pipelines.sync.tags import TagStyle
+from newsletter_pipelines.values import as_datetime
 
 
 class SyncAction(StrEnum):
@@ -109,6 +110,7 @@ class Desired:
     first_name: str
     last_name: str
     tags: frozenset[str]
+    updated_at: datetime | None = None  # the CRM's time of the contact's last change
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,11 @@ def provider_is_newer(provider_time: datetime | None, crm_time: datetime | None)
     if provider_time is None or crm_time is None or pd.isna(provider_time) or pd.isna(crm_time):
         return False
     return _utc(provider_time) > _utc(crm_time)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    """A provider time as the ledger keeps it."""
+    return None if moment is None else _utc(moment).isoformat()
 
 
 def _utc(moment: datetime) -> pd.Timestamp:
@@ -370,23 +377,35 @@ class _Rules:
         )
 
     def observed(self, row: LedgerRow | None, member: Actual, owner: str | None) -> LedgerRow:
-        """The row after seeing `member` opted out at the provider."""
+        """The row after seeing `member` opted out at the provider, with the time of the
+        member's last change there."""
+        seen = {"stable_id": member.stable_id, "provider_changed_at": _iso(member.changed_at)}
         if row is None:
-            return _first_seen(member, owner, RowState.OPTED_OUT)
+            return _first_seen(member, owner, RowState.OPTED_OUT).moved(**seen)
         if row.state is RowState.UNSUBSCRIBED:  # our own unsubscribe: not the person's
-            return row.moved(stable_id=member.stable_id)
+            return row.moved(**seen)
         keep_owner = row.state is RowState.OPTED_OUT and row.owner is not None
-        return row.moved(
-            state=RowState.OPTED_OUT,
-            owner=row.owner if keep_owner else owner,
-            stable_id=member.stable_id,
-        )
+        return row.moved(state=RowState.OPTED_OUT, owner=row.owner if keep_owner else owner, **seen)
 
     @staticmethod
-    def opt_out_change(row: LedgerRow | None) -> ProviderChange | None:
+    def opt_out_change(
+        row: LedgerRow | None, member: Actual | None = None, wanted: Desired | None = None
+    ) -> ProviderChange | None:
         """`OPTED_OUT` when a snapshot showing the member opted out tells the ledger something
-        new (not the sync's own unsubscribe, not an opt-out it already knew)."""
-        return None if row is not None and row.state in BLOCKING else ProviderChange.OPTED_OUT
+        new: not the sync's own unsubscribe, not an opt-out it already knew, unless the member
+        changed since the sync last saw it opted out and after the CRM's last change of the
+        contact that `wanted` it subscribed. Then the person opted out again after the CRM's
+        yes (say, re-subscribed and unsubscribed between two syncs), which the status alone
+        cannot tell."""
+        if row is None or row.state not in BLOCKING:
+            return ProviderChange.OPTED_OUT
+        if member is None or wanted is None or row.provider_changed_at is None:
+            return None
+        since = as_datetime(row.provider_changed_at)
+        again = provider_is_newer(member.changed_at, since) and provider_is_newer(
+            member.changed_at, wanted.updated_at
+        )
+        return ProviderChange.OPTED_OUT if again else None
 
     def refused_before(self, row: LedgerRow | None, write: str) -> bool:
         return row is not None and row.refusal_key == write
@@ -419,7 +438,7 @@ class _Rules:
                 member=member,
                 before=row,
                 after=self.observed(row, member, contact.crm_id),
-                change=self.opt_out_change(row),
+                change=self.opt_out_change(row, member, contact),
             )
         elif member.status == ARCHIVED:
             self._archived(contact, member, row)
@@ -556,7 +575,7 @@ class _Rules:
                 contact=contact,
                 before=own,
                 after=self.observed(own, old, contact.crm_id),
-                change=self.opt_out_change(own),
+                change=self.opt_out_change(own, old, contact),
             )
         elif own.state in SEEN_ACTIVE or own.state is RowState.GONE:
             self._gone(contact, own, key)
