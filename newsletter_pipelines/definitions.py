@@ -4,8 +4,9 @@ import dagster as dg
 
 from newsletter_pipelines.defs.crm.assets import crm_contacts, eligible_subscribers
 from newsletter_pipelines.defs.import_back.assets import crm_import_back
-from newsletter_pipelines.defs.import_back.jobs import import_back_job
+from newsletter_pipelines.defs.import_back.jobs import import_back_job, provider_events_job
 from newsletter_pipelines.defs.import_back.schedules import import_back_schedule
+from newsletter_pipelines.defs.import_back.sensors import provider_events_sensor
 from newsletter_pipelines.defs.providers.assets import (
     audience_sync,
     provider_audience_snapshot,
@@ -23,7 +24,8 @@ defs = dg.Definitions(
         audience_sync,
         crm_import_back,
     ],
-    jobs=[full_sync_job, import_back_job],
+    jobs=[full_sync_job, import_back_job, provider_events_job],
     schedules=[import_back_schedule],
+    sensors=[provider_events_sensor],
     resources=build_resources(),
 )

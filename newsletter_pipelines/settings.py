@@ -211,6 +211,12 @@ class Settings(BaseSettings):
         "Brevo: bearer token), at least 16 characters. Required as soon as an audience's "
         "provider has an API key; unset in the embedded demo: DEMO_WEBHOOK_SECRET.",
     )
+    webhook_public_url: str | None = Field(
+        default=None,
+        description="Public base URL of the webhook receiver (e.g. https://hooks.example.com). "
+        "When set, every sync registers the audience's webhook there (once; again if it was "
+        "deleted or changed). Unset: only the nightly import-back brings changes back.",
+    )
     webhook_signing_secret: SecretStr | None = Field(
         default=None,
         description="Mailchimp webhook signing secret: when set, every Mailchimp delivery must "
@@ -269,6 +275,13 @@ class Settings(BaseSettings):
         """True when `provider` has no API key, so the embedded sandbox stands in for it."""
         key = self.mailchimp_api_key if provider == "mailchimp" else self.brevo_api_key
         return key is None or not key.get_secret_value()
+
+    def webhook_url(self, audience: AudienceConfig) -> str | None:
+        """Where the audience's provider delivers its webhooks (None without a public URL)."""
+        if not self.webhook_public_url:
+            return None
+        base = self.webhook_public_url.rstrip("/")
+        return f"{base}/webhooks/{audience.provider}/{audience.key}"
 
     def resolved_webhook_secret(self) -> str:
         """NEWSLETTER_WEBHOOK_SECRET; the documented DEMO_WEBHOOK_SECRET only while every

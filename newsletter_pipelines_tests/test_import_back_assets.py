@@ -100,7 +100,7 @@ def test_dry_run_and_report_only_write_nothing(
         act(settings, "mailchimp", email, "unsubscribe")
         if mode == "report_only":
             monkeypatch.setattr(
-                "newsletter_pipelines.defs.import_back.assets._SETTINGS",
+                "newsletter_pipelines.defs.import_back.writing._SETTINGS",
                 Settings(crm_write_back=False),
             )
             result = run_import_back(instance, "mailchimp")

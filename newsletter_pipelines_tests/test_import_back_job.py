@@ -444,8 +444,8 @@ def test_a_mass_archive_is_held_until_a_run_allows_it(
     monkeypatch.setenv("NEWSLETTER_REMOVAL_MIN_COUNT", str(VANISHED - 2))
     monkeypatch.setenv("NEWSLETTER_REMOVAL_MAX_SHARE", "0.001")
     limited = Settings()
-    for assets in ("import_back", "providers"):
-        monkeypatch.setattr(f"newsletter_pipelines.defs.{assets}.assets._SETTINGS", limited)
+    for module in ("import_back.assets", "import_back.writing", "providers.assets"):
+        monkeypatch.setattr(f"newsletter_pipelines.defs.{module}._SETTINGS", limited)
     found = synced.copy_to(settings.home)
     archived = found.alone[:VANISHED]
     assert VANISHED / found.eligible > limited.removal_max_share

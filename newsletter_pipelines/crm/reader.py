@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
+
 import pandas as pd
 import sqlalchemy as sa
+from more_itertools import chunked
 
+from newsletter_pipelines.crm.addresses import irregular, printable_ascii, sql_address_key
 from newsletter_pipelines.crm.errors import CrmError
 from newsletter_pipelines.crm.schema import CONTACT_FIELDS
 from newsletter_pipelines.settings import CrmSchema
+from newsletter_pipelines.sync.email_address import clean_raw_email, match_key
 
 # the frame's column names: the default schema's field names, with the id as `contact_id`
 CONTACT_COLUMNS = ("contact_id", *CONTACT_FIELDS[1:])
@@ -50,6 +55,64 @@ def read_contacts(engine: sa.Engine, schema: CrmSchema) -> pd.DataFrame:
     tags_by_id: dict[object, list[str]] = {}
     for cid, value in tag_rows:
         tags_by_id.setdefault(cid, []).append(str(value))
+    frame["tags"] = [tuple(tags_by_id.get(cid, ())) for cid in frame["contact_id"]]
+    return frame
+
+
+def read_contacts_at(
+    engine: sa.Engine, schema: CrmSchema, keys: Collection[str], ids: Collection[str]
+) -> pd.DataFrame:
+    """The contacts (as `read_contacts`) whose address has one of these match keys or whose id
+    is one of these (as text): for a run about a few addresses (`sync.scope`).
+
+    Printable-ASCII addresses are compared in SQL; addresses with any other character are read
+    and keyed here, as eligibility keys them."""
+    contacts = sa.table(schema.contacts_table, *(sa.column(c) for c in _mapped_names(schema)))
+    email, contact_id = contacts.c[schema.email], contacts.c[schema.id]
+    dialect = engine.dialect.name
+    plain = sorted(k for k in keys if printable_ascii(k))
+    wanted_ids = _typed_ids(engine, schema, ids)
+    conditions = [irregular(email, dialect)]
+    conditions += [sql_address_key(email, dialect).in_(batch) for batch in chunked(plain, 500)]
+    conditions += [contact_id.in_(batch) for batch in chunked(wanted_ids, 500)]
+    query = sa.select(*contacts.c).where(sa.or_(*conditions)).order_by(contact_id)
+    try:
+        with engine.connect() as conn:
+            rows = [tuple(row) for row in conn.execute(query)]
+    except sa.exc.SQLAlchemyError as exc:
+        raise _read_error(schema, exc) from exc
+    key_set, id_set = set(keys), {str(i) for i in ids}
+    found = [r for r in rows if str(r[0]) in id_set or _match_key(r[4]) in key_set]
+    frame = pd.DataFrame.from_records(found, columns=list(CONTACT_COLUMNS))
+    return _with_tags(engine, schema, frame, [r[0] for r in found])
+
+
+def _match_key(raw: object) -> str | None:
+    email = clean_raw_email(raw)
+    return match_key(email) if email else None
+
+
+def _typed_ids(engine: sa.Engine, schema: CrmSchema, ids: Collection[str]) -> list[object]:
+    """`ids` as the id column compares them: integers for an integer column (ids that are not
+    integers cannot be there), else text."""
+    columns = {c["name"]: c["type"] for c in sa.inspect(engine).get_columns(schema.contacts_table)}
+    if isinstance(columns.get(schema.id), sa.Integer):
+        return sorted(int(i) for i in ids if str(i).lstrip("-").isdigit())
+    return sorted(str(i) for i in ids)
+
+
+def _with_tags(
+    engine: sa.Engine, schema: CrmSchema, frame: pd.DataFrame, ids: Sequence[object]
+) -> pd.DataFrame:
+    """`frame` with the `tags` column of these contacts."""
+    tags = sa.table(schema.tags_table, sa.column(schema.tag_contact_id), sa.column(schema.tag))
+    tag_cid, tag = tags.c[schema.tag_contact_id], tags.c[schema.tag]
+    tags_by_id: dict[object, list[str]] = {}
+    with engine.connect() as conn:
+        for batch in chunked(ids, 500):
+            query = sa.select(tag_cid, tag).where(tag.is_not(None), tag_cid.in_(batch))
+            for cid, value in conn.execute(query.order_by(tag_cid, tag)):
+                tags_by_id.setdefault(cid, []).append(str(value))
     frame["tags"] = [tuple(tags_by_id.get(cid, ())) for cid in frame["contact_id"]]
     return frame
 

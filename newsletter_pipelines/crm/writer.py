@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import numbers
-import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +25,12 @@ import sqlalchemy as sa
 from more_itertools import chunked
 
 from newsletter_pipelines.bulk import gc_paused
+from newsletter_pipelines.crm.addresses import (
+    address_key,
+    irregular,
+    printable_ascii,
+    sql_address_key,
+)
 from newsletter_pipelines.crm.errors import CrmError
 from newsletter_pipelines.crm.schema import crm_tables
 from newsletter_pipelines.db import IN_BATCH, bulk_insert, matching
@@ -34,7 +39,6 @@ from newsletter_pipelines.settings import CrmSchema, CrmValues
 NEWSLETTER_VALUES = ("yes", "no", "unspecified")  # logical values, mapped by CrmValues
 _ID_TYPES: dict[Any, sa.types.TypeEngine[Any]] = {int: sa.BigInteger(), str: sa.Text()}
 _FETCH = 10_000  # rows fetched at a time when addresses are read
-_OUTSIDE_PRINTABLE_ASCII = "[^ -~]"  # a character other than space to tilde
 
 
 def _utc_naive(value: datetime | None) -> datetime | None:
@@ -50,32 +54,6 @@ def _no_nul(text: str) -> str:
 
 def _tags(tags: Iterable[str]) -> frozenset[str]:
     return frozenset(map(_no_nul, tags))
-
-
-def address_key(email: str) -> str:
-    """Addresses that differ only in case, surrounding spaces or Unicode form are the same."""
-    return unicodedata.normalize("NFC", email.strip()).lower()
-
-
-def _printable_ascii(text: str) -> bool:
-    return text.isascii() and text.isprintable()
-
-
-def _sql_address_key(email: sa.ColumnElement[Any], dialect: str) -> sa.ColumnElement[str]:
-    """`address_key` in SQL, exact for printable-ASCII addresses only: trim() strips the only
-    whitespace among them (the space), NFC leaves them alone and lower() folds A-Z (under
-    PostgreSQL's "C" collation whatever the database's locale; SQLite's folds ASCII only)."""
-    trimmed: sa.ColumnElement[Any] = sa.func.trim(email)
-    if dialect == "postgresql":
-        trimmed = sa.collate(trimmed, "C")
-    return sa.func.lower(trimmed)
-
-
-def _irregular(email: sa.ColumnElement[Any], dialect: str) -> sa.ColumnElement[bool]:
-    """Addresses with a character outside printable ASCII, which SQL cannot key."""
-    if dialect == "sqlite":  # native GLOB; SQLite's REGEXP would call back into Python per row
-        return email.op("GLOB", is_comparison=True)(f"*{_OUTSIDE_PRINTABLE_ASCII}*")
-    return email.regexp_match(_OUTSIDE_PRINTABLE_ASCII)
 
 
 @dataclass(frozen=True)
@@ -518,20 +496,20 @@ class CrmWriter:
     def _held(self, conn: sa.Connection, keys: frozenset[str]) -> set[str]:
         """Those of `keys` that CRM addresses have (compared as `address_key`), in one query.
 
-        Up to `IN_BATCH` printable-ASCII keys are looked up with `_sql_address_key`, exact for
+        Up to `IN_BATCH` printable-ASCII keys are looked up with `sql_address_key`, exact for
         the printable-ASCII addresses, which alone have such keys; every other address is read
-        as well (`_irregular`: few) and keyed here. Past that, every address is read: one pass
+        as well (`irregular`: few) and keyed here. Past that, every address is read: one pass
         costs less than several IN scans of an unindexed column. Rows are streamed and compared
         here, so memory grows with `keys` only.
         """
         s = self.schema
         email = self.contacts.c[s.email]
-        plain = sorted(key for key in keys if _printable_ascii(key))
+        plain = sorted(key for key in keys if printable_ascii(key))
         query = sa.select(email).where(email.is_not(None))
         if len(plain) <= IN_BATCH:
             dialect = conn.dialect.name
             query = query.where(
-                sa.or_(_sql_address_key(email, dialect).in_(plain), _irregular(email, dialect))
+                sa.or_(sql_address_key(email, dialect).in_(plain), irregular(email, dialect))
             )
         try:
             rows = conn.execute(query.execution_options(yield_per=_FETCH)).scalars()

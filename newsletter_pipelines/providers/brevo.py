@@ -99,10 +99,10 @@ rate, 8 a second by default: about a minute for 500); above, the list snapshot (
 page) is cheaper and is filtered instead."""
 REASONS_LOG_EVERY = 200
 """Contacts between two progress lines while reading why they are blacklisted."""
+# not contactUpdated: Brevo fires it for the sync's own API writes too (an echo per push)
 _WEBHOOK_EVENTS = [
     "unsubscribed",
     "listAddition",
-    "contactUpdated",
     "contactDeleted",
     "hardBounce",
     "spam",
@@ -654,8 +654,8 @@ class BrevoClient:
     # --- webhook ------------------------------------------------------------------------
 
     def register_webhook(self, url: str, secret: str) -> str:
-        """Marketing webhook (unsubscribes, list additions, updates, deletions, bounces) that
-        authenticates with a bearer token; registered once per URL."""
+        """Marketing webhook (unsubscribes, list additions, deletions, hard bounces, spam
+        complaints) that authenticates with a bearer token; registered once per URL."""
         existing = Webhooks.model_validate(
             self._api.call("GET", "/webhooks", params={"type": "marketing"})
         )

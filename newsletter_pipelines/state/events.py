@@ -116,6 +116,17 @@ def unprocessed_events(
         return [_stored(row) for row in conn.execute(query).mappings()]
 
 
+def pending_by_audience(engine: sa.Engine) -> dict[str, int]:
+    """The highest id of each audience's unprocessed events (one indexed query)."""
+    query = (
+        sa.select(provider_events.c.audience, sa.func.max(provider_events.c.id))
+        .where(provider_events.c.processed_at.is_(None))
+        .group_by(provider_events.c.audience)
+    )
+    with engine.connect() as conn:
+        return {audience: int(last) for audience, last in conn.execute(query)}
+
+
 def mark_processed(engine: sa.Engine, ids: Sequence[int], *, now: datetime | None = None) -> int:
     """Set `processed_at` on the given events not processed yet; returns how many changed."""
     if not ids:

@@ -69,3 +69,11 @@ def provable(diff: pd.DataFrame, unseen: frozenset[str], deleted: frozenset[str]
     kept = diff.copy()
     kept.loc[doubtful, ["provider_change", "ledger_after"]] = None
     return kept
+
+
+def runs_to_request(pending: Mapping[str, int], cursor: int) -> tuple[list[tuple[str, int]], int]:
+    """(audience, last event id) of each audience with events newer than `cursor` (the last id
+    submitted), and the new cursor. Events at or below the cursor were submitted; a failed run
+    is retried by Dagster, and the next event of the audience takes the rest along."""
+    due = [(audience, last) for audience, last in sorted(pending.items()) if last > cursor]
+    return due, max([cursor, *(last for _, last in due)])

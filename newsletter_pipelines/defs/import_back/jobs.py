@@ -1,6 +1,9 @@
-"""`import_back_job`: snapshot → diff → crm_import_back, no push."""
+"""`import_back_job`: snapshot → diff → crm_import_back, no push; `provider_events_job`: the
+import-back of the addresses webhook events name."""
 
 import dagster as dg
+
+from newsletter_pipelines.defs.import_back.ops import apply_provider_events
 
 import_back_job = dg.define_asset_job(
     "import_back_job",
@@ -9,3 +12,12 @@ import_back_job = dg.define_asset_job(
     description="Import-back of one audience without a push: CRM contacts → eligibility → "
     "provider snapshot → reconciliation diff → crm_import_back.",
 )
+
+
+@dg.job(
+    description="Applies one audience's webhook events (inbox provider_events) to the CRM with "
+    "the import-back rules; launched by provider_events_sensor.",
+    tags={"dagster/max_retries": 3},
+)
+def provider_events_job() -> None:
+    apply_provider_events()

@@ -1,7 +1,7 @@
 """Assets of group `providers`, one partition per audience: snapshot, diff, push."""
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import dagster as dg
@@ -10,6 +10,7 @@ import pandas as pd
 from newsletter_pipelines.defs.providers.clients import audience_client, provider_mode
 from newsletter_pipelines.defs.providers.partitions import audience_partitions
 from newsletter_pipelines.defs.resources import StateDatabaseResource
+from newsletter_pipelines.providers.base import Provider
 from newsletter_pipelines.providers.resources import BrevoResource, MailchimpResource
 from newsletter_pipelines.reporting import diff_samples, explain_diff, markdown_table, mask_email
 from newsletter_pipelines.settings import AudienceConfig, Settings
@@ -49,6 +50,7 @@ def provider_audience_snapshot(
     try:
         client.check_credentials()
         found = client.ensure_audience()
+        webhook = _register_webhook(audience, client, context.log.info)
         members = client.snapshot()
     finally:
         client.close()
@@ -63,11 +65,30 @@ def provider_audience_snapshot(
         metadata={
             "audience": f"{audience.provider} {found.name!r} (id {found.id})",
             "provider": mode,
+            "webhook": webhook,
             "member_count": dg.MetadataValue.int(len(members)),
             **{f"status_{s}": dg.MetadataValue.int(n) for s, n in sorted(statuses.items())},
             "sample": dg.MetadataValue.md(markdown_table(sample)),
         },
     )
+
+
+def _register_webhook(
+    audience: AudienceConfig, client: Provider, log: Callable[[str], None]
+) -> str:
+    """Register the audience's webhook at NEWSLETTER_WEBHOOK_PUBLIC_URL (idempotent); says
+    where changes come back from."""
+    url = _SETTINGS.webhook_url(audience)
+    if url is None:
+        note = (
+            "not registered (NEWSLETTER_WEBHOOK_PUBLIC_URL unset): only the nightly "
+            "import-back brings changes made at the provider back"
+        )
+        log(f"{audience.key}: webhook {note}")
+        return note
+    hook_id = client.register_webhook(url, _SETTINGS.resolved_webhook_secret())
+    log(f"{audience.key}: webhook registered at {url} (id {hook_id})")
+    return f"registered at {url} (id {hook_id})"
 
 
 def _sync_config(context: dg.AssetExecutionContext) -> dict[str, Any]:

@@ -1,0 +1,97 @@
+"""Op `apply_provider_events`: the import-back of the addresses named by an audience's webhook
+events (the inbox `provider_events`), with the nightly rules (`sync.event_import`)."""
+
+import dagster as dg
+
+from newsletter_pipelines.crm.reader import read_contacts_at
+from newsletter_pipelines.defs.import_back.writing import import_back
+from newsletter_pipelines.defs.providers.clients import audience_client
+from newsletter_pipelines.defs.resources import CrmResource, StateDatabaseResource
+from newsletter_pipelines.providers.resources import BrevoResource, MailchimpResource
+from newsletter_pipelines.settings import Settings
+from newsletter_pipelines.state.events import mark_processed, unprocessed_events
+from newsletter_pipelines.state.ledger import load_ledger_frame_at
+from newsletter_pipelines.sync.event_import import deleted_addresses, event_addresses, provable
+from newsletter_pipelines.sync.import_back import CrmView
+from newsletter_pipelines.sync.scope import close_scope, scope_diff
+
+_SETTINGS = Settings()
+
+
+class ProviderEventsConfig(dg.Config):
+    """Which audience, and its events up to which inbox id (as the sensor submitted them)."""
+
+    audience: str
+    up_to_event_id: int
+
+
+@dg.op(tags={"kind": "import_back"})
+def apply_provider_events(
+    context: dg.OpExecutionContext,
+    config: ProviderEventsConfig,
+    crm: CrmResource,
+    state_db: StateDatabaseResource,
+    mailchimp: MailchimpResource,
+    brevo: BrevoResource,
+) -> dg.Output[int]:
+    """Imports into the CRM what the audience's unprocessed events (up to the submitted id)
+    prove: their addresses are decided again over the provider's current members, the ledger
+    and the CRM, written as the nightly import-back writes, and the events marked processed.
+    Its value: how many events it processed."""
+    audience = _SETTINGS.audience(config.audience)
+    events = [
+        e
+        for e in unprocessed_events(state_db.engine(), audience.key)
+        if e.id <= config.up_to_event_id
+    ]
+    context.log.info(f"{audience.key}: {len(events)} provider events to apply")
+    keys = event_addresses(events)
+    client = audience_client(audience, mailchimp, brevo)
+    try:
+        scope = close_scope(
+            keys,
+            lambda k, ids: read_contacts_at(crm.engine(), crm.crm_schema, k, ids),
+            lambda k, ids: load_ledger_frame_at(state_db.engine(), audience.key, k, ids),
+            client.members,
+        )
+    finally:
+        client.close()
+    if not scope.closed:
+        context.log.warning(
+            f"{audience.key}: the addresses' ownership reaches further than "
+            "this run reads; the nightly import-back decides the rest"
+        )
+    found = scope_diff(
+        scope, _SETTINGS.crm_values, provider=audience.provider, system_tag=audience.system_tag
+    )
+    diff = provable(found.diff, found.unseen, deleted_addresses(events))
+    result = found.eligibility
+    done = import_back(
+        audience,
+        diff,
+        scope.snapshot,
+        CrmView.for_diff(diff, result.eligible, result.excluded),
+        run_id=context.run.run_id,
+        crm=crm,
+        state_db=state_db,
+        brevo=brevo,
+        dry_run=False,
+        allow_mass_vanish=False,
+        log=context.log.info,
+    )
+    processed = mark_processed(state_db.engine(), [e.id for e in events])
+    metadata = {
+        "audience": audience.key,
+        "events": dg.MetadataValue.int(len(events)),
+        "addresses": dg.MetadataValue.int(len(keys)),
+        "addresses_read": dg.MetadataValue.int(len(scope.keys)),
+        **done.metadata(context.run.run_id, state_db),
+    }
+    context.log_event(
+        dg.AssetObservation(
+            asset_key="crm_import_back",
+            partition=audience.key,
+            metadata={"source": "provider events", **metadata},
+        )
+    )
+    return dg.Output(processed, metadata=metadata)
