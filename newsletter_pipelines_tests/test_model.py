@@ -20,7 +20,9 @@ After every complete sync:
 - every `import_back` is backed by something a person did at the provider;
 - the import-back (run before each push, into the CRM rows) sets `no` on every contact with an
   address a person opted out of, unless the contact changed since, and changes the CRM only
-  where a person did something at the provider.
+  where a person did something at the provider;
+- the import-back of the addresses named by the webhooks the sandbox fired since (parsed by
+  the receiver's parser) plans nothing the full import-back would not plan.
 
 `make test` runs a bounded, derandomised profile; `HYPOTHESIS_PROFILE=long` runs at least
 10,000 steps (see the README).
@@ -36,6 +38,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
+import httpx
 import pandas as pd
 from hypothesis import HealthCheck, note, settings
 from hypothesis import strategies as st
@@ -49,9 +52,13 @@ from hypothesis.stateful import (
 
 from newsletter_pipelines.sandbox.brevo_rules import BrevoError
 from newsletter_pipelines.sandbox.mailchimp_members import ProblemError
+from newsletter_pipelines.sandbox.webhooks import WebhookSender
+from newsletter_pipelines.state.events import StoredEvent
 from newsletter_pipelines.sync.eligibility import classify
+from newsletter_pipelines.webhooks.parse import brevo_events, mailchimp_events
 from newsletter_pipelines_tests.test_consent import Killed, KilledAfter
 from newsletter_pipelines_tests.test_eligibility import contact, frame
+from newsletter_pipelines_tests.test_event_import import changes, full_plan, scoped_plan
 from newsletter_pipelines_tests.world import World, open_world
 
 settings.register_profile(
@@ -111,6 +118,9 @@ class ConsentMachine(RuleBasedStateMachine):
         self.world.stamp = self.stamp
         self.world.new_id = self.new_id
         self.world.sandbox.now = self.now  # type: ignore[method-assign]
+        answer = httpx.MockTransport(lambda _: httpx.Response(200))  # a receiver that takes all
+        self.world.sandbox.webhooks = WebhookSender(answer)
+        self.delivered = 0  # webhook calls whose events an import-back has taken in
 
     def new_id(self) -> int:
         crm_id, self.next_id = self.next_id, self.next_id + 1
@@ -145,6 +155,7 @@ class ConsentMachine(RuleBasedStateMachine):
     def start(self, emails: list[str], tagged: bool) -> None:
         """Most sequences that matter start from a synced audience: a few contacts, one sync."""
         self.world.provider.ensure_audience()
+        self.world.provider.register_webhook(f"http://receiver/{self.PROVIDER}", "secret")
         for email in emails:
             self.crm_insert(email, "yes", False, {CRM_TAGS[0]} if tagged else set())
         self.sync()
@@ -307,9 +318,12 @@ class ConsentMachine(RuleBasedStateMachine):
         false), which must leave every provider-side change to a later sync."""
         self.dirty = False
         self.look()
+        self.check_webhook_import()
         tags_before = self.tags_by_stable_id()
         crm_before = {r["contact_id"]: dict(r) for r in self.world.crm}
         diff, _ = self.world.sync(import_back=True, write_back=write_back)
+        if write_back:
+            self.delivered = len(self.world.sandbox.webhooks.calls)
         statuses = self.look()
         STATS[f"{self.PROVIDER} checked syncs"] += 1
         if write_back:
@@ -343,15 +357,35 @@ class ConsentMachine(RuleBasedStateMachine):
         provider = self.world.provider
         self.world.provider = KilledAfter(provider, calls, WRITES, before)  # type: ignore[assignment]
         try:
-            self.world.sync(import_back=True)
+            self.world.sync(import_back=True)  # the import-back runs before the first write
         except Killed:
             STATS[f"{self.PROVIDER} killed syncs"] += 1
         finally:
             self.world.provider = provider
             self.register_imported_contacts()
+            self.delivered = len(self.world.sandbox.webhooks.calls)
         self.look()
 
     # --- the guarantees -----------------------------------------------------------------
+
+    def check_webhook_import(self) -> None:
+        """What `provider_events_job` would plan for the addresses of the webhooks fired since
+        the last import-back is planned by the full import-back too."""
+        calls = self.world.sandbox.webhooks.calls[self.delivered :]
+        parse = mailchimp_events if self.PROVIDER == "mailchimp" else brevo_events
+        events = [
+            StoredEvent(i, e.audience, e.provider, e.type, e.email, e.payload, datetime.now(UTC),
+                        e.dedupe_key, None)
+            for i, e in enumerate(
+                (e for call in calls for e in parse(call.body, self.PROVIDER)), start=1
+            )
+        ]  # fmt: skip
+        if not events:
+            return
+        scoped, full = changes(scoped_plan(self.world, events)), changes(full_plan(self.world))
+        STATS[f"{self.PROVIDER} webhook imports checked"] += 1
+        STATS[f"{self.PROVIDER} webhook changes planned"] += len(scoped)
+        assert scoped <= full, f"webhook import beyond the full import-back: {scoped - full}"
 
     def register_imported_contacts(self) -> None:
         for row in self.world.crm:
