@@ -72,9 +72,12 @@ def _key(email: object) -> str | None:
     return match_key(cleaned) if cleaned else None
 
 
-def scoped_plan(world: World, events: list[StoredEvent]) -> ImportBackPlan:
+def scoped_plan(world: World, events: list[StoredEvent]) -> ImportBackPlan | None:
+    """What `provider_events_job` plans for the events; None for a scope that did not close
+    (the job leaves it to the nightly run)."""
     scope = scope_of(world, event_addresses(events))
-    assert scope.closed
+    if not scope.closed:
+        return None
     found = scope_diff(
         scope, CrmValues(), provider=world.provider_name, system_tag=SYSTEM_TAG[world.provider_name]
     )
@@ -86,6 +89,12 @@ def scoped_plan(world: World, events: list[StoredEvent]) -> ImportBackPlan:
         CrmView.for_diff(diff, result.eligible, result.excluded),
         Audience(world.provider_name, world.provider_name, SYSTEM_TAG[world.provider_name]),
     )
+
+
+def planned(world: World, events: list[StoredEvent]) -> ImportBackPlan:
+    plan = scoped_plan(world, events)
+    assert plan is not None, "the scope closes"
+    return plan
 
 
 def full_plan(world: World) -> ImportBackPlan:
@@ -149,7 +158,7 @@ def test_the_events_addresses_get_what_the_nightly_import_back_plans(world: Worl
             event(world, "list_addition", "neu@example.de"),
         ]
     nightly = changes(full_plan(world))
-    scoped = changes(scoped_plan(world, events))
+    scoped = changes(planned(world, events))
     assert {c[:3] for c in scoped} >= {
         ("3", "newsletter_unsubscribed", "no"),
         ("99", "newsletter_unsubscribed", "no"),
@@ -170,7 +179,7 @@ def test_a_member_gone_from_an_address_without_a_deletion_event_is_left_to_the_n
     world.sync()
     world.act("person4@example.de", "change_email", new_email="weg4@example.de")
     events = [event(world, "profile", "person4@example.de")]  # names the old address only
-    assert changes(scoped_plan(world, events)) == set()
+    assert changes(planned(world, events)) == set()
     assert {c[1] for c in changes(full_plan(world))} == {"email_changed_at_provider"}
 
 
@@ -180,7 +189,7 @@ def test_events_of_the_syncs_own_writes_find_nothing_to_import(world: World) -> 
     world.sync()  # the sync unsubscribes contact 6 itself
     kind = "unsubscribe" if world.provider_name == "mailchimp" else "unsubscribed"
     events = [event(world, kind, "person6@example.de"), event(world, kind, "person6@example.de")]
-    assert changes(scoped_plan(world, events)) == set()
+    assert changes(planned(world, events)) == set()
 
 
 @pytest.mark.parametrize("world", ["mailchimp"], indirect=True)
@@ -194,3 +203,14 @@ def test_a_duplicate_of_an_owner_elsewhere_widens_the_scope(world: World) -> Non
     assert {"neu8@example.de", "person8@example.de"} <= scope.keys
     assert set(scope.snapshot["match_key"]) == {"person8@example.de"}
     assert scope.contact_ids == {"8"}
+
+
+@pytest.mark.parametrize("world", ["mailchimp"], indirect=True)
+def test_a_scope_that_does_not_close_is_not_decided(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world.sync()
+    world.set(8, email="neu8@example.de")
+    monkeypatch.setattr("newsletter_pipelines.sync.scope.MAX_ROUNDS", 1)
+    assert not scope_of(world, {"neu8@example.de"}).closed
+    assert scoped_plan(world, [event(world, "profile", "neu8@example.de")]) is None

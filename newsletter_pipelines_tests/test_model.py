@@ -387,7 +387,11 @@ class ConsentMachine(RuleBasedStateMachine):
         ]  # fmt: skip
         if not events:
             return
-        scoped, full = changes(scoped_plan(self.world, events)), changes(full_plan(self.world))
+        plan = scoped_plan(self.world, events)
+        if plan is None:
+            STATS[f"{self.PROVIDER} webhook scopes not closed"] += 1
+            return
+        scoped, full = changes(plan), changes(full_plan(self.world))
         STATS[f"{self.PROVIDER} webhook imports checked"] += 1
         STATS[f"{self.PROVIDER} webhook changes planned"] += len(scoped)
         assert scoped <= full, f"webhook import beyond the full import-back: {scoped - full}"

@@ -7,6 +7,9 @@ ledger rows at those addresses and the rows their owners hold elsewhere (ownersh
 changes), the CRM contacts owning those rows, and the provider's members at all of these
 addresses. `close_scope` widens the addresses and contacts until nothing new comes in.
 
+A scope that did not close within `MAX_ROUNDS` is not decided at all (`Scope.closed`): a
+decision over part of what it depends on could be wrong, and the next full sync decides it.
+
 What the scope cannot see is the rest of the audience: a ledger row whose member is not at its
 address may have moved to an address outside the scope (the full snapshot finds it by its
 stable id). `scope_diff` marks such rows, and the callers leave them to the next full sync.
@@ -25,7 +28,7 @@ from newsletter_pipelines.sync.eligibility import EligibilityResult, classify
 from newsletter_pipelines.sync.email_address import clean_raw_email, match_key
 from newsletter_pipelines.sync.inputs import build_diff, snapshot_frame
 
-MAX_ROUNDS = 4  # an ownership chain longer than this is left to the next full sync
+MAX_ROUNDS = 16  # an ownership chain longer than this is left to the next full sync
 
 # raw CRM contacts (columns of `crm.reader.read_contacts`) at these match keys or with these ids
 ContactsAt = Callable[[frozenset[str], frozenset[str]], pd.DataFrame]

@@ -59,8 +59,10 @@ def apply_provider_events(
     if not scope.closed:
         context.log.warning(
             f"{audience.key}: the addresses' ownership reaches further than "
-            "this run reads; the nightly import-back decides the rest"
+            f"{len(scope.keys)} addresses: left to the nightly import-back"
         )
+        processed = mark_processed(state_db.engine(), [e.id for e in events])
+        return dg.Output(processed, metadata={"audience": audience.key, "left_to_nightly": True})
     found = scope_diff(
         scope, _SETTINGS.crm_values, provider=audience.provider, system_tag=audience.system_tag
     )
