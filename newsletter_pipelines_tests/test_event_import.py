@@ -17,7 +17,12 @@ from newsletter_pipelines.state.events import StoredEvent
 from newsletter_pipelines.state.ledger import load_ledger_frame
 from newsletter_pipelines.sync.eligibility import classify
 from newsletter_pipelines.sync.email_address import clean_raw_email, match_key
-from newsletter_pipelines.sync.event_import import deleted_addresses, event_addresses, provable
+from newsletter_pipelines.sync.event_import import (
+    deleted_addresses,
+    event_addresses,
+    provable,
+    runs_to_request,
+)
 from newsletter_pipelines.sync.import_back import (
     Audience,
     CrmView,
@@ -214,3 +219,11 @@ def test_a_scope_that_does_not_close_is_not_decided(
     monkeypatch.setattr("newsletter_pipelines.sync.scope.MAX_ROUNDS", 1)
     assert not scope_of(world, {"neu8@example.de"}).closed
     assert scoped_plan(world, [event(world, "profile", "neu8@example.de")]) is None
+
+
+def test_a_run_per_audience_with_events_newer_than_the_cursor() -> None:
+    pending = {"brevo": 7, "mailchimp": 12}
+    assert runs_to_request(pending, 0) == ([("brevo", 7), ("mailchimp", 12)], 12)
+    assert runs_to_request(pending, 7) == ([("mailchimp", 12)], 12)  # brevo's 7 was submitted
+    assert runs_to_request(pending, 12) == ([], 12)
+    assert runs_to_request({}, 12) == ([], 12)  # the cursor never goes back
