@@ -157,6 +157,25 @@ def test_d7_a_refused_email_change_is_not_sent_again(world: World) -> None:
     assert writes_of_a_resync(world) == 0  # never tried again
 
 
+def test_d7_a_refused_email_change_with_new_tags_leaves_the_old_address_at_once(
+    world: World,
+) -> None:
+    """The refused address change sent no tags: the ledger must not claim them pushed, or the
+    same push decides the change again (another write key) instead of giving up the member."""
+    world.sync()
+    if world.provider_name == "brevo":  # the new address is a contact outside the list
+        world.act("taken@example.de", "blacklist")
+    else:  # the new address was permanently deleted from the audience
+        world.act("taken@example.de", "signup")
+        world.act("taken@example.de", "delete")
+    world.set(12, email="taken@example.de", tags=("VIP",))
+    world.crm.append(contact(99, email="person12@example.de", is_private=True))
+    _, summary = world.sync()
+    assert summary.refused_by_code, "the provider refused the address change"
+    assert "person12@example.de" not in subscribed(world)  # a private contact's address now
+    assert writes_of_a_resync(world) == 0
+
+
 @pytest.mark.parametrize("world", ["mailchimp"], indirect=True)
 def test_d7_archiving_a_pending_member_is_not_retried(world: World) -> None:
     world.sync()

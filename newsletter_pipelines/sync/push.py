@@ -359,6 +359,11 @@ def _after(row: Mapping[str, Any], outcome: Outcome, action: SyncAction) -> Ledg
         return after.moved(provider_id=outcome.provider_id or after.provider_id, state=state)
     if outcome.outcome is Result.REFUSED:
         refused = intent.moved(refusal_code=outcome.code or "refused", refusal_key=row["write_key"])
+        before: LedgerRow | None = row["ledger_before"]
+        if action is SyncAction.UPDATE and row.get("old_email") and before is not None:
+            # an address change sends the address alone: the member has the tags it had (were
+            # the new ones kept, the rules would decide the change again instead of giving up)
+            refused = refused.moved(tags=before.tags)
         if outcome.status is not None and outcome.status.value in OPTED_OUT:
             return refused.moved(state=RowState.OPTED_OUT)  # e.g. blacklisted outside the list
         return refused
