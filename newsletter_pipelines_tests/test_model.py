@@ -121,6 +121,7 @@ class ConsentMachine(RuleBasedStateMachine):
         answer = httpx.MockTransport(lambda _: httpx.Response(200))  # a receiver that takes all
         self.world.sandbox.webhooks = WebhookSender(answer)
         self.delivered = 0  # webhook calls whose events an import-back has taken in
+        self.plans_seen = 0  # import-back plans whose imported tags are the CRM's already
 
     def new_id(self) -> int:
         crm_id, self.next_id = self.next_id, self.next_id + 1
@@ -347,6 +348,7 @@ class ConsentMachine(RuleBasedStateMachine):
             crm_rows = crm
             diff, _ = self.world.sync(import_back=True)
             self.register_imported_contacts()
+            self.forget_imported_tags()
         self.check_after_sync(diff, self.look(), tags_before, set())
         writes = self.world.writes()
         again, _ = self.world.sync()
@@ -368,6 +370,7 @@ class ConsentMachine(RuleBasedStateMachine):
         finally:
             self.world.provider = provider
             self.register_imported_contacts()
+            self.forget_imported_tags()
             self.delivered = len(self.world.sandbox.webhooks.calls)
         self.look()
 
@@ -402,18 +405,24 @@ class ConsentMachine(RuleBasedStateMachine):
                 self.history[row["contact_id"]] = {str(row["email"])}
                 self.crm_changed[row["contact_id"]] = self.step
 
+    def forget_imported_tags(self) -> None:
+        """A tag imported into the CRM is the CRM's now: by every import-back applied, also
+        those of killed syncs and of the syncs that follow a checked one."""
+        for plan in self.world.imported[self.plans_seen :]:
+            added = [(c.activity.details.get("email"), c.add_tags) for c in plan.changes]
+            added += [(c.email, c.tags) for c in plan.new_contacts]
+            for email, tags in added:
+                stable = self.stable_id(str(email).lower())
+                self.person_tags -= {(stable, t.casefold()) for t in tags}
+        self.plans_seen = len(self.world.imported)
+
     def check_import_back(
         self, diff: pd.DataFrame, crm_before: dict[int, dict[str, Any]], statuses: dict[str, str]
     ) -> None:
         """An opt-out at the provider ends as `no` in the CRM (unless the CRM changed since),
         and the CRM changes only where a person did something at the provider."""
         self.register_imported_contacts()
-        for plan in self.world.imported[-1:]:  # a tag imported into the CRM is the CRM's now
-            added = [(c.activity.details.get("email"), c.add_tags) for c in plan.changes]
-            added += [(c.email, c.tags) for c in plan.new_contacts]
-            for email, tags in added:
-                stable = self.stable_id(str(email).lower())
-                self.person_tags -= {(stable, t.casefold()) for t in tags}
+        self.forget_imported_tags()
         for row in self.world.crm:
             email = str(row["email"]).lower()
             when = self.opted_out_at.get(email)
