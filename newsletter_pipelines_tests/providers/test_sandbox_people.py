@@ -523,8 +523,10 @@ BV_WEBHOOKS = {
     "delete": ["contact_deleted"],
     "clean": ["hard_bounce"],
     "complain": ["spam"],
-    "tag": ["contact_updated"],
-    "untag": ["contact_updated"],
+    # the sandbox fires contact_updated, but the sync's webhook does not ask for it (Brevo
+    # fires it for the sync's own API writes too): tags come back with the nightly import-back
+    "tag": [],
+    "untag": [],
     "change_email": [],  # Brevo's marketing events have none for an address change
 }
 
