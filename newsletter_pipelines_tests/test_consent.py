@@ -143,13 +143,18 @@ def test_d7_a_tag_with_a_comma_is_written_once(world: World) -> None:
     assert writes_of_a_resync(world) == 0
 
 
+def refuse_address(world: World, email: str) -> None:
+    """Make the provider refuse `email` as a member's new address."""
+    if world.provider_name == "brevo":  # a contact outside the list
+        world.act(email, "blacklist")
+    else:  # permanently deleted from the audience
+        world.act(email, "signup")
+        world.act(email, "delete")
+
+
 def test_d7_a_refused_email_change_is_not_sent_again(world: World) -> None:
     world.sync()
-    if world.provider_name == "brevo":  # the new address is a contact outside the list
-        world.act("taken@example.de", "blacklist")
-    else:  # the new address was permanently deleted from the audience
-        world.act("taken@example.de", "signup")
-        world.act("taken@example.de", "delete")
+    refuse_address(world, "taken@example.de")
     world.set(12, email="taken@example.de")
     _, summary = world.sync()  # refused: in the same run the rules decide the contact again
     assert summary.refused_by_code, "the provider refused the address change"
@@ -163,11 +168,7 @@ def test_d7_a_refused_email_change_with_new_tags_leaves_the_old_address_at_once(
     """The refused address change sent no tags: the ledger must not claim them pushed, or the
     same push decides the change again (another write key) instead of giving up the member."""
     world.sync()
-    if world.provider_name == "brevo":  # the new address is a contact outside the list
-        world.act("taken@example.de", "blacklist")
-    else:  # the new address was permanently deleted from the audience
-        world.act("taken@example.de", "signup")
-        world.act("taken@example.de", "delete")
+    refuse_address(world, "taken@example.de")
     world.set(12, email="taken@example.de", tags=("VIP",))
     world.crm.append(contact(99, email="person12@example.de", is_private=True))
     _, summary = world.sync()
