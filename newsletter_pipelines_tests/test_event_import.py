@@ -15,8 +15,7 @@ import pytest
 from newsletter_pipelines.settings import CrmValues
 from newsletter_pipelines.state.events import StoredEvent
 from newsletter_pipelines.state.ledger import load_ledger_frame
-from newsletter_pipelines.sync.eligibility import classify
-from newsletter_pipelines.sync.email_address import clean_raw_email, match_key
+from newsletter_pipelines.sync.email_address import match_key, raw_match_key
 from newsletter_pipelines.sync.event_import import (
     deleted_addresses,
     event_addresses,
@@ -29,7 +28,6 @@ from newsletter_pipelines.sync.import_back import (
     ImportBackPlan,
     plan_import_back,
 )
-from newsletter_pipelines.sync.inputs import build_diff, snapshot_frame
 from newsletter_pipelines.sync.scope import Scope, close_scope, scope_diff
 from newsletter_pipelines_tests.test_eligibility import frame
 from newsletter_pipelines_tests.world import SYSTEM_TAG, World
@@ -58,7 +56,9 @@ def scope_of(world: World, keys: Iterable[str]) -> Scope:
     """The scope of `keys`, read from the world's CRM rows, ledger and sandbox audience."""
 
     def contacts_at(keys: frozenset[str], ids: frozenset[str]) -> pd.DataFrame:
-        rows = [r for r in world.crm if str(r["contact_id"]) in ids or _key(r["email"]) in keys]
+        rows = [
+            r for r in world.crm if str(r["contact_id"]) in ids or raw_match_key(r["email"]) in keys
+        ]
         return frame(*rows)
 
     def ledger_at(keys: frozenset[str], ids: frozenset[str]) -> pd.DataFrame:
@@ -70,11 +70,6 @@ def scope_of(world: World, keys: Iterable[str]) -> Scope:
         return [m for m in world.provider.snapshot() if match_key(m.email) in wanted]
 
     return close_scope(keys, contacts_at, ledger_at, members_at)
-
-
-def _key(email: object) -> str | None:
-    cleaned = clean_raw_email(email)
-    return match_key(cleaned) if cleaned else None
 
 
 def scoped_plan(world: World, events: list[StoredEvent]) -> ImportBackPlan | None:
@@ -104,16 +99,7 @@ def planned(world: World, events: list[StoredEvent]) -> ImportBackPlan:
 
 def full_plan(world: World) -> ImportBackPlan:
     """What the nightly import-back plans now (nothing is pushed or stored)."""
-    result = classify(frame(*world.crm))
-    snapshot = snapshot_frame(world.provider.snapshot())
-    diff = build_diff(
-        result.eligible,
-        result.excluded,
-        snapshot,
-        load_ledger_frame(world.engine, world.provider_name),
-        provider=world.provider_name,
-        system_tag=SYSTEM_TAG[world.provider_name],
-    )
+    result, snapshot, diff = world.decide()
     name = world.provider_name
     return plan_import_back(
         diff,

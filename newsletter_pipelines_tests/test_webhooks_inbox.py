@@ -76,6 +76,14 @@ def test_marked_events_are_no_longer_unprocessed(engine: sa.Engine) -> None:
     assert store_events(engine, [event(1)]) == 0
 
 
+def test_a_run_marks_any_number_of_events(engine: sa.Engine) -> None:
+    """More ids than SQLite takes parameters in one statement (32,766)."""
+    store_events(engine, [event(1), event(2)])
+    ids = [e.id for e in unprocessed_events(engine, "mailchimp")]
+    assert mark_processed(engine, [*ids, *range(10**6, 10**6 + 40_000)]) == 2
+    assert unprocessed_events(engine, "mailchimp") == []
+
+
 def test_unicode_and_null_characters_survive_in_the_payload(engine: sa.Engine) -> None:
     odd = NewEvent(
         audience="brevo",

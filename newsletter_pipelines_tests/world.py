@@ -16,7 +16,7 @@ from newsletter_pipelines.providers.base import Provider
 from newsletter_pipelines.sandbox import PersonEvent, Sandbox, SandboxTransport
 from newsletter_pipelines.sandbox.people import brevo_person, mailchimp_person
 from newsletter_pipelines.state.ledger import create_tables, load_ledger_frame
-from newsletter_pipelines.sync.eligibility import classify
+from newsletter_pipelines.sync.eligibility import EligibilityResult, classify
 from newsletter_pipelines.sync.guards import MassLimits, push_verdicts
 from newsletter_pipelines.sync.import_back import (
     Audience,
@@ -58,17 +58,7 @@ class World:
         with `import_back`, the CRM learns the provider-side changes before the push, as in
         `full_sync_job` (without `write_back` they are only planned, as in report-only mode,
         and the push leaves them for the next run)."""
-        result = classify(frame(*self.crm))
-        members = snapshot_frame(self.provider.snapshot())
-        ledger = load_ledger_frame(self.engine, self.provider_name)
-        diff = build_diff(
-            result.eligible,
-            result.excluded,
-            members,
-            ledger,
-            provider=self.provider_name,
-            system_tag=SYSTEM_TAG[self.provider_name],
-        )
+        result, members, diff = self.decide()
         assert diff["match_key"].is_unique, "one action per contact, member and ledger row"
         unimported: frozenset[str] = frozenset()
         if import_back:
@@ -95,6 +85,20 @@ class World:
         )
         summary = push_diff(self.provider, diff, members_by_key(members), ctx)
         return diff, summary
+
+    def decide(self) -> tuple[EligibilityResult, pd.DataFrame, pd.DataFrame]:
+        """Eligibility, snapshot and reconciliation diff as a full sync computes them now."""
+        result = classify(frame(*self.crm))
+        members = snapshot_frame(self.provider.snapshot())
+        diff = build_diff(
+            result.eligible,
+            result.excluded,
+            members,
+            load_ledger_frame(self.engine, self.provider_name),
+            provider=self.provider_name,
+            system_tag=SYSTEM_TAG[self.provider_name],
+        )
+        return result, members, diff
 
     def import_back(
         self, diff: pd.DataFrame, members: pd.DataFrame, apply: bool = True

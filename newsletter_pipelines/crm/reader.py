@@ -12,7 +12,7 @@ from newsletter_pipelines.crm.addresses import irregular, printable_ascii, sql_a
 from newsletter_pipelines.crm.errors import CrmError
 from newsletter_pipelines.crm.schema import CONTACT_FIELDS
 from newsletter_pipelines.settings import CrmSchema
-from newsletter_pipelines.sync.email_address import clean_raw_email, match_key
+from newsletter_pipelines.sync.email_address import raw_match_key
 
 # the frame's column names: the default schema's field names, with the id as `contact_id`
 CONTACT_COLUMNS = ("contact_id", *CONTACT_FIELDS[1:])
@@ -82,14 +82,9 @@ def read_contacts_at(
     except sa.exc.SQLAlchemyError as exc:
         raise _read_error(schema, exc) from exc
     key_set, id_set = set(keys), {str(i) for i in ids}
-    found = [r for r in rows if str(r[0]) in id_set or _match_key(r[4]) in key_set]
+    found = [r for r in rows if str(r[0]) in id_set or raw_match_key(r[4]) in key_set]
     frame = pd.DataFrame.from_records(found, columns=list(CONTACT_COLUMNS))
     return _with_tags(engine, schema, frame, [r[0] for r in found])
-
-
-def _match_key(raw: object) -> str | None:
-    email = clean_raw_email(raw)
-    return match_key(email) if email else None
 
 
 def _typed_ids(engine: sa.Engine, schema: CrmSchema, ids: Collection[str]) -> list[object]:

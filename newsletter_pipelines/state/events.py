@@ -18,6 +18,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from newsletter_pipelines.db import matching
+
 metadata = sa.MetaData()
 
 provider_events = sa.Table(
@@ -131,13 +133,13 @@ def mark_processed(engine: sa.Engine, ids: Sequence[int], *, now: datetime | Non
     """Set `processed_at` on the given events not processed yet; returns how many changed."""
     if not ids:
         return 0
-    statement = (
-        sa.update(provider_events)
-        .where(provider_events.c.id.in_(list(ids)), provider_events.c.processed_at.is_(None))
-        .values(processed_at=now or datetime.now(UTC))
-    )
-    with engine.begin() as conn:
-        return conn.execute(statement).rowcount
+    unprocessed = sa.update(provider_events).where(provider_events.c.processed_at.is_(None))
+    stamped = unprocessed.values(processed_at=now or datetime.now(UTC))
+    with engine.begin() as conn:  # a batch of any size: IN lists of `db.IN_BATCH` on SQLite
+        return sum(
+            conn.execute(stamped.where(condition)).rowcount
+            for condition in matching(provider_events.c.id, list(ids), conn.dialect)
+        )
 
 
 def _insert_ignoring_duplicates(dialect: str) -> sa.Insert:

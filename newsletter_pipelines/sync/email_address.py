@@ -87,6 +87,12 @@ def check_emails(
         return [result for chunk in pool.map(_check_chunk, chunks) for result in chunk]
 
 
+def raw_match_key(value: Any) -> str | None:
+    """`match_key` of a raw value (a CRM cell, an event's field); None when it holds none."""
+    email = clean_raw_email(value)
+    return match_key(email) if email else None
+
+
 def match_key(address: str) -> str:
     """How a provider identifies an address: trimmed, lower-cased, domain in ASCII (punycode).
 

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from newsletter_pipelines.state.events import StoredEvent
-from newsletter_pipelines.sync.email_address import clean_raw_email, match_key
+from newsletter_pipelines.sync.email_address import raw_match_key
 from newsletter_pipelines.sync.rules import ProviderChange
 
 _MAILCHIMP_DELETING = frozenset({"delete", "archive"})  # `data[action]` of an `unsubscribe`
@@ -27,21 +27,15 @@ def event_addresses(events: Iterable[StoredEvent]) -> frozenset[str]:
     found = set()
     for event in events:
         data = _data(event)
-        for value in (event.email, data.get("new_email"), data.get("old_email")):
-            email = clean_raw_email(value)
-            if email:
-                found.add(match_key(email))
-    return frozenset(found)
+        found |= {
+            raw_match_key(v) for v in (event.email, data.get("new_email"), data.get("old_email"))
+        }
+    return frozenset(found - {None})
 
 
 def deleted_addresses(events: Iterable[StoredEvent]) -> frozenset[str]:
     """Match keys of members the events say were deleted or archived at the provider."""
-    found = set()
-    for event in events:
-        email = clean_raw_email(event.email)
-        if email and _says_deleted(event):
-            found.add(match_key(email))
-    return frozenset(found)
+    return frozenset({raw_match_key(e.email) for e in events if _says_deleted(e)} - {None})
 
 
 def _says_deleted(event: StoredEvent) -> bool:

@@ -24,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
-from more_itertools import chunked
+from more_itertools import chunked, partition
 
 from newsletter_pipelines.bulk import records
 from newsletter_pipelines.providers.base import (
@@ -145,9 +145,9 @@ class _Push:
             self.settle(chunk, provider.upsert([_contact(r) for r in chunk]), SyncAction.CREATE)
         updates = by_action.get(SyncAction.UPDATE.value, [])
         renames = [r for r in updates if r["old_email"]]
-        moved_back = [r for r in renames if self.undoes_unimported_move(r)]
+        kept, moved_back = map(list, partition(self.undoes_unimported_move, renames))
         self.hold(moved_back, SyncAction.UPDATE, "crm_import_back", "a run writing it into the CRM")
-        renames = [r for r in renames if not self.undoes_unimported_move(r)]
+        renames = kept
         if ctx.hold_renames:
             self.hold(renames, SyncAction.UPDATE, "rename_guard", "allow_mass_rename")
             renames = []

@@ -25,7 +25,7 @@ import pandas as pd
 from newsletter_pipelines.providers.base import Member
 from newsletter_pipelines.settings import CrmValues
 from newsletter_pipelines.sync.eligibility import EligibilityResult, classify
-from newsletter_pipelines.sync.email_address import clean_raw_email, match_key
+from newsletter_pipelines.sync.email_address import raw_match_key
 from newsletter_pipelines.sync.inputs import build_diff, snapshot_frame
 
 MAX_ROUNDS = 16  # an ownership chain longer than this is left to the next full sync
@@ -67,14 +67,13 @@ def close_scope(
             closed = True
             break
         found_keys, ids = wider_keys, wider_ids
-    members = members_at(sorted(found_keys))
+    members = members_at(sorted(found_keys)) if closed else []  # undecided: no provider calls
     return Scope(found_keys, ids, contacts, ledger, snapshot_frame(members), closed)
 
 
 def _keys_of(contacts: pd.DataFrame) -> frozenset[str]:
     """The match keys of the contacts' addresses (as the provider would identify them)."""
-    cleaned = (clean_raw_email(value) for value in contacts["email"])
-    return frozenset(match_key(email) for email in cleaned if email)
+    return frozenset(map(raw_match_key, contacts["email"])) - {None}
 
 
 @dataclass(frozen=True)
