@@ -166,6 +166,7 @@ class Provider(Protocol):
 
         `current` maps `email_key` to the member as last seen; members found there are
         updated to match the contact (tags included), the rest go through the create path.
+        An archived member found there is added back holding exactly the contact's tags.
         """
         ...
 

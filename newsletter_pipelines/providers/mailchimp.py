@@ -376,7 +376,39 @@ class MailchimpClient:
             outcomes.update(created)
             updates += [(contact, None) for contact in existing]
         outcomes.update(self._update(updates))
+        back = [(c, current[c.key]) for c in creates if c.key in current]
+        outcomes.update(self._drop_archived_tags(back, outcomes))
         return [outcomes[c.crm_id] for c in contacts]
+
+    def _drop_archived_tags(
+        self, back: Sequence[tuple[Contact, Member]], outcomes: Mapping[str, Outcome]
+    ) -> dict[str, Outcome]:
+        """Remove, from members re-added from the archive, the tags the archive kept but the
+        contact no longer has (a re-add only adds tags); a refused removal refuses the create."""
+        operations: dict[str, tuple[Contact, Operation]] = {}
+        for contact, member in back:
+            if outcomes[contact.crm_id].outcome is not Result.CREATED:
+                continue
+            wanted = {t.casefold() for t in contact.tags}
+            stale = sorted(t for t in member.tags if t.casefold() not in wanted)
+            if stale:
+                path = f"/lists/{self._list_id}/members/{subscriber_hash(contact.email)}/tags"
+                tags = [{"name": t, "status": "inactive"} for t in stale]
+                operations[contact.crm_id] = (
+                    contact,
+                    Operation(contact.crm_id, "POST", path, {"tags": tags, "is_syncing": True}),
+                )
+        results = self._ops.run([op for _, op in operations.values()])
+        return {
+            crm_id: self._refused(
+                Action.UPSERT,
+                contact,
+                results[crm_id].title or str(results[crm_id].status),
+                results[crm_id].detail,
+            )
+            for crm_id, (contact, _) in operations.items()
+            if not results[crm_id].ok
+        }
 
     def _merge_fields(self, contact: Contact) -> dict[str, str]:
         return {

@@ -142,7 +142,7 @@ class _Push:
         for chunk in chunked(by_action.get(SyncAction.CREATE.value, []), ctx.chunk_size):
             ctx.log(f"creating {len(chunk)} contacts")
             self.intend(chunk, SyncAction.CREATE)
-            self.settle(chunk, provider.upsert([_contact(r) for r in chunk]), SyncAction.CREATE)
+            self.settle(chunk, self.upsert(chunk), SyncAction.CREATE)
         updates = by_action.get(SyncAction.UPDATE.value, [])
         renames = [r for r in updates if r["old_email"]]
         kept, moved_back = map(list, partition(self.undoes_unimported_move, renames))
@@ -235,6 +235,16 @@ class _Push:
 
     # --- writes ------------------------------------------------------------------------
 
+    def upsert(self, chunk: Sequence[Mapping[str, Any]]) -> list[Outcome]:
+        """Create the contacts of `chunk`; an archived member comes back with the tags the
+        rules decided (the client removes those the archive kept but the sync dropped)."""
+        current = {
+            email_key(r["email"]): self.members[r["match_key"]]
+            for r in chunk
+            if r["provider_status"] is not None and r["match_key"] in self.members
+        }
+        return self.provider.upsert([_contact(r) for r in chunk], current=current)
+
     def update(self, chunk: Sequence[dict[str, Any]], current: Mapping[str, Member]) -> None:
         contacts = [_contact(r) for r in chunk]
         self.settle(chunk, self.provider.upsert(contacts, current=current), SyncAction.UPDATE)
@@ -323,8 +333,8 @@ def _intent(row: Mapping[str, Any], action: SyncAction, moving_to: str | None = 
             intent=Intent.CHANGE_EMAIL, intent_key=moving_to, tags=before.tags | after.tags
         )
     if action is SyncAction.CREATE:
-        state = before.state if before is not None else RowState.NEW
-        base = after.moved(state=state)
+        state, pushed = (before.state, before.tags) if before else (RowState.NEW, frozenset())
+        base = after.moved(state=state, tags=after.tags | pushed)
     elif before is not None:
         base = before
     else:

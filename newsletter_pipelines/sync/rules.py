@@ -608,16 +608,6 @@ class _Rules:
             assert row is not None
             self.blocked_refused(key, contact, row, member=member)
             return
-        plan = _Plan(
-            tags=after.tags,
-            tag_keys=self.style.keys(after.tags),
-            imported=frozenset(),
-            unset=frozenset(),
-            unmarked=frozenset(),
-            fields_differ=True,
-            added=after.tags,
-            dropped=frozenset(),
-        )
         self.emit(
             SyncAction.CREATE,
             detail,
@@ -626,8 +616,32 @@ class _Rules:
             member=member,
             before=row,
             after=after,
-            plan=plan,
+            plan=self.created(after.tags, member, row),
             write=write,
+        )
+
+    def created(
+        self, wanted: frozenset[str], member: Actual | None, row: LedgerRow | None
+    ) -> _Plan:
+        """The tags of a member after a create: those the sync wants, and, when the member
+        comes back from the archive (which keeps its tags), the tags it still has except those
+        the sync pushed before and the CRM no longer wants (`dropped`: the create removes
+        them, or the next sync would take them for a person's)."""
+        key = self.style.key
+        present = {key(t): t for t in member.tags} if member is not None else {}
+        pushed = self.style.keys(row.tags) if row is not None else frozenset()
+        dropped = (pushed - self.style.keys(wanted)) & present.keys()
+        kept = {present[k] for k in present.keys() - dropped - self.style.keys(wanted)}
+        tags = wanted | kept
+        return _Plan(
+            tags=tags,
+            tag_keys=self.style.keys(tags),
+            imported=frozenset(),
+            unset=frozenset(),
+            unmarked=frozenset(),
+            fields_differ=True,
+            added=wanted,
+            dropped=frozenset(present[k] for k in dropped),
         )
 
     def _change_email(self, contact: Desired, own: LedgerRow, old: Actual) -> None:

@@ -215,6 +215,20 @@ def test_an_archived_member_is_added_back(sandbox: Sandbox, mailchimp: Mailchimp
     assert (outcome.outcome, outcome.status) == (Result.CREATED, MemberStatus.SUBSCRIBED)
 
 
+def test_an_archived_member_comes_back_with_exactly_the_contacts_tags(
+    sandbox: Sandbox, mailchimp: MailchimpClient
+) -> None:
+    mailchimp.upsert(contacts(2, tags=frozenset({"Käufer", "VIP"})))
+    mailchimp.remove([ContactRef(email=f"person{i}@example.com") for i in range(2)])
+    current = {m.key: m for m in mailchimp.snapshot()}
+    assert current["person0@example.com"].tags == {"Käufer", "VIP"}  # the archive keeps them
+    outcomes = mailchimp.upsert(contacts(2, tags=frozenset({"vip", "Neu"})), current)
+    assert [o.outcome for o in outcomes] == [Result.CREATED, Result.CREATED]
+    for i in range(2):
+        member = audience(sandbox).members[subscriber_hash(f"person{i}@example.com")]
+        assert set(member.tags) == {"VIP", "Neu"}  # tag names ignore case
+
+
 def test_email_change_keeps_the_member(sandbox: Sandbox, mailchimp: MailchimpClient) -> None:
     mailchimp.upsert(contacts(3))
     list_id = mailchimp.ensure_audience().id

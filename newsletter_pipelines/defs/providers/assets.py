@@ -257,7 +257,9 @@ def audience_sync(
             members_by_key(
                 provider_audience_snapshot,
                 reconciliation_diff.loc[
-                    reconciliation_diff["action"] == SyncAction.UPDATE, "match_key"
+                    (reconciliation_diff["action"] == SyncAction.UPDATE)
+                    | reconciliation_diff["provider_status"].notna(),
+                    "match_key",
                 ].tolist()
                 + reconciliation_diff["old_email"].dropna().map(match_key).tolist(),
             ),
