@@ -15,7 +15,16 @@ import sqlalchemy as sa
 import uvicorn
 
 from newsletter_pipelines.providers.errors import ApiError
-from newsletter_pipelines.sandbox import PersonEvent, Sandbox, SandboxTransport
+from newsletter_pipelines.sandbox import (
+    SANDBOX_BREVO_KEY,
+    SANDBOX_MAILCHIMP_KEY,
+    SANDBOX_ORIGIN,
+    CampaignSend,
+    PersonEvent,
+    Sandbox,
+    SandboxTransport,
+)
+from newsletter_pipelines.sandbox.campaigns import send_brevo_campaign, send_mailchimp_campaign
 from newsletter_pipelines.sandbox.people import brevo_person, mailchimp_person
 from newsletter_pipelines.settings import Settings
 from newsletter_pipelines.state.events import unprocessed_events
@@ -126,3 +135,63 @@ def test_a_wrong_secret_fails_registration_and_delivery(
     )
     assert sandbox.webhooks.calls[-1].status == 401
     assert unprocessed_events(state, "brevo") == []
+
+
+def test_campaign_events_arrive_over_http(
+    sandbox: Sandbox, receiver_url: str, state: sa.Engine
+) -> None:
+    """A sent campaign's events, delivered by the sandbox to the receiver served by uvicorn."""
+    mailchimp = make_mailchimp(SandboxTransport(sandbox))
+    mailchimp.upsert(contacts(2))
+    list_id = mailchimp.ensure_audience().id
+    brevo_account(sandbox)
+    brevo = make_brevo(SandboxTransport(sandbox))
+    brevo.upsert(contacts(2))
+    brevo_list = brevo.ensure_audience().id
+    with httpx.Client(transport=SandboxTransport(sandbox), base_url=SANDBOX_ORIGIN) as http:
+        hook = {
+            "url": f"{receiver_url}/webhooks/mailchimp/mailchimp?secret={SECRET}",
+            "events": {"campaign": True, "cleaned": True},
+            "sources": {"user": False, "admin": False, "api": False},
+        }
+        answer = http.post(
+            f"/mailchimp/3.0/lists/{list_id}/webhooks",
+            json=hook,
+            auth=("any", SANDBOX_MAILCHIMP_KEY),
+        )
+        assert answer.status_code == 200
+        hook = {
+            "url": f"{receiver_url}/webhooks/brevo/brevo",
+            "events": ["delivered", "hardBounce", "opened", "click"],
+            "type": "marketing",
+            "auth": {"type": "bearer", "token": SECRET},
+        }
+        answer = http.post("/brevo/v3/webhooks", json=hook, headers={"api-key": SANDBOX_BREVO_KEY})
+        assert answer.status_code == 201
+    sent = send_mailchimp_campaign(
+        sandbox, CampaignSend(list_id=list_id, bouncing=["person1@example.com"])
+    )
+    campaign = send_brevo_campaign(
+        sandbox, CampaignSend(list_id=brevo_list, bouncing=["person1@example.com"])
+    )
+    click = PersonEvent(
+        list_id=brevo_list,
+        email="person0@example.com",
+        action="click",
+        campaign_id=campaign["id"],
+        url="https://example.com/a",
+    )
+    brevo_person(sandbox, click)
+    assert {c.status for c in sandbox.webhooks.calls} == {200}
+    stored = [(e.type, e.email) for e in unprocessed_events(state, "mailchimp")]
+    assert stored == [("campaign", None), ("cleaned", "person1@example.com")]
+    assert unprocessed_events(state, "mailchimp")[0].payload["data"]["id"] == sent["id"]
+    events = unprocessed_events(state, "brevo")
+    assert [(e.type, e.email) for e in events] == [
+        ("delivered", "person0@example.com"),
+        ("hard_bounce", "person1@example.com"),
+        ("click", "person0@example.com"),
+    ]
+    assert {e.payload["camp_id"] for e in events} == {campaign["id"]}
+    mailchimp.close()
+    brevo.close()

@@ -18,7 +18,7 @@ import logging
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import httpx
 from pydantic import BaseModel
@@ -41,11 +41,13 @@ from newsletter_pipelines.providers.http import ApiClient, PollPolicy, RetryPoli
 from newsletter_pipelines.providers.mailchimp_batches import Operation, OperationRunner, OpResult
 from newsletter_pipelines.providers.mailchimp_models import (
     BatchSubscribeAnswer,
+    CampaignRecipient,
     ListsPage,
     MemberOut,
     MembersPage,
     MergeField,
     MergeFieldsPage,
+    SentToPage,
     WebhooksPage,
 )
 
@@ -68,6 +70,7 @@ _MEMBER_FIELD_NAMES = (
 )
 _MEMBER_FIELDS = ",".join(_MEMBER_FIELD_NAMES)
 _SNAPSHOT_FIELDS = ",".join(["total_items", *(f"members.{f}" for f in _MEMBER_FIELD_NAMES)])
+_SENT_TO_FIELDS = "total_items,sent_to.email_address,sent_to.status"
 _CHOICE_TYPES = ("dropdown", "radio")
 _WEBHOOK_EVENTS = {
     "subscribe": True,
@@ -632,6 +635,27 @@ class MailchimpClient:
                     )
                 )
         return outcomes
+
+    # --- campaign reports ---------------------------------------------------------------
+
+    def campaign_recipients(self, campaign_id: str) -> list[CampaignRecipient]:
+        """Everyone the campaign was sent to, with the delivery status (`sent`, `hard`,
+        `soft`), by paging `GET /reports/{campaign_id}/sent-to`, 1000 a page. An unknown
+        campaign raises `ApiError` (404)."""
+        path = f"/reports/{quote(campaign_id, safe='')}/sent-to"
+
+        def page(offset: int) -> SentToPage:
+            params = {"count": PAGE_SIZE, "offset": offset, "fields": _SENT_TO_FIELDS}
+            return SentToPage.model_validate(self._api.call("GET", path, params=params))
+
+        first = page(0)
+        offsets = list(range(PAGE_SIZE, first.total_items, PAGE_SIZE))
+        pages = [first, *self._api.parallel(page, offsets)]
+        return [
+            CampaignRecipient(email=r.email_address, status=r.status)
+            for p in pages
+            for r in p.sent_to
+        ]
 
     # --- webhook ------------------------------------------------------------------------
 

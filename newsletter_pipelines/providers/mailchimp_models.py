@@ -92,3 +92,23 @@ class BatchStatus(_Answer):
     total_operations: int = 0
     errored_operations: int = 0
     response_body_url: str = ""
+
+
+class SentTo(_Answer):
+    email_address: str
+    status: str
+
+
+class SentToPage(_Answer):
+    sent_to: list[SentTo]
+    total_items: int
+
+
+class CampaignRecipient(BaseModel):
+    """One address a campaign went to, with its delivery status: `sent`, or `hard` / `soft`
+    for a bounce (Mailchimp's values, passed on as they come)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    email: str
+    status: str

@@ -6,6 +6,7 @@ In-process: `httpx.Client(transport=SandboxTransport(Sandbox()))` with base URLs
 `/_sandbox` (see `control`).
 """
 
+from newsletter_pipelines.sandbox.campaigns import CampaignSend
 from newsletter_pipelines.sandbox.engine import (
     BREVO_PREFIX,
     MAILCHIMP_PREFIX,
@@ -23,6 +24,7 @@ __all__ = [
     "SANDBOX_BREVO_KEY",
     "SANDBOX_MAILCHIMP_KEY",
     "SANDBOX_ORIGIN",
+    "CampaignSend",
     "FaultRule",
     "PersonEvent",
     "Sandbox",

@@ -91,8 +91,33 @@ class BvWebhook(BaseModel):
     modifiedAt: float  # noqa: N815
 
 
+class BvRecipient(BaseModel):
+    """One contact an email campaign went to; `status` is `delivered` or `hardBounce`."""
+
+    contact_id: int
+    email: str
+    status: str
+
+
+class BvCampaign(BaseModel):
+    """A sent email campaign: its lists and its recipients at send time."""
+
+    id: int
+    name: str
+    subject: str
+    tag: str = ""
+    listIds: list[int]  # noqa: N815 - Brevo's field name
+    sentDate: float  # noqa: N815
+    recipients: list[BvRecipient] = Field(default_factory=list)
+
+    def recipient(self, contact_id: int) -> BvRecipient | None:
+        """The contact's delivery, if the campaign went to it."""
+        return next((r for r in self.recipients if r.contact_id == contact_id), None)
+
+
 class BvAccount(BaseModel):
-    """One Brevo account (API key) with its attributes, lists, contacts and processes."""
+    """One Brevo account (API key) with its attributes, lists, contacts, processes and sent
+    campaigns."""
 
     api_key: str
     key_name: str = "sandbox-key"
@@ -107,6 +132,7 @@ class BvAccount(BaseModel):
     contacts: dict[int, BvContact] = Field(default_factory=dict)
     processes: dict[int, BvProcess] = Field(default_factory=dict)
     webhooks: dict[int, BvWebhook] = Field(default_factory=dict)
+    campaigns: dict[int, BvCampaign] = Field(default_factory=dict)
     next_id: int = 1
     _by_email: dict[str, int] = PrivateAttr(default_factory=dict)
 

@@ -11,6 +11,8 @@ POST   /_sandbox/mailchimp/accounts          {"api_key", "max_lists"?}
 POST   /_sandbox/brevo/accounts              {"api_key", "language"?, "attributes"?, ...}
 POST   /_sandbox/mailchimp/people            a person acts (see `PersonEvent`)
 POST   /_sandbox/brevo/people                a person acts (see `PersonEvent`)
+POST   /_sandbox/mailchimp/campaigns         an admin sends a campaign (see `CampaignSend`)
+POST   /_sandbox/brevo/campaigns             an admin sends a campaign (see `CampaignSend`)
 GET    /_sandbox/files/mailchimp-batches/{id}.tar.gz   results of a Mailchimp batch
 """
 
@@ -25,6 +27,11 @@ from pydantic import BaseModel, ValidationError
 
 from newsletter_pipelines.sandbox.brevo_rules import BrevoError
 from newsletter_pipelines.sandbox.brevo_state import BvAttribute
+from newsletter_pipelines.sandbox.campaigns import (
+    CampaignSend,
+    send_brevo_campaign,
+    send_mailchimp_campaign,
+)
 from newsletter_pipelines.sandbox.core import (
     BodyError,
     Request,
@@ -91,6 +98,8 @@ class ControlApi:
             ("POST", "/brevo/accounts", self.brevo_account),
             ("POST", "/mailchimp/people", self.mailchimp_person),
             ("POST", "/brevo/people", self.brevo_person),
+            ("POST", "/mailchimp/campaigns", self.mailchimp_campaign),
+            ("POST", "/brevo/campaigns", self.brevo_campaign),
             ("GET", "/files/mailchimp-batches/{name}", self.batch_results),
         ):
             self.router.add(method, template, handler)
@@ -171,6 +180,14 @@ class ControlApi:
     def brevo_person(self, request: Request) -> Response:
         event = PersonEvent.model_validate(request.json_object())
         return json_response(200, brevo_person(self.sandbox, event))
+
+    def mailchimp_campaign(self, request: Request) -> Response:
+        send = CampaignSend.model_validate(request.json_object())
+        return json_response(200, send_mailchimp_campaign(self.sandbox, send))
+
+    def brevo_campaign(self, request: Request) -> Response:
+        send = CampaignSend.model_validate(request.json_object())
+        return json_response(200, send_brevo_campaign(self.sandbox, send))
 
     def batch_results(self, request: Request) -> Response:
         batch_id = request.params["name"].removesuffix(".tar.gz")

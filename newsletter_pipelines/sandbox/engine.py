@@ -141,11 +141,12 @@ class Sandbox:
         return self.webhooks.validate(url)
 
     def mailchimp_event(self, lst: McList, kind: str, data: dict[str, Any], source: str) -> None:
-        """Queue a form-encoded event for every webhook that wants `kind` from `source`."""
+        """Queue a form-encoded event for every webhook that wants `kind` from `source`
+        (`cleaned` and `campaign` events go out whatever the webhook's sources)."""
         fired = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
         for hook in lst.webhooks:
             wanted = hook.events.get(kind, False)
-            by_source = kind == "cleaned" or hook.sources.get(source, False)
+            by_source = kind in ("cleaned", "campaign") or hook.sources.get(source, False)
             if wanted and by_source:
                 payload = {"type": kind, "fired_at": fired, "data": data}
                 self._outbox.append(lambda url=hook.url, p=payload: self.webhooks.post_form(url, p))

@@ -20,6 +20,7 @@ from newsletter_pipelines.sandbox.core import (
 )
 from newsletter_pipelines.sandbox.fields import partial
 from newsletter_pipelines.sandbox.mailchimp_batch_ops import BatchHandlers
+from newsletter_pipelines.sandbox.mailchimp_campaigns import CampaignHandlers
 from newsletter_pipelines.sandbox.mailchimp_members import ProblemError, invalid, not_found
 from newsletter_pipelines.sandbox.mailchimp_state import (
     McAccount,
@@ -107,6 +108,7 @@ class MailchimpApi:
         self.batches = BatchHandlers(hooks.now, hooks.batch_delay, self._route)
         routes += TagHandlers(hooks.now).routes()
         routes += WebhookHandlers(hooks.validate_webhook_url).routes()
+        routes += CampaignHandlers().routes()
         routes += self.batches.routes()
         for method, template, handler in routes:
             self.router.add(method, template, handler)

@@ -248,6 +248,24 @@ def archive(lst: McList, member: McMember, now: float) -> None:
     member.last_changed = now_iso(now)
 
 
+def clean(member: McMember, now: float) -> None:
+    """The address bounced hard: the member (whatever its status, archived too) is `cleaned`."""
+    member.status, member.last_changed = "cleaned", now_iso(now)
+    member.archived_from = None
+
+
+def event_data(lst: McList, member: McMember, **extra: Any) -> dict[str, Any]:
+    """The `data` of a member's webhook event (`subscribe`, `unsubscribe`, `cleaned`, …)."""
+    return {
+        "id": member.id,
+        "list_id": lst.id,
+        "email": member.email_address,
+        "email_type": "html",
+        "merges": {"EMAIL": member.email_address, **member.merge_fields},
+        **extra,
+    }
+
+
 def forget(lst: McList, member: McMember) -> None:
     """Delete permanently: the address can never be imported again."""
     del lst.members[member.id]

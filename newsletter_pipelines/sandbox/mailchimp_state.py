@@ -76,6 +76,27 @@ class McList(BaseModel):
     segments: dict[str, int] = Field(default_factory=dict, description="tag name -> id")
 
 
+class McRecipient(BaseModel):
+    """One address a campaign went to, as the sent-to report shows it."""
+
+    email_id: str
+    email_address: str
+    status: str = Field(description="`sent`, or `hard` for a hard bounce")
+    merge_fields: dict[str, Any] = Field(default_factory=dict)
+
+
+class McCampaign(BaseModel):
+    """A sent regular campaign: its audience and its recipients at send time."""
+
+    id: str
+    web_id: int
+    list_id: str
+    subject: str
+    title: str
+    send_time: str
+    recipients: list[McRecipient] = Field(default_factory=list)
+
+
 class McBatch(BaseModel):
     id: str
     operations: list[dict[str, Any]]
@@ -86,12 +107,13 @@ class McBatch(BaseModel):
 
 
 class McAccount(BaseModel):
-    """One Mailchimp user (API key) with its audiences and batches."""
+    """One Mailchimp user (API key) with its audiences, batches and sent campaigns."""
 
     api_key: str
     max_lists: int = 5
     lists: dict[str, McList] = Field(default_factory=dict)
     batches: dict[str, McBatch] = Field(default_factory=dict)
+    campaigns: dict[str, McCampaign] = Field(default_factory=dict)
     next_id: int = 1
 
     def new_id(self) -> int:

@@ -51,6 +51,7 @@ on it):
   itself), 400 `Invalid Resource` for a member that is not subscribed or a bad address, 400
   `Forgotten Email Not Subscribed` for a permanently deleted one.
 - `blacklist`, `list_unsubscribe`, `complain`: Brevo only, 400.
+- `open`, `click`: Brevo only in the sandbox, 400 (Mailchimp fires no webhook for them).
 - All but `signup`, `resubscribe`, `pending` and `transactional` need a member (404 otherwise).
 
 Brevo (`brevo_person`; `list_id` is the list the person acts on; no person action leaves a list
@@ -58,8 +59,9 @@ id in both `listIds` and `listUnsubscribed`, though re-linking through the API c
 `signup`/`resubscribe` then clear the unsubscription). The four ways Brevo blacklists a contact
 (hard bounce, unsubscription, spam complaint, an admin's blocklisting) look alike in
 `emailBlacklisted`; each is also recorded in the contact's `statistics`, as `GET
-/contacts/{identifier}` shows them, and stays there when the blacklist is lifted. A person
-reacts to campaign 0 (the sandbox sends none), in statistics and webhooks alike:
+/contacts/{identifier}` shows them, and stays there when the blacklist is lifted. `unsubscribe`,
+`clean` and `complain` react to campaign 0, in statistics and webhooks alike; `open` and `click`
+react to a campaign the sandbox sent (`campaigns.send_brevo_campaign`):
 
 - `signup`: a form: creates the contact if needed, sets the names, links the list (and takes it
   out of `listUnsubscribed`); the blacklist stays. Fires `listAddition`.
@@ -91,6 +93,11 @@ reacts to campaign 0 (the sandbox sends none), in statistics and webhooks alike:
   list or not); its `id`, lists, attributes and blacklist stay, `modifiedAt` moves. No webhook
   (Brevo's marketing events have none for an address change). 400 `duplicate_parameter` when
   another contact has the address, 400 `invalid_parameter` for a bad address.
+- `open` / `click`: the person opens campaign `campaign_id`, or clicks `url` in it; fires
+  `opened` / `click` (payloads in `brevo_campaigns`); nothing else changes. 400
+  `missing_parameter` without `campaign_id` (or, for a click, `url`), 404 for an unknown
+  campaign, 400 `invalid_parameter` when the campaign was not sent to `list_id` or not
+  delivered to the contact (not a recipient, or bounced). A blacklisted recipient still can.
 - `pending`, `transactional`: Mailchimp only, 400.
 - All but `signup`, `resubscribe` and `blacklist` need a contact (404 otherwise).
 """
@@ -101,6 +108,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
+from newsletter_pipelines.sandbox import brevo_campaigns
 from newsletter_pipelines.sandbox import mailchimp_members as members
 from newsletter_pipelines.sandbox.brevo_rules import (
     BrevoError,
@@ -136,11 +144,13 @@ PersonAction = Literal[
     "tag",
     "untag",
     "change_email",
+    "open",
+    "click",
 ]
 MAILCHIMP_ONLY = frozenset({"pending", "transactional"})
-BREVO_ONLY = frozenset({"blacklist", "list_unsubscribe", "complain"})
+BREVO_ONLY = frozenset({"blacklist", "list_unsubscribe", "complain", "open", "click"})
 CAMPAIGN_ID = 0
-"""The Brevo campaign a person reacts to (the sandbox sends none)."""
+"""The Brevo campaign a person unsubscribes from, bounces or complains about."""
 
 
 class PersonEvent(BaseModel):
@@ -151,6 +161,10 @@ class PersonEvent(BaseModel):
     action: PersonAction
     tag: str | None = None
     new_email: str | None = None
+    campaign_id: int | None = None
+    """Brevo `open` / `click`: the campaign (its `id` as the campaign send returned it)."""
+    url: str | None = None
+    """Brevo `click`: the link clicked."""
     first_name: str = ""
     last_name: str = ""
     api_key: str | None = None
@@ -174,6 +188,12 @@ def brevo_person(sandbox: Sandbox, event: PersonEvent) -> dict[str, Any]:
 
 
 def _mailchimp_person(sandbox: Sandbox, event: PersonEvent) -> dict[str, Any]:
+    if event.action in ("open", "click"):
+        raise ProblemError(
+            400,
+            "Invalid Resource",
+            f"{event.action!r} is emulated for Brevo only (Mailchimp fires no webhook for it).",
+        )
     if event.action in BREVO_ONLY:
         raise ProblemError(
             400, "Invalid Resource", f"{event.action!r} is a Brevo action; Mailchimp has none."
@@ -238,8 +258,7 @@ def _mailchimp_person(sandbox: Sandbox, event: PersonEvent) -> dict[str, Any]:
             )
             return {}
         elif event.action == "clean":
-            member.status, member.last_changed = "cleaned", now_iso(now)
-            member.archived_from = None
+            members.clean(member, now)
             _mc_event(sandbox, lst, "cleaned", member, "admin", reason="hard")
         elif event.action == "change_email":
             old_email = member.email_address
@@ -258,15 +277,7 @@ def _mailchimp_person(sandbox: Sandbox, event: PersonEvent) -> dict[str, Any]:
 def _mc_event(
     sandbox: Sandbox, lst: Any, kind: str, member: Any, source: str, **extra: Any
 ) -> None:
-    data = {
-        "id": member.id,
-        "list_id": lst.id,
-        "email": member.email_address,
-        "email_type": "html",
-        "merges": {"EMAIL": member.email_address, **member.merge_fields},
-        **extra,
-    }
-    sandbox.mailchimp_event(lst, kind, data, source)
+    sandbox.mailchimp_event(lst, kind, members.event_data(lst, member, **extra), source)
 
 
 def _brevo_person(sandbox: Sandbox, event: PersonEvent) -> dict[str, Any]:
@@ -278,6 +289,10 @@ def _brevo_person(sandbox: Sandbox, event: PersonEvent) -> dict[str, Any]:
         raise BrevoError(400, "missing_parameter", "tag is missing")
     if event.action == "change_email" and not event.new_email:
         raise BrevoError(400, "missing_parameter", "new_email is missing")
+    if event.action in ("open", "click") and event.campaign_id is None:
+        raise BrevoError(400, "missing_parameter", "campaign_id is missing")
+    if event.action == "click" and not event.url:
+        raise BrevoError(400, "missing_parameter", "url is missing")
     with sandbox.transaction():
         account = sandbox.state.brevo[event.api_key or _only(sandbox.state.brevo)]
         list_id = int(event.list_id) if event.list_id.isdigit() else -1
@@ -297,7 +312,7 @@ def _brevo_person(sandbox: Sandbox, event: PersonEvent) -> dict[str, Any]:
             resubscribe = event.action == "resubscribe"
             if contact is None:
                 check_address(event.email)
-            elif resubscribe and _subscribed_to(contact, list_id):
+            elif resubscribe and brevo_campaigns.subscribed_to(contact, list_id):
                 raise BrevoError(
                     400, "duplicate_parameter", "Contact is already subscribed to the list"
                 )
@@ -344,8 +359,7 @@ def _brevo_person(sandbox: Sandbox, event: PersonEvent) -> dict[str, Any]:
             )
             return {}
         elif event.action == "clean":
-            contact.emailBlacklisted, contact.modifiedAt = True, now
-            contact.statistics.hardBounces.append(_campaign_event(now))
+            brevo_campaigns.hard_bounce(contact, now, CAMPAIGN_ID)
             sandbox.brevo_event(
                 account, "hardBounce", {"event": "hard_bounce", "reason": "unknown user", **common}
             )
@@ -355,6 +369,16 @@ def _brevo_person(sandbox: Sandbox, event: PersonEvent) -> dict[str, Any]:
             sandbox.brevo_event(account, "spam", {"event": "spam", **campaign})
         elif event.action == "change_email":
             _move(account, contact, str(event.new_email), now)
+        elif event.action in ("open", "click"):
+            brevo_campaigns.react(
+                sandbox,
+                account,
+                contact,
+                list_id=list_id,
+                campaign_id=event.campaign_id or 0,
+                action=event.action,
+                url=event.url,
+            )
         else:
             tags = [
                 t for t in str(contact.attributes.get(event.tags_attribute, "")).split(",") if t
@@ -385,14 +409,6 @@ def _move(account: BvAccount, contact: BvContact, new_email: str, now: float) ->
         raise duplicate_email()
     account.rename(contact, new_email)
     contact.modifiedAt = now
-
-
-def _subscribed_to(contact: BvContact, list_id: int) -> bool:
-    return (
-        not contact.emailBlacklisted
-        and list_id in contact.listIds
-        and list_id not in contact.listUnsubscribed
-    )
 
 
 def _new_contact(account: BvAccount, email: str, now: float) -> BvContact:
