@@ -5,17 +5,20 @@ Nested values use a double underscore: `NEWSLETTER_CRM_SCHEMA__EMAIL=mail_addres
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 DEMO_WEBHOOK_SECRET = "embedded-demo-webhook-secret"
+ALWAYS_ACTIVITIES = frozenset({"subscribed", "unsubscribed"})
+OPTIONAL_ACTIVITIES = ("hard_bounce", "delivered", "opened", "clicked")
 """Webhook secret of the embedded demo (no provider API key); never used for a real provider."""
 WEBHOOK_SECRET_MIN_LENGTH = 16
 
@@ -231,10 +234,30 @@ class Settings(BaseSettings):
     webhook_rate_burst: int = Field(
         default=500, ge=1, description="Token bucket size: requests a client may send at once."
     )
+    activities: Annotated[frozenset[str], NoDecode] = Field(
+        default=ALWAYS_ACTIVITIES,
+        description="Comma-separated activity kinds the CRM receives: `subscribed` and "
+        f"`unsubscribed` always; add any of {', '.join(OPTIONAL_ACTIVITIES)}.",
+    )
     api_specs_dir: Path = Field(
         default=PROJECT_ROOT.parent / "shared" / "specs",
         description="Folder of the official API specifications used by the contract tests.",
     )
+
+    @field_validator("activities", mode="before")
+    @classmethod
+    def _known_activities(cls, value: object) -> frozenset[str]:
+        names = value.split(",") if isinstance(value, str) else value
+        if not isinstance(names, Iterable):
+            raise ValueError("NEWSLETTER_ACTIVITIES: expected comma-separated names")
+        chosen = frozenset(str(n).strip() for n in names) - {""}
+        unknown = chosen - ALWAYS_ACTIVITIES - set(OPTIONAL_ACTIVITIES)
+        if unknown:
+            raise ValueError(
+                f"NEWSLETTER_ACTIVITIES: unknown activities {sorted(unknown)} (known: "
+                f"{', '.join(sorted(ALWAYS_ACTIVITIES))}, {', '.join(OPTIONAL_ACTIVITIES)})"
+            )
+        return chosen | ALWAYS_ACTIVITIES
 
     @field_validator("timezone")
     @classmethod

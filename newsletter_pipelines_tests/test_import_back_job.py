@@ -239,12 +239,16 @@ class Expectations:
 
 @pytest.mark.parametrize("audience", AUDIENCES)
 def test_every_import_back_rule_through_the_jobs(
-    audience: str, settings: Settings, synced: Synced
+    audience: str, settings: Settings, synced: Synced, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """After the first full sync, ten people act, each on a different contact; one
     `import_back_job` writes exactly what the rules say, a second writes nothing, and the next
     `full_sync_job` sends the provider nothing but the unsubscribe of a sign-up older than the
-    CRM's newsletter = no."""
+    CRM's newsletter = no. Hard bounces are recorded (NEWSLETTER_ACTIVITIES=hard_bounce)."""
+    monkeypatch.setattr(
+        "newsletter_pipelines.defs.import_back.writing._SETTINGS",
+        Settings(activities="hard_bounce"),
+    )
     provider = settings.audience(audience).provider
     system_tag = settings.audience(audience).system_tag
     found = synced.copy_to(settings.home)

@@ -9,14 +9,20 @@ from collections import Counter
 from collections.abc import Iterator
 
 import dagster as dg
+import httpx
 import pytest
 import sqlalchemy as sa
 
 from newsletter_pipelines.definitions import defs
 from newsletter_pipelines.defs.import_back.sensors import provider_events_sensor
+from newsletter_pipelines.defs.providers.clients import audience_client
 from newsletter_pipelines.defs.resources import build_resources
+from newsletter_pipelines.sandbox import CampaignSend, PersonEvent
+from newsletter_pipelines.sandbox.campaigns import send_brevo_campaign, send_mailchimp_campaign
+from newsletter_pipelines.sandbox.people import brevo_person
 from newsletter_pipelines.settings import Settings
 from newsletter_pipelines.state.events import pending_by_audience
+from newsletter_pipelines.sync.email_address import raw_match_key
 from newsletter_pipelines_tests.test_import_back_assets import act
 from newsletter_pipelines_tests.test_import_back_job import (
     AUDIENCES,
@@ -120,4 +126,92 @@ def test_an_unsubscribe_reaches_the_crm_through_receiver_sensor_and_job(
         assert echo.success
         assert pushed(echo) == NOTHING_PUSHED
         assert metadata(echo, "crm_import_back").get("applied", 0) == 0
+        assert crm_state(settings) == after
+
+
+def list_id_of(settings: Settings, audience: str) -> str:
+    resources = build_resources(settings)
+    client = audience_client(
+        settings.audience(audience), resources["mailchimp"], resources["brevo"]
+    )
+    try:
+        return str(client.ensure_audience().id)
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("audience", AUDIENCES)
+def test_campaign_engagement_becomes_activities_through_receiver_sensor_and_job(
+    audience: str,
+    settings: Settings,
+    receiver_url: str,  # noqa: F811 (its inbox: the fixture `state`, the synced home)
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With NEWSLETTER_ACTIVITIES=delivered,opened,clicked a sent campaign gives every CRM
+    contact of a recipient's address one `delivered` (Brevo: its events; Mailchimp: the
+    campaign event and the sent-to report; Brevo: its batched `delivered` events), and Brevo's
+    opens and clicks one activity each; nothing else changes, and a redelivered event writes
+    nothing."""
+    engaged = Settings(
+        webhook_public_url=receiver_url,
+        webhook_secret=SECRET,
+        activities="delivered,opened,clicked",
+    )
+    monkeypatch.setattr("newsletter_pipelines.defs.providers.assets._SETTINGS", engaged)
+    monkeypatch.setattr("newsletter_pipelines.defs.import_back.engagements._SETTINGS", engaged)
+    with dg.instance_for_test() as instance:
+        assert run_sync(instance, audience).success  # registers the campaign events
+        before = crm_state(settings)
+        list_id = list_id_of(settings, audience)
+        send = CampaignSend(list_id=list_id, subject="Frühling")
+        sandbox = sandbox_of(settings)
+        if audience == "mailchimp":
+            sent = send_mailchimp_campaign(sandbox, send)
+            addresses = [r["email_address"] for r in sent["recipients"]]
+        else:
+            sent = send_brevo_campaign(sandbox, send)
+            addresses = [r["email"] for r in sent["recipients"]]
+            reader = addresses[0]
+            for action, extra in (("open", {}), ("click", {"url": "https://x.de/a"})):
+                event = PersonEvent(
+                    list_id=list_id,
+                    email=reader,
+                    action=action,  # type: ignore[arg-type]
+                    campaign_id=sent["id"],
+                    **extra,
+                )
+                brevo_person(sandbox_of(settings), event)
+        assert len(addresses) > 10
+        assert all(call.status == 200 for call in sandbox_of(settings).webhooks.calls[-3:])
+
+        result = sense(instance, settings, None)
+        assert isinstance(result, dg.SensorResult)
+        (request,) = result.run_requests or []
+        run = run_events(instance, request)
+        assert run.success
+        after = crm_state(settings)
+        by_key: dict[str | None, list[int]] = {}
+        for contact_id, row in before.contacts.items():
+            by_key.setdefault(raw_match_key(row["email"]), []).append(contact_id)
+        expected = Counter(
+            {(i, "delivered"): 1 for a in addresses for i in by_key.get(raw_match_key(a), [])}
+        )
+        if audience == "brevo":
+            for i in by_key[raw_match_key(reader)]:
+                expected[(i, "opened")] = 1
+                expected[(i, "clicked")] = 1
+        assert after.kinds() == expected
+        assert changed(before, after) == set()  # activities only
+        (output,) = [e.step_output_data for e in run.all_events if e.is_successful_output]
+        written = output.metadata["engagement_activities_written"].value  # counts in the UI
+        assert written == sum(expected.values())
+        assert pending(settings) == {}
+        # the same campaign event delivered again: stored once, nothing new
+        delivery = sandbox_of(settings).webhooks.calls[0 if audience == "mailchimp" else -1]
+        assert (
+            httpx.post(delivery.url, content=delivery.body, headers=delivery.headers).json()[
+                "stored"
+            ]
+            == 0
+        )
         assert crm_state(settings) == after

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
+from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
@@ -10,7 +11,7 @@ from more_itertools import chunked
 
 from newsletter_pipelines.crm.addresses import irregular, printable_ascii, sql_address_key
 from newsletter_pipelines.crm.errors import CrmError
-from newsletter_pipelines.crm.schema import CONTACT_FIELDS
+from newsletter_pipelines.crm.schema import CONTACT_FIELDS, id_binder
 from newsletter_pipelines.settings import CrmSchema
 from newsletter_pipelines.sync.email_address import raw_match_key
 
@@ -39,10 +40,8 @@ def read_contacts(engine: sa.Engine, schema: CrmSchema) -> pd.DataFrame:
     classified there instead of failing the read.
     """
     contacts = sa.table(schema.contacts_table, *(sa.column(c) for c in _mapped_names(schema)))
-    tags = sa.table(schema.tags_table, sa.column(schema.tag_contact_id), sa.column(schema.tag))
-    tag_cid, tag = tags.c[schema.tag_contact_id], tags.c[schema.tag]
     contact_query = sa.select(*contacts.c).order_by(contacts.c[schema.id])
-    tag_query = sa.select(tag_cid, tag).where(tag.is_not(None)).order_by(tag_cid, tag)
+    tag_query = _tag_query(schema)
     try:
         rows = _fetch_all(engine, contact_query)
         tag_rows = _fetch_all(engine, tag_query)
@@ -52,11 +51,7 @@ def read_contacts(engine: sa.Engine, schema: CrmSchema) -> pd.DataFrame:
         raise _read_error(schema, exc) from exc
     frame = pd.DataFrame.from_records(rows, columns=list(CONTACT_COLUMNS))
     del rows
-    tags_by_id: dict[object, list[str]] = {}
-    for cid, value in tag_rows:
-        tags_by_id.setdefault(cid, []).append(str(value))
-    frame["tags"] = [tuple(tags_by_id.get(cid, ())) for cid in frame["contact_id"]]
-    return frame
+    return _with_tags(frame, tag_rows)
 
 
 def read_contacts_at(
@@ -84,30 +79,40 @@ def read_contacts_at(
     key_set, id_set = set(keys), {str(i) for i in ids}
     found = [r for r in rows if str(r[0]) in id_set or raw_match_key(r[4]) in key_set]
     frame = pd.DataFrame.from_records(found, columns=list(CONTACT_COLUMNS))
-    return _with_tags(engine, schema, frame, [r[0] for r in found])
+    with engine.connect() as conn:
+        tag_rows = [
+            tuple(row)
+            for batch in chunked([r[0] for r in found], 500)
+            for row in conn.execute(_tag_query(schema, batch))
+        ]
+    return _with_tags(frame, tag_rows)
 
 
 def _typed_ids(engine: sa.Engine, schema: CrmSchema, ids: Collection[str]) -> list[object]:
-    """`ids` as the id column compares them: integers for an integer column (ids that are not
-    integers cannot be there), else text."""
-    columns = {c["name"]: c["type"] for c in sa.inspect(engine).get_columns(schema.contacts_table)}
-    if isinstance(columns.get(schema.id), sa.Integer):
+    """`ids` as the id column compares them (ids that are not integers cannot be in an integer
+    column)."""
+    with engine.connect() as conn:
+        bind = id_binder(conn, schema)
+    if bind is int:
         return sorted(int(i) for i in ids if str(i).lstrip("-").isdigit())
-    return sorted(str(i) for i in ids)
+    return sorted(bind(i) for i in ids)
 
 
-def _with_tags(
-    engine: sa.Engine, schema: CrmSchema, frame: pd.DataFrame, ids: Sequence[object]
-) -> pd.DataFrame:
-    """`frame` with the `tags` column of these contacts."""
+def _tag_query(schema: CrmSchema, ids: Sequence[object] | None = None) -> sa.Select:
+    """The (contact id, tag) rows of the tags table, of the contacts `ids` when given."""
     tags = sa.table(schema.tags_table, sa.column(schema.tag_contact_id), sa.column(schema.tag))
     tag_cid, tag = tags.c[schema.tag_contact_id], tags.c[schema.tag]
+    query = sa.select(tag_cid, tag).where(tag.is_not(None))
+    if ids is not None:
+        query = query.where(tag_cid.in_(ids))
+    return query.order_by(tag_cid, tag)
+
+
+def _with_tags(frame: pd.DataFrame, tag_rows: Iterable[Sequence[Any]]) -> pd.DataFrame:
+    """`frame` with a `tags` column: each contact's tags from (contact id, tag) rows."""
     tags_by_id: dict[object, list[str]] = {}
-    with engine.connect() as conn:
-        for batch in chunked(ids, 500):
-            query = sa.select(tag_cid, tag).where(tag.is_not(None), tag_cid.in_(batch))
-            for cid, value in conn.execute(query.order_by(tag_cid, tag)):
-                tags_by_id.setdefault(cid, []).append(str(value))
+    for cid, value in tag_rows:
+        tags_by_id.setdefault(cid, []).append(str(value))
     frame["tags"] = [tuple(tags_by_id.get(cid, ())) for cid in frame["contact_id"]]
     return frame
 

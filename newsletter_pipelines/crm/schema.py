@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -77,3 +79,20 @@ def crm_tables(schema: CrmSchema) -> CrmTables:
 def create_schema(engine: sa.Engine, schema: CrmSchema) -> None:
     """Create the CRM tables if they do not exist yet."""
     crm_tables(schema).metadata.create_all(engine)
+
+
+def id_binder(conn: sa.Connection, schema: CrmSchema) -> Callable[[Any], Any]:
+    """`int` or `str` when the CRM's id column holds integers or text, so ids given either way
+    match (PostgreSQL refuses `bigint = varchar`); else ids are bound as given."""
+    for column in sa.inspect(conn).get_columns(schema.contacts_table):
+        if column["name"] == schema.id:
+            try:
+                python_type = column["type"].python_type
+            except NotImplementedError:
+                break
+            return {int: int, str: str}.get(python_type, _as_given)
+    return _as_given
+
+
+def _as_given(value: Any) -> Any:
+    return value

@@ -32,7 +32,7 @@ from newsletter_pipelines.crm.addresses import (
     sql_address_key,
 )
 from newsletter_pipelines.crm.errors import CrmError
-from newsletter_pipelines.crm.schema import crm_tables
+from newsletter_pipelines.crm.schema import crm_tables, id_binder
 from newsletter_pipelines.db import IN_BATCH, bulk_insert, matching
 from newsletter_pipelines.settings import CrmSchema, CrmValues
 
@@ -476,22 +476,12 @@ class CrmWriter:
     # --- statements, each failure named by its table ---------------------------------------
 
     def _id_binder(self) -> Callable[[Any], Any]:
-        """`int` or `str` when the CRM's id column holds integers or text, so ids given either
-        way match (PostgreSQL refuses `bigint = varchar`); else ids are bound as given."""
-        s = self.schema
+        """How ids are bound to compare with the CRM's id column (`schema.id_binder`)."""
         try:
             with self.engine.connect() as conn:
-                columns = sa.inspect(conn).get_columns(s.contacts_table)
+                return id_binder(conn, self.schema)
         except sa.exc.SQLAlchemyError as exc:
-            raise self._error("read", s.contacts_table, exc, None) from exc
-        for column in columns:
-            if column["name"] == s.id:
-                try:
-                    python_type = column["type"].python_type
-                except NotImplementedError:
-                    return _same
-                return {int: int, str: str}.get(python_type, _same)
-        return _same
+            raise self._error("read", self.schema.contacts_table, exc, None) from exc
 
     def _held(self, conn: sa.Connection, keys: frozenset[str]) -> set[str]:
         """Those of `keys` that CRM addresses have (compared as `address_key`), in one query.

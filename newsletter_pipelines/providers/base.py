@@ -182,8 +182,12 @@ class Provider(Protocol):
         """Take contacts out of the audience (Mailchimp archive, Brevo unlink from the list)."""
         ...
 
-    def register_webhook(self, url: str, secret: str) -> str:
-        """Register (once) the webhook for changes made by people; returns its id."""
+    def register_webhook(
+        self, url: str, secret: str, activities: frozenset[str] = frozenset()
+    ) -> str:
+        """Register (once) the webhook for changes made by people, with the campaign events
+        the `activities` (`delivered`, `opened`, `clicked`) need; returns its id. A webhook at
+        `url` with other events or another secret is updated."""
         ...
 
     def close(self) -> None:

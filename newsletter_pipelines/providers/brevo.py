@@ -78,6 +78,7 @@ from newsletter_pipelines.providers.brevo_models import (
     Lists,
     MembershipAnswer,
     Process,
+    Webhook,
     Webhooks,
 )
 from newsletter_pipelines.providers.errors import ApiError, ProviderError
@@ -107,6 +108,7 @@ _WEBHOOK_EVENTS = [
     "hardBounce",
     "spam",
 ]
+_ACTIVITY_EVENTS = {"delivered": "delivered", "opened": "opened", "clicked": "click"}
 
 
 def parse_error(response: httpx.Response) -> tuple[str, str]:
@@ -653,23 +655,49 @@ class BrevoClient:
 
     # --- webhook ------------------------------------------------------------------------
 
-    def register_webhook(self, url: str, secret: str) -> str:
-        """Marketing webhook (unsubscribes, list additions, deletions, hard bounces, spam
-        complaints) that authenticates with a bearer token; registered once per URL."""
-        existing = Webhooks.model_validate(
-            self._api.call("GET", "/webhooks", params={"type": "marketing"})
-        )
-        for hook in existing.webhooks:
-            if hook.url == url:
-                return str(hook.id)
-        body = {
-            "url": url,
-            "description": f"newsletter_pipelines: {self._audience_name}",
-            "events": _WEBHOOK_EVENTS,
-            "type": "marketing",
-            "auth": {"type": "bearer", "token": secret},
-        }
-        return str(self._api.call("POST", "/webhooks", json=body)["id"])
+    def register_webhook(
+        self, url: str, secret: str, activities: frozenset[str] = frozenset()
+    ) -> str:
+        """Marketing webhook at `url` (unsubscribes, list additions, deletions, hard bounces,
+        spam complaints: delivered one by one, at once) that authenticates with a bearer token,
+        and, for the campaign events of the `activities` turned on, a second, batched one (a
+        campaign's events come in arrays of up to 500) at `url?stream=engagement`, removed
+        when none is on. Each is registered once and updated when its events or its token (a
+        rotated secret) differ; returns the first one's id."""
+        auth = {"type": "bearer", "token": secret}
+        answer = self._api.call("GET", "/webhooks", params={"type": "marketing"})
+        existing = {hook.url: hook for hook in Webhooks.model_validate(answer).webhooks}
+        hook_id = self._webhook(existing.get(url), url, _WEBHOOK_EVENTS, auth, batched=False)
+        stream = f"{url}{'&' if '?' in url else '?'}stream=engagement"
+        engagement = [e for a, e in _ACTIVITY_EVENTS.items() if a in activities]
+        if engagement:
+            self._webhook(existing.get(stream), stream, engagement, auth, batched=True)
+        elif stream in existing:
+            self._api.call("DELETE", f"/webhooks/{existing[stream].id}")
+        return hook_id
+
+    def _webhook(
+        self,
+        hook: Webhook | None,
+        url: str,
+        events: list[str],
+        auth: dict[str, str],
+        *,
+        batched: bool,
+    ) -> str:
+        """The id of the marketing webhook at `url`, created or updated to these settings."""
+        wanted = {"events": events, "auth": auth, "batched": batched}
+        if hook is None:
+            body = {
+                "url": url,
+                "description": f"newsletter_pipelines: {self._audience_name}",
+                "type": "marketing",
+                **wanted,
+            }
+            return str(self._api.call("POST", "/webhooks", json=body)["id"])
+        if (sorted(hook.events), hook.auth, hook.batched) != (sorted(events), auth, batched):
+            self._api.call("PUT", f"/webhooks/{hook.id}", json=wanted)
+        return str(hook.id)
 
     def close(self) -> None:
         """Close connections."""

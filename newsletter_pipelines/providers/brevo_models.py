@@ -101,6 +101,9 @@ class Process(_Answer):
 class Webhook(_Answer):
     id: int
     url: str
+    events: list[str] = Field(default_factory=list)
+    auth: dict[str, str] | None = None
+    batched: bool = False
 
 
 class Webhooks(_Answer):

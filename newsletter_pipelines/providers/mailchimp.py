@@ -18,7 +18,7 @@ import logging
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import parse_qsl, quote, urlencode
 
 import httpx
 from pydantic import BaseModel
@@ -81,6 +81,13 @@ _WEBHOOK_EVENTS = {
     "campaign": False,
 }
 _WEBHOOK_SOURCES = {"user": True, "admin": True, "api": False}
+
+
+def _without_secret(url: str) -> str:
+    """A webhook URL without its `secret` query parameter."""
+    base, _, query = url.partition("?")
+    kept = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k != "secret"]
+    return f"{base}?{urlencode(kept)}" if kept else base
 
 
 class AudienceDefaults(BaseModel):
@@ -659,21 +666,26 @@ class MailchimpClient:
 
     # --- webhook ------------------------------------------------------------------------
 
-    def register_webhook(self, url: str, secret: str) -> str:
-        """Audience webhook for changes by people (`user`, `admin`), never our own (`api`).
+    def register_webhook(
+        self, url: str, secret: str, activities: frozenset[str] = frozenset()
+    ) -> str:
+        """Audience webhook for changes by people (`user`, `admin`), never our own (`api`);
+        `campaign` events (sent campaigns: `delivered`) only when that activity is on.
 
-        Mailchimp signs nothing by default, so the secret travels in the URL's query string.
+        Mailchimp signs nothing by default, so the secret travels in the URL's query string;
+        the webhook at `url` with another secret (rotated) is updated, not added again.
         """
         target = f"{url}{'&' if '?' in url else '?'}{urlencode({'secret': secret})}"
+        events = {**_WEBHOOK_EVENTS, "campaign": "delivered" in activities}
         path = f"/lists/{self._list_id}/webhooks"
         hooks = WebhooksPage.model_validate(self._api.call("GET", path)).webhooks
         for hook in hooks:
-            if hook.url == target:
-                if hook.sources != _WEBHOOK_SOURCES or hook.events != _WEBHOOK_EVENTS:
-                    body = {"events": _WEBHOOK_EVENTS, "sources": _WEBHOOK_SOURCES}
-                    self._api.call("PATCH", f"{path}/{hook.id}", json=body)
+            if _without_secret(hook.url) == _without_secret(target):
+                wanted = {"url": target, "events": events, "sources": _WEBHOOK_SOURCES}
+                if (hook.url, hook.events, hook.sources) != tuple(wanted.values()):
+                    self._api.call("PATCH", f"{path}/{hook.id}", json=wanted)
                 return hook.id
-        body = {"url": target, "events": _WEBHOOK_EVENTS, "sources": _WEBHOOK_SOURCES}
+        body = {"url": target, "events": events, "sources": _WEBHOOK_SOURCES}
         return str(self._api.call("POST", path, json=body)["id"])
 
     def close(self) -> None:

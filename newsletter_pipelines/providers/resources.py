@@ -114,7 +114,7 @@ class MailchimpResource(_ProviderResource):
     def from_settings(cls, settings: Settings) -> MailchimpResource:
         """The resource for these settings; the key is referenced, never copied."""
         return cls(
-            api_key=EnvVar(MAILCHIMP_KEY_ENV) if settings.mailchimp_api_key else None,
+            api_key=None if settings.uses_sandbox("mailchimp") else EnvVar(MAILCHIMP_KEY_ENV),
             base_url=settings.mailchimp_base_url,
             max_connections=settings.mailchimp_max_connections,
             salutation_tag=settings.mailchimp_salutation_tag,
@@ -169,7 +169,7 @@ class BrevoResource(_ProviderResource):
     def from_settings(cls, settings: Settings) -> BrevoResource:
         """The resource for these settings; the key is referenced, never copied."""
         return cls(
-            api_key=EnvVar(BREVO_KEY_ENV) if settings.brevo_api_key else None,
+            api_key=None if settings.uses_sandbox("brevo") else EnvVar(BREVO_KEY_ENV),
             base_url=settings.brevo_base_url,
             requests_per_second=settings.brevo_requests_per_second,
             folder_name=settings.brevo_folder_name,

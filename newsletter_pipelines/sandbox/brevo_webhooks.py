@@ -21,6 +21,7 @@ class WebhookHandlers:
         return [
             ("GET", "/webhooks", self.get_webhooks),
             ("POST", "/webhooks", self.post_webhook),
+            ("PUT", "/webhooks/{webhookId}", self.put_webhook),
             ("DELETE", "/webhooks/{webhookId}", self.delete_webhook),
         ]
 
@@ -63,9 +64,31 @@ class WebhookHandlers:
         account.webhooks[hook.id] = hook
         return json_response(201, {"id": hook.id})
 
-    def delete_webhook(self, account: BvAccount, request: Request) -> Response:
+    def put_webhook(self, account: BvAccount, request: Request) -> Response:
+        hook = self._hook(account, request)
+        body = request.json_object()
+        for name in ("url", "description"):
+            if name in body:
+                setattr(hook, name, str(body[name]))
+        if "events" in body:
+            if not body["events"]:
+                raise BrevoError(400, "missing_parameter", "events must not be empty")
+            hook.events = [str(e) for e in body["events"]]
+        if "auth" in body:
+            hook.auth = body["auth"]
+        if "headers" in body:
+            hook.headers = list(body["headers"] or [])
+        if "batched" in body:
+            hook.batched = bool(body["batched"])
+        hook.modifiedAt = self.hooks.now()
+        return empty_response(204)
+
+    def _hook(self, account: BvAccount, request: Request) -> BvWebhook:
         webhook_id = request.params["webhookId"]
         if not webhook_id.isdigit() or int(webhook_id) not in account.webhooks:
             raise BrevoError(404, "document_not_found", "Webhook does not exist")
-        del account.webhooks[int(webhook_id)]
+        return account.webhooks[int(webhook_id)]
+
+    def delete_webhook(self, account: BvAccount, request: Request) -> Response:
+        del account.webhooks[self._hook(account, request).id]
         return empty_response(204)

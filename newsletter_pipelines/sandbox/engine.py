@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from more_itertools import chunked
 from pydantic import BaseModel, Field
 
 from newsletter_pipelines.sandbox.brevo_api import BrevoApi
@@ -32,6 +33,7 @@ from newsletter_pipelines.sandbox.webhooks import WebhookSender
 MAILCHIMP_PREFIX = "/mailchimp/3.0"
 BREVO_PREFIX = "/brevo/v3"
 CONTROL_PREFIX = "/_sandbox"
+BREVO_BATCH_MAX = 500  # events per delivery of a batched Brevo webhook
 SANDBOX_MAILCHIMP_KEY = "0123456789abcdef0123456789abcdef-sandbox"
 SANDBOX_BREVO_KEY = "xkeysib-sandbox"
 MAILCHIMP_MAX_CONNECTIONS = 10
@@ -114,6 +116,7 @@ class Sandbox:
         self.brevo = BrevoApi(self)
         self.control = ControlApi(self)
         self._outbox: list[Callable[[], object]] = []
+        self._batches: dict[int, tuple[str, dict[str, str], list[dict[str, Any]]]] = {}
         self._in_flight: Counter[str] = Counter()
         self._flight_lock = threading.Lock()
         self._depth = 0
@@ -160,9 +163,12 @@ class Sandbox:
             if hook.auth and hook.auth.get("type") == "bearer":
                 headers["authorization"] = f"Bearer {hook.auth.get('token', '')}"
             body = {"id": hook.id, **payload}
-            self._outbox.append(
-                lambda url=hook.url, b=body, h=headers: self.webhooks.post_json(url, b, h)
-            )
+            if hook.batched:  # delivered at the flush, in arrays (Brevo waits up to 5 minutes)
+                self._batches.setdefault(hook.id, (hook.url, headers, []))[2].append(body)
+            else:
+                self._outbox.append(
+                    lambda url=hook.url, b=body, h=headers: self.webhooks.post_json(url, b, h)
+                )
 
     # --- accounts -----------------------------------------------------------------------
 
@@ -375,8 +381,12 @@ class Sandbox:
         """Deliver the webhook calls queued while serving (outside the state lock)."""
         with self.lock:
             pending, self._outbox = self._outbox, []
+            batches, self._batches = self._batches, {}
         for deliver in pending:
             deliver()
+        for url, headers, events in batches.values():
+            for batch in chunked(events, BREVO_BATCH_MAX):
+                self.webhooks.post_json(url, batch, headers)
 
     def close(self) -> None:
         """Release the webhook client."""

@@ -17,15 +17,19 @@ import pandas as pd
 
 from newsletter_pipelines.state.events import StoredEvent
 from newsletter_pipelines.sync.email_address import raw_match_key
+from newsletter_pipelines.sync.engagements import is_engagement
 from newsletter_pipelines.sync.rules import ProviderChange
 
 _MAILCHIMP_DELETING = frozenset({"delete", "archive"})  # `data[action]` of an `unsubscribe`
 
 
 def event_addresses(events: Iterable[StoredEvent]) -> frozenset[str]:
-    """Match keys of every address the events name (a Mailchimp `upemail` names two)."""
+    """Match keys of every address the events name (a Mailchimp `upemail` names two); events
+    of campaign engagement (`sync.engagements`) name none: they change no member."""
     found = set()
     for event in events:
+        if is_engagement(event):
+            continue
         data = _data(event)
         found |= {
             raw_match_key(v) for v in (event.email, data.get("new_email"), data.get("old_email"))

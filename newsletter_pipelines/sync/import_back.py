@@ -153,10 +153,12 @@ def plan_import_back(
     min_vanish_count: int = 10,
     allow_mass_vanish: bool = False,
     bounced: Collection[str] = frozenset(),
+    record_bounces: bool = True,
 ) -> ImportBackPlan:
     """The CRM changes the diff's provider-side changes call for. `bounced`: match keys of
     members the provider blocklisted for a hard bounce (Brevo shows a bounce only as a
-    blocklisting, like an opt-out: see `bounce_candidates`)."""
+    blocklisting, like an opt-out: see `bounce_candidates`). `record_bounces` False: a hard
+    bounce, which changes nothing in the CRM, is not recorded as an activity either."""
     rows = acting_rows(diff)
     removed = rows[rows["provider_change"] == ProviderChange.REMOVED.value]
     active = int(snapshot["status"].isin(ACTIVE).sum()) + len(removed)
@@ -172,7 +174,9 @@ def plan_import_back(
     )
     acting = snapshot[snapshot["match_key"].isin(set(rows["match_key"]))]
     members = {m["match_key"]: m for m in records(acting)}  # the last one wins
-    planner = _Planner(plan, members, crm, audience, frozenset(bounced))
+    planner = _Planner(
+        plan, members, crm, audience, frozenset(bounced), record_bounces=record_bounces
+    )
     for row in records(rows):
         change = row["provider_change"]
         if change == ProviderChange.REMOVED.value and not plan.vanish.passed:
@@ -200,9 +204,11 @@ class _Planner:
         crm: CrmView,
         audience: Audience,
         bounced: frozenset[str],
+        *,
+        record_bounces: bool,
     ) -> None:
         self.plan, self.members, self.crm, self.audience = plan, members, crm, audience
-        self.bounced = bounced
+        self.bounced, self.record_bounces = bounced, record_bounces
 
     def member(self, key: str) -> Mapping[str, Any] | None:
         return self.members.get(key)
@@ -256,6 +262,8 @@ class _Planner:
         if change is ProviderChange.OPTED_OUT:
             bounced = row["provider_status"] == "cleaned" or row["match_key"] in self.bounced
             kind = "hard_bounce" if bounced else "newsletter_unsubscribed"
+            if bounced and not self.record_bounces:
+                return
             for crm_id in self.contacts(row):
                 self.add(
                     ContactChange(

@@ -397,3 +397,27 @@ def test_brevo_sends_are_refused_before_anything_changes(
     assert sandbox.state.brevo[SANDBOX_BREVO_KEY].model_dump() == state
     assert len(receiver.posts()) == hooks
     assert before["campaigns"] == {}
+
+
+def test_a_batched_brevo_webhook_gets_the_events_in_arrays(
+    sandbox: Sandbox,
+    brevo: BrevoClient,
+    receiver: Receiver,
+    http: httpx.Client,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("newsletter_pipelines.sandbox.engine.BREVO_BATCH_MAX", 2)
+    brevo.upsert(contacts(5))
+    list_id = int(brevo.ensure_audience().id)
+    batched, single = "https://hooks.example.com/batched", "https://hooks.example.com/single"
+    body = {"url": batched, "events": ["delivered"], "type": "marketing", "batched": True}
+    assert http.post(f"{BV_ROOT}/webhooks", json=body, headers=BV_KEY).status_code == 201
+    bv_hook(http, single, ["delivered"])
+    sent = http.post("/_sandbox/brevo/campaigns", json={"list_id": list_id, "subject": "News"})
+    assert sent.status_code == 200
+    arrays = events(receiver, batched)
+    assert [len(a) for a in arrays] == [2, 2, 1]  # at most BREVO_BATCH_MAX per delivery
+    assert sorted(e["email"] for a in arrays for e in a) == [
+        f"person{i}@example.com" for i in range(5)
+    ]
+    assert len(events(receiver, single)) == 5  # one delivery per event

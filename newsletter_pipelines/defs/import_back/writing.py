@@ -79,6 +79,7 @@ def import_back(
         min_vanish_count=_SETTINGS.removal_min_count,
         allow_mass_vanish=allow_mass_vanish,
         bounced=_bounced(audience, diff, brevo, log),
+        record_bounces="hard_bounce" in _SETTINGS.activities,
     )
     log(f"{audience.key}: import-back planned {dict(plan.counts)}")
     mode = _mode(dry_run)

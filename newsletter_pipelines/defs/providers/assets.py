@@ -86,7 +86,9 @@ def _register_webhook(
         )
         log(f"{audience.key}: webhook {note}")
         return note
-    hook_id = client.register_webhook(url, _SETTINGS.resolved_webhook_secret())
+    hook_id = client.register_webhook(
+        url, _SETTINGS.resolved_webhook_secret(), _SETTINGS.activities
+    )
     log(f"{audience.key}: webhook registered at {url} (id {hook_id})")
     return f"registered at {url} (id {hook_id})"
 
