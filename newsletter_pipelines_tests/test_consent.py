@@ -210,6 +210,27 @@ def test_d8_a_run_killed_after_a_write_is_recognised_as_ours(world: World, chang
         assert found is not None and "Käufer" not in found.tags  # the pushed tag was removed
 
 
+def test_d11_a_tag_a_killed_run_never_sent_is_not_taken_for_a_persons_removal(
+    world: World,
+) -> None:
+    """Found by a random long model run: the in-flight ledger row holds the tags about to be
+    pushed; when the run dies before the write, the tag is not at the provider, and the next
+    run took it for one a person removed there and removed it from the CRM contact."""
+    world.sync()
+    world.set(2, tags=("VIP",))  # contact 2 had none
+    provider = world.provider
+    world.provider = KilledAfter(provider, 1, ("upsert",), before=True)  # type: ignore[assignment]
+    with pytest.raises(Killed):
+        world.sync(import_back=True)
+    world.provider = provider
+    diff, _ = world.sync(import_back=True)
+    assert diff["import_untags"].isna().all(), diff[diff["import_untags"].notna()]
+    assert next(r for r in world.crm if r["contact_id"] == 2)["tags"] == ("VIP",)
+    found = member(world, "person2@example.de")
+    assert found is not None and "VIP" in found.tags  # sent by the run after
+    assert writes_of_a_resync(world) == 0
+
+
 @pytest.mark.parametrize("world", ["brevo"], indirect=True)
 def test_d9_a_contact_blacklisted_outside_the_list_gets_no_write(world: World) -> None:
     world.act("person15@example.de", "blacklist")  # unknown to the list: created outside it

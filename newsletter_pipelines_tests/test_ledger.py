@@ -15,6 +15,7 @@ from newsletter_pipelines.state.ledger import (
     create_tables,
     ledger,
     load_ledger,
+    load_ledger_frame_at,
     record,
 )
 from newsletter_pipelines.sync.identity import LedgerRow, RowState
@@ -93,3 +94,18 @@ def test_a_moved_row_replaces_the_row_of_the_same_member_at_its_old_address(
     record(engine, "a", "run", [row("old@example.de", None)])
     record(engine, "a", "run", [moved])
     assert len(load_ledger(engine, "a")) == 3
+
+
+def test_the_rows_of_a_few_addresses_owners_and_members(engine: sa.Engine) -> None:
+    create_tables(engine)
+    rows = [
+        row("a@example.de", "s1"),
+        row("b@example.de", "s2").moved(owner="7"),
+        row("c@example.de", "s3"),
+        row("d@example.de"),
+    ]
+    record(engine, "news", "run", rows)
+    record(engine, "other", "run", [row("c@example.de", "s3")])
+    found = load_ledger_frame_at(engine, "news", {"a@example.de"}, {"7"}, {"s3"})
+    assert found["member_key"].tolist() == ["a@example.de", "b@example.de", "c@example.de"]
+    assert load_ledger_frame_at(engine, "news", set(), set()).empty

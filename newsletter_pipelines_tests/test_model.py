@@ -110,6 +110,8 @@ class ConsentMachine(RuleBasedStateMachine):
         self.person_subscribed: set[str] = set()  # addresses a person (re)subscribed
         self.opted_out: set[str] = set()  # held as opted out when a sync looked
         self.person_tags: set[tuple[str, str]] = set()  # (member's stable id, tag key)
+        self.seen_tags: dict[str, set[str]] = {}  # the members' tags when a sync last looked
+        self.seen_person_tags: set[tuple[str, str]] = set()  # person_tags then
         self.dirty = False  # something changed since the last complete sync
         self.step = 0  # a clock: what happened when
         self.crm_changed: dict[int, int] = {}  # CRM contact → step of its last change
@@ -290,7 +292,11 @@ class ConsentMachine(RuleBasedStateMachine):
             if self.provider_status(email) in ("subscribed", "pending"):
                 self.opted_out.discard(email)
         if action == "tag" and tag and (stable := self.stable_id(email)) and not had_tag:
-            self.person_tags.add((stable, tag.casefold()))
+            key = (stable, tag.casefold())
+            if tag.casefold() not in self.seen_tags.get(stable, set()):
+                self.person_tags.add(key)
+            elif key in self.seen_person_tags:  # untagged and tagged again since a sync looked:
+                self.person_tags.add(key)  # no change the sync can see, whoever's it was
         elif action == "untag" and tag and stable:
             self.person_tags.discard((stable, tag.casefold()))
 
@@ -312,6 +318,7 @@ class ConsentMachine(RuleBasedStateMachine):
         """The audience as a snapshot shows it; opt-outs seen are remembered."""
         statuses = self.world.members()
         self.opted_out |= {email for email, status in statuses.items() if status in OPTED_OUT}
+        self.seen_tags, self.seen_person_tags = self.tags_by_stable_id(), set(self.person_tags)
         return statuses
 
     @rule(write_back=st.sampled_from([True, True, True, False]))

@@ -124,15 +124,25 @@ def load_ledger_frame(engine: sa.Engine, audience: str) -> pd.DataFrame:
 
 
 def load_ledger_frame_at(
-    engine: sa.Engine, audience: str, keys: Collection[str], owners: Collection[str]
+    engine: sa.Engine,
+    audience: str,
+    keys: Collection[str],
+    owners: Collection[str],
+    stable_ids: Collection[str] = (),
 ) -> pd.DataFrame:
-    """The audience's ledger rows at these member keys or owned by these CRM ids, as
-    `load_ledger_frame` reads them (for a run about a few addresses, `sync.scope`)."""
+    """The audience's ledger rows at these member keys, owned by these CRM ids or of members
+    with these stable ids, as `load_ledger_frame` reads them (for a run about a few addresses,
+    `sync.scope`)."""
     create_tables(engine)
     columns = [ledger.c[name] for name in LEDGER_COLUMNS]
     rows: dict[str, tuple[object, ...]] = {}
+    selectors = (
+        (ledger.c.member_key, keys),
+        (ledger.c.owner, owners),
+        (ledger.c.stable_id, stable_ids),
+    )
     with engine.connect() as conn:
-        for column, values in ((ledger.c.member_key, keys), (ledger.c.owner, owners)):
+        for column, values in selectors:
             for condition in matching(column, sorted(values), conn.dialect):
                 query = sa.select(*columns).where(ledger.c.audience == audience, condition)
                 rows.update((row[0], tuple(row)) for row in conn.execute(query))

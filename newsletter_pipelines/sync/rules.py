@@ -39,6 +39,7 @@ from newsletter_pipelines.sync.identity import (
     BLOCKING,
     MAY_CREATE,
     SEEN_ACTIVE,
+    Intent,
     LedgerRow,
     RowState,
     resolve_intents,
@@ -46,6 +47,8 @@ from newsletter_pipelines.sync.identity import (
 )
 from newsletter_pipelines.sync.tags import TagStyle
 from newsletter_pipelines.values import as_datetime
+
+_SENDS_TAGS = (Intent.CREATE, Intent.UPDATE)
 
 
 class SyncAction(StrEnum):
@@ -251,12 +254,14 @@ class _Rules:
         desired_keys: set[str],
     ) -> None:
         self.members = {m.key: m for m in members}
+        self.style = context.style
+        self.system = frozenset({context.system_tag}) if context.system_tag else frozenset()
+        ledger = list(ledger)
         resolved = resolve_intents(ledger, {k: m.status for k, m in self.members.items()})
+        resolved |= self.arrived(ledger, resolved)
         self.moves = address_moves(resolved, self.members)
         self.ledger = _moved_rows(resolved, self.moves, self.members)
         self.exclusions = exclusions
-        self.style = context.style
-        self.system = frozenset({context.system_tag}) if context.system_tag else frozenset()
         self.desired_keys = desired_keys
         self.settled = context.settled
         self.live: dict[str, LedgerRow] = {}
@@ -323,6 +328,24 @@ class _Rules:
         )
 
     # --- helpers -----------------------------------------------------------------------
+
+    def arrived(
+        self, ledger: Iterable[LedgerRow], resolved: Mapping[str, LedgerRow]
+    ) -> dict[str, LedgerRow]:
+        """Rows of creates and updates a killed run left in flight, with only the tags that
+        arrived: the row held those about to be pushed (so the sync may remove them later),
+        but one the member does not have was never sent, not removed by a person (else it
+        would be imported as such). The system tag stays: it comes back with the next write."""
+        found = {}
+        for row in ledger:
+            done = resolved.get(row.member_key)
+            member = self.members.get(row.member_key)
+            if row.intent not in _SENDS_TAGS or done is None or member is None:
+                continue
+            present = self.style.keys(member.tags)
+            sent = {t for t in done.tags if self.style.keys((t,)) <= present}
+            found[row.member_key] = done.moved(tags=frozenset(sent) | (done.tags & self.system))
+        return found
 
     def wanted(self, contact: Desired) -> frozenset[str]:
         """The tags the sync puts on the contact's member, in the provider's form."""

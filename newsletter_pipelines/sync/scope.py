@@ -4,8 +4,10 @@ A full sync decides every contact, member and ledger row at once. A run about a 
 decides only those, with the same eligibility and rules, so it must read everything their
 decisions depend on: the CRM contacts with those addresses (duplicates decide together), the
 ledger rows at those addresses and the rows their owners hold elsewhere (ownership, address
-changes), the CRM contacts owning those rows, and the provider's members at all of these
-addresses. `close_scope` widens the addresses and contacts until nothing new comes in.
+changes), the CRM contacts owning those rows, the provider's members at all of these
+addresses, and the ledger rows of those members under another address (a member the sync
+knows, moved here at the provider: known by its stable id). `close_scope` widens the
+addresses, contacts and members until nothing new comes in.
 
 A scope that did not close within `MAX_ROUNDS` is not decided at all (`Scope.closed`): a
 decision over part of what it depends on could be wrong, and the next full sync decides it.
@@ -32,8 +34,9 @@ MAX_ROUNDS = 16  # an ownership chain longer than this is left to the next full 
 
 # raw CRM contacts (columns of `crm.reader.read_contacts`) at these match keys or with these ids
 ContactsAt = Callable[[frozenset[str], frozenset[str]], pd.DataFrame]
-# ledger rows (`state.ledger.load_ledger_frame` columns) at these member keys or owned by these ids
-LedgerAt = Callable[[frozenset[str], frozenset[str]], pd.DataFrame]
+# ledger rows (`state.ledger.load_ledger_frame` columns) at these member keys, owned by these
+# ids or of members with these stable ids
+LedgerAt = Callable[[frozenset[str], frozenset[str], frozenset[str]], pd.DataFrame]
 # the provider's members at these addresses (`Provider.members`)
 MembersAt = Callable[[Sequence[str]], list[Member]]
 
@@ -54,21 +57,27 @@ def close_scope(
     keys: Collection[str], contacts_at: ContactsAt, ledger_at: LedgerAt, members_at: MembersAt
 ) -> Scope:
     """Read everything the decisions about `keys` depend on (see the module docstring)."""
-    found_keys, ids = frozenset(keys), frozenset[str]()
+    found_keys, ids, stable_ids = frozenset(keys), frozenset[str](), frozenset[str]()
     contacts = ledger = pd.DataFrame()
-    closed = False
+    members: dict[str, Member | None] = {}  # by match key; None: nobody there
     for _ in range(MAX_ROUNDS):
-        ledger = ledger_at(found_keys, ids)
+        ledger = ledger_at(found_keys, ids, stable_ids)
         owners = frozenset(ledger["owner"].dropna().astype(str))
         contacts = contacts_at(found_keys, ids | owners)
         wider_keys = found_keys | frozenset(ledger["member_key"]) | _keys_of(contacts)
         wider_ids = ids | owners | frozenset(contacts["contact_id"].astype(str))
-        if (wider_keys, wider_ids) == (found_keys, ids):
-            closed = True
-            break
-        found_keys, ids = wider_keys, wider_ids
-    members = members_at(sorted(found_keys)) if closed else []  # undecided: no provider calls
-    return Scope(found_keys, ids, contacts, ledger, snapshot_frame(members), closed)
+        unread = sorted(wider_keys - members.keys())
+        members.update(dict.fromkeys(unread))
+        members.update({raw_match_key(m.email) or m.email: m for m in members_at(unread)})
+        wider_stable = frozenset(m.stable_id for m in members.values() if m and m.stable_id)
+        if (wider_keys, wider_ids, wider_stable) == (found_keys, ids, stable_ids):
+            return Scope(found_keys, ids, contacts, ledger, _snapshot(members), closed=True)
+        found_keys, ids, stable_ids = wider_keys, wider_ids, wider_stable
+    return Scope(found_keys, ids, contacts, ledger, snapshot_frame([]), closed=False)
+
+
+def _snapshot(members: dict[str, Member | None]) -> pd.DataFrame:
+    return snapshot_frame([m for m in members.values() if m is not None])
 
 
 def _keys_of(contacts: pd.DataFrame) -> frozenset[str]:

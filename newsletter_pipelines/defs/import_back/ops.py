@@ -4,16 +4,17 @@ events (the inbox `provider_events`), with the nightly rules (`sync.event_import
 import dagster as dg
 
 from newsletter_pipelines.crm.reader import read_contacts_at
+from newsletter_pipelines.defs.import_back.engagements import record_engagements
 from newsletter_pipelines.defs.import_back.writing import import_back
 from newsletter_pipelines.defs.providers.clients import audience_client
 from newsletter_pipelines.defs.resources import CrmResource, StateDatabaseResource
 from newsletter_pipelines.providers.resources import BrevoResource, MailchimpResource
-from newsletter_pipelines.settings import Settings
-from newsletter_pipelines.state.events import mark_processed, unprocessed_events
+from newsletter_pipelines.settings import AudienceConfig, Settings
+from newsletter_pipelines.state.events import StoredEvent, mark_processed, unprocessed_events
 from newsletter_pipelines.state.ledger import load_ledger_frame_at
 from newsletter_pipelines.sync.event_import import deleted_addresses, event_addresses, provable
 from newsletter_pipelines.sync.import_back import CrmView
-from newsletter_pipelines.sync.scope import close_scope, scope_diff
+from newsletter_pipelines.sync.scope import Scope, close_scope, scope_diff
 
 _SETTINGS = Settings()
 
@@ -48,21 +49,46 @@ def apply_provider_events(
     keys = event_addresses(events)
     client = audience_client(audience, mailchimp, brevo)
     try:
+        engaged = record_engagements(audience, events, client, crm, context.log.info)
         scope = close_scope(
             keys,
             lambda k, ids: read_contacts_at(crm.engine(), crm.crm_schema, k, ids),
-            lambda k, ids: load_ledger_frame_at(state_db.engine(), audience.key, k, ids),
+            lambda k, ids, stable: load_ledger_frame_at(
+                state_db.engine(), audience.key, k, ids, stable
+            ),
             client.members,
         )
     finally:
         client.close()
-    if not scope.closed:
+    metadata = {
+        "audience": audience.key,
+        "events": dg.MetadataValue.int(len(events)),
+        "addresses": dg.MetadataValue.int(len(keys)),
+        "addresses_read": dg.MetadataValue.int(len(scope.keys)),
+        **{k: dg.MetadataValue.int(n) for k, n in engaged.items()},
+    }
+    if scope.closed:
+        metadata |= _import_scope(context, audience, scope, events, crm, state_db, brevo)
+    else:
         context.log.warning(
             f"{audience.key}: the addresses' ownership reaches further than "
             f"{len(scope.keys)} addresses: left to the nightly import-back"
         )
-        processed = mark_processed(state_db.engine(), [e.id for e in events])
-        return dg.Output(processed, metadata={"audience": audience.key, "left_to_nightly": True})
+        metadata["left_to_nightly"] = True
+    processed = mark_processed(state_db.engine(), [e.id for e in events])
+    return dg.Output(processed, metadata=metadata)
+
+
+def _import_scope(
+    context: dg.OpExecutionContext,
+    audience: AudienceConfig,
+    scope: Scope,
+    events: list[StoredEvent],
+    crm: CrmResource,
+    state_db: StateDatabaseResource,
+    brevo: BrevoResource,
+) -> dict[str, object]:
+    """The import-back of a closed scope, observed on `crm_import_back`; its metadata."""
     found = scope_diff(
         scope, _SETTINGS.crm_values, provider=audience.provider, system_tag=audience.system_tag
     )
@@ -81,19 +107,12 @@ def apply_provider_events(
         allow_mass_vanish=False,
         log=context.log.info,
     )
-    processed = mark_processed(state_db.engine(), [e.id for e in events])
-    metadata = {
-        "audience": audience.key,
-        "events": dg.MetadataValue.int(len(events)),
-        "addresses": dg.MetadataValue.int(len(keys)),
-        "addresses_read": dg.MetadataValue.int(len(scope.keys)),
-        **done.metadata(context.run.run_id, state_db),
-    }
+    metadata = done.metadata(context.run.run_id, state_db)
     context.log_event(
         dg.AssetObservation(
             asset_key="crm_import_back",
             partition=audience.key,
-            metadata={"source": "provider events", **metadata},
+            metadata={"source": "provider events", "audience": audience.key, **metadata},
         )
     )
-    return dg.Output(processed, metadata=metadata)
+    return metadata
