@@ -48,6 +48,7 @@ bench: install
 	$(PY) benchmarks/bench_providers.py
 	$(PY) benchmarks/bench_full_sync.py
 	$(PY) benchmarks/bench_import_back.py
+	$(PY) benchmarks/bench_webhooks.py
 
 clean:
 	rm -rf .newsletter
