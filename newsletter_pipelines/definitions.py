@@ -12,7 +12,8 @@ from newsletter_pipelines.defs.providers.assets import (
     provider_audience_snapshot,
     reconciliation_diff,
 )
-from newsletter_pipelines.defs.providers.jobs import full_sync_job
+from newsletter_pipelines.defs.providers.jobs import full_sync_job, incremental_sync_job
+from newsletter_pipelines.defs.providers.sensors import crm_changes_sensor
 from newsletter_pipelines.defs.resources import build_resources
 
 defs = dg.Definitions(
@@ -24,8 +25,8 @@ defs = dg.Definitions(
         audience_sync,
         crm_import_back,
     ],
-    jobs=[full_sync_job, import_back_job, provider_events_job],
+    jobs=[full_sync_job, incremental_sync_job, import_back_job, provider_events_job],
     schedules=[import_back_schedule],
-    sensors=[provider_events_sensor],
+    sensors=[provider_events_sensor, crm_changes_sensor],
     resources=build_resources(),
 )

@@ -118,6 +118,18 @@ class Settings(BaseSettings):
     import_back_cron: str = Field(
         default="0 2 * * *", description="Cron schedule of the import-back (provider → CRM)."
     )
+    change_sensor_seconds: int = Field(
+        default=15, ge=5, le=55, description="Interval of crm_changes_sensor in seconds."
+    )
+    change_batch: int = Field(
+        default=10_000, ge=1, description="Changed CRM contacts crm_changes_sensor takes a tick."
+    )
+    change_overlap_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="How far before its watermark crm_changes_sensor looks again for changes "
+        "committed late (clock skew, long transactions).",
+    )
     timezone: str = Field(
         default="Europe/Berlin", description="IANA time zone the schedules run in."
     )

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from newsletter_pipelines.bulk import gc_paused
 from newsletter_pipelines.db import bulk_insert, matching
-from newsletter_pipelines.sync.identity import Intent, LedgerRow, RowState
+from newsletter_pipelines.sync.identity import SEEN_ACTIVE, Intent, LedgerRow, RowState
 
 metadata = sa.MetaData()
 
@@ -147,6 +147,18 @@ def load_ledger_frame_at(
                 query = sa.select(*columns).where(ledger.c.audience == audience, condition)
                 rows.update((row[0], tuple(row)) for row in conn.execute(query))
     return pd.DataFrame([rows[k] for k in sorted(rows)], columns=list(LEDGER_COLUMNS))
+
+
+def active_count(engine: sa.Engine, audience: str) -> int:
+    """How many of the audience's members the ledger knows as subscribed (the audience's size,
+    for the mass guards of a run about a few contacts)."""
+    create_tables(engine)
+    states = [s.value for s in SEEN_ACTIVE]
+    query = sa.select(sa.func.count()).where(
+        ledger.c.audience == audience, ledger.c.state.in_(states)
+    )
+    with engine.connect() as conn:
+        return int(conn.execute(query).scalar_one())
 
 
 def ledger_rows(frame: pd.DataFrame) -> list[LedgerRow]:

@@ -153,10 +153,16 @@ class MassLimits:
 
 
 def push_verdicts(
-    diff: pd.DataFrame, limits: MassLimits, allow_removal: bool, allow_rename: bool
+    diff: pd.DataFrame,
+    limits: MassLimits,
+    allow_removal: bool,
+    allow_rename: bool,
+    active: int | None = None,
 ) -> dict[str, MassVerdict]:
-    """The removal guard and the rename guard of a diff, by check name."""
-    active = int(diff["provider_status"].isin(ACTIVE).sum())
+    """The removal guard and the rename guard of a diff, by check name; `active`: the
+    audience's active members when the diff covers only some (default: the diff's)."""
+    if active is None:
+        active = int(diff["provider_status"].isin(ACTIVE).sum())
     removals = int(diff["action"].isin(["unsubscribe", "remove"]).sum())
     renames = int(((diff["action"] == "update") & diff["old_email"].notna()).sum())
     return {

@@ -54,10 +54,15 @@ class Scope:
 
 
 def close_scope(
-    keys: Collection[str], contacts_at: ContactsAt, ledger_at: LedgerAt, members_at: MembersAt
+    keys: Collection[str],
+    contacts_at: ContactsAt,
+    ledger_at: LedgerAt,
+    members_at: MembersAt,
+    contact_ids: Collection[str] = (),
 ) -> Scope:
-    """Read everything the decisions about `keys` depend on (see the module docstring)."""
-    found_keys, ids, stable_ids = frozenset(keys), frozenset[str](), frozenset[str]()
+    """Read everything the decisions about `keys` and the contacts `contact_ids` depend on
+    (see the module docstring)."""
+    found_keys, ids, stable_ids = frozenset(keys), frozenset(contact_ids), frozenset[str]()
     contacts = ledger = pd.DataFrame()
     members: dict[str, Member | None] = {}  # by match key; None: nobody there
     for _ in range(MAX_ROUNDS):

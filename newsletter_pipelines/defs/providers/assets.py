@@ -8,6 +8,7 @@ import dagster as dg
 import pandas as pd
 
 from newsletter_pipelines.defs.providers.clients import audience_client, provider_mode
+from newsletter_pipelines.defs.providers.guarding import push_guards
 from newsletter_pipelines.defs.providers.partitions import audience_partitions
 from newsletter_pipelines.defs.resources import StateDatabaseResource
 from newsletter_pipelines.providers.base import Provider
@@ -17,9 +18,6 @@ from newsletter_pipelines.settings import AudienceConfig, Settings
 from newsletter_pipelines.state.ledger import load_ledger_frame
 from newsletter_pipelines.sync.email_address import match_key
 from newsletter_pipelines.sync.guards import (
-    MassLimits,
-    MassVerdict,
-    push_verdicts,
     resubscribe_violations,
 )
 from newsletter_pipelines.sync.inputs import build_diff, members_by_key, redecider, snapshot_frame
@@ -99,21 +97,6 @@ def _sync_config(context: dg.AssetExecutionContext) -> dict[str, Any]:
     return ops.get("audience_sync", {}).get("config", {}) or {}
 
 
-def _verdicts(diff: pd.DataFrame, config: dict[str, Any]) -> dict[str, MassVerdict]:
-    limits = MassLimits(
-        _SETTINGS.removal_max_share,
-        _SETTINGS.removal_min_count,
-        _SETTINGS.rename_max_share,
-        _SETTINGS.rename_min_count,
-    )
-    return push_verdicts(
-        diff,
-        limits,
-        bool(config.get("allow_mass_removal")),
-        bool(config.get("allow_mass_rename")),
-    )
-
-
 def _system_tag(audience: AudienceConfig) -> str | None:
     return audience.system_tag if audience.provider == "mailchimp" else None
 
@@ -172,7 +155,7 @@ def reconciliation_diff(
     )
     actions = diff["action"].value_counts()
     context.log.info(f"{audience.key}: " + ", ".join(f"{a} {n}" for a, n in actions.items()))
-    verdicts = _verdicts(diff, _sync_config(context))
+    verdicts = push_guards(diff, _sync_config(context))
     risky = resubscribe_violations(diff, ledger)
     yield dg.Output(
         diff,
@@ -245,7 +228,7 @@ def audience_sync(
     if config.dry_run:
         context.log.info(f"dry run: nothing sent to {audience.key}")
         return dg.MaterializeResult(metadata={"dry_run": True, **planned_meta})
-    verdicts = _verdicts(reconciliation_diff, config.model_dump())
+    verdicts = push_guards(reconciliation_diff, config.model_dump())
     for verdict in verdicts.values():
         if not verdict.passed:
             context.log.error(verdict.message)

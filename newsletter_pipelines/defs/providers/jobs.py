@@ -1,6 +1,10 @@
-"""The full sync: CRM eligibility and, per audience partition, snapshot, diff and push."""
+"""`full_sync_job`: CRM eligibility and, per audience partition, snapshot, diff and push;
+`incremental_sync_job`: the push of the CRM contacts that changed."""
 
 import dagster as dg
+
+from newsletter_pipelines.defs.providers.ops import push_crm_changes
+from newsletter_pipelines.defs.providers.partitions import audience_partitions
 
 full_sync_job = dg.define_asset_job(
     "full_sync_job",
@@ -10,3 +14,13 @@ full_sync_job = dg.define_asset_job(
     "Blocking checks stop the push on a suspicious eligible-count drop, a mass removal or a "
     "would-be re-subscription.",
 )
+
+
+@dg.job(
+    partitions_def=audience_partitions,
+    description="Pushes one audience the CRM contacts changed in a watermark span, decided as "
+    "the full sync decides them; launched by crm_changes_sensor.",
+    tags={"dagster/max_retries": 3},
+)
+def incremental_sync_job() -> None:
+    push_crm_changes()

@@ -1,0 +1,122 @@
+"""Op `push_crm_changes`: the push of the CRM contacts changed in a watermark span, decided with
+the full sync's eligibility and rules over just what those contacts' decisions depend on
+(`sync.scope`)."""
+
+import dagster as dg
+import pandas as pd
+
+from newsletter_pipelines.crm.changes import changed_between
+from newsletter_pipelines.crm.reader import read_contacts_at
+from newsletter_pipelines.defs.providers.clients import audience_client
+from newsletter_pipelines.defs.providers.guarding import push_guards
+from newsletter_pipelines.defs.resources import CrmResource, StateDatabaseResource
+from newsletter_pipelines.providers.resources import BrevoResource, MailchimpResource
+from newsletter_pipelines.reporting import markdown_table
+from newsletter_pipelines.settings import Settings
+from newsletter_pipelines.state.ledger import active_count, load_ledger_frame_at
+from newsletter_pipelines.sync.changes import Mark
+from newsletter_pipelines.sync.inputs import members_by_key
+from newsletter_pipelines.sync.push import CHUNK_SIZE, PushContext, push_diff
+from newsletter_pipelines.sync.scope import close_scope, scope_diff
+
+_SETTINGS = Settings()
+RESULTS = ("created", "updated", "unchanged", "unsubscribed", "removed", "refused", "held")
+
+
+class CrmChangesConfig(dg.Config):
+    """The watermark span of the run (`sync.changes.Mark` as text; `after` None: from the
+    start; an empty id in `after`: at or after its time)."""
+
+    after: str | None = None
+    upto: str
+
+
+@dg.op(tags={"kind": "push"})
+def push_crm_changes(
+    context: dg.OpExecutionContext,
+    config: CrmChangesConfig,
+    crm: CrmResource,
+    state_db: StateDatabaseResource,
+    mailchimp: MailchimpResource,
+    brevo: BrevoResource,
+) -> dg.Output[int]:
+    """Sends the audience what the CRM contacts changed in the span call for: those contacts,
+    every contact sharing their addresses and the ledger rows of their previous addresses are
+    decided as a full sync decides them (provider-side changes found there are left to the
+    import-back, members the scope cannot place to the nightly sync). Its value: how many
+    contacts changed."""
+    audience = _SETTINGS.audience(context.partition_key)
+    after = Mark.parse(config.after) if config.after else None
+    marks = changed_between(crm.engine(), crm.crm_schema, after, Mark.parse(config.upto))
+    ids = {m.contact_id for m in marks}
+    context.log.info(f"{audience.key}: {len(ids)} CRM contacts changed in the span")
+    metadata: dict[str, object] = {"audience": audience.key, "changed_contacts": len(ids)}
+    if not ids:
+        return dg.Output(0, metadata=metadata)
+    engine = state_db.engine()
+    client = audience_client(audience, mailchimp, brevo)
+    try:
+        scope = close_scope(
+            (),
+            lambda k, i: read_contacts_at(crm.engine(), crm.crm_schema, k, i),
+            lambda k, i, stable: load_ledger_frame_at(engine, audience.key, k, i, stable),
+            client.members,
+            contact_ids=ids,
+        )
+        metadata["addresses_read"] = len(scope.keys)
+        if not scope.closed:
+            context.log.warning(
+                f"{audience.key}: the contacts' addresses reach further than {len(scope.keys)} "
+                "addresses: left to the nightly sync"
+            )
+            return dg.Output(len(ids), metadata={**metadata, "left_to_nightly": True})
+        found = scope_diff(
+            scope, _SETTINGS.crm_values, provider=audience.provider, system_tag=audience.system_tag
+        )
+        diff = found.diff[~found.diff["match_key"].isin(found.unseen)]
+        verdicts = push_guards(diff, {}, active_count(engine, audience.key))
+        for verdict in verdicts.values():
+            if not verdict.passed:
+                context.log.error(verdict.message)
+        summary = push_diff(
+            client,
+            diff,
+            members_by_key(scope.snapshot),
+            PushContext(
+                engine=engine,
+                audience=audience.key,
+                run_id=context.run.run_id,
+                chunk_size=CHUNK_SIZE[audience.provider],
+                hold_removals=not verdicts["removal_guard"].passed,
+                hold_renames=not verdicts["rename_guard"].passed,
+                log=context.log.info,
+                unimported=_provider_changes(diff),
+            ),
+        )
+    finally:
+        client.close()
+    results = {r: summary.results.get(r, 0) for r in RESULTS}
+    context.log.info(f"{audience.key}: {results}")
+    refusals = [{"provider code": c, "contacts": n} for c, n in summary.refused_by_code.items()]
+    metadata |= {
+        **{f"planned_{a}": int(n) for a, n in diff["action"].value_counts().items()},
+        **results,
+        "left_to_nightly": len(found.unseen),
+        "refused_by_reason": dg.MetadataValue.md(markdown_table(refusals)),
+        "outcome_log": f"table sync_outcomes (run_id {context.run.run_id}) in the "
+        f"{state_db.describe()}",
+    }
+    context.log_event(
+        dg.AssetObservation(
+            asset_key="audience_sync",
+            partition=audience.key,
+            metadata={"source": "CRM changes", **metadata},
+        )
+    )
+    return dg.Output(len(ids), metadata=metadata)
+
+
+def _provider_changes(diff: pd.DataFrame) -> frozenset[str]:
+    """Match keys of provider-side changes: the import-back takes them in, not this run (the
+    push leaves their observations out of the ledger)."""
+    return frozenset(diff.loc[diff["provider_change"].notna(), "match_key"])

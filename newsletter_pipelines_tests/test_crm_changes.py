@@ -1,0 +1,82 @@
+"""Change detection: the CRM queries by (`updated_at`, id) on SQLite and PostgreSQL, and the
+watermark with its overlap window (`sync.changes`)."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from newsletter_pipelines.crm.changes import changed_after, changed_between, latest_change
+from newsletter_pipelines.crm.errors import CrmError
+from newsletter_pipelines.settings import CrmSchema
+from newsletter_pipelines.sync.changes import Cursor, Mark, Span, digest, next_span
+
+T0 = datetime(2026, 12, 1, 9, 0, 0)
+OVERLAP = timedelta(seconds=5)
+
+
+@pytest.fixture
+def crm(demo_crm_file: Path, tmp_path: Path) -> sa.Engine:
+    path = tmp_path / "crm.sqlite3"
+    shutil.copy(demo_crm_file, path)
+    engine = sa.create_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:  # four contacts changed at T0 and later, two at the same time
+        for contact_id, seconds in ((7, 0), (3, 0), (11, 2), (5, 9)):
+            conn.execute(
+                sa.text("UPDATE contacts SET updated_at = :t WHERE id = :id"),
+                {"t": T0 + timedelta(seconds=seconds), "id": contact_id},
+            )
+    return engine
+
+
+def ids(marks: list[Mark]) -> list[str]:
+    return [m.contact_id for m in marks]
+
+
+def test_changes_come_oldest_first_ties_by_id_and_in_batches(crm: sa.Engine) -> None:
+    schema = CrmSchema()
+    start = Mark(T0, "")  # at or after T0
+    assert ids(changed_after(crm, schema, start)) == ["3", "7", "11", "5"]
+    first = changed_after(crm, schema, start, limit=1)
+    assert ids(first) == ["3"]
+    assert ids(changed_after(crm, schema, first[-1], limit=2)) == ["7", "11"]  # the tie
+    assert ids(changed_between(crm, schema, first[-1], Mark(T0 + timedelta(seconds=2), "11")))
+    assert latest_change(crm, schema) == Mark(T0 + timedelta(seconds=9), "5")
+    everything = changed_after(crm, schema, None)
+    assert len(everything) == 5000 - 25  # 25 demo contacts have no updated_at
+    stamps = [m.updated_at for m in everything]
+    assert stamps == sorted(stamps)
+
+
+def test_a_failed_read_is_an_error_naming_the_table(crm: sa.Engine) -> None:
+    with pytest.raises(CrmError, match="'kontakte'"):
+        changed_after(crm, CrmSchema(contacts_table="kontakte"), None)
+
+
+def test_a_tick_requests_what_changed_after_the_watermark() -> None:
+    cursor = Cursor(Mark(T0, "7"), digest([Mark(T0, "3"), Mark(T0, "7")]))
+    window = [Mark(T0, "3"), Mark(T0, "7")]
+    assert next_span(cursor, [], window, OVERLAP) is None  # nothing new, nothing late
+    fresh = [Mark(T0, "9"), Mark(T0 + timedelta(seconds=1), "2")]
+    span = next_span(cursor, fresh, window, OVERLAP)
+    assert span == Span(after=Mark(T0, "7"), upto=fresh[-1], late=False)
+    assert span.run_key("brevo") == f"brevo:{fresh[-1].text()}"
+
+
+def test_a_late_commit_in_the_window_takes_the_window_along() -> None:
+    cursor = Cursor(Mark(T0, "7"), digest([Mark(T0, "7")]))
+    late = [Mark(T0 - timedelta(seconds=2), "40"), Mark(T0, "7")]  # committed after the tick
+    span = next_span(cursor, [], late, OVERLAP)
+    assert span is not None and span.late
+    assert span.after == Mark(T0 - OVERLAP, "") and span.upto == Mark(T0, "7")
+    assert span.run_key("brevo") != Span(cursor.mark, Mark(T0, "7"), False).run_key("brevo")
+
+
+def test_the_cursor_survives_its_text_form() -> None:
+    cursor = Cursor(Mark(T0, "7"), "abc")
+    assert Cursor.loads(cursor.dumps()) == cursor
+    assert Cursor.loads("") == Cursor() and Cursor().dumps() == ""

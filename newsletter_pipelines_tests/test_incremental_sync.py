@@ -1,0 +1,124 @@
+"""CRM → provider through `crm_changes_sensor` and `incremental_sync_job` (ephemeral instance,
+embedded sandbox, after the first full sync): the first tick sets the watermark, a tick after
+CRM edits requests one run per audience, the run sends exactly those changes, and the next full
+sync has nothing left to send."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+
+from newsletter_pipelines.definitions import defs
+from newsletter_pipelines.defs.providers.clients import audience_client
+from newsletter_pipelines.defs.providers.sensors import crm_changes_sensor
+from newsletter_pipelines.defs.resources import build_resources
+from newsletter_pipelines.providers.base import Member
+from newsletter_pipelines.settings import Settings
+from newsletter_pipelines.sync.changes import Cursor
+from newsletter_pipelines_tests.test_import_back_job import (
+    AUDIENCES,
+    NOTHING_PUSHED,
+    Synced,
+    pushed,
+    synced,  # noqa: F401 (fixture)
+)
+from newsletter_pipelines_tests.test_sync_assets import QUIET, run_sync
+
+
+def sense(instance: dg.DagsterInstance, settings: Settings, cursor: str | None) -> Any:
+    with dg.build_sensor_context(
+        instance=instance, cursor=cursor, resources={"crm": build_resources(settings)["crm"]}
+    ) as context:
+        return crm_changes_sensor(context)
+
+
+def edit(settings: Settings, sql: str, **values: Any) -> None:
+    """A CRM user's edit; the CRM stamps updated_at."""
+    engine = sa.create_engine(settings.resolved_crm_database_url())
+    with engine.begin() as conn:
+        now = datetime.now(UTC).replace(tzinfo=None)
+        conn.execute(
+            sa.text(sql.replace("SET ", "SET updated_at = :now, ")), {"now": now, **values}
+        )
+    engine.dispose()
+
+
+def members(settings: Settings, audience: str) -> dict[str, Member]:
+    resources = build_resources(settings)
+    client = audience_client(
+        settings.audience(audience), resources["mailchimp"], resources["brevo"]
+    )
+    try:
+        return {m.email.lower(): m for m in client.snapshot()}
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("audience", AUDIENCES)
+def test_crm_edits_reach_the_audience_through_the_sensor_and_one_run(
+    audience: str,
+    settings: Settings,
+    synced: Synced,  # noqa: F811
+) -> None:
+    found = synced.copy_to(settings.home)
+    opting_out, renamed, moving = found.alone[:3]
+    with dg.instance_for_test() as instance:
+        first = sense(instance, settings, None)
+        assert isinstance(first, dg.SensorResult) and not first.run_requests
+        assert Cursor.loads(first.cursor).mark is not None  # the watermark, nothing requested
+        assert isinstance(sense(instance, settings, first.cursor), dg.SkipReason)
+
+        edit(
+            settings,
+            "UPDATE contacts SET newsletter = 'no' WHERE id = :id",
+            id=opting_out.contact_id,
+        )
+        edit(
+            settings,
+            "UPDATE contacts SET first_name = 'Renamed' WHERE id = :id",
+            id=renamed.contact_id,
+        )
+        new_email = f"moved.{moving.contact_id}@example.org"
+        edit(
+            settings,
+            "UPDATE contacts SET email = :e WHERE id = :id",
+            e=new_email,
+            id=moving.contact_id,
+        )
+
+        result = sense(instance, settings, first.cursor)
+        assert isinstance(result, dg.SensorResult)
+        requests = {r.partition_key: r for r in result.run_requests or []}
+        assert set(requests) == set(AUDIENCES)
+        request = requests[audience]
+        assert request.run_key == f"{audience}:{Cursor.loads(result.cursor).mark.text()}"
+        job = defs.resolve_job_def("incremental_sync_job")
+        run = job.execute_in_process(
+            instance=instance,
+            run_config={**QUIET, **request.run_config},
+            partition_key=audience,
+            resources=build_resources(Settings()),
+        )
+        assert run.success
+        assert run.output_for_node("push_crm_changes") == 3
+        after = members(settings, audience)
+        assert after[opting_out.email.lower()].status in ("unsubscribed", "blacklisted")
+        assert after[renamed.email.lower()].first_name == "Renamed"
+        assert new_email in after and moving.email.lower() not in after
+        assert isinstance(sense(instance, settings, result.cursor), dg.SkipReason)
+        echo = run_sync(instance, audience)  # the full sync finds nothing left to send
+        assert echo.success
+        assert pushed(echo) == NOTHING_PUSHED
+
+
+def test_a_failed_crm_read_skips_the_tick_and_keeps_the_cursor(settings: Settings) -> None:
+    cursor = Cursor.loads('{"mark": "2026-12-01T09:00:00|7", "window": ""}').dumps()
+    broken = settings.model_copy(update={"crm_database_url": "sqlite:////nonexistent/dir/crm.db"})
+    with dg.instance_for_test() as instance:
+        result = sense(instance, broken, cursor)
+    assert isinstance(result, dg.SkipReason)
+    assert "cannot read the CRM's changes, cursor kept" in (result.skip_message or "")
