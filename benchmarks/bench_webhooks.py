@@ -981,10 +981,11 @@ def apply_events(database: str, folder: Path) -> None:
         [
             (
                 "wall time",
-                f"{wall:6.2f} s   budget ≤ {BUDGET_JOB_S:.0f} s   {verdict(wall <= BUDGET_JOB_S)} "
+                f"{wall:6.2f} s   budget ≤ {BUDGET_JOB_S:.0f} s   "
+                f"{'RUN FAILED' if failure else verdict(wall <= BUDGET_JOB_S)} "
                 f"(execute_in_process; the op's step {step:.2f} s)",
             ),
-            ("events/s", f"{events / wall:,.0f}"),
+            ("events/s", "— (the op failed)" if failure else f"{events / wall:,.0f}"),
             (
                 "processed",
                 f"{processed:,} (op output); inbox after: {inbox_after[1]:,} unprocessed, "
