@@ -19,7 +19,8 @@ install: $(STAMP)
 
 $(DAGSTER_HOME)/dagster.yaml:
 	mkdir -p $(DAGSTER_HOME)
-	printf '# embedded demo instance: SQLite storage in this folder\ntelemetry:\n  enabled: false\n' > $@
+	printf '# embedded demo instance: SQLite storage in this folder\n%s\ntelemetry:\n  enabled: false\n' \
+	  "$$(sed -n '/^concurrency:/,/^run_retries:/p' dagster.yaml | sed '$$d')" > $@
 
 demo: install $(DAGSTER_HOME)/dagster.yaml
 	$(PY) -m newsletter_pipelines.demo
@@ -49,6 +50,7 @@ bench: install
 	$(PY) benchmarks/bench_full_sync.py
 	$(PY) benchmarks/bench_import_back.py
 	$(PY) benchmarks/bench_webhooks.py
+	$(PY) benchmarks/bench_webhook_latency.py
 
 clean:
 	rm -rf .newsletter

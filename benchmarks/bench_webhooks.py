@@ -928,9 +928,7 @@ def apply_events(database: str, folder: Path) -> None:
     job = defs.resolve_job_def("provider_events_job")
     run_config = {  # the failure is printed below, without its SQL and stack
         "loggers": {"console": {"config": {"log_level": "CRITICAL"}}},
-        "ops": {
-            "apply_provider_events": {"config": {"audience": AUDIENCE, "up_to_event_id": last}}
-        },
+        "ops": {"apply_provider_events": {"config": {"up_to_event_id": last}}},
     }
     with dg.instance_for_test() as instance:
         resources = build_resources(Settings())
@@ -940,7 +938,7 @@ def apply_events(database: str, folder: Path) -> None:
                 instance=instance,
                 run_config=run_config,
                 resources=resources,
-                tags={"audience": AUDIENCE},
+                partition_key=AUDIENCE,
                 raise_on_error=False,
             )
             wall = time.perf_counter() - start

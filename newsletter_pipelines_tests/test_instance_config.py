@@ -1,6 +1,10 @@
-"""The production `dagster.yaml` is a valid instance config whose storage lives on PostgreSQL."""
+"""The production `dagster.yaml` is a valid instance config whose storage lives on PostgreSQL;
+the embedded instance `make` writes has the same run limits."""
 
 from __future__ import annotations
+
+import subprocess
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -23,4 +27,19 @@ def test_production_instance_config_runs_on_postgres(
         assert type(instance.schedule_storage).__name__ == "PostgresScheduleStorage"
         limits = instance.get_concurrency_config().run_queue_config
         assert limits.max_concurrent_runs == 4
+        assert limits.tag_concurrency_limits[0]["key"] == "dagster/partition"
+
+
+def test_the_embedded_instance_has_the_same_run_limits(tmp_path: Path) -> None:
+    """`make` writes the demo instance's dagster.yaml with the production concurrency block:
+    one run per audience partition there too."""
+    home = tmp_path / "dagster_home"
+    subprocess.run(
+        ["make", "-s", f"DAGSTER_HOME={home}", f"{home}/dagster.yaml"], cwd=PROJECT_ROOT, check=True
+    )
+    config = yaml.safe_load((home / "dagster.yaml").read_text())
+    production = yaml.safe_load((PROJECT_ROOT / "dagster.yaml").read_text())
+    assert config["concurrency"] == production["concurrency"]
+    with dg.instance_for_test(overrides=config) as instance:
+        limits = instance.get_concurrency_config().run_queue_config
         assert limits.tag_concurrency_limits[0]["key"] == "dagster/partition"

@@ -72,7 +72,7 @@ def run_events(instance: dg.DagsterInstance, request: dg.RunRequest) -> dg.Execu
         instance=instance,
         run_config={**QUIET, **request.run_config},
         resources=build_resources(Settings()),
-        tags=request.tags,
+        partition_key=request.partition_key,
         raise_on_error=False,
     )
 

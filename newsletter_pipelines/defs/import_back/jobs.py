@@ -4,6 +4,7 @@ import-back of the addresses webhook events name."""
 import dagster as dg
 
 from newsletter_pipelines.defs.import_back.ops import apply_provider_events
+from newsletter_pipelines.defs.providers.partitions import audience_partitions
 
 import_back_job = dg.define_asset_job(
     "import_back_job",
@@ -15,6 +16,7 @@ import_back_job = dg.define_asset_job(
 
 
 @dg.job(
+    partitions_def=audience_partitions,
     description="Applies one audience's webhook events (inbox provider_events) to the CRM with "
     "the import-back rules; launched by provider_events_sensor.",
     tags={"dagster/max_retries": 3},

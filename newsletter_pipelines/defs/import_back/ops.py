@@ -20,9 +20,8 @@ _SETTINGS = Settings()
 
 
 class ProviderEventsConfig(dg.Config):
-    """Which audience, and its events up to which inbox id (as the sensor submitted them)."""
+    """The audience's events up to which inbox id (as the sensor submitted them)."""
 
-    audience: str
     up_to_event_id: int
 
 
@@ -39,7 +38,7 @@ def apply_provider_events(
     prove: their addresses are decided again over the provider's current members, the ledger
     and the CRM, written as the nightly import-back writes, and the events marked processed.
     Its value: how many events it processed."""
-    audience = _SETTINGS.audience(config.audience)
+    audience = _SETTINGS.audience(context.partition_key)
     events = [
         e
         for e in unprocessed_events(state_db.engine(), audience.key)

@@ -35,14 +35,8 @@ def provider_events_sensor(
         run_requests=[
             dg.RunRequest(
                 run_key=f"{audience}:{last}",
-                run_config={
-                    "ops": {
-                        "apply_provider_events": {
-                            "config": {"audience": audience, "up_to_event_id": last}
-                        }
-                    }
-                },
-                tags={"audience": audience},
+                partition_key=audience,
+                run_config={"ops": {"apply_provider_events": {"config": {"up_to_event_id": last}}}},
             )
             for audience, last in due
         ],
