@@ -40,7 +40,7 @@ from typing import Any, ClassVar
 
 import httpx
 import pandas as pd
-from hypothesis import HealthCheck, note, settings
+from hypothesis import HealthCheck, Phase, note, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -76,6 +76,9 @@ settings.register_profile(
     deadline=None,
     derandomize=False,  # the "default" registered above is every profile's parent: not this one
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile(  # a seed a long run reported, replayed without shrinking
+    "replay", parent=settings.get_profile("long"), phases=(Phase.explicit, Phase.generate)
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
@@ -477,7 +480,7 @@ class ConsentMachine(RuleBasedStateMachine):
         )
         private = set(result.excluded.loc[result.excluded["reason"] == "private", "email_key"])
         subscribed = {e for e, s in statuses.items() if s == "subscribed"}
-        leaked = (private - set(eligible)) & subscribed
+        leaked = (private - set(eligible)) & subscribed - pending  # pending: the next sync's
         assert not leaked, self.explain(f"private addresses subscribed: {leaked}", diff)
         unexpected = subscribed - set(eligible) - self.person_subscribed - pending
         assert not unexpected, self.explain(f"subscribed, not wanted: {unexpected}", diff)

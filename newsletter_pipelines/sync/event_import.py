@@ -56,11 +56,21 @@ def _data(event: StoredEvent) -> Mapping[str, Any]:
 
 def provable(diff: pd.DataFrame, unseen: frozenset[str], deleted: frozenset[str]) -> pd.DataFrame:
     """`diff` without the removals a run of a few addresses cannot prove: a ledger row whose
-    member is not at its address (`unseen`) is `removed` only where an event says deleted."""
+    member is not at its address (`unseen`) is `removed` only where an event says deleted. The
+    row's address is the ledger row's (a removal under a contact's previous address is reported
+    on the contact's current one)."""
+    ledger_keys = pd.Series(
+        [
+            row.member_key if row is not None else key
+            for row, key in zip(diff["ledger_before"], diff["match_key"], strict=True)
+        ],
+        index=diff.index,
+        dtype=object,
+    )
     doubtful = (
         (diff["provider_change"] == ProviderChange.REMOVED.value)
-        & diff["match_key"].isin(unseen)
-        & ~diff["match_key"].isin(deleted)
+        & ledger_keys.isin(unseen)
+        & ~ledger_keys.isin(deleted)
     )
     if not doubtful.any():
         return diff
