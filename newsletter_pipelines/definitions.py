@@ -13,6 +13,7 @@ from newsletter_pipelines.defs.providers.assets import (
     reconciliation_diff,
 )
 from newsletter_pipelines.defs.providers.jobs import full_sync_job, incremental_sync_job
+from newsletter_pipelines.defs.providers.schedules import nightly_sync_schedule
 from newsletter_pipelines.defs.providers.sensors import crm_changes_sensor
 from newsletter_pipelines.defs.resources import build_resources
 
@@ -26,7 +27,7 @@ defs = dg.Definitions(
         crm_import_back,
     ],
     jobs=[full_sync_job, incremental_sync_job, import_back_job, provider_events_job],
-    schedules=[import_back_schedule],
+    schedules=[import_back_schedule, nightly_sync_schedule],
     sensors=[provider_events_sensor, crm_changes_sensor],
     resources=build_resources(),
 )

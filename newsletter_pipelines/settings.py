@@ -130,6 +130,10 @@ class Settings(BaseSettings):
         description="How far before its watermark crm_changes_sensor looks again for changes "
         "committed late (clock skew, long transactions).",
     )
+    nightly_cron: str = Field(
+        default="0 3 * * *",
+        description="Cron schedule of the nightly full two-way sync of every audience.",
+    )
     timezone: str = Field(
         default="Europe/Berlin", description="IANA time zone the schedules run in."
     )

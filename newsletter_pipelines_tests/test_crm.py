@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from newsletter_pipelines.crm.__main__ import cli
+from newsletter_pipelines.crm.changes import latest_change
 from newsletter_pipelines.crm.embedded import ensure_demo_crm
 from newsletter_pipelines.crm.errors import CrmError
 from newsletter_pipelines.crm.loader import insert_rows, load_demo, read_csv_rows
@@ -129,3 +130,28 @@ def test_demo_crm_on_postgresql(postgres_url: str, demo_crm_file: Path, tmp_path
     assert isinstance(pg["updated_at"].dropna().iloc[0], datetime)
     # the same contacts give the same eligibility on both databases (NUL replaced on PostgreSQL)
     assert classify(pg).counts == classify(lite).counts
+
+
+def test_cli_edit_bumps_updated_at_with_every_change(demo_crm_file: Path, tmp_path: Path) -> None:
+    path = tmp_path / "crm.sqlite3"
+    shutil.copy(demo_crm_file, path)
+    url = f"sqlite:///{path}"
+    engine = sa.create_engine(url)
+    before = latest_change(engine, CrmSchema())
+    args = ["edit", "17", "--first-name", "Jana", "--newsletter", "no", "--tags", "VIP, Käufer"]
+    result = CliRunner().invoke(cli, [*args, "--url", url])
+    assert result.exit_code == 0, result.output
+    assert "first_name, newsletter, tags changed" in result.output
+    with engine.connect() as conn:
+        row = conn.execute(sa.text("SELECT first_name, newsletter FROM contacts WHERE id = 17"))
+        assert tuple(row.one()) == ("Jana", "no")
+        tags = conn.execute(sa.text("SELECT tag FROM contact_tags WHERE contact_id = 17"))
+        assert sorted(t for (t,) in tags) == ["Käufer", "VIP"]
+    latest = latest_change(engine, CrmSchema())
+    assert latest is not None and latest.contact_id == "17"
+    assert before is not None and latest.updated_at > before.updated_at
+    missing = CliRunner().invoke(cli, ["edit", "999999", "--last-name", "X", "--url", url])
+    assert missing.exit_code == 1 and "no CRM contact with id 999999" in missing.output
+    nothing = CliRunner().invoke(cli, ["edit", "17", "--url", url])
+    assert nothing.exit_code == 2 and "nothing to change" in nothing.output
+    engine.dispose()

@@ -1,4 +1,4 @@
-"""Command line: `python -m newsletter_pipelines.crm load-demo --url URL [--replace]`."""
+"""Command line: `python -m newsletter_pipelines.crm load-demo|create-schema|edit …`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from newsletter_pipelines.crm.editor import edit_contact
 from newsletter_pipelines.crm.errors import CrmError
 from newsletter_pipelines.crm.loader import load_demo
 from newsletter_pipelines.crm.schema import create_schema
@@ -61,3 +62,53 @@ def create_schema_command(url: str) -> None:
 
 if __name__ == "__main__":
     cli()
+
+
+@cli.command("edit")
+@click.argument("contact_id")
+@click.option("--salutation")
+@click.option("--first-name")
+@click.option("--last-name")
+@click.option("--email")
+@click.option("--newsletter", help="The CRM's value, e.g. yes or no.")
+@click.option("--private/--not-private", default=None, help="is_private.")
+@click.option("--tags", help='Exactly these tags, comma-separated ("" for none).')
+@click.option("--url", help="SQLAlchemy URL of the CRM (default: as the sync reads it).")
+def edit_command(
+    *,
+    contact_id: str,
+    salutation: str | None,
+    first_name: str | None,
+    last_name: str | None,
+    email: str | None,
+    newsletter: str | None,
+    private: bool | None,
+    tags: str | None,
+    url: str | None,
+) -> None:
+    """Edit contact CONTACT_ID as a CRM user would; its updated_at is bumped, so the change
+    sensor pushes the change within a minute."""
+    settings = Settings()
+    given = {
+        "salutation": salutation,
+        "first_name": first_name,
+        "last_name": last_name,
+        "email": email,
+        "newsletter": newsletter,
+        "is_private": private,
+    }
+    fields = {k: v for k, v in given.items() if v is not None}
+    tag_set = None if tags is None else frozenset(t.strip() for t in tags.split(",") if t.strip())
+    if not fields and tag_set is None:
+        raise click.UsageError("nothing to change: give at least one option")
+    target = url or settings.resolved_crm_database_url()
+    engine = create_engine(target)
+    try:
+        edit_contact(engine, settings.crm_schema, contact_id, fields, tags=tag_set)
+    except CrmError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    finally:
+        engine.dispose()
+    changed = ", ".join([*fields, *(["tags"] if tag_set is not None else [])])
+    click.echo(f"contact {contact_id}: {changed} changed in {safe_url(target)}")
