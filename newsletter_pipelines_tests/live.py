@@ -1,0 +1,695 @@
+"""Real processes, as `make dev` runs them, for `test_live.py` and
+`benchmarks/bench_webhook_latency.py`.
+
+`live_stack(root, home)` builds the embedded demo CRM in `home` (NEWSLETTER_HOME) and has
+`make` write the demo instance's `dagster.yaml` into `root/dagster_home` (SQLite storage, the
+production concurrency block: one run per audience partition at a time), then starts two
+process groups on free loopback ports:
+
+- the webhook receiver: `python -m newsletter_pipelines.webhooks serve`;
+- `dagster dev -w workspace.yaml` (webserver, daemon with its default intervals, code server),
+  with NEWSLETTER_WEBHOOK_PUBLIC_URL pointing at the receiver.
+
+It waits until the receiver answers, the code location is loaded and the daemon's sensor and
+run-queue threads report healthy. A person acts in this process through the embedded
+sandbox's state file (`embedded_sandbox` and the person actions, as the tests and the demo
+do); the sandbox delivers the webhook over HTTP to the receiver before the action returns.
+On the way out both groups get SIGINT (Ctrl+C), then SIGKILL; when the block raised, the tail
+of each process's log is printed. Every wait polls through tenacity, with a deadline.
+
+The caller's environment should hold no NEWSLETTER_* settings (the tests' `isolated_home`
+fixture and the benchmark clear them): the processes get none but those set here.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import sqlalchemy as sa
+from dagster_graphql import DagsterGraphQLClient
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    retry_if_result,
+    stop_after_delay,
+    wait_fixed,
+)
+
+from newsletter_pipelines.crm.embedded import ensure_demo_crm
+from newsletter_pipelines.crm.schema import crm_tables
+from newsletter_pipelines.defs.providers.clients import audience_client
+from newsletter_pipelines.defs.resources import build_resources
+from newsletter_pipelines.providers.base import MemberStatus
+from newsletter_pipelines.providers.resources import embedded_sandbox
+from newsletter_pipelines.sandbox import PersonEvent
+from newsletter_pipelines.sandbox.people import brevo_person, mailchimp_person
+from newsletter_pipelines.settings import PROJECT_ROOT, Settings
+from newsletter_pipelines.state.events import provider_events
+from newsletter_pipelines.sync.email_address import raw_match_key
+
+T = TypeVar("T")
+
+AUDIENCES = ("mailchimp", "brevo")
+LOCATION = "newsletter_pipelines"
+SENSOR = "provider_events_sensor"
+EVENTS_JOB = "provider_events_job"
+FULL_SYNC_JOB = "full_sync_job"
+UNSUBSCRIBED_KIND = "newsletter_unsubscribed"
+IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
+"""Run config of the setup syncs: one process per run instead of one per step (about a quarter
+of the time on two cores). The runs the sensor launches keep the job's default executor."""
+FINISHED = frozenset({"SUCCESS", "FAILURE", "CANCELED"})
+ACTIVE = ["QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING"]
+STARTUP_S = 180.0
+STOP_GRACE_S = 10.0
+LOG_TAIL_LINES = 150
+
+
+class ProcessDiedError(RuntimeError):
+    """A process of the stack exited while it should be serving."""
+
+
+# --- waiting --------------------------------------------------------------------------------
+
+
+def wait_for(
+    check: Callable[[], T],
+    *,
+    what: str,
+    timeout: float,
+    every: float = 0.5,
+    retry_on: tuple[type[BaseException], ...] = (),
+) -> T:
+    """Call `check` every `every` s until it returns a truthy value, which is returned; an
+    exception of `retry_on` counts as not yet. After `timeout` s: TimeoutError naming `what`
+    and the last answer. Any other exception (e.g. `ProcessDiedError`) ends the wait at once."""
+
+    def give_up(state: RetryCallState) -> T:
+        outcome = state.outcome
+        last = "no answer" if outcome is None else repr(outcome.exception() or outcome.result())
+        raise TimeoutError(f"{what}: not within {timeout:.0f} s (last: {last})")
+
+    retrying = Retrying(
+        stop=stop_after_delay(timeout),
+        wait=wait_fixed(every),
+        retry=retry_if_result(lambda answer: not answer) | retry_if_exception_type(retry_on),
+        retry_error_callback=give_up,
+    )
+    return retrying(check)
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct loopback ports nobody listens on right now."""
+    with ExitStack() as probes:
+        ports = []
+        for _ in range(count):
+            probe = probes.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            probe.bind(("127.0.0.1", 0))
+            ports.append(int(probe.getsockname()[1]))
+        return ports
+
+
+def utc(value: datetime | str) -> datetime:
+    """A database timestamp (naive values are UTC, as the project writes them) as aware UTC."""
+    stamp = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp.astimezone(UTC)
+
+
+# --- processes ------------------------------------------------------------------------------
+
+
+@dataclass
+class Process:
+    """One started process group and its log file (stdout and stderr)."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def check_alive(self) -> None:
+        """Raise `ProcessDiedError` when the group's leader has exited."""
+        code = self.popen.poll()
+        if code is not None:
+            raise ProcessDiedError(f"{self.name} exited with {code}:\n{self.tail()}")
+
+    def tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        """The last lines of its log."""
+        if not self.log.exists():
+            return "(no log)"
+        text = self.log.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+    def stop(self) -> None:
+        """Ctrl+C to the whole group, then SIGKILL to whatever of the group is left."""
+        group = self.popen.pid  # start_new_session: the leader's pid is the group id
+        with suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGINT)
+        with suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout=STOP_GRACE_S)
+        with suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
+        self.popen.wait(timeout=STOP_GRACE_S)
+
+
+def start(name: str, argv: Sequence[str], *, env: dict[str, str], cwd: Path) -> Process:
+    """Start `argv` as the leader of a new process group, its output into `cwd/<name>.log`."""
+    log = cwd / f"{name}.log"
+    with log.open("wb") as out:
+        popen = subprocess.Popen(
+            list(argv),
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return Process(name, popen, log)
+
+
+def process_env(home: Path, dagster_home: Path) -> dict[str, str]:
+    """The environment of the stack's processes: this one's without NEWSLETTER_* settings."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("NEWSLETTER_") or k == "NEWSLETTER_TEST_POSTGRES_URL"
+    }
+    env |= {
+        "NEWSLETTER_HOME": str(home),
+        "DAGSTER_HOME": str(dagster_home),
+        "PYTHONUNBUFFERED": "1",
+    }
+    return env
+
+
+# --- the stack ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Person:
+    """A CRM contact alone with its address, subscribed at the audience by the full sync."""
+
+    audience: str
+    contact_id: int
+    email: str
+
+
+@dataclass(frozen=True)
+class Ack:
+    """A person's unsubscribe: when it was done and the receiver's 200 came back (epoch s)."""
+
+    person: Person
+    acted_at: float
+    acked_at: float
+
+
+@dataclass(frozen=True)
+class CrmRow:
+    """The person's CRM contact now: newsletter value, `updated_at`, activity kinds."""
+
+    newsletter: str | None
+    updated_at: datetime | None
+    kinds: tuple[str, ...]
+
+    @property
+    def unsubscribed(self) -> bool:
+        return self.newsletter == "no" and UNSUBSCRIBED_KIND in self.kinds
+
+
+@dataclass(frozen=True)
+class InboxEvent:
+    """A stored webhook event (receiver's clock)."""
+
+    id: int
+    audience: str
+    type: str
+    received_at: datetime
+    processed_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Run:
+    """A Dagster run as the webserver's GraphQL API shows it (times in epoch s)."""
+
+    run_id: str
+    job: str
+    status: str
+    created: float
+    started: float | None
+    ended: float | None
+    tags: dict[str, str]
+
+
+RUNS_QUERY = """
+query Runs($filter: RunsFilter!) {
+  runsOrError(filter: $filter, limit: 1000) {
+    __typename
+    ... on Runs { results { runId jobName status creationTime startTime endTime
+                            tags { key value } } }
+    ... on PythonError { message }
+  }
+}"""
+READY_QUERY = """
+query Ready($sensor: SensorSelector!) {
+  workspaceOrError {
+    __typename
+    ... on Workspace { locationEntries { name locationOrLoadError {
+      __typename ... on PythonError { message } } } }
+  }
+  instance { daemonHealth {
+    sensor: daemonStatus(daemonType: "SENSOR") { healthy }
+    queue: daemonStatus(daemonType: "QUEUED_RUN_COORDINATOR") { healthy }
+  } }
+  sensorOrError(sensorSelector: $sensor) {
+    __typename
+    ... on Sensor { minIntervalSeconds sensorState { status } }
+  }
+}"""
+
+
+@dataclass
+class LiveStack:
+    """The running receiver and `dagster dev`, and what the test and benchmark do with them."""
+
+    root: Path
+    settings: Settings
+    receiver: Process
+    dagster: Process
+    receiver_url: str
+    webserver_port: int
+    _list_ids: dict[str, str] = field(default_factory=dict, init=False)
+
+    # --- processes and GraphQL
+
+    @property
+    def processes(self) -> tuple[Process, ...]:
+        return (self.receiver, self.dagster)
+
+    def check_alive(self) -> None:
+        for process in self.processes:
+            process.check_alive()
+
+    def logs(self) -> str:
+        """The tail of every process's log."""
+        return "\n".join(
+            f"----- {p.name} ({p.log}), last {LOG_TAIL_LINES} lines -----\n{p.tail()}"
+            for p in self.processes
+        )
+
+    def client(self) -> DagsterGraphQLClient:
+        return DagsterGraphQLClient("127.0.0.1", port_number=self.webserver_port)
+
+    def graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The `data` of a query to the webserver's GraphQL endpoint."""
+        answer = httpx.post(
+            f"http://127.0.0.1:{self.webserver_port}/graphql",
+            json={"query": query, "variables": variables or {}},
+            timeout=30,
+        )
+        answer.raise_for_status()
+        body = answer.json()
+        if body.get("errors"):
+            raise RuntimeError(f"GraphQL errors: {body['errors']}")
+        return body["data"]
+
+    def sensor(self) -> dict[str, Any]:
+        """`provider_events_sensor` as the webserver shows it (minIntervalSeconds, state)."""
+        return self._ready()["sensorOrError"]
+
+    def _ready(self) -> dict[str, Any]:
+        selector = {
+            "repositoryLocationName": LOCATION,
+            "repositoryName": "__repository__",
+            "sensorName": SENSOR,
+        }
+        return self.graphql(READY_QUERY, {"sensor": selector})
+
+    def wait_until_ready(self, timeout: float = STARTUP_S) -> None:
+        """Receiver answering, code location loaded, sensor and run queue daemons healthy."""
+
+        def receiver_up() -> bool:
+            self.check_alive()
+            # any answer will do: the GET without the secret is refused
+            httpx.get(f"{self.receiver_url}/webhooks/mailchimp/mailchimp", timeout=5)
+            return True
+
+        def dagster_up() -> bool:
+            self.check_alive()
+            data = self._ready()
+            entries = data["workspaceOrError"].get("locationEntries") or []
+            loaded = [e["locationOrLoadError"] for e in entries if e["locationOrLoadError"]]
+            errors = [e.get("message") for e in loaded if e["__typename"] == "PythonError"]
+            if errors:
+                raise ProcessDiedError(f"the code location failed to load: {errors}")
+            health = data["instance"]["daemonHealth"]
+            return (
+                any(e["__typename"] == "RepositoryLocation" for e in loaded)
+                and health["sensor"]["healthy"]
+                and health["queue"]["healthy"]
+            )
+
+        started = time.monotonic()
+        transient = (httpx.TransportError, httpx.HTTPStatusError)
+        wait_for(
+            receiver_up,
+            what="the webhook receiver answers",
+            timeout=timeout,
+            every=0.25,
+            retry_on=transient,
+        )
+        left = timeout - (time.monotonic() - started)
+        wait_for(
+            dagster_up,
+            what="dagster dev is ready",
+            timeout=left,
+            every=0.5,
+            retry_on=(*transient, RuntimeError),
+        )
+
+    def runs(self, job: str | None = None, *, statuses: Sequence[str] = ()) -> list[Run]:
+        """Runs of `job` (of every job when None; newest first), optionally only those in
+        `statuses`."""
+        run_filter: dict[str, Any] = {"pipelineName": job} if job else {}
+        if statuses:
+            run_filter["statuses"] = list(statuses)
+        found = self.graphql(RUNS_QUERY, {"filter": run_filter})["runsOrError"]
+        if found["__typename"] != "Runs":
+            raise RuntimeError(f"runs of {job}: {found}")
+        return [
+            Run(
+                run_id=r["runId"],
+                job=r["jobName"],
+                status=r["status"],
+                created=r["creationTime"],
+                started=r["startTime"],
+                ended=r["endTime"],
+                tags={t["key"]: t["value"] for t in r["tags"]},
+            )
+            for r in found["results"]
+        ]
+
+    def run_for(self, event: InboxEvent) -> Run | None:
+        """The `provider_events_job` run that applied the event: of its audience's partition,
+        launched by the sensor, with the smallest run key id (`<audience>:<last event id>`) at
+        or above the event's id (the first run whose events include it)."""
+        covering = [
+            (int(run.tags["dagster/run_key"].rpartition(":")[2]), run)
+            for run in self.runs(EVENTS_JOB)
+            if run.tags.get("dagster/partition") == event.audience
+            and run.tags.get("dagster/sensor_name") == SENSOR
+            and run.tags.get("dagster/run_key", "").startswith(f"{event.audience}:")
+        ]
+        eligible = [(last, run) for last, run in covering if last >= event.id]
+        return min(eligible, key=lambda found: found[0])[1] if eligible else None
+
+    # --- Dagster runs
+
+    def full_sync(self, audiences: Sequence[str] = AUDIENCES, timeout: float = 400) -> None:
+        """Launch `full_sync_job` for each audience partition through the GraphQL client (all
+        at once, as the UI's "Materialize all" with both partitions would), wait for success.
+        Registers the audiences' webhooks at the receiver (NEWSLETTER_WEBHOOK_PUBLIC_URL)."""
+        client = self.client()
+        launched = {
+            audience: client.submit_job_execution(
+                FULL_SYNC_JOB, tags={"dagster/partition": audience}, run_config=IN_PROCESS
+            )
+            for audience in audiences
+        }
+
+        def statuses() -> dict[str, str] | None:
+            self.check_alive()
+            now = {a: client.get_run_status(r).value for a, r in launched.items()}
+            return now if set(now.values()) <= FINISHED else None
+
+        done = wait_for(statuses, what=f"{FULL_SYNC_JOB} runs finish", timeout=timeout, every=1)
+        if set(done.values()) != {"SUCCESS"}:
+            raise RuntimeError(f"{FULL_SYNC_JOB} runs: {done} (run ids {launched})")
+
+    def wait_until_quiet(self, timeout: float = 300) -> None:
+        """No unprocessed event in the inbox and no run queued or under way (the Brevo full
+        sync's own list additions come back by webhook and are applied first)."""
+
+        def quiet() -> bool:
+            self.check_alive()
+            return not self.unprocessed() and not self.runs(statuses=ACTIVE)
+
+        wait_for(quiet, what="the inbox is applied and no run is active", timeout=timeout, every=1)
+
+    # --- databases
+
+    def state_engine(self) -> sa.Engine:
+        return sa.create_engine(self.settings.resolved_state_database_url())
+
+    def crm_engine(self) -> sa.Engine:
+        return sa.create_engine(self.settings.resolved_crm_database_url())
+
+    def unprocessed(self) -> int:
+        """Events in the inbox not processed yet."""
+        query = sa.select(sa.func.count()).where(provider_events.c.processed_at.is_(None))
+        engine = self.state_engine()
+        try:
+            with engine.connect() as conn:
+                return int(conn.execute(query).scalar_one())
+        finally:
+            engine.dispose()
+
+    def inbox_event(self, person: Person) -> InboxEvent | None:
+        """The newest stored event of the person's audience at its address."""
+        events = provider_events.c
+        query = (
+            sa.select(
+                events.id, events.audience, events.type, events.received_at, events.processed_at
+            )
+            .where(events.audience == person.audience, events.email == person.email)
+            .order_by(events.id.desc())
+            .limit(1)
+        )
+        engine = self.state_engine()
+        try:
+            with engine.connect() as conn:
+                row = conn.execute(query).first()
+        finally:
+            engine.dispose()
+        if row is None:
+            return None
+        return InboxEvent(
+            id=int(row.id),
+            audience=row.audience,
+            type=row.type,
+            received_at=utc(row.received_at),
+            processed_at=utc(row.processed_at) if row.processed_at is not None else None,
+        )
+
+    def crm_row(self, person: Person, engine: sa.Engine | None = None) -> CrmRow:
+        """The person's contact in the CRM now."""
+        schema = self.settings.crm_schema
+        tables = crm_tables(schema)
+        contacts, activities = tables.contacts, tables.activities
+        contact = sa.select(contacts.c[schema.newsletter], contacts.c[schema.updated_at]).where(
+            contacts.c[schema.id] == person.contact_id
+        )
+        kinds = sa.select(activities.c[schema.activities_kind]).where(
+            activities.c[schema.activities_contact_id] == person.contact_id,
+            activities.c[schema.activities_audience] == person.audience,
+        )
+        own = engine is None
+        engine = engine or self.crm_engine()
+        try:
+            with engine.connect() as conn:
+                newsletter, updated_at = conn.execute(contact).one()
+                found = tuple(conn.execute(kinds).scalars())
+        finally:
+            if own:
+                engine.dispose()
+        return CrmRow(newsletter, utc(updated_at) if updated_at is not None else None, found)
+
+    # --- people at the sandbox
+
+    def people(self, audience: str, count: int, *, exclude: Sequence[Person] = ()) -> list[Person]:
+        """`count` CRM contacts alone with their address (no other contact shares its match
+        key), newsletter `yes`, that the audience holds as subscribed and no inbox event names
+        (so no other run's scope includes them); in contact id order."""
+        schema = self.settings.crm_schema
+        contacts = crm_tables(schema).contacts
+        query = sa.select(
+            contacts.c[schema.id], contacts.c[schema.email], contacts.c[schema.newsletter]
+        )
+        engine = self.crm_engine()
+        try:
+            with engine.connect() as conn:
+                rows = conn.execute(query).all()
+        finally:
+            engine.dispose()
+        state = self.state_engine()
+        try:
+            with state.connect() as conn:
+                emails = conn.execute(sa.select(provider_events.c.email)).scalars()
+                named = {raw_match_key(e) for e in emails}
+        finally:
+            state.dispose()
+        by_key: dict[str, list[tuple[int, str | None]]] = {}
+        for contact_id, email, newsletter in rows:
+            key = raw_match_key(email)
+            if key is not None:
+                by_key.setdefault(key, []).append((int(contact_id), newsletter))
+        taken = {p.contact_id for p in exclude}
+        alone = {
+            key: owners[0][0]
+            for key, owners in by_key.items()
+            if len(owners) == 1
+            and owners[0][1] == "yes"
+            and owners[0][0] not in taken
+            and key not in named
+        }
+        client = self._client(audience)
+        try:
+            members = client.snapshot()
+        finally:
+            client.close()
+        found = sorted(
+            (
+                Person(audience, alone[m.email], m.email)
+                for m in members
+                if m.status == MemberStatus.SUBSCRIBED and m.email in alone
+            ),
+            key=lambda p: p.contact_id,
+        )
+        if len(found) < count:
+            raise RuntimeError(f"{audience}: only {len(found)} people can act, {count} asked")
+        return found[:count]
+
+    def wait_for_crm(
+        self, acks: Sequence[Ack], *, timeout: float, strict: bool = True
+    ) -> dict[Person, float]:
+        """Poll the CRM (every 0.25 s) until every acked person's contact says `no` and has the
+        activity `newsletter_unsubscribed`; when each was first seen so (epoch s). `timeout`
+        counts from the earliest acknowledgement; then TimeoutError, or with `strict=False`
+        the people seen so far."""
+        seen: dict[Person, float] = {}
+        engine = self.crm_engine()
+
+        def arrived() -> bool:
+            self.check_alive()
+            for ack in acks:
+                if ack.person not in seen and self.crm_row(ack.person, engine).unsubscribed:
+                    seen[ack.person] = time.time()
+            return len(seen) == len(acks)
+
+        left = timeout - (time.time() - min(a.acked_at for a in acks))
+        try:
+            wait_for(
+                arrived,
+                what="the CRM says no",
+                timeout=max(left, 0.0),
+                every=0.25,
+                retry_on=(sa.exc.OperationalError,),
+            )
+        except TimeoutError as exc:
+            missing = [a.person for a in acks if a.person not in seen]
+            if not strict:
+                return seen
+            raise TimeoutError(f"{exc}; {len(missing)} people still missing: {missing}") from exc
+        finally:
+            engine.dispose()
+        return seen
+
+    def _client(self, audience: str) -> Any:
+        resources = build_resources(self.settings)
+        return audience_client(
+            self.settings.audience(audience), resources["mailchimp"], resources["brevo"]
+        )
+
+    def unsubscribe(self, person: Person) -> Ack:
+        """The person unsubscribes at the sandbox (campaign link); the sandbox delivers the
+        webhook to the receiver before this returns, which must answer 200."""
+        if person.audience not in self._list_ids:
+            client = self._client(person.audience)
+            try:
+                self._list_ids[person.audience] = client.ensure_audience().id
+            finally:
+                client.close()
+        sandbox = embedded_sandbox(self.settings.home / "sandbox.json")
+        provider = self.settings.audience(person.audience).provider
+        apply = mailchimp_person if provider == "mailchimp" else brevo_person
+        event = PersonEvent(
+            list_id=self._list_ids[person.audience], email=person.email, action="unsubscribe"
+        )
+        before = len(sandbox.webhooks.calls)
+        acted_at = time.time()
+        apply(sandbox, event)
+        acked_at = time.time()
+        deliveries = sandbox.webhooks.calls[before:]
+        answers = [(c.url, c.status, c.error) for c in deliveries]
+        if len(deliveries) != 1 or deliveries[0].status != 200:
+            raise RuntimeError(f"{person}: expected one delivery answered 200, got {answers}")
+        return Ack(person, acted_at, acked_at)
+
+
+@contextmanager
+def live_stack(root: Path, home: Path) -> Iterator[LiveStack]:
+    """Receiver and `dagster dev` on free ports, NEWSLETTER_HOME `home`, DAGSTER_HOME
+    `root/dagster_home`; ready when yielded, stopped afterwards (see the module docstring)."""
+    root.mkdir(parents=True, exist_ok=True)
+    settings = Settings(home=home)
+    ensure_demo_crm(settings.resolved_crm_database_url(), settings.demo_data_dir)
+    dagster_home = root / "dagster_home"
+    make_instance = ["make", "-s", "-C", str(PROJECT_ROOT), f"DAGSTER_HOME={dagster_home}"]
+    subprocess.run([*make_instance, f"{dagster_home}/dagster.yaml"], check=True)
+    env = process_env(home, dagster_home)
+    receiver_port, webserver_port = free_ports(2)
+    receiver_url = f"http://127.0.0.1:{receiver_port}"
+    with ExitStack() as stack:
+        receiver = start(
+            "receiver",
+            [
+                sys.executable,
+                "-m",
+                "newsletter_pipelines.webhooks",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(receiver_port),
+            ],
+            env=env,
+            cwd=root,
+        )
+        stack.callback(receiver.stop)
+        dagster = start(
+            "dagster-dev",
+            [
+                sys.executable,
+                "-m",
+                "dagster",
+                "dev",
+                "-w",
+                str(PROJECT_ROOT / "workspace.yaml"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(webserver_port),
+            ],
+            env=env | {"NEWSLETTER_WEBHOOK_PUBLIC_URL": receiver_url},
+            cwd=root,
+        )
+        stack.callback(dagster.stop)
+        live = LiveStack(root, settings, receiver, dagster, receiver_url, webserver_port)
+        try:
+            live.wait_until_ready()
+            yield live
+        except BaseException:
+            print(live.logs(), file=sys.stderr, flush=True)
+            raise
