@@ -80,3 +80,14 @@ def test_the_cursor_survives_its_text_form() -> None:
     cursor = Cursor(Mark(T0, "7"), "abc")
     assert Cursor.loads(cursor.dumps()) == cursor
     assert Cursor.loads("") == Cursor() and Cursor().dumps() == ""
+
+
+def test_a_mark_with_microseconds_includes_its_own_contact(crm: sa.Engine) -> None:
+    """SQLite compares times at milliseconds and rounds: .231690 must match its own mark."""
+    when = T0 + timedelta(seconds=20, microseconds=231_690)
+    with crm.begin() as conn:
+        conn.execute(sa.text("UPDATE contacts SET updated_at = :t WHERE id = 9"), {"t": when})
+    (mark,) = changed_after(crm, CrmSchema(), Mark(T0 + timedelta(seconds=10), ""))
+    assert mark == Mark(when, "9")
+    assert changed_between(crm, CrmSchema(), Mark(T0 + timedelta(seconds=10), ""), mark) == [mark]
+    assert changed_after(crm, CrmSchema(), mark) == []

@@ -19,6 +19,7 @@ from newsletter_pipelines.defs.resources import build_resources
 from newsletter_pipelines.providers.base import Member
 from newsletter_pipelines.settings import Settings
 from newsletter_pipelines.sync.changes import Cursor
+from newsletter_pipelines_tests.test_import_back_assets import act, run_import_back
 from newsletter_pipelines_tests.test_import_back_job import (
     AUDIENCES,
     NOTHING_PUSHED,
@@ -45,6 +46,23 @@ def edit(settings: Settings, sql: str, **values: Any) -> None:
             sa.text(sql.replace("SET ", "SET updated_at = :now, ")), {"now": now, **values}
         )
     engine.dispose()
+
+
+def run_span(
+    instance: dg.DagsterInstance, request: dg.RunRequest, audience: str
+) -> dg.ExecuteInProcessResult:
+    job = defs.resolve_job_def("incremental_sync_job")
+    return job.execute_in_process(
+        instance=instance,
+        run_config={**QUIET, **request.run_config},
+        partition_key=audience,
+        resources=build_resources(Settings()),
+    )
+
+
+def request_for(result: Any, audience: str) -> dg.RunRequest:
+    assert isinstance(result, dg.SensorResult), result
+    return next(r for r in result.run_requests or [] if r.partition_key == audience)
 
 
 def members(settings: Settings, audience: str) -> dict[str, Member]:
@@ -122,3 +140,91 @@ def test_a_failed_crm_read_skips_the_tick_and_keeps_the_cursor(settings: Setting
         result = sense(instance, broken, cursor)
     assert isinstance(result, dg.SkipReason)
     assert "cannot read the CRM's changes, cursor kept" in (result.skip_message or "")
+
+
+@pytest.mark.parametrize("audience", AUDIENCES)
+def test_every_kind_of_crm_change_in_one_run(
+    audience: str,
+    settings: Settings,
+    synced: Synced,  # noqa: F811
+) -> None:
+    """An address swap between two contacts, a no that became yes, a contact made private and
+    a contact's tags changed reach the audience in one run, as a full sync would send them."""
+    found = synced.copy_to(settings.home)
+    first, second, private, tagged = found.alone[3:7]
+    said_no = found.said_no[0]
+    with dg.instance_for_test() as instance:
+        start = sense(instance, settings, None)
+        swap = "UPDATE contacts SET email = :e WHERE id = :id"
+        edit(settings, swap, e="swap@example.org", id=first.contact_id)
+        edit(settings, swap, e=first.email, id=second.contact_id)
+        edit(settings, swap, e=second.email, id=first.contact_id)
+        edit(
+            settings, "UPDATE contacts SET newsletter = 'yes' WHERE id = :id", id=said_no.contact_id
+        )
+        edit(settings, "UPDATE contacts SET is_private = 1 WHERE id = :id", id=private.contact_id)
+        edit(
+            settings,
+            "UPDATE contacts SET first_name = first_name WHERE id = :id",
+            id=tagged.contact_id,
+        )
+        engine = sa.create_engine(settings.resolved_crm_database_url())
+        with engine.begin() as conn:  # tags changed with the contact's updated_at (above)
+            conn.execute(
+                sa.text("DELETE FROM contact_tags WHERE contact_id = :id"),
+                {"id": tagged.contact_id},
+            )
+            conn.execute(
+                sa.text("INSERT INTO contact_tags (contact_id, tag) VALUES (:id, 'Stammkunde')"),
+                {"id": tagged.contact_id},
+            )
+        engine.dispose()
+        req = request_for(sense(instance, settings, start.cursor), audience)
+        run = run_span(instance, req, audience)
+        assert run.success
+        after = members(settings, audience)
+        names = {m.email.lower(): m.first_name for m in after.values()}
+        assert after[first.email.lower()].status == "subscribed"
+        assert after[second.email.lower()].status == "subscribed"
+        assert "swap@example.org" not in after
+        assert (
+            names[second.email.lower()] != names[first.email.lower()]
+            or first.contact_id == second.contact_id
+        )
+        assert after[said_no.email.lower()].status == "subscribed"
+        assert (
+            private.email.lower() not in after
+            or after[private.email.lower()].status != "subscribed"
+        )
+        tags = {t.casefold() for t in after[tagged.email.lower()].tags}
+        assert "stammkunde" in tags
+        assert not ({t.casefold() for t in tagged.tags} - {"stammkunde"}) & tags
+        echo = run_sync(instance, audience)  # a full sync finds nothing left to send
+        assert echo.success
+        assert pushed(echo) == NOTHING_PUSHED
+
+
+@pytest.mark.parametrize("audience", AUDIENCES)
+def test_an_import_back_is_not_echoed_by_the_change_sensor(
+    audience: str,
+    settings: Settings,
+    synced: Synced,  # noqa: F811
+) -> None:
+    """The import-back's CRM writes bump updated_at: the sensor requests a run, and that run
+    sends the provider nothing."""
+    found = synced.copy_to(settings.home)
+    person = found.alone[8]
+    with dg.instance_for_test() as instance:
+        start = sense(instance, settings, None)
+        act(settings, audience, person.email, "unsubscribe")
+        assert run_import_back(instance, audience).success  # the CRM now says no
+        run = run_span(
+            instance, request_for(sense(instance, settings, start.cursor), audience), audience
+        )
+        assert run.success
+        assert run.output_for_node("push_crm_changes") >= 1
+        metadata = next(
+            e.step_output_data for e in run.all_events if e.is_successful_output
+        ).metadata
+        sent = {k: metadata[k].value for k in ("created", "updated", "unsubscribed", "removed")}
+        assert sent == dict.fromkeys(sent, 0)

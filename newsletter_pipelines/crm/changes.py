@@ -14,6 +14,8 @@ from newsletter_pipelines.settings import CrmSchema
 from newsletter_pipelines.sync.changes import Mark
 from newsletter_pipelines.values import as_datetime
 
+_SQLITE_TIME = "%Y-%m-%d %H:%M:%f"
+
 
 def changed_after(
     engine: sa.Engine, schema: CrmSchema, after: Mark | None, limit: int | None = None
@@ -72,12 +74,15 @@ def _comparable(updated: sa.ColumnElement[Any], dialect: str) -> sa.ColumnElemen
     """`updated_at` as it orders and compares: SQLite keeps times as text in whatever form it
     was given (with or without a fraction), so there it is normalised to milliseconds."""
     if dialect == "sqlite":
-        return sa.func.strftime("%Y-%m-%d %H:%M:%f", updated)
+        return sa.func.strftime(_SQLITE_TIME, updated)
     return updated
 
 
 def _value(when: datetime, dialect: str) -> Any:
-    return when.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] if dialect == "sqlite" else when
+    """A mark's time as `_comparable` makes the column's (SQLite rounds to milliseconds)."""
+    if dialect == "sqlite":
+        return sa.func.strftime(_SQLITE_TIME, when.strftime("%Y-%m-%d %H:%M:%S.%f"))
+    return when
 
 
 def _beyond(
