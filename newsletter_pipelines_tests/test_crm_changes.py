@@ -1,5 +1,5 @@
-"""Change detection: the CRM queries by (`updated_at`, id) on SQLite and PostgreSQL, and the
-watermark with its overlap window (`sync.changes`)."""
+"""Change detection: the CRM queries by (`updated_at`, id), the watermark with its overlap
+window (`sync.changes`), and reading the contacts at many addresses (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,12 @@ import sqlalchemy as sa
 
 from newsletter_pipelines.crm.changes import changed_after, changed_between, latest_change
 from newsletter_pipelines.crm.errors import CrmError
+from newsletter_pipelines.crm.loader import load_demo
+from newsletter_pipelines.crm.reader import read_contacts, read_contacts_at
 from newsletter_pipelines.settings import CrmSchema
 from newsletter_pipelines.sync.changes import Cursor, Mark, Span, digest, next_span
+from newsletter_pipelines.sync.email_address import raw_match_key
+from newsletter_pipelines_tests.conftest import DATA_DIR
 
 T0 = datetime(2026, 12, 1, 9, 0, 0)
 OVERLAP = timedelta(seconds=5)
@@ -91,3 +95,34 @@ def test_a_mark_with_microseconds_includes_its_own_contact(crm: sa.Engine) -> No
     assert mark == Mark(when, "9")
     assert changed_between(crm, CrmSchema(), Mark(T0 + timedelta(seconds=10), ""), mark) == [mark]
     assert changed_after(crm, CrmSchema(), mark) == []
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def demo_crm(request: pytest.FixtureRequest, demo_crm_file: Path, tmp_path: Path) -> sa.Engine:
+    if request.param == "postgres":
+        url = request.getfixturevalue("postgres_url")
+        load_demo(url, DATA_DIR)
+        return sa.create_engine(url)
+    path = tmp_path / "crm.sqlite3"
+    shutil.copy(demo_crm_file, path)
+    return sa.create_engine(f"sqlite:///{path}")
+
+
+def test_contacts_at_many_addresses_are_read_in_one_pass(demo_crm: sa.Engine) -> None:
+    """Found by the webhook benchmark: 33,000 addresses and ids in one query passed
+    PostgreSQL's 65,535 parameters. Past LOOKUP_MAX every contact is read and matched here,
+    with the same result as the lookup in SQL."""
+    schema = CrmSchema()
+    everyone = read_contacts(demo_crm, schema)
+    keys = sorted({k for k in map(raw_match_key, everyone["email"]) if k})
+    few = read_contacts_at(demo_crm, schema, frozenset(keys[:50]), frozenset({"1", "2"}))
+    assert set(few["contact_id"].astype(str)) >= {"1", "2"}
+    many_keys = frozenset(keys) | {f"nobody{i}@example.org" for i in range(40_000)}
+    many_ids = frozenset(map(str, range(1, 40_000)))
+    many = read_contacts_at(demo_crm, schema, many_keys, many_ids)
+    assert len(many) == len(everyone)
+    expected = everyone[everyone["email"].map(raw_match_key).isin(keys[:50])]
+    assert set(expected["contact_id"]) <= set(few["contact_id"])
+    assert few.set_index("contact_id")["tags"].to_dict() == (
+        everyone.set_index("contact_id").loc[few["contact_id"], "tags"].to_dict()
+    )

@@ -17,6 +17,7 @@ from newsletter_pipelines.sync.email_address import raw_match_key
 
 # the frame's column names: the default schema's field names, with the id as `contact_id`
 CONTACT_COLUMNS = ("contact_id", *CONTACT_FIELDS[1:])
+LOOKUP_MAX = 5_000  # addresses or ids `read_contacts_at` looks up in SQL; past that it reads all
 
 
 def _mapped_names(schema: CrmSchema) -> list[str]:
@@ -61,16 +62,20 @@ def read_contacts_at(
     is one of these (as text): for a run about a few addresses (`sync.scope`).
 
     Printable-ASCII addresses are compared in SQL; addresses with any other character are read
-    and keyed here, as eligibility keys them."""
+    and keyed here, as eligibility keys them. Past `LOOKUP_MAX` addresses or ids every contact
+    is read and matched here: one pass costs less than many IN scans of an unindexed column,
+    and stays within the drivers' parameter limits."""
     contacts = sa.table(schema.contacts_table, *(sa.column(c) for c in _mapped_names(schema)))
     email, contact_id = contacts.c[schema.email], contacts.c[schema.id]
     dialect = engine.dialect.name
     plain = sorted(k for k in keys if printable_ascii(k))
     wanted_ids = _typed_ids(engine, schema, ids)
-    conditions = [irregular(email, dialect)]
-    conditions += [sql_address_key(email, dialect).in_(batch) for batch in chunked(plain, 500)]
-    conditions += [contact_id.in_(batch) for batch in chunked(wanted_ids, 500)]
-    query = sa.select(*contacts.c).where(sa.or_(*conditions)).order_by(contact_id)
+    query = sa.select(*contacts.c).order_by(contact_id)
+    if max(len(plain), len(wanted_ids)) <= LOOKUP_MAX:
+        conditions = [irregular(email, dialect)]
+        conditions += [sql_address_key(email, dialect).in_(part) for part in chunked(plain, 500)]
+        conditions += [contact_id.in_(part) for part in chunked(wanted_ids, 500)]
+        query = query.where(sa.or_(*conditions))
     try:
         with engine.connect() as conn:
             rows = [tuple(row) for row in conn.execute(query)]
