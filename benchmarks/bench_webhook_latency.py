@@ -35,8 +35,10 @@ Measurement, per unsubscribe (every clock is this machine's):
 - breakdown, from the `provider_events_job` run that applied the event (of its audience, its
   run key's id the smallest at or above the event's id; times from the GraphQL API): sensor =
   receipt → run created (the sensor's 15 s interval, the daemon's 5 s loop), launch = created
-  → run started (the run queue, dequeued every 5 s, and the run's process), step = started →
-  CRM write (the step's process and the op).
+  → run started (the run queue, dequeued every 5 s; one run per audience partition at a time,
+  so it waits for a run of the same audience, e.g. the `incremental_sync_job` the CRM change
+  sensor starts after each write; then the run's process), step = started → CRM write (the
+  step's process and the op).
 
 Percentiles: `statistics.quantiles(..., method="inclusive")`. Budget: p95 ≤ 60 s; nothing is
 asserted. The load average is printed beside the figures (2 cores; other work may be running).
