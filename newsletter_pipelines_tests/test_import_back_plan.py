@@ -289,3 +289,18 @@ def test_tags_the_sync_pushed_before_it_archived_a_member_are_not_imported(world
     assert next(r for r in world.crm if r["contact_id"] == 105)["tags"] == ("VIP",)
     member = next(m for m in world.provider.snapshot() if m.email == "anna@example.de")
     assert member.tags == {"VIP", SYSTEM_TAG[world.provider_name]} - {None}
+
+
+def test_an_opt_out_under_a_previous_address_is_not_the_new_addresses_other_contacts(
+    world: World,
+) -> None:
+    """Found by a random long model run (Mailchimp): two contacts moved in the CRM to one new
+    address, and the member at the old address of one of them opted out before the sync. The
+    opt-out is that address's and that contact's, not the other contact's at the new one."""
+    world.sync()
+    world.set(3, email="shared@example.de")
+    world.set(5, email="shared@example.de", updated_at="2026-01-02 00:00:00")  # the newer
+    world.act("person5@example.de", "unsubscribe")
+    world.sync(import_back=True)
+    assert next(r for r in world.crm if r["contact_id"] == 5)["newsletter"] == "no"
+    assert next(r for r in world.crm if r["contact_id"] == 3)["newsletter"] == "yes"

@@ -294,6 +294,7 @@ class ConsentMachine(RuleBasedStateMachine):
             self.person_subscribed.add(email)
             if self.provider_status(email) in ("subscribed", "pending"):
                 self.opted_out.discard(email)
+                self.opted_out_at.pop(email, None)  # subscribed again since: no opt-out now
         if action == "tag" and tag and (stable := self.stable_id(email)) and not had_tag:
             key = (stable, tag.casefold())
             if tag.casefold() not in self.seen_tags.get(stable, set()):

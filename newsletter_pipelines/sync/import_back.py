@@ -215,11 +215,12 @@ class _Planner:
 
     def contacts(self, row: Mapping[str, Any]) -> tuple[str, ...]:
         """The CRM contacts a change concerns: those with the member's address (an opt-out
-        under a contact's previous address concerns whoever has that address now), and for an
-        opt-out or a removal the row's contact too."""
+        under a contact's previous address concerns whoever has that address now, not the
+        other contacts at the contact's new one), and for an opt-out or a removal the row's
+        contact too."""
         after = row["ledger_after"]
-        keys = {row["match_key"]} | ({after.member_key} if after is not None else set())
-        found = {crm_id for key in keys for crm_id in self.crm.by_key.get(key, ())}
+        key = after.member_key if after is not None else row["match_key"]
+        found = set(self.crm.by_key.get(key, ()))
         kinds = (ProviderChange.REMOVED.value, ProviderChange.OPTED_OUT.value)
         owner = None if row["crm_id"] is None else str(row["crm_id"])
         if owner in self.crm.newsletter and row["provider_change"] in kinds:
