@@ -20,7 +20,7 @@ install: $(STAMP)
 $(DAGSTER_HOME)/dagster.yaml:
 	mkdir -p $(DAGSTER_HOME)
 	printf '# embedded demo instance: SQLite storage in this folder\n%s\ntelemetry:\n  enabled: false\n' \
-	  "$$(sed -n '/^concurrency:/,/^run_retries:/p' dagster.yaml | sed '$$d')" > $@
+	  "$$(sed -n '/^concurrency:/,/^telemetry:/p' dagster.yaml | sed '$$d')" > $@
 
 demo: install $(DAGSTER_HOME)/dagster.yaml
 	$(PY) -m newsletter_pipelines.demo

@@ -31,8 +31,8 @@ def test_production_instance_config_runs_on_postgres(
 
 
 def test_the_embedded_instance_has_the_same_run_limits(tmp_path: Path) -> None:
-    """`make` writes the demo instance's dagster.yaml with the production concurrency block:
-    one run per audience partition there too."""
+    """`make` writes the demo instance's dagster.yaml with the production concurrency and run
+    retry blocks: one run per audience partition there too, failed runs retried."""
     home = tmp_path / "dagster_home"
     subprocess.run(
         ["make", "-s", f"DAGSTER_HOME={home}", f"{home}/dagster.yaml"], cwd=PROJECT_ROOT, check=True
@@ -40,6 +40,7 @@ def test_the_embedded_instance_has_the_same_run_limits(tmp_path: Path) -> None:
     config = yaml.safe_load((home / "dagster.yaml").read_text())
     production = yaml.safe_load((PROJECT_ROOT / "dagster.yaml").read_text())
     assert config["concurrency"] == production["concurrency"]
+    assert config["run_retries"] == production["run_retries"]  # the jobs' dagster/max_retries
     with dg.instance_for_test(overrides=config) as instance:
         limits = instance.get_concurrency_config().run_queue_config
         assert limits.tag_concurrency_limits[0]["key"] == "dagster/partition"
