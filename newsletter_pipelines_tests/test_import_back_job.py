@@ -448,7 +448,7 @@ def test_a_mass_archive_is_held_until_a_run_allows_it(
     monkeypatch.setenv("NEWSLETTER_REMOVAL_MIN_COUNT", str(VANISHED - 2))
     monkeypatch.setenv("NEWSLETTER_REMOVAL_MAX_SHARE", "0.001")
     limited = Settings()
-    for module in ("import_back.assets", "import_back.writing", "providers.guarding"):
+    for module in ("import_back.assets", "import_back.writing", "providers.pushing"):
         monkeypatch.setattr(f"newsletter_pipelines.defs.{module}._SETTINGS", limited)
     found = synced.copy_to(settings.home)
     archived = found.alone[:VANISHED]

@@ -1,11 +1,9 @@
 """`import_back_schedule`: every night, one import-back run per audience."""
 
-from collections.abc import Iterator
-
 import dagster as dg
 
 from newsletter_pipelines.defs.import_back.jobs import import_back_job
-from newsletter_pipelines.defs.providers.partitions import audience_partitions
+from newsletter_pipelines.defs.providers.partitions import nightly_run_requests
 from newsletter_pipelines.settings import Settings
 
 _SETTINGS = Settings()
@@ -19,8 +17,5 @@ _SETTINGS = Settings()
     description="Nightly import-back of every audience (NEWSLETTER_IMPORT_BACK_CRON in "
     "NEWSLETTER_TIMEZONE); run key: audience and scheduled time, so a tick never runs twice.",
 )
-def import_back_schedule(context: dg.ScheduleEvaluationContext) -> Iterator[dg.RunRequest]:
-    """One run per audience partition."""
-    stamp = context.scheduled_execution_time.isoformat()
-    for key in audience_partitions.get_partition_keys():
-        yield dg.RunRequest(run_key=f"{key}:{stamp}", partition_key=key)
+def import_back_schedule(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
+    return nightly_run_requests(context)

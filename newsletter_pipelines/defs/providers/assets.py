@@ -8,8 +8,8 @@ import dagster as dg
 import pandas as pd
 
 from newsletter_pipelines.defs.providers.clients import audience_client, provider_mode
-from newsletter_pipelines.defs.providers.guarding import push_guards
 from newsletter_pipelines.defs.providers.partitions import audience_partitions
+from newsletter_pipelines.defs.providers.pushing import push_context, push_guards, push_metadata
 from newsletter_pipelines.defs.resources import StateDatabaseResource
 from newsletter_pipelines.providers.base import Provider
 from newsletter_pipelines.providers.resources import BrevoResource, MailchimpResource
@@ -21,7 +21,7 @@ from newsletter_pipelines.sync.guards import (
     resubscribe_violations,
 )
 from newsletter_pipelines.sync.inputs import build_diff, members_by_key, redecider, snapshot_frame
-from newsletter_pipelines.sync.push import CHUNK_SIZE, PushContext, push_diff
+from newsletter_pipelines.sync.push import push_diff
 from newsletter_pipelines.sync.rules import SyncAction
 
 GROUP = "providers"
@@ -248,16 +248,13 @@ def audience_sync(
                 ].tolist()
                 + reconciliation_diff["old_email"].dropna().map(match_key).tolist(),
             ),
-            PushContext(
-                engine=state_db.engine(),
-                audience=audience.key,
-                run_id=context.run.run_id,
-                chunk_size=CHUNK_SIZE[audience.provider],
-                hold_removals=not verdicts["removal_guard"].passed,
-                hold_renames=not verdicts["rename_guard"].passed,
-                log=context.log.info,
-                unimported=crm_import_back,
-                redecide=redecider(
+            push_context(
+                context,
+                audience,
+                state_db,
+                verdicts,
+                crm_import_back,
+                redecider(
                     eligible_subscribers,
                     excluded_contacts,
                     provider_audience_snapshot,
@@ -269,23 +266,10 @@ def audience_sync(
         )
     finally:
         client.close()
-    results = {
-        r: summary.results.get(r, 0)
-        for r in ("created", "updated", "unchanged", "unsubscribed", "removed", "refused", "held")
-    }
-    context.log.info(f"{audience.key}: {results}")
-    refusals = [{"provider code": c, "contacts": n} for c, n in summary.refused_by_code.items()]
-    held = [{**h, "email": mask_email(h["email"])} for h in summary.held[:50]]
     return dg.MaterializeResult(
         metadata={
             "dry_run": False,
-            **{r: dg.MetadataValue.int(n) for r, n in results.items()},
-            "refused_by_reason": dg.MetadataValue.md(markdown_table(refusals)),
-            "held_by_guards": dg.MetadataValue.md(markdown_table(held)),
-            "ledger_rows_refreshed": dg.MetadataValue.int(summary.ledger_refreshed),
-            "decided_again": dg.MetadataValue.int(summary.redecided),
-            "outcome_log": f"table sync_outcomes (run_id {context.run.run_id}) in the "
-            f"{state_db.describe()}",
+            **push_metadata(context, summary, state_db),
             **planned_meta,
         }
     )

@@ -8,19 +8,17 @@ import pandas as pd
 from newsletter_pipelines.crm.changes import changed_between
 from newsletter_pipelines.crm.reader import read_contacts_at
 from newsletter_pipelines.defs.providers.clients import audience_client
-from newsletter_pipelines.defs.providers.guarding import push_guards
+from newsletter_pipelines.defs.providers.pushing import push_context, push_guards, push_metadata
 from newsletter_pipelines.defs.resources import CrmResource, StateDatabaseResource
 from newsletter_pipelines.providers.resources import BrevoResource, MailchimpResource
-from newsletter_pipelines.reporting import markdown_table
 from newsletter_pipelines.settings import Settings
 from newsletter_pipelines.state.ledger import active_count, load_ledger_frame_at
 from newsletter_pipelines.sync.changes import Mark
 from newsletter_pipelines.sync.inputs import members_by_key
-from newsletter_pipelines.sync.push import CHUNK_SIZE, PushContext, push_diff
+from newsletter_pipelines.sync.push import push_diff
 from newsletter_pipelines.sync.scope import close_scope, scope_diff
 
 _SETTINGS = Settings()
-RESULTS = ("created", "updated", "unchanged", "unsubscribed", "removed", "refused", "held")
 
 
 class CrmChangesConfig(dg.Config):
@@ -82,29 +80,14 @@ def push_crm_changes(
             client,
             diff,
             members_by_key(scope.snapshot),
-            PushContext(
-                engine=engine,
-                audience=audience.key,
-                run_id=context.run.run_id,
-                chunk_size=CHUNK_SIZE[audience.provider],
-                hold_removals=not verdicts["removal_guard"].passed,
-                hold_renames=not verdicts["rename_guard"].passed,
-                log=context.log.info,
-                unimported=_provider_changes(diff),
-            ),
+            push_context(context, audience, state_db, verdicts, _provider_changes(diff)),
         )
     finally:
         client.close()
-    results = {r: summary.results.get(r, 0) for r in RESULTS}
-    context.log.info(f"{audience.key}: {results}")
-    refusals = [{"provider code": c, "contacts": n} for c, n in summary.refused_by_code.items()]
     metadata |= {
         **{f"planned_{a}": int(n) for a, n in diff["action"].value_counts().items()},
-        **results,
+        **push_metadata(context, summary, state_db),
         "left_to_nightly": len(found.unseen),
-        "refused_by_reason": dg.MetadataValue.md(markdown_table(refusals)),
-        "outcome_log": f"table sync_outcomes (run_id {context.run.run_id}) in the "
-        f"{state_db.describe()}",
     }
     context.log_event(
         dg.AssetObservation(

@@ -1,11 +1,9 @@
 """`nightly_sync_schedule`: every night, the full two-way sync of every audience."""
 
-from collections.abc import Iterator
-
 import dagster as dg
 
 from newsletter_pipelines.defs.providers.jobs import full_sync_job
-from newsletter_pipelines.defs.providers.partitions import audience_partitions
+from newsletter_pipelines.defs.providers.partitions import nightly_run_requests
 from newsletter_pipelines.settings import Settings
 
 _SETTINGS = Settings()
@@ -20,8 +18,5 @@ _SETTINGS = Settings()
     "NEWSLETTER_TIMEZONE): catches what the change sensor cannot see (deleted CRM rows, "
     "changes without updated_at, provider drift); run key: audience and scheduled time.",
 )
-def nightly_sync_schedule(context: dg.ScheduleEvaluationContext) -> Iterator[dg.RunRequest]:
-    """One run per audience partition."""
-    stamp = context.scheduled_execution_time.isoformat()
-    for key in audience_partitions.get_partition_keys():
-        yield dg.RunRequest(run_key=f"{key}:{stamp}", partition_key=key)
+def nightly_sync_schedule(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
+    return nightly_run_requests(context)

@@ -1,0 +1,81 @@
+"""What the two pushes share (`audience_sync`, `push_crm_changes`): the mass guards with the
+limits of the settings and a run's releases, the push context, the outcome metadata."""
+
+from collections.abc import Callable
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+
+from newsletter_pipelines.defs.resources import StateDatabaseResource
+from newsletter_pipelines.reporting import markdown_table, mask_email
+from newsletter_pipelines.settings import AudienceConfig, Settings
+from newsletter_pipelines.sync.guards import MassLimits, MassVerdict, push_verdicts
+from newsletter_pipelines.sync.push import CHUNK_SIZE, PushContext, PushSummary, Redecide
+
+RESULTS = ("created", "updated", "unchanged", "unsubscribed", "removed", "refused", "held")
+
+_SETTINGS = Settings()
+
+
+def push_guards(
+    diff: pd.DataFrame, config: dict[str, Any], active: int | None = None
+) -> dict[str, MassVerdict]:
+    """`removal_guard` and `rename_guard` of `diff`; `config` may release them
+    (`allow_mass_removal`, `allow_mass_rename`); `active`: the audience's active members when
+    the diff covers only some."""
+    limits = MassLimits(
+        _SETTINGS.removal_max_share,
+        _SETTINGS.removal_min_count,
+        _SETTINGS.rename_max_share,
+        _SETTINGS.rename_min_count,
+    )
+    return push_verdicts(
+        diff,
+        limits,
+        bool(config.get("allow_mass_removal")),
+        bool(config.get("allow_mass_rename")),
+        active,
+    )
+
+
+def push_context(
+    context: dg.OpExecutionContext,
+    audience: AudienceConfig,
+    state_db: StateDatabaseResource,
+    verdicts: dict[str, MassVerdict],
+    unimported: frozenset[str],
+    redecide: Redecide | None = None,
+) -> PushContext:
+    """Where and how a run pushes: its ledger and outcome log, the guards' holds."""
+    log: Callable[[str], None] = context.log.info
+    return PushContext(
+        engine=state_db.engine(),
+        audience=audience.key,
+        run_id=context.run.run_id,
+        chunk_size=CHUNK_SIZE[audience.provider],
+        hold_removals=not verdicts["removal_guard"].passed,
+        hold_renames=not verdicts["rename_guard"].passed,
+        log=log,
+        unimported=unimported,
+        redecide=redecide,
+    )
+
+
+def push_metadata(
+    context: dg.OpExecutionContext, summary: PushSummary, state_db: StateDatabaseResource
+) -> dict[str, Any]:
+    """A push's outcomes for the UI (also logged): counts, refusals by code, guards' holds."""
+    results = {r: summary.results.get(r, 0) for r in RESULTS}
+    context.log.info(f"{context.partition_key}: {results}")
+    refusals = [{"provider code": c, "contacts": n} for c, n in summary.refused_by_code.items()]
+    held = [{**h, "email": mask_email(h["email"])} for h in summary.held[:50]]
+    return {
+        **{r: dg.MetadataValue.int(n) for r, n in results.items()},
+        "refused_by_reason": dg.MetadataValue.md(markdown_table(refusals)),
+        "held_by_guards": dg.MetadataValue.md(markdown_table(held)),
+        "ledger_rows_refreshed": dg.MetadataValue.int(summary.ledger_refreshed),
+        "decided_again": dg.MetadataValue.int(summary.redecided),
+        "outcome_log": f"table sync_outcomes (run_id {context.run.run_id}) in the "
+        f"{state_db.describe()}",
+    }
