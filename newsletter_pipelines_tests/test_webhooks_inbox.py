@@ -1,11 +1,16 @@
-"""The webhook inbox `provider_events` on SQLite and PostgreSQL: idempotent storing, reading an
-audience's unprocessed events in id order, marking them processed."""
+"""The webhook inbox `provider_events` on SQLite and PostgreSQL: idempotent storing, the
+receiver's group commit, reading an audience's unprocessed events in id order, marking them
+processed."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -14,9 +19,11 @@ from newsletter_pipelines.state.events import (
     NewEvent,
     create_events_table,
     mark_processed,
+    store_deliveries,
     store_events,
     unprocessed_events,
 )
+from newsletter_pipelines.webhooks.inbox import InboxWriter
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -102,3 +109,49 @@ def test_other_databases_are_refused_up_front() -> None:
     mysql = sa.create_mock_engine("mysql://", executor=lambda *_: None)
     with pytest.raises(NotImplementedError, match="SQLite and PostgreSQL"):
         create_events_table(mysql)  # type: ignore[arg-type]
+
+
+def test_concurrent_deliveries_share_commits_and_each_gets_its_own_count(
+    engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The receiver's group commit: while one transaction runs, 49 deliveries arrive; the next
+    transaction takes them all. Each delivery is answered with its own new events (an event
+    in two deliveries counts for the first), and an event already stored counts for none."""
+    store_events(engine, [event(0)])
+    first_started = threading.Event()
+
+    def slow_first(*args: Any, **kwargs: Any) -> list[int]:
+        if not first_started.is_set():
+            first_started.set()
+            time.sleep(0.3)  # the first transaction holds the writer while others arrive
+        return store_deliveries(*args, **kwargs)
+
+    monkeypatch.setattr("newsletter_pipelines.webhooks.inbox.store_deliveries", slow_first)
+    writer = InboxWriter(engine)
+
+    async def deliver() -> list[int]:
+        first = asyncio.create_task(writer.store([event(1)]))
+        await asyncio.sleep(0.05)  # the first transaction runs
+        rest = [
+            asyncio.create_task(writer.store([event(n), event(n + 1000)])) for n in range(2, 51)
+        ]
+        rest.append(asyncio.create_task(writer.store([event(0), event(2)])))  # stored / also here
+        return list(await asyncio.gather(first, *rest))
+
+    counts = asyncio.run(deliver())
+    assert counts == [1] + [2] * 49 + [0]
+    assert writer.transactions == 2
+    assert len(unprocessed_events(engine, "mailchimp")) == 1 + 1 + 49 * 2
+
+
+def test_a_failed_group_commit_fails_every_delivery_in_it(engine: sa.Engine) -> None:
+    writer = InboxWriter(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE provider_events"))
+
+    async def deliver() -> list[BaseException | int]:
+        calls = [writer.store([event(n)]) for n in range(3)]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    results = asyncio.run(deliver())
+    assert all(isinstance(r, sa.exc.SQLAlchemyError) for r in results)

@@ -81,27 +81,42 @@ def store_events(
 ) -> int:
     """Insert the events whose `dedupe_key` is not stored yet, in one transaction; returns how
     many were new (duplicates, also within `events`, are skipped)."""
-    unique: dict[str, NewEvent] = {}
-    for event in events:
-        unique.setdefault(event.dedupe_key, event)
-    if not unique:
-        return 0
+    return store_deliveries(engine, [events], now=now)[0]
+
+
+def store_deliveries(
+    engine: sa.Engine, deliveries: Sequence[Sequence[NewEvent]], *, now: datetime | None = None
+) -> list[int]:
+    """Insert the events of several deliveries in one transaction (a group commit); returns,
+    per delivery, how many of its events were new (an event in two deliveries counts for the
+    first)."""
+    first: dict[str, int] = {}
     received_at = now or datetime.now(UTC)
-    rows = [
-        {
-            "audience": e.audience,
-            "provider": e.provider,
-            "type": e.type,
-            "email": e.email,
-            "payload": json.dumps(e.payload, ensure_ascii=False, sort_keys=True),
-            "received_at": received_at,
-            "dedupe_key": e.dedupe_key,
-        }
-        for e in unique.values()
-    ]
+    rows = []
+    for index, events in enumerate(deliveries):
+        for e in events:
+            if e.dedupe_key in first:
+                continue
+            first[e.dedupe_key] = index
+            rows.append(
+                {
+                    "audience": e.audience,
+                    "provider": e.provider,
+                    "type": e.type,
+                    "email": e.email,
+                    "payload": json.dumps(e.payload, ensure_ascii=False, sort_keys=True),
+                    "received_at": received_at,
+                    "dedupe_key": e.dedupe_key,
+                }
+            )
+    counts = [0] * len(deliveries)
+    if not rows:
+        return counts
     with engine.begin() as conn:
         statement = _insert_ignoring_duplicates(conn.dialect.name)
-        return len(conn.execute(statement, rows).all())
+        for (key,) in conn.execute(statement, rows).all():
+            counts[first[key]] += 1
+    return counts
 
 
 def unprocessed_events(
@@ -143,7 +158,8 @@ def mark_processed(engine: sa.Engine, ids: Sequence[int], *, now: datetime | Non
 
 
 def _insert_ignoring_duplicates(dialect: str) -> sa.Insert:
-    """INSERT … ON CONFLICT (dedupe_key) DO NOTHING RETURNING id, for SQLite and PostgreSQL."""
+    """INSERT … ON CONFLICT (dedupe_key) DO NOTHING RETURNING dedupe_key, for SQLite and
+    PostgreSQL."""
     if dialect == "postgresql":
         insert = postgresql.insert(provider_events)
     elif dialect == "sqlite":
@@ -151,7 +167,7 @@ def _insert_ignoring_duplicates(dialect: str) -> sa.Insert:
     else:
         raise NotImplementedError(f"provider_events supports SQLite and PostgreSQL, not {dialect}")
     return insert.on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(
-        provider_events.c.id
+        provider_events.c.dedupe_key
     )
 
 

@@ -19,7 +19,6 @@ from collections.abc import Callable
 
 import sqlalchemy as sa
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
@@ -27,12 +26,13 @@ from starlette.routing import Route
 from newsletter_pipelines.db import create_engine
 from newsletter_pipelines.reporting import mask_email
 from newsletter_pipelines.settings import DEMO_WEBHOOK_SECRET, Settings
-from newsletter_pipelines.state.events import NewEvent, create_events_table, store_events
+from newsletter_pipelines.state.events import NewEvent, create_events_table
 from newsletter_pipelines.webhooks.auth import (
     bearer_token,
     mailchimp_signature_valid,
     secret_matches,
 )
+from newsletter_pipelines.webhooks.inbox import InboxWriter
 from newsletter_pipelines.webhooks.limits import (
     BadContentLengthError,
     BodyTooLargeError,
@@ -75,7 +75,7 @@ class Receiver:
         self.signing_secret = signing_secret
         self.audiences = audiences
         self.limiter = limiter
-        self.engine = engine
+        self.inbox = InboxWriter(engine)
         self.clock = clock
 
     async def mailchimp(self, request: Request) -> Response:
@@ -161,7 +161,7 @@ class Receiver:
 
     async def _store(self, events: list[NewEvent]) -> int:
         try:
-            return await run_in_threadpool(store_events, self.engine, events)
+            return await self.inbox.store(events)
         except sa.exc.SQLAlchemyError as exc:
             log.error("state database failed, nothing stored: %s", type(exc).__name__)
             raise RejectedError(
