@@ -97,7 +97,10 @@ _IMPORT_ENVELOPE = 256
 MEMBERS_LOOKUP_MAX = 500
 """Most addresses `members` reads one by one (`GET /contacts/{email}`, paced to the client's
 rate, 8 a second by default: about a minute for 500); above, the list snapshot (500 contacts a
-page) is cheaper and is filtered instead."""
+page) is read and filtered instead. Below it, the snapshot is read too when it takes fewer
+calls (a list of fewer than 500 × as many contacts as addresses)."""
+MEMBERS_LOOKUP_FLOOR = 10
+"""Up to this many addresses are read one by one without asking the list's size."""
 REASONS_LOG_EVERY = 200
 """Contacts between two progress lines while reading why they are blacklisted."""
 # not contactUpdated: Brevo fires it for the sync's own API writes too (an echo per push)
@@ -225,14 +228,23 @@ class BrevoClient:
 
     def members(self, emails: Sequence[str]) -> list[Member]:
         """`GET /contacts/{email}` per address, paced (absent, or not in the list: no member);
-        the snapshot, filtered, for more than `MEMBERS_LOOKUP_MAX` addresses."""
+        the snapshot, filtered, for more than `MEMBERS_LOOKUP_MAX` addresses or when it takes
+        fewer calls than the addresses."""
         keys = lookup_keys(emails)
         if len(keys) > MEMBERS_LOOKUP_MAX:
             return pick(self.snapshot(), keys)
         if keys:
             self.ensure_audience()
+        if len(keys) > MEMBERS_LOOKUP_FLOOR and len(keys) > self._snapshot_pages():
+            return pick(self.snapshot(), keys)
         found = self._api.parallel(self._read_contact, keys)
         return [self._member(c) for c in found if c is not None and self._list_id in c.list_ids]
+
+    def _snapshot_pages(self) -> int:
+        """How many calls the list snapshot takes now (one call to ask the list's size)."""
+        path = f"/contacts/lists/{self._list_id}/contacts"
+        page = ContactsPage.model_validate(self._api.call("GET", path, params={"limit": 1}))
+        return -(-page.count // CONTACT_PAGE)
 
     def _read_contact(self, email: str) -> ContactOut | None:
         """The contact at this address, or None (none, or an address Brevo refuses)."""
