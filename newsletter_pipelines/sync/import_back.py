@@ -19,7 +19,8 @@ module turns them into CRM changes, one per CRM contact with the member's addres
   owner contact (old and new address in its details), nothing else: the CRM's address wins and
   the push sends it back.
 
-Every CRM change carries a source key made from the change itself (audience, address, kind,
+Every CRM change carries a source key made from the change itself (audience, the member's
+address (not the contact's, when it changed under a contact's previous address), kind,
 what the ledger knew, the provider's time or id, contact), so applying a plan twice writes once.
 No provider calls and no Dagster here.
 """
@@ -172,7 +173,7 @@ def plan_import_back(
             allow=allow_mass_vanish,
         )
     )
-    acting = snapshot[snapshot["match_key"].isin(set(rows["match_key"]))]
+    acting = snapshot[snapshot["match_key"].isin({address(r) for r in records(rows)})]
     members = {m["match_key"]: m for m in records(acting)}  # the last one wins
     planner = _Planner(
         plan, members, crm, audience, frozenset(bounced), record_bounces=record_bounces
@@ -218,9 +219,7 @@ class _Planner:
         under a contact's previous address concerns whoever has that address now, not the
         other contacts at the contact's new one), and for an opt-out or a removal the row's
         contact too."""
-        after = row["ledger_after"]
-        key = after.member_key if after is not None else row["match_key"]
-        found = set(self.crm.by_key.get(key, ()))
+        found = set(self.crm.by_key.get(address(row), ()))
         kinds = (ProviderChange.REMOVED.value, ProviderChange.OPTED_OUT.value)
         owner = None if row["crm_id"] is None else str(row["crm_id"])
         if owner in self.crm.newsletter and row["provider_change"] in kinds:
@@ -234,7 +233,7 @@ class _Planner:
         when = _when(member)
         parts = (
             self.audience.key,
-            row["match_key"],
+            address(row),
             kind,
             before.state.value if before is not None else "-",
             str(when or (member or {}).get("provider_id") or row["provider_id"] or "-"),
@@ -259,9 +258,10 @@ class _Planner:
         self.plan.counts[change.activity.kind] += 1
 
     def change(self, row: Mapping[str, Any], change: ProviderChange) -> None:
-        member = self.member(row["match_key"])
+        member = self.member(address(row))
         if change is ProviderChange.OPTED_OUT:
-            bounced = row["provider_status"] == "cleaned" or row["match_key"] in self.bounced
+            status = (member or {}).get("status") or row["provider_status"]
+            bounced = status == "cleaned" or address(row) in self.bounced
             kind = "hard_bounce" if bounced else "newsletter_unsubscribed"
             if bounced and not self.record_bounces:
                 return
@@ -351,7 +351,7 @@ class _Planner:
         if row["crm_id"] is None or not (added or removed):
             return
         crm_id = str(row["crm_id"])
-        member = self.member(row["match_key"])
+        member = self.member(address(row))
         for kind, tags in (
             ("tags_added_at_provider", added),
             ("tags_removed_at_provider", removed),
@@ -372,6 +372,14 @@ class _Planner:
                     remove_tags=tags if kind == "tags_removed_at_provider" else frozenset(),
                 )
             )
+
+
+def address(row: Mapping[str, Any]) -> str:
+    """The address of the member a diff row's provider-side change happened at: the ledger
+    row's, which differs from the row's (the contact's) when it happened under a contact's
+    previous address."""
+    after = row["ledger_after"]
+    return after.member_key if after is not None else row["match_key"]
 
 
 def _when(member: Mapping[str, Any] | None) -> datetime | None:
