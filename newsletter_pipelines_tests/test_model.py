@@ -343,6 +343,8 @@ class ConsentMachine(RuleBasedStateMachine):
         if write_back:
             self.check_import_back(diff, crm_before, statuses)
             pending = self.imported_addresses(crm_before)
+        else:  # nothing imported: a person's (re)subscription stays as it is until a sync does
+            pending = set(self.person_subscribed)
         self.check_after_sync(diff, statuses, tags_before, pending)
         if not write_back:
             STATS[f"{self.PROVIDER} report-only syncs"] += 1
