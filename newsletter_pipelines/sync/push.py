@@ -49,6 +49,7 @@ HELD = "held"
 # one import process, polled from a 100 requests/hour budget, so chunks are large; the client
 # still splits them into bodies of ≤ 8 MB.
 CHUNK_SIZE = {"mailchimp": 1_000, "brevo": 40_000}
+RELEASED_BY_IMPORT = "a run writing it into the CRM"
 _CONFIRMED = {
     SyncAction.CREATE: (Result.CREATED, Result.UPDATED, Result.UNCHANGED),
     SyncAction.UPDATE: (Result.CREATED, Result.UPDATED, Result.UNCHANGED),
@@ -139,14 +140,19 @@ class _Push:
         for row in records(writes):
             by_action.setdefault(row["action"], []).append(row)
         ctx, provider = self.ctx, self.provider
-        for chunk in chunked(by_action.get(SyncAction.CREATE.value, []), ctx.chunk_size):
+        self.vacated = _vacated(diff[pending])
+        creating = by_action.get(SyncAction.CREATE.value, [])
+        creates, onto_vacated = map(list, partition(self.takes_vacated, creating))
+        self.hold(onto_vacated, SyncAction.CREATE, "crm_import_back", RELEASED_BY_IMPORT)
+        for chunk in chunked(creates, ctx.chunk_size):
             ctx.log(f"creating {len(chunk)} contacts")
             self.intend(chunk, SyncAction.CREATE)
             self.settle(chunk, self.upsert(chunk), SyncAction.CREATE)
         updates = by_action.get(SyncAction.UPDATE.value, [])
         renames = [r for r in updates if r["old_email"]]
-        kept, moved_back = map(list, partition(self.undoes_unimported_move, renames))
-        self.hold(moved_back, SyncAction.UPDATE, "crm_import_back", "a run writing it into the CRM")
+        held = lambda r: self.undoes_unimported_move(r) or self.takes_vacated(r)  # noqa: E731
+        kept, moved_back = map(list, partition(held, renames))
+        self.hold(moved_back, SyncAction.UPDATE, "crm_import_back", RELEASED_BY_IMPORT)
         renames = kept
         if ctx.hold_renames:
             self.hold(renames, SyncAction.UPDATE, "rename_guard", "allow_mass_rename")
@@ -193,6 +199,12 @@ class _Push:
         taken in (dry run, report only)."""
         moved = row["provider_change"] == ProviderChange.EMAIL_CHANGED.value
         return moved and row["match_key"] in self.ctx.unimported
+
+    def takes_vacated(self, row: Mapping[str, Any]) -> bool:
+        """Whether `row` writes onto an address whose member moved away at the provider in a
+        change the CRM has not taken in: its ledger row still holds what the sync knew of
+        that member (e.g. a bounce), which the write would overwrite."""
+        return row["match_key"] in self.vacated
 
     # --- ledger bookkeeping ------------------------------------------------------------
 
@@ -303,6 +315,12 @@ class _Push:
         rows = [_after(row, outcome, action) for row, outcome in matched]
         self.summary.add([outcome for _, outcome in matched])
         record(self.ctx.engine, self.ctx.audience, self.ctx.run_id, rows, logged=logged)
+
+
+def _vacated(pending: pd.DataFrame) -> frozenset[str]:
+    """Addresses whose ledger row a provider-side change not taken in moves elsewhere."""
+    rows = [r for r in pending["ledger_before"] if r is not None]
+    return frozenset(r.moved_from for r in rows if r.moved_from and r.moved_from != r.member_key)
 
 
 def _crm_id(row: Mapping[str, Any]) -> str | None:
