@@ -3,18 +3,17 @@ events (the inbox `provider_events`), with the nightly rules (`sync.event_import
 
 import dagster as dg
 
-from newsletter_pipelines.crm.reader import read_contacts_at
 from newsletter_pipelines.defs.import_back.engagements import record_engagements
 from newsletter_pipelines.defs.import_back.writing import import_back
 from newsletter_pipelines.defs.providers.clients import audience_client
 from newsletter_pipelines.defs.resources import CrmResource, StateDatabaseResource
+from newsletter_pipelines.defs.scopes import read_scope
 from newsletter_pipelines.providers.resources import BrevoResource, MailchimpResource
 from newsletter_pipelines.settings import AudienceConfig, Settings
 from newsletter_pipelines.state.events import StoredEvent, mark_processed, unprocessed_events
-from newsletter_pipelines.state.ledger import load_ledger_frame_at
 from newsletter_pipelines.sync.event_import import deleted_addresses, event_addresses, provable
 from newsletter_pipelines.sync.import_back import CrmView
-from newsletter_pipelines.sync.scope import Scope, close_scope, scope_diff
+from newsletter_pipelines.sync.scope import Scope, scope_diff
 
 _SETTINGS = Settings()
 
@@ -49,14 +48,7 @@ def apply_provider_events(
     client = audience_client(audience, mailchimp, brevo)
     try:
         engaged = record_engagements(audience, events, client, crm, context.log.info)
-        scope = close_scope(
-            keys,
-            lambda k, ids: read_contacts_at(crm.engine(), crm.crm_schema, k, ids),
-            lambda k, ids, stable: load_ledger_frame_at(
-                state_db.engine(), audience.key, k, ids, stable
-            ),
-            client.members,
-        )
+        scope = read_scope(audience.key, crm, state_db, client, keys=keys)
     finally:
         client.close()
     metadata = {

@@ -6,17 +6,17 @@ import dagster as dg
 import pandas as pd
 
 from newsletter_pipelines.crm.changes import changed_between
-from newsletter_pipelines.crm.reader import read_contacts_at
 from newsletter_pipelines.defs.providers.clients import audience_client
 from newsletter_pipelines.defs.providers.pushing import push_context, push_guards, push_metadata
 from newsletter_pipelines.defs.resources import CrmResource, StateDatabaseResource
+from newsletter_pipelines.defs.scopes import read_scope
 from newsletter_pipelines.providers.resources import BrevoResource, MailchimpResource
 from newsletter_pipelines.settings import Settings
-from newsletter_pipelines.state.ledger import active_count, load_ledger_frame_at
+from newsletter_pipelines.state.ledger import active_count
 from newsletter_pipelines.sync.changes import Mark
 from newsletter_pipelines.sync.inputs import members_by_key
 from newsletter_pipelines.sync.push import push_diff
-from newsletter_pipelines.sync.scope import close_scope, scope_diff
+from newsletter_pipelines.sync.scope import scope_diff
 
 _SETTINGS = Settings()
 
@@ -54,13 +54,7 @@ def push_crm_changes(
     engine = state_db.engine()
     client = audience_client(audience, mailchimp, brevo)
     try:
-        scope = close_scope(
-            (),
-            lambda k, i: read_contacts_at(crm.engine(), crm.crm_schema, k, i),
-            lambda k, i, stable: load_ledger_frame_at(engine, audience.key, k, i, stable),
-            client.members,
-            contact_ids=ids,
-        )
+        scope = read_scope(audience.key, crm, state_db, client, contact_ids=ids)
         metadata["addresses_read"] = len(scope.keys)
         if not scope.closed:
             context.log.warning(
