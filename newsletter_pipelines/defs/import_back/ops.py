@@ -3,6 +3,7 @@ events (the inbox `provider_events`), with the nightly rules (`sync.event_import
 
 import dagster as dg
 
+from newsletter_pipelines.bulk import gc_paused
 from newsletter_pipelines.defs.import_back.engagements import record_engagements
 from newsletter_pipelines.defs.import_back.writing import import_back
 from newsletter_pipelines.defs.providers.clients import audience_client
@@ -37,6 +38,18 @@ def apply_provider_events(
     prove: their addresses are decided again over the provider's current members, the ledger
     and the CRM, written as the nightly import-back writes, and the events marked processed.
     Its value: how many events it processed."""
+    with gc_paused():  # ~100,000 events make millions of objects, none in a cycle
+        return _apply(context, config, crm, state_db, mailchimp, brevo)
+
+
+def _apply(
+    context: dg.OpExecutionContext,
+    config: ProviderEventsConfig,
+    crm: CrmResource,
+    state_db: StateDatabaseResource,
+    mailchimp: MailchimpResource,
+    brevo: BrevoResource,
+) -> dg.Output[int]:
     audience = _SETTINGS.audience(context.partition_key)
     events = [
         e
