@@ -328,3 +328,25 @@ def test_a_report_only_sync_keeps_what_it_did_not_import_when_a_rename_takes_the
     assert "new2@example.de" not in world.members()
     world.sync(import_back=True)  # the CRM takes the move in: the rename goes out now
     assert "person2@example.de" in world.members() and "new2@example.de" not in world.members()
+
+
+@pytest.mark.parametrize("world", ["mailchimp", "brevo"], indirect=True)
+def test_a_report_only_sync_renames_onto_an_address_its_own_removal_frees(world: World) -> None:
+    """Found by a random long model run (Brevo): a member moved away at the provider, and the
+    CRM renamed a newer contact onto the address it left, so the moved member's contact became
+    a duplicate. A report-only sync removed the moved member but held the rename onto the
+    address it left; the removal had moved that address's ledger row with the member, so the
+    next report-only sync sent the rename after all. The removal now goes first, and the
+    rename in the same run."""
+    world.sync()
+    world.sync()  # the ledger learns the stable ids
+    world.act("person2@example.de", "change_email", new_email="moved2@example.de")
+    world.set(1, email="person2@example.de", updated_at="2026-01-02 00:00:00")
+    diff, _ = world.sync(import_back=True, write_back=False)
+    assert diff.set_index("crm_id").loc["2", "action"] == "remove"
+    members = world.members()
+    assert members.get("moved2@example.de") in (None, "archived")  # removed
+    assert "person2@example.de" in members and "person1@example.de" not in members
+    writes = world.writes()
+    world.sync(import_back=True, write_back=False)
+    assert world.writes() == writes

@@ -131,16 +131,31 @@ class _Push:
         self.ctx = ctx
         self.summary = PushSummary()
         self.refused_renames: list[Mapping[str, Any]] = []
+        self.sent: set[str] = set()  # match keys whose write went out (its intent recorded)
+        self.vacated: frozenset[str] = frozenset()
 
     def run(self, diff: pd.DataFrame) -> PushSummary:
         writes = diff[diff["action"].isin([a.value for a in WRITE_ACTIONS])]
         pending = diff["provider_change"].notna() & diff["match_key"].isin(self.ctx.unimported)
         self.observe(diff[~diff.index.isin(writes.index) & diff["ledger_after"].notna() & ~pending])
+        pending_keys = set(diff.loc[pending, "match_key"])
+        rest, first = partition(lambda r: r["match_key"] in pending_keys, records(writes))
+        # the writes of members whose move the CRM has not taken in go first: each moves its
+        # ledger row off the address the member left, which the other writes may then take
+        self.vacated = _vacated(diff[pending])
+        self.send(list(first))
+        self.vacated = _vacated(diff[pending & ~diff["match_key"].isin(self.sent)])
+        self.send(list(rest))
+        if self.refused_renames and self.ctx.redecide is not None:
+            self.redecide(self.ctx.redecide)
+        return self.summary
+
+    def send(self, writes: Sequence[dict[str, Any]]) -> None:
+        """Send `writes` by action: creates, address changes, updates, unsubscribes, removals."""
         by_action: dict[str, list[dict[str, Any]]] = {}
-        for row in records(writes):
+        for row in writes:
             by_action.setdefault(row["action"], []).append(row)
         ctx, provider = self.ctx, self.provider
-        self.vacated = _vacated(diff[pending])
         creating = by_action.get(SyncAction.CREATE.value, [])
         creates, onto_vacated = map(list, partition(self.takes_vacated, creating))
         self.hold(onto_vacated, SyncAction.CREATE, "crm_import_back", RELEASED_BY_IMPORT)
@@ -180,9 +195,6 @@ class _Push:
                     for r in chunk
                 ]
                 self.settle(chunk, call(refs), action)
-        if self.refused_renames and ctx.redecide is not None:
-            self.redecide(ctx.redecide)
-        return self.summary
 
     def redecide(self, redecide: Redecide) -> None:
         """Push what the rules now decide for the contacts whose address change was refused."""
@@ -219,6 +231,7 @@ class _Push:
         """Record the write about to be sent for every row of `chunk`."""
         rows = [_intent(r, action) for r in chunk]
         record(self.ctx.engine, self.ctx.audience, self.ctx.run_id, rows)
+        self.sent.update(r["match_key"] for r in chunk)
 
     def hold(
         self, rows: Sequence[Mapping[str, Any]], action: SyncAction, guard: str, release: str
@@ -265,6 +278,7 @@ class _Push:
         """Change addresses first; members whose change was confirmed then get field updates."""
         rows = [_intent(r, SyncAction.UPDATE, moving_to=r["match_key"]) for r in chunk]
         record(self.ctx.engine, self.ctx.audience, self.ctx.run_id, rows)
+        self.sent.update(r["match_key"] for r in chunk)
         changes = [
             EmailChange(
                 crm_id=r["crm_id"],
