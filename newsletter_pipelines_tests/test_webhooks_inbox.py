@@ -91,6 +91,27 @@ def test_a_run_marks_any_number_of_events(engine: sa.Engine) -> None:
     assert unprocessed_events(engine, "mailchimp") == []
 
 
+def test_up_to_reads_only_the_events_up_to_that_id(engine: sa.Engine) -> None:
+    store_events(engine, [event(n) for n in range(1, 6)])
+    ids = [e.id for e in unprocessed_events(engine, "mailchimp")]
+    assert [e.id for e in unprocessed_events(engine, "mailchimp", up_to=ids[2])] == ids[:3]
+    assert unprocessed_events(engine, "mailchimp", up_to=ids[0] - 1) == []
+
+
+def test_runs_of_consecutive_ids_mark_exactly_those_events(engine: sa.Engine) -> None:
+    """Runs of consecutive ids are marked as ranges: an event between them, of this audience
+    or another, processed or not, is left as it is."""
+    store_events(engine, [event(n, "mailchimp" if n % 25 else "other") for n in range(1, 101)])
+    mine = [e.id for e in unprocessed_events(engine, "mailchimp")]
+    theirs = [e.id for e in unprocessed_events(engine, "other")]
+    assert mark_processed(engine, mine[:3]) == 3  # processed before: not counted again
+    left_out = {mine[10], mine[40], *mine[60:62]}
+    marked = [i for i in reversed(mine) if i not in left_out]  # any order, with a duplicate
+    assert mark_processed(engine, [*marked, marked[0]]) == len(marked) - 3
+    assert [e.id for e in unprocessed_events(engine, "mailchimp")] == sorted(left_out)
+    assert [e.id for e in unprocessed_events(engine, "other")] == theirs
+
+
 def test_unicode_and_null_characters_survive_in_the_payload(engine: sa.Engine) -> None:
     odd = NewEvent(
         audience="brevo",

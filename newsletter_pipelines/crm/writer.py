@@ -39,6 +39,7 @@ from newsletter_pipelines.settings import CrmSchema, CrmValues
 NEWSLETTER_VALUES = ("yes", "no", "unspecified")  # logical values, mapped by CrmValues
 _ID_TYPES: dict[Any, sa.types.TypeEngine[Any]] = {int: sa.BigInteger(), str: sa.Text()}
 _FETCH = 10_000  # rows fetched at a time when addresses are read
+CHUNK_SIZE = 5000  # items per transaction: 1,000 spent a fifth of the write on commits
 
 
 def _utc_naive(value: datetime | None) -> datetime | None:
@@ -231,7 +232,7 @@ class CrmWriter:
         engine: sa.Engine,
         schema: CrmSchema,
         values: CrmValues,
-        chunk_size: int = 1000,
+        chunk_size: int = CHUNK_SIZE,
         log: Callable[[str], None] | None = None,
     ) -> None:
         if chunk_size < 1:

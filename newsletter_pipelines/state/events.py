@@ -120,17 +120,22 @@ def store_deliveries(
 
 
 def unprocessed_events(
-    engine: sa.Engine, audience: str, *, limit: int | None = None
+    engine: sa.Engine, audience: str, *, limit: int | None = None, up_to: int | None = None
 ) -> list[StoredEvent]:
-    """The audience's events not processed yet, oldest (lowest `id`) first."""
+    """The audience's events not processed yet (with `up_to`: those whose `id` is at most
+    that), oldest (lowest `id`) first."""
+    columns = provider_events.c
     query = (
         sa.select(provider_events)
-        .where(provider_events.c.audience == audience, provider_events.c.processed_at.is_(None))
-        .order_by(provider_events.c.id)
+        .where(columns.audience == audience, columns.processed_at.is_(None))
+        .order_by(columns.id)
         .limit(limit)
     )
+    if up_to is not None:
+        query = query.where(columns.id <= up_to)
     with engine.connect() as conn:
-        return [_stored(row) for row in conn.execute(query).mappings()]
+        rows = conn.execute(query).all()  # fetched at once: iterating fetches row by row
+    return [_stored(row) for row in rows]
 
 
 def pending_by_audience(engine: sa.Engine) -> dict[str, int]:
@@ -150,11 +155,37 @@ def mark_processed(engine: sa.Engine, ids: Sequence[int], *, now: datetime | Non
         return 0
     unprocessed = sa.update(provider_events).where(provider_events.c.processed_at.is_(None))
     stamped = unprocessed.values(processed_at=now or datetime.now(UTC))
+    runs, single = _runs(ids)
     with engine.begin() as conn:  # a batch of any size: IN lists of `db.IN_BATCH` on SQLite
-        return sum(
-            conn.execute(stamped.where(condition)).rowcount
-            for condition in matching(provider_events.c.id, list(ids), conn.dialect)
+        changed = sum(
+            conn.execute(stamped.where(provider_events.c.id.between(first, last))).rowcount
+            for first, last in runs
         )
+        return changed + sum(
+            conn.execute(stamped.where(condition)).rowcount
+            for condition in matching(provider_events.c.id, single, conn.dialect)
+        )
+
+
+RUN_MIN = 16
+"""Consecutive ids from which `mark_processed` marks them as one range (exactly those ids)."""
+
+
+def _runs(ids: Sequence[int]) -> tuple[list[tuple[int, int]], list[int]]:
+    """The distinct ids as (first, last) runs of at least `RUN_MIN` consecutive ids, and the
+    others one by one: an audience's unprocessed events are mostly consecutive ids."""
+    runs: list[tuple[int, int]] = []
+    single: list[int] = []
+    ordered = sorted(set(ids))
+    start = 0
+    for end in range(1, len(ordered) + 1):
+        if end == len(ordered) or ordered[end] != ordered[end - 1] + 1:
+            if end - start >= RUN_MIN:
+                runs.append((ordered[start], ordered[end - 1]))
+            else:
+                single += ordered[start:end]
+            start = end
+    return runs, single
 
 
 def _insert_ignoring_duplicates(dialect: str) -> sa.Insert:
@@ -171,17 +202,19 @@ def _insert_ignoring_duplicates(dialect: str) -> sa.Insert:
     )
 
 
-def _stored(row: sa.RowMapping) -> StoredEvent:
+def _stored(row: sa.Row[Any]) -> StoredEvent:
+    """A row of `provider_events` (its columns in table order)."""
+    id_, audience, provider, kind, email, payload, received_at, dedupe_key, processed_at = row
     return StoredEvent(
-        id=row["id"],
-        audience=row["audience"],
-        provider=row["provider"],
-        type=row["type"],
-        email=row["email"],
-        payload=json.loads(row["payload"]),
-        received_at=_utc(row["received_at"]),
-        dedupe_key=row["dedupe_key"],
-        processed_at=None if row["processed_at"] is None else _utc(row["processed_at"]),
+        id=id_,
+        audience=audience,
+        provider=provider,
+        type=kind,
+        email=email,
+        payload=json.loads(payload),
+        received_at=_utc(received_at),
+        dedupe_key=dedupe_key,
+        processed_at=None if processed_at is None else _utc(processed_at),
     )
 
 

@@ -51,11 +51,7 @@ def _apply(
     brevo: BrevoResource,
 ) -> dg.Output[int]:
     audience = _SETTINGS.audience(context.partition_key)
-    events = [
-        e
-        for e in unprocessed_events(state_db.engine(), audience.key)
-        if e.id <= config.up_to_event_id
-    ]
+    events = unprocessed_events(state_db.engine(), audience.key, up_to=config.up_to_event_id)
     context.log.info(f"{audience.key}: {len(events)} provider events to apply")
     keys = event_addresses(events)
     client = audience_client(audience, mailchimp, brevo)
