@@ -3,6 +3,7 @@
 import dagster as dg
 
 from newsletter_pipelines.defs.crm.assets import crm_contacts, eligible_subscribers
+from newsletter_pipelines.defs.crm.jobs import crm_eligibility_job
 from newsletter_pipelines.defs.import_back.assets import crm_import_back
 from newsletter_pipelines.defs.import_back.jobs import import_back_job, provider_events_job
 from newsletter_pipelines.defs.import_back.schedules import import_back_schedule
@@ -12,9 +13,13 @@ from newsletter_pipelines.defs.providers.assets import (
     provider_audience_snapshot,
     reconciliation_diff,
 )
-from newsletter_pipelines.defs.providers.jobs import full_sync_job, incremental_sync_job
+from newsletter_pipelines.defs.providers.jobs import (
+    audience_sync_job,
+    full_sync_job,
+    incremental_sync_job,
+)
 from newsletter_pipelines.defs.providers.schedules import nightly_sync_schedule
-from newsletter_pipelines.defs.providers.sensors import crm_changes_sensor
+from newsletter_pipelines.defs.providers.sensors import audience_syncs_sensor, crm_changes_sensor
 from newsletter_pipelines.defs.resources import build_resources
 
 defs = dg.Definitions(
@@ -26,8 +31,15 @@ defs = dg.Definitions(
         audience_sync,
         crm_import_back,
     ],
-    jobs=[full_sync_job, incremental_sync_job, import_back_job, provider_events_job],
+    jobs=[
+        crm_eligibility_job,
+        audience_sync_job,
+        full_sync_job,
+        incremental_sync_job,
+        import_back_job,
+        provider_events_job,
+    ],
     schedules=[import_back_schedule, nightly_sync_schedule],
-    sensors=[provider_events_sensor, crm_changes_sensor],
+    sensors=[provider_events_sensor, crm_changes_sensor, audience_syncs_sensor],
     resources=build_resources(),
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import threading
 from pathlib import Path
 
 import dagster as dg
@@ -189,3 +190,35 @@ def test_materialization_on_a_postgres_dagster_instance(crm_url: str, postgres_u
         latest = instance.get_latest_materialization_event(dg.AssetKey("eligible_subscribers"))
         assert latest is not None
         assert latest.asset_materialization.metadata["eligible_count"].value > 0
+
+
+@pytest.mark.postgres
+def test_two_concurrent_runs_store_one_runs_exclusions_and_baseline(
+    crm_url: str, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two eligibility runs at the same time, state database on PostgreSQL: both succeed, the
+    exclusions are exactly one run's and the baseline is that run's."""
+    monkeypatch.setenv("NEWSLETTER_STATE_DATABASE_URL", postgres_url)
+    results: list[dg.ExecuteInProcessResult] = []
+
+    def run() -> None:
+        with dg.instance_for_test() as instance:
+            results.append(materialize(instance))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert len(results) == 2 and all(r.success for r in results)
+    engine = sa.create_engine(postgres_url)
+    with engine.connect() as conn:
+        runs = conn.execute(sa.text("SELECT DISTINCT run_id FROM eligibility_exclusions")).all()
+        keys = conn.execute(
+            sa.text("SELECT count(*), count(DISTINCT contact_id) FROM eligibility_exclusions")
+        ).one()
+        base = conn.execute(sa.text("SELECT eligible_count, run_id FROM eligibility_baseline"))
+        base = base.all()
+    assert len(runs) == 1 and keys[0] == keys[1] > 0
+    eligible = {r.run_id: eligible_metadata(r)["eligible_count"] for r in results}
+    assert len(base) == 1 and base[0][1] in eligible and base[0][0] == eligible[base[0][1]]

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from newsletter_pipelines.state.exclusions import count_by_reason, replace_exclusions
+from newsletter_pipelines.state.exclusions import count_by_reason, record_eligibility
 from newsletter_pipelines.state.ledger import (
     OutcomeRecord,
     create_tables,
@@ -14,6 +14,7 @@ from newsletter_pipelines.state.ledger import (
     outcome_counts,
     record,
 )
+from newsletter_pipelines.sync.guards import check_count_drop
 from newsletter_pipelines.sync.identity import Intent, LedgerRow, RowState
 
 pytestmark = pytest.mark.postgres
@@ -83,6 +84,6 @@ def test_exclusions_on_postgres_replace_previous_rows(postgres_url: str) -> None
             "detail": [None, "bad"],
         }
     )
-    replace_exclusions(engine, excluded, "run-1")
-    replace_exclusions(engine, excluded.iloc[1:], "run-2")
+    record_eligibility(engine, excluded, "run-1", lambda _: check_count_drop(None, 5, 0.2))
+    record_eligibility(engine, excluded.iloc[1:], "run-2", lambda b: check_count_drop(b, 5, 0.2))
     assert count_by_reason(engine) == {"invalid_email": 1}

@@ -6,11 +6,15 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from newsletter_pipelines.defs.crm.checks import CHECK_SPECS, eligibility_check_results
+from newsletter_pipelines.defs.crm.checks import (
+    CHECK_SPECS,
+    count_drop_judge,
+    eligibility_check_results,
+)
 from newsletter_pipelines.defs.resources import CrmResource, StateDatabaseResource
 from newsletter_pipelines.reporting import contacts_preview, counts_table
 from newsletter_pipelines.settings import Settings
-from newsletter_pipelines.state.exclusions import replace_exclusions
+from newsletter_pipelines.state.exclusions import record_eligibility
 from newsletter_pipelines.sync.eligibility import REASONS, classify
 
 GROUP = "crm"
@@ -77,9 +81,13 @@ def eligible_subscribers(
     context.log.info(
         "eligibility: " + ", ".join(f"{name} {count}" for name, count in counts.items())
     )
-    stored = replace_exclusions(state_db.engine(), result.excluded, context.run.run_id)
+    judge = count_drop_judge(context, result.eligible, config)
+    stored, verdict = record_eligibility(
+        state_db.engine(), result.excluded, context.run.run_id, judge
+    )
     context.log.info(f"stored {stored} excluded contacts in the {state_db.describe()}")
-    checks, baseline = eligibility_check_results(context, result.eligible, config)
+    checks = eligibility_check_results(context, result.eligible, verdict)
+    baseline = verdict.baseline
     excluded_counts = {f"excluded_{r}": dg.MetadataValue.int(counts[r]) for r in REASONS}
     metadata: dict[str, dg.RawMetadataValue] = {
         "eligible_count": dg.MetadataValue.int(counts["eligible"]),

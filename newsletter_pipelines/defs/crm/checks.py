@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import dagster as dg
 import pandas as pd
 
 from newsletter_pipelines.sync.email_address import check_emails
-from newsletter_pipelines.sync.guards import check_count_drop
+from newsletter_pipelines.sync.guards import DropVerdict, check_count_drop
 
 if TYPE_CHECKING:
     from newsletter_pipelines.defs.crm.assets import EligibilityConfig
@@ -37,7 +38,20 @@ CHECK_SPECS = [
 ]
 
 
-def _previous_baseline(context: dg.AssetExecutionContext) -> int | None:
+def count_drop_judge(
+    context: dg.AssetExecutionContext, eligible: pd.DataFrame, config: EligibilityConfig
+) -> Callable[[int | None], DropVerdict]:
+    """The verdict on the eligible count against the stored baseline; before the state
+    database held one, against the one the last materialization recorded."""
+
+    def judge(stored: int | None) -> DropVerdict:
+        previous = stored if stored is not None else _recorded_baseline(context)
+        return check_count_drop(previous, len(eligible), config.max_drop_share, config.accept_drop)
+
+    return judge
+
+
+def _recorded_baseline(context: dg.AssetExecutionContext) -> int | None:
     event = context.instance.get_latest_materialization_event(dg.AssetKey(ASSET))
     if event is None or event.asset_materialization is None:
         return None
@@ -46,15 +60,12 @@ def _previous_baseline(context: dg.AssetExecutionContext) -> int | None:
 
 
 def eligibility_check_results(
-    context: dg.AssetExecutionContext, eligible: pd.DataFrame, config: EligibilityConfig
-) -> tuple[list[dg.AssetCheckResult], int]:
-    """The three check results, and the eligible baseline to record for the next run."""
+    context: dg.AssetExecutionContext, eligible: pd.DataFrame, verdict: DropVerdict
+) -> list[dg.AssetCheckResult]:
+    """The three check results; `verdict` is the count-drop judge's."""
     duplicated = eligible.loc[eligible["email_key"].duplicated(keep=False), "contact_id"]
     emails = list(eligible["email"])
     invalid = [e for e, (sent, _, _) in zip(emails, check_emails(emails), strict=True) if sent != e]
-    verdict = check_count_drop(
-        _previous_baseline(context), len(eligible), config.max_drop_share, config.accept_drop
-    )
     results = [
         dg.AssetCheckResult(
             check_name="unique_email_keys",
@@ -78,4 +89,4 @@ def eligibility_check_results(
     ]
     if not verdict.passed:
         context.log.error(verdict.message)
-    return results, verdict.baseline
+    return results

@@ -1,4 +1,5 @@
 """`full_sync_job`: CRM eligibility and, per audience partition, snapshot, diff and push;
+`audience_sync_job`: the same without the CRM read, on the latest `crm_eligibility_job` result;
 `incremental_sync_job`: the push of the CRM contacts that changed."""
 
 import dagster as dg
@@ -13,6 +14,15 @@ full_sync_job = dg.define_asset_job(
     "provider snapshot → reconciliation diff → push, and the import-back into the CRM. "
     "Blocking checks stop the push on a suspicious eligible-count drop, a mass removal or a "
     "would-be re-subscription.",
+)
+
+audience_sync_job = dg.define_asset_job(
+    "audience_sync_job",
+    selection=dg.AssetSelection.groups("providers", "import_back"),
+    description="Two-way sync of one audience on the latest eligibility (crm_eligibility_job): "
+    "provider snapshot → reconciliation diff → push, and the import-back into the CRM; "
+    "launched for every audience by audience_syncs_sensor, so a sync of all audiences reads "
+    "the CRM once.",
 )
 
 

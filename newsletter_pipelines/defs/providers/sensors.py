@@ -1,4 +1,5 @@
-"""`crm_changes_sensor`: a run of `incremental_sync_job` per audience when CRM contacts changed."""
+"""`crm_changes_sensor`: a run of `incremental_sync_job` per audience when CRM contacts changed;
+`audience_syncs_sensor`: a run of `audience_sync_job` per audience after each CRM read."""
 
 from datetime import timedelta
 
@@ -6,7 +7,8 @@ import dagster as dg
 
 from newsletter_pipelines.crm.changes import changed_after, changed_between, latest_change
 from newsletter_pipelines.crm.errors import CrmError
-from newsletter_pipelines.defs.providers.jobs import incremental_sync_job
+from newsletter_pipelines.defs.crm.jobs import crm_eligibility_job
+from newsletter_pipelines.defs.providers.jobs import audience_sync_job, incremental_sync_job
 from newsletter_pipelines.defs.providers.partitions import audience_partitions
 from newsletter_pipelines.defs.resources import CrmResource
 from newsletter_pipelines.settings import Settings
@@ -70,3 +72,20 @@ def _window(crm: CrmResource, mark: Mark, overlap: timedelta) -> list[Mark]:
 
 def _window_digest(crm: CrmResource, mark: Mark, overlap: timedelta) -> str:
     return digest(_window(crm, mark, overlap))
+
+
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    monitored_jobs=[crm_eligibility_job],
+    request_job=audience_sync_job,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="After each successful crm_eligibility_job run: one audience_sync_job run per "
+    "audience on its result, run key <audience>:<CRM run id> (a CRM read never fans out twice). "
+    "A CRM run whose blocking checks failed launches nothing.",
+)
+def audience_syncs_sensor(context: dg.RunStatusSensorContext) -> list[dg.RunRequest]:
+    crm_run = context.dagster_run.run_id
+    return [
+        dg.RunRequest(run_key=f"{key}:{crm_run}", partition_key=key, tags={"crm_run": crm_run})
+        for key in audience_partitions.get_partition_keys()
+    ]
