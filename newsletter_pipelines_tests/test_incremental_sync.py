@@ -228,3 +228,34 @@ def test_an_import_back_is_not_echoed_by_the_change_sensor(
         ).metadata
         sent = {k: metadata[k].value for k in ("created", "updated", "unsubscribed", "removed")}
         assert sent == dict.fromkeys(sent, 0)
+
+
+@pytest.mark.parametrize("audience", AUDIENCES)
+def test_a_duplicate_that_takes_over_an_address_reaches_the_audience_in_one_run(
+    audience: str,
+    settings: Settings,
+    synced: Synced,  # noqa: F811
+) -> None:
+    """A CRM contact that shared an address as a duplicate is edited: now the most recently
+    updated, it decides the address, and one run gives the member its names, as a full sync
+    would."""
+    found = synced.copy_to(settings.home)
+    deciding = found.shared[0]
+    duplicate = next(c for c in deciding.address_contacts if c != deciding.contact_id)
+    with dg.instance_for_test() as instance:
+        start = sense(instance, settings, None)
+        edit(
+            settings,
+            "UPDATE contacts SET first_name = 'Übernommen', newsletter = 'yes', is_private = 0 "
+            "WHERE id = :id",
+            id=duplicate,
+        )
+        run = run_span(
+            instance, request_for(sense(instance, settings, start.cursor), audience), audience
+        )
+        assert run.success
+        member = members(settings, audience)[deciding.email.lower()]
+        assert member.status == "subscribed" and member.first_name == "Übernommen"
+        echo = run_sync(instance, audience)  # a full sync finds nothing left to send
+        assert echo.success
+        assert pushed(echo) == NOTHING_PUSHED
