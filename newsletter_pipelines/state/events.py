@@ -21,6 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from newsletter_pipelines.db import matching
 
 metadata = sa.MetaData()
+_payload_json = json.JSONEncoder(ensure_ascii=False, sort_keys=True).encode  # one, reused
 
 provider_events = sa.Table(
     "provider_events",
@@ -104,7 +105,7 @@ def store_deliveries(
                     "provider": e.provider,
                     "type": e.type,
                     "email": e.email,
-                    "payload": json.dumps(e.payload, ensure_ascii=False, sort_keys=True),
+                    "payload": _payload_json(e.payload),
                     "received_at": received_at,
                     "dedupe_key": e.dedupe_key,
                 }

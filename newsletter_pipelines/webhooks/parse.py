@@ -26,6 +26,9 @@ MAX_JSON_DEPTH = 32
 MAX_EMAIL_LENGTH = 320
 _TYPE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
 _KEY = re.compile(r"^([^\[\]]+)((?:\[[^\[\]]*\])*)$")
+# json.dumps with options builds an encoder per call; these are built once
+_canonical = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode
+_unicode_json = json.JSONEncoder(ensure_ascii=False).encode
 _BREVO_TYPES = {
     "hardbounce": "hard_bounce",
     "hardbounced": "hard_bounce",
@@ -118,7 +121,7 @@ def brevo_events(body: bytes, audience: str) -> list[NewEvent]:
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise PayloadError(f"not JSON: {str(exc)[:200]}") from None
     try:
-        json.dumps(document, ensure_ascii=False).encode()
+        _unicode_json(document).encode()
     except UnicodeEncodeError:  # a lone surrogate such as "\ud800"
         raise PayloadError("text that is not valid Unicode") from None
     items = document if isinstance(document, list) else [document]
@@ -179,7 +182,5 @@ def brevo_type(name: str) -> str:
 
 def dedupe_key(provider: str, audience: str, identity: dict[str, Any]) -> str:
     """Hex SHA-256 of provider, audience and the event's identity as canonical JSON."""
-    canonical = json.dumps(
-        [provider, audience, identity], sort_keys=True, ensure_ascii=False, separators=(",", ":")
-    )
+    canonical = _canonical([provider, audience, identity])
     return hashlib.sha256(canonical.encode()).hexdigest()
