@@ -39,6 +39,7 @@ class CrmSchema(BaseModel):
     tags_table: str = "contact_tags"
     tag_contact_id: str = "contact_id"
     tag: str = "tag"
+    tag_updated_at: str | None = None  # a tag row's time, if the tags table has one
     activities_table: str = "activities"
     activities_id: str = "id"
     activities_contact_id: str = "contact_id"

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from newsletter_pipelines.crm.__main__ import cli
 from newsletter_pipelines.crm.changes import latest_change
+from newsletter_pipelines.crm.editor import edit_contact
 from newsletter_pipelines.crm.embedded import ensure_demo_crm
 from newsletter_pipelines.crm.errors import CrmError
 from newsletter_pipelines.crm.loader import insert_rows, load_demo, read_csv_rows
@@ -154,4 +155,23 @@ def test_cli_edit_bumps_updated_at_with_every_change(demo_crm_file: Path, tmp_pa
     assert missing.exit_code == 1 and "no CRM contact with id 999999" in missing.output
     nothing = CliRunner().invoke(cli, ["edit", "17", "--url", url])
     assert nothing.exit_code == 2 and "nothing to change" in nothing.output
+    engine.dispose()
+
+
+def test_an_edit_stamps_the_tag_rows_when_the_tag_table_has_a_time(
+    demo_crm_file: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "crm.sqlite3"
+    shutil.copy(demo_crm_file, path)
+    engine = sa.create_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE contact_tags ADD COLUMN changed_at TIMESTAMP"))
+    schema = CrmSchema(tag_updated_at="changed_at")
+    when = datetime(2030, 1, 1, 12, 0, 0)
+    edit_contact(engine, schema, "17", {}, tags=frozenset({"VIP"}), now=when)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text("SELECT tag, changed_at FROM contact_tags WHERE contact_id = 17")
+        )
+        assert [(tag, str(at)) for tag, at in rows] == [("VIP", "2030-01-01 12:00:00.000000")]
     engine.dispose()

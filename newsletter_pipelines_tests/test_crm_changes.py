@@ -87,12 +87,13 @@ def test_the_cursor_survives_its_text_form() -> None:
 
 
 def test_a_mark_with_microseconds_includes_its_own_contact(crm: sa.Engine) -> None:
-    """SQLite compares times at milliseconds and rounds: .231690 must match its own mark."""
+    """SQLite compares times at milliseconds and rounds: .231690 must match its own mark (which
+    holds the time as compared, .232)."""
     when = T0 + timedelta(seconds=20, microseconds=231_690)
     with crm.begin() as conn:
         conn.execute(sa.text("UPDATE contacts SET updated_at = :t WHERE id = 9"), {"t": when})
     (mark,) = changed_after(crm, CrmSchema(), Mark(T0 + timedelta(seconds=10), ""))
-    assert mark == Mark(when, "9")
+    assert mark.contact_id == "9" and abs(mark.updated_at - when) < timedelta(milliseconds=1)
     assert changed_between(crm, CrmSchema(), Mark(T0 + timedelta(seconds=10), ""), mark) == [mark]
     assert changed_after(crm, CrmSchema(), mark) == []
 
@@ -126,3 +127,35 @@ def test_contacts_at_many_addresses_are_read_in_one_pass(demo_crm: sa.Engine) ->
     assert few.set_index("contact_id")["tags"].to_dict() == (
         everyone.set_index("contact_id").loc[few["contact_id"], "tags"].to_dict()
     )
+
+
+def test_a_tag_table_with_times_makes_a_tag_change_a_contact_change(demo_crm: sa.Engine) -> None:
+    """NEWSLETTER_CRM_SCHEMA__TAG_UPDATED_AT: a tag row's time counts as its contact's change;
+    a contact whose contact row and tag row both changed has the later time."""
+    with demo_crm.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE contact_tags ADD COLUMN changed_at TIMESTAMP"))
+        conn.execute(sa.text("UPDATE contacts SET updated_at = :t"), {"t": T0})
+        conn.execute(
+            sa.text(
+                "INSERT INTO contact_tags (contact_id, tag, changed_at) VALUES (:id, :tag, :t)"
+            ),
+            [
+                {"id": 12, "tag": "Neu", "t": T0 + timedelta(seconds=30)},
+                {"id": 4, "tag": "Neu", "t": T0 + timedelta(seconds=20)},
+                {"id": 4, "tag": "Neuer", "t": T0 + timedelta(seconds=40)},  # the later counts
+            ],
+        )
+        conn.execute(
+            sa.text("UPDATE contacts SET updated_at = :t WHERE id = 12"),
+            {"t": T0 + timedelta(seconds=10)},
+        )
+    timed = CrmSchema(tag_updated_at="changed_at")
+    since = Mark(T0 + timedelta(seconds=5), "")
+    assert changed_after(demo_crm, CrmSchema(), since) == [Mark(T0 + timedelta(seconds=10), "12")]
+    assert changed_after(demo_crm, timed, since) == [
+        Mark(T0 + timedelta(seconds=30), "12"),
+        Mark(T0 + timedelta(seconds=40), "4"),
+    ]
+    assert latest_change(demo_crm, timed) == Mark(T0 + timedelta(seconds=40), "4")
+    upto = Mark(T0 + timedelta(seconds=30), "12")
+    assert changed_between(demo_crm, timed, since, upto) == [upto]

@@ -259,3 +259,32 @@ def test_a_duplicate_that_takes_over_an_address_reaches_the_audience_in_one_run(
         echo = run_sync(instance, audience)  # a full sync finds nothing left to send
         assert echo.success
         assert pushed(echo) == NOTHING_PUSHED
+
+
+@pytest.mark.parametrize("audience", AUDIENCES)
+def test_a_tag_row_with_its_own_time_is_a_change(
+    audience: str,
+    settings: Settings,
+    synced: Synced,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """NEWSLETTER_CRM_SCHEMA__TAG_UPDATED_AT: a tag added with its row's time alone (the
+    contact's updated_at untouched) reaches the audience through one tick and one run."""
+    found = synced.copy_to(settings.home)
+    tagged = found.alone[9]
+    engine = sa.create_engine(settings.resolved_crm_database_url())
+    with engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE contact_tags ADD COLUMN changed_at TIMESTAMP"))
+    monkeypatch.setenv("NEWSLETTER_CRM_SCHEMA__TAG_UPDATED_AT", "changed_at")
+    with dg.instance_for_test() as instance:
+        start = sense(instance, Settings(), None)
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text("INSERT INTO contact_tags VALUES (:id, 'Zeitstempel', :now)"),
+                {"id": tagged.contact_id, "now": datetime.now(UTC).replace(tzinfo=None)},
+            )
+        engine.dispose()
+        request = request_for(sense(instance, Settings(), start.cursor), audience)
+        assert run_span(instance, request, audience).success
+        member = members(settings, audience)[tagged.email.lower()]
+        assert "zeitstempel" in {t.casefold() for t in member.tags}

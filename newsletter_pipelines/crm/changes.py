@@ -34,15 +34,9 @@ def changed_between(
 
 def latest_change(engine: sa.Engine, schema: CrmSchema) -> Mark | None:
     """The mark of the contact changed last (None: no contact has a time)."""
-    updated, contact_id = _columns(schema)
-    order = _comparable(updated, engine.dialect.name)
-    query = (
-        sa.select(updated, contact_id)
-        .where(updated.is_not(None))
-        .order_by(order.desc(), contact_id.desc())
-        .limit(1)
-    )
-    rows = _run(engine, schema, lambda _: query)
+    stamps = _stamps(schema, engine.dialect.name, None, lambda v: v)
+    query = sa.select(stamps.c.at, stamps.c.cid).order_by(stamps.c.at.desc(), stamps.c.cid.desc())
+    rows = _run(engine, schema, lambda _: query.limit(1))
     return _mark(*rows[0]) if rows else None
 
 
@@ -53,21 +47,39 @@ def _marks(
     upto: Mark | None,
     limit: int | None,
 ) -> list[Mark]:
-    updated, contact_id = _columns(schema)
     dialect = engine.dialect.name
-    order = _comparable(updated, dialect)
 
     def query(conn: sa.Connection) -> sa.Select:
         bind = id_binder(conn, schema)
-        found = sa.select(updated, contact_id).where(updated.is_not(None))
-        if after is not None:
-            found = found.where(_beyond(order, contact_id, after, bind, dialect))
+        stamps = _stamps(schema, dialect, after, bind)
+        at, cid = sa.func.max(stamps.c.at), stamps.c.cid
+        found = sa.select(at, cid).group_by(cid).order_by(at, cid)
         if upto is not None:
-            found = found.where(~_beyond(order, contact_id, upto, bind, dialect))
-        found = found.order_by(order, contact_id)
+            found = found.having(~_beyond(at, cid, upto, bind, dialect))
         return found if limit is None else found.limit(limit)
 
     return [_mark(stamp, cid) for stamp, cid in _run(engine, schema, query)]
+
+
+def _stamps(
+    schema: CrmSchema, dialect: str, after: Mark | None, bind: Callable[[Any], Any]
+) -> sa.Subquery:
+    """(`at`, `cid`): the contacts' times after `after`, and with
+    NEWSLETTER_CRM_SCHEMA__TAG_UPDATED_AT their tag rows' times after it; a contact's latest
+    time is its change's (any of them after `after`: the latest is too)."""
+    sources = [(schema.contacts_table, schema.id, schema.updated_at)]
+    if schema.tag_updated_at is not None:
+        sources.append((schema.tags_table, schema.tag_contact_id, schema.tag_updated_at))
+    parts = []
+    for table, id_column, time_column in sources:
+        source = sa.table(table, sa.column(id_column), sa.column(time_column, sa.DateTime))
+        when, contact_id = source.c[time_column], source.c[id_column]
+        order = _comparable(when, dialect)
+        part = sa.select(order.label("at"), contact_id.label("cid")).where(when.is_not(None))
+        if after is not None:
+            part = part.where(_beyond(order, contact_id, after, bind, dialect))
+        parts.append(part)
+    return (parts[0] if len(parts) == 1 else sa.union_all(*parts)).subquery("stamps")
 
 
 def _comparable(updated: sa.ColumnElement[Any], dialect: str) -> sa.ColumnElement[Any]:
@@ -97,13 +109,6 @@ def _beyond(
     if not mark.contact_id:
         return order >= when
     return sa.or_(order > when, sa.and_(order == when, contact_id > bind(mark.contact_id)))
-
-
-def _columns(schema: CrmSchema) -> tuple[sa.ColumnClause[Any], sa.ColumnClause[Any]]:
-    contacts = sa.table(
-        schema.contacts_table, sa.column(schema.id), sa.column(schema.updated_at, sa.DateTime)
-    )
-    return contacts.c[schema.updated_at], contacts.c[schema.id]
 
 
 def _run(

@@ -47,7 +47,10 @@ def edit_contact(
             if tags is not None:
                 owner = tag_table.c[schema.tag_contact_id]
                 conn.execute(tag_table.delete().where(owner == cid))
-                rows = [{schema.tag_contact_id: cid, schema.tag: tag} for tag in sorted(tags)]
+                timed = {schema.tag_updated_at: stamp} if schema.tag_updated_at else {}
+                rows = [
+                    {schema.tag_contact_id: cid, schema.tag: tag, **timed} for tag in sorted(tags)
+                ]
                 if rows:
                     conn.execute(tag_table.insert(), rows)
     except sa.exc.SQLAlchemyError as exc:

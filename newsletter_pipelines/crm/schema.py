@@ -55,11 +55,13 @@ def crm_tables(schema: CrmSchema) -> CrmTables:
         sa.Column(schema.updated_at, sa.DateTime),
         sa.Column(schema.created_at, sa.DateTime),
     )
+    tag_time = [sa.Column(schema.tag_updated_at, sa.DateTime)] if schema.tag_updated_at else []
     tags = sa.Table(
         schema.tags_table,
         metadata,
         sa.Column(schema.tag_contact_id, sa.BigInteger, primary_key=True),
         sa.Column(schema.tag, sa.Text, primary_key=True),
+        *tag_time,
     )
     activities = sa.Table(
         schema.activities_table,

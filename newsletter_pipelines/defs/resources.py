@@ -76,7 +76,7 @@ def build_resources(settings: Settings | None = None) -> dict[str, dg.Configurab
         database_url=_url_source(
             "NEWSLETTER_CRM_DATABASE_URL", settings.resolved_crm_database_url()
         ),
-        schema_mapping=settings.crm_schema.model_dump(),
+        schema_mapping=settings.crm_schema.model_dump(exclude_none=True),
         embedded_demo_dir=str(settings.demo_data_dir) if settings.uses_embedded_crm() else None,
     )
     state = StateDatabaseResource(
