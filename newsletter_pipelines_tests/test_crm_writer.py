@@ -659,3 +659,20 @@ def test_known_address_under_a_turkish_collation(postgres_url: str) -> None:
     summary = crm.writer().apply([], [signup("mike@example.de", "s1")], now=NOW)
     assert summary.items == [ItemResult("s1", None, EXISTING_ADDRESS)]
     engine.dispose()
+
+
+def test_tag_rows_are_stamped_where_the_tags_table_has_a_time(database_url: str) -> None:
+    """NEWSLETTER_CRM_SCHEMA__TAG_UPDATED_AT: the tags the import-back adds, to a contact or
+    with a new one, carry the write's time."""
+    schema = CrmSchema(tag_updated_at="changed_at")
+    engine = sa.create_engine(database_url)
+    create_schema(engine, schema)
+    crm = Crm(engine, schema, CrmValues())
+    crm.fill([contact(1, "a@example.de")], {1: ["A"]})
+    new = NewContact("neu@example.de", "", "N", "N", frozenset({"Event"}), activity("s"))
+    crm.writer().apply([ContactChange(1, activity("k"), add_tags=frozenset({"B"}))], [new], now=NOW)
+    tags = crm_tables(schema).tags
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(tags.c.tag, tags.c.changed_at).order_by(tags.c.tag))
+        assert [tuple(r) for r in rows] == [("A", None), ("B", NOW), ("Event", NOW)]
+    engine.dispose()

@@ -258,7 +258,10 @@ class CrmWriter:
             sa.column(s.updated_at, sa.DateTime),
             sa.column(s.created_at, sa.DateTime),
         )
-        self.tags = sa.table(s.tags_table, sa.column(s.tag_contact_id), sa.column(s.tag, sa.Text))
+        tag_time = [sa.column(s.tag_updated_at, sa.DateTime)] if s.tag_updated_at else []
+        self.tags = sa.table(
+            s.tags_table, sa.column(s.tag_contact_id), sa.column(s.tag, sa.Text), *tag_time
+        )
         self.activities = crm_tables(s).activities
         self.activity_columns = tuple(c.name for c in self.activities.c)[1:]  # all but the id
 
@@ -401,7 +404,7 @@ class CrmWriter:
         self._each(conn, update.values({s.updated_at: now}), contact_id, stamp_only)
         for tag, ids in removed.items():
             self._each(conn, sa.delete(self.tags).where(t[s.tag] == tag), tag_contact_id, ids)
-        self._insert(conn, self.tags, (s.tag_contact_id, s.tag), added)
+        self._insert_tags(conn, added, now)
         n_removed = sum(map(len, removed.values()))
         summary.tags_added += len(added)
         summary.tags_removed += n_removed
@@ -460,9 +463,18 @@ class CrmWriter:
             results.append(ItemResult(new.activity.source_key, str(next_id), ItemOutcome.APPLIED))
             next_id += 1
         self._insert(conn, self.contacts, tuple(c.name for c in self.contacts.c), contacts)
-        self._insert(conn, self.tags, (s.tag_contact_id, s.tag), tags)
+        self._insert_tags(conn, tags, now)
         summary.contacts_created += len(contacts)
         return results, activities
+
+    def _insert_tags(self, conn: sa.Connection, rows: list[tuple[Any, str]], now: datetime) -> None:
+        """Insert (contact id, tag) rows, stamped with `now` where the tags table has a time."""
+        s = self.schema
+        if s.tag_updated_at is None:
+            self._insert(conn, self.tags, (s.tag_contact_id, s.tag), rows)
+        else:
+            stamped = [(*row, now) for row in rows]
+            self._insert(conn, self.tags, (s.tag_contact_id, s.tag, s.tag_updated_at), stamped)
 
     def _activity_row(self, contact_id: Any, activity: Activity) -> tuple[Any, ...]:
         """An activities row, values in the order of `activity_columns`."""
