@@ -10,6 +10,13 @@ from newsletter_pipelines.definitions import defs
 from newsletter_pipelines.defs.providers.sensors import audience_syncs_sensor
 from newsletter_pipelines.defs.resources import build_resources
 from newsletter_pipelines.settings import Settings
+from newsletter_pipelines_tests.test_incremental_sync import (
+    edit,
+    members,
+    request_for,
+    run_span,
+    sense,
+)
 from newsletter_pipelines_tests.test_sync_assets import QUIET, metadata
 
 AUDIENCES = ("mailchimp", "brevo")
@@ -71,3 +78,32 @@ def test_a_crm_read_stopped_by_its_checks_syncs_no_audience(settings: Settings) 
         assert not failed.success
         assert failed.dagster_run.status == dg.DagsterRunStatus.FAILURE  # the sensor only
         # reacts to SUCCESS: no audience runs on a suspicious drop
+
+
+def test_an_audience_run_leaves_contacts_changed_since_the_crm_read_to_the_change_sensor(
+    settings: Settings,
+) -> None:
+    """The CRM is read, then a contact is edited and the change sensor's run pushes the edit;
+    the audience run that follows, decided on the earlier read, must not send the stale
+    values back: it leaves that contact to the change sensor's runs."""
+    audience = "brevo"
+    with dg.instance_for_test() as instance:
+        first = run(instance, "crm_eligibility_job")
+        assert run(instance, "audience_sync_job", audience).success
+        eligible = first.output_for_node("eligible_subscribers", "eligible_subscribers")
+        edited = eligible.iloc[0]
+        start = sense(instance, settings, None)
+        crm = run(instance, "crm_eligibility_job")  # the read the audience run decides on
+        edit(
+            settings,
+            "UPDATE contacts SET first_name = 'Frisch' WHERE id = :id",
+            id=int(edited.contact_id),
+        )
+        request = request_for(sense(instance, settings, start.cursor), audience)
+        assert run_span(instance, request, audience).success
+        assert members(settings, audience)[edited.email_key].first_name == "Frisch"
+        assert fan_out(instance, crm)
+        late = run(instance, "audience_sync_job", audience)
+        assert late.success
+        assert members(settings, audience)[edited.email_key].first_name == "Frisch"
+        assert metadata(late, "reconciliation_diff")["left_to_change_sensor"] == 1

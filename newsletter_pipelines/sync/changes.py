@@ -14,9 +14,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+
+import pandas as pd
+
+from newsletter_pipelines.sync.email_address import raw_match_key
+
+# attribute of the CRM frames: the latest change (a `Mark`'s text) before the read they hold
+READ_UPTO = "changes_read_upto"
 
 
 @dataclass(frozen=True, order=True)
@@ -96,3 +103,15 @@ def next_span(
         start = window_start(cursor.mark, overlap)
         return Span(after=Mark(start, ""), upto=upto, late=True)
     return Span(after=cursor.mark, upto=upto, late=False)
+
+
+def about_contacts(diff: pd.DataFrame, ids: Collection[str], keys: Collection[str]) -> pd.Series:
+    """Rows of `diff` about these CRM contacts: theirs, at these addresses (where they are, or
+    were when the diff's CRM read saw them), or of members they own in the ledger. A run decided
+    on an earlier read leaves them to the change sensor's runs, which decide them on the CRM as
+    it is now."""
+    wanted, at = set(map(str, ids)), set(keys)
+    crm = diff["crm_id"].map(lambda v: pd.notna(v) and str(v) in wanted)
+    old = diff["old_email"].map(lambda v: raw_match_key(v) in at)
+    owned = diff["ledger_before"].map(lambda r: r is not None and str(r.owner) in wanted)
+    return crm | diff["match_key"].isin(at) | old | owned

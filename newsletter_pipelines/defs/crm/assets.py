@@ -6,6 +6,8 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from newsletter_pipelines.crm.changes import latest_change
+from newsletter_pipelines.crm.errors import CrmError
 from newsletter_pipelines.defs.crm.checks import (
     CHECK_SPECS,
     count_drop_judge,
@@ -15,6 +17,7 @@ from newsletter_pipelines.defs.resources import CrmResource, StateDatabaseResour
 from newsletter_pipelines.reporting import contacts_preview, counts_table
 from newsletter_pipelines.settings import Settings
 from newsletter_pipelines.state.exclusions import record_eligibility
+from newsletter_pipelines.sync.changes import READ_UPTO
 from newsletter_pipelines.sync.eligibility import REASONS, classify
 
 GROUP = "crm"
@@ -23,9 +26,17 @@ _SETTINGS = Settings()
 
 @dg.asset(group_name=GROUP, kinds={"sql", "pandas"})
 def crm_contacts(context: dg.AssetExecutionContext, crm: CrmResource) -> dg.Output[pd.DataFrame]:
-    """Every CRM contact with its tags, values as stored (wrong types included)."""
+    """Every CRM contact with its tags, values as stored (wrong types included); the latest
+    change before the read is kept with them (`READ_UPTO`), so a run that decides on them later
+    can tell which contacts changed since."""
     context.log.info(f"reading contacts from the {crm.describe()}")
+    try:
+        upto = latest_change(crm.engine(), crm.crm_schema)
+    except CrmError as exc:
+        context.log.warning(f"the CRM's latest change is unknown: {exc}")
+        upto = None
     contacts = crm.read_contacts()
+    contacts.attrs[READ_UPTO] = upto.text() if upto else None
     context.log.info(f"read {len(contacts)} contacts")
     return dg.Output(
         contacts,
@@ -33,6 +44,7 @@ def crm_contacts(context: dg.AssetExecutionContext, crm: CrmResource) -> dg.Outp
             "row_count": dg.MetadataValue.int(len(contacts)),
             "tagged_contacts": dg.MetadataValue.int(int(contacts["tags"].map(bool).sum())),
             "source": crm.describe(),
+            "changes_read_upto": str(contacts.attrs[READ_UPTO]),
             "preview": dg.MetadataValue.md(contacts_preview(contacts)),
         },
     )
@@ -77,6 +89,8 @@ def eligible_subscribers(
     """Eligibility: eligible subscribers and excluded contacts with their reason; the newsletter
     column is read through NEWSLETTER_CRM_VALUES__*, the values the import-back writes."""
     result = classify(crm_contacts, _SETTINGS.crm_values)
+    for frame in (result.eligible, result.excluded):
+        frame.attrs[READ_UPTO] = crm_contacts.attrs.get(READ_UPTO)
     counts = result.counts
     context.log.info(
         "eligibility: " + ", ".join(f"{name} {count}" for name, count in counts.items())

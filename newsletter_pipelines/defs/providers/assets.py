@@ -7,16 +7,19 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
+from newsletter_pipelines.crm.changes import changed_after
+from newsletter_pipelines.crm.reader import read_contacts_at
 from newsletter_pipelines.defs.providers.clients import audience_client, provider_mode
 from newsletter_pipelines.defs.providers.partitions import audience_partitions
 from newsletter_pipelines.defs.providers.pushing import push_context, push_guards, push_metadata
-from newsletter_pipelines.defs.resources import StateDatabaseResource
+from newsletter_pipelines.defs.resources import CrmResource, StateDatabaseResource
 from newsletter_pipelines.providers.base import Provider
 from newsletter_pipelines.providers.resources import BrevoResource, MailchimpResource
 from newsletter_pipelines.reporting import diff_samples, explain_diff, markdown_table, mask_email
 from newsletter_pipelines.settings import AudienceConfig, Settings
 from newsletter_pipelines.state.ledger import load_ledger_frame
-from newsletter_pipelines.sync.email_address import match_key
+from newsletter_pipelines.sync.changes import READ_UPTO, Mark, about_contacts
+from newsletter_pipelines.sync.email_address import match_key, raw_match_key
 from newsletter_pipelines.sync.guards import (
     resubscribe_violations,
 )
@@ -138,11 +141,13 @@ def reconciliation_diff(
     eligible_subscribers: pd.DataFrame,
     excluded_contacts: pd.DataFrame,
     provider_audience_snapshot: pd.DataFrame,
+    crm: CrmResource,
     state_db: StateDatabaseResource,
 ) -> Iterator[dg.Output[pd.DataFrame] | dg.AssetCheckResult]:
     """Three-way comparison of the CRM, the provider snapshot and the sync ledger: one action
     per contact (create, update, unsubscribe, remove, unchanged, blocked_by_provider,
-    import_back)."""
+    import_back). Contacts the CRM changed since its read are left to the change sensor's runs
+    (this diff would send their values from before)."""
     audience = _audience(context)
     ledger = load_ledger_frame(state_db.engine(), audience.key)
     diff = build_diff(
@@ -153,6 +158,14 @@ def reconciliation_diff(
         provider=audience.provider,
         system_tag=_system_tag(audience),
     )
+    ids, keys = _changed_since_read(crm, eligible_subscribers, excluded_contacts)
+    later = about_contacts(diff, ids, keys) if ids else pd.Series(False, index=diff.index)
+    if later.any():
+        context.log.info(
+            f"{audience.key}: {len(ids)} CRM contacts changed since the CRM read; their "
+            f"{int(later.sum())} rows are left to crm_changes_sensor's runs"
+        )
+        diff = diff[~later]
     actions = diff["action"].value_counts()
     context.log.info(f"{audience.key}: " + ", ".join(f"{a} {n}" for a, n in actions.items()))
     verdicts = push_guards(diff, _sync_config(context))
@@ -167,6 +180,7 @@ def reconciliation_diff(
             "why_the_numbers_differ": dg.MetadataValue.md(explain_diff(diff)),
             "samples": dg.MetadataValue.md(diff_samples(diff)),
             "ledger_rows": dg.MetadataValue.int(len(ledger)),
+            "left_to_change_sensor": dg.MetadataValue.int(len(ids)),
         },
     )
     for name, verdict in verdicts.items():
@@ -189,6 +203,24 @@ def reconciliation_diff(
         passed=risky.empty,
         metadata={"violations": len(risky)},
     )
+
+
+def _changed_since_read(
+    crm: CrmResource, eligible: pd.DataFrame, excluded: pd.DataFrame
+) -> tuple[frozenset[str], frozenset[str]]:
+    """The CRM contacts changed after the latest change the frames' read saw, and their
+    addresses then and now."""
+    upto = eligible.attrs.get(READ_UPTO)
+    if not upto:
+        return frozenset(), frozenset()
+    engine, schema = crm.engine(), crm.crm_schema
+    ids = frozenset(m.contact_id for m in changed_after(engine, schema, Mark.parse(upto)))
+    if not ids:
+        return ids, frozenset()
+    then = [f.loc[f["contact_id"].astype(str).isin(ids), "email"] for f in (eligible, excluded)]
+    now = read_contacts_at(engine, schema, (), ids)["email"]
+    keys = {raw_match_key(email) for emails in (*then, now) for email in emails}
+    return ids, frozenset(k for k in keys if k)
 
 
 class SyncConfig(dg.Config):
