@@ -55,6 +55,7 @@ from newsletter_pipelines.sandbox.mailchimp_members import ProblemError
 from newsletter_pipelines.sandbox.webhooks import WebhookSender
 from newsletter_pipelines.state.events import StoredEvent
 from newsletter_pipelines.sync.eligibility import classify
+from newsletter_pipelines.sync.email_address import match_key
 from newsletter_pipelines.webhooks.parse import brevo_events, mailchimp_events
 from newsletter_pipelines_tests.test_consent import Killed, KilledAfter
 from newsletter_pipelines_tests.test_eligibility import contact, frame
@@ -318,11 +319,13 @@ class ConsentMachine(RuleBasedStateMachine):
 
     # --- syncs --------------------------------------------------------------------------
 
-    def look(self) -> dict[str, str]:
-        """The audience as a snapshot shows it; opt-outs seen are remembered."""
+    def look(self, tags: bool = True) -> dict[str, str]:
+        """The audience as a snapshot shows it; opt-outs seen are remembered, and with `tags`
+        the tags as the sync now knows them."""
         statuses = self.world.members()
         self.opted_out |= {email for email, status in statuses.items() if status in OPTED_OUT}
-        self.seen_tags, self.seen_person_tags = self.tags_by_stable_id(), set(self.person_tags)
+        if tags:
+            self.seen_tags, self.seen_person_tags = self.tags_by_stable_id(), set(self.person_tags)
         return statuses
 
     @rule(write_back=st.sampled_from([True, True, True, False]))
@@ -376,16 +379,20 @@ class ConsentMachine(RuleBasedStateMachine):
         self.look()
         provider = self.world.provider
         self.world.provider = KilledAfter(provider, calls, WRITES, before)  # type: ignore[assignment]
+        killed = False
         try:
             self.world.sync(import_back=True)  # the import-back runs before the first write
         except Killed:
             STATS[f"{self.PROVIDER} killed syncs"] += 1
+            killed = True
         finally:
             self.world.provider = provider
             self.register_imported_contacts()
             self.forget_imported_tags()
             self.delivered = len(self.world.sandbox.webhooks.calls)
-        self.look()
+        # a killed sync knows the tags its snapshot showed, not what its writes did: a tag it
+        # was removing when killed and a person then set again is, to it, still its own
+        self.look(tags=not killed)
 
     # --- the guarantees -----------------------------------------------------------------
 
@@ -421,11 +428,13 @@ class ConsentMachine(RuleBasedStateMachine):
     def forget_imported_tags(self) -> None:
         """A tag imported into the CRM is the CRM's now: by every import-back applied, also
         those of killed syncs and of the syncs that follow a checked one."""
-        for plan in self.world.imported[self.plans_seen :]:
+        plans = self.world.imported[self.plans_seen :]
+        for plan, members in zip(plans, self.world.imported_from[self.plans_seen :], strict=True):
             added = [(c.activity.details.get("email"), c.add_tags) for c in plan.changes]
             added += [(c.email, c.tags) for c in plan.new_contacts]
-            for email, tags in added:
-                stable = self.stable_id(str(email).lower())
+            for email, tags in added:  # the member it came from, wherever the push moved it
+                key = match_key(str(email))
+                stable = members.get(key) or self.stable_id(key)
                 self.person_tags -= {(stable, t.casefold()) for t in tags}
         self.plans_seen = len(self.world.imported)
 

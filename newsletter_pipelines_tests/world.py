@@ -43,6 +43,9 @@ class World:
     engine: sa.Engine
     crm: list[dict[str, object]]
     imported: list[ImportBackPlan] = field(default_factory=list)  # plans of import_back syncs
+    # per plan: the stable ids of the members it was planned from, by match key (a push after
+    # it may move members to other addresses)
+    imported_from: list[dict[str, str]] = field(default_factory=list)
     activities: set[str] = field(default_factory=set)  # source keys applied to `crm`
     stamp: Callable[[], str] = lambda: "2026-06-01 00:00:00"  # updated_at of imported changes
     new_id: Callable[[], int] | None = None  # id of an imported contact (default: max + 1)
@@ -117,6 +120,9 @@ class World:
         if not apply:
             return plan
         self.imported.append(plan)
+        self.imported_from.append(
+            dict(zip(members["match_key"], members["stable_id"].astype(str), strict=True))
+        )
         now = self.stamp()
         rows = {str(r["contact_id"]): r for r in self.crm}
         for change in plan.changes:
