@@ -60,6 +60,13 @@ def run_span(
     )
 
 
+def assert_nothing_left(instance: dg.DagsterInstance, audience: str) -> None:
+    """A full sync after the run finds nothing left to send: the run sent what it would."""
+    echo = run_sync(instance, audience)
+    assert echo.success
+    assert pushed(echo) == NOTHING_PUSHED
+
+
 def request_for(result: Any, audience: str) -> dg.RunRequest:
     assert isinstance(result, dg.SensorResult), result
     return next(r for r in result.run_requests or [] if r.partition_key == audience)
@@ -128,9 +135,7 @@ def test_crm_edits_reach_the_audience_through_the_sensor_and_one_run(
         assert after[renamed.email.lower()].first_name == "Renamed"
         assert new_email in after and moving.email.lower() not in after
         assert isinstance(sense(instance, settings, result.cursor), dg.SkipReason)
-        echo = run_sync(instance, audience)  # the full sync finds nothing left to send
-        assert echo.success
-        assert pushed(echo) == NOTHING_PUSHED
+        assert_nothing_left(instance, audience)
 
 
 def test_a_failed_crm_read_skips_the_tick_and_keeps_the_cursor(settings: Settings) -> None:
@@ -199,9 +204,7 @@ def test_every_kind_of_crm_change_in_one_run(
         tags = {t.casefold() for t in after[tagged.email.lower()].tags}
         assert "stammkunde" in tags
         assert not ({t.casefold() for t in tagged.tags} - {"stammkunde"}) & tags
-        echo = run_sync(instance, audience)  # a full sync finds nothing left to send
-        assert echo.success
-        assert pushed(echo) == NOTHING_PUSHED
+        assert_nothing_left(instance, audience)
 
 
 @pytest.mark.parametrize("audience", AUDIENCES)
@@ -256,9 +259,7 @@ def test_a_duplicate_that_takes_over_an_address_reaches_the_audience_in_one_run(
         assert run.success
         member = members(settings, audience)[deciding.email.lower()]
         assert member.status == "subscribed" and member.first_name == "Übernommen"
-        echo = run_sync(instance, audience)  # a full sync finds nothing left to send
-        assert echo.success
-        assert pushed(echo) == NOTHING_PUSHED
+        assert_nothing_left(instance, audience)
 
 
 @pytest.mark.parametrize("audience", AUDIENCES)
