@@ -85,12 +85,19 @@ class AudienceConfig(BaseModel):
         "when tags are imported back).",
     )
 
+    @model_validator(mode="after")
+    def _mailchimp_only_tag(self) -> AudienceConfig:
+        """A Brevo list has no system tag, whatever the configuration says."""
+        if self.provider == "brevo":
+            self.system_tag = None
+        return self
+
 
 def default_audiences() -> list[AudienceConfig]:
     """One Mailchimp audience and one Brevo list, both named "CRM Newsletter"."""
     return [
         AudienceConfig(key="mailchimp", provider="mailchimp"),
-        AudienceConfig(key="brevo", provider="brevo", system_tag=None),
+        AudienceConfig(key="brevo", provider="brevo"),
     ]
 
 

@@ -289,3 +289,36 @@ def test_a_tag_row_with_its_own_time_is_a_change(
         assert run_span(instance, request, audience).success
         member = members(settings, audience)[tagged.email.lower()]
         assert "zeitstempel" in {t.casefold() for t in member.tags}
+
+
+@pytest.mark.parametrize("audience", AUDIENCES)
+def test_an_address_change_the_provider_refuses_is_decided_again_in_the_same_run(
+    audience: str,
+    settings: Settings,
+    synced: Synced,  # noqa: F811
+) -> None:
+    """As in the full sync: the provider refuses a CRM address change (Mailchimp: a permanently
+    deleted address; Brevo: a contact outside the list), and the run decides the contact again
+    at once instead of leaving the member at the old address to the next run."""
+    found = synced.copy_to(settings.home)
+    moving = found.alone[10]
+    taken = "taken.incremental@example.org"
+    if audience == "brevo":
+        act(settings, audience, taken, "blacklist")
+    else:
+        act(settings, audience, taken, "signup")
+        act(settings, audience, taken, "delete")
+    with dg.instance_for_test() as instance:
+        start = sense(instance, settings, None)
+        edit(
+            settings, "UPDATE contacts SET email = :e WHERE id = :id", e=taken, id=moving.contact_id
+        )
+        request = request_for(sense(instance, settings, start.cursor), audience)
+        run = run_span(instance, request, audience)
+        assert run.success
+        (output,) = [e for e in run.events_for_node("push_crm_changes") if e.is_successful_output]
+        metadata = {k: v.value for k, v in output.step_output_data.metadata.items()}
+        assert metadata["refused"] >= 1 and metadata["decided_again"] == 1
+        left = members(settings, audience).get(moving.email.lower())
+        assert left is None or left.status != "subscribed"  # given up at the old address
+        assert_nothing_left(instance, audience)

@@ -217,3 +217,12 @@ def test_partitions_are_the_configured_audiences() -> None:
     job = defs.resolve_job_def("full_sync_job")
     assert job.partitions_def is not None
     assert set(job.partitions_def.get_partition_keys()) == {"mailchimp", "brevo"}
+
+
+def test_a_brevo_audience_never_has_a_system_tag(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The system tag is Mailchimp's; a Brevo audience configured without saying so (the
+    field's default is Mailchimp's "CRM") gets none, in every job alike."""
+    audiences = '[{"key": "m", "provider": "mailchimp"}, {"key": "b", "provider": "brevo"}]'
+    monkeypatch.setenv("NEWSLETTER_AUDIENCES", audiences)
+    tags = {a.key: a.system_tag for a in Settings().audiences}
+    assert tags == {"m": "CRM", "b": None}

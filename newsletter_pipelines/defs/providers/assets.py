@@ -100,10 +100,6 @@ def _sync_config(context: dg.AssetExecutionContext) -> dict[str, Any]:
     return ops.get("audience_sync", {}).get("config", {}) or {}
 
 
-def _system_tag(audience: AudienceConfig) -> str | None:
-    return audience.system_tag if audience.provider == "mailchimp" else None
-
-
 @dg.asset(
     group_name=GROUP,
     partitions_def=audience_partitions,
@@ -156,7 +152,7 @@ def reconciliation_diff(
         provider_audience_snapshot,
         ledger,
         provider=audience.provider,
-        system_tag=_system_tag(audience),
+        system_tag=audience.system_tag,
     )
     ids, keys = _changed_since_read(crm, eligible_subscribers, excluded_contacts)
     later = about_contacts(diff, ids, keys) if ids else pd.Series(False, index=diff.index)
@@ -292,7 +288,7 @@ def audience_sync(
                     provider_audience_snapshot,
                     lambda: load_ledger_frame(state_db.engine(), audience.key),
                     provider=audience.provider,
-                    system_tag=_system_tag(audience),
+                    system_tag=audience.system_tag,
                 ),
             ),
         )

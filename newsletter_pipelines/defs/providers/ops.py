@@ -12,9 +12,9 @@ from newsletter_pipelines.defs.resources import CrmResource, StateDatabaseResour
 from newsletter_pipelines.defs.scopes import read_scope
 from newsletter_pipelines.providers.resources import BrevoResource, MailchimpResource
 from newsletter_pipelines.settings import Settings
-from newsletter_pipelines.state.ledger import active_count
+from newsletter_pipelines.state.ledger import active_count, load_ledger_frame_at
 from newsletter_pipelines.sync.changes import Mark
-from newsletter_pipelines.sync.inputs import members_by_key
+from newsletter_pipelines.sync.inputs import members_by_key, redecider
 from newsletter_pipelines.sync.push import push_diff
 from newsletter_pipelines.sync.scope import scope_diff
 
@@ -70,11 +70,20 @@ def push_crm_changes(
         for verdict in verdicts.values():
             if not verdict.passed:
                 context.log.error(verdict.message)
+        owners = frozenset(scope.contacts["contact_id"].astype(str))
+        redecide = redecider(
+            found.eligibility.eligible,
+            found.eligibility.excluded,
+            scope.snapshot,
+            lambda: load_ledger_frame_at(engine, audience.key, scope.keys, owners),
+            provider=audience.provider,
+            system_tag=audience.system_tag,
+        )
         summary = push_diff(
             client,
             diff,
             members_by_key(scope.snapshot),
-            push_context(context, audience, state_db, verdicts, _provider_changes(diff)),
+            push_context(context, audience, state_db, verdicts, _provider_changes(diff), redecide),
         )
     finally:
         client.close()
