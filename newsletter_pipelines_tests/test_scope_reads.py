@@ -1,6 +1,6 @@
 """The reads of a run about a few addresses (`sync.scope`), on SQLite and PostgreSQL: the ledger
-at many keys, owners and stable ids (past `LOOKUP_MAX`: the audience's whole ledger read in one
-pass and matched in Python) gives the same frame as the lookups in SQL."""
+and the CRM contacts at many keys (past `LOOKUP_MAX`: everything read in one pass and matched
+in Python) give the same frame as the lookups in SQL."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
+from newsletter_pipelines.crm import reader
 from newsletter_pipelines.crm.loader import load_demo
+from newsletter_pipelines.crm.reader import read_contacts, read_contacts_at
+from newsletter_pipelines.settings import CrmSchema
 from newsletter_pipelines.state import ledger as ledger_module
 from newsletter_pipelines.state.ledger import (
     create_tables,
@@ -19,6 +22,7 @@ from newsletter_pipelines.state.ledger import (
     load_ledger_frame_at,
     record,
 )
+from newsletter_pipelines.sync.email_address import raw_match_key
 from newsletter_pipelines.sync.identity import Intent, LedgerRow, RowState
 
 AUDIENCE = "news"
@@ -104,3 +108,33 @@ def test_the_ledger_at_many_keys_is_read_in_one_pass_with_the_same_frame(
     pd.testing.assert_frame_equal(frames[0], expected)
     assert frames[0].empty == (selection == "none")
     assert (frames[0]["member_key"].tolist() == sorted(frames[0]["member_key"])) is True
+
+
+@pytest.mark.parametrize("selection", ["few", "many"])
+def test_contacts_read_in_one_pass_are_those_looked_up(
+    database: str, selection: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every contact and every tag row read at once (past `LOOKUP_MAX`), or looked up by
+    address and id in SQL: the same frame, tags included."""
+    engine = sa.create_engine(database)
+    schema = CrmSchema()
+    everyone = read_contacts(engine, schema)
+    keys = sorted({k for k in map(raw_match_key, everyone["email"]) if k})
+    if selection == "few":
+        wanted_keys, wanted_ids = frozenset(keys[:40]), frozenset({"1", "2", "17", "x"})
+    else:
+        wanted_keys = frozenset(keys[::2]) | {"nobody@example.org"}
+        wanted_ids = frozenset(map(str, range(1, 3_000, 3))) | {"x"}
+    frames = {}
+    for lookup_max in (0, 100_000):
+        monkeypatch.setattr(reader, "LOOKUP_MAX", lookup_max)
+        frames[lookup_max] = read_contacts_at(engine, schema, wanted_keys, wanted_ids)
+    pd.testing.assert_frame_equal(frames[0], frames[100_000])
+    assert len(frames[0]) >= len(wanted_keys) - 1
+    assert any(frames[0]["tags"].map(len) > 0)
+    expected = everyone[
+        everyone["contact_id"].astype(str).isin(wanted_ids)
+        | everyone["email"].map(raw_match_key).isin(wanted_keys)
+    ].reset_index(drop=True)
+    # (a column of the whole frame holds missing values some of these rows do not)
+    pd.testing.assert_frame_equal(frames[0], expected, check_dtype=False)

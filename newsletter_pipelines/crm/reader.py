@@ -9,6 +9,7 @@ import pandas as pd
 import sqlalchemy as sa
 from more_itertools import chunked
 
+from newsletter_pipelines.bulk import gc_paused
 from newsletter_pipelines.crm.addresses import irregular, printable_ascii, sql_address_key
 from newsletter_pipelines.crm.errors import CrmError
 from newsletter_pipelines.crm.schema import CONTACT_FIELDS, id_binder
@@ -71,25 +72,32 @@ def read_contacts_at(
     plain = sorted(k for k in keys if printable_ascii(k))
     wanted_ids = _typed_ids(engine, schema, ids)
     query = sa.select(*contacts.c).order_by(contact_id)
-    if max(len(plain), len(wanted_ids)) <= LOOKUP_MAX:
+    everyone = max(len(plain), len(wanted_ids)) > LOOKUP_MAX
+    if not everyone:
         conditions = [irregular(email, dialect)]
         conditions += [sql_address_key(email, dialect).in_(part) for part in chunked(plain, 500)]
         conditions += [contact_id.in_(part) for part in chunked(wanted_ids, 500)]
         query = query.where(sa.or_(*conditions))
+    key_set, id_set = set(keys), {str(i) for i in ids}
     try:
-        with engine.connect() as conn:
-            rows = [tuple(row) for row in conn.execute(query)]
+        with gc_paused(), engine.connect() as conn:
+            # untyped columns: the driver's rows as they are (no per-row processing)
+            rows = conn.execute(query).cursor.fetchall()
+            found = [r for r in rows if str(r[0]) in id_set or raw_match_key(r[4]) in key_set]
+            del rows
+            if everyone:  # every tag row in one pass, as every contact was read
+                tag_rows = conn.execute(_tag_query(schema)).cursor.fetchall()
+            else:
+                tag_rows = [
+                    row
+                    for batch in chunked([r[0] for r in found], 500)
+                    for row in conn.execute(_tag_query(schema, batch)).cursor.fetchall()
+                ]
     except sa.exc.SQLAlchemyError as exc:
         raise _read_error(schema, exc) from exc
-    key_set, id_set = set(keys), {str(i) for i in ids}
-    found = [r for r in rows if str(r[0]) in id_set or raw_match_key(r[4]) in key_set]
+    except engine.dialect.loaded_dbapi.Error as exc:
+        raise _read_error(schema, exc) from exc
     frame = pd.DataFrame.from_records(found, columns=list(CONTACT_COLUMNS))
-    with engine.connect() as conn:
-        tag_rows = [
-            tuple(row)
-            for batch in chunked([r[0] for r in found], 500)
-            for row in conn.execute(_tag_query(schema, batch))
-        ]
     return _with_tags(frame, tag_rows)
 
 
