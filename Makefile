@@ -51,6 +51,7 @@ bench: install
 	$(PY) benchmarks/bench_import_back.py
 	$(PY) benchmarks/bench_webhooks.py
 	$(PY) benchmarks/bench_webhook_latency.py
+	$(PY) benchmarks/bench_incremental.py
 
 clean:
 	rm -rf .newsletter

@@ -1,5 +1,5 @@
-"""Real processes, as `make dev` runs them, for `test_live.py` and
-`benchmarks/bench_webhook_latency.py`.
+"""Real processes, as `make dev` runs them, for `test_live.py`,
+`benchmarks/bench_webhook_latency.py` and `benchmarks/bench_incremental.py`.
 
 `live_stack(root, home)` builds the embedded demo CRM in `home` (NEWSLETTER_HOME) and has
 `make` write the demo instance's `dagster.yaml` into `root/dagster_home` (SQLite storage, the
@@ -18,7 +18,8 @@ On the way out both groups get SIGINT (Ctrl+C), then SIGKILL; when the block rai
 of each process's log is printed. Every wait polls through tenacity, with a deadline.
 
 The caller's environment should hold no NEWSLETTER_* settings (the tests' `isolated_home`
-fixture and the benchmark clear them): the processes get none but those set here.
+fixture and the benchmarks clear them): the processes get none but those set here and those
+the caller passes as `live_stack(..., env=...)`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -639,16 +640,20 @@ class LiveStack:
 
 
 @contextmanager
-def live_stack(root: Path, home: Path) -> Iterator[LiveStack]:
+def live_stack(
+    root: Path, home: Path, *, env: Mapping[str, str] | None = None
+) -> Iterator[LiveStack]:
     """Receiver and `dagster dev` on free ports, NEWSLETTER_HOME `home`, DAGSTER_HOME
-    `root/dagster_home`; ready when yielded, stopped afterwards (see the module docstring)."""
+    `root/dagster_home`; ready when yielded, stopped afterwards (see the module docstring).
+    `env`: further variables of both processes (e.g. NEWSLETTER_* settings pointing the
+    providers at a served sandbox); the CRM in `home` is built only when it does not exist."""
     root.mkdir(parents=True, exist_ok=True)
     settings = Settings(home=home)
     ensure_demo_crm(settings.resolved_crm_database_url(), settings.demo_data_dir)
     dagster_home = root / "dagster_home"
     make_instance = ["make", "-s", "-C", str(PROJECT_ROOT), f"DAGSTER_HOME={dagster_home}"]
     subprocess.run([*make_instance, f"{dagster_home}/dagster.yaml"], check=True)
-    env = process_env(home, dagster_home)
+    env = process_env(home, dagster_home) | dict(env or {})
     receiver_port, webserver_port = free_ports(2)
     receiver_url = f"http://127.0.0.1:{receiver_port}"
     with ExitStack() as stack:

@@ -1,0 +1,81 @@
+"""`python -m newsletter_pipelines.sandbox serve --latency S`: every provider API call of the
+served sandbox (a real server process) waits S seconds; the control API does not."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from newsletter_pipelines.sandbox import (
+    BREVO_PREFIX,
+    MAILCHIMP_PREFIX,
+    SANDBOX_BREVO_KEY,
+    SANDBOX_MAILCHIMP_KEY,
+)
+
+LATENCY_S = 0.4
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def served() -> Iterator[str]:
+    """The sandbox served by its command with `--latency`; yields its root URL."""
+    port = _free_port()
+    command = [
+        *(sys.executable, "-m", "newsletter_pipelines.sandbox", "serve"),
+        *("--port", str(port), "--latency", str(LATENCY_S)),
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    root = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"{root}/_sandbox/health", timeout=5).raise_for_status()
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise
+                time.sleep(0.1)
+        yield root
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_every_provider_call_of_a_served_sandbox_waits_the_latency(served: str) -> None:
+    calls = [
+        (f"{MAILCHIMP_PREFIX}/ping", {"auth": ("x", SANDBOX_MAILCHIMP_KEY)}),
+        (f"{MAILCHIMP_PREFIX}/lists", {"auth": ("x", SANDBOX_MAILCHIMP_KEY)}),
+        (f"{BREVO_PREFIX}/account", {"headers": {"api-key": SANDBOX_BREVO_KEY}}),
+        (f"{MAILCHIMP_PREFIX}/ping", {"auth": ("x", SANDBOX_MAILCHIMP_KEY)}),
+    ]
+    with httpx.Client(base_url=served, timeout=30) as client:
+        for path, auth in calls:
+            started = time.perf_counter()
+            answer = client.get(path, **auth)
+            took = time.perf_counter() - started
+            assert answer.status_code == 200, (path, answer.text)
+            assert took >= LATENCY_S, f"{path} answered after {took:.3f} s"
+        stats = client.get("/_sandbox/stats").json()
+    # one latency per provider call; the control calls (health, stats) drew none
+    assert stats["faults_injected"] == {"latency": len(calls)}
+    assert sum(row["count"] for row in stats["calls"]) == len(calls)
+
+
+def test_a_negative_latency_is_refused() -> None:
+    command = [sys.executable, "-m", "newsletter_pipelines.sandbox", "serve", "--latency", "-1"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    assert "--latency must not be negative" in done.stderr
