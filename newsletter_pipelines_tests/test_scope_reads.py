@@ -1,10 +1,13 @@
 """The reads of a run about a few addresses (`sync.scope`), on SQLite and PostgreSQL: the ledger
 and the CRM contacts at many keys (past `LOOKUP_MAX`: everything read in one pass and matched
-in Python) give the same frame as the lookups in SQL."""
+in Python) give the same frame as the lookups in SQL, and `close_scope`, which reads only what
+is new in each round and adds it to what earlier rounds found, gives the same scope as reading
+everything again in every round."""
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -14,6 +17,7 @@ import sqlalchemy as sa
 from newsletter_pipelines.crm import reader
 from newsletter_pipelines.crm.loader import load_demo
 from newsletter_pipelines.crm.reader import read_contacts, read_contacts_at
+from newsletter_pipelines.providers.base import Member, MemberStatus
 from newsletter_pipelines.settings import CrmSchema
 from newsletter_pipelines.state import ledger as ledger_module
 from newsletter_pipelines.state.ledger import (
@@ -22,8 +26,17 @@ from newsletter_pipelines.state.ledger import (
     load_ledger_frame_at,
     record,
 )
+from newsletter_pipelines.sync import scope as scope_module
 from newsletter_pipelines.sync.email_address import raw_match_key
 from newsletter_pipelines.sync.identity import Intent, LedgerRow, RowState
+from newsletter_pipelines.sync.scope import (
+    MAX_ROUNDS,
+    ContactsAt,
+    LedgerAt,
+    MembersAt,
+    Scope,
+    close_scope,
+)
 
 AUDIENCE = "news"
 
@@ -138,3 +151,172 @@ def test_contacts_read_in_one_pass_are_those_looked_up(
     ].reset_index(drop=True)
     # (a column of the whole frame holds missing values some of these rows do not)
     pd.testing.assert_frame_equal(frames[0], expected, check_dtype=False)
+
+
+def reference_scope(
+    keys: Collection[str],
+    contacts_at: ContactsAt,
+    ledger_at: LedgerAt,
+    members_at: MembersAt,
+    contact_ids: Collection[str] = (),
+) -> Scope:
+    """`close_scope` as it was: every round reads the ledger and the contacts at everything
+    found so far."""
+    found_keys, ids, stable_ids = frozenset(keys), frozenset(contact_ids), frozenset[str]()
+    contacts = ledger = pd.DataFrame()
+    members: dict[str, Member | None] = {}
+    for _ in range(MAX_ROUNDS):
+        ledger = ledger_at(found_keys, ids, stable_ids)
+        owners = frozenset(ledger["owner"].dropna().astype(str))
+        contacts = contacts_at(found_keys, ids | owners)
+        wider_keys = found_keys | frozenset(ledger["member_key"]) | scope_module._keys_of(contacts)
+        wider_ids = ids | owners | frozenset(contacts["contact_id"].astype(str))
+        unread = sorted(wider_keys - members.keys())
+        members.update(dict.fromkeys(unread))
+        members.update({raw_match_key(m.email) or m.email: m for m in members_at(unread)})
+        wider_stable = frozenset(m.stable_id for m in members.values() if m and m.stable_id)
+        if (wider_keys, wider_ids, wider_stable) == (found_keys, ids, stable_ids):
+            return Scope(found_keys, ids, contacts, ledger, scope_module._snapshot(members), True)
+        found_keys, ids, stable_ids = wider_keys, wider_ids, wider_stable
+    return Scope(found_keys, ids, contacts, ledger, scope_module.snapshot_frame([]), False)
+
+
+def assert_same_scope(found: Scope, expected: Scope) -> None:
+    assert (found.keys, found.contact_ids, found.closed) == (
+        expected.keys,
+        expected.contact_ids,
+        expected.closed,
+    )
+    pd.testing.assert_frame_equal(found.contacts, expected.contacts)
+    pd.testing.assert_frame_equal(found.ledger, expected.ledger)
+    pd.testing.assert_frame_equal(found.snapshot, expected.snapshot)
+
+
+class Counted:
+    """Calls of a read, counted (to show the scope took several rounds)."""
+
+    def __init__(self, read: ContactsAt | LedgerAt) -> None:
+        self.read, self.calls = read, 0
+
+    def __call__(self, *args: frozenset[str]) -> pd.DataFrame:
+        self.calls += 1
+        return self.read(*args)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("lookup_max", [5_000, 3])
+def test_a_scope_read_round_by_round_is_the_scope_read_whole_in_every_round(
+    database: str, lookup_max: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ownership chains (a ledger row at one contact's address owned by the next contact) and
+    members known by their stable id under another address widen the scope over several rounds;
+    with `lookup_max` 3 the first round reads everything in one pass and later rounds look up."""
+    monkeypatch.setattr(reader, "LOOKUP_MAX", lookup_max)
+    monkeypatch.setattr(ledger_module, "LOOKUP_MAX", lookup_max)
+    engine = sa.create_engine(database)
+    schema = CrmSchema()
+    everyone = read_contacts(engine, schema)
+    email_of = {
+        str(cid): raw_match_key(email)
+        for cid, email in zip(everyone["contact_id"], everyone["email"], strict=True)
+        if raw_match_key(email)
+    }
+    ids = sorted(email_of, key=int)
+    rows = []
+    for n in range(0, 60, 6):  # chains of six: the row at contact i's address owned by i + 1
+        for i in range(n, n + 5):
+            rows.append(ledger_row(i, email_of[ids[i]], ids[i + 1], f"s{i}"))
+    rows.append(ledger_row(900, "moved-away@example.org", ids[300], "moved"))
+    rows += [ledger_row(1_000 + i, email_of[ids[i]], ids[i], None) for i in range(400, 700)]
+    create_tables(engine)
+    record(engine, AUDIENCE, "run", rows)
+    members = {
+        email_of[ids[i]]: Member(
+            provider_id=f"p{i}",
+            email=email_of[ids[i]],
+            status=MemberStatus.SUBSCRIBED,
+            stable_id="moved" if i == 4 else f"s{i}",
+        )
+        for i in range(0, 700, 2)
+    }
+
+    def members_at(emails: Sequence[str]) -> list[Member]:
+        return [members[e] for e in emails if e in members]
+
+    def contacts_at(keys: frozenset[str], contact_ids: frozenset[str]) -> pd.DataFrame:
+        return read_contacts_at(engine, schema, keys, contact_ids)
+
+    def ledger_at(keys: frozenset[str], owners: frozenset[str], stable: frozenset[str]):
+        return load_ledger_frame_at(engine, AUDIENCE, keys, owners, stable)
+
+    for start_keys, start_ids in (
+        ([email_of[ids[0]], email_of[ids[12]]], ()),
+        ([email_of[ids[i]] for i in range(399, 460)] + ["nobody@example.org"], ("6", "x")),
+        ((), ()),
+    ):
+        counted = Counted(ledger_at)
+        found = close_scope(start_keys, contacts_at, counted, members_at, start_ids)  # type: ignore[arg-type]
+        expected = reference_scope(start_keys, contacts_at, ledger_at, members_at, start_ids)
+        assert_same_scope(found, expected)
+        if start_keys:
+            assert counted.calls >= 3 and len(found.contacts) > 3 and found.closed
+
+
+def test_contacts_with_text_ids_are_read_whole_again_as_before() -> None:
+    """The union cannot order text ids as the database does (its collation): the contacts are
+    read again at everything, as every round did."""
+    crm = pd.DataFrame(
+        {
+            "contact_id": ["b", "a", "c", "d"],
+            "email": ["b@x.de", "a@x.de", "c@x.de", "d@x.de"],
+            "tags": [(), ("T",), (), ()],
+        }
+    )
+    ledger = pd.DataFrame(
+        {"member_key": ["a@x.de", "c@x.de"], "owner": ["c", "d"], "stable_id": [None, None]}
+    )
+
+    def contacts_at(keys: frozenset[str], ids: frozenset[str]) -> pd.DataFrame:
+        found = crm[crm["contact_id"].isin(ids) | crm["email"].isin(keys)]
+        return found.sort_values("contact_id").reset_index(drop=True)
+
+    def ledger_at(keys: frozenset[str], owners: frozenset[str], stable: frozenset[str]):
+        return ledger[ledger["member_key"].isin(keys) | ledger["owner"].isin(owners)].reset_index(
+            drop=True
+        )
+
+    found = close_scope(["a@x.de"], contacts_at, ledger_at, lambda emails: [])
+    expected = reference_scope(["a@x.de"], contacts_at, ledger_at, lambda emails: [])
+    assert_same_scope(found, expected)
+    assert found.contacts["contact_id"].tolist() == ["a", "c", "d"]
+
+
+def test_contacts_added_round_by_round_have_the_column_types_of_one_read() -> None:
+    """The frame of one read infers its column types from all its rows (integers with a
+    missing value: floats; a missing time among times: NaT): the union infers them likewise,
+    not from each round's part."""
+    raw = [  # (id, email, is_private, updated_at) as a driver returns them
+        (1, "a@x.de", None, None),
+        (2, "b@x.de", None, None),
+        (3, "c@x.de", 1, pd.Timestamp("2026-12-01 09:00").to_pydatetime()),
+    ]
+    columns = ["contact_id", "email", "is_private", "updated_at"]
+    ledger = pd.DataFrame(
+        {"member_key": ["a@x.de", "b@x.de"], "owner": ["2", "3"], "stable_id": [None, None]}
+    )
+
+    def contacts_at(keys: frozenset[str], ids: frozenset[str]) -> pd.DataFrame:
+        rows = [r for r in raw if str(r[0]) in ids or r[1] in keys]
+        frame = pd.DataFrame.from_records(rows, columns=columns)
+        frame["tags"] = [() for _ in rows]
+        return frame
+
+    def ledger_at(keys: frozenset[str], owners: frozenset[str], stable: frozenset[str]):
+        return ledger[ledger["member_key"].isin(keys) | ledger["owner"].isin(owners)].reset_index(
+            drop=True
+        )
+
+    found = close_scope(["a@x.de"], contacts_at, ledger_at, lambda emails: [])
+    expected = reference_scope(["a@x.de"], contacts_at, ledger_at, lambda emails: [])
+    assert_same_scope(found, expected)
+    assert found.contacts["contact_id"].tolist() == [1, 2, 3]
+    assert found.contacts["is_private"].dtype == "float64"

@@ -61,14 +61,34 @@ def close_scope(
     contact_ids: Collection[str] = (),
 ) -> Scope:
     """Read everything the decisions about `keys` and the contacts `contact_ids` depend on
-    (see the module docstring)."""
+    (see the module docstring).
+
+    Each round reads only the addresses, ids and stable ids no earlier round read, and adds
+    what it finds to what they found: the reads select rows matching any of them, so the union
+    is what one read of every one would give (same rows, order and column types)."""
     found_keys, ids, stable_ids = frozenset(keys), frozenset(contact_ids), frozenset[str]()
-    contacts = ledger = pd.DataFrame()
+    # the first round reads everything; later rounds only what no earlier round read
+    ledger = ledger_at(found_keys, ids, stable_ids)
+    owners = frozenset(ledger["owner"].dropna().astype(str))
+    contacts = contacts_at(found_keys, ids | owners)
+    read = (found_keys, ids, stable_ids, ids | owners)  # what the ledger and contacts were read at
     members: dict[str, Member | None] = {}  # by match key; None: nobody there
-    for _ in range(MAX_ROUNDS):
-        ledger = ledger_at(found_keys, ids, stable_ids)
-        owners = frozenset(ledger["owner"].dropna().astype(str))
-        contacts = contacts_at(found_keys, ids | owners)
+    for round_ in range(MAX_ROUNDS):
+        if round_:
+            new_keys, new_ids, new_stable = (
+                found_keys - read[0],
+                ids - read[1],
+                stable_ids - read[2],
+            )
+            if new_keys or new_ids or new_stable:
+                ledger = _ledger_union(ledger, ledger_at(new_keys, new_ids, new_stable))
+            owners = frozenset(ledger["owner"].dropna().astype(str))
+            new_contact_ids = (ids | owners) - read[3]
+            if new_keys or new_contact_ids:
+                more = _contacts_union(contacts, contacts_at(new_keys, new_contact_ids))
+                # ids the union cannot order as the read does: one read of them all
+                contacts = contacts_at(found_keys, ids | owners) if more is None else more
+            read = (found_keys, ids, stable_ids, ids | owners)
         wider_keys = found_keys | frozenset(ledger["member_key"]) | _keys_of(contacts)
         wider_ids = ids | owners | frozenset(contacts["contact_id"].astype(str))
         unread = sorted(wider_keys - members.keys())
@@ -79,6 +99,49 @@ def close_scope(
             return Scope(found_keys, ids, contacts, ledger, _snapshot(members), closed=True)
         found_keys, ids, stable_ids = wider_keys, wider_ids, wider_stable
     return Scope(found_keys, ids, contacts, ledger, snapshot_frame([]), closed=False)
+
+
+def _ledger_union(read: pd.DataFrame, more: pd.DataFrame) -> pd.DataFrame:
+    """The ledger rows of both frames once each, ordered by member key, as
+    `state.ledger.load_ledger_frame_at` builds its frame (all columns text)."""
+    if more.empty:
+        return read
+    rows = {row[0]: row for row in read.itertuples(index=False, name=None)}
+    rows.update((row[0], row) for row in more.itertuples(index=False, name=None))
+    return pd.DataFrame([rows[k] for k in sorted(rows)], columns=list(read.columns))
+
+
+def _contacts_union(read: pd.DataFrame, more: pd.DataFrame) -> pd.DataFrame | None:
+    """The contacts of both frames once each (by id), ordered by id, with the column types one
+    read of all of them gives (`crm.reader` infers them from the driver's rows); None when the
+    ids are not all integers (text ids are ordered by the database's collation)."""
+    more = more[~more["contact_id"].isin(read["contact_id"])]
+    if more.empty:
+        return read
+    if read.empty:
+        return more.reset_index(drop=True)
+    ids = pd.concat([read["contact_id"], more["contact_id"]], ignore_index=True)
+    if not pd.api.types.is_integer_dtype(ids.dtype) and not all(
+        isinstance(i, int) and not isinstance(i, bool) for i in ids.tolist()
+    ):
+        return None
+    order = ids.to_numpy().argsort(kind="stable")
+    # a column of the same type in both parts: those values give it that type in one read too;
+    # else its type is inferred again from all its values, as the reader inferred it
+    same = [c for c in read.columns if read[c].dtype == more[c].dtype]
+    both = pd.concat([read[same], more[same]], ignore_index=True)
+    other = [c for c in read.columns if c not in same]
+    if other:
+        values = [_driver_values(read[c]) + _driver_values(more[c]) for c in other]
+        inferred = pd.DataFrame.from_records(list(zip(*values, strict=True)), columns=other)
+        both = pd.concat([both, inferred], axis=1)[list(read.columns)]
+    return both.take(order).reset_index(drop=True)
+
+
+def _driver_values(column: pd.Series) -> list[object]:
+    """The column's values as `pd.DataFrame.from_records` infers the same type from (Python
+    scalars, None for missing)."""
+    return column.astype(object).where(column.notna(), None).tolist()
 
 
 def _snapshot(members: dict[str, Member | None]) -> pd.DataFrame:
