@@ -231,6 +231,28 @@ def test_d11_a_tag_a_killed_run_never_sent_is_not_taken_for_a_persons_removal(
     assert writes_of_a_resync(world) == 0
 
 
+def test_d11_a_tag_a_killed_address_change_never_sent_is_not_taken_for_a_persons_removal(
+    world: World,
+) -> None:
+    """Found by a random long model run (Mailchimp): the CRM changed a contact's address and
+    tags; the run died right after the address change, before the tags were sent. The in-flight
+    row held the tags about to be pushed, and the next run took them for tags a person removed
+    and removed them from the CRM contact."""
+    world.sync()
+    world.set(2, email="moved2@example.de", tags=("VIP",))  # contact 2 had none
+    provider = world.provider
+    world.provider = KilledAfter(provider, 1, ("change_emails",))  # type: ignore[assignment]
+    with pytest.raises(Killed):
+        world.sync(import_back=True)
+    world.provider = provider
+    diff, _ = world.sync(import_back=True)
+    assert diff["import_untags"].isna().all(), diff[diff["import_untags"].notna()]
+    assert next(r for r in world.crm if r["contact_id"] == 2)["tags"] == ("VIP",)
+    found = member(world, "moved2@example.de")
+    assert found is not None and "VIP" in found.tags  # sent by the run after
+    assert writes_of_a_resync(world) == 0
+
+
 @pytest.mark.parametrize("world", ["brevo"], indirect=True)
 def test_d9_a_contact_blacklisted_outside_the_list_gets_no_write(world: World) -> None:
     world.act("person15@example.de", "blacklist")  # unknown to the list: created outside it

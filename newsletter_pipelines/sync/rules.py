@@ -48,7 +48,7 @@ from newsletter_pipelines.sync.identity import (
 from newsletter_pipelines.sync.tags import TagStyle
 from newsletter_pipelines.values import as_datetime
 
-_SENDS_TAGS = (Intent.CREATE, Intent.UPDATE)
+_SENDS_TAGS = (Intent.CREATE, Intent.UPDATE, Intent.CHANGE_EMAIL)
 
 
 class SyncAction(StrEnum):
@@ -332,19 +332,25 @@ class _Rules:
     def arrived(
         self, ledger: Iterable[LedgerRow], resolved: Mapping[str, LedgerRow]
     ) -> dict[str, LedgerRow]:
-        """Rows of creates and updates a killed run left in flight, with only the tags that
-        arrived: the row held those about to be pushed (so the sync may remove them later),
-        but one the member does not have was never sent, not removed by a person (else it
-        would be imported as such). The system tag stays: it comes back with the next write."""
+        """Rows of creates, updates and address changes a killed run left in flight, with only
+        the tags that arrived: the row held those about to be pushed (so the sync may remove
+        them later), but one the member does not have was never sent, not removed by a person
+        (else it would be imported as such). The system tag stays: it comes back with the next
+        write. An address change that happened is found at its new address."""
         found = {}
         for row in ledger:
-            done = resolved.get(row.member_key)
-            member = self.members.get(row.member_key)
-            if row.intent not in _SENDS_TAGS or done is None or member is None:
+            if row.intent not in _SENDS_TAGS:
+                continue
+            key = row.member_key
+            moved = resolved.get(row.intent_key or "")
+            if row.intent is Intent.CHANGE_EMAIL and moved and moved.moved_from == key:
+                key = str(row.intent_key)
+            done, member = resolved.get(key), self.members.get(key)
+            if done is None or member is None:
                 continue
             present = self.style.keys(member.tags)
             sent = {t for t in done.tags if self.style.keys((t,)) <= present}
-            found[row.member_key] = done.moved(tags=frozenset(sent) | (done.tags & self.system))
+            found[key] = done.moved(tags=frozenset(sent) | (done.tags & self.system))
         return found
 
     def wanted(self, contact: Desired) -> frozenset[str]:
