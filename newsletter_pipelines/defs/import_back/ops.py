@@ -39,44 +39,33 @@ def apply_provider_events(
     and the CRM, written as the nightly import-back writes, and the events marked processed.
     Its value: how many events it processed."""
     with gc_paused():  # ~100,000 events make millions of objects, none in a cycle
-        return _apply(context, config, crm, state_db, mailchimp, brevo)
-
-
-def _apply(
-    context: dg.OpExecutionContext,
-    config: ProviderEventsConfig,
-    crm: CrmResource,
-    state_db: StateDatabaseResource,
-    mailchimp: MailchimpResource,
-    brevo: BrevoResource,
-) -> dg.Output[int]:
-    audience = _SETTINGS.audience(context.partition_key)
-    events = unprocessed_events(state_db.engine(), audience.key, up_to=config.up_to_event_id)
-    context.log.info(f"{audience.key}: {len(events)} provider events to apply")
-    keys = event_addresses(events)
-    client = audience_client(audience, mailchimp, brevo)
-    try:
-        engaged = record_engagements(audience, events, client, crm, context.log.info)
-        scope = read_scope(audience.key, crm, state_db, client, keys=keys)
-    finally:
-        client.close()
-    metadata = {
-        "audience": audience.key,
-        "events": dg.MetadataValue.int(len(events)),
-        "addresses": dg.MetadataValue.int(len(keys)),
-        "addresses_read": dg.MetadataValue.int(len(scope.keys)),
-        **{k: dg.MetadataValue.int(n) for k, n in engaged.items()},
-    }
-    if scope.closed:
-        metadata |= _import_scope(context, audience, scope, events, crm, state_db, brevo)
-    else:
-        context.log.warning(
-            f"{audience.key}: the addresses' ownership reaches further than "
-            f"{len(scope.keys)} addresses: left to the nightly import-back"
-        )
-        metadata["left_to_nightly"] = True
-    processed = mark_processed(state_db.engine(), [e.id for e in events])
-    return dg.Output(processed, metadata=metadata)
+        audience = _SETTINGS.audience(context.partition_key)
+        events = unprocessed_events(state_db.engine(), audience.key, up_to=config.up_to_event_id)
+        context.log.info(f"{audience.key}: {len(events)} provider events to apply")
+        keys = event_addresses(events)
+        client = audience_client(audience, mailchimp, brevo)
+        try:
+            engaged = record_engagements(audience, events, client, crm, context.log.info)
+            scope = read_scope(audience.key, crm, state_db, client, keys=keys)
+        finally:
+            client.close()
+        metadata = {
+            "audience": audience.key,
+            "events": dg.MetadataValue.int(len(events)),
+            "addresses": dg.MetadataValue.int(len(keys)),
+            "addresses_read": dg.MetadataValue.int(len(scope.keys)),
+            **{k: dg.MetadataValue.int(n) for k, n in engaged.items()},
+        }
+        if scope.closed:
+            metadata |= _import_scope(context, audience, scope, events, crm, state_db, brevo)
+        else:
+            context.log.warning(
+                f"{audience.key}: the addresses' ownership reaches further than "
+                f"{len(scope.keys)} addresses: left to the nightly import-back"
+            )
+            metadata["left_to_nightly"] = True
+        processed = mark_processed(state_db.engine(), [e.id for e in events])
+        return dg.Output(processed, metadata=metadata)
 
 
 def _import_scope(
