@@ -17,6 +17,7 @@ from newsletter_pipelines.state.events import StoredEvent
 from newsletter_pipelines.state.ledger import load_ledger_frame
 from newsletter_pipelines.sync.email_address import match_key, raw_match_key
 from newsletter_pipelines.sync.event_import import (
+    confirmed_deletions,
     deleted_addresses,
     event_addresses,
     provable,
@@ -87,7 +88,8 @@ def scoped_plan(world: World, events: list[StoredEvent]) -> ImportBackPlan | Non
     found = scope_diff(
         scope, CrmValues(), provider=world.provider_name, system_tag=SYSTEM_TAG[world.provider_name]
     )
-    diff = provable(found.diff, found.unseen, deleted_addresses(events))
+    deleted = confirmed_deletions(scope, deleted_addresses(events), world.provider.members_by_id)
+    diff = provable(found.diff, found.unseen, deleted)
     result = found.eligibility
     return plan_import_back(
         diff,
@@ -272,3 +274,41 @@ def test_a_run_per_audience_with_events_newer_than_the_cursor() -> None:
     assert runs_to_request(pending, 7) == ([("mailchimp", 12)], 12)  # brevo's 7 was submitted
     assert runs_to_request(pending, 12) == ([], 12)
     assert runs_to_request({}, 12) == ([], 12)  # the cursor never goes back
+
+
+def test_a_deletion_at_an_address_another_member_moved_to_is_not_the_ledger_members(
+    world: World,
+) -> None:
+    """Contact 1's member moves from person1@ to neu1@, contact 2's member to person1@, and an
+    admin deletes person1@ for good: the deleted member is contact 2's, not contact 1's (whose
+    ledger row names person1@), so contact 1 gets no `removed_at_provider`."""
+    world.sync()
+    world.sync()  # the ledger learns the stable ids
+    world.act("person1@example.de", "change_email", new_email="neu1@example.de")
+    world.act("person2@example.de", "change_email", new_email="person1@example.de")
+    world.act("person1@example.de", "delete")
+    if world.provider_name == "mailchimp":
+        events = [event(world, "unsubscribe", "person1@example.de", action="delete")]
+    else:
+        events = [event(world, "contact_deleted", "person1@example.de")]
+    scoped, full = changes(planned(world, events)), changes(full_plan(world))
+    assert ("1", "removed_at_provider") not in {c[:2] for c in scoped}
+    assert scoped <= full
+
+
+@pytest.mark.parametrize("world", ["brevo"], indirect=True)
+def test_an_address_change_has_one_source_key_whichever_row_names_it(world: World) -> None:
+    """Contact 4's member moves from person4@ to cem@ while the CRM moved contact 4 onto
+    person2@, whose member moved away to ben@ (the events' addresses cannot see where): the
+    scoped run names the move on another row than the full run, under the same source key, so
+    the nightly run does not write the activity a second time."""
+    world.crm[:] = world.crm[:4]
+    world.sync()
+    world.sync()
+    world.act("person2@example.de", "change_email", new_email="ben@example.de")
+    world.set(4, email="person2@example.de")
+    world.act("person4@example.de", "change_email", new_email="cem@example.de")
+    events = [event(world, "list_addition", "cem@example.de")]
+    moved = {c for c in changes(planned(world, events)) if c[1] == "email_changed_at_provider"}
+    assert {c[0] for c in moved} == {"4"}
+    assert moved <= changes(full_plan(world))

@@ -159,6 +159,12 @@ class Provider(Protocol):
         """
         ...
 
+    def members_by_id(self, stable_ids: Sequence[str]) -> list[Member]:
+        """The audience's members with these stable ids (`Member.stable_id`), at whatever
+        address they have now; ids no member of the audience has are left out. One call each:
+        for the few members a run must find after they left their address."""
+        ...
+
     def upsert(
         self, contacts: Sequence[Contact], current: Mapping[str, Member] | None = None
     ) -> list[Outcome]:

@@ -240,6 +240,26 @@ class BrevoClient:
         found = self._api.parallel(self._read_contact, keys)
         return [self._member(c) for c in found if c is not None and self._list_id in c.list_ids]
 
+    def members_by_id(self, stable_ids: Sequence[str]) -> list[Member]:
+        """`GET /contacts/{id}` per contact id, paced (absent, or not in the list: no member)."""
+        ids = list(dict.fromkeys(i for i in stable_ids if i and i.isdigit()))
+        if ids:
+            self.ensure_audience()
+        found = self._api.parallel(self._read_contact_id, ids)
+        return [self._member(c) for c in found if c is not None and self._list_id in c.list_ids]
+
+    def _read_contact_id(self, contact_id: str) -> ContactOut | None:
+        """The contact with this id, or None."""
+        try:
+            answer = self._api.call(
+                "GET", f"/contacts/{contact_id}", params={"identifierType": "contact_id"}
+            )
+        except ApiError as exc:
+            if exc.status not in (400, 404):
+                raise
+            return None
+        return ContactOut.model_validate(answer)
+
     def _snapshot_pages(self) -> int:
         """How many calls the list snapshot takes now (one call to ask the list's size)."""
         path = f"/contacts/lists/{self._list_id}/contacts"

@@ -325,9 +325,22 @@ class MailchimpClient:
         found = self._api.parallel(self._read_member, keys)
         return [m for m in found if m is not None]
 
+    def members_by_id(self, stable_ids: Sequence[str]) -> list[Member]:
+        """`GET …/members/{contact_id}` per id, concurrently (the member endpoint takes a
+        contact id in place of the subscriber hash; 404: no member)."""
+        ids = list(dict.fromkeys(i for i in stable_ids if i))
+        if ids:
+            self.ensure_audience()
+        found = self._api.parallel(self._get_member, ids)
+        return [m for m in found if m is not None and m.stable_id in ids]
+
     def _read_member(self, key: str) -> Member | None:
         """The member at this address, or None (no member, or an address Mailchimp refuses)."""
-        path = f"/lists/{self._list_id}/members/{subscriber_hash(key)}"
+        return self._get_member(subscriber_hash(key))
+
+    def _get_member(self, ref: str) -> Member | None:
+        """The member a subscriber hash or contact id names, or None."""
+        path = f"/lists/{self._list_id}/members/{quote(ref, safe='')}"
         try:
             answer = self._api.call("GET", path, params={"fields": _MEMBER_FIELDS})
         except ApiError as exc:

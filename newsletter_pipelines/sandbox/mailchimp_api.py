@@ -373,7 +373,7 @@ class MailchimpApi:
 
     def get_member(self, account: McAccount, request: Request) -> Response:
         lst = members.find_list(account, request)
-        member = members.find(lst, request.params["hash"])
+        member = members.find(lst, request.params["hash"], contact_id=True)
         return json_response(
             200, partial(members.representation(lst, member, lst.segments), request)
         )
@@ -410,7 +410,7 @@ class MailchimpApi:
 
     def patch_member(self, account: McAccount, request: Request) -> Response:
         lst = members.find_list(account, request)
-        member = members.find(lst, request.params["hash"])
+        member = members.find(lst, request.params["hash"], contact_id=True)
         old_email = member.email_address
         members.update(lst, member, request.json_object(), self.hooks.now())
         if member.email_address != old_email:
@@ -420,7 +420,7 @@ class MailchimpApi:
 
     def delete_member(self, account: McAccount, request: Request) -> Response:
         lst = members.find_list(account, request)
-        member = members.find(lst, request.params["hash"])
+        member = members.find(lst, request.params["hash"], contact_id=True)
         members.archive(lst, member, self.hooks.now())
         self._event(lst, "unsubscribe", member, action="delete", reason="manual")
         return empty_response(204, {"content-type": "application/json; charset=utf-8"})

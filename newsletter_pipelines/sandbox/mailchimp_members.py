@@ -391,10 +391,13 @@ def register_tags(account: McAccount, lst: McList, member: McMember) -> None:
         member.tags = {tag_spelling(lst.segments, n): added for n, added in member.tags.items()}
 
 
-def find(lst: McList, hash_or_email: str) -> McMember:
-    """The member addressed by subscriber hash (or email), else 404."""
+def find(lst: McList, hash_or_email: str, *, contact_id: bool = False) -> McMember:
+    """The member addressed by subscriber hash (or email), or by contact id where the endpoint
+    takes one (`contact_id`: a member's GET, PATCH and DELETE), else 404."""
     key = subscriber_hash(hash_or_email) if "@" in hash_or_email else hash_or_email.lower()
     member = lst.members.get(key)
+    if member is None and contact_id:
+        member = next((m for m in lst.members.values() if m.contact_id == key), None)
     if member is None:
         raise not_found()
     return member

@@ -5,20 +5,23 @@ what the rules prove for those addresses over the provider's current members, th
 the CRM (`scope`), so a duplicate, late or out-of-order delivery changes nothing, and an event
 of the sync's own writes finds nothing to import. Only what a few addresses cannot prove is
 left to the nightly full import-back: a member gone from its address may have moved to one
-outside the scope, so `removed` is believed only where an event says the member was deleted.
+outside the scope, so `removed` is believed only where an event says a member was deleted at
+the address and the provider no longer has the ledger's member (looked up by its stable id).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import pandas as pd
 
+from newsletter_pipelines.providers.base import Member
 from newsletter_pipelines.state.events import StoredEvent
 from newsletter_pipelines.sync.email_address import raw_match_key
 from newsletter_pipelines.sync.engagements import is_engagement
 from newsletter_pipelines.sync.rules import ProviderChange
+from newsletter_pipelines.sync.scope import Scope, unseen_keys
 
 _MAILCHIMP_DELETING = frozenset({"delete", "archive"})  # `data[action]` of an `unsubscribe`
 
@@ -54,11 +57,30 @@ def _data(event: StoredEvent) -> Mapping[str, Any]:
     return data if isinstance(data, Mapping) else {}
 
 
+def confirmed_deletions(
+    scope: Scope, deleted: frozenset[str], members_by_id: Callable[[Sequence[str]], list[Member]]
+) -> frozenset[str]:
+    """Of the addresses the events say a member was deleted at, those where the ledger's
+    member is gone from the audience. An event names an address, not a member: the member
+    deleted there may be another one that had moved to it, while the ledger's member moved
+    elsewhere (`members_by_id` finds it by its stable id). A ledger row without a stable id
+    cannot be told apart: its removal is left to the nightly import-back."""
+    ledger = scope.ledger
+    doubtful = ledger[ledger["member_key"].isin(unseen_keys(scope) & deleted)]
+    ids = {
+        str(stable): key
+        for stable, key in zip(doubtful["stable_id"], doubtful["member_key"], strict=True)
+        if stable
+    }
+    present = {m.stable_id for m in members_by_id(sorted(ids))} if ids else set()
+    return frozenset(key for stable, key in ids.items() if stable not in present)
+
+
 def provable(diff: pd.DataFrame, unseen: frozenset[str], deleted: frozenset[str]) -> pd.DataFrame:
     """`diff` without the removals a run of a few addresses cannot prove: a ledger row whose
-    member is not at its address (`unseen`) is `removed` only where an event says deleted. The
-    row's address is the ledger row's (a removal under a contact's previous address is reported
-    on the contact's current one)."""
+    member is not at its address (`unseen`) is `removed` only where its member's deletion is
+    confirmed (`confirmed_deletions`). The row's address is the ledger row's (a removal under a
+    contact's previous address is reported on the contact's current one)."""
     ledger_keys = pd.Series(
         [
             row.member_key if row is not None else key

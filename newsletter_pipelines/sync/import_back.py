@@ -21,7 +21,8 @@ module turns them into CRM changes, one per CRM contact with the member's addres
 
 Every CRM change carries a source key made from the change itself (audience, the member's
 address (not the contact's, when it changed under a contact's previous address), kind,
-what the ledger knew, the provider's time or id, contact), so applying a plan twice writes once.
+what the ledger knew, the provider's time or id, contact; for an address change the contact,
+both addresses and the time), so applying a plan twice writes once.
 No provider calls and no Dagster here.
 """
 
@@ -289,13 +290,22 @@ class _Planner:
             self.subscribed(row, member)
 
     def email_changed(self, row: Mapping[str, Any]) -> None:
-        """Tell the owner contact (if the CRM still has it) its member's new address."""
+        """Tell the owner contact (if the CRM still has it) its member's new address. The
+        source key is made from the move alone (contact, old and new address, when): which
+        row of a diff names the move depends on what else the run decides there."""
         crm_id = None if row["crm_id"] is None else str(row["crm_id"])
         if crm_id not in self.crm.newsletter:
             return
         move: AddressMove = row["address_move"]
         base = self.activity(row, "email_changed_at_provider", crm_id, None)
-        parts = (base.source_key, move.old_email, move.new_email, str(move.changed_at or "-"))
+        parts = (
+            self.audience.key,
+            base.kind,
+            crm_id,
+            move.old_email,
+            move.new_email,
+            str(move.changed_at or "-"),
+        )
         self.add(
             ContactChange(
                 contact_id=crm_id,

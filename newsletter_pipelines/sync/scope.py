@@ -175,6 +175,9 @@ def scope_diff(
         provider=provider,
         system_tag=system_tag,
     )
-    present = frozenset(scope.snapshot["match_key"])
-    unseen = frozenset(scope.ledger["member_key"]) - present
-    return ScopeDiff(diff, result, unseen)
+    return ScopeDiff(diff, result, unseen_keys(scope))
+
+
+def unseen_keys(scope: Scope) -> frozenset[str]:
+    """Member keys of the scope's ledger rows with no member at their address now."""
+    return frozenset(scope.ledger["member_key"]) - frozenset(scope.snapshot["match_key"])

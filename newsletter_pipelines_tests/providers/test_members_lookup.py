@@ -335,3 +335,24 @@ def test_brevo_reads_a_small_list_whole_rather_than_address_by_address(
         k: v for k, v in expected.items() if k in {a.lower() for a in addresses[:3]}
     }  # a few: one by one, no size asked
     assert len(recording.requests) == 2 + 3
+
+
+# --- by stable id -----------------------------------------------------------------------
+
+
+def test_members_by_id_find_moved_members_and_leave_out_deleted_ones(
+    sandbox: Sandbox, client: Provider
+) -> None:
+    """A member that moved at the provider is found by its stable id at its new address, as the
+    snapshot shows it; a deleted one and an unknown id are left out."""
+    client.upsert(contacts(3))
+    list_id = client.ensure_audience().id
+    before = by_key(client.snapshot())
+    act(sandbox, client.name, list_id, "person0@example.com", "change_email", new_email="n0@x.org")
+    act(sandbox, client.name, list_id, "person1@example.com", "delete")
+    snapshot = by_key(client.snapshot())
+    ids = [before[f"person{i}@example.com"].stable_id or "" for i in range(3)]
+    unknown = "999999" if client.name == "brevo" else "f" * 32
+    found = client.members_by_id([*ids, ids[0], unknown])
+    assert found == [snapshot["n0@x.org"], snapshot["person2@example.com"]]
+    assert client.members_by_id([]) == []

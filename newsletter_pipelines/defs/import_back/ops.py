@@ -11,8 +11,13 @@ from newsletter_pipelines.defs.resources import CrmResource, StateDatabaseResour
 from newsletter_pipelines.defs.scopes import read_scope
 from newsletter_pipelines.providers.resources import BrevoResource, MailchimpResource
 from newsletter_pipelines.settings import AudienceConfig, Settings
-from newsletter_pipelines.state.events import StoredEvent, mark_processed, unprocessed_events
-from newsletter_pipelines.sync.event_import import deleted_addresses, event_addresses, provable
+from newsletter_pipelines.state.events import mark_processed, unprocessed_events
+from newsletter_pipelines.sync.event_import import (
+    confirmed_deletions,
+    deleted_addresses,
+    event_addresses,
+    provable,
+)
 from newsletter_pipelines.sync.import_back import CrmView
 from newsletter_pipelines.sync.scope import Scope, scope_diff
 
@@ -47,6 +52,7 @@ def apply_provider_events(
         try:
             engaged = record_engagements(audience, events, client, crm, context.log.info)
             scope = read_scope(audience.key, crm, state_db, client, keys=keys)
+            deleted = confirmed_deletions(scope, deleted_addresses(events), client.members_by_id)
         finally:
             client.close()
         metadata = {
@@ -57,7 +63,7 @@ def apply_provider_events(
             **{k: dg.MetadataValue.int(n) for k, n in engaged.items()},
         }
         if scope.closed:
-            metadata |= _import_scope(context, audience, scope, events, crm, state_db, brevo)
+            metadata |= _import_scope(context, audience, scope, deleted, crm, state_db, brevo)
         else:
             context.log.warning(
                 f"{audience.key}: the addresses' ownership reaches further than "
@@ -72,16 +78,17 @@ def _import_scope(
     context: dg.OpExecutionContext,
     audience: AudienceConfig,
     scope: Scope,
-    events: list[StoredEvent],
+    deleted: frozenset[str],
     crm: CrmResource,
     state_db: StateDatabaseResource,
     brevo: BrevoResource,
 ) -> dict[str, object]:
-    """The import-back of a closed scope, observed on `crm_import_back`; its metadata."""
+    """The import-back of a closed scope (`deleted`: addresses whose member's deletion is
+    confirmed), observed on `crm_import_back`; its metadata."""
     found = scope_diff(
         scope, _SETTINGS.crm_values, provider=audience.provider, system_tag=audience.system_tag
     )
-    diff = provable(found.diff, found.unseen, deleted_addresses(events))
+    diff = provable(found.diff, found.unseen, deleted)
     result = found.eligibility
     done = import_back(
         audience,
