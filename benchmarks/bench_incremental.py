@@ -58,9 +58,9 @@ Measurement:
   `POST /contacts/batch` entry per changed contact (attributes, EMAIL or emailBlacklisted), 100
   per call; summed over the repetitions of the 1-contact case (each is its own run). Beside it
   the minimum when address changes, updates (names, tags) and opt-outs each take their own
-  calls, as the push sends them. The 10,000 case is then checked on both providers' snapshots
-  (every change held?), and the call counts, polled every second, tell when its last write
-  call came.
+  calls (Brevo's client sends them so; Mailchimp's packs them into shared batches). The 10,000
+  case is then checked on both providers' snapshots (every change held?), and the call counts,
+  polled every second, tell when its last write call came.
 
 Budgets (the issue): p50 and p95 ≤ 60 s for 1 and 100 contacts; write calls for 10,000
 changes ≤ 1.05 × the batch minimum. Nothing is asserted. The load average is printed beside the
@@ -656,7 +656,7 @@ def minimum(groups: Sequence[Sequence[Change]]) -> dict[str, tuple[int, int, str
     mc = mc_kinds = bv = bv_kinds = 0
     for changes in groups:
         kinds = Counter(c.kind for c in changes)
-        # the clients send address changes, updates (names, tags) and opt-outs in separate calls
+        # address changes, updates (names, tags) and opt-outs each in calls of their own
         by_call = [kinds["email"], kinds["names"] + kinds["tags"], kinds["newsletter"]]
         mc += math.ceil(len(changes) / MC_OPERATIONS_PER_BATCH)  # one operation per contact
         mc_kinds += sum(math.ceil(n / MC_OPERATIONS_PER_BATCH) for n in by_call)

@@ -193,10 +193,10 @@ def test_d8_a_run_killed_after_a_write_is_recognised_as_ours(world: World, chang
     world.sync()
     if change == "private":
         world.set(14, is_private=True)
-        methods: tuple[str, ...] = ("remove",)
+        methods: tuple[str, ...] = ("write_members",)
     else:
         world.set(14, email="new.fourteen@example.de", tags=())
-        methods = ("change_emails", "upsert")
+        methods = ("write_members", "upsert")
     provider = world.provider
     world.provider = KilledAfter(provider, 1, methods)  # type: ignore[assignment]
     with pytest.raises(Killed):
@@ -213,8 +213,8 @@ def test_d8_a_run_killed_after_a_write_is_recognised_as_ours(world: World, chang
 @pytest.mark.parametrize(
     ("email", "killed"),
     [
-        ("person2@example.de", ("upsert", True)),
-        ("moved2@example.de", ("change_emails", False)),
+        ("person2@example.de", ("write_members", True)),
+        ("moved2@example.de", ("write_members", False)),
     ],
     ids=["update", "address change"],
 )

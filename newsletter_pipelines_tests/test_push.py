@@ -76,6 +76,29 @@ def test_crm_no_unsubscribes_and_private_is_removed(world: World) -> None:
     assert world.writes() == before
 
 
+@pytest.mark.parametrize("world", ["mailchimp"], indirect=True)
+def test_renames_updates_unsubscribes_and_removals_share_one_batch(world: World) -> None:
+    """16 member operations of four kinds (more than the 10 sent one by one) go out as one
+    `POST /batches`, not as a call or batch per kind."""
+    world.sync()
+    for i in range(1, 5):
+        world.set(i, email=f"moved{i}@example.de")
+        world.set(i + 4, first_name=f"Renamed {i}")
+        world.set(i + 8, newsletter="no")
+        world.set(i + 12, is_private=True)
+    world.sandbox.stats.reset()
+    diff, summary = world.sync()
+    assert actions(diff) == {"update": 8, "unsubscribe": 4, "remove": 4, "unchanged": 34}
+    assert world.sandbox.stats.count("mailchimp", writes=True) == 1
+    assert world.sandbox.stats.count("mailchimp", method="POST", template="/batches") == 1
+    assert summary.results == {"updated": 8, "unsubscribed": 4, "removed": 4}
+    members = world.members()
+    assert {members[f"moved{i}@example.de"] for i in range(1, 5)} == {"subscribed"}
+    assert {members[f"person{i + 8}@example.de"] for i in range(1, 5)} == {"unsubscribed"}
+    assert {members[f"person{i + 12}@example.de"] for i in range(1, 5)} == {"archived"}
+    assert world.sync()[0]["action"].eq("unchanged").all()
+
+
 def test_killed_push_resumes_to_the_same_state(world: World) -> None:
     calls = []
 

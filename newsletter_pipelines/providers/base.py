@@ -86,6 +86,19 @@ class Member(_Frozen):
         return email_key(self.email)
 
 
+class MemberWrites(_Frozen):
+    """Writes to existing members that a provider may send together: they concern distinct
+    members, so their order does not matter."""
+
+    renames: tuple[EmailChange, ...] = ()
+    updates: tuple[Contact, ...] = ()
+    current: Mapping[str, Member] = Field(
+        default_factory=dict, description="`upsert`'s `current` for the updates"
+    )
+    unsubscribes: tuple[ContactRef, ...] = ()
+    removes: tuple[ContactRef, ...] = ()
+
+
 class Action(StrEnum):
     """The kind of write an outcome answers."""
 
@@ -180,6 +193,12 @@ class Provider(Protocol):
         """Change the address of existing members, keeping them the same member."""
         ...
 
+    def write_members(self, writes: MemberWrites) -> list[Outcome]:
+        """What `change_emails`, `upsert`, `unsubscribe` and `remove` do for `writes`, in as
+        few calls as the provider allows; the outcomes in that order (renames, updates,
+        unsubscribes, removals)."""
+        ...
+
     def unsubscribe(self, refs: Sequence[ContactRef]) -> list[Outcome]:
         """Opt contacts out (Mailchimp `unsubscribed`, Brevo `emailBlacklisted`)."""
         ...
@@ -215,3 +234,13 @@ def pick(members: Iterable[Member], keys: Sequence[str]) -> list[Member]:
     """The members at `keys`, in the order of `keys`; keys with no member are left out."""
     by_key = {m.key: m for m in members}
     return [by_key[key] for key in keys if key in by_key]
+
+
+def write_in_turn(provider: Provider, writes: MemberWrites) -> list[Outcome]:
+    """`Provider.write_members` as one call per kind of write."""
+    return [
+        *(provider.change_emails(writes.renames) if writes.renames else []),
+        *(provider.upsert(writes.updates, writes.current) if writes.updates else []),
+        *(provider.unsubscribe(writes.unsubscribes) if writes.unsubscribes else []),
+        *(provider.remove(writes.removes) if writes.removes else []),
+    ]

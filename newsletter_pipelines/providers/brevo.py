@@ -62,10 +62,12 @@ from newsletter_pipelines.providers.base import (
     EmailChange,
     Member,
     MemberStatus,
+    MemberWrites,
     Outcome,
     Result,
     lookup_keys,
     pick,
+    write_in_turn,
 )
 from newsletter_pipelines.providers.brevo_attributes import AttributeCodec, AttributeMap
 from newsletter_pipelines.providers.brevo_models import (
@@ -604,6 +606,10 @@ class BrevoClient:
         return index, None
 
     # --- email, unsubscribe, remove -----------------------------------------------------
+
+    def write_members(self, writes: MemberWrites) -> list[Outcome]:
+        """One call per kind of write (each already fills its batches)."""
+        return write_in_turn(self, writes)
 
     def change_emails(self, changes: Sequence[EmailChange]) -> list[Outcome]:
         """Rename contacts through the `EMAIL` attribute, by id when known."""

@@ -31,6 +31,7 @@ from newsletter_pipelines.providers.base import (
     EmailChange,
     Member,
     MemberStatus,
+    MemberWrites,
     Outcome,
     Result,
     lookup_keys,
@@ -57,6 +58,7 @@ NAME = "mailchimp"
 BATCH_SUBSCRIBE_MAX = 500
 PAGE_SIZE = 1000
 MEMBERS_LOOKUP_MAX = 2000
+_UNSUBSCRIBE = {"status": "unsubscribed"}
 """Most addresses `members` reads one by one (`GET …/members/{hash}`, 5 at a time by default);
 above, the snapshot (1000 members a page) is cheaper and is filtered instead."""
 _MEMBER_FIELD_NAMES = (
@@ -375,14 +377,19 @@ class MailchimpClient:
         self, contacts: Sequence[Contact], current: Mapping[str, Member] | None = None
     ) -> list[Outcome]:
         """Create new contacts, update existing ones (fields and tags, never status)."""
+        return self.write_members(MemberWrites(updates=tuple(contacts), current=current or {}))
+
+    def write_members(self, writes: MemberWrites) -> list[Outcome]:
+        """Contacts to create (absent or archived members among the updates) through batch
+        subscribe first; then address changes, field and tag updates, unsubscribes and
+        archives as member operations together (`/batches` of 1,000 operations when many)."""
         self.ensure_audience()
-        current = current or {}
         outcomes: dict[str, Outcome] = {}
         creates: list[Contact] = []
         updates: list[tuple[Contact, Member | None]] = []
-        for contact in contacts:
+        for contact in writes.updates:
             problem = self._invalid_value(contact)
-            member = current.get(contact.key)
+            member = writes.current.get(contact.key)
             if problem:
                 outcomes[contact.crm_id] = self._refused(
                     Action.UPSERT, contact, "Invalid Resource", problem
@@ -398,10 +405,25 @@ class MailchimpClient:
         for created, existing in self._api.parallel(self._subscribe, chunks):
             outcomes.update(created)
             updates += [(contact, None) for contact in existing]
-        outcomes.update(self._update(updates))
-        back = [(c, current[c.key]) for c in creates if c.key in current]
+        update_ops, planned = self._update_operations(updates, outcomes)
+        renames = self._email_operations(writes.renames)
+        unsubscribes = self._member_operations("u", writes.unsubscribes, "PATCH", _UNSUBSCRIBE)
+        removes = self._member_operations("x", writes.removes, "DELETE", None)
+        results = self._ops.run([*renames, *update_ops, *unsubscribes, *removes])
+        for contact, member, ids in planned.values():
+            outcomes[contact.crm_id] = self._combine(
+                Action.UPSERT, contact, member, [results[i] for i in ids]
+            )
+        back = [(c, writes.current[c.key]) for c in creates if c.key in writes.current]
         outcomes.update(self._drop_archived_tags(back, outcomes))
-        return [outcomes[c.crm_id] for c in contacts]
+        return [
+            *self._email_outcomes(writes.renames, results),
+            *(outcomes[c.crm_id] for c in writes.updates),
+            *self._member_outcomes(
+                "u", Action.UNSUBSCRIBE, writes.unsubscribes, Result.UNSUBSCRIBED, results
+            ),
+            *self._member_outcomes("x", Action.REMOVE, writes.removes, Result.REMOVED, results),
+        ]
 
     def _drop_archived_tags(
         self, back: Sequence[tuple[Contact, Member]], outcomes: Mapping[str, Outcome]
@@ -493,10 +515,13 @@ class MailchimpClient:
             )
         return outcomes, existing
 
-    def _update(self, updates: Sequence[tuple[Contact, Member | None]]) -> dict[str, Outcome]:
+    def _update_operations(
+        self, updates: Sequence[tuple[Contact, Member | None]], outcomes: dict[str, Outcome]
+    ) -> tuple[list[Operation], dict[str, tuple[Contact, Member | None, list[str]]]]:
+        """The field and tag operations of the updates (ids `<index>:fields|tags`), and the
+        ids of each contact's; contacts with nothing to change get their outcome here."""
         operations: list[Operation] = []
         planned: dict[str, tuple[Contact, Member | None, list[str]]] = {}
-        outcomes: dict[str, Outcome] = {}
         for index, (contact, member) in enumerate(updates):
             path = f"/lists/{self._list_id}/members/{subscriber_hash(contact.email)}"
             ids: list[str] = []
@@ -515,12 +540,7 @@ class MailchimpClient:
                 planned[contact.crm_id] = (contact, member, ids)
             else:
                 outcomes[contact.crm_id] = self._unchanged(contact, member)
-        results = self._ops.run(operations)
-        for contact, member, ids in planned.values():
-            outcomes[contact.crm_id] = self._combine(
-                Action.UPSERT, contact, member, [results[i] for i in ids]
-            )
-        return outcomes
+        return operations, planned
 
     def _fields_differ(self, contact: Contact, member: Member) -> bool:
         return (contact.first_name, contact.last_name, contact.salutation) != (
@@ -569,19 +589,34 @@ class MailchimpClient:
 
     def change_emails(self, changes: Sequence[EmailChange]) -> list[Outcome]:
         """`PATCH {"email_address"}` on the member found by its old address."""
-        ops = [
+        return self.write_members(MemberWrites(renames=tuple(changes)))
+
+    def unsubscribe(self, refs: Sequence[ContactRef]) -> list[Outcome]:
+        """`PATCH {"status": "unsubscribed"}` for each contact."""
+        return self.write_members(MemberWrites(unsubscribes=tuple(refs)))
+
+    def remove(self, refs: Sequence[ContactRef]) -> list[Outcome]:
+        """Archive (`DELETE`) each contact; never delete permanently."""
+        return self.write_members(MemberWrites(removes=tuple(refs)))
+
+    def _email_operations(self, changes: Sequence[EmailChange]) -> list[Operation]:
+        return [
             Operation(
-                str(i),
+                f"e{i}",
                 "PATCH",
                 f"/lists/{self._list_id}/members/{subscriber_hash(c.old_email)}",
                 {"email_address": c.new_email},
             )
             for i, c in enumerate(changes)
         ]
-        results = self._ops.run(ops)
+
+    @staticmethod
+    def _email_outcomes(
+        changes: Sequence[EmailChange], results: Mapping[str, OpResult]
+    ) -> list[Outcome]:
         outcomes = []
         for i, change in enumerate(changes):
-            result = results[str(i)]
+            result = results[f"e{i}"]
             base = {
                 "action": Action.CHANGE_EMAIL,
                 "email": change.new_email,
@@ -604,34 +639,30 @@ class MailchimpClient:
                 )
         return outcomes
 
-    def unsubscribe(self, refs: Sequence[ContactRef]) -> list[Outcome]:
-        """`PATCH {"status": "unsubscribed"}` for each contact."""
-        return self._member_ops(
-            Action.UNSUBSCRIBE, refs, "PATCH", {"status": "unsubscribed"}, Result.UNSUBSCRIBED
-        )
-
-    def remove(self, refs: Sequence[ContactRef]) -> list[Outcome]:
-        """Archive (`DELETE`) each contact; never delete permanently."""
-        return self._member_ops(Action.REMOVE, refs, "DELETE", None, Result.REMOVED)
-
-    def _member_ops(
-        self,
-        action: Action,
-        refs: Sequence[ContactRef],
-        method: str,
-        body: dict[str, Any] | None,
-        done: Result,
-    ) -> list[Outcome]:
-        ops = [
+    def _member_operations(
+        self, prefix: str, refs: Sequence[ContactRef], method: str, body: dict[str, Any] | None
+    ) -> list[Operation]:
+        return [
             Operation(
-                str(i), method, f"/lists/{self._list_id}/members/{subscriber_hash(r.email)}", body
+                f"{prefix}{i}",
+                method,
+                f"/lists/{self._list_id}/members/{subscriber_hash(r.email)}",
+                body,
             )
             for i, r in enumerate(refs)
         ]
-        results = self._ops.run(ops)
+
+    @staticmethod
+    def _member_outcomes(
+        prefix: str,
+        action: Action,
+        refs: Sequence[ContactRef],
+        done: Result,
+        results: Mapping[str, OpResult],
+    ) -> list[Outcome]:
         outcomes = []
         for i, ref in enumerate(refs):
-            result = results[str(i)]
+            result = results[f"{prefix}{i}"]
             common = {"action": action, "email": ref.email, "crm_id": ref.crm_id}
             if result.ok:
                 status = result.body.get("status") if isinstance(result.body, dict) else None

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from itertools import islice
 from typing import Any
 
 import pandas as pd
@@ -33,6 +34,7 @@ from newsletter_pipelines.providers.base import (
     EmailChange,
     Member,
     MemberStatus,
+    MemberWrites,
     Outcome,
     Provider,
     Result,
@@ -44,12 +46,15 @@ from newsletter_pipelines.sync.identity import Intent, LedgerRow, RowState
 from newsletter_pipelines.sync.rules import OPTED_OUT, WRITE_ACTIONS, ProviderChange, SyncAction
 
 HELD = "held"
-# Contacts per client call and ledger transaction. Mailchimp: one `/batches` call takes 1,000
-# operations (the client splits creates into batch subscribes of ≤ 500). Brevo: one chunk is
+# Contacts per client call and ledger transaction. Mailchimp: the client packs a chunk's
+# member operations (1 or 2 a contact) into `/batches` of 1,000, so only the last of a chunk's
+# batches is part full, and splits creates into batch subscribes of ≤ 500. Brevo: one chunk is
 # one import process, polled from a 100 requests/hour budget, so chunks are large; the client
 # still splits them into bodies of ≤ 8 MB.
-CHUNK_SIZE = {"mailchimp": 1_000, "brevo": 40_000}
+CHUNK_SIZE = {"mailchimp": 10_000, "brevo": 40_000}
 RELEASED_BY_IMPORT = "a run writing it into the CRM"
+_RENAME = "change_email"  # an update that changes the member's address
+_MEMBER_WRITES = (SyncAction.UPDATE, SyncAction.UNSUBSCRIBE, SyncAction.REMOVE)
 _CONFIRMED = {
     SyncAction.CREATE: (Result.CREATED, Result.UPDATED, Result.UNCHANGED),
     SyncAction.UPDATE: (Result.CREATED, Result.UPDATED, Result.UNCHANGED),
@@ -151,11 +156,12 @@ class _Push:
         return self.summary
 
     def send(self, writes: Sequence[dict[str, Any]]) -> None:
-        """Send `writes` by action: creates, address changes, updates, unsubscribes, removals."""
+        """Send `writes`: creates first, then address changes, updates, unsubscribes and
+        removals together (`Provider.write_members`: one provider's batches carry them all)."""
         by_action: dict[str, list[dict[str, Any]]] = {}
         for row in writes:
             by_action.setdefault(row["action"], []).append(row)
-        ctx, provider = self.ctx, self.provider
+        ctx = self.ctx
         creating = by_action.get(SyncAction.CREATE.value, [])
         creates, onto_vacated = map(list, partition(self.takes_vacated, creating))
         self.hold(onto_vacated, SyncAction.CREATE, "crm_import_back", RELEASED_BY_IMPORT)
@@ -172,29 +178,45 @@ class _Push:
         if ctx.hold_renames:
             self.hold(renames, SyncAction.UPDATE, "rename_guard", "allow_mass_rename")
             renames = []
-        for chunk in chunked(renames, ctx.chunk_size):
-            ctx.log(f"changing the address of {len(chunk)} contacts")
-            self.change_emails(chunk)
-        for chunk in chunked([r for r in updates if not r["old_email"]], ctx.chunk_size):
-            ctx.log(f"updating {len(chunk)} contacts")
-            self.intend(chunk, SyncAction.UPDATE)
-            self.update(chunk, {email_key(r["email"]): self.members[r["match_key"]] for r in chunk})
-        for action, call in (
-            (SyncAction.UNSUBSCRIBE, provider.unsubscribe),
-            (SyncAction.REMOVE, provider.remove),
-        ):
-            rows = by_action.get(action.value, [])
-            if ctx.hold_removals:
-                self.hold(rows, action, "removal_guard", "allow_mass_removal")
-                continue
-            for chunk in chunked(rows, ctx.chunk_size):
-                ctx.log(f"{action.value}: {len(chunk)} contacts")
-                self.intend(chunk, action)
-                refs = [
-                    ContactRef(email=r["email"], crm_id=r["crm_id"], provider_id=r["provider_id"])
-                    for r in chunk
-                ]
-                self.settle(chunk, call(refs), action)
+        others = {action: by_action.get(action.value, []) for action in _MEMBER_WRITES}
+        if ctx.hold_removals:
+            for action in (SyncAction.UNSUBSCRIBE, SyncAction.REMOVE):
+                self.hold(others[action], action, "removal_guard", "allow_mass_removal")
+                others[action] = []
+        others[SyncAction.UPDATE] = [r for r in updates if not r["old_email"]]
+        tagged = [(_RENAME, r) for r in renames]
+        tagged += [(action, r) for action in _MEMBER_WRITES for r in others[action]]
+        for chunk in chunked(tagged, ctx.chunk_size):
+            self.write_members(chunk)
+
+    def write_members(self, chunk: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        """Record the intents of `chunk` ((action or `_RENAME`, row) pairs), send them in one
+        `Provider.write_members` and settle each kind's outcomes."""
+        rows = {kind: [r for k, r in chunk if k == kind] for kind in (_RENAME, *_MEMBER_WRITES)}
+        renames = rows[_RENAME]
+        counts = ", ".join(f"{kind}: {len(found)}" for kind, found in rows.items() if found)
+        self.ctx.log(f"writing {len(chunk)} members ({counts})")
+        intents = [_intent(r, SyncAction.UPDATE, moving_to=r["match_key"]) for r in renames]
+        intents += [_intent(r, a) for a in _MEMBER_WRITES for r in rows[a]]
+        record(self.ctx.engine, self.ctx.audience, self.ctx.run_id, intents)
+        self.sent.update(r["match_key"] for _, r in chunk)
+        updates = rows[SyncAction.UPDATE]
+        outcomes = self.provider.write_members(
+            MemberWrites(
+                renames=tuple(_email_change(r) for r in renames),
+                updates=tuple(_contact(r) for r in updates),
+                current={email_key(r["email"]): self.members[r["match_key"]] for r in updates},
+                unsubscribes=tuple(_ref(r) for r in rows[SyncAction.UNSUBSCRIBE]),
+                removes=tuple(_ref(r) for r in rows[SyncAction.REMOVE]),
+            )
+        )
+        answered = iter(outcomes)
+        by_kind = {kind: list(islice(answered, len(found))) for kind, found in rows.items()}
+        for action in _MEMBER_WRITES:
+            if rows[action]:
+                self.settle(rows[action], by_kind[action], action)
+        if renames:
+            self.renamed(renames, by_kind[_RENAME])
 
     def redecide(self, redecide: Redecide) -> None:
         """Push what the rules now decide for the contacts whose address change was refused."""
@@ -270,25 +292,9 @@ class _Push:
         }
         return self.provider.upsert([_contact(r) for r in chunk], current=current)
 
-    def update(self, chunk: Sequence[dict[str, Any]], current: Mapping[str, Member]) -> None:
-        contacts = [_contact(r) for r in chunk]
-        self.settle(chunk, self.provider.upsert(contacts, current=current), SyncAction.UPDATE)
-
-    def change_emails(self, chunk: Sequence[dict[str, Any]]) -> None:
-        """Change addresses first; members whose change was confirmed then get field updates."""
-        rows = [_intent(r, SyncAction.UPDATE, moving_to=r["match_key"]) for r in chunk]
-        record(self.ctx.engine, self.ctx.audience, self.ctx.run_id, rows)
-        self.sent.update(r["match_key"] for r in chunk)
-        changes = [
-            EmailChange(
-                crm_id=r["crm_id"],
-                old_email=r["old_email"],
-                new_email=r["email"],
-                provider_id=r["provider_id"],
-            )
-            for r in chunk
-        ]
-        changed = _by_contact(self.provider.change_emails(changes))
+    def renamed(self, chunk: Sequence[dict[str, Any]], answered: Sequence[Outcome]) -> None:
+        """Settle address changes; members whose change was confirmed then get field updates."""
+        changed = _by_contact(answered)
         outcomes = [(r, _outcome_for(r, changed)) for r in chunk]
         done = [r for r, o in outcomes if o.outcome in _CONFIRMED[SyncAction.UPDATE]]
         refused = [(r, o) for r, o in outcomes if o.outcome not in _CONFIRMED[SyncAction.UPDATE]]
@@ -306,7 +312,9 @@ class _Push:
                 )
                 for r in done
             }
-            self.update(done, current)
+            answered = self.provider.upsert([_contact(r) for r in done], current=current)
+            # nothing else to change is still an update: the member has its new address
+            self.settle(done, [_as_updated(o) for o in answered], SyncAction.UPDATE)
 
     def settle(
         self, chunk: Sequence[Mapping[str, Any]], outcomes: Sequence[Outcome], action: SyncAction
@@ -339,6 +347,19 @@ def _vacated(pending: pd.DataFrame) -> frozenset[str]:
 
 def _crm_id(row: Mapping[str, Any]) -> str | None:
     return None if row["crm_id"] is None else str(row["crm_id"])
+
+
+def _email_change(row: Mapping[str, Any]) -> EmailChange:
+    return EmailChange(
+        crm_id=row["crm_id"],
+        old_email=row["old_email"],
+        new_email=row["email"],
+        provider_id=row["provider_id"],
+    )
+
+
+def _ref(row: Mapping[str, Any]) -> ContactRef:
+    return ContactRef(email=row["email"], crm_id=row["crm_id"], provider_id=row["provider_id"])
 
 
 def _contact(row: Mapping[str, Any]) -> Contact:
@@ -410,6 +431,12 @@ def _after(row: Mapping[str, Any], outcome: Outcome, action: SyncAction) -> Ledg
             return refused.moved(state=RowState.OPTED_OUT)  # e.g. blacklisted outside the list
         return refused
     return intent
+
+
+def _as_updated(outcome: Outcome) -> Outcome:
+    if outcome.outcome is Result.UNCHANGED:
+        return outcome.model_copy(update={"outcome": Result.UPDATED})
+    return outcome
 
 
 def _by_contact(outcomes: Sequence[Outcome]) -> dict[str, Outcome]:
