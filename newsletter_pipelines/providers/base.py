@@ -236,6 +236,12 @@ def pick(members: Iterable[Member], keys: Sequence[str]) -> list[Member]:
     return [by_key[key] for key in keys if key in by_key]
 
 
+def pick_ids(members: Iterable[Member], stable_ids: Sequence[str]) -> list[Member]:
+    """The members with these stable ids, in the order of `stable_ids`."""
+    by_id = {m.stable_id: m for m in members if m.stable_id}
+    return [by_id[i] for i in stable_ids if i in by_id]
+
+
 def write_in_turn(provider: Provider, writes: MemberWrites) -> list[Outcome]:
     """`Provider.write_members` as one call per kind of write."""
     return [

@@ -67,6 +67,7 @@ from newsletter_pipelines.providers.base import (
     Result,
     lookup_keys,
     pick,
+    pick_ids,
     write_in_turn,
 )
 from newsletter_pipelines.providers.brevo_attributes import AttributeCodec, AttributeMap
@@ -243,10 +244,16 @@ class BrevoClient:
         return [self._member(c) for c in found if c is not None and self._list_id in c.list_ids]
 
     def members_by_id(self, stable_ids: Sequence[str]) -> list[Member]:
-        """`GET /contacts/{id}` per contact id, paced (absent, or not in the list: no member)."""
+        """`GET /contacts/{id}` per contact id, paced (absent, or not in the list: no member);
+        the snapshot, filtered, when that takes fewer calls (as in `members`)."""
         ids = list(dict.fromkeys(i for i in stable_ids if i and i.isdigit()))
-        if ids:
-            self.ensure_audience()
+        if not ids:
+            return []
+        self.ensure_audience()
+        if len(ids) > MEMBERS_LOOKUP_MAX or (
+            len(ids) > MEMBERS_LOOKUP_FLOOR and len(ids) > self._snapshot_pages()
+        ):
+            return pick_ids(self.snapshot(), ids)
         found = self._api.parallel(self._read_contact_id, ids)
         return [self._member(c) for c in found if c is not None and self._list_id in c.list_ids]
 

@@ -36,6 +36,7 @@ from newsletter_pipelines.providers.base import (
     Result,
     lookup_keys,
     pick,
+    pick_ids,
 )
 from newsletter_pipelines.providers.errors import ApiError, ConfigurationError
 from newsletter_pipelines.providers.http import ApiClient, PollPolicy, RetryPolicy
@@ -329,8 +330,11 @@ class MailchimpClient:
 
     def members_by_id(self, stable_ids: Sequence[str]) -> list[Member]:
         """`GET …/members/{contact_id}` per id, concurrently (the member endpoint takes a
-        contact id in place of the subscriber hash; 404: no member)."""
+        contact id in place of the subscriber hash; 404: no member); the snapshot, filtered,
+        for more than `MEMBERS_LOOKUP_MAX` ids."""
         ids = list(dict.fromkeys(i for i in stable_ids if i))
+        if len(ids) > MEMBERS_LOOKUP_MAX:
+            return pick_ids(self.snapshot(), ids)
         if ids:
             self.ensure_audience()
         found = self._api.parallel(self._get_member, ids)

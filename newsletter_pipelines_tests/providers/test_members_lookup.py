@@ -356,3 +356,20 @@ def test_members_by_id_find_moved_members_and_leave_out_deleted_ones(
     found = client.members_by_id([*ids, ids[0], unknown])
     assert found == [snapshot["n0@x.org"], snapshot["person2@example.com"]]
     assert client.members_by_id([]) == []
+
+
+def test_many_ids_read_the_snapshot_instead_of_one_call_each(
+    sandbox: Sandbox, client: Provider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client.upsert(contacts(4))
+    list_id = client.ensure_audience().id
+    ids = [m.stable_id or "" for m in client.snapshot()]
+    act(sandbox, client.name, list_id, "person0@example.com", "change_email", new_email="n0@x.org")
+    one_by_one = client.members_by_id(ids)
+    module = mailchimp_module if client.name == "mailchimp" else brevo_module
+    monkeypatch.setattr(module, "MEMBERS_LOOKUP_MAX", 2)
+    template = MC_MEMBER if client.name == "mailchimp" else BV_CONTACT
+    before = sandbox.stats.count(client.name, method="GET", template=template)
+    assert client.members_by_id(ids) == one_by_one
+    assert sandbox.stats.count(client.name, method="GET", template=template) == before
+    assert {m.email for m in one_by_one} >= {"n0@x.org"}
