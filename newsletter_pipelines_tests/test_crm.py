@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -155,6 +157,24 @@ def test_cli_edit_bumps_updated_at_with_every_change(demo_crm_file: Path, tmp_pa
     assert missing.exit_code == 1 and "no CRM contact with id 999999" in missing.output
     nothing = CliRunner().invoke(cli, ["edit", "17", "--url", url])
     assert nothing.exit_code == 2 and "nothing to change" in nothing.output
+    engine.dispose()
+
+
+def test_the_documented_edit_command_runs_as_a_module(demo_crm_file: Path, tmp_path: Path) -> None:
+    """`python -m newsletter_pipelines.crm edit …`, as the README shows it, in its own process."""
+    path = tmp_path / "crm.sqlite3"
+    shutil.copy(demo_crm_file, path)
+    url = f"sqlite:///{path}"
+    command = [sys.executable, "-m", "newsletter_pipelines.crm", "edit", "19"]
+    done = subprocess.run(
+        [*command, "--first-name", "Walk", "--url", url], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "first_name changed" in done.stdout
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        row = conn.execute(sa.text("SELECT first_name FROM contacts WHERE id = 19"))
+        assert row.scalar_one() == "Walk"
     engine.dispose()
 
 

@@ -60,10 +60,6 @@ def create_schema_command(url: str) -> None:
     click.echo(f"schema ready at {safe_url(url)}")
 
 
-if __name__ == "__main__":
-    cli()
-
-
 @cli.command("edit")
 @click.argument("contact_id")
 @click.option("--salutation")
@@ -112,3 +108,7 @@ def edit_command(
         engine.dispose()
     changed = ", ".join([*fields, *(["tags"] if tag_set is not None else [])])
     click.echo(f"contact {contact_id}: {changed} changed in {safe_url(target)}")
+
+
+if __name__ == "__main__":
+    cli()
