@@ -5,8 +5,11 @@ provider's error, leaving state and webhooks untouched."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, get_args
 
 import httpx
@@ -20,13 +23,19 @@ from newsletter_pipelines.sandbox import (
     SANDBOX_MAILCHIMP_KEY,
     PersonEvent,
     Sandbox,
+    SandboxTransport,
 )
 from newsletter_pipelines.sandbox.brevo_rules import BrevoError
 from newsletter_pipelines.sandbox.brevo_state import BvAccount, BvContact
 from newsletter_pipelines.sandbox.mailchimp_members import ProblemError
 from newsletter_pipelines.sandbox.mailchimp_state import McMember, subscriber_hash
 from newsletter_pipelines.sandbox.people import PersonAction, brevo_person, mailchimp_person
-from newsletter_pipelines_tests.providers.conftest import Receiver
+from newsletter_pipelines_tests.providers.conftest import (
+    Receiver,
+    brevo_account,
+    make_brevo,
+    make_mailchimp,
+)
 from newsletter_pipelines_tests.providers.helpers import audience, contacts
 
 MC_ROOT = "/mailchimp/3.0"
@@ -842,3 +851,37 @@ def test_brevo_refuses_mailchimp_actions_unknown_lists_and_blank_tags(
         bv(sandbox, list_id, "not-an-address", "blacklist")
     assert bad_address.value.status == 400
     assert brevo_state(sandbox).model_dump() == before
+
+
+@pytest.mark.parametrize("provider", ["mailchimp", "brevo"])
+def test_the_person_command_acts_on_the_state_file_the_sync_shares(
+    provider: str, tmp_path: Path
+) -> None:
+    """`python -m newsletter_pipelines.sandbox person …` in its own process, as under `make dev`:
+    the member the sync created is unsubscribed in the shared state file; a refused action and
+    an ambiguous audience are clear errors."""
+    state_file = tmp_path / "sandbox.json"
+    box = Sandbox(state_file=state_file)
+    if provider == "brevo":
+        brevo_account(box)
+    make = make_mailchimp if provider == "mailchimp" else make_brevo
+    client = make(SandboxTransport(box))
+    client.upsert(contacts(1))
+    client.close()
+    command = [sys.executable, "-m", "newsletter_pipelines.sandbox", "person", provider]
+    files = ["--state-file", str(state_file)]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*command, *args, *files], check=False, capture_output=True, text=True
+        )
+
+    done = run("person0@example.com", "unsubscribe")
+    assert done.returncode == 0, done.stderr
+    again = make(SandboxTransport(Sandbox(state_file=state_file)))
+    member = again.members(["person0@example.com"])[0]
+    assert member.status in ("unsubscribed", "blacklisted")
+    refused = run("nobody@example.com", "unsubscribe")
+    assert refused.returncode == 1 and "refused by the sandbox" in refused.stderr
+    unknown = run("person0@example.com", "unsubscribe", "--list", "Other")
+    assert unknown.returncode == 2 and "name the audience with --list" in unknown.stderr
