@@ -23,11 +23,12 @@ $(DAGSTER_HOME)/dagster.yaml:
 	  "$$(sed -n '/^concurrency:/,/^telemetry:/p' dagster.yaml | sed '$$d')" > $@
 
 demo: install $(DAGSTER_HOME)/dagster.yaml
-	$(PY) -m newsletter_pipelines.demo
+	NEWSLETTER_DEPLOYMENT=embedded $(PY) -m newsletter_pipelines.demo
 
 # The webhook receiver (port 8780) runs beside Dagster and stops with it; syncs register the
 # audiences' webhooks there, so people's actions at the embedded sandbox come back by webhook.
 dev: install $(DAGSTER_HOME)/dagster.yaml
+	export NEWSLETTER_DEPLOYMENT=embedded; \
 	$(PY) -m newsletter_pipelines.webhooks serve --host 127.0.0.1 --port 8780 & receiver=$$!; \
 	trap 'kill $$receiver 2>/dev/null' EXIT INT TERM; \
 	NEWSLETTER_WEBHOOK_PUBLIC_URL=$${NEWSLETTER_WEBHOOK_PUBLIC_URL:-http://127.0.0.1:8780} \

@@ -108,6 +108,12 @@ class Settings(BaseSettings):
         env_prefix="NEWSLETTER_", env_nested_delimiter="__", extra="ignore"
     )
 
+    deployment: Literal["embedded", "production"] = Field(
+        default="embedded",
+        description="`production`: the CRM, state database, API keys and webhook secret must be "
+        "set (an error names each missing variable), and the sandbox is never used. "
+        "`embedded` (make demo, make dev): unset ones fall back to local files and the sandbox.",
+    )
     home: Path = Field(
         default=Path(".newsletter"),
         description="Folder for generated local files: demo CRM, state database, demo instance.",
@@ -302,6 +308,33 @@ class Settings(BaseSettings):
         if len(set(keys)) != len(keys):
             raise ValueError(f"audience keys must be unique: {keys}")
         return audiences
+
+    @model_validator(mode="after")
+    def _production_is_complete(self) -> Settings:
+        """In production nothing falls back: every missing setting is named at once."""
+        if self.deployment != "production":
+            return self
+        missing = [
+            name
+            for name, given in (
+                ("NEWSLETTER_CRM_DATABASE_URL", self.crm_database_url),
+                ("NEWSLETTER_STATE_DATABASE_URL", self.state_database_url),
+                ("NEWSLETTER_WEBHOOK_SECRET", self.webhook_secret),
+            )
+            if not given or (isinstance(given, SecretStr) and not given.get_secret_value())
+        ]
+        missing += [
+            f"NEWSLETTER_{provider.upper()}_API_KEY"
+            for provider in sorted({a.provider for a in self.audiences})
+            if self.uses_sandbox(provider)
+        ]
+        if missing:
+            raise ValueError(
+                "NEWSLETTER_DEPLOYMENT=production needs "
+                f"{', '.join(missing)} (unset or empty); nothing falls back to the demo CRM, "
+                "a local state database or the embedded sandbox"
+            )
+        return self
 
     def audience(self, key: str) -> AudienceConfig:
         """The audience with this partition key."""
