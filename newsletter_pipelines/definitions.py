@@ -2,6 +2,11 @@
 
 import dagster as dg
 
+from newsletter_pipelines.defs.alerts.sensors import (
+    alert_on_failed_checks,
+    alert_on_run_failure,
+    alert_on_stalled_sensors,
+)
 from newsletter_pipelines.defs.crm.assets import crm_contacts, eligible_subscribers
 from newsletter_pipelines.defs.crm.jobs import crm_eligibility_job
 from newsletter_pipelines.defs.import_back.assets import crm_import_back
@@ -40,6 +45,13 @@ defs = dg.Definitions(
         provider_events_job,
     ],
     schedules=[import_back_schedule, nightly_sync_schedule],
-    sensors=[provider_events_sensor, crm_changes_sensor, audience_syncs_sensor],
+    sensors=[
+        provider_events_sensor,
+        crm_changes_sensor,
+        audience_syncs_sensor,
+        alert_on_run_failure,
+        alert_on_failed_checks,
+        alert_on_stalled_sensors,
+    ],
     resources=build_resources(),
 )

@@ -250,6 +250,11 @@ class Settings(BaseSettings):
         "When set, every sync registers the audience's webhook there (once; again if it was "
         "deleted or changed). Unset: only the nightly import-back brings changes back.",
     )
+    alert_webhook_url: SecretStr | None = Field(
+        default=None,
+        description="Slack-compatible incoming webhook URL (a JSON body with `text`) for alerts: "
+        "failed runs, failed blocking checks, stalled sensors. Unset: alerts go to the log only.",
+    )
     webhook_signing_secret: SecretStr | None = Field(
         default=None,
         description="Mailchimp webhook signing secret: when set, every Mailchimp delivery must "

@@ -1,0 +1,1 @@
+"""Alerts: failed runs, failed blocking checks and stalled sensors, to the log and a webhook."""
