@@ -59,6 +59,7 @@ NAME = "mailchimp"
 BATCH_SUBSCRIBE_MAX = 500
 PAGE_SIZE = 1000
 MEMBERS_LOOKUP_MAX = 2000
+MEMBERS_LOOKUP_FLOOR = 10  # ids looked up one by one even when the snapshot takes fewer calls
 _UNSUBSCRIBE = {"status": "unsubscribed"}
 """Most addresses `members` reads one by one (`GET …/members/{hash}`, 5 at a time by default);
 above, the snapshot (1000 members a page) is cheaper and is filtered instead."""
@@ -331,14 +332,25 @@ class MailchimpClient:
     def members_by_id(self, stable_ids: Sequence[str]) -> list[Member]:
         """`GET …/members/{contact_id}` per id, concurrently (the member endpoint takes a
         contact id in place of the subscriber hash; 404: no member); the snapshot, filtered,
-        for more than `MEMBERS_LOOKUP_MAX` ids."""
+        when it takes fewer calls than the ids."""
         ids = list(dict.fromkeys(i for i in stable_ids if i))
-        if len(ids) > MEMBERS_LOOKUP_MAX:
+        if not ids:
+            return []
+        if len(ids) > MEMBERS_LOOKUP_MAX or (
+            len(ids) > MEMBERS_LOOKUP_FLOOR and len(ids) > self._snapshot_pages()
+        ):
             return pick_ids(self.snapshot(), ids)
-        if ids:
-            self.ensure_audience()
         found = self._api.parallel(self._get_member, ids)
         return [m for m in found if m is not None and m.stable_id in ids]
+
+    def _snapshot_pages(self) -> int:
+        """How many calls the snapshot takes now (one call to ask the audience's size)."""
+        params = {"count": 1, "fields": "total_items"}
+        path = f"/lists/{self._list_id}/members"
+        total = MembersPage.model_validate(
+            {"members": [], **self._api.call("GET", path, params=params)}
+        ).total_items
+        return -(-total // PAGE_SIZE)
 
     def _read_member(self, key: str) -> Member | None:
         """The member at this address, or None (no member, or an address Mailchimp refuses)."""

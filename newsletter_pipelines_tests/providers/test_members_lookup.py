@@ -373,3 +373,14 @@ def test_many_ids_read_the_snapshot_instead_of_one_call_each(
     assert client.members_by_id(ids) == one_by_one
     assert sandbox.stats.count(client.name, method="GET", template=template) == before
     assert {m.email for m in one_by_one} >= {"n0@x.org"}
+
+
+def test_more_ids_than_snapshot_pages_read_the_snapshot(sandbox: Sandbox, client: Provider) -> None:
+    """12 ids (more than the 10 always looked up one by one) in a one-page audience: one
+    snapshot page is cheaper than 12 calls."""
+    client.upsert(contacts(12))
+    ids = [m.stable_id or "" for m in client.snapshot()]
+    template = MC_MEMBER if client.name == "mailchimp" else BV_CONTACT
+    before = sandbox.stats.count(client.name, method="GET", template=template)
+    assert {m.stable_id for m in client.members_by_id(ids)} == set(ids)
+    assert sandbox.stats.count(client.name, method="GET", template=template) == before
