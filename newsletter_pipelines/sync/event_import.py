@@ -64,16 +64,15 @@ def confirmed_deletions(
     member is gone from the audience. An event names an address, not a member: the member
     deleted there may be another one that had moved to it, while the ledger's member moved
     elsewhere (`members_by_id` finds it by its stable id). A ledger row without a stable id
-    cannot be told apart: its removal is left to the nightly import-back."""
+    (not yet learned, e.g. right after the first sync) is taken as deleted, as the nightly
+    import-back takes it: without one, neither can tell a move from a deletion."""
     ledger = scope.ledger
     doubtful = ledger[ledger["member_key"].isin(unseen_keys(scope) & deleted)]
-    ids = {
-        str(stable): key
-        for stable, key in zip(doubtful["stable_id"], doubtful["member_key"], strict=True)
-        if stable
-    }
+    pairs = list(zip(doubtful["stable_id"], doubtful["member_key"], strict=True))
+    ids = {str(stable): key for stable, key in pairs if stable}
     present = {m.stable_id for m in members_by_id(sorted(ids))} if ids else set()
-    return frozenset(key for stable, key in ids.items() if stable not in present)
+    unknown = {key for stable, key in pairs if not stable}
+    return frozenset({key for stable, key in ids.items() if stable not in present} | unknown)
 
 
 def provable(diff: pd.DataFrame, unseen: frozenset[str], deleted: frozenset[str]) -> pd.DataFrame:
