@@ -174,8 +174,9 @@ class Provider(Protocol):
 
     def members_by_id(self, stable_ids: Sequence[str]) -> list[Member]:
         """The audience's members with these stable ids (`Member.stable_id`), at whatever
-        address they have now; ids no member of the audience has are left out. One call each:
-        for the few members a run must find after they left their address."""
+        address they have now; ids no member of the audience has are left out. One call each,
+        or the snapshot, filtered, when that takes fewer calls: for the members a run must
+        find after they left their address."""
         ...
 
     def upsert(

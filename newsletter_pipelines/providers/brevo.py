@@ -231,43 +231,37 @@ class BrevoClient:
 
     def members(self, emails: Sequence[str]) -> list[Member]:
         """`GET /contacts/{email}` per address, paced (absent, or not in the list: no member);
-        the snapshot, filtered, for more than `MEMBERS_LOOKUP_MAX` addresses or when it takes
-        fewer calls than the addresses."""
+        the snapshot, filtered, when it takes fewer calls (`_snapshot_is_cheaper`)."""
         keys = lookup_keys(emails)
-        if len(keys) > MEMBERS_LOOKUP_MAX:
+        if not keys:
+            return []
+        self.ensure_audience()
+        if self._snapshot_is_cheaper(len(keys)):
             return pick(self.snapshot(), keys)
-        if keys:
-            self.ensure_audience()
-        if len(keys) > MEMBERS_LOOKUP_FLOOR and len(keys) > self._snapshot_pages():
-            return pick(self.snapshot(), keys)
-        found = self._api.parallel(self._read_contact, keys)
-        return [self._member(c) for c in found if c is not None and self._list_id in c.list_ids]
+        return self._listed(self._api.parallel(self._read_contact, keys))
 
     def members_by_id(self, stable_ids: Sequence[str]) -> list[Member]:
         """`GET /contacts/{id}` per contact id, paced (absent, or not in the list: no member);
-        the snapshot, filtered, when that takes fewer calls (as in `members`)."""
+        the snapshot, filtered, when it takes fewer calls (`_snapshot_is_cheaper`)."""
         ids = list(dict.fromkeys(i for i in stable_ids if i and i.isdigit()))
         if not ids:
             return []
         self.ensure_audience()
-        if len(ids) > MEMBERS_LOOKUP_MAX or (
-            len(ids) > MEMBERS_LOOKUP_FLOOR and len(ids) > self._snapshot_pages()
-        ):
+        if self._snapshot_is_cheaper(len(ids)):
             return pick_ids(self.snapshot(), ids)
-        found = self._api.parallel(self._read_contact_id, ids)
+        return self._listed(self._api.parallel(lambda i: self._read_contact(i, "contact_id"), ids))
+
+    def _listed(self, found: Sequence[ContactOut | None]) -> list[Member]:
+        """The contacts read that are in the list, as members."""
         return [self._member(c) for c in found if c is not None and self._list_id in c.list_ids]
 
-    def _read_contact_id(self, contact_id: str) -> ContactOut | None:
-        """The contact with this id, or None."""
-        try:
-            answer = self._api.call(
-                "GET", f"/contacts/{contact_id}", params={"identifierType": "contact_id"}
-            )
-        except ApiError as exc:
-            if exc.status not in (400, 404):
-                raise
-            return None
-        return ContactOut.model_validate(answer)
+    def _snapshot_is_cheaper(self, lookups: int) -> bool:
+        """Whether one list snapshot takes fewer calls than `lookups` single reads: always
+        above `MEMBERS_LOOKUP_MAX`, never up to `MEMBERS_LOOKUP_FLOOR` (the list's size is not
+        even asked), in between when the list has fewer pages."""
+        return lookups > MEMBERS_LOOKUP_MAX or (
+            lookups > MEMBERS_LOOKUP_FLOOR and lookups > self._snapshot_pages()
+        )
 
     def _snapshot_pages(self) -> int:
         """How many calls the list snapshot takes now (one call to ask the list's size)."""
@@ -275,11 +269,12 @@ class BrevoClient:
         page = ContactsPage.model_validate(self._api.call("GET", path, params={"limit": 1}))
         return -(-page.count // CONTACT_PAGE)
 
-    def _read_contact(self, email: str) -> ContactOut | None:
-        """The contact at this address, or None (none, or an address Brevo refuses)."""
-        path = f"/contacts/{quote(email, safe='')}"
+    def _read_contact(self, identifier: str, kind: str = "email_id") -> ContactOut | None:
+        """The contact with this address (or id, `kind` "contact_id"), or None (none, or an
+        identifier Brevo refuses)."""
+        path = f"/contacts/{quote(identifier, safe='')}"
         try:
-            answer = self._api.call("GET", path, params={"identifierType": "email_id"})
+            answer = self._api.call("GET", path, params={"identifierType": kind})
         except ApiError as exc:
             if exc.status not in (400, 404):
                 raise

@@ -59,10 +59,11 @@ NAME = "mailchimp"
 BATCH_SUBSCRIBE_MAX = 500
 PAGE_SIZE = 1000
 MEMBERS_LOOKUP_MAX = 2000
-MEMBERS_LOOKUP_FLOOR = 10  # ids looked up one by one even when the snapshot takes fewer calls
-_UNSUBSCRIBE = {"status": "unsubscribed"}
 """Most addresses `members` reads one by one (`GET …/members/{hash}`, 5 at a time by default);
 above, the snapshot (1000 members a page) is cheaper and is filtered instead."""
+MEMBERS_LOOKUP_FLOOR = 10
+"""Up to this many ids `members_by_id` reads one by one without asking the audience's size."""
+_UNSUBSCRIBE = {"status": "unsubscribed"}
 _MEMBER_FIELD_NAMES = (
     "id",
     "contact_id",
