@@ -53,6 +53,14 @@ def event(world: World, kind: str, email: str, **data: Any) -> StoredEvent:
     )
 
 
+def deletion(world: World, email: str) -> StoredEvent:
+    """The event of an admin's deletion at the provider (Mailchimp: an `unsubscribe` with
+    action `delete`)."""
+    if world.provider_name == "mailchimp":
+        return event(world, "unsubscribe", email, action="delete")
+    return event(world, "contact_deleted", email)
+
+
 def scope_of(world: World, keys: Iterable[str]) -> Scope:
     """The scope of `keys`, read from the world's CRM rows, ledger and sandbox audience."""
 
@@ -287,10 +295,7 @@ def test_a_deletion_at_an_address_another_member_moved_to_is_not_the_ledger_memb
     world.act("person1@example.de", "change_email", new_email="neu1@example.de")
     world.act("person2@example.de", "change_email", new_email="person1@example.de")
     world.act("person1@example.de", "delete")
-    if world.provider_name == "mailchimp":
-        events = [event(world, "unsubscribe", "person1@example.de", action="delete")]
-    else:
-        events = [event(world, "contact_deleted", "person1@example.de")]
+    events = [deletion(world, "person1@example.de")]
     scoped, full = changes(planned(world, events)), changes(full_plan(world))
     assert ("1", "removed_at_provider") not in {c[:2] for c in scoped}
     assert scoped <= full
@@ -321,10 +326,7 @@ def test_a_deletion_before_the_ledger_knows_stable_ids_is_imported_as_the_nightl
     event is then believed, as the full import-back believes a member gone from its address."""
     world.sync()
     world.act("person5@example.de", "delete")
-    if world.provider_name == "mailchimp":
-        events = [event(world, "unsubscribe", "person5@example.de", action="delete")]
-    else:
-        events = [event(world, "contact_deleted", "person5@example.de")]
+    events = [deletion(world, "person5@example.de")]
     scoped, full = changes(planned(world, events)), changes(full_plan(world))
     assert ("5", "removed_at_provider", "unspecified") in {c[:3] for c in scoped}
     assert scoped <= full
