@@ -16,6 +16,8 @@ from newsletter_pipelines.providers.resources import embedded_sandbox
 from newsletter_pipelines.sandbox import PersonEvent
 from newsletter_pipelines.sandbox.people import brevo_person, mailchimp_person
 from newsletter_pipelines.settings import Settings
+from newsletter_pipelines.state.ledger import load_ledger
+from newsletter_pipelines.sync.identity import RowState
 from newsletter_pipelines_tests.test_sync_assets import QUIET, checks, metadata, run_sync
 
 
@@ -112,6 +114,20 @@ def test_dry_run_and_report_only_write_nothing(
             ("yes",)
         ]
         assert crm(settings, "SELECT count(*) FROM activities") == [(0,)]
+        # the opt-out is kept in the ledger, to be imported later, even if the member goes
+        state = sa.create_engine(settings.resolved_state_database_url())
+        (kept,) = [r for r in load_ledger(state, "mailchimp") if r.member_key == email.lower()]
+        state.dispose()
+        assert (kept.state, kept.unimported_opt_out) == (RowState.OPTED_OUT, "unsubscribed")
+        act(settings, "mailchimp", email, "archive")
+        monkeypatch.setattr(  # write-back on again
+            "newsletter_pipelines.defs.import_back.writing._SETTINGS", Settings()
+        )
+        assert run_import_back(instance, "mailchimp").success
+        assert crm(settings, f"SELECT newsletter FROM contacts WHERE id = {contact_id}") == [
+            ("no",)
+        ]
+        assert crm(settings, "SELECT kind FROM activities") == [("newsletter_unsubscribed",)]
 
 
 def test_a_failed_import_back_stops_the_push_and_loses_no_opt_out(settings: Settings) -> None:

@@ -313,8 +313,8 @@ def test_a_report_only_sync_keeps_what_it_did_not_import_when_a_rename_takes_the
     """Found by a random long model run: in a report-only sync a CRM rename onto an address
     whose member moved away at the provider (and bounced there) overwrote that address's
     ledger row, which still held what the CRM had not taken in; the bounce was forgotten and
-    the next sync created the contact at its new address. The rename is held until a run
-    writes the change into the CRM."""
+    the next sync created the contact at its new address. The ledger now keeps the bounce it
+    saw with the member at its new address, unimported, so the rename can go out at once."""
     world.sync()
     world.sync()  # the ledger learns the stable ids
     world.act("person2@example.de", "change_email", new_email="moved2@example.de")
@@ -325,9 +325,11 @@ def test_a_report_only_sync_keeps_what_it_did_not_import_when_a_rename_takes_the
     writes = world.writes()
     world.sync(import_back=True, write_back=False)
     assert world.writes() == writes
+    members = world.members()
+    assert members.get("person2@example.de") == "subscribed" and "new2@example.de" not in members
+    world.sync(import_back=True)  # the CRM takes the bounce in
+    assert by_contact(world.imported[-1]) == {"2": [("hard_bounce", None)]}
     assert "new2@example.de" not in world.members()
-    world.sync(import_back=True)  # the CRM takes the move in: the rename goes out now
-    assert "person2@example.de" in world.members() and "new2@example.de" not in world.members()
 
 
 @pytest.mark.parametrize("world", ["mailchimp", "brevo"], indirect=True)
@@ -350,3 +352,50 @@ def test_a_report_only_sync_renames_onto_an_address_its_own_removal_frees(world:
     writes = world.writes()
     world.sync(import_back=True, write_back=False)
     assert world.writes() == writes
+
+
+def contact_row(world: World, crm_id: int) -> dict[str, object]:
+    return next(r for r in world.crm if r["contact_id"] == crm_id)
+
+
+@pytest.mark.parametrize(
+    ("world", "removal"),
+    [("mailchimp", "archive"), ("mailchimp", "delete"), ("brevo", "delete")],
+    indirect=["world"],
+)
+def test_an_opt_out_a_report_only_sync_saw_survives_the_members_removal(
+    world: World, removal: str
+) -> None:
+    """Found by a random long model run (Brevo): a report-only sync saw an opt-out and left it
+    out of the ledger, for a later run to import; an admin then deleted the member, so the next
+    run took it for a removal (`unspecified`), the opt-out was lost, and a later CRM `yes`
+    created the address again. The ledger now keeps an opt-out it saw even when the CRM does
+    not take it in, and a run that writes to the CRM imports it later, member or not."""
+    world.sync()
+    world.act("person3@example.de", "unsubscribe")
+    world.sync(import_back=True, write_back=False)
+    assert contact_row(world, 3)["newsletter"] == "yes"  # report only: the CRM is not written
+    world.act("person3@example.de", removal)
+    world.sync(import_back=True)
+    assert contact_row(world, 3)["newsletter"] == "no"  # the opt-out, not a removal
+    assert world.imported[-1].counts == {"newsletter_unsubscribed": 1}
+    world.set(3, newsletter="yes", updated_at="2026-07-01 00:00:00")  # the CRM says yes again
+    world.sync(import_back=True)
+    assert world.members().get("person3@example.de") in (None, "archived")
+    again, _ = world.sync(import_back=True)
+    assert len(world.imported[-1]) == 0  # imported once
+    assert again.set_index("crm_id").loc["3", "action"] == "blocked_by_provider"
+
+
+def test_an_opt_out_a_report_only_sync_saw_is_imported_by_the_next_writing_sync(
+    world: World,
+) -> None:
+    world.sync()
+    world.act("person3@example.de", "unsubscribe")
+    world.sync(import_back=True, write_back=False)
+    world.sync(import_back=True, write_back=False)
+    world.sync(import_back=True)
+    assert contact_row(world, 3)["newsletter"] == "no"
+    assert world.imported[-1].counts == {"newsletter_unsubscribed": 1}
+    world.sync(import_back=True)
+    assert len(world.imported[-1]) == 0

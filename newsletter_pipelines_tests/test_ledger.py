@@ -1,6 +1,6 @@
-"""The ledger table on SQLite and PostgreSQL: a ledger of the layout before `stable_id` and
-`provider_changed_at` gets the columns, and a row moved by an address change at the provider
-replaces its old row."""
+"""The ledger table on SQLite and PostgreSQL: a ledger of the layout before `stable_id`,
+`provider_changed_at` and `unimported_opt_out` gets the columns, and a row moved by an
+address change at the provider replaces its old row."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def row(key: str, stable_id: str | None = None, **extra: object) -> LedgerRow:
     )
 
 
-@pytest.mark.parametrize("added", [ADDED_COLUMNS, ADDED_COLUMNS[1:]])
+@pytest.mark.parametrize("added", [ADDED_COLUMNS, ADDED_COLUMNS[1:], ADDED_COLUMNS[2:]])
 def test_a_ledger_of_an_older_layout_gets_the_columns_and_keeps_its_rows(
     engine: sa.Engine, added: tuple[str, ...]
 ) -> None:
@@ -74,7 +74,9 @@ def test_a_ledger_of_an_older_layout_gets_the_columns_and_keeps_its_rows(
     create_tables(engine)
     create_tables(engine)  # once there, the columns are not added again
     assert load_ledger(engine, "a") == [stored]
-    seen = row("x@example.de", "c1", provider_changed_at="2026-12-03T10:00:00+00:00")
+    seen = row("x@example.de", "c1", provider_changed_at="2026-12-03T10:00:00+00:00").moved(
+        state=RowState.OPTED_OUT, unimported_opt_out="unsubscribed"
+    )
     record(engine, "a", "run", [seen])
     assert load_ledger(engine, "a") == [seen]
 

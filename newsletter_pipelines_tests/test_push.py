@@ -160,7 +160,8 @@ def test_deciding_again_keeps_other_contacts_addresses_claimed() -> None:
     ]
     ledger = pd.DataFrame(
         [
-            (r.member_key, r.email, r.owner, r.provider_id, '["CRM"]', r.state.value) + (None,) * 6
+            (r.member_key, r.email, r.owner, r.provider_id, '["CRM"]', r.state.value)
+            + (None,) * (len(LEDGER_COLUMNS) - 6)
             for r in owned
         ],
         columns=list(LEDGER_COLUMNS),

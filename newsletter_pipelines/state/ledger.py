@@ -43,13 +43,15 @@ ledger = sa.Table(
     # the last columns: where ALTER TABLE puts them in an older ledger (`ADDED_COLUMNS`)
     sa.Column("stable_id", sa.Text),
     sa.Column("provider_changed_at", sa.Text),  # ISO 8601, as `LedgerRow` holds it
+    sa.Column("unimported_opt_out", sa.Text),  # the status of an opt-out the CRM lacks
     # SQLite: rows stored in key order, so an audience's ledger is read in one sequential scan
     sqlite_with_rowid=False,
 )
 LEDGER_COLUMNS = tuple(
     c.name for c in ledger.columns if c.name not in ("audience", "last_synced_at")
 )
-ADDED_COLUMNS = ("stable_id", "provider_changed_at")  # nullable text, added after release
+# nullable text, added after release
+ADDED_COLUMNS = ("stable_id", "provider_changed_at", "unimported_opt_out")
 
 outcomes = sa.Table(
     "sync_outcomes",
@@ -198,6 +200,7 @@ def ledger_rows(frame: pd.DataFrame) -> list[LedgerRow]:
             intent_key=intent_key,
             stable_id=stable_id,
             provider_changed_at=provider_changed_at,
+            unimported_opt_out=unimported_opt_out,
         )
         for (
             key,
@@ -212,6 +215,7 @@ def ledger_rows(frame: pd.DataFrame) -> list[LedgerRow]:
             intent_key,
             stable_id,
             provider_changed_at,
+            unimported_opt_out,
         ) in frame[list(LEDGER_COLUMNS)].itertuples(index=False, name=None)
     ]
 
@@ -266,6 +270,7 @@ _LEDGER_INSERTED = (  # in the order of `_ledger_values`
     "last_synced_at",
     "stable_id",
     "provider_changed_at",
+    "unimported_opt_out",
 )
 _OUTCOME_INSERTED = (  # in the order of `_outcome_values`
     "run_id",
@@ -309,6 +314,7 @@ def _ledger_values(
             now,
             r.stable_id,
             r.provider_changed_at,
+            r.unimported_opt_out,
         )
         for r in rows
     ]

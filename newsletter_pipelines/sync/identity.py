@@ -12,7 +12,10 @@ States (what the sync knows about the member):
 - `unsubscribed`: the sync unsubscribed it because the CRM said no;
 - `opted_out`: the provider held an opt-out (person, admin, bounce, complaint). Kept even after
   the member is archived or deleted there: it blocks the address and its owner for good, until
-  the member is seen subscribed again (the person re-subscribed at the provider);
+  the member is seen subscribed again (the person re-subscribed at the provider). An opt-out
+  seen by a run that did not write it into the CRM (report only, dry run) is kept all the same,
+  with the provider status it had (`unimported_opt_out`): the next run that writes to the CRM
+  imports it, whether the member is still there or not;
 - `removed`: the sync archived it (Mailchimp) or unlinked it from the list (Brevo);
 - `gone`: archived or deleted at the provider by someone else while subscribed; reported as
   `import_back` until the owner is no longer eligible in the CRM, then `released`;
@@ -91,10 +94,16 @@ class LedgerRow:
     # or by a write a killed run left in flight): not part of the row (neither stored nor
     # compared); storing the row deletes the row at that key if it is the same member's
     moved_from: str | None = field(default=None, compare=False)
+    # the provider status (unsubscribed, cleaned, blacklisted) of an `opted_out` row's opt-out
+    # that the CRM has not taken in yet
+    unimported_opt_out: str | None = None
 
     def moved(self, **changes: object) -> LedgerRow:
-        """A copy with `changes`."""
-        return replace(self, **changes)  # type: ignore[arg-type]
+        """A copy with `changes`; an unimported opt-out goes when the row is no opt-out."""
+        row = replace(self, **changes)  # type: ignore[arg-type]
+        if row.unimported_opt_out is not None and row.state is not RowState.OPTED_OUT:
+            return replace(row, unimported_opt_out=None)
+        return row
 
 
 def write_key(action: str, *parts: object) -> str:

@@ -44,6 +44,7 @@ from newsletter_pipelines.sync.guards import MassGuard, MassVerdict, check_mass
 from newsletter_pipelines.sync.identity import LedgerRow
 from newsletter_pipelines.sync.rules import (
     ACTIVE,
+    OPTED_OUT,
     WRITE_ACTIONS,
     AddressMove,
     ProviderChange,
@@ -232,6 +233,8 @@ class _Planner:
     ) -> Activity:
         before = row["ledger_before"]
         when = _when(member)
+        if member is None and before is not None and before.unimported_opt_out is not None:
+            when = as_datetime(before.provider_changed_at)  # when the sync saw the opt-out
         parts = (
             self.audience.key,
             address(row),
@@ -262,6 +265,9 @@ class _Planner:
         member = self.member(address(row))
         if change is ProviderChange.OPTED_OUT:
             status = (member or {}).get("status") or row["provider_status"]
+            before = row["ledger_before"]
+            if status not in OPTED_OUT and before is not None:  # archived or deleted since
+                status = before.unimported_opt_out
             bounced = status == "cleaned" or address(row) in self.bounced
             kind = "hard_bounce" if bounced else "newsletter_unsubscribed"
             if bounced and not self.record_bounces:
@@ -398,14 +404,15 @@ def _when(member: Mapping[str, Any] | None) -> datetime | None:
 
 
 def bounce_candidates(diff: pd.DataFrame) -> dict[str, str]:
-    """Provider ids (to match keys) of members newly seen blocklisted: on Brevo a hard bounce,
-    a complaint and an unsubscribe all look like this; the provider tells why on request."""
+    """Provider ids of members newly seen blocklisted, to their addresses (`address`): on Brevo
+    a hard bounce, a complaint and an unsubscribe all look like this; the provider tells why on
+    request."""
     rows = diff[
         (diff["provider_change"] == ProviderChange.OPTED_OUT.value)
         & (diff["provider_status"] == "blacklisted")
         & diff["provider_id"].notna()
     ]
-    return dict(zip(rows["provider_id"].astype(str), rows["match_key"], strict=True))
+    return {str(r["provider_id"]): address(r) for r in records(rows)}
 
 
 def unimported_keys(diff: pd.DataFrame, plan: ImportBackPlan, written: bool) -> frozenset[str]:
@@ -427,6 +434,24 @@ def observations(diff: pd.DataFrame, unimported: frozenset[str]) -> list[LedgerR
         & ~diff["match_key"].isin(unimported)
     ]
     return rows["ledger_after"].tolist()
+
+
+def unimported_opt_outs(diff: pd.DataFrame, unimported: frozenset[str]) -> list[LedgerRow]:
+    """The ledger rows of the opt-outs among the changes the CRM did not take in, marked as such
+    (`LedgerRow.unimported_opt_out`, with the status the member had when it was seen): what the
+    sync knows of consent never waits for the CRM, and the next run that writes to the CRM
+    imports them, whether the member is still there or not."""
+    rows = diff[
+        (diff["provider_change"] == ProviderChange.OPTED_OUT.value)
+        & diff["match_key"].isin(unimported)
+    ]
+    kept = []
+    columns = ["ledger_before", "ledger_after", "provider_status"]
+    for before, after, status in rows[columns].itertuples(index=False, name=None):
+        # archived or deleted since: the status it had when the sync saw it
+        seen = status if status in OPTED_OUT else before.unimported_opt_out
+        kept.append(after.moved(unimported_opt_out=seen))
+    return kept
 
 
 def outcome_records(

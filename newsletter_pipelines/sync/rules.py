@@ -408,7 +408,11 @@ class _Rules:
     def observed(self, row: LedgerRow | None, member: Actual, owner: str | None) -> LedgerRow:
         """The row after seeing `member` opted out at the provider, with the time of the
         member's last change there."""
-        seen = {"stable_id": member.stable_id, "provider_changed_at": _iso(member.changed_at)}
+        seen = {
+            "stable_id": member.stable_id,
+            "provider_changed_at": _iso(member.changed_at),
+            "unimported_opt_out": None,
+        }
         if row is None:
             return _first_seen(member, owner, RowState.OPTED_OUT).moved(**seen)
         if row.state is RowState.UNSUBSCRIBED:  # our own unsubscribe: not the person's
@@ -425,8 +429,9 @@ class _Rules:
         changed since the sync last saw it opted out and after the CRM's last change of the
         contact that `wanted` it subscribed. Then the person opted out again after the CRM's
         yes (say, re-subscribed and unsubscribed between two syncs), which the status alone
-        cannot tell."""
-        if row is None or row.state not in BLOCKING:
+        cannot tell. An opt-out the CRM has not taken in yet (`LedgerRow.unimported_opt_out`) is
+        new to it still."""
+        if row is None or row.state not in BLOCKING or _unimported(row):
             return ProviderChange.OPTED_OUT
         if member is None or wanted is None or row.provider_changed_at is None:
             return None
@@ -435,6 +440,14 @@ class _Rules:
             member.changed_at, wanted.updated_at
         )
         return ProviderChange.OPTED_OUT if again else None
+
+    @staticmethod
+    def unimported_import(row: LedgerRow, key: str) -> dict[str, object]:
+        """What a row about address `key` says of `row`, an opt-out that blocks it: the
+        opt-out is imported now if the CRM has not taken it in and it is this address's."""
+        if row.member_key != key or not _unimported(row):
+            return {}
+        return {"after": row.moved(unimported_opt_out=None), "change": ProviderChange.OPTED_OUT}
 
     def refused_before(self, row: LedgerRow | None, write: str) -> bool:
         return row is not None and row.refusal_key == write
@@ -537,6 +550,7 @@ class _Rules:
                 contact=contact,
                 member=member,
                 before=row,
+                **self.unimported_import(blocker, key),
             )
         elif row is not None and row.state in MAY_CREATE:
             self._create(contact, row, member, "eligible again after it left the audience")
@@ -583,6 +597,7 @@ class _Rules:
                 key,
                 contact=contact,
                 before=row,
+                **self.unimported_import(blocker, key),
             )
             return
         if row is not None and (row.state in SEEN_ACTIVE or row.state is RowState.GONE):
@@ -602,6 +617,7 @@ class _Rules:
                 f"{old.status} at the provider under the previous address: never re-subscribed",
                 key,
                 contact=contact,
+                member=old,
                 before=own,
                 after=self.observed(own, old, contact.crm_id),
                 change=self.opt_out_change(own, old, contact),
@@ -733,6 +749,14 @@ class _Rules:
                     key,
                     after=row.moved(state=RowState.GONE, stable_id=member.stable_id),
                     change=ProviderChange.REMOVED,
+                    **common,
+                )
+            elif row is not None and _unimported(row):
+                self.emit(
+                    SyncAction.UNCHANGED,
+                    f"{member.status} at the provider after an opt-out, not eligible",
+                    key,
+                    **self.unimported_import(row, key),
                     **common,
                 )
             elif member.status == ARCHIVED and row is not None and row.state is RowState.GONE:
@@ -886,6 +910,21 @@ class _Rules:
                     before=row,
                     after=row.moved(state=RowState.RELEASED),
                 )
+            elif _unimported(row):
+                self.emit(
+                    SyncAction.UNCHANGED,
+                    f"{row.unimported_opt_out} at the provider, since archived or deleted; "
+                    "no longer eligible in the CRM",
+                    key,
+                    crm_id=row.owner,
+                    before=row,
+                    **self.unimported_import(row, key),
+                )
+
+
+def _unimported(row: LedgerRow) -> bool:
+    """Whether `row` holds an opt-out the CRM has not taken in yet."""
+    return row.state is RowState.OPTED_OUT and row.unimported_opt_out is not None
 
 
 def _recorded(
