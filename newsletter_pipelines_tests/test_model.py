@@ -11,7 +11,8 @@ reach states that matter.
 After every complete sync:
 
 - nobody the provider held as opted out when a sync looked is subscribed again, unless the
-  person re-subscribed at the provider;
+  person re-subscribed at the provider; nor at the address the member moved to since, unless
+  it was deleted there before a sync could see it there;
 - no address that only private contacts have is subscribed;
 - every eligible contact whose addresses no person touched at the provider is subscribed, and
   every subscribed address is an eligible contact's or one a person subscribed;
@@ -113,6 +114,8 @@ class ConsentMachine(RuleBasedStateMachine):
         self.touched: set[str] = set()  # addresses a person acted on at the provider
         self.person_subscribed: set[str] = set()  # addresses a person (re)subscribed
         self.opted_out: set[str] = set()  # held as opted out when a sync looked
+        # addresses an opt-out came to only with its member's move since a sync last looked
+        self.moved_unseen: set[str] = set()
         self.person_tags: set[tuple[str, str]] = set()  # (member's stable id, tag key)
         self.seen_tags: dict[str, set[str]] = {}  # the members' tags when a sync last looked
         self.seen_person_tags: set[tuple[str, str]] = set()  # person_tags then
@@ -286,6 +289,9 @@ class ConsentMachine(RuleBasedStateMachine):
         self.touched.add(email)
         if new_email is not None:
             self.moved(email, new_email)
+        if action == "delete" and email in self.moved_unseen:
+            self.opted_out.discard(email)
+            self.moved_unseen.discard(email)
         self.dirty = True
         if action in PERSON_OPT_OUTS and was not in OPTED_OUT:  # a new opt-out
             self.opted_out_at[email] = self.step
@@ -308,14 +314,18 @@ class ConsentMachine(RuleBasedStateMachine):
     def moved(self, email: str, new_email: str) -> None:
         """The member moved to `new_email`: both addresses are touched; an active member there
         is the person's subscription, an opt-out moved with the member (Brevo: a blacklisted
-        contact)."""
+        contact). Deleted there before a sync saw it there, the opt-out is gone with it: no
+        sync can tell where the member went (`person`)."""
         self.touched.add(new_email)
         if self.provider_status(new_email) in ("subscribed", "pending"):
             self.person_subscribed.add(new_email)
             self.opted_out.discard(new_email)
         elif email in self.opted_out:
+            if new_email not in self.opted_out or new_email in self.moved_unseen:
+                self.moved_unseen.add(new_email)
             self.opted_out.add(new_email)
         self.opted_out.discard(email)
+        self.moved_unseen.discard(email)
 
     # --- syncs --------------------------------------------------------------------------
 
@@ -324,6 +334,7 @@ class ConsentMachine(RuleBasedStateMachine):
         the tags as the sync now knows them."""
         statuses = self.world.members()
         self.opted_out |= {email for email, status in statuses.items() if status in OPTED_OUT}
+        self.moved_unseen.clear()
         if tags:
             self.seen_tags, self.seen_person_tags = self.tags_by_stable_id(), set(self.person_tags)
         return statuses

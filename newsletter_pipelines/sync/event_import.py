@@ -24,6 +24,7 @@ from newsletter_pipelines.sync.rules import ProviderChange
 from newsletter_pipelines.sync.scope import Scope, unseen_keys
 
 _MAILCHIMP_DELETING = frozenset({"delete", "archive"})  # `data[action]` of an `unsubscribe`
+_VANISHED = (ProviderChange.REMOVED.value, ProviderChange.OPTED_OUT.value)  # see `provable`
 
 
 def event_addresses(events: Iterable[StoredEvent]) -> frozenset[str]:
@@ -76,9 +77,11 @@ def confirmed_deletions(
 
 
 def provable(diff: pd.DataFrame, unseen: frozenset[str], deleted: frozenset[str]) -> pd.DataFrame:
-    """`diff` without the removals a run of a few addresses cannot prove: a ledger row whose
-    member is not at its address (`unseen`) is `removed` only where its member's deletion is
-    confirmed (`confirmed_deletions`). The row's address is the ledger row's (a removal under a
+    """`diff` without the changes of vanished members a run of a few addresses cannot prove: a
+    ledger row whose member is not at its address (`unseen`) is `removed`, or has its opt-out
+    the CRM did not take in imported, only where its member's deletion is confirmed
+    (`confirmed_deletions`); else the member may have moved outside the scope, and the full
+    import-back finds it there. The row's address is the ledger row's (a removal under a
     contact's previous address is reported on the contact's current one)."""
     ledger_keys = pd.Series(
         [
@@ -89,7 +92,7 @@ def provable(diff: pd.DataFrame, unseen: frozenset[str], deleted: frozenset[str]
         dtype=object,
     )
     doubtful = (
-        (diff["provider_change"] == ProviderChange.REMOVED.value)
+        diff["provider_change"].isin(_VANISHED)
         & ledger_keys.isin(unseen)
         & ~ledger_keys.isin(deleted)
     )
