@@ -30,7 +30,7 @@ from newsletter_pipelines.sync.import_back import (
     plan_import_back,
 )
 from newsletter_pipelines.sync.scope import Scope, close_scope, scope_diff
-from newsletter_pipelines_tests.test_eligibility import frame
+from newsletter_pipelines_tests.test_eligibility import contact, frame
 from newsletter_pipelines_tests.world import SYSTEM_TAG, World
 
 _IDS = count(1)
@@ -317,6 +317,29 @@ def test_an_address_change_has_one_source_key_whichever_row_names_it(world: Worl
     moved = {c for c in changes(planned(world, events)) if c[1] == "email_changed_at_provider"}
     assert {c[0] for c in moved} == {"4"}
     assert moved <= changes(full_plan(world))
+
+
+@pytest.mark.parametrize("world", ["brevo"], indirect=True)
+def test_an_address_change_is_told_to_its_owner_whichever_row_names_it(world: World) -> None:
+    """Found by a random long model run (Brevo): contact 1's member moves from person1@ to
+    neu1@, where contact 9 (newsletter = no) is; the CRM moved contact 1 onto person2@, whose
+    member moved away to weg2@ (outside what the events' addresses can see). The scoped run
+    decides contact 1 as gone at person2@ (a removal it cannot prove), so it names the move on
+    the member's row at neu1@, which is about contact 9; the full run names it on contact 1's
+    update. Both must tell contact 1, the owner, under the same source key."""
+    world.crm[:] = world.crm[:3]
+    world.sync()
+    world.sync()  # the ledger learns the stable ids
+    world.act("person2@example.de", "change_email", new_email="weg2@example.de")
+    world.set(1, email="person2@example.de")
+    world.set(2, email="neu2@example.de")
+    world.act("person1@example.de", "change_email", new_email="neu1@example.de")
+    world.crm.append(contact(9, email="neu1@example.de", newsletter="no"))
+    events = [event(world, "list_addition", "neu1@example.de")]
+    scoped, full = changes(planned(world, events)), changes(full_plan(world))
+    moved = {c for c in scoped if c[1] == "email_changed_at_provider"}
+    assert {c[0] for c in moved} == {"1"}
+    assert scoped <= full
 
 
 def test_a_deletion_before_the_ledger_knows_stable_ids_is_imported_as_the_nightly_run_would(

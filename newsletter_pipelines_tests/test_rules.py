@@ -599,7 +599,7 @@ def test_an_address_changed_at_the_provider_keeps_the_member_and_the_crm_address
     row = frame.loc["a@x.de"]
     assert (row.action, row.old_email, row.crm_id) == ("update", "b@x.de", "1")
     assert row.provider_change == "email_changed"
-    assert row.address_move == AddressMove("a@x.de", "b@x.de", None)
+    assert row.address_move == AddressMove("a@x.de", "b@x.de", None, "1")
     assert row.detail.startswith("address changed at the provider from a@x.de to b@x.de; ")
     before, after = row.ledger_before, row.ledger_after
     assert (before.member_key, before.moved_from, before.provider_id) == (

@@ -88,6 +88,7 @@ class CrmView:
         after = [r.member_key for r in rows["ledger_after"] if r is not None]
         keys = set(rows["match_key"]) | set(after)
         ids = set(rows["crm_id"].dropna().astype(str))
+        ids |= {m.owner for m in rows["address_move"] if m is not None and m.owner is not None}
         by_key: dict[str, list[str]] = {}
         newsletter: dict[str, str] = {}
         updated_at: dict[str, datetime | None] = {}
@@ -297,12 +298,14 @@ class _Planner:
 
     def email_changed(self, row: Mapping[str, Any]) -> None:
         """Tell the owner contact (if the CRM still has it) its member's new address. The
-        source key is made from the move alone (contact, old and new address, when): which
-        row of a diff names the move depends on what else the run decides there."""
-        crm_id = None if row["crm_id"] is None else str(row["crm_id"])
+        contact and the source key are made from the move alone (owner, old and new address,
+        when): which row of a diff names the move depends on what else the run decides there,
+        and a row about the member at its new address may be about another contact there."""
+        move: AddressMove = row["address_move"]
+        owner = move.owner if move.owner is not None else row["crm_id"]
+        crm_id = None if owner is None else str(owner)
         if crm_id not in self.crm.newsletter:
             return
-        move: AddressMove = row["address_move"]
         base = self.activity(row, "email_changed_at_provider", crm_id, None)
         parts = (
             self.audience.key,

@@ -140,6 +140,7 @@ class AddressMove:
     old_email: str
     new_email: str
     changed_at: datetime | None  # the provider's time of the member's last change
+    owner: str | None = None  # the contact the ledger knew the member as (not the row's)
 
 
 @dataclass(frozen=True)
@@ -883,7 +884,8 @@ class _Rules:
             ranked = [r for r in mine if any(r is a for a in about)] + mine + about
             if ranked:
                 new = self.members[key]
-                self.report_move(ranked, AddressMove(old.email, new.email, new.changed_at))
+                move = AddressMove(old.email, new.email, new.changed_at, old.owner)
+                self.report_move(ranked, move)
 
     @staticmethod
     def report_move(ranked: list[dict[str, object]], move: AddressMove) -> None:
