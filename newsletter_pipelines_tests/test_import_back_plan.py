@@ -399,3 +399,24 @@ def test_an_opt_out_a_report_only_sync_saw_is_imported_by_the_next_writing_sync(
     assert world.imported[-1].counts == {"newsletter_unsubscribed": 1}
     world.sync(import_back=True)
     assert len(world.imported[-1]) == 0
+
+
+@pytest.mark.parametrize("world", ["brevo"], indirect=True)  # Mailchimp moves only active members
+def test_an_opted_out_member_a_report_only_sync_saw_move_is_not_subscribed_after_its_deletion(
+    world: World,
+) -> None:
+    """An opted-out member moved to another address at the provider; a report-only sync saw
+    it there and left the move for a later run to tell the CRM, so its ledger row stayed at the
+    old address. The member was then deleted: nothing said its new address was opted out, and
+    a CRM contact with that address was created. The row now moves with the member at once."""
+    world.sync()
+    world.sync()  # the ledger learns the stable ids
+    world.act("person3@example.de", "unsubscribe")
+    world.sync(import_back=True)  # the CRM says no
+    world.act("person3@example.de", "change_email", new_email="neu3@example.de")
+    world.sync(import_back=True, write_back=False)
+    world.act("neu3@example.de", "delete")
+    world.crm.append(contact(99, email="neu3@example.de", updated_at="2026-07-01 00:00:00"))
+    diff, _ = world.sync(import_back=True)
+    assert "neu3@example.de" not in world.members()
+    assert diff.set_index("crm_id").loc["99", "action"] == "blocked_by_provider"

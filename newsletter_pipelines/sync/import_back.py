@@ -35,13 +35,14 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from newsletter_pipelines.bulk import records
 from newsletter_pipelines.crm.writer import Activity, ContactChange, NewContact, WriteSummary
 from newsletter_pipelines.state.ledger import OutcomeRecord
 from newsletter_pipelines.sync.guards import MassGuard, MassVerdict, check_mass
-from newsletter_pipelines.sync.identity import LedgerRow
+from newsletter_pipelines.sync.identity import BLOCKING, LedgerRow
 from newsletter_pipelines.sync.rules import (
     ACTIVE,
     OPTED_OUT,
@@ -439,18 +440,37 @@ def observations(diff: pd.DataFrame, unimported: frozenset[str]) -> list[LedgerR
     return rows["ledger_after"].tolist()
 
 
-def unimported_opt_outs(diff: pd.DataFrame, unimported: frozenset[str]) -> list[LedgerRow]:
-    """The ledger rows of the opt-outs among the changes the CRM did not take in, marked as such
-    (`LedgerRow.unimported_opt_out`, with the status the member had when it was seen): what the
-    sync knows of consent never waits for the CRM, and the next run that writes to the CRM
-    imports them, whether the member is still there or not."""
-    rows = diff[
-        (diff["provider_change"] == ProviderChange.OPTED_OUT.value)
-        & diff["match_key"].isin(unimported)
+def keeps_consent(diff: pd.DataFrame) -> pd.Series:
+    """Which rows' ledger rows are stored even when the CRM does not take their provider-side
+    change in (report only, dry run): those that carry what the sync knows of consent, an
+    opt-out new to the CRM and the row of an opted-out member that moved at the provider. The
+    rest waits, so the next run that writes to the CRM finds the change again."""
+    changes = (ProviderChange.OPTED_OUT.value, ProviderChange.EMAIL_CHANGED.value)
+    changed = diff["provider_change"].isin(changes).to_numpy()
+    rows = diff[changed]
+    keep = np.zeros(len(diff), dtype=bool)
+    keep[changed] = [
+        change == ProviderChange.OPTED_OUT.value
+        or (after is not None and after.moved_from is not None and after.state in BLOCKING)
+        for change, after in zip(rows["provider_change"], rows["ledger_after"], strict=True)
     ]
+    return pd.Series(keep, index=diff.index)
+
+
+def unimported_consent(diff: pd.DataFrame, unimported: frozenset[str]) -> list[LedgerRow]:
+    """The ledger rows `keeps_consent` keeps among the changes the CRM did not take in: an
+    opt-out marked as such (`LedgerRow.unimported_opt_out`, with the status the member had),
+    which the next run that writes to the CRM imports, whether the member is still there or
+    not; an opted-out member's row moved to its new address, so the opt-out follows the member
+    even if it is deleted there (its address change is then not told to the CRM later: the
+    opt-out is what must never be lost)."""
+    rows = diff[keeps_consent(diff) & diff["match_key"].isin(unimported)]
     kept = []
-    columns = ["ledger_before", "ledger_after", "provider_status"]
-    for before, after, status in rows[columns].itertuples(index=False, name=None):
+    columns = ["provider_change", "ledger_before", "ledger_after", "provider_status"]
+    for change, before, after, status in rows[columns].itertuples(index=False, name=None):
+        if change != ProviderChange.OPTED_OUT.value:
+            kept.append(after)
+            continue
         # archived or deleted since: the status it had when the sync saw it
         seen = status if status in OPTED_OUT else before.unimported_opt_out
         kept.append(after.moved(unimported_opt_out=seen))

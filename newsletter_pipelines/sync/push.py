@@ -43,7 +43,7 @@ from newsletter_pipelines.providers.base import (
 from newsletter_pipelines.state.ledger import OutcomeRecord, record
 from newsletter_pipelines.sync.email_address import match_key
 from newsletter_pipelines.sync.identity import Intent, LedgerRow, RowState
-from newsletter_pipelines.sync.import_back import unimported_opt_outs
+from newsletter_pipelines.sync.import_back import keeps_consent, unimported_consent
 from newsletter_pipelines.sync.rules import OPTED_OUT, WRITE_ACTIONS, ProviderChange, SyncAction
 
 HELD = "held"
@@ -144,10 +144,9 @@ class _Push:
         writes = diff[diff["action"].isin([a.value for a in WRITE_ACTIONS])]
         pending = diff["provider_change"].notna() & diff["match_key"].isin(self.ctx.unimported)
         self.observe(diff[~diff.index.isin(writes.index) & diff["ledger_after"].notna() & ~pending])
-        kept = unimported_opt_outs(diff, self.ctx.unimported)
+        kept = unimported_consent(diff, self.ctx.unimported)
         record(self.ctx.engine, self.ctx.audience, self.ctx.run_id, kept)
-        # stored (moved with its member, if it moved): nothing waits for the CRM there
-        pending &= diff["provider_change"] != ProviderChange.OPTED_OUT.value
+        pending &= ~keeps_consent(diff)  # stored (moved with its member): nothing waits there
         pending_keys = set(diff.loc[pending, "match_key"])
         rest, first = partition(lambda r: r["match_key"] in pending_keys, records(writes))
         # the writes of members whose move the CRM has not taken in go first: each moves its

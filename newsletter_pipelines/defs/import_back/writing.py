@@ -23,8 +23,8 @@ from newsletter_pipelines.sync.import_back import (
     observations,
     outcome_records,
     plan_import_back,
+    unimported_consent,
     unimported_keys,
-    unimported_opt_outs,
 )
 
 _SETTINGS = Settings()
@@ -94,7 +94,7 @@ def import_back(
         log(f"{audience.key}: {why}: nothing written into the CRM")
     unimported = unimported_keys(diff, plan, written=mode == "write")
     ledger_rows = observations(diff, unimported) if mode == "write" else []
-    ledger_rows += unimported_opt_outs(diff, unimported)  # report only, dry run: kept as such
+    ledger_rows += unimported_consent(diff, unimported)  # report only, dry run: kept as such
     record(
         state_db.engine(),
         audience.key,
