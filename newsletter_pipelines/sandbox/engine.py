@@ -121,9 +121,15 @@ class Sandbox:
         self._flight_lock = threading.Lock()
         self._depth = 0
         self._seen_version: int | None = None
-        with self.transaction():
-            if default_accounts and not self.state.mailchimp and not self.state.brevo:
-                self._add_default_accounts()
+        lacking = lambda: default_accounts and not self.state.mailchimp and not self.state.brevo  # noqa: E731
+        # the state file is written back only when it is new or gets the default accounts
+        # (rewriting an unchanged one costs as much as reading it)
+        with self.transaction(write=False):
+            settled = (self.state_file is None or self.state_file.exists()) and not lacking()
+        if not settled:
+            with self.transaction():  # another process may have added them meanwhile
+                if lacking():
+                    self._add_default_accounts()
 
     # --- hooks used by the APIs ---------------------------------------------------------
 

@@ -122,11 +122,12 @@ def resolve_intents(rows: Iterable[LedgerRow], statuses: Mapping[str, str]) -> d
     """
     resolved: dict[str, LedgerRow] = {}
     for row in rows:
+        if row.intent is None:  # most rows: nothing to settle (and no copy to make)
+            resolved[row.member_key] = row
+            continue
         status = statuses.get(row.member_key)
         done = row.moved(intent=None, intent_key=None)
-        if row.intent is None:
-            resolved[row.member_key] = row
-        elif row.intent is Intent.REMOVE and status in (None, "archived"):
+        if row.intent is Intent.REMOVE and status in (None, "archived"):
             resolved[row.member_key] = done.moved(state=RowState.REMOVED)
         elif row.intent is Intent.UNSUBSCRIBE and status in ("unsubscribed", "blacklisted"):
             resolved[row.member_key] = done.moved(state=RowState.UNSUBSCRIBED)
