@@ -51,12 +51,8 @@ from newsletter_pipelines.sandbox import (
     Sandbox,
     SandboxTransport,
 )
-from newsletter_pipelines.state.ledger import (
-    create_tables,
-    ledger_rows,
-    load_ledger_frame,
-    record,
-)
+from newsletter_pipelines.state.ledger import ledger_rows, load_ledger_frame, record
+from newsletter_pipelines.state.schema import ensure_schema
 from newsletter_pipelines.sync.eligibility import ELIGIBLE_COLUMNS, EXCLUDED_COLUMNS
 from newsletter_pipelines.sync.email_address import match_key
 from newsletter_pipelines.sync.identity import LedgerRow, RowState
@@ -255,7 +251,7 @@ def make_world(name: str, sandbox: Sandbox, folder: Path) -> World:
             transport=transport,
         )
     engine = sa.create_engine(f"sqlite:///{folder / f'state_{name}.sqlite3'}")
-    create_tables(engine)
+    ensure_schema(engine, upgrade=True)
     return World(name, sandbox, provider, engine)
 
 
@@ -430,7 +426,7 @@ def reconcile_inputs(
                 stable_id=stable_id,
             )
         )
-    create_tables(engine)
+    ensure_schema(engine, upgrade=True)
     for start in range(0, len(ledger), 50_000):
         record(engine, "bench", "setup", ledger[start : start + 50_000])
     frame = pd.DataFrame(snapshot, columns=list(SNAPSHOT_COLUMNS))

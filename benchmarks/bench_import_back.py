@@ -62,7 +62,8 @@ from newsletter_pipelines.crm.synthetic import GERMAN_FEMALE, GERMAN_LAST, GERMA
 from newsletter_pipelines.crm.writer import CrmWriter, WriteSummary
 from newsletter_pipelines.db import create_engine, safe_url
 from newsletter_pipelines.settings import CrmSchema, CrmValues
-from newsletter_pipelines.state.ledger import create_tables, record
+from newsletter_pipelines.state.ledger import record
+from newsletter_pipelines.state.schema import ensure_schema
 from newsletter_pipelines.sync.eligibility import classify
 from newsletter_pipelines.sync.identity import LedgerRow, RowState
 from newsletter_pipelines.sync.import_back import (
@@ -539,7 +540,7 @@ def measure(database: str, url: str, folder: Path, changes: int) -> None:
 
     # the state database: its own SQLite file, or the PostgreSQL database beside the CRM tables
     state = create_engine(url if database == "postgres" else f"sqlite:///{folder / 'state.db'}")
-    create_tables(state)
+    ensure_schema(state, upgrade=True)
     seconds: dict[str, float] = {}
     writer = CrmWriter(engine, schema, CrmValues())
     with PeakRss() as rss:

@@ -80,12 +80,9 @@ from newsletter_pipelines.crm.synthetic import GERMAN_FEMALE, GERMAN_LAST, GERMA
 from newsletter_pipelines.db import create_engine, safe_url
 from newsletter_pipelines.sandbox.webhooks import form_fields
 from newsletter_pipelines.settings import CrmSchema
-from newsletter_pipelines.state.events import (
-    create_events_table,
-    provider_events,
-    store_events,
-)
-from newsletter_pipelines.state.ledger import create_tables, ledger
+from newsletter_pipelines.state.events import provider_events, store_events
+from newsletter_pipelines.state.ledger import ledger
+from newsletter_pipelines.state.schema import ensure_schema
 from newsletter_pipelines.sync.email_address import raw_match_key
 from newsletter_pipelines.webhooks.parse import brevo_events, mailchimp_events
 
@@ -883,7 +880,7 @@ def _copy_ledger(source: Path, url: str) -> int:
     """The sync's ledger rows from the SQLite state file into the state database at `url`."""
     reading = create_engine(f"sqlite:///{source}")
     writing = create_engine(url)
-    create_tables(writing)
+    ensure_schema(writing, upgrade=True)
     copied = 0
     with reading.connect() as conn, writing.begin() as out:
         result = conn.execute(sa.select(ledger)).mappings()
@@ -947,7 +944,7 @@ def prepare_database(
     with (synced / "events.pickle").open("rb") as handle:
         parsed = pickle.load(handle)
     state = create_engine(state_url)
-    create_events_table(state)
+    ensure_schema(state, upgrade=True)
     stored = sum(
         store_events(state, parsed[i : i + STORE_CHUNK]) for i in range(0, len(parsed), STORE_CHUNK)
     )

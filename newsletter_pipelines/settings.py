@@ -386,6 +386,11 @@ class Settings(BaseSettings):
             )
         return secret or DEMO_WEBHOOK_SECRET
 
+    def upgrades_state_database(self) -> bool:
+        """True in the embedded deployment: the state database's schema is upgraded on first
+        use. In production `python -m newsletter_pipelines.state upgrade` does it."""
+        return self.deployment == "embedded"
+
     def uses_embedded_crm(self) -> bool:
         """True when no CRM URL is configured and the demo CRM is used."""
         return self.crm_database_url is None

@@ -46,7 +46,13 @@ def test_compose_runs_each_process_once_from_the_code_location() -> None:
     assert commands["daemon"].startswith("dagster-daemon run")
     assert "newsletter_pipelines.webhooks serve" in commands["receiver"]
     assert sum("dagster-daemon run" in c for c in commands.values()) == 1
-    assert all("healthcheck" in s for s in services.values())
+    assert all("healthcheck" in s for name, s in services.items() if name != "migrate")
+    # the state database is upgraded once, before the processes that use it start
+    assert commands["migrate"] == "python -m newsletter_pipelines.state upgrade"
+    assert services["migrate"]["restart"] == "no"
+    for name in ("code-server", "receiver"):
+        upgraded = services[name]["depends_on"]["migrate"]
+        assert upgraded == {"condition": "service_completed_successfully"}
     workspace = load("workspace.yaml")["load_from"][0]["grpc_server"]
     assert (workspace["host"], workspace["port"]) == ("code-server", 4000)
     assert (

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from newsletter_pipelines.db import create_engine
 from newsletter_pipelines.state.exclusions import record_eligibility
+from newsletter_pipelines.state.schema import ensure_schema
 from newsletter_pipelines.sync.guards import DropVerdict, check_count_drop
 
 
@@ -53,6 +54,7 @@ def test_a_second_run_waits_for_the_first_and_judges_against_its_baseline(state_
     """Run A holds its transaction open (its judge waits); run B, started meanwhile, must not
     store anything before A commits, and then compares with A's baseline."""
     engine = create_engine(state_url)
+    ensure_schema(engine, upgrade=True)
     inside, release = threading.Event(), threading.Event()
     seen_a: list[int | None] = []
     seen_b: list[int | None] = []
@@ -85,6 +87,7 @@ def test_a_second_run_waits_for_the_first_and_judges_against_its_baseline(state_
 
 def test_a_failed_verdict_keeps_the_baseline(state_url: str) -> None:
     engine = create_engine(state_url)
+    ensure_schema(engine, upgrade=True)
     record_eligibility(engine, excluded("a", 1), "a", judging(100, []))
     _, verdict = record_eligibility(engine, excluded("b", 1), "b", judging(10, []))
     assert not verdict.passed

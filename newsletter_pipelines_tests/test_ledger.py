@@ -1,24 +1,18 @@
 """The ledger table on SQLite and PostgreSQL: a ledger of the layout before `stable_id`,
-`provider_changed_at` and `unimported_opt_out` gets the columns, and a row moved by an
-address change at the provider replaces its old row."""
+`provider_changed_at` and `unimported_opt_out` gets the columns from the migrations, and a row
+moved by an address change at the provider replaces its old row."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from newsletter_pipelines.state.ledger import (
-    ADDED_COLUMNS,
-    create_tables,
-    ledger,
-    load_ledger,
-    load_ledger_frame_at,
-    record,
-)
+from newsletter_pipelines.state.ledger import load_ledger, load_ledger_frame_at, record
+from newsletter_pipelines.state.schema import ensure_schema, head_revision, upgrade
 from newsletter_pipelines.sync.identity import LedgerRow, RowState
+from newsletter_pipelines_tests.test_state_migrations import LATER_COLUMNS, old_ledger
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -41,38 +35,13 @@ def row(key: str, stable_id: str | None = None, **extra: object) -> LedgerRow:
     )
 
 
-@pytest.mark.parametrize("added", [ADDED_COLUMNS, ADDED_COLUMNS[1:], ADDED_COLUMNS[2:]])
+@pytest.mark.parametrize("added", [LATER_COLUMNS, LATER_COLUMNS[1:], LATER_COLUMNS[2:]])
 def test_a_ledger_of_an_older_layout_gets_the_columns_and_keeps_its_rows(
     engine: sa.Engine, added: tuple[str, ...]
 ) -> None:
-    columns = [c for c in ledger.columns if c.name not in added]
-    old = sa.Table(
-        "sync_ledger",
-        sa.MetaData(),
-        *(
-            sa.Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
-            for c in columns
-        ),
-        sqlite_with_rowid=False,
-    )
-    old.create(engine)
-    stored = row("x@example.de")
-    with engine.begin() as conn:
-        conn.execute(
-            old.insert(),
-            {
-                "audience": "a",
-                "member_key": stored.member_key,
-                "email": stored.email,
-                "owner": stored.owner,
-                "provider_id": stored.provider_id,
-                "tags": '["CRM"]',
-                "state": stored.state.value,
-                "last_synced_at": datetime.now(UTC),
-            },
-        )
-    create_tables(engine)
-    create_tables(engine)  # once there, the columns are not added again
+    stored = old_ledger(engine, added)
+    ensure_schema(engine, upgrade=True)
+    assert upgrade(engine) == head_revision()  # once there, the columns are not added again
     assert load_ledger(engine, "a") == [stored]
     seen = row("x@example.de", "c1", provider_changed_at="2026-12-03T10:00:00+00:00").moved(
         state=RowState.OPTED_OUT, unimported_opt_out="unsubscribed"
@@ -84,7 +53,7 @@ def test_a_ledger_of_an_older_layout_gets_the_columns_and_keeps_its_rows(
 def test_a_moved_row_replaces_the_row_of_the_same_member_at_its_old_address(
     engine: sa.Engine,
 ) -> None:
-    create_tables(engine)
+    ensure_schema(engine, upgrade=True)
     record(engine, "a", "run", [row("old@example.de", "c1"), row("other@example.de", "c2")])
     moved = row("new@example.de", "c1", moved_from="old@example.de")
     record(engine, "a", "run", [moved])
@@ -99,7 +68,7 @@ def test_a_moved_row_replaces_the_row_of_the_same_member_at_its_old_address(
 
 
 def test_the_rows_of_a_few_addresses_owners_and_members(engine: sa.Engine) -> None:
-    create_tables(engine)
+    ensure_schema(engine, upgrade=True)
     rows = [
         row("a@example.de", "s1"),
         row("b@example.de", "s2").moved(owner="7"),

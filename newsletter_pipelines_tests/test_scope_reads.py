@@ -20,12 +20,8 @@ from newsletter_pipelines.crm.reader import read_contacts, read_contacts_at
 from newsletter_pipelines.providers.base import Member, MemberStatus
 from newsletter_pipelines.settings import CrmSchema
 from newsletter_pipelines.state import ledger as ledger_module
-from newsletter_pipelines.state.ledger import (
-    create_tables,
-    load_ledger_frame,
-    load_ledger_frame_at,
-    record,
-)
+from newsletter_pipelines.state.ledger import load_ledger_frame, load_ledger_frame_at, record
+from newsletter_pipelines.state.schema import ensure_schema
 from newsletter_pipelines.sync import scope as scope_module
 from newsletter_pipelines.sync.email_address import raw_match_key
 from newsletter_pipelines.sync.identity import Intent, LedgerRow, RowState
@@ -74,7 +70,7 @@ def ledger_row(n: int, key: str, owner: str | None, stable_id: str | None) -> Le
 def fill_ledger(engine: sa.Engine, count: int) -> None:
     """`count` rows of the audience (owners 1..count, every tenth without one; stable ids on
     two of three) and a few of another audience at the same keys."""
-    create_tables(engine)
+    ensure_schema(engine, upgrade=True)
     rows = [
         ledger_row(
             n, f"m{n:05d}@example.org", str(n) if n % 10 else None, f"s{n}" if n % 3 else None
@@ -227,7 +223,7 @@ def test_a_scope_read_round_by_round_is_the_scope_read_whole_in_every_round(
             rows.append(ledger_row(i, email_of[ids[i]], ids[i + 1], f"s{i}"))
     rows.append(ledger_row(900, "moved-away@example.org", ids[300], "moved"))
     rows += [ledger_row(1_000 + i, email_of[ids[i]], ids[i], None) for i in range(400, 700)]
-    create_tables(engine)
+    ensure_schema(engine, upgrade=True)
     record(engine, AUDIENCE, "run", rows)
     members = {
         email_of[ids[i]]: Member(

@@ -7,13 +7,8 @@ import pytest
 import sqlalchemy as sa
 
 from newsletter_pipelines.state.exclusions import count_by_reason, record_eligibility
-from newsletter_pipelines.state.ledger import (
-    OutcomeRecord,
-    create_tables,
-    load_ledger,
-    outcome_counts,
-    record,
-)
+from newsletter_pipelines.state.ledger import OutcomeRecord, load_ledger, outcome_counts, record
+from newsletter_pipelines.state.schema import ensure_schema
 from newsletter_pipelines.sync.guards import check_count_drop
 from newsletter_pipelines.sync.identity import Intent, LedgerRow, RowState
 
@@ -34,7 +29,7 @@ def row(n: str, state: RowState = RowState.SUBSCRIBED, **extra: object) -> Ledge
 
 def test_ledger_and_outcomes_round_trip(postgres_url: str) -> None:
     engine = sa.create_engine(postgres_url)
-    create_tables(engine)
+    ensure_schema(engine, upgrade=True)
     record(
         engine,
         "mailchimp",
@@ -68,7 +63,7 @@ def test_ledger_and_outcomes_round_trip(postgres_url: str) -> None:
 def test_ledger_loads_in_member_key_order(postgres_url: str) -> None:
     # without ORDER BY, PostgreSQL returns rows in storage order, which updates change
     engine = sa.create_engine(postgres_url)
-    create_tables(engine)
+    ensure_schema(engine, upgrade=True)
     record(engine, "a", "run-1", [row(n) for n in "93718"])
     record(engine, "a", "run-2", [row("3", RowState.REMOVED)])
     assert [r.owner for r in load_ledger(engine, "a")] == list("13789")
@@ -76,6 +71,7 @@ def test_ledger_loads_in_member_key_order(postgres_url: str) -> None:
 
 def test_exclusions_on_postgres_replace_previous_rows(postgres_url: str) -> None:
     engine = sa.create_engine(postgres_url)
+    ensure_schema(engine, upgrade=True)
     excluded = pd.DataFrame(
         {
             "contact_id": [1, 2],

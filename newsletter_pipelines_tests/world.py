@@ -15,7 +15,8 @@ import sqlalchemy as sa
 from newsletter_pipelines.providers.base import Provider
 from newsletter_pipelines.sandbox import PersonEvent, Sandbox, SandboxTransport
 from newsletter_pipelines.sandbox.people import brevo_person, mailchimp_person
-from newsletter_pipelines.state.ledger import create_tables, load_ledger_frame
+from newsletter_pipelines.state.ledger import load_ledger_frame
+from newsletter_pipelines.state.schema import ensure_schema
 from newsletter_pipelines.sync.eligibility import EligibilityResult, classify
 from newsletter_pipelines.sync.guards import MassLimits, push_verdicts
 from newsletter_pipelines.sync.import_back import (
@@ -182,7 +183,7 @@ def open_world(provider_name: str, folder: Path, contacts: int = 50) -> Iterator
         brevo_account(sandbox)
         provider = make_brevo(transport, "CRM Newsletter")
     engine = sa.create_engine(f"sqlite:///{folder / 'state.sqlite3'}")
-    create_tables(engine)
+    ensure_schema(engine, upgrade=True)
     crm = [
         contact(i, email=f"person{i}@example.de", tags=("Käufer",) if i % 2 else ())
         for i in range(1, contacts + 1)

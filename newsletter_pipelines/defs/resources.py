@@ -13,6 +13,7 @@ from newsletter_pipelines.crm.reader import read_contacts
 from newsletter_pipelines.db import create_engine, safe_url
 from newsletter_pipelines.providers.resources import BrevoResource, MailchimpResource
 from newsletter_pipelines.settings import CrmSchema, Settings
+from newsletter_pipelines.state.schema import ensure_schema
 
 
 def _url_source(env_var: str, default: str) -> str | dg.EnvVar:
@@ -53,15 +54,18 @@ class CrmResource(dg.ConfigurableResource):
 
 
 class StateDatabaseResource(dg.ConfigurableResource):
-    """The state database: eligibility exclusions (and later the sync ledger and outcomes)."""
+    """The state database: eligibility exclusions, sync ledger, outcome log, webhook inbox."""
 
     database_url: str
+    upgrade_schema: bool = False  # True (embedded): upgraded on first use; else at head or error
     _engine: sa.Engine | None = PrivateAttr(default=None)
 
     def engine(self) -> sa.Engine:
-        """A shared engine for the state database."""
+        """A shared engine for the state database, its schema at head (`state.schema`: checked
+        once per process)."""
         if self._engine is None:
             self._engine = create_engine(self.database_url)
+        ensure_schema(self._engine, upgrade=self.upgrade_schema)
         return self._engine
 
     def describe(self) -> str:
@@ -82,7 +86,8 @@ def build_resources(settings: Settings | None = None) -> dict[str, dg.Configurab
     state = StateDatabaseResource(
         database_url=_url_source(
             "NEWSLETTER_STATE_DATABASE_URL", settings.resolved_state_database_url()
-        )
+        ),
+        upgrade_schema=settings.upgrades_state_database(),
     )
     return {
         "crm": crm,

@@ -71,12 +71,6 @@ class StoredEvent:
     processed_at: datetime | None
 
 
-def create_events_table(engine: sa.Engine) -> None:
-    """Create `provider_events` (and its index) unless it exists; SQLite and PostgreSQL only."""
-    _insert_ignoring_duplicates(engine.dialect.name)  # refuses other databases up front
-    metadata.create_all(engine)
-
-
 def store_events(
     engine: sa.Engine, events: Sequence[NewEvent], *, now: datetime | None = None
 ) -> int:

@@ -58,7 +58,6 @@ def record_eligibility(
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
-        metadata.create_all(conn)
         stored = _replace_exclusions(conn, excluded, run_id)
         previous = conn.execute(sa.select(baseline.c.eligible_count)).scalar_one_or_none()
         verdict = judge(previous)

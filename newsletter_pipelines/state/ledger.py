@@ -40,7 +40,7 @@ ledger = sa.Table(
     sa.Column("intent", sa.String(32)),
     sa.Column("intent_key", sa.Text),
     sa.Column("last_synced_at", sa.DateTime(timezone=True), nullable=False),
-    # the last columns: where ALTER TABLE puts them in an older ledger (`ADDED_COLUMNS`)
+    # added by the migrations 0002 and 0003 (migrations/versions)
     sa.Column("stable_id", sa.Text),
     sa.Column("provider_changed_at", sa.Text),  # ISO 8601, as `LedgerRow` holds it
     sa.Column("unimported_opt_out", sa.Text),  # the status of an opt-out the CRM lacks
@@ -50,8 +50,6 @@ ledger = sa.Table(
 LEDGER_COLUMNS = tuple(
     c.name for c in ledger.columns if c.name not in ("audience", "last_synced_at")
 )
-# nullable text, added after release
-ADDED_COLUMNS = ("stable_id", "provider_changed_at", "unimported_opt_out")
 
 outcomes = sa.Table(
     "sync_outcomes",
@@ -83,41 +81,9 @@ class OutcomeRecord:
     message: str | None = None
 
 
-def create_tables(engine: sa.Engine) -> None:
-    """Create the ledger and outcome tables if missing; add the `ADDED_COLUMNS` a ledger
-    created before them lacks; refuse a ledger of an older layout."""
-    metadata.create_all(engine)
-    columns = _ledger_columns(engine)
-    if "member_key" not in columns:
-        raise RuntimeError(
-            "the state database holds a sync_ledger of an older layout (one row per CRM "
-            "contact); drop the table sync_ledger, or point NEWSLETTER_STATE_DATABASE_URL at a "
-            "new database: the next full sync rebuilds it from the provider"
-        )
-    for name in ADDED_COLUMNS:
-        if name not in columns:
-            _add_column(engine, name)
-
-
-def _ledger_columns(engine: sa.Engine) -> set[str]:
-    return {c["name"] for c in sa.inspect(engine).get_columns("sync_ledger")}
-
-
-def _add_column(engine: sa.Engine, name: str) -> None:
-    """Add the nullable text column `name` of `ADDED_COLUMNS` (the rows learn their values
-    from the next sync); another process adding it at the same time is fine."""
-    try:
-        with engine.begin() as conn:
-            conn.execute(sa.text(f"ALTER TABLE sync_ledger ADD COLUMN {name} TEXT"))
-    except sa.exc.DBAPIError:
-        if name not in _ledger_columns(engine):
-            raise
-
-
 def load_ledger_frame(engine: sa.Engine, audience: str) -> pd.DataFrame:
     """Every ledger row of an audience as a frame (columns `LEDGER_COLUMNS`, `tags` as JSON
     text), ordered by member key."""
-    create_tables(engine)
     columns = [ledger.c[name] for name in LEDGER_COLUMNS]
     query = sa.select(*columns).where(ledger.c.audience == audience).order_by(ledger.c.member_key)
     with gc_paused(), engine.connect() as conn:
@@ -139,7 +105,6 @@ def load_ledger_frame_at(
 
     Past `LOOKUP_MAX` keys, owners and stable ids together, the audience's whole ledger is read
     in one query and matched here (one sequential scan costs less than many IN lists)."""
-    create_tables(engine)
     columns = [ledger.c[name] for name in LEDGER_COLUMNS]
     of_audience = sa.select(*columns).where(ledger.c.audience == audience)
     rows: dict[str, tuple[object, ...]] = {}
@@ -167,7 +132,6 @@ def load_ledger_frame_at(
 def active_count(engine: sa.Engine, audience: str) -> int:
     """How many of the audience's members the ledger knows as subscribed (the audience's size,
     for the mass guards of a run about a few contacts)."""
-    create_tables(engine)
     states = [s.value for s in SEEN_ACTIVE]
     query = sa.select(sa.func.count()).where(
         ledger.c.audience == audience, ledger.c.state.in_(states)

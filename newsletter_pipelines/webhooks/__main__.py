@@ -30,7 +30,7 @@ def serve(host: str, port: int, log_level: str) -> None:
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
     try:
         app = create_app(Settings())
-    except ValueError as exc:
+    except (ValueError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"webhook receiver on http://{host}:{port}/webhooks/{{mailchimp,brevo}}/<audience>")
     # No access log: Mailchimp's secret travels in the query string.

@@ -26,7 +26,8 @@ from starlette.routing import Route
 from newsletter_pipelines.db import create_engine
 from newsletter_pipelines.reporting import mask_email
 from newsletter_pipelines.settings import DEMO_WEBHOOK_SECRET, Settings
-from newsletter_pipelines.state.events import NewEvent, create_events_table
+from newsletter_pipelines.state.events import NewEvent
+from newsletter_pipelines.state.schema import ensure_schema
 from newsletter_pipelines.webhooks.auth import (
     bearer_token,
     mailchimp_signature_valid,
@@ -174,9 +175,11 @@ class Receiver:
 def create_app(
     settings: Settings, engine: sa.Engine | None = None, *, clock: Callable[[], float] = time.time
 ) -> Starlette:
-    """The receiver for the configured audiences, its inbox table created if missing.
+    """The receiver for the configured audiences, the state database's schema checked (embedded:
+    upgraded; see `state.schema`).
 
-    Raises ValueError (naming the variable) when NEWSLETTER_WEBHOOK_SECRET is needed and unset.
+    Raises ValueError (naming the variable) when NEWSLETTER_WEBHOOK_SECRET is needed and unset,
+    RuntimeError (naming the command) when the state database needs an upgrade in production.
     """
     secret = settings.resolved_webhook_secret()
     if secret == DEMO_WEBHOOK_SECRET:
@@ -186,7 +189,7 @@ def create_app(
             DEMO_WEBHOOK_SECRET,
         )
     engine = engine or create_engine(settings.resolved_state_database_url())
-    create_events_table(engine)
+    ensure_schema(engine, upgrade=settings.upgrades_state_database())
     signing = (
         settings.webhook_signing_secret.get_secret_value()
         if settings.webhook_signing_secret

@@ -5,7 +5,7 @@ import sqlalchemy as sa
 
 from newsletter_pipelines.defs.import_back.jobs import provider_events_job
 from newsletter_pipelines.defs.resources import StateDatabaseResource
-from newsletter_pipelines.state.events import create_events_table, pending_by_audience
+from newsletter_pipelines.state.events import pending_by_audience
 from newsletter_pipelines.sync.event_import import runs_to_request
 
 INTERVAL_SECONDS = 15
@@ -24,7 +24,6 @@ def provider_events_sensor(
 ) -> dg.SensorResult | dg.SkipReason:
     cursor = int(context.cursor or 0)
     try:
-        create_events_table(state_db.engine())
         pending = pending_by_audience(state_db.engine())
     except sa.exc.SQLAlchemyError as exc:
         return dg.SkipReason(f"cannot read the inbox in the {state_db.describe()}: {exc}")
