@@ -205,7 +205,12 @@ class Settings(BaseSettings):
         description="Mailchimp API root. Default: https://<dc>.api.mailchimp.com/3.0 from the key.",
     )
     mailchimp_max_connections: int = Field(
-        default=5, ge=1, le=10, description="Concurrent connections to Mailchimp (its cap: 10)."
+        default=5,
+        ge=1,
+        le=10,
+        description="Concurrent connections of one run to Mailchimp. Mailchimp allows an "
+        "account 10 in all; the run queue lets 2 runs of one account run at once (dagster.yaml), "
+        "and a run never opens more than its share, 10 // that limit.",
     )
     brevo_api_key: SecretStr | None = Field(
         default=None, description="Brevo API key. Unset: the embedded sandbox."

@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from newsletter_pipelines.defs.providers.accounts import ACCOUNT_TAG
 from newsletter_pipelines.settings import PROJECT_ROOT
 from newsletter_pipelines_tests.test_readme import env_vars
 
@@ -77,6 +78,7 @@ def test_helm_limits_match_the_instance_config() -> None:
     runs = instance["concurrency"]["runs"]
     assert queued["maxConcurrentRuns"] == runs["max_concurrent_runs"]
     assert queued["tagConcurrencyLimits"] == runs["tag_concurrency_limits"]
+    assert ACCOUNT_TAG in [rule["key"] for rule in queued["tagConcurrencyLimits"]]
     assert (
         values["dagsterDaemon"]["runRetries"]["maxRetries"]
         == instance["run_retries"]["max_retries"]

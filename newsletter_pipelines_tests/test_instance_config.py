@@ -1,8 +1,10 @@
-"""The production `dagster.yaml` is a valid instance config whose storage lives on PostgreSQL;
-the embedded instance `make` writes has the same run limits."""
+"""The production `dagster.yaml` is a valid instance config whose storage lives on PostgreSQL
+and whose run queue limits runs per audience and per provider account; the embedded instance
+`make` writes has the same run limits."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -11,23 +13,29 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
+from newsletter_pipelines.defs.providers.accounts import runs_per_account
 from newsletter_pipelines.settings import PROJECT_ROOT
 
 
 @pytest.mark.postgres
 def test_production_instance_config_runs_on_postgres(
-    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    config = yaml.safe_load((PROJECT_ROOT / "dagster.yaml").read_text())
+    """The file as the README says: copied into $DAGSTER_HOME."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
     url = sa.engine.make_url(postgres_url).set(drivername="postgresql+psycopg2")
     monkeypatch.setenv("DAGSTER_POSTGRES_URL", url.render_as_string(hide_password=False))
-    with dg.instance_for_test(overrides=config) as instance:
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    with dg.DagsterInstance.get() as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
         assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
         assert type(instance.schedule_storage).__name__ == "PostgresScheduleStorage"
         limits = instance.get_concurrency_config().run_queue_config
         assert limits.max_concurrent_runs == 4
         assert limits.tag_concurrency_limits[0]["key"] == "dagster/partition"
+        assert runs_per_account(instance, "mailchimp") == 2  # 2 runs x 5 connections
 
 
 def test_the_embedded_instance_has_the_same_run_limits(tmp_path: Path) -> None:
@@ -44,3 +52,4 @@ def test_the_embedded_instance_has_the_same_run_limits(tmp_path: Path) -> None:
     with dg.instance_for_test(overrides=config) as instance:
         limits = instance.get_concurrency_config().run_queue_config
         assert limits.tag_concurrency_limits[0]["key"] == "dagster/partition"
+        assert runs_per_account(instance, "mailchimp") == 2

@@ -126,14 +126,17 @@ class MailchimpResource(_ProviderResource):
         """The API root (or that it comes from the key's data center)."""
         return self.base_url or "data center from the key"
 
-    def client(self, audience_name: str) -> MailchimpClient:
-        """A client for one audience (close it when done)."""
+    def client(self, audience_name: str, max_connections: int | None = None) -> MailchimpClient:
+        """A client for one audience (close it when done), opening at most `max_connections`
+        (default: the resource's) connections at once."""
+        connections = min(max_connections or self.max_connections, self.max_connections)
         if self.uses_sandbox:
             sandbox = embedded_sandbox(Path(self.sandbox_state_file))
             return MailchimpClient(
                 SANDBOX_MAILCHIMP_KEY,
                 audience_name,
                 base_url=SANDBOX_ORIGIN + MAILCHIMP_PREFIX,
+                max_connections=connections,
                 salutation_tag=self.salutation_tag,
                 audience_defaults=SANDBOX_AUDIENCE,
                 poll=SANDBOX_POLL,
@@ -145,7 +148,7 @@ class MailchimpResource(_ProviderResource):
             self.api_key,
             audience_name,
             base_url=self.base_url,
-            max_connections=self.max_connections,
+            max_connections=connections,
             salutation_tag=self.salutation_tag,
             audience_defaults=AudienceDefaults.model_validate(defaults) if defaults else None,
         )

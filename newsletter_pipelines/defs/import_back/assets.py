@@ -6,6 +6,7 @@ import dagster as dg
 import pandas as pd
 
 from newsletter_pipelines.defs.import_back.writing import import_back
+from newsletter_pipelines.defs.providers.accounts import checked_account_runs
 from newsletter_pipelines.defs.providers.partitions import audience_partitions
 from newsletter_pipelines.defs.resources import CrmResource, StateDatabaseResource
 from newsletter_pipelines.providers.resources import BrevoResource
@@ -58,6 +59,8 @@ def crm_import_back(
     addresses whose provider-side change the CRM did not take in, which the push leaves to the
     next run."""
     audience = _SETTINGS.audience(context.partition_key)
+    if audience.provider == "brevo":  # it may ask Brevo why members are blocklisted
+        checked_account_runs(context, audience)
     done = import_back(
         audience,
         reconciliation_diff,

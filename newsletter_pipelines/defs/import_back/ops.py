@@ -6,7 +6,7 @@ import dagster as dg
 from newsletter_pipelines.bulk import gc_paused
 from newsletter_pipelines.defs.import_back.engagements import record_engagements
 from newsletter_pipelines.defs.import_back.writing import import_back
-from newsletter_pipelines.defs.providers.clients import audience_client
+from newsletter_pipelines.defs.providers.clients import run_client
 from newsletter_pipelines.defs.resources import CrmResource, StateDatabaseResource
 from newsletter_pipelines.defs.scopes import read_scope
 from newsletter_pipelines.providers.resources import BrevoResource, MailchimpResource
@@ -48,7 +48,7 @@ def apply_provider_events(
         events = unprocessed_events(state_db.engine(), audience.key, up_to=config.up_to_event_id)
         context.log.info(f"{audience.key}: {len(events)} provider events to apply")
         keys = event_addresses(events)
-        client = audience_client(audience, mailchimp, brevo)
+        client = run_client(context, audience, mailchimp, brevo)
         try:
             engaged = record_engagements(audience, events, client, crm, context.log.info)
             scope = read_scope(audience.key, crm, state_db, client, keys=keys)

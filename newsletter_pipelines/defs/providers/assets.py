@@ -9,7 +9,7 @@ import pandas as pd
 
 from newsletter_pipelines.crm.changes import changed_after
 from newsletter_pipelines.crm.reader import read_contacts_at
-from newsletter_pipelines.defs.providers.clients import audience_client, provider_mode
+from newsletter_pipelines.defs.providers.clients import provider_mode, run_client
 from newsletter_pipelines.defs.providers.partitions import audience_partitions
 from newsletter_pipelines.defs.providers.pushing import push_context, push_guards, push_metadata
 from newsletter_pipelines.defs.resources import CrmResource, StateDatabaseResource
@@ -47,7 +47,7 @@ def provider_audience_snapshot(
     audience = _audience(context)
     mode = provider_mode(audience, mailchimp, brevo)
     context.log.info(mode)
-    client = audience_client(audience, mailchimp, brevo)
+    client = run_client(context, audience, mailchimp, brevo)
     try:
         client.check_credentials()
         found = client.ensure_audience()
@@ -261,7 +261,7 @@ def audience_sync(
         if not verdict.passed:
             context.log.error(verdict.message)
     context.log.info(provider_mode(audience, mailchimp, brevo))
-    client = audience_client(audience, mailchimp, brevo)
+    client = run_client(context, audience, mailchimp, brevo)
     try:
         client.ensure_audience()
         summary = push_diff(

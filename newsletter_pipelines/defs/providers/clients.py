@@ -1,5 +1,12 @@
 """The provider client of an audience partition, from the provider resources."""
 
+import dagster as dg
+
+from newsletter_pipelines.defs.providers.accounts import (
+    account_name,
+    checked_account_runs,
+    mailchimp_connections,
+)
 from newsletter_pipelines.providers.base import Provider
 from newsletter_pipelines.providers.resources import BrevoResource, MailchimpResource
 from newsletter_pipelines.settings import AudienceConfig
@@ -8,10 +15,31 @@ from newsletter_pipelines.settings import AudienceConfig
 def audience_client(
     audience: AudienceConfig, mailchimp: MailchimpResource, brevo: BrevoResource
 ) -> Provider:
-    """A client for the audience (the caller closes it)."""
+    """A client for the audience (the caller closes it); in a run's step: `run_client`."""
     if audience.provider == "mailchimp":
         return mailchimp.client(audience.name)
     return brevo.client(audience.name)
+
+
+def run_client(
+    context: dg.OpExecutionContext | dg.AssetExecutionContext,
+    audience: AudienceConfig,
+    mailchimp: MailchimpResource,
+    brevo: BrevoResource,
+) -> Provider:
+    """The audience's client for a step of this run (the caller closes it): only once the run
+    counts against its account's run limit (`accounts.checked_account_runs`), and a Mailchimp
+    client opens at most the run's share of the account's connections."""
+    runs = checked_account_runs(context, audience)
+    if audience.provider != "mailchimp":
+        return brevo.client(audience.name)
+    connections = mailchimp_connections(runs, mailchimp.max_connections)
+    if runs is not None:
+        context.log.info(
+            f"{audience.key}: at most {runs} runs of the {account_name(audience)} account at "
+            f"once, this one opens at most {connections} connections"
+        )
+    return mailchimp.client(audience.name, max_connections=connections)
 
 
 def provider_mode(

@@ -6,7 +6,7 @@ import dagster as dg
 import pandas as pd
 
 from newsletter_pipelines.crm.changes import changed_between
-from newsletter_pipelines.defs.providers.clients import audience_client
+from newsletter_pipelines.defs.providers.clients import run_client
 from newsletter_pipelines.defs.providers.pushing import push_context, push_guards, push_metadata
 from newsletter_pipelines.defs.resources import CrmResource, StateDatabaseResource
 from newsletter_pipelines.defs.scopes import read_scope
@@ -52,7 +52,7 @@ def push_crm_changes(
     if not ids:
         return dg.Output(0, metadata=metadata)
     engine = state_db.engine()
-    client = audience_client(audience, mailchimp, brevo)
+    client = run_client(context, audience, mailchimp, brevo)
     try:
         scope = read_scope(audience.key, crm, state_db, client, contact_ids=ids)
         metadata["addresses_read"] = len(scope.keys)

@@ -1,0 +1,101 @@
+"""Provider accounts in the run queue: the audiences of one account share its connections.
+
+Every run of a job that calls a provider (`full_sync_job`, `audience_sync_job`,
+`import_back_job`, `incremental_sync_job`, `provider_events_job`) carries the tag
+`newsletter/provider_account` naming its audience's account: the provider's name (one API key
+per provider, so one account each; never anything derived from a key). The instance's run queue
+(`tag_concurrency_limits` in `dagster.yaml`: 2) lets only so many runs of one account run at
+once, and a run's Mailchimp client opens at most 10 // that limit connections (and never more
+than NEWSLETTER_MAILCHIMP_MAX_CONNECTIONS, default 5): all runs of one Mailchimp account
+together stay within the 10 simultaneous connections Mailchimp allows an account.
+
+The tag comes from the jobs' partitioned config (`partitions.audience_config`), which Dagster
+applies to every run it creates for a partition of a job: sensor and schedule run requests,
+the launchpad, job backfills, `execute_in_process`; re-executions and run retries keep their
+parent's tags. Runs of the asset graph's own job (Materialize on an asset page, asset
+backfills) do not carry it: on an instance whose queue limits the tag, their steps refuse to
+call the provider (`checked_account_runs`).
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from newsletter_pipelines.settings import AudienceConfig, Settings
+
+ACCOUNT_TAG = "newsletter/provider_account"
+MAILCHIMP_ACCOUNT_CONNECTIONS = 10
+"""Simultaneous connections Mailchimp allows one account, across all its clients."""
+PROVIDER_JOBS = (
+    "full_sync_job",
+    "audience_sync_job",
+    "import_back_job",
+    "incremental_sync_job",
+    "provider_events_job",
+)
+"""The jobs whose runs call a provider, each partitioned by audience."""
+
+_SETTINGS = Settings()
+
+
+def account_name(audience: AudienceConfig) -> str:
+    """The provider account the audience lives in, as the run tag names it."""
+    return audience.provider
+
+
+def account_tags(partition_key: str) -> dict[str, str]:
+    """The run tags of an audience partition: its account."""
+    return {ACCOUNT_TAG: account_name(_SETTINGS.audience(partition_key))}
+
+
+def runs_per_account(instance: dg.DagsterInstance, account: str) -> int | None:
+    """How many runs of `account` the instance's run queue lets run at once (None: no limit on
+    the account tag)."""
+    queue = instance.get_concurrency_config().run_queue_config
+    if queue is None:
+        return None
+    limits = [
+        int(rule["limit"])
+        for rule in queue.tag_concurrency_limits
+        if rule["key"] == ACCOUNT_TAG
+        # a string value limits that account; none or applyLimitPerUniqueValue: every account
+        and (not isinstance(rule.get("value"), str) or rule["value"] == account)
+    ]
+    return min(limits, default=None)
+
+
+def checked_account_runs(
+    context: dg.OpExecutionContext | dg.AssetExecutionContext, audience: AudienceConfig
+) -> int | None:
+    """The run queue's limit on the runs of the audience's account (None: no limit), once it is
+    sure this run counts against it: on an instance that limits the account tag, a run without
+    the tag (or with another account's) raises `dg.Failure` before any provider call."""
+    account = account_name(audience)
+    runs = runs_per_account(context.instance, account)
+    tagged = context.run.tags.get(ACCOUNT_TAG)
+    if runs is not None and tagged != account:
+        raise dg.Failure(
+            description=f"{audience.key}: this run carries {ACCOUNT_TAG}={tagged or '(none)'}, "
+            f"not {account}, so the run queue did not count it against the {runs} runs one "
+            f"{account} account may run at once. Launch {' or '.join(PROVIDER_JOBS)} for the "
+            "partition (their runs carry the tag), not Materialize on an asset page or an asset "
+            f"backfill, or add the tag {ACCOUNT_TAG}={account} at launch.",
+            allow_retries=False,
+        )
+    return runs
+
+
+def mailchimp_connections(runs: int | None, configured: int) -> int:
+    """Connections one run may open to a Mailchimp account whose runs the queue limits to
+    `runs` at once: its share of the account's 10, at most `configured`."""
+    if runs is None:
+        return configured
+    share = MAILCHIMP_ACCOUNT_CONNECTIONS // runs
+    if share < 1:
+        raise dg.Failure(
+            description=f"the run queue lets {runs} runs of one Mailchimp account run at once "
+            f"({ACCOUNT_TAG} in dagster.yaml): more than its {MAILCHIMP_ACCOUNT_CONNECTIONS} "
+            "simultaneous connections",
+            allow_retries=False,
+        )
+    return min(configured, share)
