@@ -3,8 +3,8 @@
 
 `live_stack(root, home)` builds the embedded demo CRM in `home` (NEWSLETTER_HOME) and has
 `make` write the demo instance's `dagster.yaml` into `root/dagster_home` (SQLite storage, the
-production concurrency block: one run per audience partition at a time), then starts two
-process groups on free loopback ports:
+production concurrency block: one run per audience partition and two per provider account at a
+time), then starts two process groups on free loopback ports:
 
 - the webhook receiver: `python -m newsletter_pipelines.webhooks serve`;
 - `dagster dev -w workspace.yaml` (webserver, daemon with its default intervals, code server),
@@ -51,6 +51,7 @@ from tenacity import (
 
 from newsletter_pipelines.crm.embedded import ensure_demo_crm
 from newsletter_pipelines.crm.schema import crm_tables
+from newsletter_pipelines.defs.providers.accounts import ACCOUNT_TAG, account_name
 from newsletter_pipelines.defs.providers.clients import audience_client
 from newsletter_pipelines.defs.resources import build_resources
 from newsletter_pipelines.providers.base import MemberStatus
@@ -421,11 +422,18 @@ class LiveStack:
     def full_sync(self, audiences: Sequence[str] = AUDIENCES, timeout: float = 400) -> None:
         """Launch `full_sync_job` for each audience partition through the GraphQL client (all
         at once, as the UI's "Materialize all" with both partitions would), wait for success.
-        Registers the audiences' webhooks at the receiver (NEWSLETTER_WEBHOOK_PUBLIC_URL)."""
+        Registers the audiences' webhooks at the receiver (NEWSLETTER_WEBHOOK_PUBLIC_URL). An
+        API launch carries only the tags it names: the partition and its provider account (the
+        instance limits runs per account, and a run without the tag never calls the provider)."""
         client = self.client()
         launched = {
             audience: client.submit_job_execution(
-                FULL_SYNC_JOB, tags={"dagster/partition": audience}, run_config=IN_PROCESS
+                FULL_SYNC_JOB,
+                tags={
+                    "dagster/partition": audience,
+                    ACCOUNT_TAG: account_name(self.settings.audience(audience)),
+                },
+                run_config=IN_PROCESS,
             )
             for audience in audiences
         }
