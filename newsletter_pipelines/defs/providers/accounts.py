@@ -13,8 +13,9 @@ The tag comes from the jobs' partitioned config (`partitions.audience_config`), 
 applies to every run it creates for a partition of a job: sensor and schedule run requests,
 the launchpad, job backfills, `execute_in_process`; re-executions and run retries keep their
 parent's tags. Runs of the asset graph's own job (Materialize on an asset page, asset
-backfills) do not carry it: on an instance whose queue limits the tag, their steps refuse to
-call the provider (`checked_account_runs`).
+backfills) do not carry it, nor does a launch through the GraphQL API that does not name it: on
+an instance whose queue limits the tag, their steps refuse to call the provider
+(`checked_account_runs`).
 """
 
 from __future__ import annotations
