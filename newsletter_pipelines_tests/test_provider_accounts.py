@@ -176,9 +176,14 @@ def test_an_in_process_run_carries_the_account_and_reaches_it(
     assert result.dagster_run.run_config["ops"]["crm_import_back"]["config"]["dry_run"]
 
 
-def test_a_run_the_queue_did_not_count_never_reaches_the_account(settings: Settings) -> None:
+def test_a_run_the_queue_did_not_count_never_reaches_the_account_in_production(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Materialize on an asset page (the implicit asset job, no account tag) on an instance
-    whose queue limits accounts: the step fails before any call; with the tag added it runs."""
+    whose queue limits accounts: in production the step fails before any call; with the tag
+    added it runs."""
+    production = settings.model_copy(update={"deployment": "production"})
+    monkeypatch.setattr("newsletter_pipelines.defs.providers.accounts._SETTINGS", production)
     sandbox = embedded_sandbox(settings.home / "sandbox.json")
     resources = build_resources(settings)
     with limited_instance() as instance:
@@ -205,6 +210,20 @@ def test_a_run_the_queue_did_not_count_never_reaches_the_account(settings: Setti
         )
         assert tagged.success
         assert sandbox.stats.count("mailchimp") > 0
+
+
+def test_a_run_the_queue_did_not_count_only_warns_in_the_embedded_demo(settings: Settings) -> None:
+    sandbox = embedded_sandbox(settings.home / "sandbox.json")
+    with limited_instance() as instance:
+        untagged = dg.materialize(
+            [provider_audience_snapshot],
+            partition_key="mailchimp",
+            instance=instance,
+            resources=build_resources(settings),
+        )
+        logs = [e.user_message for e in instance.all_logs(untagged.run_id)]
+    assert untagged.success and sandbox.stats.count("mailchimp") > 0
+    assert any("Going on: the embedded sandbox has no connection limit" in m for m in logs)
 
 
 def test_the_production_queue_limit_and_the_connections_per_run_fit_the_account() -> None:
