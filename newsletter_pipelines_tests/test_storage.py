@@ -28,13 +28,14 @@ from newsletter_pipelines.crm.reader import read_contacts
 from newsletter_pipelines.defs.io_manager import ParquetIOManager, ParquetIOManagerResource
 from newsletter_pipelines.defs.providers.partitions import audience_partitions
 from newsletter_pipelines.defs.resources import build_resources
+from newsletter_pipelines.providers.base import MemberStatus
 from newsletter_pipelines.settings import CrmSchema, Settings
 from newsletter_pipelines.storage import frames
 from newsletter_pipelines.sync.changes import READ_UPTO
 from newsletter_pipelines.sync.eligibility import classify
 from newsletter_pipelines.sync.identity import Intent, LedgerRow, RowState
 from newsletter_pipelines.sync.import_back import unimported_keys
-from newsletter_pipelines.sync.rules import AddressMove, SyncAction
+from newsletter_pipelines.sync.rules import AddressMove, ProviderChange, SyncAction
 from newsletter_pipelines_tests.test_sync_assets import metadata, run_sync
 from newsletter_pipelines_tests.world import World
 
@@ -147,6 +148,7 @@ def every_kind() -> pd.DataFrame:
         "ledger": [ROW, None, ROW.moved(moved_from=None, state=RowState.SUBSCRIBED)],
         "move": [AddressMove("alt@example.de", "neu@example.de", None, "7"), None, None],
         "enums_and_text": [SyncAction.CREATE, "create", None],
+        "enums": [ProviderChange.OPTED_OUT, MemberStatus.ARCHIVED, Intent.REMOVE],
         "timestamps": [pd.Timestamp("2026-01-01 12:00", tz="UTC"), pd.NaT, None],
         "datetimes": [
             datetime(2026, 10, 25, 2, 30, tzinfo=berlin, fold=1),

@@ -77,7 +77,8 @@ def to_json(value: object) -> Json:
     raise TypeError(
         f"cannot store a value of type {kind.__module__}.{kind.__qualname__}: "
         f"storage.codec knows None, bool, int, float, str, tuple, list, set, frozenset, dict, "
-        f"dates and times, Decimal, bytes, numpy numbers and {', '.join(_NAMES)}"
+        f"dates and times, Decimal, bytes, numpy numbers and {', '.join(_NAMES)} "
+        "(a project enum or dataclass can be added to storage.codec.REGISTERED)"
     )
 
 
