@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
@@ -105,18 +106,23 @@ class Settings(BaseSettings):
     """Runtime settings; see the README's table for each variable."""
 
     model_config = SettingsConfigDict(
-        env_prefix="NEWSLETTER_", env_nested_delimiter="__", extra="ignore"
+        env_prefix="NEWSLETTER_",
+        env_nested_delimiter="__",
+        extra="ignore",
+        hide_input_in_errors=True,  # an error names the variable, never its value (secrets)
     )
 
     deployment: Literal["embedded", "production"] = Field(
         default="embedded",
-        description="`production`: the CRM, state database, API keys and webhook secret must be "
-        "set (an error names each missing variable), and the sandbox is never used. "
+        description="`production`: the CRM, state database, IO base URI, API keys and webhook "
+        "secret must be set (an error names each missing variable), and the sandbox is never "
+        "used. "
         "`embedded` (make demo, make dev): unset ones fall back to local files and the sandbox.",
     )
     home: Path = Field(
         default=Path(".newsletter"),
-        description="Folder for generated local files: demo CRM, state database, demo instance.",
+        description="Folder for generated local files: demo CRM, state database, asset values, "
+        "demo instance.",
     )
     crm_database_url: str | None = Field(
         default=None,
@@ -155,6 +161,12 @@ class Settings(BaseSettings):
         default=None,
         description="SQLAlchemy URL of the state database (exclusions, ledger, outcomes). "
         "Default: a SQLite file in NEWSLETTER_HOME.",
+    )
+    io_base_uri: str | None = Field(
+        default=None,
+        description="Where asset values are stored as Parquet: a folder or an object-store "
+        "prefix such as s3://bucket/prefix (credentials from the standard AWS_* variables, "
+        "never in the URI). Default: NEWSLETTER_HOME/io.",
     )
     demo_data_dir: Path = Field(
         default=PROJECT_ROOT / "data", description="Folder of the demo CRM CSV files."
@@ -311,6 +323,16 @@ class Settings(BaseSettings):
             ) from None
         return value
 
+    @field_validator("io_base_uri")
+    @classmethod
+    def _no_credentials_in_uri(cls, value: str | None) -> str | None:
+        if value and (urlsplit(value).username or urlsplit(value).password):
+            raise ValueError(
+                "NEWSLETTER_IO_BASE_URI must not hold credentials (they would show in the "
+                "metadata of every asset): set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+            )
+        return value
+
     @field_validator("audiences")
     @classmethod
     def _unique_audience_keys(cls, audiences: list[AudienceConfig]) -> list[AudienceConfig]:
@@ -330,6 +352,7 @@ class Settings(BaseSettings):
                 ("NEWSLETTER_CRM_DATABASE_URL", self.crm_database_url),
                 ("NEWSLETTER_STATE_DATABASE_URL", self.state_database_url),
                 ("NEWSLETTER_WEBHOOK_SECRET", self.webhook_secret),
+                ("NEWSLETTER_IO_BASE_URI", self.io_base_uri),
             )
             if not given or (isinstance(given, SecretStr) and not given.get_secret_value())
         ]
@@ -342,7 +365,7 @@ class Settings(BaseSettings):
             raise ValueError(
                 "NEWSLETTER_DEPLOYMENT=production needs "
                 f"{', '.join(missing)} (unset or empty); nothing falls back to the demo CRM, "
-                "a local state database or the embedded sandbox"
+                "a local state database, a folder in NEWSLETTER_HOME or the embedded sandbox"
             )
         return self
 
@@ -360,6 +383,10 @@ class Settings(BaseSettings):
     def resolved_state_database_url(self) -> str:
         """The state database URL, falling back to a SQLite file in NEWSLETTER_HOME."""
         return self.state_database_url or f"sqlite:///{(self.home / 'state.sqlite3').resolve()}"
+
+    def resolved_io_base_uri(self) -> str:
+        """NEWSLETTER_IO_BASE_URI, falling back to the folder `io` in NEWSLETTER_HOME."""
+        return self.io_base_uri or str((self.home / "io").resolve())
 
     def uses_sandbox(self, provider: str) -> bool:
         """True when `provider` has no API key, so the embedded sandbox stands in for it."""

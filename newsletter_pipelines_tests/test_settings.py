@@ -41,11 +41,18 @@ PRODUCTION = {
     "NEWSLETTER_WEBHOOK_SECRET": "s" * 24,
     "NEWSLETTER_MAILCHIMP_API_KEY": "0123456789abcdef0123456789abcdef-us6",
     "NEWSLETTER_BREVO_API_KEY": "xkeysib-production",
+    "NEWSLETTER_IO_BASE_URI": "s3://newsletter-values/dagster",
 }
 
 
 def test_production_names_every_missing_setting_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NEWSLETTER_DEPLOYMENT", "production")
+    monkeypatch.setenv("NEWSLETTER_WEBHOOK_SECRET", "w" * 24)
+    with pytest.raises(pydantic.ValidationError) as error:
+        Settings()
+    message = str(error.value)
+    assert "w" * 24 not in message  # the error names variables, never their values
+    monkeypatch.delenv("NEWSLETTER_WEBHOOK_SECRET")
     with pytest.raises(pydantic.ValidationError) as error:
         Settings()
     message = str(error.value)
@@ -83,3 +90,14 @@ def test_the_code_location_does_not_load_in_production_without_its_settings() ->
     )
     assert done.returncode != 0
     assert "NEWSLETTER_DEPLOYMENT=production needs NEWSLETTER_CRM_DATABASE_URL" in done.stderr
+
+
+def test_the_io_base_uri_defaults_to_newsletter_home_and_never_holds_credentials(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = Settings()
+    assert settings.resolved_io_base_uri() == str((settings.home / "io").resolve())
+    monkeypatch.setenv("NEWSLETTER_IO_BASE_URI", "s3://AKIAEXAMPLE:s3cret@bucket/prefix")
+    with pytest.raises(pydantic.ValidationError, match="NEWSLETTER_IO_BASE_URI must not hold") as e:
+        Settings()
+    assert "s3cret" not in str(e.value)

@@ -1,7 +1,9 @@
-"""Resources shared by the Dagster definitions: the CRM and the state database."""
+"""Resources shared by the Dagster definitions: the CRM, the state database, the providers and
+where values go between steps."""
 
 import os
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pandas as pd
@@ -11,6 +13,7 @@ from pydantic import PrivateAttr
 from newsletter_pipelines.crm.embedded import ensure_demo_crm
 from newsletter_pipelines.crm.reader import read_contacts
 from newsletter_pipelines.db import create_engine, safe_url
+from newsletter_pipelines.defs.io_manager import ParquetIOManagerResource
 from newsletter_pipelines.providers.resources import BrevoResource, MailchimpResource
 from newsletter_pipelines.settings import CrmSchema, Settings
 from newsletter_pipelines.state.schema import ensure_schema
@@ -73,7 +76,11 @@ class StateDatabaseResource(dg.ConfigurableResource):
         return f"state database at {safe_url(self.database_url)}"
 
 
-def build_resources(settings: Settings | None = None) -> dict[str, dg.ConfigurableResource]:
+MEM_IO_MANAGER = "mem_io_manager"
+"""Resource key for op results no other step loads (counts): kept in memory, never stored."""
+
+
+def build_resources(settings: Settings | None = None) -> dict[str, Any]:
     """Resources from the settings; URLs given by env var are passed by reference."""
     settings = settings or Settings()
     crm = CrmResource(
@@ -94,4 +101,8 @@ def build_resources(settings: Settings | None = None) -> dict[str, dg.Configurab
         "state_db": state,
         "mailchimp": MailchimpResource.from_settings(settings),
         "brevo": BrevoResource.from_settings(settings),
+        "io_manager": ParquetIOManagerResource(
+            base_uri=_url_source("NEWSLETTER_IO_BASE_URI", settings.resolved_io_base_uri())
+        ),
+        MEM_IO_MANAGER: dg.mem_io_manager,
     }

@@ -50,14 +50,14 @@ def crm_import_back(
     crm: CrmResource,
     state_db: StateDatabaseResource,
     brevo: BrevoResource,
-) -> Iterator[dg.Output[frozenset] | dg.AssetCheckResult]:
+) -> Iterator[dg.Output[pd.DataFrame] | dg.AssetCheckResult]:
     """Writes into the CRM what people did at the provider, as the diff proves it: opt-outs
     (newsletter no), hard bounces, members archived or deleted (unspecified), sign-ups and
     re-subscriptions (yes, or a new contact), tags added and removed; one activity per change,
     each applied once, every contact's outcome logged (state database table sync_outcomes) and
     the ledger advanced. NEWSLETTER_CRM_WRITE_BACK=false or dry_run only report. Its value: the
-    addresses whose provider-side change the CRM did not take in, which the push leaves to the
-    next run."""
+    addresses (column `match_key`) whose provider-side change the CRM did not take in, which
+    the push leaves to the next run."""
     audience = _SETTINGS.audience(context.partition_key)
     if audience.provider == "brevo":  # it may ask Brevo why members are blocklisted
         checked_account_runs(context, audience)
@@ -77,7 +77,8 @@ def crm_import_back(
     vanish = done.plan.vanish
     if not vanish.passed:
         context.log.error(vanish.message)
-    yield dg.Output(done.unimported, metadata=done.metadata(context.run.run_id, state_db))
+    unimported = pd.DataFrame({"match_key": sorted(done.unimported)}, dtype=object)
+    yield dg.Output(unimported, metadata=done.metadata(context.run.run_id, state_db))
     yield dg.AssetCheckResult(
         check_name="vanish_guard",
         asset_key="crm_import_back",

@@ -7,7 +7,11 @@ from newsletter_pipelines.bulk import gc_paused
 from newsletter_pipelines.defs.import_back.engagements import record_engagements
 from newsletter_pipelines.defs.import_back.writing import import_back
 from newsletter_pipelines.defs.providers.clients import run_client
-from newsletter_pipelines.defs.resources import CrmResource, StateDatabaseResource
+from newsletter_pipelines.defs.resources import (
+    MEM_IO_MANAGER,
+    CrmResource,
+    StateDatabaseResource,
+)
 from newsletter_pipelines.defs.scopes import read_scope
 from newsletter_pipelines.providers.resources import BrevoResource, MailchimpResource
 from newsletter_pipelines.settings import AudienceConfig, Settings
@@ -30,7 +34,7 @@ class ProviderEventsConfig(dg.Config):
     up_to_event_id: int
 
 
-@dg.op(tags={"kind": "import_back"})
+@dg.op(tags={"kind": "import_back"}, out=dg.Out(int, io_manager_key=MEM_IO_MANAGER))
 def apply_provider_events(
     context: dg.OpExecutionContext,
     config: ProviderEventsConfig,

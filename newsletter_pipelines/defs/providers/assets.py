@@ -239,7 +239,7 @@ def audience_sync(
     eligible_subscribers: pd.DataFrame,
     excluded_contacts: pd.DataFrame,
     provider_audience_snapshot: pd.DataFrame,
-    crm_import_back: frozenset,  # addresses whose provider-side change the CRM did not take in
+    crm_import_back: pd.DataFrame,  # match_key: provider-side changes the CRM did not take in
     state_db: StateDatabaseResource,
     mailchimp: MailchimpResource,
     brevo: BrevoResource,
@@ -281,7 +281,7 @@ def audience_sync(
                 audience,
                 state_db,
                 verdicts,
-                crm_import_back,
+                frozenset(crm_import_back["match_key"]),
                 redecider(
                     eligible_subscribers,
                     excluded_contacts,

@@ -8,7 +8,11 @@ import pandas as pd
 from newsletter_pipelines.crm.changes import changed_between
 from newsletter_pipelines.defs.providers.clients import run_client
 from newsletter_pipelines.defs.providers.pushing import push_context, push_guards, push_metadata
-from newsletter_pipelines.defs.resources import CrmResource, StateDatabaseResource
+from newsletter_pipelines.defs.resources import (
+    MEM_IO_MANAGER,
+    CrmResource,
+    StateDatabaseResource,
+)
 from newsletter_pipelines.defs.scopes import read_scope
 from newsletter_pipelines.providers.resources import BrevoResource, MailchimpResource
 from newsletter_pipelines.settings import Settings
@@ -29,7 +33,7 @@ class CrmChangesConfig(dg.Config):
     upto: str
 
 
-@dg.op(tags={"kind": "push"})
+@dg.op(tags={"kind": "push"}, out=dg.Out(int, io_manager_key=MEM_IO_MANAGER))
 def push_crm_changes(
     context: dg.OpExecutionContext,
     config: CrmChangesConfig,

@@ -1,0 +1,351 @@
+"""The `io_manager` resource (`defs/io_manager.py`, `storage/`): every asset value is stored as
+Parquet and read back equal (dtypes, index, attrs, the Python objects of object columns), on a
+local folder and on a local S3 server (moto, through s3fs and the standard AWS variables); any
+other value is refused with the asset and its type named."""
+
+from __future__ import annotations
+
+import io
+import logging
+import uuid
+from collections.abc import Iterator
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+import s3fs
+import sqlalchemy as sa
+from moto.server import ThreadedMotoServer
+from pydantic_core import TzInfo
+
+from newsletter_pipelines.crm.reader import read_contacts
+from newsletter_pipelines.defs.io_manager import ParquetIOManager, ParquetIOManagerResource
+from newsletter_pipelines.defs.providers.partitions import audience_partitions
+from newsletter_pipelines.defs.resources import build_resources
+from newsletter_pipelines.providers.base import MemberStatus
+from newsletter_pipelines.settings import CrmSchema, Settings
+from newsletter_pipelines.storage import frames
+from newsletter_pipelines.sync.changes import READ_UPTO
+from newsletter_pipelines.sync.eligibility import classify
+from newsletter_pipelines.sync.identity import Intent, LedgerRow, RowState
+from newsletter_pipelines.sync.import_back import unimported_keys
+from newsletter_pipelines.sync.rules import AddressMove, ProviderChange, SyncAction
+from newsletter_pipelines_tests.test_sync_assets import metadata, run_sync
+from newsletter_pipelines_tests.world import World
+
+SECRET = "moto-secret-access-key-not-for-logs"
+
+
+# --- a local S3 server -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 server on a free loopback port, for this module's tests."""
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A new bucket, reached as production reaches one: through the AWS_* variables only."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "moto-key-id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    s3fs.S3FileSystem.clear_instance_cache()  # a cached client keeps the endpoint it was made with
+    name = f"io-{uuid.uuid4().hex[:12]}"
+    s3fs.S3FileSystem().mkdir(name)
+    yield name
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture(params=["local", "s3"])
+def base_uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where the IO manager stores: a local folder, or a prefix in a bucket of the S3 server."""
+    if request.param == "local":
+        return str(tmp_path / "io")
+    return f"s3://{request.getfixturevalue('bucket')}/values"
+
+
+def manager(base: str) -> ParquetIOManager:
+    return ParquetIOManagerResource(base_uri=base).create_io_manager(
+        dg.build_init_resource_context()
+    )
+
+
+def _partition(key: str | None) -> dict[str, Any]:
+    return {"partition_key": key, "asset_partitions_def": audience_partitions} if key else {}
+
+
+def store(base: str, asset: str, value: object, partition: str | None = None) -> Any:
+    """`value` stored as `asset` (of the audience `partition`) and loaded again."""
+    io_manager = manager(base)
+    out = dg.build_output_context(asset_key=asset, **_partition(partition))
+    io_manager.handle_output(out, value)
+    return io_manager.load_input(
+        dg.build_input_context(asset_key=asset, upstream_output=out, **_partition(partition))
+    )
+
+
+def stored_files(base: str) -> set[str]:
+    """The files under `base`, relative to it."""
+    if base.startswith("s3://"):
+        root = base.removeprefix("s3://")
+        return {p.removeprefix(root + "/") for p in s3fs.S3FileSystem().find(root)}
+    return {str(p.relative_to(base)) for p in Path(base).rglob("*") if p.is_file()}
+
+
+def assert_same(loaded: pd.DataFrame, value: pd.DataFrame) -> None:
+    """Equal frames, attrs and cell types; ledger rows also in `moved_from`, which their
+    equality ignores."""
+    pd.testing.assert_frame_equal(loaded, value, check_exact=True)
+    assert loaded.attrs == value.attrs
+    for column in value.columns[value.dtypes.map(pd.api.types.is_object_dtype)]:
+        assert list(map(type, loaded[column])) == list(map(type, value[column])), column
+        rows = [(a, b) for a, b in zip(loaded[column], value[column], strict=True)]
+        moved = [(a.moved_from, b.moved_from) for a, b in rows if isinstance(b, LedgerRow)]
+        assert all(a == b for a, b in moved), column
+
+
+# --- frames: every kind of column --------------------------------------------------------------
+
+
+ROW = LedgerRow(
+    member_key="neu@example.de",
+    email="neu@example.de",
+    owner="7",
+    provider_id="p7",
+    tags=frozenset({"CRM", "Käufer"}),
+    state=RowState.OPTED_OUT,
+    intent=Intent.CHANGE_EMAIL,
+    moved_from="alt@example.de",
+    unimported_opt_out="unsubscribed",
+)
+
+
+def every_kind() -> pd.DataFrame:
+    """One column of each kind the assets hold, and some they might."""
+    berlin = ZoneInfo("Europe/Berlin")
+    objects = {
+        "text": ["a", None, "c"],
+        "nan_none": ["a", None, np.nan],
+        "ints_none": [1, None, 3],
+        "tuples": [("b", "a"), (), None],
+        "frozensets": [frozenset({"x", "y"}), None, frozenset()],
+        "ledger": [ROW, None, ROW.moved(moved_from=None, state=RowState.SUBSCRIBED)],
+        "move": [AddressMove("alt@example.de", "neu@example.de", None, "7"), None, None],
+        "enums_and_text": [SyncAction.CREATE, "create", None],
+        "enums": [ProviderChange.OPTED_OUT, MemberStatus.ARCHIVED, Intent.REMOVE],
+        "timestamps": [pd.Timestamp("2026-01-01 12:00", tz="UTC"), pd.NaT, None],
+        "datetimes": [
+            datetime(2026, 10, 25, 2, 30, tzinfo=berlin, fold=1),
+            datetime(2026, 1, 1, 8, tzinfo=TzInfo(3600)),
+            datetime(2026, 1, 1, 8, 0, 0, 123456),
+        ],
+        "misc": [date(2026, 1, 1), timedelta(days=1, seconds=2), Decimal("1.10")],
+        "numpy": [np.int64(5), np.float32(1.5), np.bool_(True)],
+        "nested": [{"k": (1, 2), 3: [None, float("inf")]}, [1, [2]], {1, 2}],
+        "nothing": [None, None, None],
+    }
+    return pd.DataFrame(
+        {
+            "int": [1, 2, 3],
+            "float": [1.5, np.nan, -0.0],
+            "bool": [True, False, True],
+            "nullable_int": pd.array([1, None, 3], dtype="Int64"),
+            "string": pd.array(["a", None, "c"], dtype="string"),
+            "naive": pd.to_datetime(
+                ["2026-01-01", None, "2026-01-03 01:02:03.456789"], format="ISO8601"
+            ),
+            "utc": pd.to_datetime(["2026-01-01", None, "2026-01-03"], utc=True),
+            "berlin_us": pd.to_datetime(["2026-01-01", None, "2026-07-03"])
+            .tz_localize(berlin)
+            .as_unit("us"),
+            "duration": pd.to_timedelta([1, None, 3], unit="s"),
+            **{name: pd.Series(values, dtype=object) for name, values in objects.items()},
+        }
+    )
+
+
+def read_back(frame: pd.DataFrame) -> pd.DataFrame:
+    buffer = io.BytesIO()
+    frames.write_frame(frame, buffer)
+    buffer.seek(0)
+    return frames.read_frame(buffer)
+
+
+VARIANTS: dict[str, Any] = {
+    "whole": lambda f: f,
+    "filtered index": lambda f: f[f["int"] != 2],
+    "no rows": lambda f: f.iloc[:0],
+    "no columns": lambda f: f[[]],
+    "nothing": lambda f: pd.DataFrame(),
+}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_kind_of_column_reads_back_equal(variant: str) -> None:
+    frame = VARIANTS[variant](every_kind())
+    frame.attrs = {READ_UPTO: "2026-01-01T10:00:00|42", "none": None, "tuple": ("a", 1)}
+    assert_same(read_back(frame), frame)
+
+
+def test_object_columns_are_tagged_json_and_plain_text_stays_text() -> None:
+    table = frames.to_table(every_kind())
+    assert table.schema.field("text").type == "string"  # readable as is
+    assert table.schema.field("ledger").type == "string"
+    ledger = table.column("ledger").to_pylist()
+    assert ledger[0].startswith('{"$t":"LedgerRow","v":{"member_key":"neu@example.de"')
+    assert '"moved_from":"alt@example.de"' in ledger[0] and ledger[1] is None
+
+
+# --- the values of a real sync, on a folder and on S3 ------------------------------------------
+
+
+@pytest.fixture
+def crm_contacts(demo_crm_file: Path) -> pd.DataFrame:
+    """The demo CRM as `crm_contacts` reads it (values as stored, wrong types included)."""
+    engine = sa.create_engine(f"sqlite:///{demo_crm_file}")
+    contacts = read_contacts(engine, CrmSchema())
+    engine.dispose()
+    contacts.attrs[READ_UPTO] = "2026-01-01T10:00:00|5000"
+    return contacts
+
+
+def sync_values(world: World) -> dict[str, pd.DataFrame]:
+    """Snapshot, diff and crm_import_back of an audience after people acted at the provider:
+    an opt-out, a deletion, an address change (a ledger row with `moved_from`, an
+    `AddressMove`), a tag, a sign-up."""
+    world.sync()
+    world.sync()  # the ledger learns the stable ids
+    world.act("person3@example.de", "unsubscribe")
+    world.act("person5@example.de", "delete")
+    world.act("person7@example.de", "change_email", new_email="neu7@example.de")
+    world.act("person2@example.de", "tag", tag="Webinar")
+    world.act("neu@example.de", "signup")
+    _, snapshot, diff = world.decide()
+    plan = world.import_back(diff, snapshot, apply=False)
+    unimported = unimported_keys(diff, plan, written=False)  # report only: all of them
+    return {
+        "provider_audience_snapshot": snapshot,
+        "reconciliation_diff": diff,
+        "crm_import_back": pd.DataFrame({"match_key": sorted(unimported)}, dtype=object),
+    }
+
+
+def test_the_values_of_a_sync_read_back_equal(
+    world: World, base_uri: str, crm_contacts: pd.DataFrame
+) -> None:
+    audience = world.provider_name
+    eligibility = classify(crm_contacts)
+    unpartitioned = {
+        "crm_contacts": crm_contacts,
+        "eligible_subscribers": eligibility.eligible,
+        "excluded_contacts": eligibility.excluded,
+    }
+    partitioned = sync_values(world)
+    diff = partitioned["reconciliation_diff"]
+    ledger = [r for c in ("ledger_before", "ledger_after") for r in diff[c] if r is not None]
+    assert any(r.moved_from for r in ledger)  # what the push relies on
+    assert diff["address_move"].map(lambda m: isinstance(m, AddressMove)).any()
+    assert diff["import_tags"].map(lambda t: isinstance(t, tuple)).any()
+    assert len(partitioned["crm_import_back"])
+
+    for asset, value in unpartitioned.items():
+        assert_same(store(base_uri, asset, value), value)
+    for asset, value in partitioned.items():
+        assert_same(store(base_uri, asset, value, partition=audience), value)
+    assert stored_files(base_uri) == {f"{a}.parquet" for a in unpartitioned} | {
+        f"{a}/{audience}.parquet" for a in partitioned
+    }
+
+
+# --- anything else is refused ------------------------------------------------------------------
+
+
+def test_a_value_of_another_type_is_refused_naming_the_asset_and_type(tmp_path: Path) -> None:
+    base = str(tmp_path / "io")
+    with pytest.raises(TypeError, match=r"asset crm_import_back: a builtins\.frozenset cannot"):
+        store(base, "crm_import_back", frozenset({"a@example.de"}), partition="brevo")
+    odd = pd.DataFrame({"match_key": ["a@example.de"], "why": [object()]})
+    with pytest.raises(TypeError, match=r"asset odd: .*column 'why'.*builtins\.object"):
+        store(base, "odd", odd)
+    assert not Path(base).exists() or stored_files(base) == set()  # nothing half-written
+
+
+def test_a_run_that_returns_another_type_fails_and_says_why(tmp_path: Path) -> None:
+    @dg.asset
+    def counts() -> dict[str, int]:
+        return {"created": 1}
+
+    result = dg.materialize(
+        [counts],
+        resources={"io_manager": ParquetIOManagerResource(base_uri=str(tmp_path))},
+        raise_on_error=False,
+    )
+    assert not result.success
+    (failure,) = result.get_step_failure_events()
+    error = failure.step_failure_data.error
+    assert error is not None
+    assert "asset counts: a builtins.dict cannot be stored" in error.to_string()
+
+
+# --- the resources and a whole run on S3 -------------------------------------------------------
+
+
+def test_values_go_under_newsletter_home_unless_the_variable_says_where(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    io_manager = build_resources(settings)["io_manager"]
+    assert io_manager.base_uri == str((settings.home / "io").resolve())
+    monkeypatch.setenv("NEWSLETTER_IO_BASE_URI", "s3://newsletter-values/dagster")
+    io_manager = build_resources(Settings())["io_manager"]
+    assert isinstance(io_manager.base_uri, dg.EnvVar)  # the UI shows the variable's name
+    assert io_manager.base_uri.env_var_name == "NEWSLETTER_IO_BASE_URI"
+
+
+def test_a_full_sync_stores_its_values_in_the_bucket(
+    bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = f"s3://{bucket}/dagster"
+    monkeypatch.setenv("NEWSLETTER_IO_BASE_URI", base)
+    with dg.instance_for_test() as instance:
+        first = run_sync(instance, "mailchimp")
+        second = run_sync(instance, "mailchimp")  # its steps load what the first one stored
+    assert first.success and second.success
+    assert metadata(second, "audience_sync")["created"] == 0
+    assert stored_files(base) == {
+        "crm_contacts.parquet",
+        "eligible_subscribers.parquet",
+        "excluded_contacts.parquet",
+        "provider_audience_snapshot/mailchimp.parquet",
+        "reconciliation_diff/mailchimp.parquet",
+        "crm_import_back/mailchimp.parquet",
+    }
+    path = metadata(second, "reconciliation_diff")["path"]
+    assert path == f"{base}/reconciliation_diff/mailchimp.parquet"
+    shown = repr(
+        [
+            e.materialization.metadata
+            for r in (first, second)
+            for e in r.get_asset_materialization_events()
+        ]
+    )
+    assert SECRET not in shown and "moto-key-id" not in shown
+    loaded = manager(base).load_input(
+        dg.build_input_context(asset_key="reconciliation_diff", **_partition("mailchimp"))
+    )
+    assert_same(loaded, second.output_for_node("reconciliation_diff"))
