@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from newsletter_pipelines.providers.base import Member
-from newsletter_pipelines.sync.guards import MassLimits
+from newsletter_pipelines.state.ledger import load_ledger_frame
+from newsletter_pipelines.sync.guards import MassLimits, resubscribe_violations
 from newsletter_pipelines_tests.test_eligibility import contact
 from newsletter_pipelines_tests.world import World
 
@@ -291,3 +292,49 @@ def test_a_mass_rename_is_held_like_a_mass_removal(world: World) -> None:
     _, released = world.sync(guard=MassLimits(rename_max_share=1.0))
     assert released.results.get("created", 0) == 0  # the same members got the new addresses
     assert subscribed(world) == {f"work.person{i}@example.de" for i in range(1, 51)}
+
+
+@pytest.mark.parametrize("world", ["mailchimp"], indirect=True)  # `pending` is Mailchimp's
+def test_an_opt_out_a_person_lifted_by_subscribing_again_no_longer_blocks_its_old_owner(
+    world: World,
+) -> None:
+    """Found by a random long model run: contact 2's address bounced (cleaned) and was deleted;
+    the CRM gave that address to contact 3 and contact 2 a new one, and a person signed up at
+    the old address again. The first sync blocked contact 2 (its opt-out), adopted the member
+    for contact 3 and so rewrote the row that held the opt-out; the next sync created contact
+    2's new address. An opt-out is lifted once its member is seen subscribed again, so the
+    first sync decides as the second: the re-sync sends nothing."""
+    world.crm[:] = world.crm[:3]
+    world.sync()
+    world.act("person2@example.de", "clean")
+    world.sync()
+    world.act("person2@example.de", "delete")
+    world.set(3, email="person2@example.de")
+    world.set(2, email="neu2@example.de")
+    world.act("person2@example.de", "pending")
+    diff, _ = world.sync(import_back=True, write_back=False)
+    assert diff.set_index("crm_id").loc["2", "action"] == "create"
+    assert writes_of_a_resync(world) == 0
+
+
+@pytest.mark.parametrize("world", ["mailchimp"], indirect=True)
+def test_never_resubscribe_checks_an_opted_out_owner_until_its_member_is_active_again(
+    world: World,
+) -> None:
+    """The independent check (`never_resubscribe`) agrees with the rules: a create for the
+    owner of an opted-out row is a violation until a person subscribed that member again."""
+    world.crm[:] = world.crm[:3]
+    world.sync()
+    world.act("person2@example.de", "clean")
+    world.sync()
+    world.act("person2@example.de", "delete")
+    world.set(3, email="person2@example.de")
+    world.set(2, email="neu2@example.de")
+    ledger = lambda: load_ledger_frame(world.engine, "mailchimp")  # noqa: E731
+    _, _, blocked = world.decide()
+    forced = blocked.assign(action=blocked["action"].where(blocked["crm_id"] != "2", "create"))
+    assert list(resubscribe_violations(forced, ledger())["crm_id"]) == ["2"]
+    world.act("person2@example.de", "pending")
+    _, _, lifted = world.decide()
+    assert lifted.set_index("crm_id").loc["2", "action"] == "create"
+    assert resubscribe_violations(lifted, ledger()).empty

@@ -124,12 +124,17 @@ def resubscribe_violations(diff: pd.DataFrame, ledger: pd.DataFrame) -> pd.DataF
     An independent check of the rules' output: a create or update of a member the provider holds
     as unsubscribed, cleaned or blacklisted; a create of an archived member whose consent the
     ledger does not know to be clean; a create of an address or contact with an opt-out in the
-    ledger (`ledger` is `state.ledger.load_ledger_frame`).
+    ledger (`ledger` is `state.ledger.load_ledger_frame`), unless a person subscribed the
+    opted-out member again (it is active now: the opt-out no longer blocks its owner).
     """
     writes = diff[diff["action"].isin(["create", "update"])]
     creates = writes["action"] == "create"
     blocked_keys = set(ledger.loc[ledger["state"].isin(BLOCKING), "member_key"])
-    opted_out_owners = set(ledger.loc[ledger["state"] == RowState.OPTED_OUT, "owner"].dropna())
+    active_again = diff.loc[diff["provider_status"].isin(ACTIVE), "match_key"]
+    opted_out = ledger[
+        (ledger["state"] == RowState.OPTED_OUT) & ~ledger["member_key"].isin(active_again)
+    ]
+    opted_out_owners = set(opted_out["owner"].dropna())
     may_create = writes["ledger_before"].map(
         lambda row: row is not None and row.state in MAY_CREATE
     )

@@ -272,10 +272,16 @@ class _Rules:
                 continue
             if row.state in SEEN_ACTIVE or row.state is RowState.GONE:
                 self.live.setdefault(row.owner, row)
-            elif row.state is RowState.OPTED_OUT:
+            elif row.state is RowState.OPTED_OUT and not self.subscribed_again(row):
                 self.opted_out.setdefault(row.owner, row)
         self.handled: set[str] = set()
         self.rows: list[dict[str, object]] = []
+
+    def subscribed_again(self, row: LedgerRow) -> bool:
+        """Whether the member of an opted-out row is active again (the person subscribed
+        again): the opt-out no longer blocks the row's owner."""
+        member = self.members.get(row.member_key)
+        return member is not None and member.status in ACTIVE
 
     def claimed(self, key: str) -> bool:
         """Whether an eligible contact (settled in bulk or not) has the address `key`."""
