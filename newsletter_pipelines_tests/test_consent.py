@@ -294,6 +294,18 @@ def test_a_mass_rename_is_held_like_a_mass_removal(world: World) -> None:
     assert subscribed(world) == {f"work.person{i}@example.de" for i in range(1, 51)}
 
 
+def gave_a_bounced_address_away(world: World) -> None:
+    """Contact 2's member bounced and was deleted; the CRM gives its address to contact 3 and
+    contact 2 a new one."""
+    world.crm[:] = world.crm[:3]
+    world.sync()
+    world.act("person2@example.de", "clean")
+    world.sync()
+    world.act("person2@example.de", "delete")
+    world.set(3, email="person2@example.de")
+    world.set(2, email="neu2@example.de")
+
+
 @pytest.mark.parametrize("world", ["mailchimp"], indirect=True)  # `pending` is Mailchimp's
 def test_an_opt_out_a_person_lifted_by_subscribing_again_no_longer_blocks_its_old_owner(
     world: World,
@@ -304,13 +316,7 @@ def test_an_opt_out_a_person_lifted_by_subscribing_again_no_longer_blocks_its_ol
     for contact 3 and so rewrote the row that held the opt-out; the next sync created contact
     2's new address. An opt-out is lifted once its member is seen subscribed again, so the
     first sync decides as the second: the re-sync sends nothing."""
-    world.crm[:] = world.crm[:3]
-    world.sync()
-    world.act("person2@example.de", "clean")
-    world.sync()
-    world.act("person2@example.de", "delete")
-    world.set(3, email="person2@example.de")
-    world.set(2, email="neu2@example.de")
+    gave_a_bounced_address_away(world)
     world.act("person2@example.de", "pending")
     diff, _ = world.sync(import_back=True, write_back=False)
     assert diff.set_index("crm_id").loc["2", "action"] == "create"
@@ -323,13 +329,7 @@ def test_never_resubscribe_checks_an_opted_out_owner_until_its_member_is_active_
 ) -> None:
     """The independent check (`never_resubscribe`) agrees with the rules: a create for the
     owner of an opted-out row is a violation until a person subscribed that member again."""
-    world.crm[:] = world.crm[:3]
-    world.sync()
-    world.act("person2@example.de", "clean")
-    world.sync()
-    world.act("person2@example.de", "delete")
-    world.set(3, email="person2@example.de")
-    world.set(2, email="neu2@example.de")
+    gave_a_bounced_address_away(world)
     ledger = lambda: load_ledger_frame(world.engine, "mailchimp")  # noqa: E731
     _, _, blocked = world.decide()
     forced = blocked.assign(action=blocked["action"].where(blocked["crm_id"] != "2", "create"))

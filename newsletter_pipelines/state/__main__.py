@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import click
+import sqlalchemy as sa
 
 from newsletter_pipelines.db import create_engine, safe_url
 from newsletter_pipelines.settings import Settings
@@ -14,25 +18,29 @@ def cli() -> None:
     """Schema migrations of the state database (NEWSLETTER_STATE_DATABASE_URL)."""
 
 
-def _state_url() -> str:
+@contextmanager
+def _state_database() -> Iterator[tuple[str, sa.Engine]]:
+    """The state database of the settings: its URL and an engine, disposed afterwards."""
     try:
-        return Settings().resolved_state_database_url()
+        url = Settings().resolved_state_database_url()
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
+    engine = create_engine(url)
+    try:
+        yield url, engine
+    finally:
+        engine.dispose()
 
 
 @cli.command("upgrade")
 def upgrade_command() -> None:
     """Upgrade the state database to the newest revision (a database created before the
     migrations is stamped with the revision its tables show first)."""
-    url = _state_url()
-    engine = create_engine(url)
-    try:
-        before = upgrade(engine)
-    except RuntimeError as exc:
-        raise click.ClickException(str(exc)) from None
-    finally:
-        engine.dispose()
+    with _state_database() as (url, engine):
+        try:
+            before = upgrade(engine)
+        except RuntimeError as exc:
+            raise click.ClickException(str(exc)) from None
     head = head_revision()
     done = "nothing to upgrade" if before == head else f"upgraded from {before or 'none'}"
     click.echo(f"{safe_url(url)}: {head} (head), {done}")
@@ -41,12 +49,8 @@ def upgrade_command() -> None:
 @cli.command("current")
 def current_command() -> None:
     """Print the revision the state database is at."""
-    url = _state_url()
-    engine = create_engine(url)
-    try:
+    with _state_database() as (url, engine):
         revision = current_revision(engine)
-    finally:
-        engine.dispose()
     head = head_revision()
     state = "(head)" if revision == head else f"(behind head {head}: run `upgrade`)"
     click.echo(f"{safe_url(url)}: {revision or 'none'} {state}")
