@@ -17,12 +17,14 @@ AT = datetime(2026, 12, 4, 2, 0, tzinfo=UTC)
 def tick(schedule: dg.ScheduleDefinition) -> list[dg.RunRequest]:
     assert schedule.execution_timezone == "Europe/Berlin"
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
-    with dg.instance_for_test() as instance:
-        context = dg.build_schedule_context(
+    with (
+        dg.instance_for_test() as instance,
+        dg.build_schedule_context(  # a context left open leaves the instance's state storage set
             instance=instance,
             scheduled_execution_time=AT,
             repository_def=defs.get_repository_def(),
-        )
+        ) as context,
+    ):
         return list(schedule.evaluate_tick(context).run_requests or [])
 
 

@@ -76,10 +76,6 @@ class StateDatabaseResource(dg.ConfigurableResource):
         return f"state database at {safe_url(self.database_url)}"
 
 
-MEM_IO_MANAGER = "mem_io_manager"
-"""Resource key for op results no other step loads (counts): kept in memory, never stored."""
-
-
 def build_resources(settings: Settings | None = None) -> dict[str, Any]:
     """Resources from the settings; URLs given by env var are passed by reference."""
     settings = settings or Settings()
@@ -104,5 +100,4 @@ def build_resources(settings: Settings | None = None) -> dict[str, Any]:
         "io_manager": ParquetIOManagerResource(
             base_uri=_url_source("NEWSLETTER_IO_BASE_URI", settings.resolved_io_base_uri())
         ),
-        MEM_IO_MANAGER: dg.mem_io_manager,
     }

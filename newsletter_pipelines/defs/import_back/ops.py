@@ -8,7 +8,6 @@ from newsletter_pipelines.defs.import_back.engagements import record_engagements
 from newsletter_pipelines.defs.import_back.writing import import_back
 from newsletter_pipelines.defs.providers.clients import run_client
 from newsletter_pipelines.defs.resources import (
-    MEM_IO_MANAGER,
     CrmResource,
     StateDatabaseResource,
 )
@@ -34,7 +33,7 @@ class ProviderEventsConfig(dg.Config):
     up_to_event_id: int
 
 
-@dg.op(tags={"kind": "import_back"}, out=dg.Out(int, io_manager_key=MEM_IO_MANAGER))
+@dg.op(tags={"kind": "import_back"}, out=dg.Out(dg.Nothing))
 def apply_provider_events(
     context: dg.OpExecutionContext,
     config: ProviderEventsConfig,
@@ -42,11 +41,11 @@ def apply_provider_events(
     state_db: StateDatabaseResource,
     mailchimp: MailchimpResource,
     brevo: BrevoResource,
-) -> dg.Output[int]:
+) -> dg.Output[None]:
     """Imports into the CRM what the audience's unprocessed events (up to the submitted id)
     prove: their addresses are decided again over the provider's current members, the ledger
     and the CRM, written as the nightly import-back writes, and the events marked processed.
-    Its value: how many events it processed."""
+    No value: the output's metadata `processed` counts the events it marked processed."""
     with gc_paused():  # ~100,000 events make millions of objects, none in a cycle
         audience = _SETTINGS.audience(context.partition_key)
         events = unprocessed_events(state_db.engine(), audience.key, up_to=config.up_to_event_id)
@@ -75,7 +74,7 @@ def apply_provider_events(
             )
             metadata["left_to_nightly"] = True
         processed = mark_processed(state_db.engine(), [e.id for e in events])
-        return dg.Output(processed, metadata=metadata)
+        return dg.Output(None, metadata={**metadata, "processed": dg.MetadataValue.int(processed)})
 
 
 def _import_scope(

@@ -9,7 +9,6 @@ from newsletter_pipelines.crm.changes import changed_between
 from newsletter_pipelines.defs.providers.clients import run_client
 from newsletter_pipelines.defs.providers.pushing import push_context, push_guards, push_metadata
 from newsletter_pipelines.defs.resources import (
-    MEM_IO_MANAGER,
     CrmResource,
     StateDatabaseResource,
 )
@@ -33,7 +32,7 @@ class CrmChangesConfig(dg.Config):
     upto: str
 
 
-@dg.op(tags={"kind": "push"}, out=dg.Out(int, io_manager_key=MEM_IO_MANAGER))
+@dg.op(tags={"kind": "push"}, out=dg.Out(dg.Nothing))
 def push_crm_changes(
     context: dg.OpExecutionContext,
     config: CrmChangesConfig,
@@ -41,12 +40,12 @@ def push_crm_changes(
     state_db: StateDatabaseResource,
     mailchimp: MailchimpResource,
     brevo: BrevoResource,
-) -> dg.Output[int]:
+) -> dg.Output[None]:
     """Sends the audience what the CRM contacts changed in the span call for: those contacts,
     every contact sharing their addresses and the ledger rows of their previous addresses are
     decided as a full sync decides them (provider-side changes found there are left to the
-    import-back, members the scope cannot place to the nightly sync). Its value: how many
-    contacts changed."""
+    import-back, members the scope cannot place to the nightly sync). No value (nothing reads
+    one, and every executor can run it): the output's metadata `changed_contacts` counts them."""
     audience = _SETTINGS.audience(context.partition_key)
     after = Mark.parse(config.after) if config.after else None
     marks = changed_between(crm.engine(), crm.crm_schema, after, Mark.parse(config.upto))
@@ -54,7 +53,7 @@ def push_crm_changes(
     context.log.info(f"{audience.key}: {len(ids)} CRM contacts changed in the span")
     metadata: dict[str, object] = {"audience": audience.key, "changed_contacts": len(ids)}
     if not ids:
-        return dg.Output(0, metadata=metadata)
+        return dg.Output(None, metadata=metadata)
     engine = state_db.engine()
     client = run_client(context, audience, mailchimp, brevo)
     try:
@@ -65,7 +64,7 @@ def push_crm_changes(
                 f"{audience.key}: the contacts' addresses reach further than {len(scope.keys)} "
                 "addresses: left to the nightly sync"
             )
-            return dg.Output(len(ids), metadata={**metadata, "left_to_nightly": True})
+            return dg.Output(None, metadata={**metadata, "left_to_nightly": True})
         found = scope_diff(
             scope, _SETTINGS.crm_values, provider=audience.provider, system_tag=audience.system_tag
         )
@@ -103,7 +102,7 @@ def push_crm_changes(
             metadata={"source": "CRM changes", **metadata},
         )
     )
-    return dg.Output(len(ids), metadata=metadata)
+    return dg.Output(None, metadata=metadata)
 
 
 def _provider_changes(diff: pd.DataFrame) -> frozenset[str]:
