@@ -266,10 +266,7 @@ class _Planner:
     def change(self, row: Mapping[str, Any], change: ProviderChange) -> None:
         member = self.member(address(row))
         if change is ProviderChange.OPTED_OUT:
-            status = (member or {}).get("status") or row["provider_status"]
-            before = row["ledger_before"]
-            if status not in OPTED_OUT and before is not None:  # archived or deleted since
-                status = before.unimported_opt_out
+            status = seen_opt_out((member or {}).get("status") or row["provider_status"], row)
             bounced = status == "cleaned" or address(row) in self.bounced
             kind = "hard_bounce" if bounced else "newsletter_unsubscribed"
             if bounced and not self.record_bounces:
@@ -467,14 +464,22 @@ def unimported_consent(diff: pd.DataFrame, unimported: frozenset[str]) -> list[L
     rows = diff[keeps_consent(diff) & diff["match_key"].isin(unimported)]
     kept = []
     columns = ["provider_change", "ledger_before", "ledger_after", "provider_status"]
-    for change, before, after, status in rows[columns].itertuples(index=False, name=None):
-        if change != ProviderChange.OPTED_OUT.value:
+    for row in records(rows[columns]):
+        after = row["ledger_after"]
+        if row["provider_change"] != ProviderChange.OPTED_OUT.value:
             kept.append(after)
             continue
-        # archived or deleted since: the status it had when the sync saw it
-        seen = status if status in OPTED_OUT else before.unimported_opt_out
-        kept.append(after.moved(unimported_opt_out=seen))
+        kept.append(after.moved(unimported_opt_out=seen_opt_out(row["provider_status"], row)))
     return kept
+
+
+def seen_opt_out(status: str | None, row: Mapping[str, Any]) -> str | None:
+    """The opt-out status a diff row's opt-out stands for: the member's, or, when it was
+    archived or deleted since, the one its ledger row kept (`LedgerRow.unimported_opt_out`)."""
+    before = row["ledger_before"]
+    if status in OPTED_OUT or before is None:
+        return status
+    return before.unimported_opt_out
 
 
 def outcome_records(
