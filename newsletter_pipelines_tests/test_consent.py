@@ -189,6 +189,25 @@ def test_d7_archiving_a_pending_member_is_not_retried(world: World) -> None:
     assert writes_of_a_resync(world) == 0
 
 
+@pytest.mark.parametrize("world", ["mailchimp"], indirect=True)
+def test_d7_two_removals_of_one_contact_each_keep_their_own_outcome(world: World) -> None:
+    """A contact made private at an address a person signed up at (pending): its old member
+    is archived, the pending one is refused. Matched to their contact alone, both outcomes
+    were taken for the archive: the refusal was lost and sent again by the next sync."""
+    world.sync()
+    world.act("other@example.de", "pending")
+    world.set(13, email="other@example.de", is_private=True)
+    world.sync()
+    assert world.members()["person13@example.de"] == "archived"
+    assert world.members()["other@example.de"] == "pending"
+    ledger = load_ledger_frame(world.engine, world.provider_name).set_index("member_key")
+    assert ledger.at["other@example.de", "refusal_code"] == "Method Not Allowed"
+    archived = ledger.loc["person13@example.de"]
+    assert (archived["state"], archived["refusal_code"]) == ("removed", None)
+    assert archived["provider_id"] != ledger.at["other@example.de", "provider_id"]
+    assert writes_of_a_resync(world) == 0
+
+
 @pytest.mark.parametrize("change", ["private", "email"])
 def test_d8_a_run_killed_after_a_write_is_recognised_as_ours(world: World, change: str) -> None:
     world.sync()

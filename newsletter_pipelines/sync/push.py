@@ -446,15 +446,24 @@ def _as_updated(outcome: Outcome) -> Outcome:
 def _by_contact(outcomes: Sequence[Outcome]) -> dict[str, Outcome]:
     found: dict[str, Outcome] = {}
     for outcome in outcomes:
+        key = match_key(outcome.email)
         if outcome.crm_id is not None:
             found[f"id:{outcome.crm_id}"] = outcome
-        found[f"key:{match_key(outcome.email)}"] = outcome
+            found[f"id:{outcome.crm_id} key:{key}"] = outcome
+        found[f"key:{key}"] = outcome
     return found
 
 
 def _outcome_for(row: Mapping[str, Any], found: Mapping[str, Outcome]) -> Outcome:
-    outcome = found.get(f"id:{row['crm_id']}") if row["crm_id"] is not None else None
-    outcome = outcome or found.get(f"key:{match_key(row['email'])}")
+    """The outcome of `row`'s write: the one for its contact at its address (a contact may
+    have two rows, e.g. two members archived), else its contact's (an address change may
+    answer under the old address), else its address's."""
+    key = match_key(row["email"])
+    crm_id = row["crm_id"]
+    outcome = None
+    if crm_id is not None:
+        outcome = found.get(f"id:{crm_id} key:{key}") or found.get(f"id:{crm_id}")
+    outcome = outcome or found.get(f"key:{key}")
     if outcome is None:  # the client promises one outcome per contact; never lose one silently
         raise RuntimeError(f"the provider client returned no outcome for {row['email']!r}")
     return outcome
