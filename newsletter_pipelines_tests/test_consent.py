@@ -6,9 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from newsletter_pipelines.providers.base import Member
-from newsletter_pipelines.state.ledger import load_ledger_frame
+from newsletter_pipelines.state.ledger import load_ledger_frame, outcomes
 from newsletter_pipelines.sync.guards import MassLimits, resubscribe_violations
 from newsletter_pipelines_tests.test_eligibility import contact
 from newsletter_pipelines_tests.world import World
@@ -208,6 +209,15 @@ def test_d7_two_removals_of_one_contact_each_keep_their_own_outcome(world: World
     assert writes_of_a_resync(world) == 0
 
 
+KILLED_WRITE = {"private": ("remove", "removed"), "email": ("update", "updated")}
+
+
+def outcomes_of(world: World, crm_id: str) -> list[sa.Row[Any]]:
+    with world.engine.connect() as conn:
+        query = outcomes.select().where(outcomes.c.crm_id == crm_id).order_by(outcomes.c.id)
+        return list(conn.execute(query))
+
+
 @pytest.mark.parametrize("change", ["private", "email"])
 def test_d8_a_run_killed_after_a_write_is_recognised_as_ours(world: World, change: str) -> None:
     world.sync()
@@ -217,14 +227,20 @@ def test_d8_a_run_killed_after_a_write_is_recognised_as_ours(world: World, chang
     else:
         world.set(14, email="new.fourteen@example.de", tags=())
         methods = ("write_members", "upsert")
+    logged_before = len(outcomes_of(world, "14"))
     provider = world.provider
     world.provider = KilledAfter(provider, 1, methods)  # type: ignore[assignment]
     with pytest.raises(Killed):
-        world.sync()
+        world.sync(run_id="killed")
     world.provider = provider
-    diff, _ = world.sync()
+    diff, _ = world.sync(run_id="after")
     assert "import_back" not in set(diff["action"]), diff[diff["action"] == "import_back"]
     assert writes_of_a_resync(world) == 0
+    # the write is in the outcome log once: the run after confirmed it from its snapshot
+    logged = outcomes_of(world, "14")[logged_before:]
+    assert [(r.run_id, r.action, r.outcome, r.code) for r in logged] == [
+        ("after", *KILLED_WRITE[change], "interrupted_run")
+    ]
     if change == "email":
         found = member(world, "new.fourteen@example.de")
         assert found is not None and "Käufer" not in found.tags  # the pushed tag was removed

@@ -57,6 +57,7 @@ class World:
         guard: MassLimits | None = None,
         import_back: bool = False,
         write_back: bool = True,
+        run_id: str = "run",
     ) -> tuple[pd.DataFrame, PushSummary]:
         """One full sync; with `guard`, mass removals and renames are held as the asset does;
         with `import_back`, the CRM learns the provider-side changes before the push, as in
@@ -72,7 +73,7 @@ class World:
         ctx = PushContext(
             self.engine,
             self.provider_name,
-            "run",
+            run_id,
             chunk_size=20,
             hold_removals=guard is not None and not verdicts["removal_guard"].passed,
             hold_renames=guard is not None and not verdicts["rename_guard"].passed,

@@ -97,6 +97,9 @@ class LedgerRow:
     # the provider status (unsubscribed, cleaned, blacklisted) of an `opted_out` row's opt-out
     # that the CRM has not taken in yet
     unimported_opt_out: str | None = None
+    # the write a killed run left in flight that the snapshot shows done (`resolve_intents`):
+    # not part of the row; the next push logs its outcome and stores the row, once
+    settled: Intent | None = field(default=None, compare=False)
 
     def moved(self, **changes: object) -> LedgerRow:
         """A copy with `changes`; an unimported opt-out goes when the row is no opt-out."""
@@ -118,7 +121,8 @@ def resolve_intents(rows: Iterable[LedgerRow], statuses: Mapping[str, str]) -> d
 
     `statuses` maps the member keys of the snapshot to their provider status. A write whose
     effect is visible was ours: a removal, an unsubscribe, a create, an address change. One
-    whose effect is not visible never happened. Either way the intent is cleared.
+    whose effect is not visible never happened. Either way the intent is cleared; a write
+    that happened is marked `settled`.
     """
     resolved: dict[str, LedgerRow] = {}
     for row in rows:
@@ -126,7 +130,7 @@ def resolve_intents(rows: Iterable[LedgerRow], statuses: Mapping[str, str]) -> d
             resolved[row.member_key] = row
             continue
         status = statuses.get(row.member_key)
-        done = row.moved(intent=None, intent_key=None)
+        done = row.moved(intent=None, intent_key=None, settled=row.intent)
         if row.intent is Intent.REMOVE and status in (None, "archived"):
             resolved[row.member_key] = done.moved(state=RowState.REMOVED)
         elif row.intent is Intent.UNSUBSCRIBE and status in ("unsubscribed", "blacklisted"):
@@ -142,6 +146,6 @@ def resolve_intents(rows: Iterable[LedgerRow], statuses: Mapping[str, str]) -> d
             resolved.setdefault(
                 row.intent_key, done.moved(member_key=row.intent_key, moved_from=row.member_key)
             )
-        else:
-            resolved[row.member_key] = done
+        else:  # not visible, or an update (which the rules decide again): not known as done
+            resolved[row.member_key] = done.moved(settled=None)
     return resolved

@@ -62,6 +62,14 @@ _CONFIRMED = {
     SyncAction.UNSUBSCRIBE: (Result.UNSUBSCRIBED,),
     SyncAction.REMOVE: (Result.REMOVED, Result.UNCHANGED),
 }
+# the outcome-log code of a write a killed run sent and the next run found done
+INTERRUPTED_RUN = "interrupted_run"
+_SETTLED = {
+    Intent.CREATE: (SyncAction.CREATE, Result.CREATED),
+    Intent.CHANGE_EMAIL: (SyncAction.UPDATE, Result.UPDATED),
+    Intent.UNSUBSCRIBE: (SyncAction.UNSUBSCRIBE, Result.UNSUBSCRIBED),
+    Intent.REMOVE: (SyncAction.REMOVE, Result.REMOVED),
+}
 _INTENT = {
     SyncAction.CREATE: Intent.CREATE,
     SyncAction.UPDATE: Intent.UPDATE,
@@ -85,6 +93,7 @@ class PushSummary:
     chunks_sent: int = 0
     held: list[dict[str, Any]] = field(default_factory=list)
     redecided: int = 0
+    confirmed_after_interruption: int = 0  # writes of a killed run found done, logged now
 
     def add(self, outcomes: Sequence[Outcome]) -> None:
         """Count a batch of outcomes."""
@@ -101,6 +110,7 @@ class PushSummary:
         self.ledger_refreshed += other.ledger_refreshed
         self.chunks_sent += other.chunks_sent
         self.held += other.held
+        self.confirmed_after_interruption += other.confirmed_after_interruption
 
 
 @dataclass
@@ -157,6 +167,10 @@ class _Push:
         self.send(list(rest))
         if self.refused_renames and self.ctx.redecide is not None:
             self.redecide(self.ctx.redecide)
+        observed = diff.index.isin(writes.index) | diff["ledger_after"].isna() | pending
+        self.log_settled(
+            diff[diff["settled_intent"].notna() & (~observed | diff["match_key"].isin(self.sent))]
+        )
         return self.summary
 
     def send(self, writes: Sequence[dict[str, Any]]) -> None:
@@ -252,6 +266,25 @@ class _Push:
         for chunk in chunked(after, 5_000):
             record(self.ctx.engine, self.ctx.audience, self.ctx.run_id, chunk)
         self.summary.ledger_refreshed += len(after)
+
+    def log_settled(self, rows: pd.DataFrame) -> None:
+        """Log the writes a killed run sent that this run's snapshot shows done (their rows
+        were stored with this run's other writes, so each is logged once)."""
+        logged = [
+            OutcomeRecord(
+                crm_id=_crm_id(row) or row["ledger_after"].owner,
+                email=row["email"] or row["ledger_after"].email,
+                action=_SETTLED[intent][0].value,
+                outcome=_SETTLED[intent][1].value,
+                provider_id=row["provider_id"] or row["ledger_after"].provider_id,
+                code=INTERRUPTED_RUN,
+                message="sent by an interrupted run; done at the provider when this run looked",
+            )
+            for row in records(rows)
+            for intent in [Intent(row["settled_intent"])]
+        ]
+        record(self.ctx.engine, self.ctx.audience, self.ctx.run_id, [], logged=logged)
+        self.summary.confirmed_after_interruption += len(logged)
 
     def intend(self, chunk: Sequence[Mapping[str, Any]], action: SyncAction) -> None:
         """Record the write about to be sent for every row of `chunk`."""

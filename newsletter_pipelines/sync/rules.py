@@ -99,6 +99,7 @@ DIFF_COLUMNS = (
     "write_key",
     "ledger_before",
     "ledger_after",
+    "settled_intent",
 )
 
 
@@ -306,7 +307,9 @@ class _Rules:
         change: ProviderChange | None = None,
     ) -> None:
         self.handled.add(key)
-        after = _recorded(action, before, after)
+        own = self.ledger.get(key)
+        settled = own.settled if own is not None else None
+        after = _recorded(action, before, after) or (own if settled else None)
         target = old or member
         self.rows.append(
             {
@@ -331,6 +334,7 @@ class _Rules:
                 "write_key": write,
                 "ledger_before": before,
                 "ledger_after": after,
+                "settled_intent": settled.value if settled else None,
             }
         )
 
@@ -917,6 +921,15 @@ class _Rules:
                     crm_id=row.owner,
                     before=row,
                     after=row.moved(state=RowState.RELEASED),
+                )
+            elif row.settled is not None:
+                self.emit(
+                    SyncAction.UNCHANGED,
+                    f"{row.settled.value} of an interrupted run: done at the provider",
+                    key,
+                    crm_id=row.owner,
+                    before=row,
+                    after=row,
                 )
             elif _unimported(row):
                 self.emit(

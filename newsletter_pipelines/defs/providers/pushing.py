@@ -76,6 +76,8 @@ def push_metadata(
         "held_by_guards": dg.MetadataValue.md(markdown_table(held)),
         "ledger_rows_refreshed": dg.MetadataValue.int(summary.ledger_refreshed),
         "decided_again": dg.MetadataValue.int(summary.redecided),
+        # writes a killed run sent that this run found done: logged in this run's outcome log
+        "confirmed_after_interruption": dg.MetadataValue.int(summary.confirmed_after_interruption),
         "outcome_log": f"table sync_outcomes (run_id {context.run.run_id}) in the "
         f"{state_db.describe()}",
     }
