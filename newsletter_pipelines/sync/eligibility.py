@@ -134,9 +134,7 @@ def _newest_first_order(keys: np.ndarray, updated_at: pd.Series, ids: np.ndarray
     return np.lexsort((id_rank, newest_first, key_codes))
 
 
-def classify(
-    contacts: pd.DataFrame, values: CrmValues = DEFAULT_VALUES, workers: int | None = None
-) -> EligibilityResult:
+def classify(contacts: pd.DataFrame, values: CrmValues = DEFAULT_VALUES) -> EligibilityResult:
     """Split raw CRM contacts (columns of `crm.reader.read_contacts`) into eligible and excluded,
     reading the newsletter column through `values`.
 
@@ -159,7 +157,7 @@ def classify(
     reason[private] = "private"  # private first: it wins over every other reason
 
     distinct = list(dict.fromkeys(raw_email[present]))
-    checked = dict(zip(distinct, check_emails(distinct, workers=workers), strict=True))
+    checked = dict(zip(distinct, check_emails(distinct), strict=True))
     email = np.full(total, None, dtype=object)
     key = np.full(total, None, dtype=object)
     checked_positions = np.flatnonzero(present)
