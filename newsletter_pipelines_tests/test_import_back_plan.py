@@ -333,24 +333,33 @@ def test_a_report_only_sync_keeps_what_it_did_not_import_when_a_rename_takes_the
 
 
 @pytest.mark.parametrize("world", ["mailchimp", "brevo"], indirect=True)
-def test_a_report_only_sync_renames_onto_an_address_its_own_removal_frees(world: World) -> None:
-    """Found by a random long model run (Brevo): a member moved away at the provider, and the
-    CRM renamed a newer contact onto the address it left, so the moved member's contact became
-    a duplicate. A report-only sync removed the moved member but held the rename onto the
-    address it left; the removal had moved that address's ledger row with the member, so the
-    next report-only sync sent the rename after all. The removal now goes first, and the
-    rename in the same run."""
+def test_a_report_only_sync_leaves_a_moved_member_and_its_old_address_to_the_import(
+    world: World,
+) -> None:
+    """Found by random long model runs: a member moved away at the provider, and the CRM
+    renamed a newer contact onto the address it left, so the moved member's contact became a
+    duplicate. A report-only sync held the rename onto the address the member left but removed
+    the moved member, which stored its row at the new address: the move was lost for the CRM,
+    and the next report-only sync sent the rename after all. Both now wait for the run that
+    tells the CRM of the move, and that run sends them."""
     world.sync()
     world.sync()  # the ledger learns the stable ids
     world.act("person2@example.de", "change_email", new_email="moved2@example.de")
     world.set(1, email="person2@example.de", updated_at="2026-01-02 00:00:00")
-    diff, _ = world.sync(import_back=True, write_back=False)
+    writes = world.writes()
+    diff, summary = world.sync(import_back=True, write_back=False)
     assert diff.set_index("crm_id").loc["2", "action"] == "remove"
+    assert {(h["crm_id"], h["action"]) for h in summary.held} == {("1", "update"), ("2", "remove")}
+    assert world.writes() == writes
+    world.sync(import_back=True, write_back=False)
+    assert world.writes() == writes
+    world.sync(import_back=True)
+    assert world.imported[-1].counts.get("email_changed_at_provider") == 1, world.imported[-1]
     members = world.members()
     assert members.get("moved2@example.de") in (None, "archived")  # removed
     assert "person2@example.de" in members and "person1@example.de" not in members
     writes = world.writes()
-    world.sync(import_back=True, write_back=False)
+    world.sync(import_back=True)
     assert world.writes() == writes
 
 
@@ -420,3 +429,26 @@ def test_an_opted_out_member_a_report_only_sync_saw_move_is_not_subscribed_after
     diff, _ = world.sync(import_back=True)
     assert "neu3@example.de" not in world.members()
     assert diff.set_index("crm_id").loc["99", "action"] == "blocked_by_provider"
+
+
+def test_a_report_only_sync_keeps_every_address_change_for_the_next_writing_run(
+    world: World,
+) -> None:
+    """Found by a random long model run (Mailchimp): two CRM contacts swapped addresses while
+    both members moved at the provider, and new contacts took the addresses. A report-only
+    sync archived one moved member and stored another contact's adoption of the other, which
+    erased both moves: the CRM never learnt them, and the next report-only sync wrote."""
+    world.sync()
+    world.sync()  # the ledger learns the stable ids
+    world.act("person2@example.de", "change_email", new_email="moved2@example.de")
+    world.set(1, email="person2@example.de")
+    world.set(2, email="person1@example.de")
+    world.act("person1@example.de", "change_email", new_email="moved1@example.de")
+    world.crm.append(contact(91, email="person1@example.de", updated_at="2026-07-01 00:00:00"))
+    world.crm.append(contact(92, email="moved1@example.de", updated_at="2026-07-01 00:00:00"))
+    world.sync(import_back=True, write_back=False)
+    writes = world.writes()
+    world.sync(import_back=True, write_back=False)
+    assert world.writes() == writes
+    world.sync(import_back=True)
+    assert world.imported[-1].counts.get("email_changed_at_provider") == 2, world.imported[-1]

@@ -9,8 +9,9 @@ refused, so the same write is not sent again). A run killed between a call and i
 leaves the intents, and the next diff settles them from what the provider then holds (our own
 removal is never mistaken for someone else's). When the removal guard holds removals, the
 unsubscribes and removals are logged as `held` and not sent; everything else still goes out.
-An address changed at the provider that the CRM has not taken in is not changed back either
-(held by `crm_import_back`): that would erase the change before the CRM logged it.
+An address changed at the provider that the CRM has not taken in is not changed back either,
+nor its old address taken, nor its member written to or adopted by another contact (held by
+`crm_import_back`): each would erase the change before the CRM logged it.
 A refused address change is decided again by the rules within the same push (`redecide`): the
 old member is no longer the contact's, and the new address is created if nothing blocks it.
 """
@@ -151,25 +152,31 @@ class _Push:
         self.vacated: frozenset[str] = frozenset()
 
     def run(self, diff: pd.DataFrame) -> PushSummary:
-        writes = diff[diff["action"].isin([a.value for a in WRITE_ACTIONS])]
+        is_write = diff["action"].isin([a.value for a in WRITE_ACTIONS])
         pending = diff["provider_change"].notna() & diff["match_key"].isin(self.ctx.unimported)
-        self.observe(diff[~diff.index.isin(writes.index) & diff["ledger_after"].notna() & ~pending])
+        # an address change the CRM has not taken in lives on in its member's ledger row at the
+        # old address: a row that would store the member at its new address (a write to it, a
+        # contact adopting it) waits for the import, or the change would never reach the CRM
+        keep = keeps_consent(diff)
+        waiting = _moves_waiting(diff[pending & ~keep])
+        consumes = diff["ledger_after"].map(lambda r: r is not None and r.moved_from in waiting)
+        consumes = consumes.astype(bool)
+        stored = diff["ledger_after"].notna() & ~pending & ~consumes
+        self.observe(diff[~is_write & stored])
         kept = unimported_consent(diff, self.ctx.unimported)
         record(self.ctx.engine, self.ctx.audience, self.ctx.run_id, kept)
-        pending &= ~keeps_consent(diff)  # stored (moved with its member): nothing waits there
-        pending_keys = set(diff.loc[pending, "match_key"])
-        rest, first = partition(lambda r: r["match_key"] in pending_keys, records(writes))
-        # the writes of members whose move the CRM has not taken in go first: each moves its
-        # ledger row off the address the member left, which the other writes may then take
-        self.vacated = _vacated(diff[pending])
-        self.send(list(first))
-        self.vacated = _vacated(diff[pending & ~diff["match_key"].isin(self.sent)])
-        self.send(list(rest))
+        pending &= ~keep  # stored (moved with its member): nothing waits there
+        for action, rows in diff[is_write & consumes].groupby("action"):
+            self.hold(records(rows), SyncAction(action), "crm_import_back", RELEASED_BY_IMPORT)
+        self.vacated = _vacated(diff[pending]) | waiting
+        self.send(records(diff[is_write & ~consumes]))
         if self.refused_renames and self.ctx.redecide is not None:
             self.redecide(self.ctx.redecide)
-        observed = diff.index.isin(writes.index) | diff["ledger_after"].isna() | pending
         self.log_settled(
-            diff[diff["settled_intent"].notna() & (~observed | diff["match_key"].isin(self.sent))]
+            diff[
+                diff["settled_intent"].notna()
+                & ((~is_write & stored) | diff["match_key"].isin(self.sent))
+            ]
         )
         return self.summary
 
@@ -380,6 +387,12 @@ def _vacated(pending: pd.DataFrame) -> frozenset[str]:
     """Addresses whose ledger row a provider-side change not taken in moves elsewhere."""
     rows = [r for r in pending["ledger_before"] if r is not None]
     return frozenset(r.moved_from for r in rows if r.moved_from and r.moved_from != r.member_key)
+
+
+def _moves_waiting(pending: pd.DataFrame) -> frozenset[str]:
+    """The old addresses of the address changes at the provider among `pending`."""
+    moves = pending["address_move"].dropna()
+    return frozenset(match_key(move.old_email) for move in moves)
 
 
 def _crm_id(row: Mapping[str, Any]) -> str | None:
