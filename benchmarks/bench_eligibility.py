@@ -34,10 +34,10 @@ from newsletter_pipelines.crm.synthetic import iter_crm
 from newsletter_pipelines.settings import CrmSchema
 from newsletter_pipelines.sync.eligibility import classify
 
-BUDGET_WALL_S = 30.0
-BUDGET_RSS_BYTES = 2 * 1024**3
+BUDGET_WALL_S = 10.0
+BUDGET_RSS_BYTES = 1024**3
 BUDGET_CORES = 2
-BUDGET_TEXT = "≤ 30 s wall, ≤ 2 GiB peak RSS, 2 cores"
+BUDGET_TEXT = "≤ 10 s wall, ≤ 1 GiB peak RSS, 2 cores"
 _CHUNK = 100_000
 _SAMPLE_S = 0.05
 
@@ -123,7 +123,7 @@ def report(figures: dict[str, Any], peak: int, max_rss: int, tags: int, setup_s:
             f"eligibility        {figures['classify_s']:>10.2f} s",
             f"total wall         {total:>10.2f} s   budget ≤ {BUDGET_WALL_S:.0f} s      "
             f"{verdict(total <= BUDGET_WALL_S)}",
-            f"peak RSS           {rss / 1024**3:>10.2f} GiB budget ≤ 2 GiB     "
+            f"peak RSS           {rss / 1024**3:>10.2f} GiB budget ≤ 1 GiB     "
             f"{verdict(rss <= BUDGET_RSS_BYTES)}",
             f"  (process tree sampled {peak / 1024**2:,.0f} MiB; "
             f"largest single process ru_maxrss {max_rss / 1024**2:,.0f} MiB)",

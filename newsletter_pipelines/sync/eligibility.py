@@ -113,6 +113,11 @@ def _map_unique(series: pd.Series, func: Any) -> np.ndarray:
     return mapped[codes]
 
 
+def _numbered(index: pd.Index) -> bool:
+    """Whether `index` is 0, 1, 2, … already (no copy of the frame needed)."""
+    return isinstance(index, pd.RangeIndex) and index.start == 0 and index.step == 1
+
+
 def _timestamps(series: pd.Series) -> pd.Series:
     """UTC timestamps; unreadable values become NaT (they lose every tie)."""
     try:
@@ -142,7 +147,7 @@ def classify(contacts: pd.DataFrame, values: CrmValues = DEFAULT_VALUES) -> Elig
     contacts included), so a provider member can be matched to its CRM contact, and every
     row's logical `newsletter` ('yes'/'no'/'unknown') and UTC `updated_at`.
     """
-    frame = contacts.reset_index(drop=True)
+    frame = contacts if _numbered(contacts.index) else contacts.reset_index(drop=True)
     total = len(frame)
     ids = frame["contact_id"].to_numpy()
     reason = np.full(total, None, dtype=object)
@@ -156,17 +161,18 @@ def classify(contacts: pd.DataFrame, values: CrmValues = DEFAULT_VALUES) -> Elig
     reason[~present] = "missing_email"
     reason[private] = "private"  # private first: it wins over every other reason
 
-    distinct = list(dict.fromkeys(raw_email[present]))
-    checked = dict(zip(distinct, check_emails(distinct), strict=True))
     email = np.full(total, None, dtype=object)
     key = np.full(total, None, dtype=object)
     checked_positions = np.flatnonzero(present)
     if len(checked_positions):
-        sent, keys, errors = zip(*(checked[a] for a in raw_email[checked_positions]), strict=True)
-        email[checked_positions], key[checked_positions] = sent, keys
+        codes, distinct = pd.factorize(raw_email[checked_positions])
+        checked = np.empty((len(distinct), 3), dtype=object)
+        checked[:] = check_emails(distinct.tolist())
+        email[checked_positions] = checked[codes, 0]
+        key[checked_positions] = checked[codes, 1]
         invalid = (key[checked_positions] == None) & ~private[checked_positions]  # noqa: E711
         reason[checked_positions[invalid]] = "invalid_email"
-        detail[checked_positions[invalid]] = np.array(errors, dtype=object)[invalid]
+        detail[checked_positions[invalid]] = checked[codes[invalid], 2]
 
     candidates = np.flatnonzero(reason == None)  # noqa: E711 (element-wise on an object array)
     order = candidates[
