@@ -235,6 +235,8 @@ def test_d8_a_run_killed_after_a_write_is_recognised_as_ours(world: World, chang
     world.provider = provider
     diff, _ = world.sync(run_id="after")
     assert "import_back" not in set(diff["action"]), diff[diff["action"] == "import_back"]
+    ledger = load_ledger_frame(world.engine, world.provider_name)
+    assert ledger["intent"].isna().all(), ledger[ledger["intent"].notna()]  # none left behind
     assert writes_of_a_resync(world) == 0
     # the write is in the outcome log once: the run after confirmed it from its snapshot
     logged = outcomes_of(world, "14")[logged_before:]

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from newsletter_pipelines.providers.base import Provider
 from newsletter_pipelines.sandbox import PersonEvent, Sandbox, SandboxTransport
 from newsletter_pipelines.sandbox.people import brevo_person, mailchimp_person
-from newsletter_pipelines.state.ledger import load_ledger_frame
+from newsletter_pipelines.state.ledger import ledger_rows, load_ledger_frame
 from newsletter_pipelines.state.schema import ensure_schema
 from newsletter_pipelines.sync.eligibility import EligibilityResult, classify
 from newsletter_pipelines.sync.guards import MassLimits, push_verdicts
@@ -26,8 +26,18 @@ from newsletter_pipelines.sync.import_back import (
     plan_import_back,
     unimported_keys,
 )
-from newsletter_pipelines.sync.inputs import build_diff, members_by_key, redecider, snapshot_frame
+from newsletter_pipelines.sync.inputs import (
+    actual_members,
+    build_diff,
+    crm_exclusions,
+    desired_contacts,
+    members_by_key,
+    redecider,
+    snapshot_frame,
+)
 from newsletter_pipelines.sync.push import PushContext, PushSummary, push_diff
+from newsletter_pipelines.sync.rules import Context, reconcile
+from newsletter_pipelines.sync.tags import TAG_STYLES
 from newsletter_pipelines_tests.providers.conftest import brevo_account, make_brevo, make_mailchimp
 from newsletter_pipelines_tests.test_eligibility import contact, frame
 
@@ -95,14 +105,24 @@ class World:
         """Eligibility, snapshot and reconciliation diff as a full sync computes them now."""
         result = classify(frame(*self.crm))
         members = snapshot_frame(self.provider.snapshot())
+        ledger = load_ledger_frame(self.engine, self.provider_name)
         diff = build_diff(
             result.eligible,
             result.excluded,
             members,
-            load_ledger_frame(self.engine, self.provider_name),
+            ledger,
             provider=self.provider_name,
             system_tag=SYSTEM_TAG[self.provider_name],
         )
+        # the bulk pass settles only what the rules would leave unchanged: every world checks it
+        alone = reconcile(
+            desired_contacts(result.eligible),
+            actual_members(members),
+            ledger_rows(ledger),
+            crm_exclusions(result.excluded),
+            Context(TAG_STYLES[self.provider_name], SYSTEM_TAG[self.provider_name]),
+        )
+        pd.testing.assert_frame_equal(by_key(diff), by_key(alone), check_dtype=False)
         return result, members, diff
 
     def import_back(
@@ -171,6 +191,27 @@ class World:
     def set(self, crm_id: int, **values: object) -> None:
         row = next(r for r in self.crm if r["contact_id"] == crm_id)
         row.update({"updated_at": "2026-01-01 00:00:00", **values})
+
+
+# what a diff row decides (the bulk pass leaves what is only shown, such as the member's tags)
+DECIDED = [
+    "match_key",
+    "action",
+    "detail",
+    "crm_id",
+    "email",
+    "old_email",
+    "provider_change",
+    "import_tags",
+    "import_untags",
+    "write_key",
+    "ledger_after",
+    "settled_intent",
+]
+
+
+def by_key(diff: pd.DataFrame) -> pd.DataFrame:
+    return diff.sort_values("match_key", kind="stable").reset_index(drop=True)[DECIDED]
 
 
 @contextmanager

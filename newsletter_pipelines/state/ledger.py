@@ -200,11 +200,17 @@ def record(
 ) -> None:
     """In one transaction: write ledger rows (replacing by member key), delete the rows of
     `deleted` member keys and the rows the written ones moved from (`LedgerRow.moved_from`, if
-    still the same member's: same stable id), and log outcomes."""
+    still the same member's: same stable id, or none yet and an address change to the written
+    row's key in flight), and log outcomes."""
     now = datetime.now(UTC)
     replaced = sorted({r.member_key for r in rows} | set(deleted))
     moved = [
-        {"of_audience": audience, "old_key": r.moved_from, "of_member": r.stable_id}
+        {
+            "of_audience": audience,
+            "old_key": r.moved_from,
+            "of_member": r.stable_id,
+            "new_key": r.member_key,
+        }
         for r in rows
         if r.moved_from is not None
     ]
@@ -308,7 +314,12 @@ def _outcome_values(
 _DELETE_MOVED = ledger.delete().where(
     ledger.c.audience == sa.bindparam("of_audience"),
     ledger.c.member_key == sa.bindparam("old_key"),
-    ledger.c.stable_id == sa.bindparam("of_member"),
+    sa.or_(
+        ledger.c.stable_id == sa.bindparam("of_member"),
+        # a row the sync had not learnt the stable id of yet, whose address change to the new
+        # key a killed run left in flight: the same member
+        sa.and_(ledger.c.stable_id.is_(None), ledger.c.intent_key == sa.bindparam("new_key")),
+    ),
 )
 
 

@@ -44,12 +44,19 @@ def split_settled(
 ) -> Split:
     """Settle the contacts in sync; the rest of each input is left for the rules."""
     keys = eligible["email"].str.lower().to_numpy()  # validator output: ASCII, lower = key
-    member_keys = snapshot["match_key"]
-    last = np.flatnonzero(~member_keys.duplicated(keep="last").to_numpy())  # as `rules` keeps
-    found = pd.Index(member_keys.to_numpy()[last]).get_indexer(keys)
-    at_member = np.full(len(keys), -1)
-    at_member[found >= 0] = last[found[found >= 0]]
-    at_row = pd.Index(ledger["member_key"].to_numpy()).get_indexer(keys)
+    # one hash pass over the three inputs' keys; then each key's member and ledger row by code
+    codes, uniques = pd.factorize(
+        np.concatenate([keys, snapshot["match_key"].to_numpy(), ledger["member_key"].to_numpy()])
+    )
+    key_codes = codes[: len(keys)]
+    member_codes = codes[len(keys) : len(keys) + len(snapshot)]
+    row_codes = codes[len(keys) + len(snapshot) :]
+    last = np.flatnonzero(~pd.Series(member_codes).duplicated(keep="last").to_numpy())
+    member_of = np.full(len(uniques), -1)
+    member_of[member_codes[last]] = last  # the last member of a key, as `rules` keeps
+    row_of = np.full(len(uniques), -1)
+    row_of[row_codes] = np.arange(len(ledger))  # member keys are unique in the ledger
+    at_member, at_row = member_of[key_codes], row_of[key_codes]
     candidates = np.flatnonzero((at_member >= 0) & (at_row >= 0))
     m, r = at_member[candidates], at_row[candidates]
 
