@@ -71,7 +71,8 @@ from newsletter_pipelines.sync.settled import split_settled
 from newsletter_pipelines.sync.tags import TAG_STYLES
 
 MAILCHIMP_FACTOR = 1.05
-RECONCILE_BUDGET_S = 10.0
+RECONCILE_BUDGET_S = 5.0
+RECONCILE_BUDGET_RSS_MIB = 1536
 MAILCHIMP_OPS_PER_BATCH = 1000  # the batch size of mailchimp_batches.OperationRunner
 BREVO_RPS = 8.0  # the client's default pacing; the sandbox account enforces Brevo's 10/s
 SYSTEM_TAG = {"mailchimp": "CRM", "brevo": None}
@@ -480,7 +481,12 @@ def bench_reconcile(rows: int, seed: int) -> None:
             ),
             ("  of which", ", ".join(f"{k} {v:.2f} s" for k, v in whole.items())),
             ("  parts, timed apart", ", ".join(f"{k} {v:.2f} s" for k, v in parts.items())),
-            ("peak RSS", f"{rss.peak / _MIB:,.0f} MiB (inputs included)   no budget yet"),
+            (
+                "peak RSS",
+                f"{rss.peak / _MIB:,.0f} MiB (inputs included)   budget ≤ "
+                f"{RECONCILE_BUDGET_RSS_MIB:,} MiB   "
+                f"{verdict(rss.peak / _MIB <= RECONCILE_BUDGET_RSS_MIB)}",
+            ),
             ("diff", counts_text(actions)),
         ],
     )
