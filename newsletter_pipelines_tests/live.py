@@ -763,7 +763,14 @@ class LiveStack:
         if self.sandbox_url is None:
             raise RuntimeError("no served sandbox: act at the embedded one")
         provider = self.settings.audience(audience).provider
+        key = (
+            self.settings.mailchimp_api_key
+            if provider == "mailchimp"
+            else self.settings.brevo_api_key
+        )
         body = {"list_id": self.list_id(audience), "email": email, "action": action}
+        if key is not None:  # the account (the sandbox has its default ones too)
+            body["api_key"] = key.get_secret_value()
         answer = httpx.post(f"{self.sandbox_url}/_sandbox/{provider}/people", json=body, timeout=30)
         if answer.status_code != 200:
             raise RuntimeError(f"{audience}: {action} of {email} refused: {answer.text}")
