@@ -242,20 +242,23 @@ def wait_answering(process: Process, url: str, *, what: str, timeout: float = 60
 
 class AlertCatcher:
     """A Slack-compatible incoming webhook on a free loopback port, served by a thread of this
-    process: records every POSTed body (answered 200 `ok`). Use it as a context manager."""
+    process: answers each POST with the next of `statuses` (then 200) and keeps the `text` of
+    every JSON body it answered 200, in `texts`. Use it as a context manager."""
 
     def __init__(self, path: str = "/alerts") -> None:
-        received: list[tuple[str, bytes]] = []
-        self.received = received
+        self.statuses: list[int] = []
+        self.texts: list[str] = []
+        catcher = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("content-length") or 0))
-                received.append((self.path, body))
-                self.send_response(200)
-                self.send_header("content-length", "2")
+                body = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)))
+                status = catcher.statuses.pop(0) if catcher.statuses else 200
+                if status == 200:
+                    catcher.texts.append(body["text"])
+                self.send_response(status)
+                self.send_header("content-length", "0")
                 self.end_headers()
-                self.wfile.write(b"ok")
 
             def log_message(self, format: str, *args: Any) -> None:
                 """Quiet: the test reads what was received."""
@@ -271,10 +274,6 @@ class AlertCatcher:
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
-
-    def texts(self) -> list[str]:
-        """The `text` of every alert received so far, in order."""
-        return [json.loads(body).get("text", "") for _, body in list(self.received)]
 
 
 class Phases:

@@ -24,9 +24,9 @@ its `x-app` environment is set). Then:
    the code server's child, not the daemon's. Its worker is killed too (a crash of the run's
    process): the code server marks the run failed while the held write still reaches the
    provider, leaving the ledger with the write's intents and no outcome. The daemon starts
-   again and retries the run (`run_retries`), which succeeds: every contact is at the provider
-   once, the ledger agrees with the provider (no intent left, every member's id), and the
-   audiences hold exactly the eligible contacts again;
+   again, retries the run (`run_retries`), which succeeds, and alerts the crashed run: every
+   contact is at the provider once, the ledger agrees with the provider (no intent left,
+   every member's id), and the audiences hold exactly the eligible contacts again;
 5. the provider forgets the API keys (sandbox reset: a revoked key answers 401), a CRM change
    starts runs that fail, and the alert catcher receives a run-failure alert naming the job;
 6. no API key, webhook secret, alert URL token, database password or object-store secret is in
@@ -139,7 +139,6 @@ class Production:
 
     stack: LiveStack
     root: Path
-    home: Path
     secrets: Secrets
     alerts: AlertCatcher
     env: dict[str, str]
@@ -253,7 +252,7 @@ def production_stack(
         wait_answering(processes["s3"], s3_url, what="the S3 server answers")
         processes["sandbox"], sandbox_url = serve_sandbox(root, base_env)
         receiver_url = f"http://127.0.0.1:{receiver_port}"
-        env = base_env | production_env(
+        settings_env = production_env(
             found,
             urls,
             sandbox=sandbox_url,
@@ -262,9 +261,10 @@ def production_stack(
             s3=s3_url,
             bucket=bucket,
         )
-        missing = set(COMPOSE["x-app"]["environment"]) - set(env)
+        missing = set(COMPOSE["x-app"]["environment"]) - set(settings_env)
         assert not missing, f"compose sets variables this stack does not: {missing}"
-        for name, value in env.items():
+        env = base_env | settings_env
+        for name, value in settings_env.items():
             monkeypatch.setenv(name, value)
         for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
             monkeypatch.delenv(name, raising=False)
@@ -295,7 +295,6 @@ def production_stack(
                 sandbox_url=sandbox_url,
             ),
             root=root,
-            home=home,
             secrets=found,
             alerts=alerts,
             env=env,
@@ -596,6 +595,8 @@ def test_production_stack_syncs_recovers_alerts_and_keeps_its_secrets(
         fact("members after the full sync", assert_holds_exactly_the_eligible(stack))
         phase("1. full syncs, audiences hold exactly the eligible contacts")
         stack.wait_until_quiet()
+        refused = production.stack.processes["receiver"].log.read_text().count("429 too many")
+        fact("webhooks the receiver refused with 429 (the Brevo sync's echo)", refused)
         phase("   echo applied, no run active")
 
         # 2. a CRM change reaches both audiences by itself
@@ -707,6 +708,12 @@ def test_production_stack_syncs_recovers_alerts_and_keeps_its_secrets(
             return retries[0] if retries and retries[0].status == "SUCCESS" else None
 
         retry = wait_for(retried, what="the daemon retries the killed run", timeout=180, every=1)
+        crash_alerts = wait_for(
+            lambda: [t for t in list(production.alerts.texts) if run.run_id in t],
+            what=f"an alert on the killed run {run.run_id}",
+            timeout=90,
+        )
+        fact("alert on the killed run", crash_alerts[0])
         stack.wait_until_quiet()
         fact("retry", f"{retry.run_id} {retry.status}, {retry.ended - killed_at:.0f} s")
         logged = outcome_rows(stack, "mailchimp", created)
@@ -720,7 +727,7 @@ def test_production_stack_syncs_recovers_alerts_and_keeps_its_secrets(
 
         # 5. a provider fails: the alert catcher hears of it
         (changed,) = stack.people("brevo", 1, exclude=[renamed, added, *people, *created])
-        alerts_before = len(production.alerts.texts())
+        alerts_before = len(list(production.alerts.texts))
         production.sandbox("POST", "reset")  # our accounts and keys are gone: 401
         failing_at = time.time()
         edit(stack, changed, last_name="Failing")
@@ -734,7 +741,7 @@ def test_production_stack_syncs_recovers_alerts_and_keeps_its_secrets(
             }
             return [
                 text
-                for text in production.alerts.texts()[alerts_before:]
+                for text in list(production.alerts.texts)[alerts_before:]
                 if INCREMENTAL_JOB in text and any(run_id in text for run_id in failures)
             ]
 
@@ -746,7 +753,7 @@ def test_production_stack_syncs_recovers_alerts_and_keeps_its_secrets(
     texts = file_texts(production.root)
     for name in ("dagster", "state"):
         texts |= database_texts(production.databases[name], name)
-    texts |= {f"alert {n}": text for n, text in enumerate(production.alerts.texts())}
+    texts |= {f"alert {n}": text for n, text in enumerate(list(production.alerts.texts))}
     assert run.run_id in texts["dagster:event_logs"]  # the grep reads real material
     assert any(run.run_id in text for name, text in texts.items() if name.endswith(".log"))
     leaks = [
