@@ -478,7 +478,7 @@ class LiveStack:
         left = timeout - (time.monotonic() - started)
         wait_for(
             dagster_up,
-            what="dagster dev is ready",
+            what="Dagster (webserver, code location, daemon) is ready",
             timeout=left,
             every=0.5,
             retry_on=(*transient, RuntimeError),
