@@ -46,7 +46,7 @@ from dagster_graphql import DagsterGraphQLClient
 from tenacity import (
     RetryCallState,
     Retrying,
-    retry_if_exception_type,
+    retry_if_exception,
     retry_if_result,
     stop_after_delay,
     wait_fixed,
@@ -100,7 +100,11 @@ def wait_for(
 ) -> T:
     """Call `check` every `every` s until it returns a truthy value, which is returned; an
     exception of `retry_on` counts as not yet. After `timeout` s: TimeoutError naming `what`
-    and the last answer. Any other exception (e.g. `ProcessDiedError`) ends the wait at once."""
+    and the last answer. Any other exception, and `ProcessDiedError` whatever `retry_on` says,
+    ends the wait at once."""
+
+    def not_yet(exc: BaseException) -> bool:
+        return isinstance(exc, retry_on) and not isinstance(exc, ProcessDiedError)
 
     def give_up(state: RetryCallState) -> T:
         outcome = state.outcome
@@ -110,7 +114,7 @@ def wait_for(
     retrying = Retrying(
         stop=stop_after_delay(timeout),
         wait=wait_fixed(every),
-        retry=retry_if_result(lambda answer: not answer) | retry_if_exception_type(retry_on),
+        retry=retry_if_result(lambda answer: not answer) | retry_if_exception(not_yet),
         retry_error_callback=give_up,
     )
     return retrying(check)
@@ -457,8 +461,8 @@ class LiveStack:
             entries = data["workspaceOrError"].get("locationEntries") or []
             loaded = [e["locationOrLoadError"] for e in entries if e["locationOrLoadError"]]
             errors = [e.get("message") for e in loaded if e["__typename"] == "PythonError"]
-            if errors:
-                raise ProcessDiedError(f"the code location failed to load: {errors}")
+            if errors:  # also while a code server is still starting: retried until the end
+                raise RuntimeError(f"the code location failed to load: {errors}")
             health = data["instance"]["daemonHealth"]
             return (
                 any(e["__typename"] == "RepositoryLocation" for e in loaded)

@@ -104,6 +104,11 @@ HELD_WRITE_S = 8.0
 KILLED_CREATES = 20
 COMPOSE = yaml.safe_load((PROJECT_ROOT / "deploy" / "compose.yaml").read_text())
 DEPLOY_WORKSPACE = yaml.safe_load((PROJECT_ROOT / "deploy" / "workspace.yaml").read_text())
+PROGRAMS = {"python": sys.executable} | {
+    name: str(Path(sys.executable).parent / name)
+    for name in ("dagster", "dagster-webserver", "dagster-daemon")
+}
+"""The programs compose's commands name, from this virtualenv."""
 WORKER_PID = re.compile(r"Started process for run \(pid: (\d+)\)")
 
 
@@ -169,12 +174,8 @@ class Production:
 def compose_command(service: str, replace: Mapping[str, str]) -> list[str]:
     """The `command` of a compose service, each argument `replace` names replaced, the
     programs taken from this virtualenv."""
-    bin_dir = Path(sys.executable).parent
-    programs = {"python": sys.executable} | {
-        name: str(bin_dir / name) for name in ("dagster", "dagster-webserver", "dagster-daemon")
-    }
     command = COMPOSE["services"][service]["command"]
-    return [programs.get(arg, replace.get(arg, arg)) for arg in command]
+    return [PROGRAMS.get(arg, replace.get(arg, arg)) for arg in command]
 
 
 def production_env(
@@ -307,9 +308,16 @@ def production_stack(
                 "/opt/dagster/workspace.yaml": str(workspace),
             },
         )
-        migrate = start("migrate", production.command("migrate"), env=env, cwd=root)
-        if migrate.popen.wait(timeout=120) != 0:
-            raise RuntimeError(f"the state database upgrade failed:\n{migrate.tail()}")
+        # compose's one-shot `migrate`, then Dagster's storage created once: the processes
+        # started at once on an empty database race to create it, and one may die of it
+        # (`type "pending_steps" already exists`; compose would restart it)
+        for name, argv in (
+            ("migrate", production.command("migrate")),
+            ("instance-migrate", [PROGRAMS["dagster"], "instance", "migrate"]),
+        ):
+            done = start(name, argv, env=env, cwd=root)
+            if done.popen.wait(timeout=120) != 0:
+                raise RuntimeError(f"{' '.join(argv[1:])} failed:\n{done.tail()}")
         for service in ("code-server", "receiver", "webserver", "daemon"):
             production.start(service)
         try:
