@@ -118,12 +118,9 @@ from newsletter_pipelines.sync.email_address import raw_match_key
 from newsletter_pipelines_tests.live import (
     AUDIENCES,
     LiveStack,
-    Process,
-    free_ports,
     live_stack,
     process_env,
-    start,
-    wait_for,
+    serve_sandbox,
 )
 
 INCREMENTAL_JOB = "incremental_sync_job"
@@ -433,35 +430,6 @@ class Served:
             offset += BREVO_PAGE
             if offset >= page["count"]:
                 return found
-
-
-def serve_sandbox(root: Path, env: dict[str, str], latency: float) -> tuple[Process, str]:
-    """`python -m newsletter_pipelines.sandbox serve --latency` on a free port, answering."""
-    (port,) = free_ports(1)
-    argv = [
-        *(sys.executable, "-m", "newsletter_pipelines.sandbox", "serve"),
-        *("--host", "127.0.0.1", "--port", str(port), "--latency", f"{latency:g}"),
-    ]
-    process = start("sandbox", argv, env=env, cwd=root)
-    url = f"http://127.0.0.1:{port}"
-
-    def answering() -> bool:
-        process.check_alive()
-        return httpx.get(f"{url}/_sandbox/health", timeout=5).status_code == 200
-
-    try:
-        wait_for(
-            answering,
-            what="the served sandbox answers",
-            timeout=60,
-            every=0.2,
-            retry_on=(httpx.TransportError,),
-        )
-    except BaseException:
-        process.stop()
-        print(process.tail(), file=sys.stderr)
-        raise
-    return process, url
 
 
 # --- one case ---------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -65,15 +65,28 @@ def postgres_server() -> sa.Engine:
 
 
 @pytest.fixture
-def postgres_url(postgres_server: sa.Engine) -> Iterator[str]:
+def new_postgres_database(postgres_server: sa.Engine) -> Iterator[Callable[[], sa.URL]]:
+    """Makes fresh databases on the test server (each call one, its URL returned), all dropped
+    after the test."""
+    names: list[str] = []
+
+    def create() -> sa.URL:
+        name = f"nlp_test_{uuid.uuid4().hex[:12]}"
+        with postgres_server.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        names.append(name)
+        return sa.engine.make_url(_server_url()).set(database=name)
+
+    yield create
+    with postgres_server.connect() as conn:
+        for name in names:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def postgres_url(new_postgres_database: Callable[[], sa.URL]) -> str:
     """URL of a fresh database, dropped after the test."""
-    name = f"nlp_test_{uuid.uuid4().hex[:12]}"
-    with postgres_server.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.engine.make_url(_server_url()).set(database=name)
-    yield url.render_as_string(hide_password=False)
-    with postgres_server.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    return new_postgres_database().render_as_string(hide_password=False)
 
 
 @pytest.fixture(params=["mailchimp", "brevo"])

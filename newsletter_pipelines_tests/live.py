@@ -24,16 +24,19 @@ the caller passes as `live_stack(..., env=...)`.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -43,7 +46,7 @@ from dagster_graphql import DagsterGraphQLClient
 from tenacity import (
     RetryCallState,
     Retrying,
-    retry_if_exception_type,
+    retry_if_exception,
     retry_if_result,
     stop_after_delay,
     wait_fixed,
@@ -54,7 +57,7 @@ from newsletter_pipelines.crm.schema import crm_tables
 from newsletter_pipelines.defs.providers.accounts import ACCOUNT_TAG, account_name
 from newsletter_pipelines.defs.providers.clients import audience_client
 from newsletter_pipelines.defs.resources import build_resources
-from newsletter_pipelines.providers.base import MemberStatus
+from newsletter_pipelines.providers.base import MemberStatus, Provider
 from newsletter_pipelines.providers.resources import embedded_sandbox
 from newsletter_pipelines.sandbox import PersonEvent
 from newsletter_pipelines.sandbox.people import brevo_person, mailchimp_person
@@ -97,7 +100,11 @@ def wait_for(
 ) -> T:
     """Call `check` every `every` s until it returns a truthy value, which is returned; an
     exception of `retry_on` counts as not yet. After `timeout` s: TimeoutError naming `what`
-    and the last answer. Any other exception (e.g. `ProcessDiedError`) ends the wait at once."""
+    and the last answer. Any other exception, and `ProcessDiedError` whatever `retry_on` says,
+    ends the wait at once."""
+
+    def not_yet(exc: BaseException) -> bool:
+        return isinstance(exc, retry_on) and not isinstance(exc, ProcessDiedError)
 
     def give_up(state: RetryCallState) -> T:
         outcome = state.outcome
@@ -107,7 +114,7 @@ def wait_for(
     retrying = Retrying(
         stop=stop_after_delay(timeout),
         wait=wait_fixed(every),
-        retry=retry_if_result(lambda answer: not answer) | retry_if_exception_type(retry_on),
+        retry=retry_if_result(lambda answer: not answer) | retry_if_exception(not_yet),
         retry_error_callback=give_up,
     )
     return retrying(check)
@@ -154,6 +161,12 @@ class Process:
         text = self.log.read_text(errors="replace").splitlines()
         return "\n".join(text[-lines:])
 
+    def kill(self) -> None:
+        """SIGKILL to the whole group at once (a crash: no clean-up of any kind)."""
+        with suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        self.popen.wait(timeout=STOP_GRACE_S)
+
     def stop(self) -> None:
         """Ctrl+C to the whole group, then SIGKILL to whatever of the group is left."""
         group = self.popen.pid  # start_new_session: the leader's pid is the group id
@@ -189,12 +202,97 @@ def process_env(home: Path, dagster_home: Path) -> dict[str, str]:
         for k, v in os.environ.items()
         if not k.startswith("NEWSLETTER_") or k == "NEWSLETTER_TEST_POSTGRES_URL"
     }
+    # the checkout first: a shared virtualenv's editable install may point at another one
+    path = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
     env |= {
         "NEWSLETTER_HOME": str(home),
         "DAGSTER_HOME": str(dagster_home),
         "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": path,
     }
     return env
+
+
+def serve_sandbox(root: Path, env: dict[str, str], latency: float = 0.0) -> tuple[Process, str]:
+    """`python -m newsletter_pipelines.sandbox serve [--latency]` on a free port, in memory
+    (no state file), answering; returns the process and its root URL."""
+    (port,) = free_ports(1)
+    argv = [
+        *(sys.executable, "-m", "newsletter_pipelines.sandbox", "serve"),
+        *("--host", "127.0.0.1", "--port", str(port), "--latency", f"{latency:g}"),
+    ]
+    process = start("sandbox", argv, env=env, cwd=root)
+    url = f"http://127.0.0.1:{port}"
+    wait_answering(process, f"{url}/_sandbox/health", what="the served sandbox answers")
+    return process, url
+
+
+def wait_answering(process: Process, url: str, *, what: str, timeout: float = 60) -> None:
+    """Wait until a GET of `url` gets any HTTP answer from `process`'s server; on failure
+    `process` is stopped and its log printed."""
+
+    def answering() -> bool:
+        process.check_alive()
+        httpx.get(url, timeout=5)
+        return True
+
+    try:
+        wait_for(answering, what=what, timeout=timeout, every=0.2, retry_on=(httpx.TransportError,))
+    except BaseException:
+        process.stop()
+        print(process.tail(), file=sys.stderr)
+        raise
+
+
+class AlertCatcher:
+    """A Slack-compatible incoming webhook on a free loopback port, served by a thread of this
+    process: answers each POST with the next of `statuses` (then 200) and keeps the `text` of
+    every JSON body it answered 200, in `texts`. Use it as a context manager."""
+
+    def __init__(self, path: str = "/alerts") -> None:
+        self.statuses: list[int] = []
+        self.texts: list[str] = []
+        catcher = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)))
+                status = catcher.statuses.pop(0) if catcher.statuses else 200
+                if status == 200:
+                    catcher.texts.append(body["text"])
+                self.send_response(status)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                """Quiet: the test reads what was received."""
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}{path}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> AlertCatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class Phases:
+    """How long each phase of a live test took: `phases("name")` ends the phase running since
+    the previous call (or the start) and prints it with the time so far."""
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+        self.times: dict[str, float] = {}
+
+    def __call__(self, name: str) -> float:
+        total = time.monotonic() - self.start
+        took = self.times[name] = round(total - sum(self.times.values()), 1)
+        print(f"[{total:6.1f} s] {name}: {took} s", flush=True)
+        return took
 
 
 # --- the stack ------------------------------------------------------------------------------
@@ -264,6 +362,15 @@ query Runs($filter: RunsFilter!) {
     ... on PythonError { message }
   }
 }"""
+LOGS_QUERY = """
+query Logs($runId: ID!, $after: String) {
+  logsForRun(runId: $runId, afterCursor: $after) {
+    __typename
+    ... on EventConnection { events { __typename ... on MessageEvent { message } }
+                             cursor hasMore }
+    ... on PythonError { message }
+  }
+}"""
 READY_QUERY = """
 query Ready($sensor: SensorSelector!) {
   workspaceOrError {
@@ -277,38 +384,38 @@ query Ready($sensor: SensorSelector!) {
   } }
   sensorOrError(sensorSelector: $sensor) {
     __typename
-    ... on Sensor { minIntervalSeconds sensorState { status } }
+    ... on Sensor { minIntervalSeconds sensorState { status ticks(limit: 1) { status } } }
   }
 }"""
 
 
 @dataclass
 class LiveStack:
-    """The running receiver and `dagster dev`, and what the test and benchmark do with them."""
+    """The running processes (the receiver and Dagster's: `dagster dev`, or the production
+    ones), and what the tests and benchmarks do with them. `processes` are those that must
+    be serving (a test may replace one, e.g. a daemon it killed and started again);
+    `sandbox_url`: the served sandbox the providers' base URLs point at (None: the embedded
+    sandbox in NEWSLETTER_HOME)."""
 
     root: Path
     settings: Settings
-    receiver: Process
-    dagster: Process
+    processes: dict[str, Process]
     receiver_url: str
     webserver_port: int
+    sandbox_url: str | None = None
     _list_ids: dict[str, str] = field(default_factory=dict, init=False)
 
     # --- processes and GraphQL
 
-    @property
-    def processes(self) -> tuple[Process, ...]:
-        return (self.receiver, self.dagster)
-
     def check_alive(self) -> None:
-        for process in self.processes:
+        for process in self.processes.values():
             process.check_alive()
 
     def logs(self) -> str:
         """The tail of every process's log."""
         return "\n".join(
             f"----- {p.name} ({p.log}), last {LOG_TAIL_LINES} lines -----\n{p.tail()}"
-            for p in self.processes
+            for p in self.processes.values()
         )
 
     def client(self) -> DagsterGraphQLClient:
@@ -327,15 +434,15 @@ class LiveStack:
             raise RuntimeError(f"GraphQL errors: {body['errors']}")
         return body["data"]
 
-    def sensor(self) -> dict[str, Any]:
-        """`provider_events_sensor` as the webserver shows it (minIntervalSeconds, state)."""
-        return self._ready()["sensorOrError"]
+    def sensor(self, name: str = SENSOR) -> dict[str, Any]:
+        """A sensor as the webserver shows it (minIntervalSeconds, state, its last tick)."""
+        return self._ready(name)["sensorOrError"]
 
-    def _ready(self) -> dict[str, Any]:
+    def _ready(self, sensor: str = SENSOR) -> dict[str, Any]:
         selector = {
             "repositoryLocationName": LOCATION,
             "repositoryName": "__repository__",
-            "sensorName": SENSOR,
+            "sensorName": sensor,
         }
         return self.graphql(READY_QUERY, {"sensor": selector})
 
@@ -354,8 +461,8 @@ class LiveStack:
             entries = data["workspaceOrError"].get("locationEntries") or []
             loaded = [e["locationOrLoadError"] for e in entries if e["locationOrLoadError"]]
             errors = [e.get("message") for e in loaded if e["__typename"] == "PythonError"]
-            if errors:
-                raise ProcessDiedError(f"the code location failed to load: {errors}")
+            if errors:  # also while a code server is still starting: retried until the end
+                raise RuntimeError(f"the code location failed to load: {errors}")
             health = data["instance"]["daemonHealth"]
             return (
                 any(e["__typename"] == "RepositoryLocation" for e in loaded)
@@ -375,11 +482,24 @@ class LiveStack:
         left = timeout - (time.monotonic() - started)
         wait_for(
             dagster_up,
-            what="dagster dev is ready",
+            what="Dagster (webserver, code location, daemon) is ready",
             timeout=left,
             every=0.5,
             retry_on=(*transient, RuntimeError),
         )
+
+    def run_messages(self, run_id: str) -> list[str]:
+        """The messages of every event of the run's log, in order."""
+        messages: list[str] = []
+        cursor = None
+        while True:
+            found = self.graphql(LOGS_QUERY, {"runId": run_id, "after": cursor})["logsForRun"]
+            if found["__typename"] != "EventConnection":
+                raise RuntimeError(f"logs of run {run_id}: {found}")
+            messages += [e["message"] for e in found["events"] if e.get("message") is not None]
+            cursor = found["cursor"]
+            if not found["hasMore"]:
+                return messages
 
     def runs(self, job: str | None = None, *, statuses: Sequence[str] = ()) -> list[Run]:
         """Runs of `job` (of every job when None; newest first), optionally only those in
@@ -563,7 +683,7 @@ class LiveStack:
             and owners[0][0] not in taken
             and key not in named
         }
-        client = self._client(audience)
+        client = self.provider_client(audience)
         try:
             members = client.snapshot()
         finally:
@@ -615,26 +735,67 @@ class LiveStack:
             engine.dispose()
         return seen
 
-    def _client(self, audience: str) -> Any:
+    def provider_client(self, audience: str) -> Provider:
+        """The audience's client as a run builds it, with the API keys of the settings (close
+        it when done)."""
         resources = build_resources(self.settings)
-        return audience_client(
-            self.settings.audience(audience), resources["mailchimp"], resources["brevo"]
+        mailchimp, brevo = resources["mailchimp"], resources["brevo"]
+        for provider, key in (
+            ("mailchimp", self.settings.mailchimp_api_key),
+            ("brevo", self.settings.brevo_api_key),
+        ):
+            if not self.settings.uses_sandbox(provider) and key is not None:
+                # the resource names the key's variable (EnvVar), resolved only in a run
+                live = resources[provider].model_copy(update={"api_key": key.get_secret_value()})
+                mailchimp, brevo = (live, brevo) if provider == "mailchimp" else (mailchimp, live)
+        return audience_client(self.settings.audience(audience), mailchimp, brevo)
+
+    def list_id(self, audience: str) -> str:
+        """The provider's id of the audience (its Mailchimp audience or Brevo list)."""
+        if audience not in self._list_ids:
+            client = self.provider_client(audience)
+            try:
+                self._list_ids[audience] = client.ensure_audience().id
+            finally:
+                client.close()
+        return self._list_ids[audience]
+
+    def act(self, audience: str, email: str, action: str) -> None:
+        """A person acts at the served sandbox (control API `POST /_sandbox/<provider>/people`),
+        which calls the audience's webhooks before it answers."""
+        if self.sandbox_url is None:
+            raise RuntimeError("no served sandbox: act at the embedded one")
+        provider = self.settings.audience(audience).provider
+        key = (
+            self.settings.mailchimp_api_key
+            if provider == "mailchimp"
+            else self.settings.brevo_api_key
         )
+        body = {"list_id": self.list_id(audience), "email": email, "action": action}
+        if key is not None:  # the account (the sandbox has its default ones too)
+            body["api_key"] = key.get_secret_value()
+        answer = httpx.post(f"{self.sandbox_url}/_sandbox/{provider}/people", json=body, timeout=30)
+        if answer.status_code != 200:
+            raise RuntimeError(f"{audience}: {action} of {email} refused: {answer.text}")
 
     def unsubscribe(self, person: Person) -> Ack:
         """The person unsubscribes at the sandbox (campaign link); the sandbox delivers the
-        webhook to the receiver before this returns, which must answer 200."""
-        if person.audience not in self._list_ids:
-            client = self._client(person.audience)
-            try:
-                self._list_ids[person.audience] = client.ensure_audience().id
-            finally:
-                client.close()
+        webhook to the receiver before this returns. The embedded sandbox: the receiver must
+        have answered 200; the served one: the receiver must have stored the event."""
+        if self.sandbox_url is not None:
+            before = self.inbox_event(person)
+            acted_at = time.time()
+            self.act(person.audience, person.email, "unsubscribe")
+            acked_at = time.time()
+            stored = self.inbox_event(person)
+            if stored is None or (before is not None and stored.id == before.id):
+                raise RuntimeError(f"{person}: the receiver stored no event for the unsubscribe")
+            return Ack(person, acted_at, acked_at)
         sandbox = embedded_sandbox(self.settings.home / "sandbox.json")
         provider = self.settings.audience(person.audience).provider
         apply = mailchimp_person if provider == "mailchimp" else brevo_person
         event = PersonEvent(
-            list_id=self._list_ids[person.audience], email=person.email, action="unsubscribe"
+            list_id=self.list_id(person.audience), email=person.email, action="unsubscribe"
         )
         before = len(sandbox.webhooks.calls)
         acted_at = time.time()
@@ -699,7 +860,8 @@ def live_stack(
             cwd=root,
         )
         stack.callback(dagster.stop)
-        live = LiveStack(root, settings, receiver, dagster, receiver_url, webserver_port)
+        processes = {"receiver": receiver, "dagster dev": dagster}
+        live = LiveStack(root, settings, processes, receiver_url, webserver_port)
         try:
             live.wait_until_ready()
             yield live

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import dagster as dg
 import httpx
@@ -33,43 +30,17 @@ from newsletter_pipelines.alerts import (
 )
 from newsletter_pipelines.defs.alerts.sensors import alert_on_failed_checks, alert_on_run_failure
 from newsletter_pipelines.settings import Settings
+from newsletter_pipelines_tests.live import AlertCatcher
 
 ADDRESS = "Jane.Doe+news@example.org"
 HOOK_PATH = "/services/T000/B000/hook-token-1234"
 
 
-@dataclass
-class Catcher:
-    """A local webhook: answers the queued statuses (then 200) and keeps every JSON body."""
-
-    statuses: list[int] = field(default_factory=list)
-    texts: list[str] = field(default_factory=list)
-    url: str = ""
-
-
 @pytest.fixture
-def catcher() -> Iterator[Catcher]:
-    caught = Catcher()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            status = caught.statuses.pop(0) if caught.statuses else 200
-            if status == 200:
-                caught.texts.append(body["text"])
-            self.send_response(status)
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    caught.url = f"http://127.0.0.1:{server.server_port}{HOOK_PATH}"
-    yield caught
-    server.shutdown()
-    server.server_close()
+def catcher() -> Iterator[AlertCatcher]:
+    """A local webhook: answers the queued statuses (then 200) and keeps every text taken."""
+    with AlertCatcher(HOOK_PATH) as caught:
+        yield caught
 
 
 @pytest.fixture(autouse=True)
@@ -182,7 +153,7 @@ def test_one_alert_per_stall() -> None:
     assert due_stall_alerts({"a": "late again"}, alerted)[0] == {"a": "late again"}
 
 
-def test_post_alert_delivers_after_503(catcher: Catcher) -> None:
+def test_post_alert_delivers_after_503(catcher: AlertCatcher) -> None:
     catcher.statuses = [503, 429]
     assert post_alert(catcher.url, "hello")
     assert catcher.texts == ["hello"]
@@ -226,7 +197,7 @@ def failing_job() -> None:
 
 
 def test_run_failure_sensor_posts_one_address_free_alert(
-    catcher: Catcher, monkeypatch: pytest.MonkeyPatch
+    catcher: AlertCatcher, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("NEWSLETTER_ALERT_WEBHOOK_URL", catcher.url)
     instance = dg.DagsterInstance.ephemeral()
@@ -246,6 +217,29 @@ def test_run_failure_sensor_posts_one_address_free_alert(
     ]
 
 
+def test_a_run_failed_from_outside_alerts_with_the_failure_message(
+    catcher: AlertCatcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The code server marks a run failed when its worker process died (run monitoring does
+    the same on a timeout): the failure event has no failure data, and still alerts."""
+    monkeypatch.setenv("NEWSLETTER_ALERT_WEBHOOK_URL", catcher.url)
+    instance = dg.DagsterInstance.ephemeral()
+    run = instance.create_run_for_job(failing_job, tags={"dagster/partition": "mailchimp"})
+    event = instance.report_run_failed(run, "Run execution process exited with code -9")
+    assert event.job_failure_data is None
+    context = dg.build_run_status_sensor_context(
+        sensor_name="alert_on_run_failure",
+        dagster_event=event,
+        dagster_instance=instance,
+        dagster_run=run,
+    ).for_run_failure()
+    alert_on_run_failure(context)
+    assert catcher.texts == [
+        f"[newsletter_pipelines] run failed: job failing_job, partition mailchimp, "
+        f"run {run.run_id}: Run execution process exited with code -9"
+    ]
+
+
 @dg.asset(
     check_specs=[
         dg.AssetCheckSpec("must_hold", asset="guarded", blocking=True),
@@ -259,7 +253,7 @@ def guarded() -> Iterator[dg.Output[int] | dg.AssetCheckResult]:
 
 
 def test_failed_checks_sensor_alerts_blocking_failures_since_its_cursor(
-    catcher: Catcher, monkeypatch: pytest.MonkeyPatch
+    catcher: AlertCatcher, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("NEWSLETTER_ALERT_WEBHOOK_URL", catcher.url)
     defs = dg.Definitions(assets=[guarded], sensors=[alert_on_failed_checks])

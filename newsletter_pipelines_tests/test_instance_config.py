@@ -36,6 +36,9 @@ def test_production_instance_config_runs_on_postgres(
         assert limits.max_concurrent_runs == 4
         assert limits.tag_concurrency_limits[0]["key"] == "dagster/partition"
         assert runs_per_account(instance, "mailchimp") == 2  # 2 runs x 5 connections
+        # a run left STARTED by a dead code server is failed (then alerted and retried)
+        assert instance.run_monitoring_enabled
+        assert instance.run_monitoring_max_runtime_seconds == 6 * 3600
 
 
 def test_the_embedded_instance_has_the_same_run_limits(tmp_path: Path) -> None:

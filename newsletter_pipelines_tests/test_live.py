@@ -14,7 +14,6 @@ the event. 1.5 to 2.5 minutes on two cores, most of it the two syncs and their e
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,7 @@ from newsletter_pipelines_tests.live import (
     EVENTS_JOB,
     SENSOR,
     UNSUBSCRIBED_KIND,
+    Phases,
     Run,
     live_stack,
     wait_for,
@@ -33,16 +33,12 @@ BUDGET_S = 60.0
 INTERVAL_S = 15  # provider_events_sensor's default, unchanged
 
 
+@pytest.mark.live
 @pytest.mark.filterwarnings("ignore::DeprecationWarning:gql.*")  # dagster_graphql's client
 def test_an_unsubscribe_at_each_provider_reaches_the_crm_within_a_minute(
     tmp_path: Path, isolated_home: Path
 ) -> None:
-    start = time.monotonic()
-    phases: dict[str, float] = {}
-
-    def phase(name: str) -> None:
-        phases[name] = round(time.monotonic() - start - sum(phases.values()), 1)
-
+    phase = Phases()
     with live_stack(tmp_path / "live", isolated_home) as stack:
         phase("ready")
         sensor = stack.sensor()
@@ -94,4 +90,4 @@ def test_an_unsubscribe_at_each_provider_reaches_the_crm_within_a_minute(
             assert done.started <= written <= done.ended, (done, row, event)  # this run wrote it
             assert stack.inbox_event(ack.person).processed_at is not None
     phase("checked, stopped")
-    print(f"unsubscribe → CRM (polled every 0.25 s), s: {latency}; phases, s: {phases}")
+    print(f"unsubscribe → CRM (polled every 0.25 s), s: {latency}; phases, s: {phase.times}")

@@ -55,16 +55,18 @@ def alert_on_run_failure(context: dg.RunFailureSensorContext) -> None:
 
 
 def _error(context: dg.RunFailureSensorContext) -> str:
-    """The first failed step's error (the one user code raised), else the run's."""
+    """The first failed step's error (the one user code raised), else the run's, else the
+    failure's message (a run failed from outside, e.g. by the code server when its worker
+    died, carries no failure data)."""
     for event in context.get_step_failure_events():
         error = event.step_failure_data.error
         while error is not None and error.cause is not None and error.cls_name in WRAPPERS:
             error = error.cause
         if error is not None:
             return error_line(error.cls_name, error.message)
-    error = context.failure_event.job_failure_data.error
-    if error is not None:
-        return error_line(error.cls_name, error.message)
+    data = context.failure_event.job_failure_data
+    if data is not None and data.error is not None:
+        return error_line(data.error.cls_name, data.error.message)
     return error_line(None, context.failure_event.message)
 
 
