@@ -2,7 +2,9 @@
 Mailchimp SDK, against the served sandbox with provider-like latency.
 
 `python benchmarks/bench_vs_baselines.py [--contacts 10000,100000] [--sample 2000]
-[--thread-sample 0] [--threads 10] [--latency 0.1] [--batch-delay 1] [--seed 42] [--keep DIR]`
+[--thread-sample 0] [--threads 10] [--latency 0.1] [--batch-delay 1] [--connections N]
+[--only project,loop,batch,threads] [--executor in_process|multiprocess] [--seed 42]
+[--keep DIR]`
 
 Per contact count N, in one process on one machine, against one served sandbox
 (`python -m newsletter_pipelines.sandbox serve --latency 0.1 --batch-delay 1`: every Mailchimp
@@ -475,19 +477,42 @@ def step_times(instance: Any, run_id: str) -> tuple[list[Step], float, float]:
     return steps, run_start or 0.0, run_end or 0.0
 
 
-def run_project(instance: Any, job: Any, resources: dict[str, Any], url: str) -> Measured:
-    """`full_sync_job` for the Mailchimp partition; with steps, HTTP calls and batches."""
+def full_sync_job_def() -> Any:
+    """`full_sync_job` of the project's Definitions (reconstructable: the multiprocess run)."""
+    from newsletter_pipelines.definitions import defs  # noqa: PLC0415
+
+    return defs.resolve_job_def("full_sync_job")
+
+
+def run_project(
+    instance: Any, job: Any, resources: dict[str, Any], url: str, executor: str
+) -> Measured:
+    """`full_sync_job` for the Mailchimp partition; with steps, HTTP calls and batches.
+
+    `in_process`: `execute_in_process` (HTTP calls seen by the hook); `multiprocess`: the
+    executor `dagster dev` and the daemon use by default (the job sets none), one process per
+    step (`execute_job`; the steps' HTTP calls happen in those processes, unseen here)."""
+    import dagster as dg  # noqa: PLC0415
+
     quiet = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
     before = stats(url)
     epoch0, perf0 = time.time(), time.perf_counter()
     with http_calls() as calls:
-        result = job.execute_in_process(
-            instance=instance,
-            partition_key="mailchimp",
-            run_config=quiet,
-            resources=resources,
-            raise_on_error=False,
-        )
+        if executor == "multiprocess":
+            result = dg.execute_job(
+                dg.reconstructable(full_sync_job_def),
+                instance,
+                run_config=quiet,
+                tags={"dagster/partition": "mailchimp"},
+            )
+        else:
+            result = job.execute_in_process(
+                instance=instance,
+                partition_key="mailchimp",
+                run_config=quiet,
+                resources=resources,
+                raise_on_error=False,
+            )
     wall = time.perf_counter() - perf0
     served = stats(url) - before
     steps, run_start, run_end = step_times(instance, result.run_id)
@@ -600,6 +625,8 @@ def bench_count(count: int, args: argparse.Namespace, root: Path) -> dict[str, l
                 "NEWSLETTER_MAILCHIMP_AUDIENCE_DEFAULTS": SANDBOX_AUDIENCE.model_dump_json(),
             }
         )
+        if args.connections:
+            os.environ["NEWSLETTER_MAILCHIMP_MAX_CONNECTIONS"] = str(args.connections)
         import dagster as dg  # noqa: PLC0415  (after the settings are in the environment)
 
         from newsletter_pipelines.definitions import defs  # noqa: PLC0415
@@ -637,7 +664,7 @@ def bench_count(count: int, args: argparse.Namespace, root: Path) -> dict[str, l
                 if key not in args.only:
                     continue
                 if key == "project":
-                    m = run_project(instance, job, resources, url)
+                    m = run_project(instance, job, resources, url, args.executor)
                     m.sent = m.total = count
                 elif key == "loop":
                     m = measure(lambda: run_loop(client, lists["loop"], crm, args.sample))
@@ -741,6 +768,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--only", default=",".join(APPROACHES), help="approaches to run: project,loop,batch,threads"
     )
+    parser.add_argument(
+        "--connections",
+        type=int,
+        help="NEWSLETTER_MAILCHIMP_MAX_CONNECTIONS for (1) (default: the project's, 5)",
+    )
+    parser.add_argument(
+        "--executor",
+        choices=["in_process", "multiprocess"],
+        default="in_process",
+        help="how (1) runs: execute_in_process, or the default executor of dagster dev (one "
+        "process per step)",
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--keep", type=Path, help="run in this folder and keep it")
     args = parser.parse_args(argv)
@@ -758,6 +797,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     with tempfile.TemporaryDirectory(prefix="bench_vs_baselines_") as tmp:
         base = args.keep or Path(tmp)
+        benchmarks = str(Path(__file__).resolve().parent)  # the multiprocess steps import us
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            p for p in (benchmarks, os.environ.get("PYTHONPATH")) if p
+        )
         for count in counts:
             bench_count(count, args, base / f"n{count}")
 
