@@ -53,6 +53,7 @@ bench: install
 	$(PY) benchmarks/bench_webhooks.py
 	$(PY) benchmarks/bench_webhook_latency.py
 	$(PY) benchmarks/bench_incremental.py
+	$(PY) benchmarks/bench_vs_baselines.py
 
 clean:
 	rm -rf .newsletter

@@ -36,7 +36,11 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--port", type=int, default=8765)
     run.add_argument("--state-file", type=Path, help="load the state from and save it to PATH")
     run.add_argument(
-        "--batch-delay", type=float, default=0.0, help="seconds a Mailchimp batch waits"
+        "--batch-delay",
+        type=float,
+        default=0.0,
+        help="seconds a Mailchimp batch waits: its result (GET /batches/{id} finished) is ready "
+        "that long after it was submitted (Mailchimp takes about 1 s for a small batch)",
     )
     run.add_argument(
         "--process-delay", type=float, default=0.0, help="seconds a Brevo import waits"

@@ -1,5 +1,7 @@
 """`python -m newsletter_pipelines.sandbox serve --latency S`: every provider API call of the
-served sandbox (a real server process) waits S seconds; the control API does not."""
+served sandbox (a real server process) waits S seconds; the control API does not. With
+`--batch-delay S`, a Mailchimp `/batches` result is ready S seconds after the batch was
+submitted (the provider-like "1 s per /batches result" of `benchmarks/bench_vs_baselines.py`)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -20,6 +23,7 @@ from newsletter_pipelines.sandbox import (
 )
 
 LATENCY_S = 0.4
+BATCH_DELAY_S = 1.0
 
 
 def _free_port() -> int:
@@ -31,10 +35,17 @@ def _free_port() -> int:
 @pytest.fixture
 def served() -> Iterator[str]:
     """The sandbox served by its command with `--latency`; yields its root URL."""
+    with serving("--latency", str(LATENCY_S)) as root:
+        yield root
+
+
+@contextmanager
+def serving(*options: str) -> Iterator[str]:
+    """The sandbox served by its command with `options`; yields its root URL."""
     port = _free_port()
     command = [
         *(sys.executable, "-m", "newsletter_pipelines.sandbox", "serve"),
-        *("--port", str(port), "--latency", str(LATENCY_S)),
+        *("--port", str(port), *options),
     ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     root = f"http://127.0.0.1:{port}"
@@ -79,3 +90,37 @@ def test_a_negative_latency_is_refused() -> None:
     done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2
     assert "--latency must not be negative" in done.stderr
+
+
+def test_a_served_batch_is_finished_after_the_batch_delay() -> None:
+    auth = ("x", SANDBOX_MAILCHIMP_KEY)
+    with (
+        serving("--batch-delay", str(BATCH_DELAY_S)) as root,
+        httpx.Client(base_url=root + MAILCHIMP_PREFIX, auth=auth, timeout=30) as client,
+    ):
+        operations = [{"method": "GET", "path": "/ping", "operation_id": "ping"}]
+        submitted = time.monotonic()
+        batch = client.post("/batches", json={"operations": operations}).json()
+        assert batch["status"] == "pending"
+        seen = []
+        while True:
+            status = client.get(f"/batches/{batch['id']}").json()["status"]
+            seen.append(status)
+            if status == "finished":
+                break
+            assert time.monotonic() - submitted < BATCH_DELAY_S + 10
+            time.sleep(0.1)
+        ready_after = time.monotonic() - submitted
+    assert seen[0] == "pending"
+    assert ready_after >= BATCH_DELAY_S
+
+
+def test_by_default_a_served_batch_is_finished_at_once() -> None:
+    auth = ("x", SANDBOX_MAILCHIMP_KEY)
+    with (
+        serving() as root,
+        httpx.Client(base_url=root + MAILCHIMP_PREFIX, auth=auth, timeout=30) as client,
+    ):
+        operations = [{"method": "GET", "path": "/ping", "operation_id": "ping"}]
+        batch = client.post("/batches", json={"operations": operations}).json()
+        assert client.get(f"/batches/{batch['id']}").json()["status"] == "finished"
