@@ -72,7 +72,7 @@ from newsletter_pipelines.providers.mailchimp import subscriber_hash
 from newsletter_pipelines.providers.resources import SANDBOX_AUDIENCE
 from newsletter_pipelines.sandbox import MAILCHIMP_PREFIX, SANDBOX_MAILCHIMP_KEY
 from newsletter_pipelines.settings import CrmSchema
-from newsletter_pipelines_tests.live import Process, free_ports, start, wait_for
+from newsletter_pipelines_tests.live import serve_sandbox
 
 BATCH_MAX = 500  # members per batch_list_members call
 PROJECT_AUDIENCE = "CRM Newsletter"
@@ -169,35 +169,6 @@ def read_contacts(path: Path) -> list[dict[str, Any]]:
         }
         for email, first, last, salutation, tags in rows
     ]
-
-
-# --- the served sandbox -----------------------------------------------------------------------
-
-
-def serve_sandbox(root: Path, latency: float, batch_delay: float) -> tuple[Process, str]:
-    """`python -m newsletter_pipelines.sandbox serve` on a free port, answering."""
-    (port,) = free_ports(1)
-    argv = [
-        *(sys.executable, "-m", "newsletter_pipelines.sandbox", "serve"),
-        *("--host", "127.0.0.1", "--port", str(port)),
-        *("--latency", f"{latency:g}", "--batch-delay", f"{batch_delay:g}"),
-    ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
-    process = start("sandbox", argv, env={**env, "PYTHONUNBUFFERED": "1"}, cwd=root)
-    url = f"http://127.0.0.1:{port}"
-
-    def answering() -> bool:
-        process.check_alive()
-        return httpx.get(f"{url}/_sandbox/health", timeout=5).status_code == 200
-
-    try:
-        wait_for(answering, what="the served sandbox answers", timeout=60, every=0.2,
-                 retry_on=(httpx.TransportError,))  # fmt: skip
-    except BaseException:
-        process.stop()
-        print(process.tail(), file=sys.stderr)
-        raise
-    return process, url
 
 
 def stats(url: str) -> Counter[tuple[str, str, int]]:
@@ -613,7 +584,10 @@ def bench_count(count: int, args: argparse.Namespace, root: Path) -> dict[str, l
     print(f"\n=== {count:,} contacts: CRM built in {time.perf_counter() - began:.1f} s", flush=True)
     results: dict[str, list[Measured]] = defaultdict(list)
     with ExitStack() as stack:
-        sandbox, url = serve_sandbox(root, args.latency, args.batch_delay)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+        sandbox, url = serve_sandbox(
+            root, {**env, "PYTHONUNBUFFERED": "1"}, args.latency, args.batch_delay
+        )
         stack.callback(sandbox.stop)
         for name in list(os.environ):
             if name.startswith("NEWSLETTER_"):
