@@ -68,7 +68,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' packa
 from newsletter_pipelines.crm.loader import insert_rows
 from newsletter_pipelines.crm.schema import create_schema
 from newsletter_pipelines.crm.synthetic import GERMAN_FEMALE, GERMAN_LAST, GERMAN_MALE
-from newsletter_pipelines.providers.mailchimp import subscriber_hash
+from newsletter_pipelines.providers.mailchimp import audience_body, subscriber_hash
 from newsletter_pipelines.providers.resources import SANDBOX_AUDIENCE
 from newsletter_pipelines.sandbox import MAILCHIMP_PREFIX, SANDBOX_MAILCHIMP_KEY
 from newsletter_pipelines.settings import CrmSchema
@@ -243,28 +243,7 @@ def sdk_client(url: str) -> Any:
 
 def sdk_audience(client: Any, name: str) -> str:
     """Create the baseline's audience with a SALUTATION merge field (setup, not measured)."""
-    d = SANDBOX_AUDIENCE
-    created = client.lists.create_list(
-        {
-            "name": name,
-            "contact": {
-                "company": d.company,
-                "address1": d.address1,
-                "city": d.city,
-                "state": d.state,
-                "zip": d.zip,
-                "country": d.country,
-            },
-            "permission_reminder": d.permission_reminder,
-            "campaign_defaults": {
-                "from_name": d.from_name,
-                "from_email": d.from_email,
-                "subject": d.subject,
-                "language": d.language,
-            },
-            "email_type_option": False,
-        }
-    )
+    created = client.lists.create_list(audience_body(name, SANDBOX_AUDIENCE))
     list_id = created["id"]
     client.lists.add_list_merge_field(
         list_id, {"tag": "SALUTATION", "name": "Salutation", "type": "text"}

@@ -240,26 +240,7 @@ class MailchimpClient:
             raise ConfigurationError(
                 NAME, f"audience {self._audience_name!r} does not exist and the plan allows no more"
             )
-        d = self._defaults
-        body = {
-            "name": self._audience_name,
-            "contact": {
-                "company": d.company,
-                "address1": d.address1,
-                "city": d.city,
-                "state": d.state,
-                "zip": d.zip,
-                "country": d.country,
-            },
-            "permission_reminder": d.permission_reminder,
-            "campaign_defaults": {
-                "from_name": d.from_name,
-                "from_email": d.from_email,
-                "subject": d.subject,
-                "language": d.language,
-            },
-            "email_type_option": False,
-        }
+        body = audience_body(self._audience_name, self._defaults)
         created = self._api.call("POST", "/lists", json=body)
         log.info("mailchimp: created audience %r (%s)", self._audience_name, created["id"])
         return str(created["id"])
@@ -787,3 +768,26 @@ class MailchimpClient:
             code=code,
             message=message,
         )
+
+
+def audience_body(name: str, d: AudienceDefaults) -> dict[str, Any]:
+    """The body of `POST /lists` creating audience `name` with the defaults `d`."""
+    return {
+        "name": name,
+        "contact": {
+            "company": d.company,
+            "address1": d.address1,
+            "city": d.city,
+            "state": d.state,
+            "zip": d.zip,
+            "country": d.country,
+        },
+        "permission_reminder": d.permission_reminder,
+        "campaign_defaults": {
+            "from_name": d.from_name,
+            "from_email": d.from_email,
+            "subject": d.subject,
+            "language": d.language,
+        },
+        "email_type_option": False,
+    }
