@@ -277,6 +277,8 @@ class _Push:
     def log_settled(self, rows: pd.DataFrame) -> None:
         """Log the writes a killed run sent that this run's snapshot shows done (their rows
         were stored with this run's other writes, so each is logged once)."""
+        if rows.empty:  # nearly every push: no transaction for nothing
+            return
         logged = [
             OutcomeRecord(
                 crm_id=_crm_id(row) or row["ledger_after"].owner,
