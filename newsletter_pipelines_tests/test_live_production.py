@@ -37,8 +37,8 @@ its `x-app` environment is set). Then:
    NEWSLETTER_HOME.
 
 Each step's time and what it found are printed (`-s`; 3 to 3.5 minutes on two cores). The
-outcome log (`sync_outcomes`) keeps no row for the writes of the killed run that the retry
-found done: printed, not asserted (the ledger is what the sync relies on). Needs PostgreSQL
+retry logs the killed run's writes it found done (`sync_outcomes`, code `interrupted_run`):
+every killed create has its `created` outcome. Needs PostgreSQL
 (NEWSLETTER_TEST_POSTGRES_URL): skipped without it, except under CI=true, where it fails.
 """
 
@@ -729,8 +729,10 @@ def test_production_stack_syncs_recovers_alerts_and_keeps_its_secrets(
         logged = outcome_rows(stack, "mailchimp", created)
         fact(
             "outcomes of the killed creates",
-            sorted({(r.run_id == run.run_id, r.action, r.outcome) for r in logged}),
+            sorted({(r.run_id == run.run_id, r.action, r.outcome, r.code) for r in logged}),
         )
+        created_logged = {r.email for r in logged if r.outcome == "created"}
+        assert {p.email for p in created} <= created_logged, "an outcome of the killed run lost"
         assert_holds_exactly_the_eligible(stack, unsubscribed=people)
         assert_ledger_agrees(stack)
         phase("4. daemon and worker killed mid-push, retried, ledger agrees")
