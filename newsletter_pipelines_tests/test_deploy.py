@@ -48,8 +48,10 @@ def test_compose_runs_each_process_once_from_the_code_location() -> None:
     assert "newsletter_pipelines.webhooks serve" in commands["receiver"]
     assert sum("dagster-daemon run" in c for c in commands.values()) == 1
     assert all("healthcheck" in s for name, s in services.items() if name != "migrate")
-    # the state database is upgraded once, before the processes that use it start
-    assert commands["migrate"] == "python -m newsletter_pipelines.state upgrade"
+    # the state database and Dagster's storage are upgraded once, before the processes start
+    assert commands["migrate"] == (
+        "sh -c python -m newsletter_pipelines.state upgrade && dagster instance migrate"
+    )
     assert services["migrate"]["restart"] == "no"
     for name in ("code-server", "receiver"):
         upgraded = services[name]["depends_on"]["migrate"]
