@@ -9,6 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from newsletter_pipelines.providers.base import Member
+from newsletter_pipelines.state.ledger import ledger as ledger_table
 from newsletter_pipelines.state.ledger import load_ledger_frame, outcomes
 from newsletter_pipelines.sync.guards import MassLimits, resubscribe_violations
 from newsletter_pipelines_tests.test_eligibility import contact
@@ -375,3 +376,22 @@ def test_never_resubscribe_checks_an_opted_out_owner_until_its_member_is_active_
     _, _, lifted = world.decide()
     assert lifted.set_index("crm_id").loc["2", "action"] == "create"
     assert resubscribe_violations(lifted, ledger()).empty
+
+
+def test_d8_an_address_change_in_flight_onto_a_contact_in_sync_is_decided_by_the_rules(
+    world: World,
+) -> None:
+    """A row of an older ledger (no stable id) with an address change a killed run left in
+    flight onto the address of a contact in sync, whose old member an admin deleted since: the
+    bulk pass leaves that address to the rules, which settle the change from the member there
+    (`World.decide` compares both)."""
+    world.sync()
+    world.sync()  # the ledger learns the members' stable ids
+    world.act("person3@example.de", "delete")
+    with world.engine.begin() as conn:
+        conn.execute(
+            ledger_table.update()
+            .where(ledger_table.c.member_key == "person3@example.de")
+            .values(intent="change_email", intent_key="person4@example.de", stable_id=None)
+        )
+    world.decide()

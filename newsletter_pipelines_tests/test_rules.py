@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pandas as pd
 import pytest
 
-from newsletter_pipelines.sync.identity import Intent, LedgerRow, RowState
+from newsletter_pipelines.sync.identity import Intent, LedgerRow, RowState, resolve_intents
 from newsletter_pipelines.sync.inputs import crm_exclusions
 from newsletter_pipelines.sync.rules import (
     Actual,
@@ -430,6 +430,27 @@ def test_d8_an_email_change_killed_before_its_ledger_write_keeps_the_pushed_tags
     member = have("new@x.de", tags=frozenset({SYSTEM, "VIP"}))
     result = actions(desired=[new], members=[member], ledger=[in_flight])
     assert result == {"new@x.de": ("update", "tags to remove: VIP")}
+
+
+def test_d8_an_email_change_is_done_only_if_its_member_is_at_the_new_address() -> None:
+    """A killed run's address change is done when the member it moved is at the new address;
+    another member there (a person moved ours elsewhere and someone else holds the address)
+    proves nothing, and the row stays the member's."""
+    old, new = want("1", "old@x.de"), want("1", "new@x.de")
+    in_flight = synced(old, stable_id="s1").moved(
+        intent=Intent.CHANGE_EMAIL, intent_key="new@x.de"
+    )
+    someone = replace(have("new@x.de"), stable_id="s2")
+    rows = resolve_intents([in_flight], {"new@x.de": "subscribed"}, {"new@x.de": "s2"})
+    assert set(rows) == {"old@x.de"} and rows["old@x.de"].intent is None
+    assert rows["old@x.de"].settled is None
+    done = resolve_intents([in_flight], {"new@x.de": "subscribed"}, {"new@x.de": "s1"})
+    assert set(done) == {"new@x.de"} and done["new@x.de"].moved_from == "old@x.de"
+    # the rules: the member moved by the person (found by its stable id) keeps its row
+    ours = replace(have("elsewhere@x.de"), stable_id="s1")
+    other_row = synced(want("2", "new@x.de"), stable_id="s2")
+    frame = diff(desired=[new], members=[someone, ours], ledger=[other_row, in_flight])
+    assert frame.loc["elsewhere@x.de"].address_move.old_email == "old@x.de"
 
 
 # --- decisions ---------------------------------------------------------------------------------

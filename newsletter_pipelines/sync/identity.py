@@ -116,13 +116,16 @@ def write_key(action: str, *parts: object) -> str:
     return hashlib.sha1(text.encode("utf-8"), usedforsecurity=False).hexdigest()
 
 
-def resolve_intents(rows: Iterable[LedgerRow], statuses: Mapping[str, str]) -> dict[str, LedgerRow]:
+def resolve_intents(
+    rows: Iterable[LedgerRow], statuses: Mapping[str, str], stable_ids: Mapping[str, str | None]
+) -> dict[str, LedgerRow]:
     """Rows by member key, with writes left in flight by a killed run settled from the snapshot.
 
-    `statuses` maps the member keys of the snapshot to their provider status. A write whose
-    effect is visible was ours: a removal, an unsubscribe, a create, an address change. One
-    whose effect is not visible never happened. Either way the intent is cleared; a write
-    that happened is marked `settled`.
+    `statuses` and `stable_ids` map the member keys of the snapshot to their provider status
+    and stable id. A write whose effect is visible was ours: a removal, an unsubscribe, a
+    create, an address change (its member, by stable id, at the new address). One whose effect
+    is not visible never happened. Either way the intent is cleared; a write that happened is
+    marked `settled`.
     """
     resolved: dict[str, LedgerRow] = {}
     for row in rows:
@@ -142,6 +145,7 @@ def resolve_intents(rows: Iterable[LedgerRow], statuses: Mapping[str, str]) -> d
             and row.intent_key is not None
             and status is None
             and statuses.get(row.intent_key) in ("subscribed", "pending")
+            and (row.stable_id is None or stable_ids.get(row.intent_key) == row.stable_id)
         ):
             resolved.setdefault(
                 row.intent_key, done.moved(member_key=row.intent_key, moved_from=row.member_key)

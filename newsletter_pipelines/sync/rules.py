@@ -259,7 +259,11 @@ class _Rules:
         self.style = context.style
         self.system = frozenset({context.system_tag}) if context.system_tag else frozenset()
         ledger = list(ledger)
-        resolved = resolve_intents(ledger, {k: m.status for k, m in self.members.items()})
+        resolved = resolve_intents(
+            ledger,
+            {k: m.status for k, m in self.members.items()},
+            {k: m.stable_id for k, m in self.members.items()},
+        )
         resolved |= self.arrived(ledger, resolved)
         self.moves = address_moves(resolved, self.members)
         self.ledger = _moved_rows(resolved, self.moves, self.members)

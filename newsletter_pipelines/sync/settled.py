@@ -6,7 +6,9 @@ rules provably have nothing to do, by construction: its address is a member with
 status whose names, salutation and tag keys are what the CRM wants, and the member's ledger row
 is owned by the contact, is `subscribed`, holds exactly the row the rules would write after an
 unchanged comparison (same address, provider id, stable id, tags), and has no refusal, no
-write in flight and no `provider_changed_at`. Under these conditions `rules._Rules._adopt`
+write in flight and no `provider_changed_at`; and no other row's write in flight (an address
+change a killed run left) names the address, since the rules settle that write from the member
+there. Under these conditions `rules._Rules._adopt`
 finds nothing to add, remove or import and leaves the ledger row as it is, so settling it here
 changes no outcome. Everything else, and every member and ledger row not settled here, goes
 through `rules`.
@@ -96,6 +98,7 @@ def split_settled(
         & (row("provider_id") == have("provider_id"))
         & (row("stable_id") == have("stable_id"))
         & pd.isna(row("provider_changed_at"))
+        & ~np.isin(keys[candidates], ledger["intent_key"].dropna().to_numpy())
         & (row("tags") == np.array([wanted_json[t] for t in tags], dtype=object))
     )
     done, done_members, done_rows = candidates[same], m[same], r[same]
