@@ -437,9 +437,7 @@ def test_d8_an_email_change_is_done_only_if_its_member_is_at_the_new_address() -
     another member there (a person moved ours elsewhere and someone else holds the address)
     proves nothing, and the row stays the member's."""
     old, new = want("1", "old@x.de"), want("1", "new@x.de")
-    in_flight = synced(old, stable_id="s1").moved(
-        intent=Intent.CHANGE_EMAIL, intent_key="new@x.de"
-    )
+    in_flight = synced(old, stable_id="s1").moved(intent=Intent.CHANGE_EMAIL, intent_key="new@x.de")
     someone = replace(have("new@x.de"), stable_id="s2")
     rows = resolve_intents([in_flight], {"new@x.de": "subscribed"}, {"new@x.de": "s2"})
     assert set(rows) == {"old@x.de"} and rows["old@x.de"].intent is None
