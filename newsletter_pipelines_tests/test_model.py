@@ -16,7 +16,9 @@ After every complete sync:
 - no address that only private contacts have is subscribed;
 - every eligible contact whose addresses no person touched at the provider is subscribed, and
   every subscribed address is an eligible contact's or one a person subscribed;
-- tags a person set at the provider are still on the member;
+- tags a person set at the provider are still on the member, unless the CRM took them in:
+  imported, or held by the contact deciding the member's address when a sync looked (both
+  sides added the tag: the CRM wins, and may later remove it);
 - a second sync with nothing changed sends no write call;
 - every `import_back` is backed by something a person did at the provider;
 - the import-back (run before each push, into the CRM rows) sets `no` on every contact with an
@@ -348,7 +350,9 @@ class ConsentMachine(RuleBasedStateMachine):
         self.check_webhook_import()
         tags_before = self.tags_by_stable_id()
         crm_before = {r["contact_id"]: dict(r) for r in self.world.crm}
+        addresses = self.addresses_by_stable_id()
         diff, summary = self.world.sync(import_back=True, write_back=write_back)
+        self.forget_agreed_tags(list(crm_before.values()), addresses)
         if write_back:
             self.delivered = len(self.world.sandbox.webhooks.calls)
         statuses = self.look()
@@ -375,7 +379,9 @@ class ConsentMachine(RuleBasedStateMachine):
             if crm == crm_rows:
                 break
             crm_rows = crm
+            addresses = self.addresses_by_stable_id()
             diff, _ = self.world.sync(import_back=True)
+            self.forget_agreed_tags(crm, addresses)
             self.register_imported_contacts()
             self.forget_imported_tags()
         self.check_after_sync(diff, self.look(), tags_before, set())
@@ -393,6 +399,7 @@ class ConsentMachine(RuleBasedStateMachine):
         provider = self.world.provider
         self.world.provider = KilledAfter(provider, calls, WRITES, before)  # type: ignore[assignment]
         killed = False
+        crm, addresses = [dict(r) for r in self.world.crm], self.addresses_by_stable_id()
         try:
             self.world.sync(import_back=True)  # the import-back runs before the first write
         except Killed:
@@ -402,6 +409,7 @@ class ConsentMachine(RuleBasedStateMachine):
             self.world.provider = provider
             self.register_imported_contacts()
             self.forget_imported_tags()
+            self.forget_agreed_tags(crm, addresses)
             self.delivered = len(self.world.sandbox.webhooks.calls)
         # a killed sync knows the tags its snapshot showed, not what its writes did: a tag it
         # was removing when killed and a person then set again is, to it, still its own
@@ -450,6 +458,27 @@ class ConsentMachine(RuleBasedStateMachine):
                 stable = members.get(key) or self.stable_id(key)
                 self.person_tags -= {(stable, t.casefold()) for t in tags}
         self.plans_seen = len(self.world.imported)
+
+    def addresses_by_stable_id(self) -> dict[str, str]:
+        return {
+            stable: email for email in self.world.members() if (stable := self.stable_id(email))
+        }
+
+    def forget_agreed_tags(self, crm: list[dict[str, Any]], addresses: dict[str, str]) -> None:
+        """A tag a person set that the contact deciding the member's address (in `crm`, as a
+        sync saw it, at the member's address then or now) holds too is the CRM's from then on."""
+        eligible = classify(frame(*crm)).eligible
+        held = {
+            key: {t.casefold() for t in tags}
+            for key, tags in zip(eligible["email_key"], eligible["tags"], strict=True)
+        }
+        now = self.addresses_by_stable_id()
+        self.person_tags = {
+            (stable, tag)
+            for stable, tag in self.person_tags
+            if tag not in held.get(addresses.get(stable, ""), set())
+            and tag not in held.get(now.get(stable, ""), set())
+        }
 
     def check_import_back(
         self, diff: pd.DataFrame, crm_before: dict[int, dict[str, Any]], statuses: dict[str, str]
