@@ -46,7 +46,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -518,8 +517,8 @@ class BrevoClient:
 
     def _await(self, processes: list[int]) -> None:
         waiting = set(processes)
-        for delay in self._poll.delays():
-            time.sleep(delay)
+
+        def all_completed() -> bool:
             for process_id in sorted(waiting):
                 process = Process.model_validate(self._api.call("GET", f"/processes/{process_id}"))
                 if process.status in ("failed", "cancelled"):
@@ -528,11 +527,12 @@ class BrevoClient:
                     )
                 if process.status == "completed":
                     waiting.discard(process_id)
-            if not waiting:
-                return
-        raise ProviderError(
-            NAME, f"import processes {sorted(waiting)} not done within {self._poll.deadline} s"
-        )
+            return not waiting
+
+        if not self._poll.until(all_completed):
+            raise ProviderError(
+                NAME, f"import processes {sorted(waiting)} not done within {self._poll.deadline} s"
+            )
 
     # --- batch updates ------------------------------------------------------------------
 

@@ -16,13 +16,21 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    retry_if_result,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential,
+)
 
 from newsletter_pipelines.providers.errors import ApiError, AuthenticationError, UnavailableError
 
@@ -54,16 +62,21 @@ class RetryPolicy:
 class PollPolicy:
     """How to wait for asynchronous work (Mailchimp batches, Brevo imports)."""
 
-    initial: float = 5.0
+    initial: float = 1.0
     maximum: float = 60.0
     deadline: float = 3600.0
 
-    def delays(self) -> Iterator[float]:
-        """Doubling waits from `initial` up to `maximum`, until `deadline` seconds have passed."""
-        end, delay = time.monotonic() + self.deadline, self.initial
-        while time.monotonic() < end:
-            yield delay
-            delay = min(self.maximum, max(delay * 2, 0.001))
+    def until(self, finished: Callable[[], bool]) -> bool:
+        """Call `finished` after waits doubling from `initial` up to `maximum` until it answers
+        true (then true), or until `deadline` seconds have passed (then false)."""
+        retrying = Retrying(
+            before=lambda state: time.sleep(self.initial) if state.attempt_number == 1 else None,
+            wait=wait_exponential(multiplier=2 * self.initial, min=0.001, max=self.maximum),
+            stop=stop_after_delay(self.deadline),
+            retry=retry_if_result(lambda done: not done),
+            retry_error_callback=lambda _: False,
+        )
+        return bool(retrying(finished))
 
 
 class RateLimiter:

@@ -10,10 +10,12 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from more_itertools import chunked
+from tenacity import Retrying, retry_if_result, stop_after_attempt, wait_exponential
 
 from newsletter_pipelines.providers.errors import ApiError, UnavailableError
 from newsletter_pipelines.providers.http import ApiClient, PollPolicy
@@ -88,13 +90,21 @@ class OperationRunner:
             return dict(self._api.parallel(self._direct, list(operations)))
         results: dict[str, OpResult] = {}
         pending = list(operations)
-        for round_number in range(self._rounds):
+
+        def submit_pending() -> list[Operation]:
+            """Submit what is pending; answer what is still pending (a transient answer)."""
+            nonlocal pending
             answers = self._batched(pending)
             results.update(answers)
             pending = [op for op in pending if answers[op.operation_id].transient]
-            if not pending:
-                break
-            time.sleep(self._poll.initial * 2**round_number)
+            return pending
+
+        Retrying(
+            stop=stop_after_attempt(self._rounds),
+            wait=wait_exponential(multiplier=self._poll.initial),
+            retry=retry_if_result(bool),
+            retry_error_callback=lambda _: None,  # what is still transient then stays so
+        )(submit_pending)
         return results
 
     def _direct(self, op: Operation) -> tuple[str, OpResult]:
@@ -107,24 +117,23 @@ class OperationRunner:
         )
 
     def _batched(self, operations: Sequence[Operation]) -> dict[str, OpResult]:
-        chunks = [
-            operations[i : i + self._batch_size]
-            for i in range(0, len(operations), self._batch_size)
-        ]
-        batch_ids = self._api.parallel(self._submit, chunks)
+        batch_ids = self._api.parallel(self._submit, list(chunked(operations, self._batch_size)))
         results = {op.operation_id: OpResult(0) for op in operations}
         waiting = set(batch_ids)
-        for delay in self._poll.delays():
-            time.sleep(delay)
+
+        def all_finished() -> bool:
             for status in self._api.parallel(self._status, sorted(waiting)):
                 if status.status == "finished":
                     results.update(self._results(status))
                     waiting.discard(status.id)
-            if not waiting:
-                return results
-        raise UnavailableError(
-            "mailchimp", f"batches {sorted(waiting)} not finished within {self._poll.deadline} s"
-        )
+            return not waiting
+
+        if not self._poll.until(all_finished):
+            raise UnavailableError(
+                "mailchimp",
+                f"batches {sorted(waiting)} not finished within {self._poll.deadline} s",
+            )
+        return results
 
     def _submit(self, chunk: Sequence[Operation]) -> str:
         payload = {

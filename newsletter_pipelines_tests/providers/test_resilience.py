@@ -9,9 +9,10 @@ import httpx
 import pytest
 
 from newsletter_pipelines.providers import brevo as brevo_module
+from newsletter_pipelines.providers import http as http_module
 from newsletter_pipelines.providers.base import MemberStatus, Result
 from newsletter_pipelines.providers.errors import UnavailableError
-from newsletter_pipelines.providers.http import RetryPolicy
+from newsletter_pipelines.providers.http import PollPolicy, RetryPolicy
 from newsletter_pipelines.sandbox import (
     SANDBOX_BREVO_KEY,
     SANDBOX_MAILCHIMP_KEY,
@@ -147,3 +148,18 @@ def test_brevo_import_survives_5xx_and_429_without_importing_twice(
     processes = account(sandbox).processes
     assert accepted == len(processes) >= 3
     assert len(account(sandbox).contacts) == 600
+
+
+def test_polling_waits_before_each_look_doubling_up_to_the_maximum_and_gives_up_at_the_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    slept: list[float] = []
+    monkeypatch.setattr(http_module.time, "sleep", slept.append)
+    answers = iter([False, False, False, False, True])
+    assert PollPolicy(initial=1.0, maximum=3.0).until(lambda: next(answers))
+    assert slept == [1.0, 2.0, 3.0, 3.0, 3.0]  # the first look after `initial`, none after the last
+    looks: list[float] = []
+    policy = PollPolicy(initial=0.001, maximum=0.002, deadline=0.05)
+    monkeypatch.undo()
+    assert not policy.until(lambda: looks.append(0.0) or False)
+    assert len(looks) >= 2
