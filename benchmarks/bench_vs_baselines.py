@@ -5,7 +5,7 @@ against the served sandbox with provider-like latency.
 
 `python benchmarks/bench_vs_baselines.py [--contacts 10000,100000] [--sample 2000]
 [--thread-sample 10000] [--threads 10] [--latency 0.1] [--batch-delay 1] [--connections N]
-[--only project,loop,batch,threads] [--executor in_process|multiprocess] [--seed 42]
+[--only project,loop,batch,threads] [--executor in_process|execute_job] [--seed 42]
 [--keep DIR]`
 
 Per contact count N, in one process on one machine, against one served sandbox
@@ -430,7 +430,7 @@ def step_times(instance: Any, run_id: str) -> tuple[list[Step], float, float]:
 
 
 def full_sync_job_def() -> Any:
-    """`full_sync_job` of the project's Definitions (reconstructable: the multiprocess run)."""
+    """`full_sync_job` of the project's Definitions (reconstructable: for `execute_job`)."""
     from newsletter_pipelines.definitions import defs  # noqa: PLC0415
 
     return defs.resolve_job_def("full_sync_job")
@@ -441,16 +441,16 @@ def run_project(
 ) -> Measured:
     """`full_sync_job` for the Mailchimp partition; with steps, HTTP calls and batches.
 
-    `in_process`: `execute_in_process` (HTTP calls seen by the hook); `multiprocess`: the
-    executor `dagster dev` and the daemon use by default (the job sets none), one process per
-    step (`execute_job`; the steps' HTTP calls happen in those processes, unseen here)."""
+    `in_process`: `execute_in_process` with the benchmark's resources (HTTP calls seen by the
+    hook); `execute_job`: as the daemon's run worker runs it, from the code location with its
+    executor and resources."""
     import dagster as dg  # noqa: PLC0415
 
     quiet = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
     before = stats(url)
     epoch0, perf0 = time.time(), time.perf_counter()
     with http_calls() as calls:
-        if executor == "multiprocess":
+        if executor == "execute_job":
             result = dg.execute_job(
                 dg.reconstructable(full_sync_job_def),
                 instance,
@@ -732,10 +732,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--executor",
-        choices=["in_process", "multiprocess"],
+        choices=["in_process", "execute_job"],
         default="in_process",
-        help="how (1) runs: execute_in_process, or the default executor of dagster dev (one "
-        "process per step)",
+        help="how (1) runs: execute_in_process, or execute_job as the daemon's run worker does "
+        "(the code location's executor)",
     )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--keep", type=Path, help="run in this folder and keep it")
@@ -754,7 +754,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     with tempfile.TemporaryDirectory(prefix="bench_vs_baselines_") as tmp:
         base = args.keep or Path(tmp)
-        benchmarks = str(Path(__file__).resolve().parent)  # the multiprocess steps import us
+        benchmarks = str(Path(__file__).resolve().parent)  # execute_job's job points at us
         os.environ["PYTHONPATH"] = os.pathsep.join(
             p for p in (benchmarks, os.environ.get("PYTHONPATH")) if p
         )

@@ -54,4 +54,8 @@ defs = dg.Definitions(
         alert_on_stalled_sensors,
     ],
     resources=build_resources(),
+    # every step of a run in the run's own process: a step process per step (Dagster's default)
+    # costs seconds of start-up each, more than a sync of 10,000 contacts takes (README:
+    # "Benchmarks"); runs are per audience, so a run has little to do in parallel
+    executor=dg.in_process_executor,
 )
