@@ -73,9 +73,6 @@ SENSOR = "provider_events_sensor"
 EVENTS_JOB = "provider_events_job"
 FULL_SYNC_JOB = "full_sync_job"
 UNSUBSCRIBED_KIND = "newsletter_unsubscribed"
-IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
-"""Run config of the setup syncs: one process per run instead of one per step (about a quarter
-of the time on two cores). The runs the sensor launches keep the job's default executor."""
 FINISHED = frozenset({"SUCCESS", "FAILURE", "CANCELED"})
 ACTIVE = ["QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING"]
 STARTUP_S = 180.0
@@ -556,7 +553,6 @@ class LiveStack:
                     "dagster/partition": audience,
                     ACCOUNT_TAG: account_name(self.settings.audience(audience)),
                 },
-                run_config=IN_PROCESS,
             )
             for audience in audiences
         }

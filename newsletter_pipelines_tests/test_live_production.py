@@ -45,6 +45,7 @@ every killed create has its `created` outcome. Needs PostgreSQL
 from __future__ import annotations
 
 import copy
+import os
 import re
 import secrets
 import shutil
@@ -312,16 +313,15 @@ def production_stack(
                 "/opt/dagster/workspace.yaml": str(workspace),
             },
         )
-        # compose's one-shot `migrate`, then Dagster's storage created once: the processes
-        # started at once on an empty database race to create it, and one may die of it
-        # (`type "pending_steps" already exists`; compose would restart it)
-        for name, argv in (
-            ("migrate", production.command("migrate")),
-            ("instance-migrate", [PROGRAMS["dagster"], "instance", "migrate"]),
-        ):
-            done = start(name, argv, env=env, cwd=root)
-            if done.popen.wait(timeout=120) != 0:
-                raise RuntimeError(f"{' '.join(argv[1:])} failed:\n{done.tail()}")
+        # compose's one-shot `migrate` (its shell finds this virtualenv's programs first): the
+        # state database, then Dagster's storage, created once before the processes start (at
+        # once on an empty database they race to create it: `type "pending_steps" already
+        # exists`)
+        path = os.pathsep.join([str(Path(sys.executable).parent), env["PATH"]])
+        migrate = production.command("migrate")
+        done = start("migrate", migrate, env=env | {"PATH": path}, cwd=root)
+        if done.popen.wait(timeout=120) != 0:
+            raise RuntimeError(f"{' '.join(migrate)} failed:\n{done.tail()}")
         for service in ("code-server", "receiver", "webserver", "daemon"):
             production.start(service)
         try:
