@@ -33,6 +33,11 @@ def run(machine: ConsentMachine, step: Step) -> None:
         machine.person(email, action, **({key: extra[0]} if extra else {}))
     elif kind == "sync":
         machine.sync()
+    elif kind == "report_only_sync":
+        machine.sync(write_back=False)
+    elif kind == "delete":
+        machine.world.crm.remove(next(r for r in machine.world.crm if r["contact_id"] == args[0]))
+        machine.dirty = True
     elif kind == "killed":
         machine.killed_sync(calls=args[0], before=args[1])
     else:
@@ -76,6 +81,19 @@ CASES: dict[str, tuple[type[ConsentMachine], list[str], list[Step]]] = {
             ("touch", 2, {"newsletter": "yes"}),
             ("killed", 1, False),
             ("killed", 1, True),
+        ],
+    ),
+    # a killed run changed a member's address; someone then signed up with the old address: the
+    # sign-up was taken for the row's member and removed, the moved member for a sign-up
+    "brevo sign-up at an address a change left": (
+        BrevoConsent,
+        ["fay@example.de", "anna@example.de", "dora@example.de", "ben@example.de"],
+        [
+            ("touch", 3, {"email": "emil@example.de"}),
+            ("killed", 1, False),
+            ("delete", 3),
+            ("person", "signup", "dora@example.de"),
+            ("report_only_sync",),
         ],
     ),
     # a person's tag the CRM's contact held too became the CRM's; the model had kept calling

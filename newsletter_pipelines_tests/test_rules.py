@@ -646,6 +646,22 @@ def test_no_address_change_is_found_without_stable_ids_or_when_the_new_address_h
     assert "email_changed" not in found.values()
 
 
+def test_a_member_moved_away_keeps_its_row_when_another_member_takes_its_old_address() -> None:
+    """A person moved the member to b@x.de, then someone signed up with a@x.de: the row follows
+    its member (stable id) to b@x.de, and the member now at a@x.de is a sign-up, never the row's
+    (so never removed for the row's owner, no longer in the CRM)."""
+    gone = want("1", "a@x.de")
+    rows = [synced(gone, stable_id="c1")]
+    frame = diff(members=[moved("b@x.de"), moved("a@x.de", stable_id="c2")], ledger=rows)
+    assert (frame.loc["a@x.de"].action, frame.loc["a@x.de"].crm_id) == ("import_back", None)
+    assert frame.loc["b@x.de"].address_move.old_email == "a@x.de"
+    # the same with the address change a killed run left in flight (the CRM's, done)
+    in_flight = rows[0].moved(intent=Intent.CHANGE_EMAIL, intent_key="b@x.de")
+    statuses, stable_ids = {"a@x.de": "subscribed", "b@x.de": "subscribed"}, {"a@x.de": "c2"}
+    done = resolve_intents([in_flight], statuses, stable_ids | {"b@x.de": "c1"})
+    assert set(done) == {"b@x.de"} and done["b@x.de"].settled is Intent.CHANGE_EMAIL
+
+
 @pytest.mark.parametrize("context", [MAILCHIMP, BREVO], ids=["mailchimp", "brevo"])
 def test_an_opt_out_moves_with_the_member_and_still_blocks_its_owner(context: Context) -> None:
     contact = want("1", "a@x.de")

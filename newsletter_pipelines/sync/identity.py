@@ -143,9 +143,12 @@ def resolve_intents(
         elif (
             row.intent is Intent.CHANGE_EMAIL
             and row.intent_key is not None
-            and status is None
             and statuses.get(row.intent_key) in ("subscribed", "pending")
-            and (row.stable_id is None or stable_ids.get(row.intent_key) == row.stable_id)
+            and (
+                status is None  # without stable ids: the old address is free, the new one held
+                if row.stable_id is None
+                else stable_ids.get(row.intent_key) == row.stable_id
+            )
         ):
             resolved.setdefault(
                 row.intent_key, done.moved(member_key=row.intent_key, moved_from=row.member_key)

@@ -970,13 +970,13 @@ def address_moves(
     ledger: Mapping[str, LedgerRow], members: Mapping[str, Actual]
 ) -> dict[str, LedgerRow]:
     """Ledger rows whose member's address changed at the provider, by the member's new key: the
-    row has a stable id, no member has its address, and the member with that stable id has an
-    address the ledger does not know."""
+    row has a stable id, its address holds no member or another one (someone signed up with it
+    since), and the member with that stable id has an address the ledger does not know."""
     by_stable = {m.stable_id: m for m in members.values() if m.stable_id is not None}
     moves: dict[str, LedgerRow] = {}
     for key, row in ledger.items():
         member = by_stable.get(row.stable_id) if row.stable_id is not None else None
-        if member is not None and key not in members and member.key not in ledger:
+        if member is not None and member.key != key and member.key not in ledger:
             moves.setdefault(member.key, row)
     return moves
 
