@@ -96,6 +96,19 @@ CASES: dict[str, tuple[type[ConsentMachine], list[str], list[Step]]] = {
             ("report_only_sync",),
         ],
     ),
+    # report only: a person moved a member, which was then cleaned at its new address; the
+    # opt-out was kept (stored at the new address), yet the old address's create was held for
+    # the move's import, and the next report-only run sent it
+    "mailchimp move kept with its opt-out, report only": (
+        MailchimpConsent,
+        ["fay@example.de", "emil@example.de", "dora@example.de", "ben@example.de"],
+        [
+            ("person", "change_email", "emil@example.de", "cem@example.de"),
+            ("touch", 4, {"email": "cem@example.de"}),
+            ("person", "clean", "cem@example.de"),
+            ("report_only_sync",),
+        ],
+    ),
     # a person's tag the CRM's contact held too became the CRM's; the model had kept calling
     # it the person's when another contact without it took the address over
     "mailchimp tag held on both sides": (

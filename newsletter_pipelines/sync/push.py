@@ -158,7 +158,9 @@ class _Push:
         # old address: a row that would store the member at its new address (a write to it, a
         # contact adopting it) waits for the import, or the change would never reach the CRM
         keep = keeps_consent(diff)
-        waiting = _moves_waiting(diff[pending & ~keep])
+        # a move whose member's row is stored at its new address all the same (it keeps an
+        # opt-out) is no longer remembered at the old address: nothing waits for it there
+        waiting = _moves_waiting(diff[pending & ~keep]) - _moved_from(diff[pending & keep])
         consumes = diff["ledger_after"].map(lambda r: r is not None and r.moved_from in waiting)
         consumes = consumes.astype(bool)
         stored = diff["ledger_after"].notna() & ~pending & ~consumes
@@ -389,6 +391,11 @@ def _vacated(pending: pd.DataFrame) -> frozenset[str]:
     """Addresses whose ledger row a provider-side change not taken in moves elsewhere."""
     rows = [r for r in pending["ledger_before"] if r is not None]
     return frozenset(r.moved_from for r in rows if r.moved_from and r.moved_from != r.member_key)
+
+
+def _moved_from(rows: pd.DataFrame) -> frozenset[str]:
+    """The old addresses of the members whose ledger rows `rows` store at a new address."""
+    return frozenset(r.moved_from for r in rows["ledger_after"] if r is not None and r.moved_from)
 
 
 def _moves_waiting(pending: pd.DataFrame) -> frozenset[str]:
