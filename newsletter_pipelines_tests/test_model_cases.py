@@ -35,6 +35,8 @@ def run(machine: ConsentMachine, step: Step) -> None:
         machine.sync()
     elif kind == "report_only_sync":
         machine.sync(write_back=False)
+    elif kind == "insert":
+        machine.crm_insert(args[0], args[1], args[2], set())
     elif kind == "delete":
         machine.world.crm.remove(next(r for r in machine.world.crm if r["contact_id"] == args[0]))
         machine.dirty = True
@@ -107,6 +109,27 @@ CASES: dict[str, tuple[type[ConsentMachine], list[str], list[Step]]] = {
             ("touch", 4, {"email": "cem@example.de"}),
             ("person", "clean", "cem@example.de"),
             ("report_only_sync",),
+        ],
+    ),
+    # a known opt-out, the address decided by a contact that says no: the person unsubscribed
+    # again after another contact of the address said yes, which was not imported
+    "brevo opt-out again at an address an excluded contact decides": (
+        BrevoConsent,
+        ["cem@example.de"],
+        [
+            ("insert", "ben@example.de", "yes", False),
+            ("sync",),
+            ("insert", "dora@example.de", "yes", False),
+            ("insert", "ben@example.de", "unspecified", True),
+            ("person", "unsubscribe", "ben@example.de"),
+            ("sync",),
+            ("insert", "anna@example.de", "yes", False),
+            ("person", "list_unsubscribe", "ben@example.de"),
+            ("touch", 5, {"email": "ben@example.de"}),
+            ("touch", 4, {"is_private": False}),
+            ("person", "unsubscribe", "ben@example.de"),
+            ("person", "signup", "ben@example.de"),
+            ("sync",),
         ],
     ),
     # a person's tag the CRM's contact held too became the CRM's; the model had kept calling

@@ -587,6 +587,31 @@ def test_a_sign_up_of_a_private_address_is_removed_and_reported_for_the_import_b
     assert (found.action, found.provider_change, found.crm_id) == ("remove", "signed_up", "1")
 
 
+def test_an_opt_out_again_is_new_also_when_the_address_is_decided_by_an_excluded_contact() -> None:
+    """A known opt-out whose member changed at the provider since the sync saw it, after the
+    last CRM change of the contact deciding the address (here one that says no), is an opt-out
+    again: the import-back then tells every CRM contact of the address, also one that said yes
+    before it."""
+    seen, person, crm = (datetime(2026, 5, d, tzinfo=UTC) for d in (1, 3, 2))
+    row = synced(want("4", "a@x.de"), RowState.OPTED_OUT, provider_changed_at=seen.isoformat())
+    member = replace(have("a@x.de", "unsubscribed"), changed_at=person)
+    says_no = excluded(a_at_x_de=("4", "opted_out"))
+    says_no = Exclusions(
+        by_key={k: replace(e, updated_at=crm) for k, e in says_no.by_key.items()},
+        by_id={k: replace(e, updated_at=crm) for k, e in says_no.by_id.items()},
+    )
+    again = diff(members=[member], ledger=[row], exclusions=says_no).loc["a@x.de"]
+    assert again.provider_change == "opted_out"
+    unchanged = replace(member, changed_at=seen)  # the opt-out the sync knew, nothing since
+    known = diff(members=[unchanged], ledger=[row], exclusions=says_no).loc["a@x.de"]
+    assert known.provider_change is None
+    later = replace(member, changed_at=datetime(2026, 5, 1, 12, tzinfo=UTC))  # before the CRM's
+    assert (
+        diff(members=[later], ledger=[row], exclusions=says_no).loc["a@x.de"].provider_change
+        is None
+    )
+
+
 # --- an address changed at the provider ------------------------------------------------------
 
 

@@ -437,22 +437,22 @@ class _Rules:
 
     @staticmethod
     def opt_out_change(
-        row: LedgerRow | None, member: Actual | None = None, wanted: Desired | None = None
+        row: LedgerRow | None, member: Actual, crm_changed_at: datetime | None
     ) -> ProviderChange | None:
         """`OPTED_OUT` when a snapshot showing the member opted out tells the ledger something
         new: not the sync's own unsubscribe, not an opt-out it already knew, unless the member
-        changed since the sync last saw it opted out and after the CRM's last change of the
-        contact that `wanted` it subscribed. Then the person opted out again after the CRM's
-        yes (say, re-subscribed and unsubscribed between two syncs), which the status alone
-        cannot tell. An opt-out the CRM has not taken in yet (`LedgerRow.unimported_opt_out`) is
-        new to it still."""
+        changed since the sync last saw it opted out and after `crm_changed_at`, the last CRM
+        change of the contact deciding the address (eligible or not). Then the person opted
+        out again after the CRM's word (say, re-subscribed and unsubscribed between two syncs),
+        which the status alone cannot tell. An opt-out the CRM has not taken in yet
+        (`LedgerRow.unimported_opt_out`) is new to it still."""
         if row is None or row.state not in BLOCKING or _unimported(row):
             return ProviderChange.OPTED_OUT
-        if member is None or wanted is None or row.provider_changed_at is None:
+        if row.provider_changed_at is None:
             return None
         since = as_datetime(row.provider_changed_at)
         again = provider_is_newer(member.changed_at, since) and provider_is_newer(
-            member.changed_at, wanted.updated_at
+            member.changed_at, crm_changed_at
         )
         return ProviderChange.OPTED_OUT if again else None
 
@@ -495,7 +495,7 @@ class _Rules:
                 member=member,
                 before=row,
                 after=self.observed(row, member, contact.crm_id),
-                change=self.opt_out_change(row, member, contact),
+                change=self.opt_out_change(row, member, contact.updated_at),
             )
         elif member.status == ARCHIVED:
             self._archived(contact, member, row)
@@ -635,7 +635,7 @@ class _Rules:
                 member=old,
                 before=own,
                 after=self.observed(own, old, contact.crm_id),
-                change=self.opt_out_change(own, old, contact),
+                change=self.opt_out_change(own, old, contact.updated_at),
             )
         elif own.state in SEEN_ACTIVE or own.state is RowState.GONE:
             self._gone(contact, own, key)
@@ -754,7 +754,9 @@ class _Rules:
                     + (" since the last sync" if was_ours else ", not eligible"),
                     key,
                     after=self.observed(row, member, crm_id),
-                    change=self.opt_out_change(row),
+                    change=self.opt_out_change(
+                        row, member, exclusion.updated_at if exclusion else None
+                    ),
                     **common,
                 )
             elif member.status == ARCHIVED and row is not None and row.state in SEEN_ACTIVE:
