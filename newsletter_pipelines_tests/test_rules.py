@@ -740,3 +740,15 @@ def test_an_address_changed_to_another_eligible_contacts_address() -> None:
     assert frame.loc["b@x.de"].ledger_after.moved_from == "a@x.de"
     owner = frame.loc["a@x.de"]
     assert (owner.action, owner.provider_change, owner.crm_id) == ("create", "email_changed", "1")
+
+
+def test_a_moved_ledger_row_is_a_new_equal_row_with_the_changes() -> None:
+    row = synced(want("1", "a@x.de"), RowState.OPTED_OUT, unimported_opt_out="unsubscribed")
+    same = row.moved()
+    assert same == row and same is not row and hash(same) == hash(row)
+    moved = row.moved(member_key="b@x.de", moved_from="a@x.de")
+    assert (moved.member_key, moved.moved_from, row.member_key) == ("b@x.de", "a@x.de", "a@x.de")
+    assert moved == replace(row, member_key="b@x.de")  # moved_from is not compared
+    assert row.moved(state=RowState.SUBSCRIBED).unimported_opt_out is None
+    with pytest.raises(TypeError, match="no field colour"):
+        row.moved(colour="red")
