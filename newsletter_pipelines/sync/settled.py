@@ -6,12 +6,13 @@ rules provably have nothing to do, by construction: its address is a member with
 status whose names, salutation and tag keys are what the CRM wants, and the member's ledger row
 is owned by the contact, is `subscribed`, holds exactly the row the rules would write after an
 unchanged comparison (same address, provider id, stable id, tags), and has no refusal, no
-write in flight and no `provider_changed_at`; and no other row's write in flight (an address
+write in flight and no `provider_changed_at`; no other row's write in flight (an address
 change a killed run left) names the address, since the rules settle that write from the member
-there. Under these conditions `rules._Rules._adopt`
-finds nothing to add, remove or import and leaves the ledger row as it is, so settling it here
-changes no outcome. Everything else, and every member and ledger row not settled here, goes
-through `rules`.
+there; and the contact owns no other ledger row (the rules may name a change of that row's
+member, an address change at the provider, on the contact's row). Under these conditions
+`rules._Rules._adopt` finds nothing to add, remove or import and leaves the ledger row as it
+is, so settling it here changes no outcome. Everything else, and every member and ledger row
+not settled here, goes through `rules`.
 """
 
 from __future__ import annotations
@@ -98,7 +99,8 @@ def split_settled(
         & (row("provider_id") == have("provider_id"))
         & (row("stable_id") == have("stable_id"))
         & pd.isna(row("provider_changed_at"))
-        & ~np.isin(keys[candidates], ledger["intent_key"].dropna().to_numpy())
+        & ~_named_in_flight(keys[candidates], ledger["intent_key"])
+        & ~ledger["owner"].duplicated(keep=False).to_numpy()[r]  # owns several rows
         & (row("tags") == np.array([wanted_json[t] for t in tags], dtype=object))
     )
     done, done_members, done_rows = candidates[same], m[same], r[same]
@@ -121,6 +123,14 @@ def split_settled(
         snapshot[_without(len(snapshot), done_members)],
         ledger[_without(len(ledger), done_rows)],
     )
+
+
+def _named_in_flight(keys: np.ndarray, intent_keys: pd.Series) -> np.ndarray:
+    """Which of `keys` a write in flight names (almost never any: most runs end)."""
+    named = intent_keys.dropna()
+    if named.empty:
+        return np.zeros(len(keys), dtype=bool)
+    return pd.Series(keys).isin(named).to_numpy()
 
 
 def _without(length: int, positions: np.ndarray) -> np.ndarray:
