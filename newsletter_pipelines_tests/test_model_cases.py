@@ -154,6 +154,20 @@ CASES: dict[str, tuple[type[ConsentMachine], list[str], bool, list[Step]]] = {
             ("report_only_sync",),
         ],
     ),
+    # a person moved a member away and another member moved to its old address: the run of
+    # the webhooks' addresses took that member for the ledger row's, the full run did not
+    "brevo webhook scope with another member at a moved member's address": (
+        BrevoConsent,
+        ["ben@example.de", "dora@example.de", "emil@example.de", "cem@example.de"],
+        False,
+        [
+            ("person", "signup", "fay@example.de"),
+            ("person", "change_email", "ben@example.de", "anna@example.de"),
+            ("person", "change_email", "fay@example.de", "ben@example.de"),
+            ("person", "blacklist", "ben@example.de"),
+            ("sync",),
+        ],
+    ),
     # a person's tag the CRM's contact held too became the CRM's; the model had kept calling
     # it the person's when another contact without it took the address over
     "mailchimp tag held on both sides": (

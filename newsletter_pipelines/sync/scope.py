@@ -13,8 +13,9 @@ A scope that did not close within `MAX_ROUNDS` is not decided at all (`Scope.clo
 decision over part of what it depends on could be wrong, and the next full sync decides it.
 
 What the scope cannot see is the rest of the audience: a ledger row whose member is not at its
-address may have moved to an address outside the scope (the full snapshot finds it by its
-stable id). `scope_diff` marks such rows, and the callers leave them to the next full sync.
+address (none is, or another member is) may have moved to an address outside the scope (the
+full snapshot finds it by its stable id). `scope_diff` marks such rows, and the callers leave
+them to the next full sync.
 """
 
 from __future__ import annotations
@@ -179,5 +180,12 @@ def scope_diff(
 
 
 def unseen_keys(scope: Scope) -> frozenset[str]:
-    """Member keys of the scope's ledger rows with no member at their address now."""
-    return frozenset(scope.ledger["member_key"]) - frozenset(scope.snapshot["match_key"])
+    """Member keys of the scope's ledger rows whose member is not at their address now: no
+    member is, or another one (another stable id: someone signed up with the address after
+    the row's member moved away)."""
+    at = dict(zip(scope.snapshot["match_key"], scope.snapshot["stable_id"], strict=True))
+    return frozenset(
+        key
+        for key, stable in zip(scope.ledger["member_key"], scope.ledger["stable_id"], strict=True)
+        if key not in at or (pd.notna(stable) and pd.notna(at[key]) and at[key] != stable)
+    )
