@@ -189,9 +189,41 @@ CASES: dict[str, tuple[type[ConsentMachine], list[str], bool, list[Step]]] = {
 }
 
 
-@pytest.mark.parametrize("name", CASES)
+OPEN: dict[str, tuple[type[ConsentMachine], list[str], bool, list[Step]]] = {
+    # a run killed right after its unsubscribe (the CRM's no) went out; before the next run
+    # the person subscribed again (pending) and unsubscribed: the next run takes the status for
+    # its own unsubscribe and never imports the person's opt-out into the contact that still
+    # says yes (the snapshot cannot tell the two unsubscribes apart)
+    "mailchimp person's opt-out after a killed unsubscribe": (
+        MailchimpConsent,
+        ["dora@example.de", "emil@example.de", "cem@example.de"],
+        False,
+        [
+            ("insert", "emil@example.de", "no", False, set()),
+            ("killed", 2, True),
+            ("person", "pending", "emil@example.de"),
+            ("person", "unsubscribe", "emil@example.de"),
+            ("touch", 4, {"newsletter": "unspecified"}),
+            ("sync",),
+        ],
+    ),
+}
+"""Sequences a long run found that still fail: known defects, each strictly expected to fail
+until fixed (then it moves to `CASES`)."""
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        *CASES,
+        *(
+            pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="open defect"))
+            for n in OPEN
+        ),
+    ],
+)
 def test_a_sequence_found_by_a_long_run(name: str) -> None:
-    machine_class, emails, tagged, steps = CASES[name]
+    machine_class, emails, tagged, steps = (CASES | OPEN)[name]
 
     @settings(max_examples=1, database=None, phases=[Phase.generate], deadline=None)
     @given(st.none())  # inside a hypothesis test: the machine's notes go to the failure report
