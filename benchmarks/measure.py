@@ -1,16 +1,20 @@
-"""What the benchmarks share: peak RSS, timers, the budget verdict, the printed tables, and
-fast writes while a throwaway SQLite file is set up."""
+"""What the benchmarks share: peak RSS, timers, the load average, the budget verdict, the printed
+tables, the served sandbox's call counts, and fast writes while a throwaway SQLite file is set
+up."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 import sqlalchemy as sa
 
@@ -76,6 +80,25 @@ def timer(into: dict[str, float], name: str) -> Iterator[None]:
     start = time.perf_counter()
     yield
     into[name] = into.get(name, 0.0) + time.perf_counter() - start
+
+
+def load() -> str:
+    """`load 1.23/1.45`: the 1- and 5-minute load averages, printed beside timings."""
+    one, five, _ = os.getloadavg()
+    return f"load {one:.2f}/{five:.2f}"
+
+
+def sandbox_calls(url: str, provider: str) -> Counter[tuple[str, str, int]]:
+    """Calls the served sandbox at `url` answered for `provider` so far, by (method, route
+    template, status); subtract two of these to count a phase's calls."""
+    rows = httpx.get(f"{url}/_sandbox/stats", timeout=60).raise_for_status().json()["calls"]
+    return Counter(
+        {
+            (r["method"], r["route"], r["status"]): r["count"]
+            for r in rows
+            if r["provider"] == provider
+        }
+    )
 
 
 def verdict(ok: bool) -> str:
