@@ -329,7 +329,10 @@ def rejoin(
 def _same_tag(names: Iterable[str], name: str) -> str | None:
     """The spelling under which `name` is already among `names` (tags ignore case)."""
     wanted = name.casefold()
-    return next((known for known in names if known.casefold() == wanted), None)
+    for known in names:  # a loop, not a generator: called several times for every member
+        if known.casefold() == wanted:
+            return known
+    return None
 
 
 def tag_spelling(segments: dict[str, int] | None, name: str) -> str:
