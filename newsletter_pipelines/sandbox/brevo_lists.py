@@ -123,17 +123,13 @@ class ListHandlers:
     def get_list_contacts(self, account: BvAccount, request: Request) -> Response:
         lst = rules.find_list(account, request.params["listId"])
         limit, offset = rules.page(request, _CONTACT_LIMIT, 50)
-        list_id = lst.id  # read once: 100,000 contacts are filtered for every page
-        rows = [c for c in account.contacts.values() if list_id in c.listIds]
-        since = request.arg("modifiedSince")
-        if since:
-            try:
-                threshold = parse_iso(since)
-            except ValueError:
-                raise BrevoError(
-                    400, "invalid_parameter", "modifiedSince is not a valid date"
-                ) from None
-            rows = [c for c in rows if c.modifiedAt >= threshold]
+        since = _modified_since(request)
+        list_id = lst.id  # read once: every contact of the account is looked at, every page
+        rows = [
+            c
+            for c in account.contacts.values()
+            if list_id in c.listIds and (since is None or c.modifiedAt >= since)
+        ]
         _sort_by_id(account, rows, descending=request.arg("sort", "desc") == "desc")
         page = [contact_json(c) for c in rows[offset : offset + limit]]
         return json_response(200, {"contacts": page, "count": len(rows)})
@@ -196,6 +192,17 @@ class ListHandlers:
                 }
             },
         )
+
+
+def _modified_since(request: Request) -> float | None:
+    """The `modifiedSince` filter as epoch seconds (None: none), or a 400."""
+    since = request.arg("modifiedSince")
+    if not since:
+        return None
+    try:
+        return parse_iso(since)
+    except ValueError:
+        raise BrevoError(400, "invalid_parameter", "modifiedSince is not a valid date") from None
 
 
 def _sort_by_id(account: BvAccount, rows: list[BvContact], *, descending: bool) -> None:
