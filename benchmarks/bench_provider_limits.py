@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 from bench_providers import people
 from measure import load, report, sandbox_calls, verdict
 from more_itertools import chunked
@@ -73,15 +74,31 @@ MAILCHIMP_FIELDS = (
 )
 
 
+@dataclass(frozen=True)
+class Served:
+    """The served sandbox: its root URL and its process (for its CPU time)."""
+
+    url: str
+    process: psutil.Process
+
+    def cpu(self) -> float:
+        """CPU seconds the sandbox process has used so far."""
+        times = self.process.cpu_times()
+        return times.user + times.system
+
+
 @dataclass
 class Phase:
-    """One timed phase: wall time, the calls the sandbox answered, its limit."""
+    """One timed phase: wall time, the calls the sandbox answered, its limit, and the CPU
+    seconds of this process (the client) and of the sandbox during it."""
 
     name: str
     wall: float
     calls: Counter[tuple[str, str, int]]
     limit: float
     load: str
+    client_cpu: float
+    sandbox_cpu: float
 
     @property
     def total(self) -> int:
@@ -113,17 +130,32 @@ class Phase:
             f"budget ≤ {RATIO_BUDGET:g}: {verdict(ratio <= RATIO_BUDGET)}  ({self.load})",
         )
 
+    def cpu_row(self) -> tuple[str, str]:
+        """CPU seconds beside the wall time: near it, the phase waited for a core, not calls."""
+        return (
+            "  CPU",
+            f"client {self.client_cpu:.2f} s, sandbox {self.sandbox_cpu:.2f} s "
+            f"({(self.client_cpu + self.sandbox_cpu) / self.wall:.0%} of the wall time)",
+        )
+
 
 def measured(
-    name: str, url: str, provider: str, work: Callable[[], Any], limit: Callable[[int], float]
+    name: str,
+    served: Served,
+    provider: str,
+    work: Callable[[], Any],
+    limit: Callable[[int], float],
 ) -> tuple[Any, Phase]:
     """Run `work`, counting the sandbox's calls; `limit` turns the call count into seconds."""
-    before = sandbox_calls(url, provider)
+    before = sandbox_calls(served.url, provider)
+    cpu, sandbox_cpu = time.process_time(), served.cpu()
     start = time.perf_counter()
     result = work()
     wall = time.perf_counter() - start
-    calls = sandbox_calls(url, provider) - before
-    return result, Phase(name, wall, calls, limit(sum(calls.values())), load())
+    cpu, sandbox_cpu = time.process_time() - cpu, served.cpu() - sandbox_cpu
+    calls = sandbox_calls(served.url, provider) - before
+    phase = Phase(name, wall, calls, limit(sum(calls.values())), load(), cpu, sandbox_cpu)
+    return result, phase
 
 
 def first_sync(client: Provider, contacts: Sequence[Contact]) -> Counter[Result]:
@@ -137,21 +169,21 @@ def first_sync(client: Provider, contacts: Sequence[Contact]) -> Counter[Result]
 # --- Mailchimp ------------------------------------------------------------------------------
 
 
-def bench_mailchimp(url: str, contacts: Sequence[Contact], args: argparse.Namespace) -> None:
+def bench_mailchimp(served: Served, contacts: Sequence[Contact], args: argparse.Namespace) -> None:
     """First sync and snapshot of N members with the client, beside their limits."""
     client = MailchimpClient(
         SANDBOX_MAILCHIMP_KEY,
         AUDIENCE,
-        base_url=url + MAILCHIMP_PREFIX,
+        base_url=served.url + MAILCHIMP_PREFIX,
         max_connections=args.connections,
         audience_defaults=SANDBOX_AUDIENCE,
     )
     client.ensure_audience()
     limit = lambda calls: calls * args.latency / args.connections  # noqa: E731
     outcomes, sync = measured(
-        "first sync", url, "mailchimp", lambda: first_sync(client, contacts), limit
+        "first sync", served, "mailchimp", lambda: first_sync(client, contacts), limit
     )
-    members, snap = measured("snapshot", url, "mailchimp", client.snapshot, limit)
+    members, snap = measured("snapshot", served, "mailchimp", client.snapshot, limit)
     client.close()
     minimum = math.ceil(len(contacts) / BATCH_SUBSCRIBE_MAX)
     writes = sync.count("write")
@@ -168,8 +200,10 @@ def bench_mailchimp(url: str, contacts: Sequence[Contact], args: argparse.Namesp
                 f"budget ≤ {WRITES_BUDGET:g}: {verdict(writes <= WRITES_BUDGET * minimum)}",
             ),
             ("  calls by route", sync.routes()),
+            sync.cpu_row(),
             snap.row(f"snapshot of {len(members):,} members"),
             ("  calls by route", snap.routes()),
+            snap.cpu_row(),
         ],
     )
 
@@ -177,12 +211,12 @@ def bench_mailchimp(url: str, contacts: Sequence[Contact], args: argparse.Namesp
 # --- Brevo ----------------------------------------------------------------------------------
 
 
-def bench_brevo(url: str, contacts: Sequence[Contact], args: argparse.Namespace) -> None:
+def bench_brevo(served: Served, contacts: Sequence[Contact], args: argparse.Namespace) -> None:
     """First sync and snapshot of N contacts with the client, beside the 10 requests/s bound."""
     client = BrevoClient(
         SANDBOX_BREVO_KEY,
         AUDIENCE,
-        base_url=url + BREVO_PREFIX,
+        base_url=served.url + BREVO_PREFIX,
         requests_per_second=args.rate,
         max_connections=args.connections,
     )
@@ -191,12 +225,12 @@ def bench_brevo(url: str, contacts: Sequence[Contact], args: argparse.Namespace)
     paced = lambda calls: calls / BREVO_ALLOWED_RATE  # noqa: E731
     outcomes, sync = measured(
         "first sync",
-        url,
+        served,
         "brevo",
         lambda: first_sync(client, contacts),
         lambda calls: paced(calls) + chunks * args.process_delay,
     )
-    members, snap = measured("snapshot", url, "brevo", client.snapshot, paced)
+    members, snap = measured("snapshot", served, "brevo", client.snapshot, paced)
     client.close()
     process_calls = sync.count("POST", "/contacts/import") + sync.count(
         "GET", "/processes/{processId}"
@@ -216,6 +250,7 @@ def bench_brevo(url: str, contacts: Sequence[Contact], args: argparse.Namespace)
                 f"{verdict(process_calls <= BREVO_PROCESS_BUDGET)}",
             ),
             ("  calls by route", sync.routes()),
+            sync.cpu_row(),
             snap.row(f"snapshot of {len(members):,} contacts"),
             (
                 "  request rate",
@@ -223,6 +258,7 @@ def bench_brevo(url: str, contacts: Sequence[Contact], args: argparse.Namespace)
                 f"{verdict(snap.total / snap.wall <= BREVO_ALLOWED_RATE)}",
             ),
             ("  calls by route", snap.routes()),
+            snap.cpu_row(),
         ],
     )
 
@@ -342,11 +378,12 @@ def run(args: argparse.Namespace, root: Path) -> None:
     """Serve the sandbox, run each provider's phases, then time the sandbox without latency."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
     sandbox, url = serve_sandbox(root, env, args.latency, args.batch_delay, args.process_delay)
+    served = Served(url, psutil.Process(sandbox.popen.pid))
     try:
         contacts = people(args.members)
         benches = {"mailchimp": bench_mailchimp, "brevo": bench_brevo}
         for name in args.only:
-            benches[name](url, contacts, args)
+            benches[name](served, contacts, args)
         httpx.delete(f"{url}/_sandbox/faults").raise_for_status()
         rows = []
         if "mailchimp" in args.only:
