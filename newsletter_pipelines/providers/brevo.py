@@ -297,7 +297,7 @@ class BrevoClient:
         if modified_since:
             params["modifiedSince"] = modified_since
         path = f"/contacts/lists/{self._list_id}/contacts"
-        return ContactsPage.model_validate(self._api.call("GET", path, params=params))
+        return self._api.call_model(ContactsPage, "GET", path, params=params)
 
     def _member(self, contact: ContactOut) -> Member:
         return Member(
