@@ -45,7 +45,7 @@ from typing import Any
 import httpx
 import psutil
 from bench_providers import people
-from measure import load, report, sandbox_calls, verdict
+from measure import GcTime, load, report, sandbox_calls, verdict
 from more_itertools import chunked
 
 from newsletter_pipelines.providers.base import Contact, Provider, Result
@@ -98,6 +98,7 @@ class Phase:
     limit: float
     load: str
     client_cpu: float
+    client_gc: float
     sandbox_cpu: float
 
     @property
@@ -134,7 +135,8 @@ class Phase:
         """CPU seconds beside the wall time: near it, the phase waited for a core, not calls."""
         return (
             "  CPU",
-            f"client {self.client_cpu:.2f} s, sandbox {self.sandbox_cpu:.2f} s "
+            f"client {self.client_cpu:.2f} s (cycle collector {self.client_gc:.2f} s), "
+            f"sandbox {self.sandbox_cpu:.2f} s "
             f"({(self.client_cpu + self.sandbox_cpu) / self.wall:.0%} of the wall time)",
         )
 
@@ -150,11 +152,14 @@ def measured(
     before = sandbox_calls(served.url, provider)
     cpu, sandbox_cpu = time.process_time(), served.cpu()
     start = time.perf_counter()
-    result = work()
+    with GcTime() as collector:
+        result = work()
     wall = time.perf_counter() - start
     cpu, sandbox_cpu = time.process_time() - cpu, served.cpu() - sandbox_cpu
     calls = sandbox_calls(served.url, provider) - before
-    phase = Phase(name, wall, calls, limit(sum(calls.values())), load(), cpu, sandbox_cpu)
+    phase = Phase(
+        name, wall, calls, limit(sum(calls.values())), load(), cpu, collector.seconds, sandbox_cpu
+    )
     return result, phase
 
 

@@ -1,10 +1,11 @@
-"""What the benchmarks share: peak RSS, timers, the load average, the budget verdict, the printed
-tables, the served sandbox's call counts, and fast writes while a throwaway SQLite file is set
-up."""
+"""What the benchmarks share: peak RSS, timers, time in the cycle collector, the load
+average, the budget verdict, the printed tables, the served sandbox's call counts, and fast
+writes while a throwaway SQLite file is set up."""
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import threading
 import time
@@ -72,6 +73,27 @@ def _hwm() -> int:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+class GcTime:
+    """Seconds this process spent in the cycle collector while the block ran (`seconds`)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._started = 0.0
+
+    def _track(self, phase: str, _info: Mapping[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._started
+
+    def __enter__(self) -> GcTime:
+        gc.callbacks.append(self._track)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        gc.callbacks.remove(self._track)
 
 
 @contextmanager
