@@ -10,9 +10,10 @@ import are ready 1 s after they were submitted; state in memory), and per provid
 configured as for a live account (production polling; Mailchimp `--connections` of the 10 the
 account allows, Brevo paced to `--rate` of the 10 requests/s it allows):
 
-1. first sync of N new contacts through `upsert`, in the push's chunks (`CHUNK_SIZE`): wall
-   time, calls by route (counted by the sandbox), write calls against ceil(N/500) for Mailchimp,
-   Brevo's imports and process polls against its 100 requests/hour budget;
+1. first sync of N new contacts through `upsert`, in the push's chunks (`CHUNK_SIZE`, each
+   chunk's contacts built just before it is sent, as the push does): wall time, calls by route
+   (counted by the sandbox), write calls against ceil(N/500) for Mailchimp, Brevo's imports and
+   process polls against its 100 requests/hour budget;
 2. snapshot of the N members through `snapshot()`: wall time and calls;
 3. the sandbox's own speed with the latency removed (`DELETE /_sandbox/faults`), served, timed
    by this process around one keep-alive HTTP request (body read, not decoded): the median of
@@ -24,7 +25,9 @@ account allows, Brevo paced to `--rate` of the 10 requests/s it allows):
 The limit of a phase is its calls × latency ÷ the concurrency allowed (Mailchimp: the client's
 connections); for Brevo the pace is the bound, calls ÷ 10 requests/s, plus the process delay
 once per import chunk (each chunk waits for its import). Printed per figure: measured, limit,
-ratio, budget, load average (2 shared cores: timings are inflated). Nothing is asserted.
+ratio, budget, load average (2 shared cores: timings are inflated), and the CPU seconds of
+this process (the client; its cycle collector apart) and of the sandbox during the phase: near
+the wall time, the phase waited for a core rather than for the provider. Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -46,9 +49,8 @@ import httpx
 import psutil
 from bench_providers import people
 from measure import GcTime, load, report, sandbox_calls, verdict
-from more_itertools import chunked
 
-from newsletter_pipelines.providers.base import Contact, Provider, Result
+from newsletter_pipelines.providers.base import Provider, Result
 from newsletter_pipelines.providers.brevo import CONTACT_PAGE, BrevoClient
 from newsletter_pipelines.providers.mailchimp import BATCH_SUBSCRIBE_MAX, MailchimpClient
 from newsletter_pipelines.providers.resources import SANDBOX_AUDIENCE
@@ -163,18 +165,38 @@ def measured(
     return result, phase
 
 
-def first_sync(client: Provider, contacts: Sequence[Contact]) -> Counter[Result]:
-    """Upsert `contacts` as the push sends creates: `CHUNK_SIZE` contacts a client call."""
+def first_sync(client: Provider, count: int) -> str:
+    """Upsert `count` new contacts as the push sends creates: `CHUNK_SIZE` contacts a client
+    call, each chunk's contacts built just before (as the push builds them from its rows);
+    `created 100,000`: the outcomes counted."""
     outcomes: Counter[Result] = Counter()
-    for chunk in chunked(contacts, CHUNK_SIZE[client.name]):
+    size = CHUNK_SIZE[client.name]
+    for start in range(0, count, size):
+        chunk = people(min(size, count - start), start)
         outcomes.update(o.outcome for o in client.upsert(chunk))
-    return outcomes
+    return ", ".join(f"{r.value} {n:,}" for r, n in outcomes.items())
+
+
+def both_phases(
+    served: Served,
+    client: MailchimpClient | BrevoClient,
+    count: int,
+    limits: tuple[Callable[[int], float], Callable[[int], float]],
+) -> tuple[str, Phase, int, Phase]:
+    """First sync, then snapshot, through `client` (closed afterwards), each beside its limit:
+    (outcomes, first sync, members in the snapshot, snapshot)."""
+    client.ensure_audience()
+    work = lambda: first_sync(client, count)  # noqa: E731
+    outcomes, sync = measured("first sync", served, client.name, work, limits[0])
+    members, snap = measured("snapshot", served, client.name, client.snapshot, limits[1])
+    client.close()
+    return outcomes, sync, len(members), snap
 
 
 # --- Mailchimp ------------------------------------------------------------------------------
 
 
-def bench_mailchimp(served: Served, contacts: Sequence[Contact], args: argparse.Namespace) -> None:
+def bench_mailchimp(served: Served, args: argparse.Namespace) -> None:
     """First sync and snapshot of N members with the client, beside their limits."""
     client = MailchimpClient(
         SANDBOX_MAILCHIMP_KEY,
@@ -183,22 +205,17 @@ def bench_mailchimp(served: Served, contacts: Sequence[Contact], args: argparse.
         max_connections=args.connections,
         audience_defaults=SANDBOX_AUDIENCE,
     )
-    client.ensure_audience()
     limit = lambda calls: calls * args.latency / args.connections  # noqa: E731
-    outcomes, sync = measured(
-        "first sync", served, "mailchimp", lambda: first_sync(client, contacts), limit
-    )
-    members, snap = measured("snapshot", served, "mailchimp", client.snapshot, limit)
-    client.close()
-    minimum = math.ceil(len(contacts) / BATCH_SUBSCRIBE_MAX)
+    n = args.members
+    outcomes, sync, members, snap = both_phases(served, client, n, (limit, limit))
+    minimum = math.ceil(n / BATCH_SUBSCRIBE_MAX)
     writes = sync.count("write")
-    n = len(contacts)
     report(
         f"mailchimp, {n:,} members: served sandbox {args.latency * 1000:.0f} ms a call, "
         f"{args.connections} client connections; limit = calls × latency ÷ {args.connections}",
         [
             sync.row(f"first sync of {n:,} new contacts"),
-            ("  outcomes", ", ".join(f"{r.value} {k:,}" for r, k in outcomes.items())),
+            ("  outcomes", outcomes),
             (
                 "  write calls",
                 f"{writes:,}  minimum ceil(N/500) = {minimum:,}  ratio {writes / minimum:.3f}  "
@@ -206,7 +223,7 @@ def bench_mailchimp(served: Served, contacts: Sequence[Contact], args: argparse.
             ),
             ("  calls by route", sync.routes()),
             sync.cpu_row(),
-            snap.row(f"snapshot of {len(members):,} members"),
+            snap.row(f"snapshot of {members:,} members"),
             ("  calls by route", snap.routes()),
             snap.cpu_row(),
         ],
@@ -216,7 +233,7 @@ def bench_mailchimp(served: Served, contacts: Sequence[Contact], args: argparse.
 # --- Brevo ----------------------------------------------------------------------------------
 
 
-def bench_brevo(served: Served, contacts: Sequence[Contact], args: argparse.Namespace) -> None:
+def bench_brevo(served: Served, args: argparse.Namespace) -> None:
     """First sync and snapshot of N contacts with the client, beside the 10 requests/s bound."""
     client = BrevoClient(
         SANDBOX_BREVO_KEY,
@@ -225,29 +242,21 @@ def bench_brevo(served: Served, contacts: Sequence[Contact], args: argparse.Name
         requests_per_second=args.rate,
         max_connections=args.connections,
     )
-    client.ensure_audience()
-    chunks = math.ceil(len(contacts) / CHUNK_SIZE["brevo"])
+    n = args.members
+    chunks = math.ceil(n / CHUNK_SIZE["brevo"])
     paced = lambda calls: calls / BREVO_ALLOWED_RATE  # noqa: E731
-    outcomes, sync = measured(
-        "first sync",
-        served,
-        "brevo",
-        lambda: first_sync(client, contacts),
-        lambda calls: paced(calls) + chunks * args.process_delay,
-    )
-    members, snap = measured("snapshot", served, "brevo", client.snapshot, paced)
-    client.close()
+    imported = lambda calls: paced(calls) + chunks * args.process_delay  # noqa: E731
+    outcomes, sync, members, snap = both_phases(served, client, n, (imported, paced))
     process_calls = sync.count("POST", "/contacts/import") + sync.count(
         "GET", "/processes/{processId}"
     )
-    n = len(contacts)
     report(
         f"brevo, {n:,} contacts: served sandbox {args.latency * 1000:.0f} ms a call, client paced "
         f"to {args.rate:g} requests/s; limit = calls ÷ {BREVO_ALLOWED_RATE:g}/s "
         f"(+ {args.process_delay:g} s a chunk's import)",
         [
             sync.row(f"first sync of {n:,} new contacts ({chunks} chunks)"),
-            ("  outcomes", ", ".join(f"{r.value} {k:,}" for r, k in outcomes.items())),
+            ("  outcomes", outcomes),
             ("  write calls", f"{sync.count('write'):,}"),
             (
                 "  imports + process polls",
@@ -256,7 +265,7 @@ def bench_brevo(served: Served, contacts: Sequence[Contact], args: argparse.Name
             ),
             ("  calls by route", sync.routes()),
             sync.cpu_row(),
-            snap.row(f"snapshot of {len(members):,} contacts"),
+            snap.row(f"snapshot of {members:,} contacts"),
             (
                 "  request rate",
                 f"{snap.total / snap.wall:.1f}/s  budget ≤ {BREVO_ALLOWED_RATE:g}/s: "
@@ -385,10 +394,9 @@ def run(args: argparse.Namespace, root: Path) -> None:
     sandbox, url = serve_sandbox(root, env, args.latency, args.batch_delay, args.process_delay)
     served = Served(url, psutil.Process(sandbox.popen.pid))
     try:
-        contacts = people(args.members)
         benches = {"mailchimp": bench_mailchimp, "brevo": bench_brevo}
         for name in args.only:
-            benches[name](served, contacts, args)
+            benches[name](served, args)
         httpx.delete(f"{url}/_sandbox/faults").raise_for_status()
         rows = []
         if "mailchimp" in args.only:
