@@ -2,7 +2,7 @@
 
 `python benchmarks/bench_provider_limits.py [--members 100000] [--latency 0.1]
 [--batch-delay 1] [--process-delay 1] [--connections 5] [--rate 8] [--repeat 9]
-[--only mailchimp,brevo] [--keep DIR]`
+[--only mailchimp,brevo] [--gc-freeze] [--keep DIR]`
 
 One served sandbox (`python -m newsletter_pipelines.sandbox serve --latency 0.1 --batch-delay 1
 --process-delay 1`: every Mailchimp and Brevo call waits 100 ms, a `/batches` result and a Brevo
@@ -33,6 +33,7 @@ the wall time, the phase waited for a core rather than for the provider. Nothing
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import os
 import random
@@ -428,6 +429,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=9, help="runs per sandbox speed figure")
     parser.add_argument("--only", default="mailchimp,brevo", help="providers to measure")
     parser.add_argument("--keep", type=Path, help="run in this folder (sandbox log) and keep it")
+    parser.add_argument(
+        "--gc-freeze",
+        action="store_true",
+        help="gc.freeze() once everything is imported, as a run process could after start-up: "
+        "the client's cycle collector then no longer traverses the modules' objects",
+    )
     args = parser.parse_args(argv)
     args.only = [p.strip() for p in args.only.split(",") if p.strip()]
     if args.members < 1000 or not set(args.only) <= {"mailchimp", "brevo"}:
@@ -435,9 +442,11 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"bench_provider_limits: {os.cpu_count()} cores, {load()} at the start; latency "
         f"{args.latency:g} s a call, /batches after {args.batch_delay:g} s, imports after "
-        f"{args.process_delay:g} s",
+        f"{args.process_delay:g} s{'; gc.freeze() after the imports' if args.gc_freeze else ''}",
         flush=True,
     )
+    if args.gc_freeze:
+        gc.freeze()
     with tempfile.TemporaryDirectory(prefix="bench_provider_limits_") as tmp:
         root = args.keep or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
