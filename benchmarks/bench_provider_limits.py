@@ -49,7 +49,7 @@ from typing import Any
 import httpx
 import psutil
 from bench_providers import people
-from measure import GcTime, load, report, sandbox_calls, verdict
+from measure import GcTime, load, report, routes_text, sandbox_calls, verdict
 
 from newsletter_pipelines.providers.base import Provider, Result
 from newsletter_pipelines.providers.brevo import CONTACT_PAGE, BrevoClient
@@ -95,7 +95,6 @@ class Phase:
     """One timed phase: wall time, the calls the sandbox answered, its limit, and the CPU
     seconds of this process (the client) and of the sandbox during it."""
 
-    name: str
     wall: float
     calls: Counter[tuple[str, str, int]]
     limit: float
@@ -118,13 +117,6 @@ class Phase:
             and route in (None, r)
         )
 
-    def routes(self) -> str:
-        """`POST /lists/{list_id} ×200, …`, failures with their status."""
-        by_route: Counter[str] = Counter()
-        for (method, route, status), n in self.calls.items():
-            by_route[f"{method} {route}" + ("" if status < 400 else f" → {status}")] += n
-        return ", ".join(f"{r} ×{n:,}" for r, n in sorted(by_route.items())) or "none"
-
     def row(self, figure: str) -> tuple[str, str]:
         """The phase's wall time beside its limit, ratio and budget."""
         ratio = self.wall / self.limit if self.limit else math.inf
@@ -145,7 +137,6 @@ class Phase:
 
 
 def measured(
-    name: str,
     served: Served,
     provider: str,
     work: Callable[[], Any],
@@ -161,7 +152,7 @@ def measured(
     cpu, sandbox_cpu = time.process_time() - cpu, served.cpu() - sandbox_cpu
     calls = sandbox_calls(served.url, provider) - before
     phase = Phase(
-        name, wall, calls, limit(sum(calls.values())), load(), cpu, collector.seconds, sandbox_cpu
+        wall, calls, limit(sum(calls.values())), load(), cpu, collector.seconds, sandbox_cpu
     )
     return result, phase
 
@@ -188,8 +179,8 @@ def both_phases(
     (outcomes, first sync, members in the snapshot, snapshot)."""
     client.ensure_audience()
     work = lambda: first_sync(client, count)  # noqa: E731
-    outcomes, sync = measured("first sync", served, client.name, work, limits[0])
-    members, snap = measured("snapshot", served, client.name, client.snapshot, limits[1])
+    outcomes, sync = measured(served, client.name, work, limits[0])
+    members, snap = measured(served, client.name, client.snapshot, limits[1])
     client.close()
     return outcomes, sync, len(members), snap
 
@@ -222,10 +213,10 @@ def bench_mailchimp(served: Served, args: argparse.Namespace) -> None:
                 f"{writes:,}  minimum ceil(N/500) = {minimum:,}  ratio {writes / minimum:.3f}  "
                 f"budget ≤ {WRITES_BUDGET:g}: {verdict(writes <= WRITES_BUDGET * minimum)}",
             ),
-            ("  calls by route", sync.routes()),
+            ("  calls by route", routes_text(sync.calls)),
             sync.cpu_row(),
             snap.row(f"snapshot of {members:,} members"),
-            ("  calls by route", snap.routes()),
+            ("  calls by route", routes_text(snap.calls)),
             snap.cpu_row(),
         ],
     )
@@ -264,7 +255,7 @@ def bench_brevo(served: Served, args: argparse.Namespace) -> None:
                 f"{process_calls}  budget ≤ {BREVO_PROCESS_BUDGET} an hour: "
                 f"{verdict(process_calls <= BREVO_PROCESS_BUDGET)}",
             ),
-            ("  calls by route", sync.routes()),
+            ("  calls by route", routes_text(sync.calls)),
             sync.cpu_row(),
             snap.row(f"snapshot of {members:,} contacts"),
             (
@@ -272,7 +263,7 @@ def bench_brevo(served: Served, args: argparse.Namespace) -> None:
                 f"{snap.total / snap.wall:.1f}/s  budget ≤ {BREVO_ALLOWED_RATE:g}/s: "
                 f"{verdict(snap.total / snap.wall <= BREVO_ALLOWED_RATE)}",
             ),
-            ("  calls by route", snap.routes()),
+            ("  calls by route", routes_text(snap.calls)),
             snap.cpu_row(),
         ],
     )

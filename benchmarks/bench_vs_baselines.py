@@ -62,7 +62,7 @@ from typing import Any
 
 import httpx
 import sqlalchemy as sa
-from measure import fast_sqlite_writes, load, report, sandbox_calls
+from measure import fast_sqlite_writes, load, report, routes_text, sandbox_calls
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' package: live.py
 from newsletter_pipelines.crm.loader import insert_rows
@@ -169,13 +169,6 @@ def read_contacts(path: Path) -> list[dict[str, Any]]:
 def stats(url: str) -> Counter[tuple[str, str, int]]:
     """Mailchimp calls served so far, by (method, route template, status)."""
     return sandbox_calls(url, "mailchimp")
-
-
-def routes_text(calls: Counter[tuple[str, str, int]]) -> str:
-    by_route: Counter[str] = Counter()
-    for (method, route, status), n in calls.items():
-        by_route[f"{method} {route}" + ("" if status < 400 else f" → {status}")] += n
-    return ", ".join(f"{r} ×{n:,}" for r, n in sorted(by_route.items())) or "none"
 
 
 # --- one measured run -------------------------------------------------------------------------

@@ -123,6 +123,14 @@ def sandbox_calls(url: str, provider: str) -> Counter[tuple[str, str, int]]:
     )
 
 
+def routes_text(calls: Counter[tuple[str, str, int]]) -> str:
+    """`POST /lists/{list_id} ×200, …` from `sandbox_calls` counts, failures with their status."""
+    by_route: Counter[str] = Counter()
+    for (method, route, status), n in calls.items():
+        by_route[f"{method} {route}" + ("" if status < 400 else f" → {status}")] += n
+    return ", ".join(f"{r} ×{n:,}" for r, n in sorted(by_route.items())) or "none"
+
+
 def verdict(ok: bool) -> str:
     """The word printed beside a figure with a budget."""
     return "within budget" if ok else "OVER BUDGET"
