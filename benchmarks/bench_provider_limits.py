@@ -117,6 +117,15 @@ class Phase:
             and route in (None, r)
         )
 
+    def rows(self, figure: str, *details: tuple[str, str]) -> list[tuple[str, str]]:
+        """The phase's figure, its `details`, its calls by route and its CPU time."""
+        return [
+            self.row(figure),
+            *details,
+            ("  calls by route", routes_text(self.calls)),
+            self.cpu_row(),
+        ]
+
     def row(self, figure: str) -> tuple[str, str]:
         """The phase's wall time beside its limit, ratio and budget."""
         ratio = self.wall / self.limit if self.limit else math.inf
@@ -190,12 +199,9 @@ def both_phases(
 
 def bench_mailchimp(served: Served, args: argparse.Namespace) -> None:
     """First sync and snapshot of N members with the client, beside their limits."""
+    live = {"base_url": served.url + MAILCHIMP_PREFIX, "max_connections": args.connections}
     client = MailchimpClient(
-        SANDBOX_MAILCHIMP_KEY,
-        AUDIENCE,
-        base_url=served.url + MAILCHIMP_PREFIX,
-        max_connections=args.connections,
-        audience_defaults=SANDBOX_AUDIENCE,
+        SANDBOX_MAILCHIMP_KEY, AUDIENCE, audience_defaults=SANDBOX_AUDIENCE, **live
     )
     limit = lambda calls: calls * args.latency / args.connections  # noqa: E731
     n = args.members
@@ -206,18 +212,17 @@ def bench_mailchimp(served: Served, args: argparse.Namespace) -> None:
         f"mailchimp, {n:,} members: served sandbox {args.latency * 1000:.0f} ms a call, "
         f"{args.connections} client connections; limit = calls × latency ÷ {args.connections}",
         [
-            sync.row(f"first sync of {n:,} new contacts"),
-            ("  outcomes", outcomes),
-            (
-                "  write calls",
-                f"{writes:,}  minimum ceil(N/500) = {minimum:,}  ratio {writes / minimum:.3f}  "
-                f"budget ≤ {WRITES_BUDGET:g}: {verdict(writes <= WRITES_BUDGET * minimum)}",
+            *sync.rows(
+                f"first sync of {n:,} new contacts",
+                ("  outcomes", outcomes),
+                (
+                    "  write calls",
+                    f"{writes:,}  minimum ceil(N/500) = {minimum:,}  ratio "
+                    f"{writes / minimum:.3f}  budget ≤ {WRITES_BUDGET:g}: "
+                    f"{verdict(writes <= WRITES_BUDGET * minimum)}",
+                ),
             ),
-            ("  calls by route", routes_text(sync.calls)),
-            sync.cpu_row(),
-            snap.row(f"snapshot of {members:,} members"),
-            ("  calls by route", routes_text(snap.calls)),
-            snap.cpu_row(),
+            *snap.rows(f"snapshot of {members:,} members"),
         ],
     )
 
@@ -227,13 +232,8 @@ def bench_mailchimp(served: Served, args: argparse.Namespace) -> None:
 
 def bench_brevo(served: Served, args: argparse.Namespace) -> None:
     """First sync and snapshot of N contacts with the client, beside the 10 requests/s bound."""
-    client = BrevoClient(
-        SANDBOX_BREVO_KEY,
-        AUDIENCE,
-        base_url=served.url + BREVO_PREFIX,
-        requests_per_second=args.rate,
-        max_connections=args.connections,
-    )
+    live = {"base_url": served.url + BREVO_PREFIX, "max_connections": args.connections}
+    client = BrevoClient(SANDBOX_BREVO_KEY, AUDIENCE, requests_per_second=args.rate, **live)
     n = args.members
     chunks = math.ceil(n / CHUNK_SIZE["brevo"])
     paced = lambda calls: calls / BREVO_ALLOWED_RATE  # noqa: E731
@@ -247,24 +247,24 @@ def bench_brevo(served: Served, args: argparse.Namespace) -> None:
         f"to {args.rate:g} requests/s; limit = calls ÷ {BREVO_ALLOWED_RATE:g}/s "
         f"(+ {args.process_delay:g} s a chunk's import)",
         [
-            sync.row(f"first sync of {n:,} new contacts ({chunks} chunks)"),
-            ("  outcomes", outcomes),
-            ("  write calls", f"{sync.count('write'):,}"),
-            (
-                "  imports + process polls",
-                f"{process_calls}  budget ≤ {BREVO_PROCESS_BUDGET} an hour: "
-                f"{verdict(process_calls <= BREVO_PROCESS_BUDGET)}",
+            *sync.rows(
+                f"first sync of {n:,} new contacts ({chunks} chunks)",
+                ("  outcomes", outcomes),
+                ("  write calls", f"{sync.count('write'):,}"),
+                (
+                    "  imports + process polls",
+                    f"{process_calls}  budget ≤ {BREVO_PROCESS_BUDGET} an hour: "
+                    f"{verdict(process_calls <= BREVO_PROCESS_BUDGET)}",
+                ),
             ),
-            ("  calls by route", routes_text(sync.calls)),
-            sync.cpu_row(),
-            snap.row(f"snapshot of {members:,} contacts"),
-            (
-                "  request rate",
-                f"{snap.total / snap.wall:.1f}/s  budget ≤ {BREVO_ALLOWED_RATE:g}/s: "
-                f"{verdict(snap.total / snap.wall <= BREVO_ALLOWED_RATE)}",
+            *snap.rows(
+                f"snapshot of {members:,} contacts",
+                (
+                    "  request rate",
+                    f"{snap.total / snap.wall:.1f}/s  budget ≤ {BREVO_ALLOWED_RATE:g}/s: "
+                    f"{verdict(snap.total / snap.wall <= BREVO_ALLOWED_RATE)}",
+                ),
             ),
-            ("  calls by route", routes_text(snap.calls)),
-            snap.cpu_row(),
         ],
     )
 
