@@ -38,8 +38,8 @@ from newsletter_pipelines.sandbox import (
 POLL = PollPolicy(initial=0.5, maximum=5.0, deadline=3600.0)
 
 
-def people(count: int) -> list[Contact]:
-    """`count` distinct contacts with names, a salutation and one tag."""
+def people(count: int, start: int = 0) -> list[Contact]:
+    """`count` distinct contacts with names, a salutation and one tag (numbered from `start`)."""
     return [
         Contact(
             crm_id=str(i),
@@ -49,7 +49,7 @@ def people(count: int) -> list[Contact]:
             salutation="Frau" if i % 2 else "Herr",
             tags=frozenset({"crm"}),
         )
-        for i in range(count)
+        for i in range(start, start + count)
     ]
 
 

@@ -62,7 +62,7 @@ from typing import Any
 
 import httpx
 import sqlalchemy as sa
-from measure import fast_sqlite_writes, report
+from measure import fast_sqlite_writes, load, report, routes_text, sandbox_calls
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' package: live.py
 from newsletter_pipelines.crm.loader import insert_rows
@@ -89,11 +89,6 @@ APPROACHES = {
     "batch": "(3) SDK batch_list_members, 500 a call",
     "threads": "(4) SDK set_list_member on threads",
 }
-
-
-def load() -> str:
-    one, five, _ = os.getloadavg()
-    return f"load {one:.2f}/{five:.2f}"
 
 
 # --- the CRM ----------------------------------------------------------------------------------
@@ -173,21 +168,7 @@ def read_contacts(path: Path) -> list[dict[str, Any]]:
 
 def stats(url: str) -> Counter[tuple[str, str, int]]:
     """Mailchimp calls served so far, by (method, route template, status)."""
-    rows = httpx.get(f"{url}/_sandbox/stats", timeout=60).raise_for_status().json()["calls"]
-    return Counter(
-        {
-            (r["method"], r["route"], r["status"]): r["count"]
-            for r in rows
-            if r["provider"] == "mailchimp"
-        }
-    )
-
-
-def routes_text(calls: Counter[tuple[str, str, int]]) -> str:
-    by_route: Counter[str] = Counter()
-    for (method, route, status), n in calls.items():
-        by_route[f"{method} {route}" + ("" if status < 400 else f" → {status}")] += n
-    return ", ".join(f"{r} ×{n:,}" for r, n in sorted(by_route.items())) or "none"
+    return sandbox_calls(url, "mailchimp")
 
 
 # --- one measured run -------------------------------------------------------------------------

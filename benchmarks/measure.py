@@ -1,16 +1,21 @@
-"""What the benchmarks share: peak RSS, timers, the budget verdict, the printed tables, and
-fast writes while a throwaway SQLite file is set up."""
+"""What the benchmarks share: peak RSS, timers, time in the cycle collector, the load
+average, the budget verdict, the printed tables, the served sandbox's call counts, and fast
+writes while a throwaway SQLite file is set up."""
 
 from __future__ import annotations
 
 import contextlib
+import gc
+import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 import sqlalchemy as sa
 
@@ -70,12 +75,60 @@ def _hwm() -> int:
     return 0
 
 
+class GcTime:
+    """Seconds this process spent in the cycle collector while the block ran (`seconds`)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._started = 0.0
+
+    def _track(self, phase: str, _info: Mapping[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._started
+
+    def __enter__(self) -> GcTime:
+        gc.callbacks.append(self._track)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        gc.callbacks.remove(self._track)
+
+
 @contextmanager
 def timer(into: dict[str, float], name: str) -> Iterator[None]:
     """Add the seconds the block took to `into[name]`."""
     start = time.perf_counter()
     yield
     into[name] = into.get(name, 0.0) + time.perf_counter() - start
+
+
+def load() -> str:
+    """`load 1.23/1.45`: the 1- and 5-minute load averages, printed beside timings."""
+    one, five, _ = os.getloadavg()
+    return f"load {one:.2f}/{five:.2f}"
+
+
+def sandbox_calls(url: str, provider: str) -> Counter[tuple[str, str, int]]:
+    """Calls the served sandbox at `url` answered for `provider` so far, by (method, route
+    template, status); subtract two of these to count a phase's calls."""
+    rows = httpx.get(f"{url}/_sandbox/stats", timeout=60).raise_for_status().json()["calls"]
+    return Counter(
+        {
+            (r["method"], r["route"], r["status"]): r["count"]
+            for r in rows
+            if r["provider"] == provider
+        }
+    )
+
+
+def routes_text(calls: Counter[tuple[str, str, int]]) -> str:
+    """`POST /lists/{list_id} ×200, …` from `sandbox_calls` counts, failures with their status."""
+    by_route: Counter[str] = Counter()
+    for (method, route, status), n in calls.items():
+        by_route[f"{method} {route}" + ("" if status < 400 else f" → {status}")] += n
+    return ", ".join(f"{r} ×{n:,}" for r, n in sorted(by_route.items())) or "none"
 
 
 def verdict(ok: bool) -> str:

@@ -211,15 +211,20 @@ def process_env(home: Path, dagster_home: Path) -> dict[str, str]:
 
 
 def serve_sandbox(
-    root: Path, env: dict[str, str], latency: float = 0.0, batch_delay: float = 0.0
+    root: Path,
+    env: dict[str, str],
+    latency: float = 0.0,
+    batch_delay: float = 0.0,
+    process_delay: float = 0.0,
 ) -> tuple[Process, str]:
-    """`python -m newsletter_pipelines.sandbox serve [--latency] [--batch-delay]` on a free
-    port, in memory (no state file), answering; returns the process and its root URL."""
+    """`python -m newsletter_pipelines.sandbox serve [--latency] [--batch-delay]
+    [--process-delay]` on a free port, in memory (no state file), answering; returns the
+    process and its root URL."""
     (port,) = free_ports(1)
     argv = [
         *(sys.executable, "-m", "newsletter_pipelines.sandbox", "serve"),
         *("--host", "127.0.0.1", "--port", str(port), "--latency", f"{latency:g}"),
-        *("--batch-delay", f"{batch_delay:g}"),
+        *("--batch-delay", f"{batch_delay:g}", "--process-delay", f"{process_delay:g}"),
     ]
     process = start("sandbox", argv, env=env, cwd=root)
     url = f"http://127.0.0.1:{port}"

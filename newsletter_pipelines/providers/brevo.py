@@ -47,7 +47,9 @@ import json
 import logging
 import threading
 from collections.abc import Mapping, Sequence
+from contextlib import suppress
 from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -101,6 +103,9 @@ MEMBERS_LOOKUP_MAX = 500
 rate, 8 a second by default: about a minute for 500); above, the list snapshot (500 contacts a
 page) is read and filtered instead. Below it, the snapshot is read too when it takes fewer
 calls (a list of fewer than 500 × as many contacts as addresses)."""
+READ_BACK_MARGIN = timedelta(seconds=5)
+"""How long before Brevo's `Date` on an import's answer its read-back starts (a `Date` has
+whole seconds, and Brevo's machines may differ a little); a contact it misses is looked up."""
 MEMBERS_LOOKUP_FLOOR = 10
 """Up to this many addresses are read one by one without asking the list's size."""
 REASONS_LOG_EVERY = 200
@@ -292,7 +297,7 @@ class BrevoClient:
         if modified_since:
             params["modifiedSince"] = modified_since
         path = f"/contacts/lists/{self._list_id}/contacts"
-        return ContactsPage.model_validate(self._api.call("GET", path, params=params))
+        return self._api.call_model(ContactsPage, "GET", path, params=params)
 
     def _member(self, contact: ContactOut) -> Member:
         return Member(
@@ -442,14 +447,12 @@ class BrevoClient:
         codec = self._attributes
         now = datetime.now(UTC)  # Brevo stamps milliseconds: compare at that precision
         started = now.replace(microsecond=now.microsecond // 1000 * 1000)
-        margin = started - timedelta(minutes=1)  # read back generously; clocks may differ
-        since = margin.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-        processes = [
-            int(self._api.call("POST", "/contacts/import", json=body)["processId"])
+        answers = [
+            self._api.request("POST", "/contacts/import", json=body)
             for body in self._import_bodies(contacts)
         ]
-        self._await(processes)
-        seen = {c.email.lower(): c for c in self._read_list(since)}
+        self._await([int(answer.json()["processId"]) for answer in answers])
+        seen = {c.email.lower(): c for c in self._read_list(read_back_since(answers[0], started))}
         outcomes: dict[str, Outcome] = {}
         unlink: list[int] = []
         stale: list[tuple[dict[str, Any], str, str | None, Member | None]] = []
@@ -742,6 +745,18 @@ class BrevoClient:
     def close(self) -> None:
         """Close connections."""
         self._api.close()
+
+
+def read_back_since(answer: httpx.Response, started: datetime) -> str:
+    """`modifiedSince` for reading back what an import changed: `READ_BACK_MARGIN` before
+    Brevo's own time when it answered the import (its `Date`), so earlier imports (a push's
+    earlier chunks) are not read again; without that header, a minute before ours (clocks
+    may differ)."""
+    since = started - timedelta(minutes=1)
+    with suppress(KeyError, TypeError, ValueError):
+        said = parsedate_to_datetime(answer.headers["date"])
+        since = (said if said.tzinfo else said.replace(tzinfo=UTC)) - READ_BACK_MARGIN
+    return since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def _identify(provider_id: str | None, email: str) -> dict[str, Any]:

@@ -351,9 +351,8 @@ class MailchimpClient:
 
     def _page(self, offset: int) -> MembersPage:
         params = {"count": PAGE_SIZE, "offset": offset, "fields": _SNAPSHOT_FIELDS}
-        return MembersPage.model_validate(
-            self._api.call("GET", f"/lists/{self._list_id}/members", params=params)
-        )
+        path = f"/lists/{self._list_id}/members"
+        return self._api.call_model(MembersPage, "GET", path, params=params)
 
     def _member(self, m: MemberOut) -> Member:
         merge = m.merge_fields
@@ -483,8 +482,8 @@ class MailchimpClient:
             ],
             "update_existing": False,
         }
-        answer = BatchSubscribeAnswer.model_validate(
-            self._api.call("POST", f"/lists/{self._list_id}", json=body)
+        answer = self._api.call_model(
+            BatchSubscribeAnswer, "POST", f"/lists/{self._list_id}", json=body
         )
         by_key = {c.key: c for c in chunk}
         outcomes: dict[str, Outcome] = {}

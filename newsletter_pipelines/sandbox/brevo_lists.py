@@ -9,11 +9,12 @@ shows a list in both), so such a contact is not among the list's contacts; linki
 from __future__ import annotations
 
 from collections.abc import Callable
+from operator import attrgetter
 from typing import Any
 
 from newsletter_pipelines.sandbox import brevo_rules as rules
 from newsletter_pipelines.sandbox.brevo_rules import BrevoError, BrevoHooks, contact_json
-from newsletter_pipelines.sandbox.brevo_state import BvAccount, BvFolder, BvList
+from newsletter_pipelines.sandbox.brevo_state import BvAccount, BvContact, BvFolder, BvList
 from newsletter_pipelines.sandbox.core import Request, Response, json_response, parse_iso
 
 MAX_LIST_MEMBERS_CALL = 150
@@ -122,17 +123,14 @@ class ListHandlers:
     def get_list_contacts(self, account: BvAccount, request: Request) -> Response:
         lst = rules.find_list(account, request.params["listId"])
         limit, offset = rules.page(request, _CONTACT_LIMIT, 50)
-        rows = [c for c in account.contacts.values() if lst.id in c.listIds]
-        since = request.arg("modifiedSince")
-        if since:
-            try:
-                threshold = parse_iso(since)
-            except ValueError:
-                raise BrevoError(
-                    400, "invalid_parameter", "modifiedSince is not a valid date"
-                ) from None
-            rows = [c for c in rows if c.modifiedAt >= threshold]
-        rows.sort(key=lambda c: c.id, reverse=request.arg("sort", "desc") == "desc")
+        since = _modified_since(request)
+        list_id = lst.id  # read once: every contact of the account is looked at, every page
+        rows = [
+            c
+            for c in account.contacts.values()
+            if list_id in c.listIds and (since is None or c.modifiedAt >= since)
+        ]
+        _sort_by_id(account, rows, descending=request.arg("sort", "desc") == "desc")
         page = [contact_json(c) for c in rows[offset : offset + limit]]
         return json_response(200, {"contacts": page, "count": len(rows)})
 
@@ -194,3 +192,25 @@ class ListHandlers:
                 }
             },
         )
+
+
+def _modified_since(request: Request) -> float | None:
+    """The `modifiedSince` filter as epoch seconds (None: none), or a 400."""
+    since = request.arg("modifiedSince")
+    if not since:
+        return None
+    try:
+        return parse_iso(since)
+    except ValueError:
+        raise BrevoError(400, "invalid_parameter", "modifiedSince is not a valid date") from None
+
+
+def _sort_by_id(account: BvAccount, rows: list[BvContact], *, descending: bool) -> None:
+    """Sort contacts of the account by id in place. The account keys its contacts by id and
+    stores them as they were created, with growing ids, so when its keys are in order the
+    rows already are (and reversing them sorts them descending: ids are unique)."""
+    ids = list(account.contacts)
+    if ids != sorted(ids):
+        rows.sort(key=attrgetter("id"))
+    if descending:
+        rows.reverse()

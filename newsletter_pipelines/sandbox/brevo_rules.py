@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, Protocol
 
 from newsletter_pipelines.sandbox.brevo_state import (
@@ -83,6 +84,7 @@ def error(exc: BrevoError) -> Response:
     return json_response(exc.status, body, headers=exc.headers)
 
 
+@lru_cache(maxsize=256)  # contacts written together share their times
 def stamp(timestamp: float) -> str:
     """Brevo's timestamp format: milliseconds and a `+00:00` offset."""
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")

@@ -7,6 +7,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote
 
@@ -129,6 +130,7 @@ def _decoded(params: dict[str, str]) -> dict[str, str]:
     return {name: unquote(value) for name, value in params.items()}
 
 
+@lru_cache(maxsize=64)  # one request stamps every member it writes with the same time
 def now_iso(timestamp: float) -> str:
     """`timestamp` as ISO 8601 with a `+00:00` offset, seconds precision."""
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from newsletter_pipelines.sandbox.core import Request
@@ -24,7 +25,7 @@ def _keep(value: Any, tree: Tree) -> Any:
     if isinstance(value, list):
         return [_keep(item, tree) for item in value]
     if isinstance(value, dict):
-        return {k: _keep(v, tree[k]) for k, v in value.items() if k in tree}
+        return {k: _keep(v, tree[k]) if tree[k] else v for k, v in value.items() if k in tree}
     return value
 
 
@@ -48,3 +49,15 @@ def partial(body: dict[str, Any], request: Request) -> dict[str, Any]:
     if excluded:
         return _drop(body, _tree(excluded))
     return body
+
+
+def item_fields(request: Request, collection: str) -> Collection[str] | None:
+    """The top-level fields of each item of `collection` that the request's `fields` keeps
+    (None: every field), so a long page builds only those; `partial` does the rest."""
+    fields = request.list_arg("fields")
+    if not fields:
+        return None
+    tree = _tree(fields)
+    if collection not in tree:
+        return ()
+    return tree[collection].keys() or None

@@ -18,7 +18,7 @@ from newsletter_pipelines.sandbox.core import (
     json_response,
     now_iso,
 )
-from newsletter_pipelines.sandbox.fields import partial
+from newsletter_pipelines.sandbox.fields import item_fields, partial
 from newsletter_pipelines.sandbox.mailchimp_batch_ops import BatchHandlers
 from newsletter_pipelines.sandbox.mailchimp_campaigns import CampaignHandlers
 from newsletter_pipelines.sandbox.mailchimp_members import ProblemError, invalid, not_found
@@ -365,10 +365,9 @@ class MailchimpApi:
         since = request.arg("since_last_changed")
         if since:
             rows = [m for m in rows if m.last_changed >= since]
+        only = item_fields(request, "members")
         body = {
-            "members": [
-                members.representation(lst, m, lst.segments) for m in rows[offset : offset + count]
-            ],
+            "members": members.representations(lst, rows[offset : offset + count], only),
             "list_id": lst.id,
             "total_items": len(rows),
             "_links": [],

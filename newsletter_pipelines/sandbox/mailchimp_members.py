@@ -7,7 +7,7 @@ Addresses under the reserved `.invalid` top-level domain are what the sandbox tr
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 from newsletter_pipelines.sandbox.core import Request, now_iso
@@ -329,7 +329,10 @@ def rejoin(
 def _same_tag(names: Iterable[str], name: str) -> str | None:
     """The spelling under which `name` is already among `names` (tags ignore case)."""
     wanted = name.casefold()
-    return next((known for known in names if known.casefold() == wanted), None)
+    for known in names:  # a loop, not a generator: called several times for every member
+        if known.casefold() == wanted:
+            return known
+    return None
 
 
 def tag_spelling(segments: dict[str, int] | None, name: str) -> str:
@@ -403,37 +406,61 @@ def find(lst: McList, hash_or_email: str, *, contact_id: bool = False) -> McMemb
     return member
 
 
-def representation(lst: McList, member: McMember, segments: dict[str, int]) -> dict[str, Any]:
-    """A member as Mailchimp returns it (`ListMembers2`)."""
+_MEMBER_PARTS: tuple[tuple[str, Callable[[McList, McMember, dict[str, int]], Any]], ...] = (
+    ("id", lambda lst, m, segments: m.id),
+    ("email_address", lambda lst, m, segments: m.email_address),
+    ("unique_email_id", lambda lst, m, segments: m.unique_email_id),
+    ("contact_id", lambda lst, m, segments: m.contact_id),
+    ("full_name", lambda lst, m, segments: _full_name(m)),
+    ("web_id", lambda lst, m, segments: m.web_id),
+    ("email_type", lambda lst, m, segments: "html"),
+    ("status", lambda lst, m, segments: m.status),
+    ("unsubscribe_reason", lambda lst, m, segments: m.unsubscribe_reason),
+    ("consents_to_one_to_one_messaging", lambda lst, m, segments: True),
+    ("merge_fields", lambda lst, m, segments: dict(m.merge_fields)),
+    ("interests", lambda lst, m, segments: {}),
+    ("stats", lambda lst, m, segments: {"avg_open_rate": 0, "avg_click_rate": 0}),
+    ("ip_signup", lambda lst, m, segments: ""),
+    ("timestamp_signup", lambda lst, m, segments: m.timestamp_signup),
+    ("ip_opt", lambda lst, m, segments: ""),
+    ("timestamp_opt", lambda lst, m, segments: m.timestamp_opt),
+    ("member_rating", lambda lst, m, segments: 2),
+    ("last_changed", lambda lst, m, segments: m.last_changed),
+    ("language", lambda lst, m, segments: ""),
+    ("vip", lambda lst, m, segments: False),
+    ("email_client", lambda lst, m, segments: ""),
+    (
+        "location",
+        lambda lst, m, segments: {"latitude": 0, "longitude": 0, "gmtoff": 0, "dstoff": 0},
+    ),
+    ("source", lambda lst, m, segments: m.source),
+    ("tags_count", lambda lst, m, segments: len(m.tags)),
+    ("tags", lambda lst, m, segments: _tags(m, segments)),
+    ("list_id", lambda lst, m, segments: lst.id),
+    ("_links", lambda lst, m, segments: []),
+)
+"""Each field of a member's representation, in Mailchimp's order, and how to build it."""
+
+
+def _full_name(member: McMember) -> str:
     fname = str(member.merge_fields.get("FNAME", ""))
     lname = str(member.merge_fields.get("LNAME", ""))
-    return {
-        "id": member.id,
-        "email_address": member.email_address,
-        "unique_email_id": member.unique_email_id,
-        "contact_id": member.contact_id,
-        "full_name": f"{fname} {lname}".strip(),
-        "web_id": member.web_id,
-        "email_type": "html",
-        "status": member.status,
-        "unsubscribe_reason": member.unsubscribe_reason,
-        "consents_to_one_to_one_messaging": True,
-        "merge_fields": dict(member.merge_fields),
-        "interests": {},
-        "stats": {"avg_open_rate": 0, "avg_click_rate": 0},
-        "ip_signup": "",
-        "timestamp_signup": member.timestamp_signup,
-        "ip_opt": "",
-        "timestamp_opt": member.timestamp_opt,
-        "member_rating": 2,
-        "last_changed": member.last_changed,
-        "language": "",
-        "vip": False,
-        "email_client": "",
-        "location": {"latitude": 0, "longitude": 0, "gmtoff": 0, "dstoff": 0},
-        "source": member.source,
-        "tags_count": len(member.tags),
-        "tags": [{"id": segments.get(name, 0), "name": name} for name in list(member.tags)[:50]],
-        "list_id": lst.id,
-        "_links": [],
-    }
+    return f"{fname} {lname}".strip()
+
+
+def _tags(member: McMember, segments: dict[str, int]) -> list[dict[str, Any]]:
+    return [{"id": segments.get(name, 0), "name": name} for name in list(member.tags)[:50]]
+
+
+def representation(lst: McList, member: McMember, segments: dict[str, int]) -> dict[str, Any]:
+    """A member as Mailchimp returns it (`ListMembers2`)."""
+    return {name: build(lst, member, segments) for name, build in _MEMBER_PARTS}
+
+
+def representations(
+    lst: McList, members: Iterable[McMember], only: Collection[str] | None = None
+) -> list[dict[str, Any]]:
+    """Members as `representation` shows them, with only the fields named in `only`."""
+    parts = [(name, build) for name, build in _MEMBER_PARTS if only is None or name in only]
+    segments = lst.segments
+    return [{name: build(lst, m, segments) for name, build in parts} for m in members]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -82,8 +83,15 @@ def _raw_path(scope: Scope) -> str:
     return raw.decode("ascii").split("?", 1)[0] if raw else quote(scope["path"])
 
 
+GC_THRESHOLDS = (50_000, 20, 100)
+"""The served process's cycle collector runs this rarely (Python's default: every 700
+allocations): its state is long-lived and holds no cycles, yet the default spent a fifth of
+its CPU time traversing an audience of 50,000 members again and again."""
+
+
 def serve(sandbox: Sandbox, host: str = "127.0.0.1", port: int = 8765) -> None:
     """Serve until interrupted (the state file, if any, is written on shutdown)."""
+    gc.set_threshold(*GC_THRESHOLDS)
     uvicorn.run(SandboxApp(sandbox), host=host, port=port, log_level="info")
 
 

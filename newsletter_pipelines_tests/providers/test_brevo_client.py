@@ -7,6 +7,7 @@ import json
 import logging
 import threading
 import time
+from email.utils import formatdate
 
 import httpx
 import pytest
@@ -133,6 +134,40 @@ def test_import_chunks_stay_under_the_size_limit(
     make_brevo(recorder).upsert(contacts(500))
     sizes = [len(r.content) for r in recorder.requests if r.url.path.endswith("/contacts/import")]
     assert len(sizes) >= 3 and max(sizes) <= 20_000
+
+
+class DatedTransport(httpx.BaseTransport):
+    """The sandbox with a `Date` on every answer, from the sandbox's clock (as servers send)."""
+
+    def __init__(self, inner: httpx.BaseTransport, sandbox: Sandbox) -> None:
+        self.inner = inner
+        self.sandbox = sandbox
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        """Forward, then stamp the answer."""
+        response = self.inner.handle_request(request)
+        response.headers["date"] = formatdate(self.sandbox.now(), usegmt=True)
+        return response
+
+
+def test_an_import_is_read_back_from_brevos_time_not_earlier_imports(
+    sandbox: Sandbox, transport: httpx.BaseTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A push imports in chunks; each chunk's read-back starts at Brevo's `Date` on its import,
+    so it reads its own contacts only. Brevo's clock runs 10 minutes ahead of ours here, and
+    30 s pass between the chunks: from our clock less a minute, the second read-back read the
+    first chunk's contacts again."""
+    brevo_account(sandbox)
+    ahead = [600.0]
+    monkeypatch.setattr(sandbox, "now", lambda: time.time() + ahead[0])
+    client = make_brevo(DatedTransport(transport, sandbox))
+    assert {o.outcome for o in client.upsert(contacts(1200))} == {Result.CREATED}
+    ahead[0] += 30
+    before = sandbox.stats.count("brevo", template="/contacts/lists/{listId}/contacts")
+    assert {o.outcome for o in client.upsert(contacts(600, start=1200))} == {Result.CREATED}
+    pages = sandbox.stats.count("brevo", template="/contacts/lists/{listId}/contacts")
+    assert (before, pages - before) == (3, 2)  # 500 contacts a page
+    assert sandbox.stats.count("brevo", method="GET", template="/contacts/{identifier}") == 0
 
 
 def test_existing_contacts_are_updated_in_batches_of_100(
