@@ -186,6 +186,18 @@ CASES: dict[str, tuple[type[ConsentMachine], list[str], bool, list[Step]]] = {
             ("sync",),
         ],
     ),
+    # a person moved a member away and signed the old address up again: the webhooks' run
+    # left the moved member unseen, yet imported its tag removal beyond the full import-back
+    "brevo tag removal of a member unseen by the webhooks' run": (
+        BrevoConsent,
+        ["anna@example.de", "ben@example.de", "cem@example.de", "dora@example.de"],
+        True,
+        [
+            ("person", "change_email", "ben@example.de", "emil@example.de"),
+            ("person", "signup", "ben@example.de"),
+            ("sync",),
+        ],
+    ),
 }
 
 

@@ -5,8 +5,9 @@ what the rules prove for those addresses over the provider's current members, th
 the CRM (`scope`), so a duplicate, late or out-of-order delivery changes nothing, and an event
 of the sync's own writes finds nothing to import. Only what a few addresses cannot prove is
 left to the nightly full import-back: a member gone from its address may have moved to one
-outside the scope, so `removed` is believed only where an event says a member was deleted at
-the address and the provider no longer has the ledger's member (looked up by its stable id).
+outside the scope, so nothing its old address shows is taken for it, and `removed` is believed
+only where an event says a member was deleted at the address and the provider no longer has
+the ledger's member (looked up by its stable id).
 """
 
 from __future__ import annotations
@@ -76,13 +77,14 @@ def confirmed_deletions(
     return frozenset({key for stable, key in ids.items() if stable not in present} | unknown)
 
 
-def provable(diff: pd.DataFrame, unseen: frozenset[str], deleted: frozenset[str]) -> pd.DataFrame:
-    """`diff` without the changes of vanished members a run of a few addresses cannot prove: a
-    ledger row whose member is not at its address (`unseen`) is `removed`, or has its opt-out
-    the CRM did not take in imported, only where its member's deletion is confirmed
-    (`confirmed_deletions`); else the member may have moved outside the scope, and the full
-    import-back finds it there. The row's address is the ledger row's (a removal under a
-    contact's previous address is reported on the contact's current one)."""
+def provable(diff: pd.DataFrame, outside: frozenset[str], deleted: frozenset[str]) -> pd.DataFrame:
+    """`diff` without what a run of a few addresses cannot prove: a ledger row whose member the
+    scope has nowhere (`outside`: it may have moved to an address outside the scope) has no
+    provider-side change (no opt-out, removal or tag change; its address may show another
+    member), unless its member's deletion is confirmed (`confirmed_deletions`): then its
+    removal, or an opt-out the CRM did not take in, stands. The full import-back finds the rest.
+    The row's address is the ledger row's (a removal under a contact's previous address is
+    reported on the contact's current one)."""
     ledger_keys = pd.Series(
         [
             row.member_key if row is not None else key
@@ -91,15 +93,13 @@ def provable(diff: pd.DataFrame, unseen: frozenset[str], deleted: frozenset[str]
         index=diff.index,
         dtype=object,
     )
-    doubtful = (
-        diff["provider_change"].isin(_VANISHED)
-        & ledger_keys.isin(unseen)
-        & ~ledger_keys.isin(deleted)
+    unproven = ledger_keys.isin(outside) & ~(
+        ledger_keys.isin(deleted) & diff["provider_change"].isin(_VANISHED)
     )
-    if not doubtful.any():
+    if not unproven.any():
         return diff
     kept = diff.copy()
-    kept.loc[doubtful, ["provider_change", "ledger_after"]] = None
+    kept.loc[unproven, ["provider_change", "ledger_after", "import_tags", "import_untags"]] = None
     return kept
 
 

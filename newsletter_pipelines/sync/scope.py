@@ -160,7 +160,8 @@ class ScopeDiff:
 
     diff: pd.DataFrame
     eligibility: EligibilityResult
-    unseen: frozenset[str]  # match keys of ledger rows whose member may be outside the scope
+    unseen: frozenset[str]  # member keys of ledger rows whose member is not at their address
+    outside: frozenset[str]  # those of them whose member the scope has nowhere (`outside_keys`)
 
 
 def scope_diff(
@@ -176,7 +177,7 @@ def scope_diff(
         provider=provider,
         system_tag=system_tag,
     )
-    return ScopeDiff(diff, result, unseen_keys(scope))
+    return ScopeDiff(diff, result, unseen_keys(scope), outside_keys(scope))
 
 
 def unseen_keys(scope: Scope) -> frozenset[str]:
@@ -188,4 +189,17 @@ def unseen_keys(scope: Scope) -> frozenset[str]:
         key
         for key, stable in zip(scope.ledger["member_key"], scope.ledger["stable_id"], strict=True)
         if key not in at or (pd.notna(stable) and pd.notna(at[key]) and at[key] != stable)
+    )
+
+
+def outside_keys(scope: Scope) -> frozenset[str]:
+    """Member keys of the scope's unseen ledger rows (`unseen_keys`) whose member the scope has
+    at no other address either (by stable id; a row without one cannot be found): the member
+    may have moved outside the scope, so nothing its address shows is proven about it."""
+    present = frozenset(scope.snapshot["stable_id"].dropna())
+    stable_at = dict(zip(scope.ledger["member_key"], scope.ledger["stable_id"], strict=True))
+    return frozenset(
+        key
+        for key in unseen_keys(scope)
+        if pd.isna(stable_at[key]) or stable_at[key] not in present
     )

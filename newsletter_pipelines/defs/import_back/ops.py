@@ -91,7 +91,7 @@ def _import_scope(
     found = scope_diff(
         scope, _SETTINGS.crm_values, provider=audience.provider, system_tag=audience.system_tag
     )
-    diff = provable(found.diff, found.unseen, deleted)
+    diff = provable(found.diff, found.outside, deleted)
     result = found.eligibility
     done = import_back(
         audience,
