@@ -280,6 +280,31 @@ def test_d11_a_tag_a_killed_run_never_sent_is_not_taken_for_a_persons_removal(
     assert writes_of_a_resync(world) == 0
 
 
+@pytest.mark.parametrize("world", ["mailchimp"], indirect=True)
+def test_d6_a_persons_opt_out_after_the_syncs_own_unsubscribe_is_imported_once(
+    world: World,
+) -> None:
+    """Found by a random long model run: the sync unsubscribed a member (the CRM said no),
+    then the person subscribed again through a form (pending, seen by no sync) and
+    unsubscribed. The status is the same as after the sync's own unsubscribe; Mailchimp's
+    `unsubscribe_reason` tells the person's opt-out apart, and it is imported, once."""
+    world.sync()
+    world.set(2, newsletter="no")
+    world.sync(import_back=True)
+    assert member(world, "person2@example.de").unsubscribed_by == "admin"  # type: ignore[union-attr]
+    diff, _ = world.sync(import_back=True)
+    assert diff["provider_change"].isna().all()  # the sync's own unsubscribe: nothing to import
+    world.act("person2@example.de", "pending")
+    world.act("person2@example.de", "unsubscribe")
+    assert member(world, "person2@example.de").unsubscribed_by == "person"  # type: ignore[union-attr]
+    diff, _ = world.sync(import_back=True)
+    row = diff.set_index("match_key").loc["person2@example.de"]
+    assert row.provider_change == "opted_out"
+    diff, _ = world.sync(import_back=True)
+    assert diff["provider_change"].isna().all()
+    assert writes_of_a_resync(world) == 0
+
+
 @pytest.mark.parametrize("world", ["brevo"], indirect=True)
 def test_d9_a_contact_blacklisted_outside_the_list_gets_no_write(world: World) -> None:
     world.act("person15@example.de", "blacklist")  # unknown to the list: created outside it

@@ -198,14 +198,10 @@ CASES: dict[str, tuple[type[ConsentMachine], list[str], bool, list[Step]]] = {
             ("sync",),
         ],
     ),
-}
-
-
-OPEN: dict[str, tuple[type[ConsentMachine], list[str], bool, list[Step]]] = {
     # a run killed right after its unsubscribe (the CRM's no) went out; before the next run
-    # the person subscribed again (pending) and unsubscribed: the next run takes the status for
-    # its own unsubscribe and never imports the person's opt-out into the contact that still
-    # says yes (the snapshot cannot tell the two unsubscribes apart)
+    # the person subscribed again (pending) and unsubscribed: the next run took the status for
+    # its own unsubscribe and never imported the person's opt-out into the contact that still
+    # said yes (Mailchimp's unsubscribe reason tells the two apart)
     "mailchimp person's opt-out after a killed unsubscribe": (
         MailchimpConsent,
         ["dora@example.de", "emil@example.de", "cem@example.de"],
@@ -220,6 +216,9 @@ OPEN: dict[str, tuple[type[ConsentMachine], list[str], bool, list[Step]]] = {
         ],
     ),
 }
+
+
+OPEN: dict[str, tuple[type[ConsentMachine], list[str], bool, list[Step]]] = {}
 """Sequences a long run found that still fail: known defects, each strictly expected to fail
 until fixed (then it moves to `CASES`)."""
 

@@ -439,16 +439,40 @@ def test_d8_an_email_change_is_done_only_if_its_member_is_at_the_new_address() -
     old, new = want("1", "old@x.de"), want("1", "new@x.de")
     in_flight = synced(old, stable_id="s1").moved(intent=Intent.CHANGE_EMAIL, intent_key="new@x.de")
     someone = replace(have("new@x.de"), stable_id="s2")
-    rows = resolve_intents([in_flight], {"new@x.de": "subscribed"}, {"new@x.de": "s2"})
+    rows = resolve_intents([in_flight], {"new@x.de": someone})
     assert set(rows) == {"old@x.de"} and rows["old@x.de"].intent is None
     assert rows["old@x.de"].settled is None
-    done = resolve_intents([in_flight], {"new@x.de": "subscribed"}, {"new@x.de": "s1"})
+    done = resolve_intents([in_flight], {"new@x.de": replace(have("new@x.de"), stable_id="s1")})
     assert set(done) == {"new@x.de"} and done["new@x.de"].moved_from == "old@x.de"
     # the rules: the member moved by the person (found by its stable id) keeps its row
     ours = replace(have("elsewhere@x.de"), stable_id="s1")
     other_row = synced(want("2", "new@x.de"), stable_id="s2")
     frame = diff(desired=[new], members=[someone, ours], ledger=[other_row, in_flight])
     assert frame.loc["elsewhere@x.de"].address_move.old_email == "old@x.de"
+
+
+@pytest.mark.parametrize(("by", "ours"), [(None, True), ("admin", True), ("person", False)])
+def test_d8_an_unsubscribe_in_flight_is_ours_unless_the_provider_says_the_person_did_it(
+    by: str | None, ours: bool
+) -> None:
+    """A killed run's unsubscribe is done when the member is unsubscribed, unless the provider
+    says the person unsubscribed (Mailchimp's `unsubscribe_reason`): they did so after it (our
+    write was the admin's), and the opt-out is theirs to import."""
+    contact = want("1", "a@x.de")
+    in_flight = synced(contact).moved(intent=Intent.UNSUBSCRIBE)
+    member = replace(have("a@x.de", "unsubscribed"), unsubscribed_by=by)
+    row = resolve_intents([in_flight], {"a@x.de": member})["a@x.de"]
+    assert row.intent is None
+    assert (row.settled, row.state) == (
+        (Intent.UNSUBSCRIBE, RowState.UNSUBSCRIBED) if ours else (None, RowState.SUBSCRIBED)
+    )
+    if not ours:
+        assert (
+            diff(desired=[contact], members=[member], ledger=[in_flight])
+            .loc["a@x.de"]
+            .provider_change
+            == "opted_out"
+        )
 
 
 # --- decisions ---------------------------------------------------------------------------------
@@ -682,8 +706,8 @@ def test_a_member_moved_away_keeps_its_row_when_another_member_takes_its_old_add
     assert frame.loc["b@x.de"].address_move.old_email == "a@x.de"
     # the same with the address change a killed run left in flight (the CRM's, done)
     in_flight = rows[0].moved(intent=Intent.CHANGE_EMAIL, intent_key="b@x.de")
-    statuses, stable_ids = {"a@x.de": "subscribed", "b@x.de": "subscribed"}, {"a@x.de": "c2"}
-    done = resolve_intents([in_flight], statuses, stable_ids | {"b@x.de": "c1"})
+    members = {"a@x.de": moved("a@x.de", stable_id="c2"), "b@x.de": moved("b@x.de")}
+    done = resolve_intents([in_flight], members)
     assert set(done) == {"b@x.de"} and done["b@x.de"].settled is Intent.CHANGE_EMAIL
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from enum import StrEnum
-from typing import Protocol
+from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -78,6 +78,11 @@ class Member(_Frozen):
         default=None,
         description="The provider's id of the person that survives an address change "
         "(Mailchimp `contact_id`, Brevo contact `id`).",
+    )
+    unsubscribed_by: Literal["person", "admin"] | None = Field(
+        default=None,
+        description="Who unsubscribed the member, where the provider says (Mailchimp's "
+        "`unsubscribe_reason`); None when it does not.",
     )
 
     @property

@@ -17,7 +17,7 @@ import hashlib
 import logging
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qsl, quote, urlencode
 
 import httpx
@@ -72,6 +72,7 @@ _MEMBER_FIELD_NAMES = (
     "merge_fields",
     "tags",
     "last_changed",
+    "unsubscribe_reason",
 )
 _MEMBER_FIELDS = ",".join(_MEMBER_FIELD_NAMES)
 _SNAPSHOT_FIELDS = ",".join(["total_items", *(f"members.{f}" for f in _MEMBER_FIELD_NAMES)])
@@ -86,6 +87,18 @@ _WEBHOOK_EVENTS = {
     "campaign": False,
 }
 _WEBHOOK_SOURCES = {"user": True, "admin": True, "api": False}
+ADMIN_UNSUBSCRIBE_REASON = "N/A (Unsubscribed by an admin)"
+"""Mailchimp's `unsubscribe_reason` of a member unsubscribed by an admin or the API (the
+sync's own unsubscribes); a person who unsubscribes leaves another one."""
+
+
+def unsubscribed_by(status: str, reason: str | None) -> Literal["person", "admin"] | None:
+    """Who unsubscribed an `unsubscribed` member, from its `unsubscribe_reason`: an admin (or
+    the API) where Mailchimp says so, else the person; None where there is no reason to read
+    (another status, or none given)."""
+    if status != "unsubscribed" or not reason:
+        return None
+    return "admin" if reason == ADMIN_UNSUBSCRIBE_REASON else "person"
 
 
 def _without_secret(url: str) -> str:
@@ -366,6 +379,7 @@ class MailchimpClient:
             tags=frozenset(t.name for t in m.tags),
             last_changed=m.last_changed,
             stable_id=m.contact_id,
+            unsubscribed_by=unsubscribed_by(m.status, m.unsubscribe_reason),
         )
 
     # --- upsert -------------------------------------------------------------------------

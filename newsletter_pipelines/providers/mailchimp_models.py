@@ -25,6 +25,7 @@ class MemberOut(_Answer):
     merge_fields: dict[str, Any] = Field(default_factory=dict)
     tags: list[TagRef] = Field(default_factory=list)
     last_changed: datetime | None = None
+    unsubscribe_reason: str | None = None
 
 
 class MembersPage(_Answer):

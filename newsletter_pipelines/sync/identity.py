@@ -39,6 +39,7 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
+from typing import Protocol
 
 
 class RowState(StrEnum):
@@ -128,38 +129,52 @@ def write_key(action: str, *parts: object) -> str:
     return hashlib.sha1(text.encode("utf-8"), usedforsecurity=False).hexdigest()
 
 
+class SeenMember(Protocol):
+    """What settling a write in flight reads of a snapshot member."""
+
+    status: str
+    stable_id: str | None
+    unsubscribed_by: str | None
+
+
 def resolve_intents(
-    rows: Iterable[LedgerRow], statuses: Mapping[str, str], stable_ids: Mapping[str, str | None]
+    rows: Iterable[LedgerRow], members: Mapping[str, SeenMember]
 ) -> dict[str, LedgerRow]:
     """Rows by member key, with writes left in flight by a killed run settled from the snapshot.
 
-    `statuses` and `stable_ids` map the member keys of the snapshot to their provider status
-    and stable id. A write whose effect is visible was ours: a removal, an unsubscribe, a
-    create, an address change (its member, by stable id, at the new address). One whose effect
-    is not visible never happened. Either way the intent is cleared; a write that happened is
-    marked `settled`.
+    `members` are the snapshot's by member key. A write whose effect is visible was ours: a
+    removal, an unsubscribe (unless the provider says the person unsubscribed: then they did
+    so after it, and their opt-out is theirs), a create, an address change (its member, by
+    stable id, at the new address). One whose effect is not visible never happened. Either way
+    the intent is cleared; a write that happened is marked `settled`.
     """
     resolved: dict[str, LedgerRow] = {}
     for row in rows:
         if row.intent is None:  # most rows: nothing to settle (and no copy to make)
             resolved[row.member_key] = row
             continue
-        status = statuses.get(row.member_key)
+        member = members.get(row.member_key)
+        status = member.status if member is not None else None
         done = row.moved(intent=None, intent_key=None, settled=row.intent)
         if row.intent is Intent.REMOVE and status in (None, "archived"):
             resolved[row.member_key] = done.moved(state=RowState.REMOVED)
-        elif row.intent is Intent.UNSUBSCRIBE and status in ("unsubscribed", "blacklisted"):
+        elif (
+            row.intent is Intent.UNSUBSCRIBE
+            and status in ("unsubscribed", "blacklisted")
+            and member.unsubscribed_by != "person"
+        ):
             resolved[row.member_key] = done.moved(state=RowState.UNSUBSCRIBED)
         elif row.intent is Intent.CREATE and status in ("subscribed", "pending"):
             resolved[row.member_key] = done.moved(state=RowState.SUBSCRIBED)
         elif (
             row.intent is Intent.CHANGE_EMAIL
             and row.intent_key is not None
-            and statuses.get(row.intent_key) in ("subscribed", "pending")
+            and (arrived := members.get(row.intent_key)) is not None
+            and arrived.status in ("subscribed", "pending")
             and (
                 status is None  # without stable ids: the old address is free, the new one held
                 if row.stable_id is None
-                else stable_ids.get(row.intent_key) == row.stable_id
+                else arrived.stable_id == row.stable_id
             )
         ):
             resolved.setdefault(

@@ -65,6 +65,7 @@ SNAPSHOT_COLUMNS = (
     "tags",
     "last_changed",
     "stable_id",
+    "unsubscribed_by",
 )
 
 
@@ -84,6 +85,7 @@ def snapshot_frame(members: Iterable[Member]) -> pd.DataFrame:
                 tuple(sorted(m.tags)),
                 m.last_changed,
                 m.stable_id,
+                m.unsubscribed_by,
             )
             for m in members
         ],
@@ -93,7 +95,7 @@ def snapshot_frame(members: Iterable[Member]) -> pd.DataFrame:
 
 def actual_members(snapshot: pd.DataFrame) -> Iterator[Actual]:
     """The snapshot in reconciliation values."""
-    for pid, email, key, status, salutation, first, last, tags, changed, stable in snapshot[
+    for pid, email, key, status, salutation, first, last, tags, changed, stable, by in snapshot[
         list(SNAPSHOT_COLUMNS)
     ].itertuples(index=False, name=None):
         yield Actual(
@@ -107,6 +109,7 @@ def actual_members(snapshot: pd.DataFrame) -> Iterator[Actual]:
             frozenset(tags),
             as_datetime(changed),
             stable,
+            by,
         )
 
 

@@ -131,6 +131,7 @@ class Actual:
     tags: frozenset[str] = frozenset()
     changed_at: datetime | None = None  # the provider's time of the member's last change
     stable_id: str | None = None  # the provider's id of the member across address changes
+    unsubscribed_by: str | None = None  # "person" or "admin", where the provider says
 
 
 @dataclass(frozen=True)
@@ -259,11 +260,7 @@ class _Rules:
         self.style = context.style
         self.system = frozenset({context.system_tag}) if context.system_tag else frozenset()
         ledger = list(ledger)
-        resolved = resolve_intents(
-            ledger,
-            {k: m.status for k, m in self.members.items()},
-            {k: m.stable_id for k, m in self.members.items()},
-        )
+        resolved = resolve_intents(ledger, self.members)
         resolved |= self.arrived(ledger, resolved)
         self.moves = address_moves(resolved, self.members)
         self.ledger = _moved_rows(resolved, self.moves, self.members)
@@ -430,8 +427,8 @@ class _Rules:
         }
         if row is None:
             return _first_seen(member, owner, RowState.OPTED_OUT).moved(**seen)
-        if row.state is RowState.UNSUBSCRIBED:  # our own unsubscribe: not the person's
-            return row.moved(**seen)
+        if row.state is RowState.UNSUBSCRIBED and not _persons_since(row, member):
+            return row.moved(**seen)  # our own unsubscribe: not the person's
         keep_owner = row.state is RowState.OPTED_OUT and row.owner is not None
         return row.moved(state=RowState.OPTED_OUT, owner=row.owner if keep_owner else owner, **seen)
 
@@ -445,8 +442,14 @@ class _Rules:
         change of the contact deciding the address (eligible or not). Then the person opted
         out again after the CRM's word (say, re-subscribed and unsubscribed between two syncs),
         which the status alone cannot tell. An opt-out the CRM has not taken in yet
-        (`LedgerRow.unimported_opt_out`) is new to it still."""
-        if row is None or row.state not in BLOCKING or _unimported(row):
+        (`LedgerRow.unimported_opt_out`) is new to it still, and so is the person's opt-out
+        after the sync's own unsubscribe (`_persons_since`)."""
+        if (
+            row is None
+            or row.state not in BLOCKING
+            or _unimported(row)
+            or _persons_since(row, member)
+        ):
             return ProviderChange.OPTED_OUT
         if row.provider_changed_at is None:
             return None
@@ -947,6 +950,13 @@ class _Rules:
                     before=row,
                     **self.unimported_import(row, key),
                 )
+
+
+def _persons_since(row: LedgerRow, member: Actual) -> bool:
+    """Whether the provider says the person unsubscribed a member the sync had unsubscribed
+    itself: they subscribed again since (say, pending through a form, which no sync saw) and
+    unsubscribed; the sync's own unsubscribe leaves the admin's reason."""
+    return row.state is RowState.UNSUBSCRIBED and member.unsubscribed_by == "person"
 
 
 def _unimported(row: LedgerRow) -> bool:
