@@ -653,8 +653,9 @@ class LiveStack:
 
     def people(self, audience: str, count: int, *, exclude: Sequence[Person] = ()) -> list[Person]:
         """`count` CRM contacts alone with their address (no other contact shares its match
-        key), newsletter `yes`, that the audience holds as subscribed and no inbox event names
-        (so no other run's scope includes them); in contact id order."""
+        key), newsletter `yes`, that the audience holds as subscribed and no unprocessed inbox
+        event of the audience names (so no other run's scope includes them; the events of the
+        sync's own writes, applied already, may); in contact id order."""
         schema = self.settings.crm_schema
         contacts = crm_tables(schema).contacts
         query = sa.select(
@@ -669,7 +670,11 @@ class LiveStack:
         state = self.state_engine()
         try:
             with state.connect() as conn:
-                emails = conn.execute(sa.select(provider_events.c.email)).scalars()
+                pending = sa.select(provider_events.c.email).where(
+                    provider_events.c.audience == audience,
+                    provider_events.c.processed_at.is_(None),
+                )
+                emails = conn.execute(pending).scalars()
                 named = {raw_match_key(e) for e in emails}
         finally:
             state.dispose()
