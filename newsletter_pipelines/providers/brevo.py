@@ -55,6 +55,7 @@ from urllib.parse import quote
 
 import httpx
 
+from newsletter_pipelines.bulk import gc_paused
 from newsletter_pipelines.providers.base import (
     Action,
     Audience,
@@ -230,8 +231,10 @@ class BrevoClient:
     # --- snapshot -----------------------------------------------------------------------
 
     def snapshot(self) -> list[Member]:
-        """Every contact of the list by paging its contacts, 500 a page, oldest first."""
-        return [self._member(c) for c in self._read_list()]
+        """Every contact of the list by paging its contacts, 500 a page, oldest first (the
+        cyclic garbage collector paused: `bulk.gc_paused`)."""
+        with gc_paused():
+            return [self._member(c) for c in self._read_list()]
 
     def members(self, emails: Sequence[str]) -> list[Member]:
         """`GET /contacts/{email}` per address, paced (absent, or not in the list: no member);

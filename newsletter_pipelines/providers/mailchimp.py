@@ -23,6 +23,7 @@ from urllib.parse import parse_qsl, quote, urlencode
 import httpx
 from pydantic import BaseModel
 
+from newsletter_pipelines.bulk import gc_paused
 from newsletter_pipelines.providers.base import (
     Action,
     Audience,
@@ -306,12 +307,14 @@ class MailchimpClient:
     # --- snapshot -----------------------------------------------------------------------
 
     def snapshot(self) -> list[Member]:
-        """Every member (all statuses) by paging `GET /lists/{id}/members`, 1000 a page."""
-        first = self._page(0)
-        offsets = list(range(PAGE_SIZE, first.total_items, PAGE_SIZE))
-        pages = [first, *self._api.parallel(self._page, offsets)]
-        by_id = {m.id: self._member(m) for page in pages for m in page.members}
-        return list(by_id.values())
+        """Every member (all statuses) by paging `GET /lists/{id}/members`, 1000 a page (the
+        cyclic garbage collector paused: `bulk.gc_paused`)."""
+        with gc_paused():
+            first = self._page(0)
+            offsets = list(range(PAGE_SIZE, first.total_items, PAGE_SIZE))
+            pages = [first, *self._api.parallel(self._page, offsets)]
+            by_id = {m.id: self._member(m) for page in pages for m in page.members}
+            return list(by_id.values())
 
     def members(self, emails: Sequence[str]) -> list[Member]:
         """`GET …/members/{hash}` per address, concurrently (404: no member); the snapshot,
