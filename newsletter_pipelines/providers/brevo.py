@@ -1,8 +1,9 @@
 """Brevo API v3 client for one list (in one folder).
 
 - creates: a few through `POST /contacts`, many through `POST /contacts/import` (jsonBody chunks
-  ≤ 8 MB), whose process is polled sparingly (the processes endpoint shares a 100 requests/hour
-  budget) and whose result is read back from the list (`modifiedSince`) for ids and statuses;
+  ≤ 8 MB), whose process is polled as `IMPORT_POLL` says (the processes endpoint shares a
+  100 requests/hour budget), and whose result is read back from the list (`modifiedSince`)
+  for ids and statuses;
 - updates, email changes and unsubscribes (`emailBlacklisted: true`): `POST /contacts/batch`;
   a refused batch is replayed contact by contact (`PUT /contacts/{id}`) to find who was refused;
 - removal: `POST /contacts/lists/{id}/contacts/remove`, 150 a call;
@@ -87,7 +88,7 @@ from newsletter_pipelines.providers.brevo_models import (
     Webhooks,
 )
 from newsletter_pipelines.providers.errors import ApiError, ProviderError
-from newsletter_pipelines.providers.http import ApiClient, PollPolicy, RetryPolicy
+from newsletter_pipelines.providers.http import ApiClient, HourlyBudget, PollPolicy, RetryPolicy
 
 log = logging.getLogger("newsletter_pipelines.providers")
 
@@ -98,6 +99,11 @@ CONTACT_PAGE = 500
 LIST_MEMBERS_MAX = 150
 BATCH_UPDATE_MAX = 100
 IMPORT_MAX_BYTES = 8 * 1024 * 1024
+IMPORT_POLL = PollPolicy(initial=1.0, maximum=60.0, deadline=7200.0, per_hour=60)
+"""Import processes are polled after 1 s, then at doubling waits up to 60 s, at most 60 polls
+an hour (bursts of `PROCESS_POLLS_BURST`): the processes endpoint shares Brevo's 100
+requests/hour with webhooks, account and the rest."""
+PROCESS_POLLS_BURST = 20
 _IMPORT_ENVELOPE = 256
 MEMBERS_LOOKUP_MAX = 500
 """Most addresses `members` reads one by one (`GET /contacts/{email}`, paced to the client's
@@ -171,7 +177,12 @@ class BrevoClient:
         self._audience_name = audience_name
         self._folder_name = folder_name
         self._mapping = attributes or AttributeMap()
-        self._poll = poll or PollPolicy(initial=15.0, maximum=120.0, deadline=7200.0)
+        self._poll = poll or IMPORT_POLL
+        self._process_polls = (
+            HourlyBudget(self._poll.per_hour, burst=PROCESS_POLLS_BURST)
+            if self._poll.per_hour
+            else None
+        )
         self._direct_max = direct_max
         self._audience: Audience | None = None
         self._codec: AttributeCodec | None = None
@@ -526,6 +537,9 @@ class BrevoClient:
 
         def all_completed() -> bool:
             for process_id in sorted(waiting):
+                if self._process_polls is not None and not self._process_polls.allow():
+                    return False  # the hourly budget is spent for now: the next round
+
                 process = Process.model_validate(self._api.call("GET", f"/processes/{process_id}"))
                 if process.status in ("failed", "cancelled"):
                     raise ProviderError(

@@ -67,6 +67,7 @@ class PollPolicy:
     initial: float = 1.0
     maximum: float = 60.0
     deadline: float = 3600.0
+    per_hour: float | None = None  # polls allowed an hour (`HourlyBudget`); None: no limit
 
     def until(self, finished: Callable[[], bool]) -> bool:
         """Call `finished` after waits doubling from `initial` up to `maximum` until it answers
@@ -79,6 +80,29 @@ class PollPolicy:
             retry_error_callback=lambda _: False,
         )
         return bool(retrying(finished))
+
+
+class HourlyBudget:
+    """A token bucket for an hourly request budget: `burst` calls at once, refilled at
+    `per_hour`; `allow` never blocks (a poller skips a round instead)."""
+
+    def __init__(
+        self, per_hour: float, burst: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._rate, self._burst, self._clock = per_hour / 3600.0, burst, clock
+        self._tokens, self._updated = float(burst), clock()
+        self._lock = threading.Lock()
+
+    def allow(self) -> bool:
+        """Take one call from the budget; False when none is left now."""
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self._burst, self._tokens + (now - self._updated) * self._rate)
+            self._updated = now
+            if self._tokens < 1:
+                return False
+            self._tokens -= 1
+            return True
 
 
 class RateLimiter:

@@ -26,8 +26,10 @@ from newsletter_pipelines.providers.brevo_models import Attribute
 from newsletter_pipelines.providers.errors import (
     AuthenticationError,
     ConfigurationError,
+    ProviderError,
     UnavailableError,
 )
+from newsletter_pipelines.providers.http import PollPolicy
 from newsletter_pipelines.sandbox import SANDBOX_BREVO_KEY, FaultRule, PersonEvent, Sandbox
 from newsletter_pipelines.sandbox.brevo_state import BvAccount, BvAttribute, BvContact
 from newsletter_pipelines.sandbox.people import brevo_person
@@ -108,6 +110,26 @@ def test_a_few_new_contacts_are_created_directly(sandbox: Sandbox, brevo: BrevoC
     assert sample.provider_id == outcomes[1].provider_id
     assert (sample.first_name, sample.last_name, sample.salutation) == ("First1", "Last1", "Frau")
     assert sample.tags == {"vip", "news"} and sample.status is MemberStatus.SUBSCRIBED
+
+
+def test_import_polls_stay_within_the_hourly_budget(
+    sandbox: Sandbox, transport: httpx.BaseTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The processes endpoint shares Brevo's 100 requests/hour: a client polls its imports
+    within `per_hour` (after a burst of `PROCESS_POLLS_BURST`), skipping rounds when none is
+    left, and gives up at the deadline rather than overdraw."""
+    brevo_account(sandbox)
+    monkeypatch.setattr(brevo_module, "IMPORT_MAX_BYTES", 40_000)
+    monkeypatch.setattr(brevo_module, "PROCESS_POLLS_BURST", 2)
+    poll = PollPolicy(initial=0.0, maximum=0.01, deadline=1.0, per_hour=0.001)
+    client = make_brevo(transport, poll=poll)
+    try:
+        with pytest.raises(ProviderError, match="not done within"):
+            client.upsert(contacts(1200))  # several imports, polls for two
+    finally:
+        client.close()
+    assert sandbox.stats.count("brevo", template="/contacts/import") > 2
+    assert sandbox.stats.count("brevo", template="/processes/{processId}") == 2
 
 
 def test_many_new_contacts_are_imported_and_read_back(

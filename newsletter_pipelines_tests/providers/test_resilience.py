@@ -12,7 +12,7 @@ from newsletter_pipelines.providers import brevo as brevo_module
 from newsletter_pipelines.providers import http as http_module
 from newsletter_pipelines.providers.base import MemberStatus, Result
 from newsletter_pipelines.providers.errors import UnavailableError
-from newsletter_pipelines.providers.http import PollPolicy, RetryPolicy
+from newsletter_pipelines.providers.http import HourlyBudget, PollPolicy, RetryPolicy
 from newsletter_pipelines.sandbox import (
     SANDBOX_BREVO_KEY,
     SANDBOX_MAILCHIMP_KEY,
@@ -163,3 +163,15 @@ def test_polling_waits_before_each_look_doubling_up_to_the_maximum_and_gives_up_
     monkeypatch.undo()
     assert not policy.until(lambda: looks.append(0.0) or False)
     assert len(looks) >= 2
+
+
+def test_an_hourly_budget_allows_its_burst_then_its_refill_only() -> None:
+    now = [0.0]
+    budget = HourlyBudget(per_hour=3600.0, burst=2, clock=lambda: now[0])  # one a second
+    assert [budget.allow() for _ in range(3)] == [True, True, False]
+    now[0] = 0.5
+    assert not budget.allow()
+    now[0] = 1.0
+    assert budget.allow() and not budget.allow()
+    now[0] = 100.0  # refilled up to the burst, no further
+    assert [budget.allow() for _ in range(3)] == [True, True, False]
