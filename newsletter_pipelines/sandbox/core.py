@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -10,6 +9,8 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote
+
+import orjson
 
 
 class BodyError(ValueError):
@@ -50,7 +51,7 @@ class Request:
     def json(self) -> Any:
         """The decoded JSON body."""
         try:
-            return json.loads(self.body or b"null")
+            return orjson.loads(self.body or b"null")
         except ValueError as exc:
             raise BodyError(str(exc)) from None
 
@@ -81,7 +82,7 @@ def json_response(
     """A JSON response with the given status."""
     return Response(
         status,
-        json.dumps(payload, separators=(",", ":")).encode(),
+        orjson.dumps(payload),
         {"content-type": content_type, **(headers or {})},
     )
 
