@@ -15,8 +15,14 @@ from hypothesis import strategies as st
 from newsletter_pipelines.crm import reader
 from newsletter_pipelines.crm.reader import CONTACT_COLUMNS, read_contacts
 from newsletter_pipelines.settings import CrmSchema
+from newsletter_pipelines.sync import email_address
 from newsletter_pipelines.sync.eligibility import classify
-from newsletter_pipelines.sync.email_address import clean_raw_email, clean_raw_emails
+from newsletter_pipelines.sync.email_address import (
+    check_email,
+    check_emails,
+    clean_raw_email,
+    clean_raw_emails,
+)
 from newsletter_pipelines_tests.test_eligibility import contact, frame
 
 RAW_VALUES = st.one_of(
@@ -37,6 +43,14 @@ def test_clean_raw_emails_answers_what_clean_raw_email_answers(values: list[obje
     expected = [clean_raw_email(v) for v in values]
     assert cleaned.tolist() == expected
     assert [type(c) for c in cleaned] == [type(e) for e in expected]
+
+
+def test_addresses_checked_in_several_batches_answer_what_the_library_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(email_address, "_BATCH", 3)
+    batch = ["a@b.de", "Info@X.DE", "x@bücher.de", "B@C.DE", "n/a", "a@x.test", "ANNA@EXAMPLE.COM"]
+    assert check_emails(batch) == [check_email(a) for a in batch]
 
 
 @pytest.mark.parametrize("first", ["a@b.de", "a@b.de\x00"])

@@ -140,7 +140,7 @@ def _newest_first_order(
     ts = updated_at.array.asi8
     nat = updated_at.isna().to_numpy()
     newest_first = np.where(nat, np.iinfo(np.int64).max, -np.where(nat, 0, ts))
-    id_rank = pd.factorize(ids, sort=True)[0]
+    id_rank = ids if ids.dtype.kind in "iu" else pd.factorize(ids, sort=True)[0]
     return np.lexsort((id_rank, newest_first, key_codes))
 
 
