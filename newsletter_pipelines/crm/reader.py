@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
-from typing import Any
+from collections.abc import Collection, Sequence
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 from more_itertools import chunked
+from pandas._libs import lib
+from pandas._typing import ArrayLike
+from pandas.core.dtypes.cast import maybe_infer_to_datetimelike
 
 from newsletter_pipelines.bulk import gc_paused
 from newsletter_pipelines.crm.addresses import irregular, printable_ascii, sql_address_key
@@ -18,6 +21,8 @@ from newsletter_pipelines.sync.email_address import raw_match_key
 
 # the frame's column names: the default schema's field names, with the id as `contact_id`
 CONTACT_COLUMNS = ("contact_id", *CONTACT_FIELDS[1:])
+_BATCH_ROWS = 50_000
+_SHARED_MAX_SHARE = 0.25  # distinct values per row read, past which a column is left as read
 LOOKUP_MAX = 5_000  # addresses or ids `read_contacts_at` looks up in SQL; past that it reads all
 
 
@@ -45,15 +50,21 @@ def read_contacts(engine: sa.Engine, schema: CrmSchema) -> pd.DataFrame:
     contact_query = sa.select(*contacts.c).order_by(contacts.c[schema.id])
     tag_query = _tag_query(schema)
     try:
-        rows = _fetch_all(engine, contact_query)
-        tag_rows = _fetch_all(engine, tag_query)
+        with gc_paused():
+            rows = _fetch_rows(engine, contact_query, len(CONTACT_COLUMNS), share=True)
+            tag_rows = _fetch_rows(engine, tag_query, 2, share=False)  # tuples are shared
     except sa.exc.SQLAlchemyError as exc:
         raise _read_error(schema, exc) from exc
     except engine.dialect.loaded_dbapi.Error as exc:
         raise _read_error(schema, exc) from exc
-    frame = pd.DataFrame.from_records(rows, columns=list(CONTACT_COLUMNS))
+    frame = pd.DataFrame(rows, columns=list(CONTACT_COLUMNS), dtype=object)
+    if len(frame):  # typed as `DataFrame.from_records` types them (no rows: all object)
+        for i in range(rows.shape[1]):
+            typed = _inferred(rows[:, i])
+            if typed.dtype != object:
+                frame.isetitem(i, typed)
     del rows
-    return _with_tags(frame, tag_rows)
+    return _with_tags(frame, tag_rows[:, 0], tag_rows[:, 1])
 
 
 def read_contacts_at(
@@ -98,7 +109,9 @@ def read_contacts_at(
     except engine.dialect.loaded_dbapi.Error as exc:
         raise _read_error(schema, exc) from exc
     frame = pd.DataFrame.from_records(found, columns=list(CONTACT_COLUMNS))
-    return _with_tags(frame, tag_rows)
+    tag_ids = np.fromiter((row[0] for row in tag_rows), dtype=object, count=len(tag_rows))
+    tag_values = np.fromiter((row[1] for row in tag_rows), dtype=object, count=len(tag_rows))
+    return _with_tags(frame, tag_ids, tag_values)
 
 
 def _typed_ids(engine: sa.Engine, schema: CrmSchema, ids: Collection[str]) -> list[object]:
@@ -121,25 +134,68 @@ def _tag_query(schema: CrmSchema, ids: Sequence[object] | None = None) -> sa.Sel
     return query.order_by(tag_cid, tag)
 
 
-def _with_tags(frame: pd.DataFrame, tag_rows: Iterable[Sequence[Any]]) -> pd.DataFrame:
-    """`frame` with a `tags` column: each contact's tags from (contact id, tag) rows."""
-    tags_by_id: dict[object, list[str]] = {}
-    for cid, value in tag_rows:
-        tags_by_id.setdefault(cid, []).append(str(value))
-    frame["tags"] = [tuple(tags_by_id.get(cid, ())) for cid in frame["contact_id"]]
+def _with_tags(frame: pd.DataFrame, tag_ids: np.ndarray, tag_values: np.ndarray) -> pd.DataFrame:
+    """`frame` with a `tags` column: each contact's tags (text, in the rows' order) from the
+    (contact id, tag) rows as two columns. Contacts with the same tags share one tuple."""
+    if len(tag_values) and pd.api.types.infer_dtype(tag_values, skipna=False) != "string":
+        tag_values = np.fromiter(map(str, tag_values), dtype=object, count=len(tag_values))
+    kind = pd.api.types.infer_dtype(tag_ids, skipna=False)
+    if not len(frame) or kind != pd.api.types.infer_dtype(frame["contact_id"], skipna=False):
+        kind = "other"
+    if kind not in {"integer", "string"}:  # ids of mixed or other types: matched as Python does
+        tags_by_id: dict[object, list[str]] = {}
+        for cid, value in zip(tag_ids.tolist(), tag_values.tolist(), strict=True):
+            tags_by_id.setdefault(cid, []).append(value)
+        frame["tags"] = [tuple(tags_by_id.get(cid, ())) for cid in frame["contact_id"]]
+        return frame
+    codes, owners = pd.factorize(tag_ids)
+    order = np.argsort(codes, kind="stable")  # each contact's tags together, in row order
+    ends = np.cumsum(np.bincount(codes, minlength=len(owners))).tolist()
+    values = tag_values[order].tolist()
+    shared: dict[tuple[str, ...], tuple[str, ...]] = {}
+    spans = zip([0, *ends], [*ends, 0], strict=True)  # the last: contacts without tags
+    tuples = (tuple(values[start:end]) for start, end in spans)
+    by_owner = np.fromiter((shared.setdefault(t, t) for t in tuples), dtype=object)
+    frame["tags"] = by_owner[pd.Index(owners).get_indexer(frame["contact_id"])]
     return frame
 
 
-def _fetch_all(engine: sa.Engine, query: sa.Select) -> list[tuple]:
-    """Rows of `query` straight from the DBAPI cursor (no per-row SQLAlchemy processing)."""
+def _fetch_rows(engine: sa.Engine, query: sa.Select, width: int, *, share: bool) -> np.ndarray:
+    """The rows of `query` as a 2-D object array, straight from the DBAPI cursor (no per-row
+    SQLAlchemy processing), a batch at a time. With `share`, equal text in a column whose values
+    repeat is one string object (names, flags, salutations): a million rows keep few copies."""
     sql = str(query.compile(dialect=engine.dialect))
+    blocks = [np.empty((0, width), dtype=object)]
+    seen: list[dict[str, str] | None] = [{} if share else None for _ in range(width)]
+    rows = 0
     connection = engine.raw_connection()
     try:
         cursor = connection.cursor()
         cursor.execute(sql)
-        return cursor.fetchall()
+        while batch := cursor.fetchmany(_BATCH_ROWS):
+            block = lib.to_object_array_tuples(batch)
+            del batch
+            rows += len(block)
+            for i, known in enumerate(seen):
+                if known is None:
+                    continue
+                before = len(known)
+                # only equal text is surely the same value (not 1, 1.0 and True)
+                block[:, i] = [known.setdefault(v, v) if type(v) is str else v for v in block[:, i]]
+                if len(known) == before == 0 or len(known) > _SHARED_MAX_SHARE * rows:
+                    seen[i] = None  # no text (ids, numbers), or nearly every value differs
+            blocks.append(block)
     finally:
         connection.close()
+    return np.concatenate(blocks)
+
+
+def _inferred(column: np.ndarray) -> ArrayLike:
+    """What `DataFrame.from_records` makes of an object column (numbers, datetimes typed)."""
+    converted = lib.maybe_convert_objects(column)
+    if converted.dtype == object:
+        converted = maybe_infer_to_datetimelike(converted)
+    return converted
 
 
 def _read_error(schema: CrmSchema, exc: Exception) -> CrmError:

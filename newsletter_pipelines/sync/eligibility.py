@@ -19,12 +19,16 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
+from newsletter_pipelines.bulk import gc_paused
 from newsletter_pipelines.settings import CrmValues
-from newsletter_pipelines.sync.email_address import check_emails, clean_raw_email
+from newsletter_pipelines.sync.email_address import check_distinct, clean_raw_emails
 from newsletter_pipelines.values import is_missing
 
 REASONS = ("private", "missing_email", "invalid_email", "duplicate", "opted_out", "not_opted_in")
+_PRIVATE, _MISSING_EMAIL, _INVALID_EMAIL, _DUPLICATE, _OPTED_OUT, _NOT_OPTED_IN = range(1, 7)
+_REASON_TEXT = np.array([None, *REASONS], dtype=object)
 ELIGIBLE_COLUMNS = (
     "contact_id",
     "email",
@@ -129,13 +133,14 @@ def _timestamps(series: pd.Series) -> pd.Series:
         return pd.Series(values, index=series.index).astype("datetime64[ns, UTC]")
 
 
-def _newest_first_order(keys: np.ndarray, updated_at: pd.Series, ids: np.ndarray) -> np.ndarray:
+def _newest_first_order(
+    key_codes: np.ndarray, updated_at: pd.Series, ids: np.ndarray
+) -> np.ndarray:
     """Positions sorted by key, then newest update first (NULL last), then lowest id."""
-    key_codes = pd.factorize(keys)[0]
     ts = updated_at.array.asi8
     nat = updated_at.isna().to_numpy()
     newest_first = np.where(nat, np.iinfo(np.int64).max, -np.where(nat, 0, ts))
-    id_rank = pd.factorize(ids, sort=True)[0]
+    id_rank = ids if ids.dtype.kind in "iu" else pd.factorize(ids, sort=True)[0]
     return np.lexsort((id_rank, newest_first, key_codes))
 
 
@@ -147,60 +152,74 @@ def classify(contacts: pd.DataFrame, values: CrmValues = DEFAULT_VALUES) -> Elig
     contacts included), so a provider member can be matched to its CRM contact, and every
     row's logical `newsletter` ('yes'/'no'/'unknown') and UTC `updated_at`.
     """
+    with gc_paused():  # millions of short-lived objects, none in a cycle
+        return _classify(contacts, values)
+
+
+def _classify(contacts: pd.DataFrame, values: CrmValues) -> EligibilityResult:
     frame = contacts if _numbered(contacts.index) else contacts.reset_index(drop=True)
     total = len(frame)
     ids = frame["contact_id"].to_numpy()
-    reason = np.full(total, None, dtype=object)
+    reason = np.zeros(total, dtype=np.int8)  # 0: none yet, else 1 + its index in REASONS
     detail = np.full(total, None, dtype=object)
     newsletter = _map_unique(frame["newsletter"], lambda v: parse_newsletter(v, values))
     updated_at = _timestamps(frame["updated_at"])
 
     private = _map_unique(frame["is_private"], parse_private).astype(bool)
-    raw_email = _map_unique(frame["email"], clean_raw_email)
-    present = np.array([e is not None for e in raw_email], dtype=bool)
-    reason[~present] = "missing_email"
-    reason[private] = "private"  # private first: it wins over every other reason
+    raw_email = clean_raw_emails(frame["email"].to_numpy())
+    present = ~pd.isna(raw_email)
+    reason[~present] = _MISSING_EMAIL
+    reason[private] = _PRIVATE  # private first: it wins over every other reason
 
     email = np.full(total, None, dtype=object)
     key = np.full(total, None, dtype=object)
+    key_code = np.full(total, -1, dtype=np.int64)  # one code per distinct key, -1: none
     checked_positions = np.flatnonzero(present)
     if len(checked_positions):
-        codes, distinct = pd.factorize(raw_email[checked_positions])
-        checked = np.empty((len(distinct), 3), dtype=object)
-        checked[:] = check_emails(distinct.tolist())
-        email[checked_positions] = checked[codes, 0]
-        key[checked_positions] = checked[codes, 1]
-        invalid = (key[checked_positions] == None) & ~private[checked_positions]  # noqa: E711
-        reason[checked_positions[invalid]] = "invalid_email"
-        detail[checked_positions[invalid]] = checked[codes[invalid], 2]
+        checked = raw_email[checked_positions]
+        encoded = pa.array(checked, type=pa.large_string()).dictionary_encode()
+        codes = encoded.indices.to_numpy()
+        first = np.empty(len(encoded.dictionary), dtype=np.intp)
+        first[codes] = np.arange(len(codes))  # a position of each distinct address
+        sent, keys, why = check_distinct(checked[first], encoded.dictionary)
+        email[checked_positions] = sent[codes]
+        key[checked_positions] = keys[codes]
+        key_code[checked_positions] = pd.factorize(keys)[0][codes]
+        invalid = (key_code[checked_positions] < 0) & ~private[checked_positions]
+        reason[checked_positions[invalid]] = _INVALID_EMAIL
+        detail[checked_positions[invalid]] = why[codes[invalid]]
+        del checked, encoded, codes, first, sent, keys, why
+        pa.default_memory_pool().release_unused()  # Arrow's buffers, not kept for later
 
-    candidates = np.flatnonzero(reason == None)  # noqa: E711 (element-wise on an object array)
+    candidates = np.flatnonzero(reason == 0)
     order = candidates[
-        _newest_first_order(key[candidates], updated_at.iloc[candidates], ids[candidates])
+        _newest_first_order(key_code[candidates], updated_at.iloc[candidates], ids[candidates])
     ]
-    sorted_keys = key[order]
+    sorted_codes = key_code[order]
     first = np.ones(len(order), dtype=bool)
-    first[1:] = sorted_keys[1:] != sorted_keys[:-1]
+    first[1:] = sorted_codes[1:] != sorted_codes[:-1]
     deciders = order[first]
-    decider_of_key = dict(zip(key[deciders], ids[deciders], strict=True))
-    for position in order[~first]:
-        reason[position] = "duplicate"
-        detail[position] = (
-            f"contact {decider_of_key[key[position]]} has the same address and decides"
-        )
+    duplicates = np.flatnonzero(~first)
+    decider_ids = ids[deciders[np.cumsum(first)[duplicates] - 1]]
+    reason[order[duplicates]] = _DUPLICATE
+    detail[order[duplicates]] = [
+        f"contact {d} has the same address and decides" for d in decider_ids
+    ]
 
     decided = newsletter[deciders]
-    reason[deciders[decided == "no"]] = "opted_out"
-    reason[deciders[decided == "unknown"]] = "not_opted_in"
+    reason[deciders[decided == "no"]] = _OPTED_OUT
+    reason[deciders[decided == "unknown"]] = _NOT_OPTED_IN
     eligible_positions = np.sort(deciders[decided == "yes"])
 
     eligible, cleaned = _eligible_frame(frame, email, key, updated_at, eligible_positions)
-    is_excluded = reason != None  # noqa: E711
+    is_excluded = reason != 0
+    shown_email = raw_email[is_excluded]
+    shown_email[private[is_excluded]] = None  # private: the address is not copied
     excluded = pd.DataFrame(
         {
             "contact_id": ids[is_excluded],
-            "reason": reason[is_excluded],
-            "email": np.where(private, None, raw_email)[is_excluded],
+            "reason": _REASON_TEXT[reason[is_excluded]],
+            "email": shown_email,
             "email_key": key[is_excluded],
             "email_ascii": email[is_excluded],
             "detail": detail[is_excluded],
@@ -208,9 +227,8 @@ def classify(contacts: pd.DataFrame, values: CrmValues = DEFAULT_VALUES) -> Elig
             "updated_at": updated_at.iloc[is_excluded].reset_index(drop=True),
         }
     )
-    reasons, occurrences = np.unique(reason[is_excluded].astype(str), return_counts=True)
-    found = dict(zip(reasons.tolist(), occurrences.tolist(), strict=True))
-    counts = {"eligible": len(eligible)} | {r: found.get(r, 0) for r in REASONS}
+    occurrences = np.bincount(reason, minlength=len(REASONS) + 1).tolist()
+    counts = {"eligible": len(eligible)} | dict(zip(REASONS, occurrences[1:], strict=True))
     if sum(counts.values()) != total:  # every row has exactly one outcome
         raise AssertionError(f"eligibility lost rows: {counts} for {total} contacts")
     return EligibilityResult(eligible, excluded, counts, cleaned)
@@ -223,21 +241,21 @@ def _eligible_frame(
     updated_at: pd.Series,
     positions: np.ndarray,
 ) -> tuple[pd.DataFrame, int]:
-    rows = frame.iloc[positions]
-    out = pd.DataFrame(
-        {
-            "contact_id": rows["contact_id"].to_numpy(),
-            "email": email[positions],
-            "email_key": key[positions],
-            "updated_at": updated_at.iloc[positions].reset_index(drop=True),
-            "tags": _map_unique(rows["tags"], clean_tags),
-        }
-    )
+    def taken(column: str) -> pd.Series:
+        return frame[column].iloc[positions].reset_index(drop=True)
+
+    columns: dict[str, Any] = {
+        "contact_id": frame["contact_id"].to_numpy()[positions],
+        "email": email[positions],
+        "email_key": key[positions],
+    }
     cleaned = 0
     for column in ("salutation", "first_name", "last_name"):
-        codes, uniques = pd.factorize(rows[column], use_na_sentinel=True)
+        codes, uniques = pd.factorize(taken(column), use_na_sentinel=True)
         clean = [clean_field(u) for u in uniques]
         changed = np.array([c != str(u) for c, u in zip(clean, uniques, strict=True)] + [False])
-        out[column] = np.array([*clean, clean_field(None)], dtype=object)[codes]
+        columns[column] = np.array([*clean, clean_field(None)], dtype=object)[codes]
         cleaned += int(changed[codes].sum())  # NULL (code -1) is not a cleaned value
-    return out[list(ELIGIBLE_COLUMNS)], cleaned
+    columns["tags"] = _map_unique(taken("tags"), clean_tags)
+    columns["updated_at"] = updated_at.iloc[positions].reset_index(drop=True)
+    return pd.DataFrame(columns)[list(ELIGIBLE_COLUMNS)], cleaned

@@ -24,6 +24,7 @@ from typing import Any
 
 import email_validator
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from email_validator import EmailNotValidError, validate_email
@@ -40,6 +41,9 @@ CheckResult = tuple[str | None, str | None, str | None]
 
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _PLAIN = rf"^[A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*@(?:{_LABEL}\.)+[A-Za-z]{{2,63}}$"
+_BATCH = 100_000  # addresses checked on the fast path at once
+# first and last character printable ASCII other than space: `str.strip` keeps it whole
+_TRIMMED = r"(?s)^[!-~](.*[!-~])?$"
 _ROLE = "^(?i:" + "|".join(CASE_INSENSITIVE_MAILBOX_NAMES) + ")@"
 
 
@@ -49,6 +53,38 @@ def clean_raw_email(value: Any) -> str | None:
         return None
     text = unicodedata.normalize("NFC", str(value).strip())
     return text or None
+
+
+def clean_raw_emails(values: np.ndarray) -> np.ndarray:
+    """`clean_raw_email` of each value, as an object array. ASCII text without outer white
+    space is kept as it is (the same object); other values are cleaned once per distinct value.
+
+    Text is told apart as Python compares it (pandas' factorize takes two strings that differ
+    only after a NUL character for one); other values as factorize tells them apart (1, 1.0 and
+    True are one value).
+    """
+    out = np.full(len(values), None, dtype=object)
+    kept = np.zeros(len(values), dtype=bool)
+    if values.dtype == object and pd.api.types.infer_dtype(values, skipna=True) == "string":
+        text = pa.array(values, type=pa.large_string(), from_pandas=True)
+        trimmed = pc.and_(pc.string_is_ascii(text), pc.match_substring_regex(text, _TRIMMED))
+        kept = trimmed.fill_null(False).to_numpy(zero_copy_only=False)
+        out[kept] = values[kept]
+    rest = np.flatnonzero(~kept)
+    is_text = np.fromiter((type(v) is str for v in values[rest]), dtype=bool, count=len(rest))
+    cleaned: dict[str, str | None] = {}
+    out[rest[is_text]] = [
+        cleaned[v] if v in cleaned else cleaned.setdefault(v, clean_raw_email(v))
+        for v in values[rest[is_text]]
+    ]
+    other = rest[~is_text]
+    if len(other):  # NULL, numbers, bytes, …: once per distinct value
+        codes, uniques = pd.factorize(values[other], use_na_sentinel=True)
+        mapped = np.empty(len(uniques) + 1, dtype=object)
+        mapped[:-1] = [clean_raw_email(u) for u in uniques]
+        mapped[-1] = None  # code -1: NULL
+        out[other] = mapped[codes]
+    return out
 
 
 def check_email(address: str) -> CheckResult:
@@ -94,38 +130,86 @@ def _special_use(domain: str) -> bool:
 
 def _plain(addresses: pa.Array) -> tuple[np.ndarray, list[str], list[str]]:
     """Which addresses take the fast path, with their ASCII form and dedupe key."""
-    local = pc.replace_substring_regex(addresses, "@.*$", "")
-    domain = pc.utf8_lower(pc.replace_substring_regex(addresses, "^[^@]*@", ""))
-    plain = pc.and_(
+    mask, sent, keys = _plain_arrays(addresses)
+    return mask, sent.to_pylist(), keys.to_pylist()
+
+
+def _plain_arrays(addresses: pa.Array) -> tuple[np.ndarray, pa.Array, pa.Array]:
+    """`_plain` with the ASCII forms and keys of the chosen addresses as Arrow arrays."""
+    shaped = pc.and_(
         pc.match_substring_regex(addresses, _PLAIN),
         pc.less_equal(pc.binary_length(addresses), EMAIL_MAX_LENGTH),
     )
-    plain = pc.and_kleene(plain, pc.less_equal(pc.binary_length(local), LOCAL_PART_MAX_LENGTH))
-    plain = pc.and_kleene(plain, pc.invert(pc.match_substring(domain, "--")))
-    plain = pc.and_kleene(plain, pc.invert(pc.match_substring_regex(addresses, _ROLE)))
+    shaped = shaped.fill_null(False)
+    candidates = addresses.filter(shaped)
+    parts = pc.split_pattern(candidates, "@", max_splits=1)  # the shape has exactly one @
+    local = pc.list_element(parts, 0)
+    domain = pc.utf8_lower(pc.list_element(parts, 1))
+    plain = pc.and_(
+        pc.less_equal(pc.binary_length(local), LOCAL_PART_MAX_LENGTH),
+        pc.invert(pc.match_substring(domain, "--")),
+    )
+    plain = pc.and_(plain, pc.invert(pc.match_substring_regex(candidates, _ROLE)))
     special = [d for d in pc.unique(domain).to_pylist() if _special_use(d)]
     if special:
-        plain = pc.and_kleene(plain, pc.invert(pc.is_in(domain, pa.array(special))))
-    mask = plain.to_numpy(zero_copy_only=False)
-    chosen = pa.array(mask)
+        plain = pc.and_(plain, pc.invert(pc.is_in(domain, pa.array(special))))
+    mask = shaped.to_numpy(zero_copy_only=False)
+    mask[mask] = plain.to_numpy(zero_copy_only=False)
     at = pa.scalar("@", pa.large_string())
-    sent = pc.binary_join_element_wise(pc.filter(local, chosen), pc.filter(domain, chosen), at)
-    keys = pc.utf8_lower(pc.filter(addresses, chosen))
-    return mask, sent.to_pylist(), keys.to_pylist()
+    sent = pc.binary_join_element_wise(local.filter(plain), domain.filter(plain), at)
+    keys = pc.utf8_lower(candidates.filter(plain))
+    return mask, sent, keys
 
 
 def check_emails(addresses: Sequence[str]) -> list[CheckResult]:
     """Check many distinct cleaned addresses: plain ones at once, the rest one by one."""
-    results: list[CheckResult] = [(None, None, None)] * len(addresses)
-    if not addresses:
-        return results
-    mask, sent, keys = _plain(pa.array(addresses, type=pa.large_string()))
-    for position, email, key in zip(np.flatnonzero(mask).tolist(), sent, keys, strict=True):
-        results[position] = (email, key, None)
+    if not len(addresses):
+        return []
+    sent, keys, reasons = check_distinct(addresses)
+    return list(zip(sent.tolist(), keys.tolist(), reasons.tolist(), strict=True))
+
+
+def check_distinct(
+    addresses: Sequence[str] | np.ndarray, arrow: pa.Array | None = None
+) -> tuple[np.ndarray, ...]:
+    """`check_emails` as three object arrays: ASCII forms, dedupe keys, reasons (`arrow`: the
+    addresses as a large_string Arrow array, when the caller has it).
+
+    A result equal to the address (or the key equal to the ASCII form) is the same object,
+    not a copy: most CRM addresses are lower-case ASCII already.
+    """
+    given = np.empty(len(addresses), dtype=object)
+    given[:] = addresses
+    sent = np.full(len(given), None, dtype=object)
+    keys = np.full(len(given), None, dtype=object)
+    reasons = np.full(len(given), None, dtype=object)
+    if not len(given):
+        return sent, keys, reasons
+    if arrow is None:
+        arrow = pa.array(given, type=pa.large_string())
+    mask = np.zeros(len(given), dtype=bool)
+    for start in range(0, len(given), _BATCH):  # Arrow's intermediate arrays stay small
+        batch = arrow.slice(start, _BATCH)
+        mask[start : start + _BATCH], plain_sent, plain_keys = _plain_arrays(batch)
+        chosen = start + np.flatnonzero(mask[start : start + _BATCH])
+        plain = batch.filter(pa.array(mask[start : start + _BATCH]))
+        sent[chosen] = _same_or_new(given[chosen], plain, plain_sent)
+        keys[chosen] = _same_or_new(sent[chosen], plain_sent, plain_keys)
+        del batch, plain, plain_sent, plain_keys
     with _domain_checks_memoised():
         for position in np.flatnonzero(~mask).tolist():
-            results[position] = check_email(addresses[position])
-    return results
+            sent[position], keys[position], reasons[position] = check_email(given[position])
+    return sent, keys, reasons
+
+
+def _same_or_new(objects: np.ndarray, texts: pa.Array, results: pa.Array) -> np.ndarray:
+    """`results` as Python strings, taking the string of `objects` where `texts` equals it."""
+    out = objects.copy()
+    differs = pc.invert(pc.equal(texts, results))
+    out[differs.to_numpy(zero_copy_only=False)] = results.filter(differs).to_numpy(
+        zero_copy_only=False
+    )
+    return out
 
 
 def raw_match_key(value: Any) -> str | None:

@@ -1,0 +1,117 @@
+"""The column-wise paths of the CRM read and the address check agree with the row-wise ones."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from newsletter_pipelines.crm import reader
+from newsletter_pipelines.crm.reader import CONTACT_COLUMNS, read_contacts
+from newsletter_pipelines.settings import CrmSchema
+from newsletter_pipelines.sync import email_address
+from newsletter_pipelines.sync.eligibility import classify
+from newsletter_pipelines.sync.email_address import (
+    check_email,
+    check_emails,
+    clean_raw_email,
+    clean_raw_emails,
+)
+from newsletter_pipelines_tests.test_eligibility import contact, frame
+
+RAW_VALUES = st.one_of(
+    st.none(),
+    st.just(float("nan")),
+    st.integers(-5, 5),  # one kind of number: 1, 1.0 and True are one value (pandas' factorize)
+    st.text(alphabet=st.characters(codec="utf-8"), max_size=12),
+    st.sampled_from(["a@b.de", " a@b.de", "a@b.de\x1c", "\x1fa@b.de", "a@b.de\x00", "ä@b.de"]),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(RAW_VALUES, max_size=30))
+def test_clean_raw_emails_answers_what_clean_raw_email_answers(values: list[object]) -> None:
+    column = np.empty(len(values), dtype=object)
+    column[:] = values
+    cleaned = clean_raw_emails(column)
+    expected = [clean_raw_email(v) for v in values]
+    assert cleaned.tolist() == expected
+    assert [type(c) for c in cleaned] == [type(e) for e in expected]
+
+
+def test_addresses_checked_in_several_batches_answer_what_the_library_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(email_address, "_BATCH", 3)
+    batch = ["a@b.de", "Info@X.DE", "x@bücher.de", "B@C.DE", "n/a", "a@x.test", "ANNA@EXAMPLE.COM"]
+    assert check_emails(batch) == [check_email(a) for a in batch]
+
+
+@pytest.mark.parametrize("first", ["a@b.de", "a@b.de\x00"])
+def test_an_address_with_a_nul_character_is_not_taken_for_its_prefix(first: str) -> None:
+    """pandas' factorize compares text up to a NUL: each address keeps its own verdict."""
+    other = "a@b.de\x00" if first == "a@b.de" else "a@b.de"
+    result = classify(frame(contact(1, email=first), contact(2, email=other)))
+    valid_id = 1 if first == "a@b.de" else 2
+    assert list(result.eligible["contact_id"]) == [valid_id]
+    assert list(result.excluded["reason"]) == ["invalid_email"]
+
+
+def _loose_crm(path: Path, rows: int) -> None:
+    """A CRM with untyped SQLite columns: text, numbers, blobs and NULL mixed in one column."""
+    kinds = [None, "Anna", "Anna", 7, 7.5, 0, 1, b"\x00\xff", "2025-01-01 10:00:00", ""]
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"CREATE TABLE contacts ({', '.join(['id', *CONTACT_COLUMNS[1:]])})")
+        conn.execute("CREATE TABLE contact_tags (contact_id, tag)")
+        conn.executemany(
+            f"INSERT INTO contacts VALUES ({', '.join('?' * len(CONTACT_COLUMNS))})",
+            [
+                (i, *(kinds[(i * (c + 3)) % len(kinds)] for c in range(len(CONTACT_COLUMNS) - 1)))
+                for i in range(rows)
+            ],
+        )
+        conn.executemany(
+            "INSERT INTO contact_tags VALUES (?, ?)",
+            [(i % (rows + 5), kinds[i % len(kinds)]) for i in range(rows * 2)],
+        )
+
+
+def _row_wise(path: Path) -> pd.DataFrame:
+    """The contacts frame built row by row: `from_records`, then a dict of tag lists."""
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute(
+            f"SELECT {', '.join(['id', *CONTACT_COLUMNS[1:]])} FROM contacts ORDER BY id"
+        ).fetchall()
+        tag_rows = conn.execute(
+            "SELECT contact_id, tag FROM contact_tags WHERE tag IS NOT NULL"
+            " ORDER BY contact_id, tag"
+        ).fetchall()
+    expected = pd.DataFrame.from_records(rows, columns=list(CONTACT_COLUMNS))
+    tags: dict[object, list[str]] = {}
+    for cid, tag in tag_rows:
+        tags.setdefault(cid, []).append(str(tag))
+    expected["tags"] = [tuple(tags.get(cid, ())) for cid in expected["contact_id"]]
+    return expected
+
+
+@pytest.mark.parametrize("rows", [0, 1, 57])
+def test_the_column_wise_read_builds_the_row_wise_frame(
+    rows: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(reader, "_BATCH_ROWS", 10)  # several batches, text shared across them
+    path = tmp_path / "loose.sqlite3"
+    _loose_crm(path, rows)
+    engine = sa.create_engine(f"sqlite:///{path}")
+    contacts = read_contacts(engine, CrmSchema())
+    engine.dispose()
+    expected = _row_wise(path)
+    pd.testing.assert_frame_equal(contacts, expected, check_exact=True)
+    for name in expected.columns:
+        got, want = contacts[name].tolist(), expected[name].tolist()
+        assert [type(v) for v in got] == [type(v) for v in want], name
