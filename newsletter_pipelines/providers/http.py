@@ -34,6 +34,7 @@ from tenacity import (
 )
 
 from newsletter_pipelines.providers.errors import ApiError, AuthenticationError, UnavailableError
+from newsletter_pipelines.token_bucket import TokenBucket
 
 log = logging.getLogger("newsletter_pipelines.providers")
 
@@ -89,20 +90,14 @@ class HourlyBudget:
     def __init__(
         self, per_hour: float, burst: int, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        self._rate, self._burst, self._clock = per_hour / 3600.0, burst, clock
-        self._tokens, self._updated = float(burst), clock()
+        self._clock = clock
+        self._bucket = TokenBucket.full(per_hour / 3600.0, burst, clock())
         self._lock = threading.Lock()
 
     def allow(self) -> bool:
         """Take one call from the budget; False when none is left now."""
         with self._lock:
-            now = self._clock()
-            self._tokens = min(self._burst, self._tokens + (now - self._updated) * self._rate)
-            self._updated = now
-            if self._tokens < 1:
-                return False
-            self._tokens -= 1
-            return True
+            return self._bucket.take(self._clock())
 
 
 class RateLimiter:

@@ -6,7 +6,8 @@ import math
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+
+from newsletter_pipelines.token_bucket import TokenBucket
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_TRACKED_CLIENTS = 10_000
@@ -20,12 +21,6 @@ class BadContentLengthError(Exception):
     """The Content-Length header is no number (answered 400)."""
 
 
-@dataclass
-class _Bucket:
-    tokens: float
-    updated: float
-
-
 class RateLimiter:
     """A token bucket per key (client and provider): `burst` requests at once, refilled at
     `rate` per second."""
@@ -36,7 +31,7 @@ class RateLimiter:
         self.rate = rate
         self.burst = burst
         self._clock = clock
-        self._buckets: dict[str, _Bucket] = {}
+        self._buckets: dict[str, TokenBucket] = {}
         self._lock = threading.Lock()
 
     def allow(self, key: str) -> bool:
@@ -47,13 +42,8 @@ class RateLimiter:
             if bucket is None:
                 if len(self._buckets) >= MAX_TRACKED_CLIENTS:
                     self._forget_full(now)
-                bucket = self._buckets[key] = _Bucket(float(self.burst), now)
-            bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
-            bucket.updated = now
-            if bucket.tokens < 1:
-                return False
-            bucket.tokens -= 1
-            return True
+                bucket = self._buckets[key] = TokenBucket.full(self.rate, self.burst, now)
+            return bucket.take(now)
 
     def retry_after(self) -> int:
         """Whole seconds until an empty bucket holds a token again."""
@@ -61,11 +51,7 @@ class RateLimiter:
 
     def _forget_full(self, now: float) -> None:
         """Drop the buckets that have refilled completely: they behave like new ones."""
-        full = [
-            key
-            for key, bucket in self._buckets.items()
-            if bucket.tokens + (now - bucket.updated) * self.rate >= self.burst
-        ]
+        full = [key for key, bucket in self._buckets.items() if bucket.level(now) >= self.burst]
         for key in full:
             del self._buckets[key]
 
