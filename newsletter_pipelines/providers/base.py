@@ -137,6 +137,10 @@ class Outcome(_Frozen):
     )
     code: str | None = None
     message: str | None = None
+    stable_id: str | None = Field(
+        default=None,
+        description="The member's `Member.stable_id`, when the answer gives it (a create).",
+    )
 
 
 class Audience(_Frozen):

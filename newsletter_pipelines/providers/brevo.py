@@ -389,13 +389,15 @@ class BrevoClient:
             return contact.crm_id, _refused(
                 Action.UPSERT, contact.email, contact.crm_id, exc.code, exc.detail
             )
+        created = str(response.json()["id"])  # a Brevo contact's id is its stable id too
         return contact.crm_id, Outcome(
             action=Action.UPSERT,
             outcome=Result.CREATED,
             email=contact.email,
             crm_id=contact.crm_id,
-            provider_id=str(response.json()["id"]),
+            provider_id=created,
             status=MemberStatus.SUBSCRIBED,
+            stable_id=created,
         )
 
     def _settle_existing(self, contact: Contact, missing: tuple[str, str] | None = None) -> Outcome:
@@ -433,6 +435,7 @@ class BrevoClient:
             crm_id=contact.crm_id,
             provider_id=str(found.id),
             status=MemberStatus.SUBSCRIBED,
+            stable_id=str(found.id),
         )
 
     def _refusal(self, contact: Contact, found: ContactOut) -> Outcome | None:
@@ -493,6 +496,7 @@ class BrevoClient:
                 crm_id=contact.crm_id,
                 provider_id=str(found.id),
                 status=status_of(found, self._list_id),
+                stable_id=str(found.id),
             )
         self._unlink(unlink)
         outcomes.update(self._batch_update(Action.UPSERT, Result.UPDATED, stale))

@@ -761,6 +761,7 @@ class MailchimpClient:
             crm_id=contact.crm_id,
             provider_id=member.id,
             status=MemberStatus(member.status),
+            stable_id=member.contact_id,
         )
 
     @staticmethod

@@ -482,7 +482,11 @@ def _after(row: Mapping[str, Any], outcome: Outcome, action: SyncAction) -> Ledg
                 state = RowState.OPTED_OUT  # an opt-out since the snapshot: never overwritten
             elif outcome.status is MemberStatus.ARCHIVED:
                 state = RowState.GONE
-        return after.moved(provider_id=outcome.provider_id or after.provider_id, state=state)
+        return after.moved(
+            provider_id=outcome.provider_id or after.provider_id,
+            state=state,
+            stable_id=after.stable_id or outcome.stable_id,  # learnt at once from a create
+        )
     if outcome.outcome is Result.REFUSED:
         refused = intent.moved(refusal_code=outcome.code or "refused", refusal_key=row["write_key"])
         before: LedgerRow | None = row["ledger_before"]
