@@ -215,6 +215,23 @@ CASES: dict[str, tuple[type[ConsentMachine], list[str], bool, list[Step]]] = {
             ("sync",),
         ],
     ),
+    # a known opt-out (a bounce), then the person signed up again and unsubscribed; another
+    # contact took the address and was edited after: the rules took that edit for the CRM's
+    # word on the whole address, and the contact that had said nothing since kept its yes
+    "mailchimp opt-out again with another contact edited since": (
+        MailchimpConsent,
+        ["anna@example.de", "ben@example.de", "dora@example.de", "cem@example.de"],
+        True,
+        [
+            ("person", "clean", "ben@example.de"),
+            ("killed", 2, True),
+            ("person", "signup", "ben@example.de"),
+            ("touch", 3, {"email": "ben@example.de"}),
+            ("person", "unsubscribe", "ben@example.de"),
+            ("touch", 3, {"first_name": "Ünal"}),
+            ("sync",),
+        ],
+    ),
 }
 
 

@@ -612,10 +612,10 @@ def test_a_sign_up_of_a_private_address_is_removed_and_reported_for_the_import_b
 
 
 def test_an_opt_out_again_is_new_also_when_the_address_is_decided_by_an_excluded_contact() -> None:
-    """A known opt-out whose member changed at the provider since the sync saw it, after the
-    last CRM change of the contact deciding the address (here one that says no), is an opt-out
-    again: the import-back then tells every CRM contact of the address, also one that said yes
-    before it."""
+    """A known opt-out whose member changed at the provider since the sync saw it is an opt-out
+    again, whoever decides the address (here an excluded contact that says no) and whenever
+    the CRM last changed: the import-back writes it on each contact the CRM has not changed
+    since (`test_import_back_plan`)."""
     seen, person, crm = (datetime(2026, 5, d, tzinfo=UTC) for d in (1, 3, 2))
     row = synced(want("4", "a@x.de"), RowState.OPTED_OUT, provider_changed_at=seen.isoformat())
     member = replace(have("a@x.de", "unsubscribed"), changed_at=person)
@@ -629,10 +629,10 @@ def test_an_opt_out_again_is_new_also_when_the_address_is_decided_by_an_excluded
     unchanged = replace(member, changed_at=seen)  # the opt-out the sync knew, nothing since
     known = diff(members=[unchanged], ledger=[row], exclusions=says_no).loc["a@x.de"]
     assert known.provider_change is None
-    later = replace(member, changed_at=datetime(2026, 5, 1, 12, tzinfo=UTC))  # before the CRM's
+    before_crm = replace(member, changed_at=datetime(2026, 5, 1, 12, tzinfo=UTC))
     assert (
-        diff(members=[later], ledger=[row], exclusions=says_no).loc["a@x.de"].provider_change
-        is None
+        diff(members=[before_crm], ledger=[row], exclusions=says_no).loc["a@x.de"].provider_change
+        == "opted_out"
     )
 
 

@@ -433,15 +433,13 @@ class _Rules:
         return row.moved(state=RowState.OPTED_OUT, owner=row.owner if keep_owner else owner, **seen)
 
     @staticmethod
-    def opt_out_change(
-        row: LedgerRow | None, member: Actual, crm_changed_at: datetime | None
-    ) -> ProviderChange | None:
+    def opt_out_change(row: LedgerRow | None, member: Actual) -> ProviderChange | None:
         """`OPTED_OUT` when a snapshot showing the member opted out tells the ledger something
         new: not the sync's own unsubscribe, not an opt-out it already knew, unless the member
-        changed since the sync last saw it opted out and after `crm_changed_at`, the last CRM
-        change of the contact deciding the address (eligible or not). Then the person opted
-        out again after the CRM's word (say, re-subscribed and unsubscribed between two syncs),
-        which the status alone cannot tell. An opt-out the CRM has not taken in yet
+        changed since the sync last saw it opted out. Then the person may have opted out again
+        (say, re-subscribed and unsubscribed between two syncs), which the status alone cannot
+        tell; the import-back writes it only on contacts the CRM has not changed since
+        (`import_back`: an opt-out again). An opt-out the CRM has not taken in yet
         (`LedgerRow.unimported_opt_out`) is new to it still, and so is the person's opt-out
         after the sync's own unsubscribe (`_persons_since`)."""
         if (
@@ -451,12 +449,9 @@ class _Rules:
             or _persons_since(row, member)
         ):
             return ProviderChange.OPTED_OUT
-        if row.provider_changed_at is None:
-            return None
-        since = as_datetime(row.provider_changed_at)
-        again = provider_is_newer(member.changed_at, since) and provider_is_newer(
-            member.changed_at, crm_changed_at
-        )
+        if row.provider_changed_at is None or row.moved_from is not None:
+            return None  # a move explains the change (the address change is reported apart)
+        again = provider_is_newer(member.changed_at, as_datetime(row.provider_changed_at))
         return ProviderChange.OPTED_OUT if again else None
 
     @staticmethod
@@ -498,7 +493,7 @@ class _Rules:
                 member=member,
                 before=row,
                 after=self.observed(row, member, contact.crm_id),
-                change=self.opt_out_change(row, member, contact.updated_at),
+                change=self.opt_out_change(row, member),
             )
         elif member.status == ARCHIVED:
             self._archived(contact, member, row)
@@ -638,7 +633,7 @@ class _Rules:
                 member=old,
                 before=own,
                 after=self.observed(own, old, contact.crm_id),
-                change=self.opt_out_change(own, old, contact.updated_at),
+                change=self.opt_out_change(own, old),
             )
         elif own.state in SEEN_ACTIVE or own.state is RowState.GONE:
             self._gone(contact, own, key)
@@ -757,9 +752,7 @@ class _Rules:
                     + (" since the last sync" if was_ours else ", not eligible"),
                     key,
                     after=self.observed(row, member, crm_id),
-                    change=self.opt_out_change(
-                        row, member, exclusion.updated_at if exclusion else None
-                    ),
+                    change=self.opt_out_change(row, member),
                     **common,
                 )
             elif member.status == ARCHIVED and row is not None and row.state in SEEN_ACTIVE:
