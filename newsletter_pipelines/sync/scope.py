@@ -177,7 +177,8 @@ def scope_diff(
         provider=provider,
         system_tag=system_tag,
     )
-    return ScopeDiff(diff, result, unseen_keys(scope), outside_keys(scope))
+    unseen = unseen_keys(scope)
+    return ScopeDiff(diff, result, unseen, outside_keys(scope, unseen))
 
 
 def unseen_keys(scope: Scope) -> frozenset[str]:
@@ -192,14 +193,12 @@ def unseen_keys(scope: Scope) -> frozenset[str]:
     )
 
 
-def outside_keys(scope: Scope) -> frozenset[str]:
-    """Member keys of the scope's unseen ledger rows (`unseen_keys`) whose member the scope has
-    at no other address either (by stable id; a row without one cannot be found): the member
-    may have moved outside the scope, so nothing its address shows is proven about it."""
+def outside_keys(scope: Scope, unseen: frozenset[str]) -> frozenset[str]:
+    """Of `unseen` (the scope's `unseen_keys`), the member keys of the rows whose member the
+    scope has at no other address either (by stable id; a row without one cannot be found):
+    the member may have moved outside the scope, so nothing its address shows is proven."""
     present = frozenset(scope.snapshot["stable_id"].dropna())
     stable_at = dict(zip(scope.ledger["member_key"], scope.ledger["stable_id"], strict=True))
     return frozenset(
-        key
-        for key in unseen_keys(scope)
-        if pd.isna(stable_at[key]) or stable_at[key] not in present
+        key for key in unseen if pd.isna(stable_at[key]) or stable_at[key] not in present
     )
