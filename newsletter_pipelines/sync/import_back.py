@@ -42,13 +42,14 @@ from newsletter_pipelines.bulk import records
 from newsletter_pipelines.crm.writer import Activity, ContactChange, NewContact, WriteSummary
 from newsletter_pipelines.state.ledger import OutcomeRecord
 from newsletter_pipelines.sync.guards import MassGuard, MassVerdict, check_mass
-from newsletter_pipelines.sync.identity import BLOCKING, LedgerRow, RowState
+from newsletter_pipelines.sync.identity import BLOCKING, LedgerRow
 from newsletter_pipelines.sync.rules import (
     ACTIVE,
     OPTED_OUT,
     WRITE_ACTIONS,
     AddressMove,
     ProviderChange,
+    known_opt_out,
     provider_is_newer,
 )
 from newsletter_pipelines.values import as_datetime
@@ -271,7 +272,8 @@ class _Planner:
             kind = "hard_bounce" if bounced else "newsletter_unsubscribed"
             if bounced and not self.record_bounces:
                 return
-            again, when = _known_opt_out(row["ledger_before"]), _when(member)
+            by = (member or {}).get("unsubscribed_by")
+            again, when = known_opt_out(row["ledger_before"], by), _when(member)
             for crm_id in self.contacts(row):
                 if again and not provider_is_newer(when, self.crm.updated_at.get(crm_id)):
                     continue  # changed in the CRM since the person's new opt-out: it stands
@@ -400,16 +402,6 @@ def address(row: Mapping[str, Any]) -> str:
     previous address."""
     after = row["ledger_after"]
     return after.member_key if after is not None else row["match_key"]
-
-
-def _known_opt_out(before: LedgerRow | None) -> bool:
-    """Whether the ledger knew the member opted out, and the CRM took that in: an opt-out
-    now is the person's again (`rules.opt_out_change`)."""
-    return (
-        before is not None
-        and before.state is RowState.OPTED_OUT
-        and before.unimported_opt_out is None
-    )
 
 
 def _when(member: Mapping[str, Any] | None) -> datetime | None:

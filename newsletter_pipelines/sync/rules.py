@@ -427,7 +427,7 @@ class _Rules:
         }
         if row is None:
             return _first_seen(member, owner, RowState.OPTED_OUT).moved(**seen)
-        if row.state is RowState.UNSUBSCRIBED and not _persons_since(row, member):
+        if row.state is RowState.UNSUBSCRIBED and not _persons_since(row, member.unsubscribed_by):
             return row.moved(**seen)  # our own unsubscribe: not the person's
         keep_owner = row.state is RowState.OPTED_OUT and row.owner is not None
         return row.moved(state=RowState.OPTED_OUT, owner=row.owner if keep_owner else owner, **seen)
@@ -442,12 +442,7 @@ class _Rules:
         (`import_back`: an opt-out again). An opt-out the CRM has not taken in yet
         (`LedgerRow.unimported_opt_out`) is new to it still, and so is the person's opt-out
         after the sync's own unsubscribe (`_persons_since`)."""
-        if (
-            row is None
-            or row.state not in BLOCKING
-            or _unimported(row)
-            or _persons_since(row, member)
-        ):
+        if row is None or not known_opt_out(row, member.unsubscribed_by):
             return ProviderChange.OPTED_OUT
         if row.provider_changed_at is None or row.moved_from is not None:
             return None  # a move explains the change (the address change is reported apart)
@@ -945,11 +940,25 @@ class _Rules:
                 )
 
 
-def _persons_since(row: LedgerRow, member: Actual) -> bool:
+def known_opt_out(row: LedgerRow | None, unsubscribed_by: str | None) -> bool:
+    """Whether the ledger already knew the opt-out a snapshot shows, and the CRM took it in:
+    `row` blocks the address, holds no opt-out the CRM has not taken in, and is not the sync's
+    own unsubscribe of a member the provider says the person unsubscribed since (`unsubscribed_by`;
+    they subscribed again, say pending through a form, which no sync saw). An opt-out seen
+    then is new only if the member changed since (`_Rules.opt_out_change`), and the
+    import-back writes it only on contacts the CRM has not changed since."""
+    return (
+        row is not None
+        and row.state in BLOCKING
+        and not _unimported(row)
+        and not _persons_since(row, unsubscribed_by)
+    )
+
+
+def _persons_since(row: LedgerRow, unsubscribed_by: str | None) -> bool:
     """Whether the provider says the person unsubscribed a member the sync had unsubscribed
-    itself: they subscribed again since (say, pending through a form, which no sync saw) and
-    unsubscribed; the sync's own unsubscribe leaves the admin's reason."""
-    return row.state is RowState.UNSUBSCRIBED and member.unsubscribed_by == "person"
+    itself; the sync's own unsubscribe leaves the admin's reason."""
+    return row.state is RowState.UNSUBSCRIBED and unsubscribed_by == "person"
 
 
 def _unimported(row: LedgerRow) -> bool:
