@@ -5,8 +5,8 @@ against the served sandbox with provider-like latency.
 
 `python benchmarks/bench_vs_baselines.py [--contacts 10000,100000] [--sample 2000]
 [--thread-sample 10000] [--threads 10] [--latency 0.1] [--batch-delay 1] [--connections N]
-[--only project,loop,batch,threads] [--executor in_process|execute_job] [--seed 42]
-[--keep DIR]`
+[--only project,loop,batch,threads] [--executor in_process|execute_job]
+[--storage postgres|sqlite] [--postgres-url URL] [--seed 42] [--keep DIR]`
 
 Per contact count N, in one process on one machine, against one served sandbox
 (`python -m newsletter_pipelines.sandbox serve --latency 0.1 --batch-delay 1`: every Mailchimp
@@ -17,7 +17,10 @@ addresses, German names, 0–2 tags), then
 1. this project: `full_sync_job` for the Mailchimp partition, executed in-process
    (`execute_in_process`, the in-process executor) on a persistent temporary Dagster instance,
    with NEWSLETTER_MAILCHIMP_API_KEY / _BASE_URL pointing the resources at the served sandbox
-   (so the client runs with its production polling and 5 connections);
+   (so the client runs with its production polling and 5 connections); the instance's storage
+   and the state database are on PostgreSQL as deployed (`--storage postgres`, throwaway
+   databases), or SQLite files as in the embedded demo (`--storage sqlite`: Dagster then opens,
+   commits and closes a SQLite file for each of the run's events);
 2. the loop a user writes with `mailchimp-marketing`: `lists.set_list_member` per contact
    (`status_if_new: subscribed`, merge fields; tags left out, which would cost one more call a
    tagged contact), sequential; for N above `--sample`, the first `--sample` contacts are sent
@@ -62,6 +65,7 @@ from typing import Any
 
 import httpx
 import sqlalchemy as sa
+from bench_import_back import DEFAULT_POSTGRES_URL, _unreachable, postgres_database
 from measure import fast_sqlite_writes, load, report, routes_text, sandbox_calls
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' package: live.py
@@ -533,6 +537,21 @@ def _union(spans: Sequence[tuple[float, float]]) -> float:
 # --- one contact count ------------------------------------------------------------------------
 
 
+def instance_yaml(stack: ExitStack, args: argparse.Namespace) -> str:
+    """The storage block of (1)'s Dagster instance; with `--storage postgres` also points the
+    state database (NEWSLETTER_STATE_DATABASE_URL) at a throwaway database of its own."""
+    if args.storage == "sqlite":
+        return ""  # the embedded instance's default: SQLite files in its folder
+    dagster = stack.enter_context(postgres_database(args.postgres_url))
+    state = stack.enter_context(postgres_database(args.postgres_url))
+    os.environ["NEWSLETTER_STATE_DATABASE_URL"] = _with_driver(state, "psycopg")
+    return f"storage:\n  postgres:\n    postgres_url: {_with_driver(dagster, 'psycopg2')}\n"
+
+
+def _with_driver(url: str, driver: str) -> str:
+    return sa.engine.make_url(url).set(drivername=f"postgresql+{driver}").render_as_string(False)
+
+
 def bench_count(count: int, args: argparse.Namespace, root: Path) -> dict[str, list[Measured]]:
     """Both runs of every approach at `count` contacts; printed as they come."""
     root.mkdir(parents=True, exist_ok=True)
@@ -570,7 +589,9 @@ def bench_count(count: int, args: argparse.Namespace, root: Path) -> dict[str, l
         from newsletter_pipelines.settings import Settings  # noqa: PLC0415
 
         (root / "dagster_home").mkdir(exist_ok=True)
-        (root / "dagster_home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+        (root / "dagster_home" / "dagster.yaml").write_text(
+            instance_yaml(stack, args) + "telemetry:\n  enabled: false\n"
+        )
         instance = stack.enter_context(dg.DagsterInstance.local_temp(str(root / "dagster_home")))
         job = defs.resolve_job_def("full_sync_job")
         resources = build_resources(Settings())
@@ -718,6 +739,20 @@ def main(argv: list[str] | None = None) -> None:
         help="how (1) runs: execute_in_process, or execute_job as the daemon's run worker does "
         "(the code location's executor)",
     )
+    parser.add_argument(
+        "--storage",
+        choices=["postgres", "sqlite"],
+        default="postgres",
+        help="(1)'s Dagster instance storage and state database: postgres as deployed "
+        "(throwaway databases on --postgres-url, dropped afterwards) or sqlite as the embedded "
+        "demo instance",
+    )
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get("NEWSLETTER_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL),
+        help="server for --storage postgres (default: $NEWSLETTER_TEST_POSTGRES_URL or "
+        f"{DEFAULT_POSTGRES_URL})",
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--keep", type=Path, help="run in this folder and keep it")
     args = parser.parse_args(argv)
@@ -728,9 +763,12 @@ def main(argv: list[str] | None = None) -> None:
     args.only = {a.strip() for a in args.only.split(",") if a.strip()}
     if not counts or min(counts) < 1 or not args.only <= set(APPROACHES):
         parser.error("counts must be at least 1; --only takes project,loop,batch,threads")
+    if args.storage == "postgres" and (why := _unreachable(args.postgres_url)):
+        parser.error(f"--storage postgres: PostgreSQL {why} (or use --storage sqlite)")
     print(
         f"bench_vs_baselines: {os.cpu_count()} cores, {load()} at the start; "
-        f"latency {args.latency:g} s a call, /batches results after {args.batch_delay:g} s",
+        f"latency {args.latency:g} s a call, /batches results after {args.batch_delay:g} s; "
+        f"(1)'s Dagster storage and state database: {args.storage}",
         flush=True,
     )
     with tempfile.TemporaryDirectory(prefix="bench_vs_baselines_") as tmp:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import threading
+from typing import Any
+
 import pandas as pd
 import pytest
 
 from newsletter_pipelines.providers.base import Member
 from newsletter_pipelines.providers.errors import ProviderError
 from newsletter_pipelines.sandbox import FaultRule
-from newsletter_pipelines.state.ledger import LEDGER_COLUMNS, load_ledger
+from newsletter_pipelines.state.ledger import LEDGER_COLUMNS, load_ledger, record
 from newsletter_pipelines.sync.eligibility import classify
-from newsletter_pipelines.sync.identity import LedgerRow, RowState
+from newsletter_pipelines.sync.identity import Intent, LedgerRow, RowState
 from newsletter_pipelines.sync.inputs import redecider, snapshot_frame
 from newsletter_pipelines_tests.test_eligibility import contact, frame
 from newsletter_pipelines_tests.world import World
@@ -128,6 +131,46 @@ def test_killed_push_resumes_to_the_same_state(world: World) -> None:
     before = world.writes()
     assert actions(world.sync()[0]) == {"unchanged": 50}
     assert world.writes() == before
+
+
+def test_a_chunks_outcomes_are_written_while_the_next_create_call_is_in_flight(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """50 creates in chunks of 20: each create call finds its chunk's intents in the ledger,
+    and a chunk's outcomes are written only once the next chunk's call has started (it waits
+    up to 10 s for it; written before the call, as a serial push would, the test fails)."""
+    started: list[int] = []
+    call_started = threading.Condition()
+    inner = world.provider
+
+    class Spy:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(inner, name)
+
+        def upsert(self, contacts: Any, **kwargs: Any) -> Any:
+            rows = {r.member_key: r for r in load_ledger(world.engine, world.provider_name)}
+            assert all(rows[c.email.lower()].intent is Intent.CREATE for c in contacts)
+            with call_started:
+                started.append(len(contacts))
+                call_started.notify_all()
+            return inner.upsert(contacts, **kwargs)
+
+    settled: list[int] = []
+
+    def record_after_next_call(engine: Any, audience: str, run_id: str, rows: Any, **kw: Any):
+        created = [o for o in kw.get("logged", ()) if o.action == "create"]
+        if created and len(settled) < 2:  # the last chunk has no next call
+            with call_started:
+                assert call_started.wait_for(lambda: len(started) > len(settled) + 1, 10)
+            settled.append(len(created))
+        return record(engine, audience, run_id, rows, **kw)
+
+    world.provider = Spy()  # type: ignore[assignment]
+    monkeypatch.setattr("newsletter_pipelines.sync.push.record", record_after_next_call)
+    _, summary = world.sync()
+    assert started == [20, 20, 10] and settled == [20, 20]
+    assert summary.results["created"] == 50
+    assert {r.intent for r in load_ledger(world.engine, world.provider_name)} == {None}
 
 
 def test_snapshot_error_fails_instead_of_looking_empty(world: World) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from itertools import islice
 from typing import Any
@@ -54,6 +55,10 @@ HELD = "held"
 # one import process, polled from a 100 requests/hour budget, so chunks are large; the client
 # still splits them into bodies of ≤ 8 MB.
 CHUNK_SIZE = {"mailchimp": 10_000, "brevo": 40_000}
+# Contacts per create call of the client: while one is in flight, the previous chunk's outcomes
+# and the next chunk's intents are written. Mailchimp: one round of batch subscribes of 500 on
+# its 5 connections; Brevo: one import, as above.
+CREATE_CHUNK_SIZE = {"mailchimp": 2_500, "brevo": 40_000}
 RELEASED_BY_IMPORT = "a run writing it into the CRM"
 _RENAME = "change_email"  # an update that changes the member's address
 _MEMBER_WRITES = (SyncAction.UPDATE, SyncAction.UNSUBSCRIBE, SyncAction.REMOVE)
@@ -122,6 +127,7 @@ class PushContext:
     audience: str
     run_id: str
     chunk_size: int = 500
+    create_chunk_size: int | None = None  # None: chunk_size
     hold_removals: bool = False
     hold_renames: bool = False
     log: Callable[[str], None] = print
@@ -196,10 +202,7 @@ class _Push:
         creating = by_action.get(SyncAction.CREATE.value, [])
         creates, onto_vacated = map(list, partition(self.takes_vacated, creating))
         self.hold(onto_vacated, SyncAction.CREATE, "crm_import_back", RELEASED_BY_IMPORT)
-        for chunk in chunked(creates, ctx.chunk_size):
-            ctx.log(f"creating {len(chunk)} contacts")
-            self.intend(chunk, SyncAction.CREATE)
-            self.settle(chunk, self.upsert(chunk), SyncAction.CREATE)
+        self.create(creates)
         updates = by_action.get(SyncAction.UPDATE.value, [])
         renames = [r for r in updates if r["old_email"]]
         held = lambda r: self.undoes_unimported_move(r) or self.takes_vacated(r)  # noqa: E731
@@ -219,6 +222,23 @@ class _Push:
         tagged += [(action, r) for action in _MEMBER_WRITES for r in others[action]]
         for chunk in chunked(tagged, ctx.chunk_size):
             self.write_members(chunk)
+
+    def create(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Create `rows` chunk by chunk, one create call in flight: meanwhile the next chunk's
+        intents and the previous chunk's outcomes are written, so the bookkeeping overlaps
+        the provider's latency. A chunk's intents are always recorded before its call."""
+        size = self.ctx.create_chunk_size or self.ctx.chunk_size
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="create") as sender:
+            sent: tuple[Sequence[Mapping[str, Any]], Future[list[Outcome]]] | None = None
+            for chunk in chunked(rows, size):
+                self.ctx.log(f"creating {len(chunk)} contacts")
+                self.intend(chunk, SyncAction.CREATE)
+                answered = None if sent is None else (sent[0], sent[1].result())
+                sent = (chunk, sender.submit(self.upsert, chunk))
+                if answered is not None:
+                    self.settle(*answered, SyncAction.CREATE)
+            if sent is not None:
+                self.settle(sent[0], sent[1].result(), SyncAction.CREATE)
 
     def write_members(self, chunk: Sequence[tuple[str, dict[str, Any]]]) -> None:
         """Record the intents of `chunk` ((action or `_RENAME`, row) pairs), send them in one

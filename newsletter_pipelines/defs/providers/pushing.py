@@ -11,7 +11,13 @@ from newsletter_pipelines.defs.resources import StateDatabaseResource
 from newsletter_pipelines.reporting import markdown_table, mask_email
 from newsletter_pipelines.settings import AudienceConfig, Settings
 from newsletter_pipelines.sync.guards import MassLimits, MassVerdict, push_verdicts
-from newsletter_pipelines.sync.push import CHUNK_SIZE, PushContext, PushSummary, Redecide
+from newsletter_pipelines.sync.push import (
+    CHUNK_SIZE,
+    CREATE_CHUNK_SIZE,
+    PushContext,
+    PushSummary,
+    Redecide,
+)
 
 RESULTS = ("created", "updated", "unchanged", "unsubscribed", "removed", "refused", "held")
 
@@ -54,6 +60,7 @@ def push_context(
         audience=audience.key,
         run_id=context.run.run_id,
         chunk_size=CHUNK_SIZE[audience.provider],
+        create_chunk_size=CREATE_CHUNK_SIZE[audience.provider],
         hold_removals=not verdicts["removal_guard"].passed,
         hold_renames=not verdicts["rename_guard"].passed,
         log=log,
