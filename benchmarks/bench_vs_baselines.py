@@ -66,7 +66,7 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 from bench_import_back import DEFAULT_POSTGRES_URL, _unreachable, postgres_database
-from measure import fast_sqlite_writes, load, report, routes_text, sandbox_calls
+from measure import PeakRss, fast_sqlite_writes, load, report, routes_text, sandbox_calls
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' package: live.py
 from newsletter_pipelines.crm.loader import insert_rows
@@ -87,6 +87,8 @@ GOAL_FIRST_100K = 3.0  # (1) at least 3× faster than (3) at 100,000, first sync
 GOAL_RERUN_100K = 5.0  # … and 5× on the 1 % re-run
 GOAL_CALLS = 100.0  # (2) makes at least 100× the calls of (1)
 LARGE = 100_000
+HUGE = 1_000_000  # the full sync's peak memory budget is set for this many contacts
+PEAK_BUDGET = 2 * 1024**3
 APPROACHES = {
     "project": "(1) this project: full_sync_job",
     "loop": "(2) SDK loop: set_list_member per contact",
@@ -191,6 +193,7 @@ class Measured:
     errors: int = 0
     note: str = ""
     detail: dict[str, Any] = field(default_factory=dict)
+    peak_rss: int = 0  # (1) only: this process's peak while the run executed in it
 
     @property
     def extrapolated(self) -> bool:
@@ -434,7 +437,7 @@ def run_project(
     quiet = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
     before = stats(url)
     epoch0, perf0 = time.time(), time.perf_counter()
-    with http_calls() as calls:
+    with PeakRss() as rss, http_calls() as calls:
         if executor == "execute_job":
             result = dg.execute_job(
                 dg.reconstructable(full_sync_job_def),
@@ -464,7 +467,9 @@ def run_project(
         0,
         0,
         note=note,
+        peak_rss=rss.peak,
         detail={
+            "rss_how": rss.how,
             "steps": steps,
             "calls": mc_calls,
             "epoch0": epoch0,
@@ -492,6 +497,11 @@ def project_breakdown(m: Measured) -> list[tuple[str, str]]:
             f"after RUN_SUCCESS {m.wall - (run_end - epoch0):.2f} s",
         )
     )
+    peak = f"{m.peak_rss / 1024**3:.2f} GiB (this process, {d['rss_how']})"
+    if m.total >= HUGE:
+        peak += f"   budget ≤ {PEAK_BUDGET / 1024**3:g} GiB at {HUGE:,}: "
+        peak += "met" if m.peak_rss <= PEAK_BUDGET else "NOT MET"
+    rows.append(("peak RSS of the run", peak))
     for step in steps:
         a, b = step.start - epoch0 + perf0, step.end - epoch0 + perf0
         inside = [c for c in calls if a - 0.05 <= c.start <= b]
