@@ -34,10 +34,17 @@ class PeakRss:
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._hwm_reset = _reset_hwm()
         self.start = self.peak = self._process.memory_info().rss
+        self.samples: list[tuple[float, int]] = []  # (time.perf_counter(), RSS)
 
     def _sample(self) -> None:
         while not self._stop.wait(self._every_s):
-            self.peak = max(self.peak, self._process.memory_info().rss)
+            rss = self._process.memory_info().rss
+            self.samples.append((time.perf_counter(), rss))
+            self.peak = max(self.peak, rss)
+
+    def peak_between(self, start: float, end: float) -> int:
+        """The highest sampled RSS between two `time.perf_counter()` readings (0: no sample)."""
+        return max((rss for t, rss in self.samples if start <= t <= end), default=0)
 
     def __enter__(self) -> PeakRss:
         self._thread.start()

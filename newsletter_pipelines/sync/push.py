@@ -181,7 +181,7 @@ class _Push:
         for action, rows in diff[is_write & consumes].groupby("action"):
             self.hold(records(rows), SyncAction(action), "crm_import_back", RELEASED_BY_IMPORT)
         self.vacated = _vacated(diff[pending]) | waiting
-        self.send(records(diff[is_write & ~consumes]))
+        self.send(diff[is_write & ~consumes])
         if self.refused_renames and self.ctx.redecide is not None:
             self.redecide(self.ctx.redecide)
         self.log_settled(
@@ -192,17 +192,19 @@ class _Push:
         )
         return self.summary
 
-    def send(self, writes: Sequence[dict[str, Any]]) -> None:
+    def send(self, writes: pd.DataFrame) -> None:
         """Send `writes`: creates first, then address changes, updates, unsubscribes and
         removals together (`Provider.write_members`: one provider's batches carry them all)."""
+        creating = writes["action"] == SyncAction.CREATE.value
+        onto_vacated = creating & writes["match_key"].isin(self.vacated)
+        self.hold(
+            records(writes[onto_vacated]), SyncAction.CREATE, "crm_import_back", RELEASED_BY_IMPORT
+        )
+        self.create(writes[creating & ~onto_vacated])
         by_action: dict[str, list[dict[str, Any]]] = {}
-        for row in writes:
+        for row in records(writes[~creating]):
             by_action.setdefault(row["action"], []).append(row)
         ctx = self.ctx
-        creating = by_action.get(SyncAction.CREATE.value, [])
-        creates, onto_vacated = map(list, partition(self.takes_vacated, creating))
-        self.hold(onto_vacated, SyncAction.CREATE, "crm_import_back", RELEASED_BY_IMPORT)
-        self.create(creates)
         updates = by_action.get(SyncAction.UPDATE.value, [])
         renames = [r for r in updates if r["old_email"]]
         held = lambda r: self.undoes_unimported_move(r) or self.takes_vacated(r)  # noqa: E731
@@ -223,14 +225,16 @@ class _Push:
         for chunk in chunked(tagged, ctx.chunk_size):
             self.write_members(chunk)
 
-    def create(self, rows: Sequence[Mapping[str, Any]]) -> None:
+    def create(self, rows: pd.DataFrame) -> None:
         """Create `rows` chunk by chunk, one create call in flight: meanwhile the next chunk's
         intents and the previous chunk's outcomes are written, so the bookkeeping overlaps
-        the provider's latency. A chunk's intents are always recorded before its call."""
+        the provider's latency. A chunk's intents are always recorded before its call; its
+        rows become dicts only then (a million at once would hold gigabytes)."""
         size = self.ctx.create_chunk_size or self.ctx.chunk_size
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="create") as sender:
             sent: tuple[Sequence[Mapping[str, Any]], Future[list[Outcome]]] | None = None
-            for chunk in chunked(rows, size):
+            for start in range(0, len(rows), size):
+                chunk = records(rows.iloc[start : start + size])
                 self.ctx.log(f"creating {len(chunk)} contacts")
                 self.intend(chunk, SyncAction.CREATE)
                 answered = None if sent is None else (sent[0], sent[1].result())
