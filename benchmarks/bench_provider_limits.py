@@ -10,7 +10,7 @@ import are ready 1 s after they were submitted; state in memory), and per provid
 configured as for a live account (production polling; Mailchimp `--connections` of the 10 the
 account allows, Brevo paced to `--rate` of the 10 requests/s it allows):
 
-1. first sync of N new contacts through `upsert`, in the push's chunks (`CHUNK_SIZE`, each
+1. first sync of N new contacts through `upsert`, in the push's chunks (`CREATE_CHUNK_SIZE`, each
    chunk's contacts built just before it is sent, as the push does): wall time, calls by route
    (counted by the sandbox), write calls against ceil(N/500) for Mailchimp, Brevo's imports and
    process polls against its 100 requests/hour budget;
@@ -62,7 +62,7 @@ from newsletter_pipelines.sandbox import (
     SANDBOX_BREVO_KEY,
     SANDBOX_MAILCHIMP_KEY,
 )
-from newsletter_pipelines.sync.push import CHUNK_SIZE
+from newsletter_pipelines.sync.push import CREATE_CHUNK_SIZE
 from newsletter_pipelines_tests.live import serve_sandbox
 
 AUDIENCE = "Provider limits"
@@ -168,12 +168,12 @@ def measured(
 
 
 def first_sync(client: Provider, count: int) -> str:
-    """Upsert `count` new contacts as the push sends creates: `CHUNK_SIZE` contacts a client
+    """Upsert `count` new contacts as the push sends creates: `CREATE_CHUNK_SIZE` contacts a client
     call, each chunk's contacts built just before (as the push builds them from its rows), the
     cyclic garbage collector paused (as `push_diff` pauses it); `created 100,000`: the outcomes
     counted."""
     outcomes: Counter[Result] = Counter()
-    size = CHUNK_SIZE[client.name]
+    size = CREATE_CHUNK_SIZE[client.name]
     with gc_paused():
         for start in range(0, count, size):
             chunk = people(min(size, count - start), start)
@@ -238,7 +238,7 @@ def bench_brevo(served: Served, args: argparse.Namespace) -> None:
     live = {"base_url": served.url + BREVO_PREFIX, "max_connections": args.connections}
     client = BrevoClient(SANDBOX_BREVO_KEY, AUDIENCE, requests_per_second=args.rate, **live)
     n = args.members
-    chunks = math.ceil(n / CHUNK_SIZE["brevo"])
+    chunks = math.ceil(n / CREATE_CHUNK_SIZE["brevo"])
     paced = lambda calls: calls / BREVO_ALLOWED_RATE  # noqa: E731
     imported = lambda calls: paced(calls) + chunks * args.process_delay  # noqa: E731
     outcomes, sync, members, snap = both_phases(served, client, n, (imported, paced))
