@@ -82,6 +82,21 @@ def to_json(value: object) -> Json:
     )
 
 
+def dataclass_fields(cls: type) -> tuple[str, ...] | None:
+    """The stored fields of a registered dataclass, in order; None for any other type."""
+    return _FIELDS.get(cls)
+
+
+def registered(name: str) -> type:
+    """The registered enum or dataclass stored under `name`."""
+    return _BY_NAME[name]
+
+
+def build_dataclass(cls: type, fields: dict[str, Any]) -> Any:
+    """An instance of the registered dataclass `cls` with the stored `fields`."""
+    return _undataclass(cls, fields)
+
+
 def _untag(obj: dict[str, Any]) -> Any:
     tag = obj.get(TAG)
     if tag is None:
@@ -232,5 +247,6 @@ _more_encoders, _more_decoders = _registered()
 _ENCODERS |= _more_encoders
 _DECODERS |= _more_decoders
 _NAMES = sorted(_more_decoders)
+_BY_NAME = {cls.__name__: cls for cls in REGISTERED}
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 _DECODER = json.JSONDecoder(object_hook=_untag)
