@@ -139,11 +139,27 @@ def _encode_column(column: pd.Series) -> pd.Series:
 
 
 def _encode_values(values: Iterable[Any]) -> list[str | None]:
-    seen: dict[int, str] = {}  # by identity: frames share their tuples of tags
-    return [
-        None if v is None else seen.get(id(v)) or seen.setdefault(id(v), codec.encode(v))
-        for v in values
-    ]
+    """Tagged JSON texts of `values` (None for None): each object encoded once (frames share
+    their tuples of tags), a set or tuple of texts once per distinct value."""
+    by_id: dict[int, str] = {}
+    by_value: dict[tuple[type, Any], str] = {}  # sets and tuples of str only: 1 == 1.0
+    texts: list[str | None] = []
+    for value in values:
+        if value is None:
+            texts.append(None)
+            continue
+        text = by_id.get(id(value))
+        if text is None:
+            kind = type(value)
+            grouped = kind is frozenset or kind is tuple
+            text = by_value.get((kind, value)) if grouped else None
+            if text is None:
+                text = codec.encode(value)
+                if grouped and all(type(v) is str for v in value):
+                    by_value[kind, value] = text
+            by_id[id(value)] = text
+        texts.append(text)
+    return texts
 
 
 def _struct_column(column: pd.Series, cls: type) -> tuple[pa.StructArray, list[str]]:
@@ -201,6 +217,6 @@ def _immutable(value: Any) -> bool:
 
 def _decode_column(column: pd.Series) -> pd.Series:
     # fromiter keeps tuples whole (np.array would make them a second dimension)
-    values = codec.decode_many(column.tolist())
+    values = _decode_distinct(column.tolist())
     array = np.fromiter(values, dtype=object, count=len(column))
     return pd.Series(array, index=column.index, dtype=object, name=column.name, copy=False)
