@@ -51,6 +51,7 @@ from newsletter_pipelines.providers.mailchimp_models import (
     MergeField,
     MergeFieldsPage,
     SentToPage,
+    Subscribed,
     WebhooksPage,
 )
 
@@ -312,9 +313,17 @@ class MailchimpClient:
         with gc_paused():
             first = self._page(0)
             offsets = list(range(PAGE_SIZE, first.total_items, PAGE_SIZE))
-            pages = [first, *self._api.parallel(self._page, offsets)]
-            by_id = {m.id: self._member(m) for page in pages for m in page.members}
+            pages = [self._page_members(first), *self._api.parallel(self._read_page, offsets)]
+            by_id = {m.provider_id: m for page in pages for m in page}
             return list(by_id.values())
+
+    def _read_page(self, offset: int) -> list[Member]:
+        """The members of the page at `offset`, read as it arrives (while other pages are
+        still on their way, rather than all at the end)."""
+        return self._page_members(self._page(offset))
+
+    def _page_members(self, page: MembersPage) -> list[Member]:
+        return [self._member(m) for m in page.members]
 
     def members(self, emails: Sequence[str]) -> list[Member]:
         """`GET …/members/{hash}` per address, concurrently (404: no member); the snapshot,
@@ -479,11 +488,12 @@ class MailchimpClient:
     def _invalid_value(self, contact: Contact) -> str | None:
         for tag, value in self._merge_fields(contact).items():
             field = self._fields[tag]
-            if len(value.encode()) > 255:
+            if len(value) > 63 and len(value.encode()) > 255:  # 63 characters never are
                 return f"{tag}: longer than 255 bytes (checked before sending)"
-            choices = field.options.get("choices") or []
-            if field.type in _CHOICE_TYPES and value and value not in choices:
-                return f"{tag}: {value!r} is not one of {choices} (checked before sending)"
+            if field.type in _CHOICE_TYPES and value:
+                choices = field.options.get("choices") or []
+                if value not in choices:
+                    return f"{tag}: {value!r} is not one of {choices} (checked before sending)"
         return None
 
     def _subscribe(self, chunk: Sequence[Contact]) -> tuple[dict[str, Outcome], list[Contact]]:
@@ -753,7 +763,7 @@ class MailchimpClient:
     # --- outcome helpers ----------------------------------------------------------------
 
     @staticmethod
-    def _done(action: Action, result: Result, contact: Contact, member: MemberOut) -> Outcome:
+    def _done(action: Action, result: Result, contact: Contact, member: Subscribed) -> Outcome:
         return Outcome(
             action=action,
             outcome=result,
