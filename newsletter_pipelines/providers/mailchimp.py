@@ -409,6 +409,7 @@ class MailchimpClient:
         self.ensure_audience()
         outcomes: dict[str, Outcome] = {}
         creates: list[Contact] = []
+        back: list[tuple[Contact, Member]] = []  # creates of archived members
         updates: list[tuple[Contact, Member | None]] = []
         for contact in writes.updates:
             problem = self._invalid_value(contact)
@@ -419,6 +420,8 @@ class MailchimpClient:
                 )
             elif member is None or member.status is MemberStatus.ARCHIVED:
                 creates.append(contact)
+                if member is not None:
+                    back.append((contact, member))
             else:
                 updates.append((contact, member))
         chunks = [
@@ -437,7 +440,6 @@ class MailchimpClient:
             outcomes[contact.crm_id] = self._combine(
                 Action.UPSERT, contact, member, [results[i] for i in ids]
             )
-        back = [(c, writes.current[c.key]) for c in creates if c.key in writes.current]
         outcomes.update(self._drop_archived_tags(back, outcomes))
         return [
             *self._email_outcomes(writes.renames, results),
