@@ -51,6 +51,7 @@ from newsletter_pipelines.providers.mailchimp_models import (
     MergeField,
     MergeFieldsPage,
     SentToPage,
+    Subscribed,
     WebhooksPage,
 )
 
@@ -312,9 +313,17 @@ class MailchimpClient:
         with gc_paused():
             first = self._page(0)
             offsets = list(range(PAGE_SIZE, first.total_items, PAGE_SIZE))
-            pages = [first, *self._api.parallel(self._page, offsets)]
-            by_id = {m.id: self._member(m) for page in pages for m in page.members}
+            pages = [self._page_members(first), *self._api.parallel(self._read_page, offsets)]
+            by_id = {m.provider_id: m for page in pages for m in page}
             return list(by_id.values())
+
+    def _read_page(self, offset: int) -> list[Member]:
+        """The members of the page at `offset`, read as it arrives (while other pages are
+        still on their way, rather than all at the end)."""
+        return self._page_members(self._page(offset))
+
+    def _page_members(self, page: MembersPage) -> list[Member]:
+        return [self._member(m) for m in page.members]
 
     def members(self, emails: Sequence[str]) -> list[Member]:
         """`GET …/members/{hash}` per address, concurrently (404: no member); the snapshot,
@@ -400,6 +409,7 @@ class MailchimpClient:
         self.ensure_audience()
         outcomes: dict[str, Outcome] = {}
         creates: list[Contact] = []
+        back: list[tuple[Contact, Member]] = []  # creates of archived members
         updates: list[tuple[Contact, Member | None]] = []
         for contact in writes.updates:
             problem = self._invalid_value(contact)
@@ -410,6 +420,8 @@ class MailchimpClient:
                 )
             elif member is None or member.status is MemberStatus.ARCHIVED:
                 creates.append(contact)
+                if member is not None:
+                    back.append((contact, member))
             else:
                 updates.append((contact, member))
         chunks = [
@@ -428,7 +440,6 @@ class MailchimpClient:
             outcomes[contact.crm_id] = self._combine(
                 Action.UPSERT, contact, member, [results[i] for i in ids]
             )
-        back = [(c, writes.current[c.key]) for c in creates if c.key in writes.current]
         outcomes.update(self._drop_archived_tags(back, outcomes))
         return [
             *self._email_outcomes(writes.renames, results),
@@ -479,11 +490,12 @@ class MailchimpClient:
     def _invalid_value(self, contact: Contact) -> str | None:
         for tag, value in self._merge_fields(contact).items():
             field = self._fields[tag]
-            if len(value.encode()) > 255:
+            if len(value) > 63 and len(value.encode()) > 255:  # 63 characters never are
                 return f"{tag}: longer than 255 bytes (checked before sending)"
-            choices = field.options.get("choices") or []
-            if field.type in _CHOICE_TYPES and value and value not in choices:
-                return f"{tag}: {value!r} is not one of {choices} (checked before sending)"
+            if field.type in _CHOICE_TYPES and value:
+                choices = field.options.get("choices") or []
+                if value not in choices:
+                    return f"{tag}: {value!r} is not one of {choices} (checked before sending)"
         return None
 
     def _subscribe(self, chunk: Sequence[Contact]) -> tuple[dict[str, Outcome], list[Contact]]:
@@ -753,7 +765,7 @@ class MailchimpClient:
     # --- outcome helpers ----------------------------------------------------------------
 
     @staticmethod
-    def _done(action: Action, result: Result, contact: Contact, member: MemberOut) -> Outcome:
+    def _done(action: Action, result: Result, contact: Contact, member: Subscribed) -> Outcome:
         return Outcome(
             action=action,
             outcome=result,

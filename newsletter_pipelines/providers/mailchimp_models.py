@@ -41,9 +41,18 @@ class BatchSubscribeError(_Answer):
     field_message: str = ""
 
 
+class Subscribed(_Answer):
+    """A new member as a batch subscribe answers it, read only as far as its outcome needs
+    (the answer holds every field of 500 members; reading them all was a third of the call)."""
+
+    id: str
+    contact_id: str | None = None
+    email_address: str
+    status: str
+
+
 class BatchSubscribeAnswer(_Answer):
-    new_members: list[MemberOut] = Field(default_factory=list)
-    updated_members: list[MemberOut] = Field(default_factory=list)
+    new_members: list[Subscribed] = Field(default_factory=list)
     errors: list[BatchSubscribeError] = Field(default_factory=list)
 
 

@@ -9,12 +9,11 @@ shows a list in both), so such a contact is not among the list's contacts; linki
 from __future__ import annotations
 
 from collections.abc import Callable
-from operator import attrgetter
 from typing import Any
 
 from newsletter_pipelines.sandbox import brevo_rules as rules
 from newsletter_pipelines.sandbox.brevo_rules import BrevoError, BrevoHooks, contact_json
-from newsletter_pipelines.sandbox.brevo_state import BvAccount, BvContact, BvFolder, BvList
+from newsletter_pipelines.sandbox.brevo_state import BvAccount, BvFolder, BvList
 from newsletter_pipelines.sandbox.core import Request, Response, json_response, parse_iso
 
 MAX_LIST_MEMBERS_CALL = 150
@@ -124,15 +123,14 @@ class ListHandlers:
         lst = rules.find_list(account, request.params["listId"])
         limit, offset = rules.page(request, _CONTACT_LIMIT, 50)
         since = _modified_since(request)
-        list_id = lst.id  # read once: every contact of the account is looked at, every page
-        rows = [
-            c
-            for c in account.contacts.values()
-            if list_id in c.listIds and (since is None or c.modifiedAt >= since)
-        ]
-        _sort_by_id(account, rows, descending=request.arg("sort", "desc") == "desc")
-        page = [contact_json(c) for c in rows[offset : offset + limit]]
-        return json_response(200, {"contacts": page, "count": len(rows)})
+        contacts = account.contacts
+        ids = account.list_contact_ids(lst.id)  # by id, as the list shows them
+        if since is not None:
+            ids = [i for i in ids if contacts[i].modifiedAt >= since]
+        if request.arg("sort", "desc") == "desc":
+            ids = ids[::-1]
+        page = [contact_json(contacts[i]) for i in ids[offset : offset + limit]]
+        return json_response(200, {"contacts": page, "count": len(ids)})
 
     def _members_body(self, request: Request) -> list[str]:
         body = request.json_object()
@@ -157,7 +155,7 @@ class ListHandlers:
             if contact is None or lst.id in contact.listIds:
                 failure.append(identifier)
                 continue
-            contact.listIds.append(lst.id)
+            account.link(contact, lst.id)
             contact.modifiedAt = now
             success.append(identifier)
             rules.api_events(self.hooks, account, contact, [lst.id], updated=False)
@@ -172,7 +170,7 @@ class ListHandlers:
             if contact is None or lst.id not in contact.listIds:
                 failure.append(identifier)
                 continue
-            contact.listIds.remove(lst.id)
+            account.unlink(contact, lst.id)
             contact.modifiedAt = now
             success.append(identifier)
         return self._membership_answer(success, failure)
@@ -203,14 +201,3 @@ def _modified_since(request: Request) -> float | None:
         return parse_iso(since)
     except ValueError:
         raise BrevoError(400, "invalid_parameter", "modifiedSince is not a valid date") from None
-
-
-def _sort_by_id(account: BvAccount, rows: list[BvContact], *, descending: bool) -> None:
-    """Sort contacts of the account by id in place. The account keys its contacts by id and
-    stores them as they were created, with growing ids, so when its keys are in order the
-    rows already are (and reversing them sorts them descending: ids are unique)."""
-    ids = list(account.contacts)
-    if ids != sorted(ids):
-        rows.sort(key=attrgetter("id"))
-    if descending:
-        rows.reverse()

@@ -203,11 +203,11 @@ def apply_update(
     for list_id in body.get("listIds") or []:
         find_list(account, str(list_id))
         if list_id not in contact.listIds:
-            contact.listIds.append(list_id)
+            account.link(contact, list_id)
             added.append(list_id)
     for list_id in body.get("unlinkListIds") or []:
         if list_id in contact.listIds:
-            contact.listIds.remove(list_id)
+            account.unlink(contact, list_id)
     contact.modifiedAt = now
     return added
 

@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field, PrivateAttr
 
+from newsletter_pipelines.sandbox.brevo_index import ContactIndex
+
 LANGUAGE_NAME_ATTRIBUTES: dict[str, tuple[str, str]] = {
     "en": ("FIRSTNAME", "LASTNAME"),
     "de": ("VORNAME", "NACHNAME"),
@@ -134,11 +136,19 @@ class BvAccount(BaseModel):
     webhooks: dict[int, BvWebhook] = Field(default_factory=dict)
     campaigns: dict[int, BvCampaign] = Field(default_factory=dict)
     next_id: int = 1
-    _by_email: dict[str, int] = PrivateAttr(default_factory=dict)
+    _index: ContactIndex = PrivateAttr(default_factory=ContactIndex)
 
     def model_post_init(self, context: Any, /) -> None:
-        """Rebuild the email index (it is not persisted)."""
-        self._by_email = {c.email.lower(): c.id for c in self.contacts.values()}
+        """Rebuild the contact index (it is not persisted)."""
+        index = self._contact_index()
+        for contact in self.contacts.values():
+            index.add(contact)
+
+    def _contact_index(self) -> ContactIndex:
+        """The index, read past pydantic's private-attribute lookup (a micro-second a read,
+        once or twice for every contact an import writes)."""
+        index: ContactIndex = self.__pydantic_private__["_index"]  # type: ignore[index]
+        return index
 
     def new_id(self) -> int:
         """A fresh numeric id."""
@@ -147,23 +157,39 @@ class BvAccount(BaseModel):
 
     def by_email(self, email: str) -> BvContact | None:
         """The contact with this address, if any."""
-        contact_id = self._by_email.get(email.lower())
+        contact_id = self._contact_index().by_email.get(email.lower())
         return self.contacts.get(contact_id) if contact_id is not None else None
 
     def add_contact(self, contact: BvContact) -> None:
         """Store a new contact."""
         self.contacts[contact.id] = contact
-        self._by_email[contact.email.lower()] = contact.id
+        self._contact_index().add(contact)
+
+    def link(self, contact: BvContact, list_id: int) -> None:
+        """Add the list to the contact's `listIds`."""
+        contact.listIds.append(list_id)
+        self._contact_index().link(contact.id, list_id)
+
+    def unlink(self, contact: BvContact, list_id: int) -> None:
+        """Take the list out of the contact's `listIds`."""
+        contact.listIds.remove(list_id)
+        if list_id not in contact.listIds:
+            self._contact_index().unlink(contact.id, list_id)
+
+    def list_contact_ids(self, list_id: int) -> list[int]:
+        """The ids of the list's contacts, ascending (the caller must not change it)."""
+        return self._contact_index().list_ids(list_id)
 
     def rename(self, contact: BvContact, email: str) -> None:
         """Change a contact's address."""
-        self._by_email.pop(contact.email.lower(), None)
+        index = self._contact_index()
+        index.by_email.pop(contact.email.lower(), None)
         contact.email = email
-        self._by_email[email.lower()] = contact.id
+        index.by_email[email.lower()] = contact.id
 
     def delete(self, contact: BvContact) -> None:
         """Remove a contact from the account."""
-        self._by_email.pop(contact.email.lower(), None)
+        self._contact_index().remove(contact)
         del self.contacts[contact.id]
 
     def attribute(self, name: str) -> BvAttribute | None:

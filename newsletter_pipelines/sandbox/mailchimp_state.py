@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -10,6 +11,7 @@ from pydantic import BaseModel, Field
 ACTIVE_STATUSES = ("subscribed", "unsubscribed", "cleaned", "pending", "transactional")
 
 
+@lru_cache(maxsize=1024)  # a write hashes its address several times (lookup, checks, key)
 def subscriber_hash(email: str) -> str:
     """Mailchimp's member id: MD5 of the lower-cased address."""
     return hashlib.md5(email.lower().encode()).hexdigest()

@@ -320,7 +320,7 @@ def _brevo_person(sandbox: Sandbox, event: PersonEvent) -> dict[str, Any]:
             _set_names(account, contact, event, keep_blank=resubscribe)
             if resubscribe:
                 contact.emailBlacklisted = False
-            _link(contact, list_id)
+            _link(account, contact, list_id)
             contact.modifiedAt = now
             sandbox.brevo_event(
                 account, "listAddition", {"event": "list_addition", "list_id": [list_id], **common}
@@ -342,7 +342,7 @@ def _brevo_person(sandbox: Sandbox, event: PersonEvent) -> dict[str, Any]:
         if event.action == "list_unsubscribe":
             if list_id not in contact.listIds:
                 raise BrevoError(400, "invalid_parameter", "Contact is not in the list")
-            contact.listIds.remove(list_id)
+            account.unlink(contact, list_id)
             contact.listUnsubscribed.append(list_id)
             contact.modifiedAt = now
             sandbox.brevo_event(account, "unsubscribed", {**unsubscribed, "list_id": [list_id]})
@@ -427,12 +427,12 @@ def _set_names(
             contact.attributes[attribute] = value
 
 
-def _link(contact: BvContact, list_id: int) -> None:
+def _link(account: BvAccount, contact: BvContact, list_id: int) -> None:
     """Subscribe the contact to the list: in `listIds`, out of `listUnsubscribed`."""
     if list_id in contact.listUnsubscribed:
         contact.listUnsubscribed.remove(list_id)
     if list_id not in contact.listIds:
-        contact.listIds.append(list_id)
+        account.link(contact, list_id)
 
 
 def _only(accounts: dict[str, Any]) -> str:

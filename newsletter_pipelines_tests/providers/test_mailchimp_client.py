@@ -105,6 +105,17 @@ def test_dropdown_salutation_is_validated_before_sending(
     assert lst_id == fresh.ensure_audience().id
 
 
+@pytest.mark.parametrize(("length", "refused"), [(63, False), (64, True)])
+def test_a_name_over_255_bytes_is_refused_before_sending(
+    sandbox: Sandbox, mailchimp: MailchimpClient, length: int, refused: bool
+) -> None:
+    name = "\N{GRINNING FACE}" * length  # four bytes each: 252 or 256
+    (outcome,) = mailchimp.upsert([Contact(crm_id="x", email="x@example.com", first_name=name)])
+    assert (outcome.outcome is Result.REFUSED) is refused
+    assert ("before sending" in (outcome.message or "")) is refused
+    assert (subscriber_hash("x@example.com") in audience(sandbox).members) is not refused
+
+
 def test_1201_new_contacts_take_three_batch_subscribe_calls(
     sandbox: Sandbox, mailchimp: MailchimpClient
 ) -> None:

@@ -175,3 +175,28 @@ def test_an_hourly_budget_allows_its_burst_then_its_refill_only() -> None:
     assert budget.allow() and not budget.allow()
     now[0] = 100.0  # refilled up to the burst, no further
     assert [budget.allow() for _ in range(3)] == [True, True, False]
+
+
+def test_a_json_body_is_sent_as_httpx_would_encode_it() -> None:
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"ok": "ü"})
+
+    api = http_module.ApiClient(
+        provider="test",
+        base_url="http://provider.test",
+        auth_headers={"authorization": "Bearer secret"},
+        secrets=["secret"],
+        parse_error=lambda response: ("", ""),
+        transport=httpx.MockTransport(answer),
+    )
+    body = {"members": [{"email": "ä@example.com", "name": 'Zoë "Z"\n', "n": 3, "x": None}]}
+    assert api.call("POST", "/write", json=body) == {"ok": "ü"}
+    assert api.call("GET", "/read") == {"ok": "ü"}
+    expected = httpx.Request("POST", "http://provider.test/write", json=body)
+    assert seen[0].content == expected.content
+    assert seen[0].headers["content-type"] == "application/json"
+    assert seen[0].headers["authorization"] == "Bearer secret"
+    assert seen[1].content == b"" and "content-type" not in seen[1].headers

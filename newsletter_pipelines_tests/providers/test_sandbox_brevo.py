@@ -277,3 +277,59 @@ def test_statistics_survive_the_state_file_and_older_files_load(tmp_path: Path) 
         "complaints": [],
         "unsubscriptions": {"userUnsubscription": [], "adminUnsubscription": []},
     }
+
+
+def scanned(sandbox: Sandbox, list_id: int, *, descending: bool) -> list[str]:
+    """The list's contacts found as the list page did before its index: every contact of the
+    account looked at, sorted by id."""
+    contacts = sandbox.state.brevo[SANDBOX_BREVO_KEY].contacts.values()
+    rows = sorted((c for c in contacts if list_id in c.listIds), key=lambda c: c.id)
+    return [c.email for c in (rows[::-1] if descending else rows)]
+
+
+def listed(http: httpx.Client, list_id: int, sort: str, **params: Any) -> list[str]:
+    path = f"{ROOT}/contacts/lists/{list_id}/contacts"
+    emails: list[str] = []
+    for offset in range(0, 40, 7):
+        query = {"limit": 7, "offset": offset, "sort": sort, **params}
+        page = http.get(path, params=query, headers=KEY).json()
+        emails += [c["email"] for c in page["contacts"]]
+    return emails
+
+
+def test_a_list_page_shows_what_a_scan_of_every_contact_finds(
+    http: httpx.Client, sandbox: Sandbox, list_id: int, tmp_path: Path
+) -> None:
+    folder = http.post(f"{ROOT}/contacts/folders", json={"name": "G"}, headers=KEY).json()["id"]
+    other = http.post(f"{ROOT}/contacts/lists", json={"name": "M", "folderId": folder}, headers=KEY)
+    other_id = int(other.json()["id"])
+    put_contact(sandbox, "put@example.com", listIds=[list_id, other_id])
+    rows = [{"email": f"i{n}@example.com"} for n in range(12)]
+    run_import(http, {"jsonBody": rows, "listIds": [list_id]})
+    run_import(http, {"jsonBody": rows[::3], "listIds": [other_id]})
+    for n in range(3):
+        body = {"email": f"p{n}@example.com", "listIds": [other_id]}
+        http.post(f"{ROOT}/contacts", json=body, headers=KEY)
+    add = {"emails": ["p0@example.com", "p1@example.com", "nobody@example.com"]}
+    http.post(f"{ROOT}/contacts/lists/{list_id}/contacts/add", json=add, headers=KEY)
+    remove = {"emails": ["i1@example.com", "i4@example.com"]}
+    http.post(f"{ROOT}/contacts/lists/{list_id}/contacts/remove", json=remove, headers=KEY)
+    unlink = {"unlinkListIds": [list_id], "listIds": [other_id]}
+    http.put(f"{ROOT}/contacts/i2@example.com", json=unlink, headers=KEY)
+    http.delete(f"{ROOT}/contacts/i3@example.com", headers=KEY)
+    for action, email in (("list_unsubscribe", "i5@example.com"), ("signup", "new@example.com")):
+        event = {"list_id": str(list_id), "email": email, "action": action}
+        assert http.post("/_sandbox/brevo/people", json=event).status_code < 300
+    for target in (list_id, other_id):
+        for sort in ("asc", "desc"):
+            assert listed(http, target, sort) == scanned(sandbox, target, descending=sort == "desc")
+    since = {"modifiedSince": "2000-01-01T00:00:00.000Z"}
+    assert listed(http, list_id, "asc", **since) == scanned(sandbox, list_id, descending=False)
+
+    state = tmp_path / "sandbox.json"
+    sandbox.state_file = state
+    sandbox.save()
+    loaded = Sandbox(state_file=state)
+    with httpx.Client(transport=SandboxTransport(loaded), base_url=SANDBOX_ORIGIN) as again:
+        assert listed(again, other_id, "asc") == scanned(sandbox, other_id, descending=False)
+    loaded.close()

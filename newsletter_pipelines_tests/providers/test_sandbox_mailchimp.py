@@ -18,6 +18,7 @@ from newsletter_pipelines.sandbox import (
     FaultRule,
     Sandbox,
     SandboxTransport,
+    mailchimp_members,
 )
 from newsletter_pipelines.sandbox.mailchimp_state import subscriber_hash
 
@@ -206,3 +207,38 @@ def test_unknown_routes_and_methods(sandbox: Sandbox, http: httpx.Client, list_i
     off_spec = httpx.Client(transport=SandboxTransport(sandbox), base_url=SANDBOX_ORIGIN)
     answer = off_spec.put(f"{ROOT}/lists/{list_id}/members", json={}, auth=AUTH)
     assert (answer.status_code, answer.headers["allow"]) == (405, "GET, POST")
+
+
+def test_a_member_written_out_is_what_its_parts_build(
+    http: httpx.Client, sandbox: Sandbox, list_id: str
+) -> None:
+    members = [
+        {"email_address": "a@example.com", "status": "subscribed", "tags": ["VIP", "crm"]},
+        {"email_address": "b@example.com", "status": "pending", "merge_fields": {"FNAME": "B"}},
+    ]
+    http.post(f"{ROOT}/lists/{list_id}", json={"members": members}, auth=AUTH)
+    lst = sandbox.state.mailchimp[SANDBOX_MAILCHIMP_KEY].lists[list_id]
+    for member in lst.members.values():
+        parts = mailchimp_members._MEMBER_PARTS
+        built = {name: build(lst, member, lst.segments) for name, build in parts}
+        written = mailchimp_members.representation(lst, member, lst.segments)
+        assert list(written.items()) == list(built.items())
+        assert mailchimp_members.representations(lst, [member]) == [written]
+
+
+@pytest.mark.parametrize(("length", "refused"), [(63, False), (64, True)])
+def test_a_merge_value_over_255_bytes_is_refused(
+    http: httpx.Client, list_id: str, length: int, refused: bool
+) -> None:
+    value = "\N{GRINNING FACE}" * length  # four bytes each: 252 or 256
+    member = {"email_address": "a@example.com", "status": "subscribed"}
+    answer = subscribe_entries(http, list_id, {**member, "merge_fields": {"FNAME": value}})
+    assert answer["error_count"] == int(refused)
+    if refused:
+        assert answer["errors"][0]["field"] == "FNAME"
+
+
+def subscribe_entries(http: httpx.Client, list_id: str, *members: Any) -> dict[str, Any]:
+    response = http.post(f"{ROOT}/lists/{list_id}", json={"members": list(members)}, auth=AUTH)
+    assert response.status_code == 200
+    return dict(response.json())
