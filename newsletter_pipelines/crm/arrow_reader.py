@@ -7,6 +7,10 @@ engine's `connect_args` and connect events do not apply to it. Any other databas
 type whose values differ between the drivers (PostgreSQL: numeric, timestamptz, bytea, JSON, …),
 a SQLite column holding more than one storage class (ADBC would convert them to one type) or any
 failure gives None: the caller reads rows instead (`crm.reader`).
+
+The first query is read in the calling thread; the others, and on SQLite the storage-class check,
+in a second thread on connections of their own (as the row-wise read's queries, each its own
+transaction).
 """
 
 from __future__ import annotations
@@ -83,25 +87,30 @@ def read_columns(
         log.info("CRM read row-wise: %s is not installed", module.partition(".")[0])
         return None
     statements = [_sql(query, engine.dialect) for query in queries]
+    sqlite = "sqlite" in module
+    checks = [_sql(_storage_query(q), engine.dialect) for q in queries] if sqlite else None
+    options = {"adbc.sqlite.query.batch_rows": str(_SQLITE_BATCH_ROWS)} if sqlite else {}
     try:
-        with ThreadPoolExecutor(1) as pool:  # SQLite: the storage classes, while ADBC reads
-            checks = [_sql(_storage_query(q), engine.dialect) for q in queries]
-            stored = pool.submit(_storage_classes, uri, checks) if "sqlite" in module else None
-            options = {"adbc.sqlite.query.batch_rows": str(_SQLITE_BATCH_ROWS)} if stored else {}
-            tables = _fetch(dbapi, uri, statements, options)
-            refusal = _refusal(tables, stored.result() if stored else None)
+        with ThreadPoolExecutor(1) as pool:  # on a second core: the other queries, the check
+            later = pool.submit(_fetch_later, dbapi, uri, statements[1:], options, checks)
+            first = _fetch(dbapi, uri, statements[:1], options)
+            columns = [_columns(first[0], objects[0])]  # while the others are read
+            rest, stored = later.result()
+        refusal = _refusal([*first, *rest], stored)
         if refusal:
             log.info("CRM read row-wise: %s", refusal)
             return None
-        columns = [
-            [_converted(table.column(j), as_objects=objs) for j, objs in enumerate(kinds)]
-            for table, kinds in zip(tables, objects, strict=True)
-        ]
+        columns += [_columns(table, kinds) for table, kinds in zip(rest, objects[1:], strict=True)]
     except (dbapi.Error, sqlite3.Error, pa.ArrowException, OSError, ValueError) as exc:
         log.warning("CRM read row-wise: the ADBC read failed (%s: %s)", type(exc).__name__, exc)
         return None
     log.info("CRM read column-wise through %s", module.partition(".")[0])
     return columns
+
+
+def _columns(table: pa.Table, objects: Sequence[bool]) -> list[ArrayLike]:
+    """The table's columns converted (`objects`: per column, whether left as values)."""
+    return [_converted(table.column(j), as_objects=o) for j, o in enumerate(objects)]
 
 
 def _sql(query: sa.Select, dialect: sa.Dialect) -> str:
@@ -128,6 +137,19 @@ def _storage_query(query: sa.Select) -> sa.Select:
     """SQLite: the storage classes (`typeof`) each column of `query` holds, comma-separated."""
     inner = query.order_by(None).subquery()
     return sa.select(*(sa.func.group_concat(sa.distinct(sa.func.typeof(c))) for c in inner.c))
+
+
+def _fetch_later(
+    dbapi: ModuleType,
+    uri: str,
+    statements: Sequence[str],
+    options: dict[str, str],
+    checks: Sequence[str] | None,
+) -> tuple[list[pa.Table], StorageClasses | None]:
+    """`_fetch` of `statements` on a connection of its own, and SQLite's storage classes of every
+    query (`checks`) on another."""
+    tables = _fetch(dbapi, uri, statements, options)
+    return tables, None if checks is None else _storage_classes(uri, checks)
 
 
 def _storage_classes(path: str, checks: Sequence[str]) -> StorageClasses:
