@@ -225,7 +225,8 @@ def _classify(contacts: pd.DataFrame, values: CrmValues) -> EligibilityResult:
             "detail": detail[is_excluded],
             "newsletter": newsletter[is_excluded],
             "updated_at": updated_at.iloc[is_excluded].reset_index(drop=True),
-        }
+        },
+        copy=False,  # fresh arrays: not copied again into one block
     )
     occurrences = np.bincount(reason, minlength=len(REASONS) + 1).tolist()
     counts = {"eligible": len(eligible)} | dict(zip(REASONS, occurrences[1:], strict=True))
@@ -258,4 +259,5 @@ def _eligible_frame(
         cleaned += int(changed[codes].sum())  # NULL (code -1) is not a cleaned value
     columns["tags"] = _map_unique(taken("tags"), clean_tags)
     columns["updated_at"] = updated_at.iloc[positions].reset_index(drop=True)
-    return pd.DataFrame(columns)[list(ELIGIBLE_COLUMNS)], cleaned
+    ordered = {name: columns[name] for name in ELIGIBLE_COLUMNS}
+    return pd.DataFrame(ordered, copy=False), cleaned  # fresh arrays: not copied again

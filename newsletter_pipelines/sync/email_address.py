@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from email_validator import EmailNotValidError, validate_email
+from email_validator import EmailNotValidError, EmailSyntaxError, validate_email
 from email_validator.rfc_constants import (
     CASE_INSENSITIVE_MAILBOX_NAMES,
     EMAIL_MAX_LENGTH,
@@ -108,14 +108,29 @@ def check_email(address: str) -> CheckResult:
 
 @contextmanager
 def _domain_checks_memoised() -> Iterator[None]:
-    """Memoise email-validator's domain check while a batch is checked.
+    """Memoise email-validator's domain check while a batch is checked, its verdict on invalid
+    domains too.
 
     The domain check is a pure function of the domain and two thirds of the cost of an address;
     CRM addresses share few domains. `validate_email` itself still validates every address.
     """
     module = importlib.import_module("email_validator.validate_email")
     original = module.validate_email_domain_name
-    module.validate_email_domain_name = functools.lru_cache(maxsize=100_000)(original)
+
+    @functools.lru_cache(maxsize=100_000)
+    def verdict(*args: Any, **kwargs: Any) -> tuple[Any, str | None]:
+        try:
+            return original(*args, **kwargs), None
+        except EmailSyntaxError as exc:  # the only error it raises
+            return None, str(exc)
+
+    def memoised(*args: Any, **kwargs: Any) -> Any:
+        checked, error = verdict(*args, **kwargs)
+        if error is not None:
+            raise EmailSyntaxError(error)  # a new exception each time: no shared traceback
+        return checked
+
+    module.validate_email_domain_name = memoised
     try:
         yield
     finally:
