@@ -177,18 +177,17 @@ def _plain_arrays(addresses: pa.Array) -> tuple[np.ndarray, pa.Array, pa.Array]:
 
 
 def check_emails(addresses: Sequence[str]) -> list[CheckResult]:
-    """Check many distinct cleaned addresses: plain ones at once, the rest one by one."""
+    """Check many cleaned addresses: plain ones at once, the rest one by one."""
     if not len(addresses):
         return []
-    sent, keys, reasons = check_distinct(addresses)
+    sent, keys, reasons = check_addresses(addresses)
     return list(zip(sent.tolist(), keys.tolist(), reasons.tolist(), strict=True))
 
 
-def check_distinct(
-    addresses: Sequence[str] | np.ndarray, arrow: pa.Array | None = None
-) -> tuple[np.ndarray, ...]:
-    """`check_emails` as three object arrays: ASCII forms, dedupe keys, reasons (`arrow`: the
-    addresses as a large_string Arrow array, when the caller has it).
+def check_addresses(addresses: Sequence[str] | np.ndarray) -> tuple[np.ndarray, ...]:
+    """`check_emails` as three object arrays: ASCII forms, dedupe keys, reasons. Addresses may
+    repeat: the library checks each address off the fast path once (a verdict per distinct
+    address), so the caller need not find the distinct ones first.
 
     A result equal to the address (or the key equal to the ASCII form) is the same object,
     not a copy: most CRM addresses are lower-case ASCII already.
@@ -200,8 +199,7 @@ def check_distinct(
     reasons = np.full(len(given), None, dtype=object)
     if not len(given):
         return sent, keys, reasons
-    if arrow is None:
-        arrow = pa.array(given, type=pa.large_string())
+    arrow = pa.array(given, type=pa.large_string())
     mask = np.zeros(len(given), dtype=bool)
     for start in range(0, len(given), _BATCH):  # Arrow's intermediate arrays stay small
         batch = arrow.slice(start, _BATCH)
@@ -211,9 +209,13 @@ def check_distinct(
         sent[chosen] = _same_or_new(given[chosen], plain, plain_sent)
         keys[chosen] = _same_or_new(sent[chosen], plain_sent, plain_keys)
         del batch, plain, plain_sent, plain_keys
+    verdicts: dict[str, CheckResult] = {}
     with _domain_checks_memoised():
         for position in np.flatnonzero(~mask).tolist():
-            sent[position], keys[position], reasons[position] = check_email(given[position])
+            address = given[position]
+            if address not in verdicts:
+                verdicts[address] = check_email(address)
+            sent[position], keys[position], reasons[position] = verdicts[address]
     return sent, keys, reasons
 
 
