@@ -53,6 +53,21 @@ def test_addresses_checked_in_several_batches_answer_what_the_library_answers(
     assert check_emails(batch) == [check_email(a) for a in batch]
 
 
+def test_a_repeated_address_off_the_fast_path_is_checked_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    checked: list[str] = []
+
+    def counted(address: str) -> email_address.CheckResult:
+        checked.append(address)
+        return check_email(address)
+
+    monkeypatch.setattr(email_address, "check_email", counted)
+    batch = ["x@bücher.de", "n/a", "x@bücher.de", "a@b.de", "n/a", "a@b.de"]
+    assert check_emails(batch) == [check_email(a) for a in batch]
+    assert sorted(checked) == ["n/a", "x@bücher.de"]
+
+
 @pytest.mark.parametrize("first", ["a@b.de", "a@b.de\x00"])
 def test_an_address_with_a_nul_character_is_not_taken_for_its_prefix(first: str) -> None:
     """pandas' factorize compares text up to a NUL: each address keeps its own verdict."""

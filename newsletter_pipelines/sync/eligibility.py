@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from newsletter_pipelines.bulk import gc_paused
 from newsletter_pipelines.settings import CrmValues
-from newsletter_pipelines.sync.email_address import check_distinct, clean_raw_emails
+from newsletter_pipelines.sync.email_address import check_addresses, clean_raw_emails
 from newsletter_pipelines.values import is_missing
 
 REASONS = ("private", "missing_email", "invalid_email", "duplicate", "opted_out", "not_opted_in")
@@ -176,19 +176,15 @@ def _classify(contacts: pd.DataFrame, values: CrmValues) -> EligibilityResult:
     key_code = np.full(total, -1, dtype=np.int64)  # one code per distinct key, -1: none
     checked_positions = np.flatnonzero(present)
     if len(checked_positions):
-        checked = raw_email[checked_positions]
-        encoded = pa.array(checked, type=pa.large_string()).dictionary_encode()
-        codes = encoded.indices.to_numpy()
-        first = np.empty(len(encoded.dictionary), dtype=np.intp)
-        first[codes] = np.arange(len(codes))  # a position of each distinct address
-        sent, keys, why = check_distinct(checked[first], encoded.dictionary)
-        email[checked_positions] = sent[codes]
-        key[checked_positions] = keys[codes]
-        key_code[checked_positions] = pd.factorize(keys)[0][codes]
+        # every address, repeated ones too: the fast path costs less than finding them first
+        sent, keys, why = check_addresses(raw_email[checked_positions])
+        email[checked_positions] = sent
+        key[checked_positions] = keys
+        key_code[checked_positions] = pd.factorize(keys)[0]
         invalid = (key_code[checked_positions] < 0) & ~private[checked_positions]
         reason[checked_positions[invalid]] = _INVALID_EMAIL
-        detail[checked_positions[invalid]] = why[codes[invalid]]
-        del checked, encoded, codes, first, sent, keys, why
+        detail[checked_positions[invalid]] = why[invalid]
+        del sent, keys, why
         pa.default_memory_pool().release_unused()  # Arrow's buffers, not kept for later
 
     candidates = np.flatnonzero(reason == 0)
@@ -225,7 +221,8 @@ def _classify(contacts: pd.DataFrame, values: CrmValues) -> EligibilityResult:
             "detail": detail[is_excluded],
             "newsletter": newsletter[is_excluded],
             "updated_at": updated_at.iloc[is_excluded].reset_index(drop=True),
-        }
+        },
+        copy=False,  # fresh arrays: not copied again into one block
     )
     occurrences = np.bincount(reason, minlength=len(REASONS) + 1).tolist()
     counts = {"eligible": len(eligible)} | dict(zip(REASONS, occurrences[1:], strict=True))
@@ -258,4 +255,5 @@ def _eligible_frame(
         cleaned += int(changed[codes].sum())  # NULL (code -1) is not a cleaned value
     columns["tags"] = _map_unique(taken("tags"), clean_tags)
     columns["updated_at"] = updated_at.iloc[positions].reset_index(drop=True)
-    return pd.DataFrame(columns)[list(ELIGIBLE_COLUMNS)], cleaned
+    ordered = {name: columns[name] for name in ELIGIBLE_COLUMNS}
+    return pd.DataFrame(ordered, copy=False), cleaned  # fresh arrays: not copied again

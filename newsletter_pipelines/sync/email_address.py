@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from email_validator import EmailNotValidError, validate_email
+from email_validator import EmailNotValidError, EmailSyntaxError, validate_email
 from email_validator.rfc_constants import (
     CASE_INSENSITIVE_MAILBOX_NAMES,
     EMAIL_MAX_LENGTH,
@@ -108,14 +108,29 @@ def check_email(address: str) -> CheckResult:
 
 @contextmanager
 def _domain_checks_memoised() -> Iterator[None]:
-    """Memoise email-validator's domain check while a batch is checked.
+    """Memoise email-validator's domain check while a batch is checked, its verdict on invalid
+    domains too.
 
     The domain check is a pure function of the domain and two thirds of the cost of an address;
     CRM addresses share few domains. `validate_email` itself still validates every address.
     """
     module = importlib.import_module("email_validator.validate_email")
     original = module.validate_email_domain_name
-    module.validate_email_domain_name = functools.lru_cache(maxsize=100_000)(original)
+
+    @functools.lru_cache(maxsize=100_000)
+    def verdict(*args: Any, **kwargs: Any) -> tuple[Any, str | None]:
+        try:
+            return original(*args, **kwargs), None
+        except EmailSyntaxError as exc:  # the only error it raises
+            return None, str(exc)
+
+    def memoised(*args: Any, **kwargs: Any) -> Any:
+        checked, error = verdict(*args, **kwargs)
+        if error is not None:
+            raise EmailSyntaxError(error)  # a new exception each time: no shared traceback
+        return checked
+
+    module.validate_email_domain_name = memoised
     try:
         yield
     finally:
@@ -162,18 +177,17 @@ def _plain_arrays(addresses: pa.Array) -> tuple[np.ndarray, pa.Array, pa.Array]:
 
 
 def check_emails(addresses: Sequence[str]) -> list[CheckResult]:
-    """Check many distinct cleaned addresses: plain ones at once, the rest one by one."""
+    """Check many cleaned addresses: plain ones at once, the rest one by one."""
     if not len(addresses):
         return []
-    sent, keys, reasons = check_distinct(addresses)
+    sent, keys, reasons = check_addresses(addresses)
     return list(zip(sent.tolist(), keys.tolist(), reasons.tolist(), strict=True))
 
 
-def check_distinct(
-    addresses: Sequence[str] | np.ndarray, arrow: pa.Array | None = None
-) -> tuple[np.ndarray, ...]:
-    """`check_emails` as three object arrays: ASCII forms, dedupe keys, reasons (`arrow`: the
-    addresses as a large_string Arrow array, when the caller has it).
+def check_addresses(addresses: Sequence[str] | np.ndarray) -> tuple[np.ndarray, ...]:
+    """`check_emails` as three object arrays: ASCII forms, dedupe keys, reasons. Addresses may
+    repeat: the library checks each address off the fast path once (a verdict per distinct
+    address), so the caller need not find the distinct ones first.
 
     A result equal to the address (or the key equal to the ASCII form) is the same object,
     not a copy: most CRM addresses are lower-case ASCII already.
@@ -185,8 +199,7 @@ def check_distinct(
     reasons = np.full(len(given), None, dtype=object)
     if not len(given):
         return sent, keys, reasons
-    if arrow is None:
-        arrow = pa.array(given, type=pa.large_string())
+    arrow = pa.array(given, type=pa.large_string())
     mask = np.zeros(len(given), dtype=bool)
     for start in range(0, len(given), _BATCH):  # Arrow's intermediate arrays stay small
         batch = arrow.slice(start, _BATCH)
@@ -196,9 +209,13 @@ def check_distinct(
         sent[chosen] = _same_or_new(given[chosen], plain, plain_sent)
         keys[chosen] = _same_or_new(sent[chosen], plain_sent, plain_keys)
         del batch, plain, plain_sent, plain_keys
+    verdicts: dict[str, CheckResult] = {}
     with _domain_checks_memoised():
         for position in np.flatnonzero(~mask).tolist():
-            sent[position], keys[position], reasons[position] = check_email(given[position])
+            address = given[position]
+            if address not in verdicts:
+                verdicts[address] = check_email(address)
+            sent[position], keys[position], reasons[position] = verdicts[address]
     return sent, keys, reasons
 
 
