@@ -17,6 +17,8 @@ import argparse
 import gc
 import json
 import math
+import multiprocessing
+import pickle
 import random
 import subprocess
 import sys
@@ -415,7 +417,7 @@ def reconcile_inputs(
         wanted_tags = tuple(sorted({*tags, "CRM"}))
         status = MemberStatus.SUBSCRIBED.value
         fields = (salutation, first, pushed, wanted_tags, None)
-        snapshot.append((provider_id, email, email, status, *fields, stable_id))
+        snapshot.append((provider_id, email, email, status, *fields, stable_id, None))
         ledger.append(
             LedgerRow(
                 member_key=email,
@@ -434,12 +436,37 @@ def reconcile_inputs(
     return eligible, excluded, frame, len(ledger), planned
 
 
+def _build_inputs(rows: int, seed: int, folder: Path) -> None:
+    """`reconcile_inputs` into the state database in `folder`, the frames pickled there."""
+    engine = sa.create_engine(f"sqlite:///{folder / 'state.sqlite3'}")
+    built = reconcile_inputs(rows, seed, engine)
+    engine.dispose()
+    with (folder / "inputs.pickle").open("wb") as file:
+        pickle.dump(built, file, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def loaded_inputs(
+    rows: int, seed: int, folder: Path
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, int, Counter[str]]:
+    """`reconcile_inputs`, built in a child process and loaded here, as an asset run loads its
+    inputs: this process holds them, not what building them left behind (about 0.7 GiB)."""
+    child = multiprocessing.get_context("fork").Process(
+        target=_build_inputs, args=(rows, seed, folder)
+    )
+    child.start()
+    child.join()
+    if child.exitcode:
+        raise SystemExit(f"building the inputs failed with exit code {child.exitcode}")
+    with (folder / "inputs.pickle").open("rb") as file:
+        return pickle.load(file)
+
+
 def bench_reconcile(rows: int, seed: int) -> None:
     """Time loading the ledger and `build_diff` over `rows` contacts, then the parts apart."""
     folder = Path(tempfile.mkdtemp(prefix="bench-reconcile-"))
     engine = sa.create_engine(f"sqlite:///{folder / 'state.sqlite3'}")
     start = time.perf_counter()
-    eligible, excluded, snapshot, ledger_rows_stored, planned = reconcile_inputs(rows, seed, engine)
+    eligible, excluded, snapshot, ledger_rows_stored, planned = loaded_inputs(rows, seed, folder)
     setup_s = time.perf_counter() - start
     gc.collect()
     whole: dict[str, float] = {}
@@ -483,7 +510,8 @@ def bench_reconcile(rows: int, seed: int) -> None:
             ("  parts, timed apart", ", ".join(f"{k} {v:.2f} s" for k, v in parts.items())),
             (
                 "peak RSS",
-                f"{rss.peak / _MIB:,.0f} MiB (inputs included)   budget ≤ "
+                f"{rss.peak / _MIB:,.0f} MiB (inputs included: process at start "
+                f"{rss.start / _MIB:,.0f} MiB)   budget ≤ "
                 f"{RECONCILE_BUDGET_RSS_MIB:,} MiB   "
                 f"{verdict(rss.peak / _MIB <= RECONCILE_BUDGET_RSS_MIB)}",
             ),

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from newsletter_pipelines.bulk import gc_paused
 from newsletter_pipelines.crm.reader import LOOKUP_MAX
 from newsletter_pipelines.db import bulk_insert, matching
+from newsletter_pipelines.state.columns import python_values, text_frame, text_rows, text_table
 from newsletter_pipelines.sync.identity import SEEN_ACTIVE, Intent, LedgerRow, RowState
 
 metadata = sa.MetaData()
@@ -82,14 +83,12 @@ class OutcomeRecord:
 
 
 def load_ledger_frame(engine: sa.Engine, audience: str) -> pd.DataFrame:
-    """Every ledger row of an audience as a frame (columns `LEDGER_COLUMNS`, `tags` as JSON
-    text), ordered by member key."""
+    """Every ledger row of an audience as a frame (columns `LEDGER_COLUMNS`, all of dtype
+    `columns.TEXT`: missing values are NaN; `tags` as JSON text), ordered by member key.
+    Read column by column (`columns.text_table`): no Python object per value."""
     columns = [ledger.c[name] for name in LEDGER_COLUMNS]
     query = sa.select(*columns).where(ledger.c.audience == audience).order_by(ledger.c.member_key)
-    with gc_paused(), engine.connect() as conn:
-        # every column is text: the driver's rows need no result processing (much faster)
-        rows = conn.execute(query).cursor.fetchall()
-        return pd.DataFrame(rows, columns=list(LEDGER_COLUMNS))
+    return text_frame(text_table(engine, query))
 
 
 def load_ledger_frame_at(
@@ -100,8 +99,8 @@ def load_ledger_frame_at(
     stable_ids: Collection[str] = (),
 ) -> pd.DataFrame:
     """The audience's ledger rows at these member keys, owned by these CRM ids or of members
-    with these stable ids, as `load_ledger_frame` reads them (for a run about a few addresses,
-    `sync.scope`).
+    with these stable ids, in the frame `load_ledger_frame` makes (for a run about a few
+    addresses, `sync.scope`).
 
     Past `LOOKUP_MAX` keys, owners and stable ids together, the audience's whole ledger is read
     in one query and matched here (one sequential scan costs less than many IN lists)."""
@@ -126,7 +125,7 @@ def load_ledger_frame_at(
                 for condition in matching(column, sorted(values), conn.dialect):
                     fetched = conn.execute(of_audience.where(condition)).cursor.fetchall()
                     rows.update((row[0], tuple(row)) for row in fetched)
-        return pd.DataFrame([rows[k] for k in sorted(rows)], columns=list(LEDGER_COLUMNS))
+    return text_frame(text_rows([rows[k] for k in sorted(rows)], LEDGER_COLUMNS))
 
 
 def active_count(engine: sa.Engine, audience: str) -> int:
@@ -141,7 +140,7 @@ def active_count(engine: sa.Engine, audience: str) -> int:
 
 
 def ledger_rows(frame: pd.DataFrame) -> list[LedgerRow]:
-    """The rows of a ledger frame as `LedgerRow`s."""
+    """The rows of a ledger frame as `LedgerRow`s (a missing value as None)."""
     tag_sets: dict[str, frozenset[str]] = {}
 
     def tags(text: str) -> frozenset[str]:
@@ -150,6 +149,7 @@ def ledger_rows(frame: pd.DataFrame) -> list[LedgerRow]:
             found = tag_sets[text] = frozenset(json.loads(text))
         return found
 
+    values = [python_values(frame[name]) for name in LEDGER_COLUMNS]
     return [
         LedgerRow(
             member_key=key,
@@ -180,7 +180,7 @@ def ledger_rows(frame: pd.DataFrame) -> list[LedgerRow]:
             stable_id,
             provider_changed_at,
             unimported_opt_out,
-        ) in frame[list(LEDGER_COLUMNS)].itertuples(index=False, name=None)
+        ) in zip(*values, strict=True)
     ]
 
 

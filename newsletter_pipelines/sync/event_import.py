@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from newsletter_pipelines.providers.base import Member
+from newsletter_pipelines.state.columns import python_values
 from newsletter_pipelines.state.events import StoredEvent
 from newsletter_pipelines.sync.email_address import raw_match_key
 from newsletter_pipelines.sync.engagements import is_engagement
@@ -70,7 +71,8 @@ def confirmed_deletions(
     import-back takes it: without one, neither can tell a move from a deletion."""
     ledger = scope.ledger
     doubtful = ledger[ledger["member_key"].isin(unseen_keys(scope) & deleted)]
-    pairs = list(zip(doubtful["stable_id"], doubtful["member_key"], strict=True))
+    stable_ids = python_values(doubtful["stable_id"])  # a missing one as None, not NaN
+    pairs = list(zip(stable_ids, doubtful["member_key"], strict=True))
     ids = {str(stable): key for stable, key in pairs if stable}
     present = {m.stable_id for m in members_by_id(sorted(ids))} if ids else set()
     unknown = {key for stable, key in pairs if not stable}

@@ -157,11 +157,12 @@ def build_diff(
             actual_members(split.snapshot),
             ledger_rows(split.ledger),
             crm_exclusions(excluded),
-            Context(style, system_tag, settled=frozenset(split.settled["match_key"])),
+            Context(style, system_tag, settled=split.claimed),
         )
         # column by column and unconsolidated: pd.concat would test a million settled rows
-        # for all-NA columns, and consolidating the object columns copies them all once more
-        columns = {c: np.concatenate([split.settled[c], rest[c].to_numpy()]) for c in rest}
+        # for all-NA columns, and consolidating the object columns copies them all once more;
+        # each settled column is let go once copied
+        columns = {c: np.concatenate([split.settled.pop(c), rest[c].to_numpy()]) for c in rest}
         columns["eligible"] = columns["eligible"].astype(bool)
         return pd.DataFrame(columns, copy=False)
 

@@ -196,7 +196,9 @@ class Context:
 
     style: TagStyle
     system_tag: str | None = None
-    settled: frozenset[str] = frozenset()  # keys of eligible contacts settled in bulk
+    # keys of eligible contacts settled in bulk; only those of the members and ledger rows
+    # passed are asked about (`claimed`)
+    settled: frozenset[str] = frozenset()
 
 
 def reconcile(

@@ -103,13 +103,12 @@ def close_scope(
 
 
 def _ledger_union(read: pd.DataFrame, more: pd.DataFrame) -> pd.DataFrame:
-    """The ledger rows of both frames once each, ordered by member key, as
-    `state.ledger.load_ledger_frame_at` builds its frame (all columns text)."""
+    """The ledger rows of both frames once each (`more`'s where both have one), ordered by
+    member key, as `state.ledger.load_ledger_frame_at` builds its frame."""
     if more.empty:
         return read
-    rows = {row[0]: row for row in read.itertuples(index=False, name=None)}
-    rows.update((row[0], row) for row in more.itertuples(index=False, name=None))
-    return pd.DataFrame([rows[k] for k in sorted(rows)], columns=list(read.columns))
+    both = pd.concat([read, more], ignore_index=True).drop_duplicates("member_key", keep="last")
+    return both.sort_values("member_key", ignore_index=True)
 
 
 def _contacts_union(read: pd.DataFrame, more: pd.DataFrame) -> pd.DataFrame | None:

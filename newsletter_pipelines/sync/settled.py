@@ -18,11 +18,16 @@ not settled here, goes through `rules`.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
+from newsletter_pipelines.state.columns import STRING
 from newsletter_pipelines.sync.rules import ACTIVE, DIFF_COLUMNS, SyncAction
 from newsletter_pipelines.sync.tags import TagStyle
 
@@ -36,6 +41,7 @@ class Split:
     eligible: pd.DataFrame
     snapshot: pd.DataFrame
     ledger: pd.DataFrame
+    claimed: frozenset[str]  # settled contacts' keys that members or rows left here have
 
 
 def split_settled(
@@ -45,22 +51,23 @@ def split_settled(
     style: TagStyle,
     system_tag: str | None,
 ) -> Split:
-    """Settle the contacts in sync; the rest of each input is left for the rules."""
-    keys = eligible["email"].str.lower().to_numpy()  # validator output: ASCII, lower = key
-    # one hash pass over the three inputs' keys; then each key's member and ledger row by code
-    codes, uniques = pd.factorize(
-        np.concatenate([keys, snapshot["match_key"].to_numpy(), ledger["member_key"].to_numpy()])
-    )
-    key_codes = codes[: len(keys)]
-    member_codes = codes[len(keys) : len(keys) + len(snapshot)]
-    row_codes = codes[len(keys) + len(snapshot) :]
-    last = np.flatnonzero(~pd.Series(member_codes).duplicated(keep="last").to_numpy())
-    member_of = np.full(len(uniques), -1)
-    member_of[member_codes[last]] = last  # the last member of a key, as `rules` keeps
-    row_of = np.full(len(uniques), -1)
-    row_of[row_codes] = np.arange(len(ledger))  # member keys are unique in the ledger
-    at_member, at_row = member_of[key_codes], row_of[key_codes]
-    candidates = np.flatnonzero((at_member >= 0) & (at_row >= 0))
+    """Settle the contacts in sync; the rest of each input is left for the rules.
+
+    Keys are matched and the ledger's columns compared in Arrow (hash joins and comparisons in
+    C, no Python object per ledger value); the CRM's and the provider's values are compared as
+    Python compares them, a missing ledger value as None.
+    """
+    emails = _text(eligible["email"])
+    # the validator's output is ASCII, where this is the rules' `str.lower`; the rules decide
+    # any other address
+    keys = pc.ascii_lower(emails)
+    # one hash table over the keys; each member's and each ledger row's key looked up in it
+    member_at = _key_at(keys, _text(snapshot["match_key"]))
+    row_at = _key_at(keys, _text(ledger["member_key"]))
+    at_member = _last_of(member_at, len(keys))  # the last member of a key, as `rules` keeps
+    at_row = _last_of(row_at, len(keys))  # member keys are unique in the ledger
+    ascii_key = _true(pc.string_is_ascii(emails))
+    candidates = np.flatnonzero((at_member >= 0) & (at_row >= 0) & ascii_key)
     m, r = at_member[candidates], at_row[candidates]
 
     def want(column: str) -> np.ndarray:
@@ -69,39 +76,41 @@ def split_settled(
     def have(column: str) -> np.ndarray:
         return snapshot[column].to_numpy()[m]
 
-    def row(column: str) -> np.ndarray:
-        return ledger[column].to_numpy()[r]
+    def row(column: str) -> pa.Array:
+        return _text(ledger[column]).take(r)
+
+    def row_null(column: str) -> np.ndarray:
+        return ledger[column].isna().to_numpy()[r]
 
     extra = {system_tag} if system_tag else set()
-    wanted = {t: style.forms(t) | extra for t in set(want("tags"))}
-    wanted_keys = {t: tuple(sorted({style.key(f) for f in forms})) for t, forms in wanted.items()}
-    wanted_json = {t: json.dumps(sorted(f), ensure_ascii=False) for t, f in wanted.items()}
-    member_tag_keys = {t: tuple(sorted({style.key(f) for f in t})) for t in set(have("tags"))}
     tags = want("tags")
-    desired_tag_keys = [wanted_keys[t] for t in tags]
-    crm_ids = want("contact_id").astype(str)
+    desired_keys = _per_distinct(
+        tags, lambda t: tuple(sorted({style.key(f) for f in style.forms(t) | extra}))
+    )
+    member_keys = _per_distinct(have("tags"), lambda t: tuple(sorted({style.key(f) for f in t})))
+    wanted_json = _per_distinct(
+        tags, lambda t: json.dumps(sorted(style.forms(t) | extra), ensure_ascii=False)
+    )
+    crm_ids = _crm_ids(eligible["contact_id"]).take(candidates)
     same = (
         pd.Series(have("status")).isin(ACTIVE).to_numpy()
         & (want("salutation") == have("salutation"))
         & (want("first_name") == have("first_name"))
         & (want("last_name") == have("last_name"))
-        & np.fromiter(
-            (d == member_tag_keys[t] for d, t in zip(desired_tag_keys, have("tags"), strict=True)),
-            dtype=bool,
-            count=len(candidates),
-        )
-        & (row("owner") == crm_ids)
-        & (row("state") == "subscribed")
-        & pd.isna(row("intent"))
-        & pd.isna(row("refusal_code"))
-        & pd.isna(row("refusal_key"))
-        & (row("email") == want("email"))
-        & (row("provider_id") == have("provider_id"))
-        & (row("stable_id") == have("stable_id"))
-        & pd.isna(row("provider_changed_at"))
-        & ~_named_in_flight(keys[candidates], ledger["intent_key"])
-        & ~ledger["owner"].duplicated(keep=False).to_numpy()[r]  # owns several rows
-        & (row("tags") == np.array([wanted_json[t] for t in tags], dtype=object))
+        & (desired_keys == member_keys)
+        & _true(pc.equal(row("owner"), crm_ids))
+        & (ledger["state"] == "subscribed").to_numpy()[r]
+        & row_null("intent")
+        & row_null("intent_key")
+        & row_null("refusal_code")
+        & row_null("refusal_key")
+        & _true(pc.equal(row("email"), emails.take(candidates)))
+        & _equal_as_python(row("provider_id"), have("provider_id"))
+        & _equal_as_python(row("stable_id"), have("stable_id"))
+        & row_null("provider_changed_at")
+        & ~_named_in_flight(keys, candidates, _text(ledger["intent_key"]))
+        & ~_owns_several(_text(ledger["owner"]))[r]
+        & _true(pc.equal(row("tags"), pa.array(wanted_json, STRING)))
     )
     done, done_members, done_rows = candidates[same], m[same], r[same]
     count = len(done)
@@ -109,28 +118,109 @@ def split_settled(
     settled = dict.fromkeys(DIFF_COLUMNS, nothing) | {
         "action": np.full(count, SyncAction.UNCHANGED.value, dtype=object),
         "detail": np.full(count, "in sync", dtype=object),
-        "crm_id": crm_ids[same],
-        "match_key": keys[done],
+        "crm_id": crm_ids.filter(same).to_numpy(zero_copy_only=False),
+        # the member's key: equal to the contact's (matched above), and no new string
+        "match_key": snapshot["match_key"].to_numpy()[done_members],
         "provider_id": snapshot["provider_id"].to_numpy()[done_members],
         "provider_status": snapshot["status"].to_numpy()[done_members],
         "eligible": np.ones(count, dtype=bool),
     }
     for column in ("email", "salutation", "first_name", "last_name", "tags"):
         settled[column] = eligible[column].to_numpy()[done]
+    members_left = _without(len(snapshot), done_members)
+    rows_left = _without(len(ledger), done_rows)
     return Split(
         settled,
         eligible[_without(len(eligible), done)],
-        snapshot[_without(len(snapshot), done_members)],
-        ledger[_without(len(ledger), done_rows)],
+        snapshot[members_left],
+        ledger[rows_left],
+        _claimed(keys, done, (member_at[members_left], row_at[rows_left])),
     )
 
 
-def _named_in_flight(keys: np.ndarray, intent_keys: pd.Series) -> np.ndarray:
-    """Which of `keys` a write in flight names (almost never any: most runs end)."""
-    named = intent_keys.dropna()
-    if named.empty:
-        return np.zeros(len(keys), dtype=bool)
-    return pd.Series(keys).isin(named).to_numpy()
+def _text(column: pd.Series) -> pa.Array:
+    """A text column as one Arrow array (without a copy for a `columns.TEXT` column); a
+    missing value (None, NaN) is null."""
+    found = pa.array(column, type=STRING, from_pandas=True)
+    if isinstance(found, pa.Array):
+        return found
+    found = found.cast(STRING)  # its chunks may keep another string type
+    return found.chunk(0) if found.num_chunks == 1 else found.combine_chunks()
+
+
+def _crm_ids(ids: pd.Series) -> pa.Array:
+    """The contacts' ids as the rules write them (`str(crm_id)`)."""
+    if pd.api.types.is_integer_dtype(ids.dtype):
+        return pc.cast(pa.array(ids.to_numpy()), STRING)  # the decimal digits, as `str` writes
+    return pa.array(ids.astype(str).to_numpy(), STRING)
+
+
+def _key_at(keys: pa.Array, values: pa.Array) -> np.ndarray:
+    """For each of `values`, the first position of its key in `keys`, -1 where none."""
+    at = pc.index_in(values, value_set=keys, skip_nulls=True).fill_null(-1)
+    return _numpy(at).astype(np.int64)
+
+
+def _last_of(key_at: np.ndarray, count: int) -> np.ndarray:
+    """For each of `count` keys, the last position in `key_at` that names it, -1 where none."""
+    last = np.full(count, -1, dtype=np.int64)
+    found = np.flatnonzero(key_at >= 0)
+    np.maximum.at(last, key_at[found], found)
+    return last
+
+
+def _claimed(keys: pa.Array, done: np.ndarray, left_at: Sequence[np.ndarray]) -> frozenset[str]:
+    """The keys of the settled contacts that members or ledger rows left to the rules have:
+    the keys the rules ask their `Context.settled` about (a duplicate member of an address)."""
+    settled = np.zeros(len(keys), dtype=bool)
+    settled[done] = True
+    at = np.concatenate([a[a >= 0] for a in left_at])
+    return frozenset(keys.take(np.unique(at[settled[at]])).to_pylist())
+
+
+def _numpy(values: pa.Array) -> np.ndarray:
+    """An Arrow array without nulls as numpy."""
+    return values.to_numpy(zero_copy_only=False)
+
+
+def _true(mask: pa.Array) -> np.ndarray:
+    """An Arrow boolean array as numpy, null as false."""
+    return _numpy(mask.fill_null(False))
+
+
+def _per_distinct(values: np.ndarray, make: Callable[[Any], object]) -> np.ndarray:
+    """`make(value)` for each of `values`, called once per distinct value."""
+    codes, distinct = pd.factorize(values, use_na_sentinel=False)
+    made = np.empty(len(distinct), dtype=object)
+    for at, value in enumerate(distinct):  # one by one: numpy would unpack tuples
+        made[at] = make(value)
+    return made[codes]
+
+
+def _equal_as_python(texts: pa.Array, values: np.ndarray) -> np.ndarray:
+    """`text == value` as Python compares them, a null text as None: None equals None, NaN
+    equals nothing, a string its equal."""
+    try:
+        strings = pa.array(values, type=STRING, from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # a value that is no string equals no text
+        strings = pa.array([v if isinstance(v, str) else None for v in values], STRING)
+    both_none = _true(pc.is_null(texts)) & np.equal(values, None)
+    return _true(pc.equal(texts, strings)) | both_none
+
+
+def _named_in_flight(keys: pa.Array, at: np.ndarray, intent_keys: pa.Array) -> np.ndarray:
+    """Which of the keys at `at` a write in flight names (almost never any: most runs end)."""
+    named = intent_keys.drop_null()
+    if len(named) == 0:
+        return np.zeros(len(at), dtype=bool)
+    return _true(pc.is_in(keys.take(at), value_set=named))
+
+
+def _owns_several(owners: pa.Array) -> np.ndarray:
+    """Which ledger rows' owner owns another row too."""
+    codes = pc.dictionary_encode(owners).indices.fill_null(-1).to_numpy(zero_copy_only=False)
+    counts = np.bincount(codes[codes >= 0], minlength=1)
+    return (codes >= 0) & (counts[np.maximum(codes, 0)] > 1)
 
 
 def _without(length: int, positions: np.ndarray) -> np.ndarray:
