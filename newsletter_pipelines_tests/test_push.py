@@ -7,11 +7,12 @@ from typing import Any
 
 import pandas as pd
 import pytest
+import sqlalchemy as sa
 
 from newsletter_pipelines.providers.base import Member
 from newsletter_pipelines.providers.errors import ProviderError
 from newsletter_pipelines.sandbox import FaultRule
-from newsletter_pipelines.state.ledger import LEDGER_COLUMNS, load_ledger, record
+from newsletter_pipelines.state.ledger import LEDGER_COLUMNS, ledger, load_ledger, record
 from newsletter_pipelines.sync.eligibility import classify
 from newsletter_pipelines.sync.identity import Intent, LedgerRow, RowState
 from newsletter_pipelines.sync.inputs import redecider, snapshot_frame
@@ -148,8 +149,11 @@ def test_a_chunks_outcomes_are_written_while_the_next_create_call_is_in_flight(
             return getattr(inner, name)
 
         def upsert(self, contacts: Any, **kwargs: Any) -> Any:
-            rows = {r.member_key: r for r in load_ledger(world.engine, world.provider_name)}
-            assert all(rows[c.email.lower()].intent is Intent.CREATE for c in contacts)
+            # Python's sqlite3, as the writes: the ledger's column-wise read links a SQLite of
+            # its own, whose connection must not close while this process holds a transaction
+            with world.engine.connect() as conn:
+                intents = dict(conn.execute(sa.select(ledger.c.member_key, ledger.c.intent)).all())
+            assert all(intents[c.email.lower()] == Intent.CREATE.value for c in contacts)
             with call_started:
                 started.append(len(contacts))
                 call_started.notify_all()

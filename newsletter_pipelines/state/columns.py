@@ -54,6 +54,9 @@ def text_table(engine: sa.Engine, query: sa.Select[tuple[str | None, ...]]) -> p
         return text_rows(rows, names)
     compiled = query.compile(dialect=engine.dialect)
     parameters = tuple(compiled.params[name] for name in compiled.positiontup or ())
+    # The driver links a SQLite of its own. POSIX locks belong to the process: closing this
+    # connection drops the locks Python's sqlite3 holds on the file, so never read here while
+    # this process has a transaction open on it (the steps read the ledger between writes).
     uri = f"file:{quote(str(path))}?mode=ro"
     with adbc_driver_sqlite.dbapi.connect(uri) as conn, conn.cursor() as cursor:
         cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
