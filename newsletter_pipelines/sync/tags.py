@@ -8,6 +8,7 @@ so a tag the provider stores differently never looks changed (no write on every 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -22,12 +23,20 @@ class TagStyle:
     key: Callable[[str], str]
 
     def keys(self, tags: Iterable[str]) -> frozenset[str]:
-        """The keys of `tags` in this provider's form."""
+        """The keys of `tags` in this provider's form (of a frozenset: remembered, as the
+        rules ask for the same few sets of tags several times per contact)."""
+        if type(tags) is frozenset:
+            return _frozen_keys(self, tags)
         return frozenset(self.key(self.form(t)) for t in tags)
 
     def forms(self, tags: Iterable[str]) -> frozenset[str]:
         """`tags` as this provider stores them."""
         return frozenset(self.form(t) for t in tags)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _frozen_keys(style: TagStyle, tags: frozenset[str]) -> frozenset[str]:
+    return frozenset(style.key(style.form(t)) for t in tags)
 
 
 def _same(tag: str) -> str:
