@@ -21,6 +21,17 @@ def create_engine(url: str) -> sa.Engine:
     return sa.create_engine(url)
 
 
+def sqlite_file(url: sa.URL) -> Path | None:
+    """The file of a SQLite URL naming a plain file, resolved; None for anything else: another
+    database, a database in memory (another connection sees none of it), a `file:` URI or URL
+    query options (which another driver would not read alike)."""
+    if url.get_backend_name() != "sqlite" or url.query:
+        return None
+    if url.database in (None, "", ":memory:") or url.database.startswith("file:"):
+        return None
+    return Path(url.database).resolve()
+
+
 def safe_url(url: str) -> str:
     """The URL with its password hidden, fit for logs and metadata."""
     return sa.engine.make_url(url).render_as_string(hide_password=True)

@@ -157,6 +157,7 @@ def test_text_that_is_not_utf8_fails_the_read_as_before(tmp_path: Path) -> None:
         ("sqlite://", False),
         ("sqlite:///:memory:", False),
         ("sqlite:///file:crm.sqlite3?mode=ro&uri=true", False),
+        ("sqlite:///file:crm.sqlite3", False),  # sqlite3 opens a file of that name, ADBC a URI
         ("postgresql://u:p%40ss@db:5433/crm?sslmode=require", True),
         ("postgresql+psycopg://u@db/crm", True),
         ("postgresql+pg8000://u@db/crm", False),

@@ -80,7 +80,7 @@ def test_the_column_wise_ledger_read_is_the_row_wise_one(
         engine = _stored(Path(folder), rows)
         frame = load_ledger_frame(engine, "a")
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(columns, "_sqlite_file", lambda _: None)  # through SQLAlchemy
+            patch.setattr(columns, "sqlite_file", lambda _: None)  # through SQLAlchemy
             row_wise = load_ledger_frame(engine, "a")
         engine.dispose()
     pd.testing.assert_frame_equal(frame, row_wise)

@@ -31,6 +31,8 @@ from pandas._libs import lib
 from pandas._typing import ArrayLike
 from pandas.core.dtypes.cast import maybe_infer_to_datetimelike
 
+from newsletter_pipelines.db import sqlite_file
+
 log = logging.getLogger(__name__)
 
 _SHARED_SAMPLE = 50_000  # text values looked at to decide whether equal text is one object
@@ -59,9 +61,8 @@ def adbc_source(url: sa.URL) -> tuple[str, str] | None:
     """The ADBC DBAPI module and the URI it connects with for `url`; None without one."""
     backend, driver = url.get_backend_name(), url.get_driver_name()
     if backend == "sqlite" and driver == "pysqlite":
-        if url.query or url.database in (None, "", ":memory:"):
-            return None  # in memory (another connection sees none of it) or URI options
-        return "adbc_driver_sqlite.dbapi", str(url.database)
+        path = sqlite_file(url)
+        return None if path is None else ("adbc_driver_sqlite.dbapi", str(path))
     if backend == "postgresql" and driver in ("psycopg", "psycopg2"):
         uri = url.set(drivername="postgresql").render_as_string(hide_password=False)
         return "adbc_driver_postgresql.dbapi", uri

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from pathlib import Path
 from urllib.parse import quote
 
 import adbc_driver_sqlite.dbapi
@@ -23,6 +22,8 @@ import pandas as pd
 import pyarrow as pa
 import sqlalchemy as sa
 from adbc_driver_sqlite import StatementOptions
+
+from newsletter_pipelines.db import sqlite_file
 
 TEXT = pd.StringDtype("pyarrow", na_value=np.nan)
 """The dtype of every column of a text frame."""
@@ -46,7 +47,7 @@ _use_jemalloc()
 def text_table(engine: sa.Engine, query: sa.Select[tuple[str | None, ...]]) -> pa.Table:
     """The rows of `query`, whose columns are all text, as an Arrow table of strings."""
     names = [column.name for column in query.selected_columns]
-    path = _sqlite_file(engine)
+    path = sqlite_file(engine.url)
     if path is None:
         with engine.connect() as conn:
             # every column is text: the driver's rows need no result processing
@@ -81,13 +82,3 @@ def text_frame(table: pa.Table) -> pd.DataFrame:
 def python_values(column: pd.Series) -> list[object]:
     """A column's values as Python objects, None for a missing value (NaN, NA, None)."""
     return column.to_numpy(dtype=object, na_value=None).tolist()
-
-
-def _sqlite_file(engine: sa.Engine) -> Path | None:
-    """The file of a SQLite engine with a plain file URL; None for anything else."""
-    url = engine.url
-    if url.get_backend_name() != "sqlite" or url.query:
-        return None
-    if url.database in (None, "", ":memory:") or url.database.startswith("file:"):
-        return None
-    return Path(url.database).resolve()
