@@ -194,7 +194,6 @@ class Measured:
     errors: int = 0
     note: str = ""
     detail: dict[str, Any] = field(default_factory=dict)
-    peak_rss: int = 0  # (1) only: this process's peak while the run executed in it
 
     @property
     def extrapolated(self) -> bool:
@@ -468,10 +467,8 @@ def run_project(
         0,
         0,
         note=note,
-        peak_rss=rss.peak,
         detail={
-            "rss": rss,
-            "rss_how": rss.how,
+            "rss": rss,  # this process's memory while the run executed in it
             "steps": steps,
             "calls": mc_calls,
             "epoch0": epoch0,
@@ -499,10 +496,11 @@ def project_breakdown(m: Measured) -> list[tuple[str, str]]:
             f"after RUN_SUCCESS {m.wall - (run_end - epoch0):.2f} s",
         )
     )
-    peak = f"{m.peak_rss / 1024**3:.2f} GiB (this process, {d['rss_how']})"
+    rss: PeakRss = d["rss"]
+    peak = f"{rss.peak / 1024**3:.2f} GiB (this process, {rss.how})"
     if m.total >= HUGE:
         peak += f"   budget ≤ {PEAK_BUDGET / 1024**3:g} GiB at {HUGE:,}: "
-        peak += "met" if m.peak_rss <= PEAK_BUDGET else "NOT MET"
+        peak += "met" if rss.peak <= PEAK_BUDGET else "NOT MET"
     rows.append(("peak RSS of the run", peak))
     for step in steps:
         a, b = step.start - epoch0 + perf0, step.end - epoch0 + perf0
@@ -521,7 +519,7 @@ def project_breakdown(m: Measured) -> list[tuple[str, str]]:
                 f"{step.end - step.start:6.2f} s (t={step.start - epoch0:.2f}); "
                 f"HTTP in flight {busy:.2f} s, "
                 f"no call in flight {step.end - step.start - busy:.2f} s; "
-                f"peak RSS {d['rss'].peak_between(a, b) / 1024**3:.2f} GiB"
+                f"peak RSS {rss.peak_between(a, b) / 1024**3:.2f} GiB"
                 + (f"; {step.parts()}" if step.parts() else "")
                 + (f"; {parts}" if parts else ""),
             )
