@@ -36,7 +36,8 @@ from newsletter_pipelines.db import sqlite_file
 log = logging.getLogger(__name__)
 
 _SHARED_SAMPLE = 50_000  # text values looked at to decide whether equal text is one object
-_SHARED_MAX_SHARE = 0.25  # distinct values per value, past which each text is its own object
+# distinct values per value of a text column, past which each text is its own object (both reads)
+SHARED_MAX_SHARE = 0.25
 # the SQLite storage class of each Arrow type the ADBC SQLite driver infers
 _SQLITE_CLASSES = {
     pa.int64(): "integer",
@@ -214,5 +215,5 @@ def _texts(column: pa.ChunkedArray) -> np.ndarray:
     """Text as Python strings, None for NULL. When values repeat (names, flags) equal text is
     one object: a million rows keep few copies."""
     sample = column.slice(0, _SHARED_SAMPLE)
-    shared = pc.count_distinct(sample).as_py() <= _SHARED_MAX_SHARE * len(sample)
+    shared = pc.count_distinct(sample).as_py() <= SHARED_MAX_SHARE * len(sample)
     return column.to_pandas(deduplicate_objects=shared).to_numpy()

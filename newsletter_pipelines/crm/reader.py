@@ -13,7 +13,7 @@ from pandas._typing import ArrayLike
 
 from newsletter_pipelines.bulk import gc_paused, release_freed_memory
 from newsletter_pipelines.crm.addresses import irregular, printable_ascii, sql_address_key
-from newsletter_pipelines.crm.arrow_reader import inferred, read_columns
+from newsletter_pipelines.crm.arrow_reader import SHARED_MAX_SHARE, inferred, read_columns
 from newsletter_pipelines.crm.errors import CrmError
 from newsletter_pipelines.crm.schema import CONTACT_FIELDS, id_binder
 from newsletter_pipelines.settings import CrmSchema
@@ -22,7 +22,6 @@ from newsletter_pipelines.sync.email_address import raw_match_key
 # the frame's column names: the default schema's field names, with the id as `contact_id`
 CONTACT_COLUMNS = ("contact_id", *CONTACT_FIELDS[1:])
 _BATCH_ROWS = 50_000
-_SHARED_MAX_SHARE = 0.25  # distinct values per row read, past which a column is left as read
 LOOKUP_MAX = 5_000  # addresses or ids `read_contacts_at` looks up in SQL; past that it reads all
 
 
@@ -198,7 +197,7 @@ def _fetch_rows(engine: sa.Engine, query: sa.Select, width: int, *, share: bool)
                 before = len(known)
                 # only equal text is surely the same value (not 1, 1.0 and True)
                 block[:, i] = [known.setdefault(v, v) if type(v) is str else v for v in block[:, i]]
-                if len(known) == before == 0 or len(known) > _SHARED_MAX_SHARE * rows:
+                if len(known) == before == 0 or len(known) > SHARED_MAX_SHARE * rows:
                     seen[i] = None  # no text (ids, numbers), or nearly every value differs
             blocks.append(block)
     finally:
