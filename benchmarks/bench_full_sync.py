@@ -55,6 +55,7 @@ from newsletter_pipelines.sandbox import (
 )
 from newsletter_pipelines.state.ledger import ledger_rows, load_ledger_frame, record
 from newsletter_pipelines.state.schema import ensure_schema
+from newsletter_pipelines.sync.created import split_created
 from newsletter_pipelines.sync.eligibility import ELIGIBLE_COLUMNS, EXCLUDED_COLUMNS
 from newsletter_pipelines.sync.email_address import match_key
 from newsletter_pipelines.sync.identity import LedgerRow, RowState
@@ -483,9 +484,11 @@ def bench_reconcile(rows: int, seed: int) -> None:
     parts: dict[str, float] = {}
     with timer(parts, "bulk pass (CRM, ledger and provider agree)"):
         split = split_settled(eligible, snapshot, ledger, TAG_STYLES["mailchimp"], "CRM")
-    with timer(parts, f"rules on the other {len(split.eligible):,} contacts"):
+    with timer(parts, "bulk creates (new contacts)"):
+        created = split_created(split.eligible, snapshot, ledger, TAG_STYLES["mailchimp"], "CRM")
+    with timer(parts, f"rules on the other {len(created.eligible):,} contacts"):
         reconcile(
-            desired_contacts(split.eligible),
+            desired_contacts(created.eligible),
             actual_members(split.snapshot),
             ledger_rows(split.ledger),
             crm_exclusions(excluded),

@@ -25,6 +25,7 @@ from newsletter_pipelines.state.ledger import (
     record,
 )
 from newsletter_pipelines.state.schema import ensure_schema
+from newsletter_pipelines.sync.created import split_created
 from newsletter_pipelines.sync.eligibility import EXCLUDED_COLUMNS
 from newsletter_pipelines.sync.event_import import confirmed_deletions
 from newsletter_pipelines.sync.identity import Intent, LedgerRow, RowState
@@ -151,13 +152,15 @@ def worlds(draw: st.DrawFn) -> tuple[str, pd.DataFrame, pd.DataFrame, pd.DataFra
     )
     eligible["email_key"] = [e.lower() for e in emails]
     eligible["tags"] = pd.Series([draw(TAG_SETS) for _ in emails], dtype=object)
+    # in a fresh world half the contacts are new to the provider and the ledger
+    presence = [True, False] if draw(st.booleans()) else [True] * 7 + [False]
     members, rows = [], []
     for n, email in enumerate(emails, start=1):
         key = _mostly(draw, email.lower(), *KEYS)
         wanted = tuple(sorted({*eligible.at[n - 1, "tags"], *system}))
         # a member's ids are its own (None: not known)
         provider_id, stable_id = _mostly(draw, f"p{n}", None), _mostly(draw, f"s{n}", None)
-        if _mostly(draw, True, False):
+        if draw(st.sampled_from(presence)):
             fields = eligible.loc[n - 1, ["salutation", "first_name", "last_name"]].tolist()
             fields[2] = _mostly(draw, fields[2], "Other")
             members.append(
@@ -173,7 +176,7 @@ def worlds(draw: st.DrawFn) -> tuple[str, pd.DataFrame, pd.DataFrame, pd.DataFra
                     None,
                 )
             )
-        if _mostly(draw, True, False):
+        if draw(st.sampled_from(presence)):
             rows.append(
                 (
                     key,
@@ -207,6 +210,8 @@ def test_the_bulk_pass_over_a_column_wise_ledger_decides_as_the_rules_alone(
     system_tag = "CRM" if provider == "mailchimp" else None
     split = split_settled(eligible, snapshot, ledger, TAG_STYLES[provider], system_tag)
     event(f"{len(split.settled['action'])} settled in bulk")
+    created = split_created(split.eligible, snapshot, ledger, TAG_STYLES[provider], system_tag)
+    event(f"{len(created.rows['action'])} created in bulk")
     diff = build_diff(
         eligible, excluded, snapshot, ledger, provider=provider, system_tag=system_tag
     )

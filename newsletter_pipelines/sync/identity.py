@@ -36,7 +36,7 @@ and move it to the new address (`moved_from` names the old one, whose row the le
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Protocol
@@ -110,13 +110,31 @@ class LedgerRow:
         unknown = changes.keys() - _FIELD_NAMES
         if unknown:
             raise TypeError(f"LedgerRow has no field {', '.join(sorted(unknown))}")
-        row = object.__new__(LedgerRow)
-        values = row.__dict__
-        values.update(self.__dict__)
-        values.update(changes)
-        if row.unimported_opt_out is not None and row.state is not RowState.OPTED_OUT:
-            values["unimported_opt_out"] = None
-        return row
+        return _copy(self.__dict__, changes)
+
+    def copies(self, **columns: Sequence[object]) -> list[LedgerRow]:
+        """`moved` once per position of `columns` (equally long), each copy with the values at
+        that position: the bulk form, which checks the field names once."""
+        unknown = columns.keys() - _FIELD_NAMES
+        if unknown:
+            raise TypeError(f"LedgerRow has no field {', '.join(sorted(unknown))}")
+        names, base = tuple(columns), self.__dict__
+        rows = zip(*columns.values(), strict=True)
+        return [_copy(base, zip(names, values, strict=True)) for values in rows]
+
+
+def _copy(
+    base: Mapping[str, object], changes: Mapping[str, object] | Iterable[tuple[str, object]]
+) -> LedgerRow:
+    """A row with the fields `base` with `changes`; an unimported opt-out goes when the row is
+    no opt-out."""
+    row = object.__new__(LedgerRow)
+    values = row.__dict__
+    values.update(base)
+    values.update(changes)
+    if row.unimported_opt_out is not None and row.state is not RowState.OPTED_OUT:
+        values["unimported_opt_out"] = None
+    return row
 
 
 _FIELD_NAMES = frozenset(f.name for f in fields(LedgerRow))
@@ -125,8 +143,16 @@ _FIELD_NAMES = frozenset(f.name for f in fields(LedgerRow))
 def write_key(action: str, *parts: object) -> str:
     """Identifies a planned write (action, address, the fields and tags it sends, the member's
     status); a refusal of the same write is not retried."""
-    text = "\x1f".join([action, *(str(p) for p in parts)])
-    return hashlib.sha1(text.encode("utf-8"), usedforsecurity=False).hexdigest()
+    return write_keys(action, (parts,))[0]
+
+
+def write_keys(action: str, writes: Iterable[Sequence[object]]) -> list[str]:
+    """`write_key(action, *parts)` for each of `writes`: the bulk form."""
+    sha1, join = hashlib.sha1, "\x1f".join
+    return [
+        sha1(join([action, *map(str, parts)]).encode(), usedforsecurity=False).hexdigest()
+        for parts in writes
+    ]
 
 
 class SeenMember(Protocol):

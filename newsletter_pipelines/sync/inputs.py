@@ -10,6 +10,7 @@ import pandas as pd
 from newsletter_pipelines.bulk import gc_paused
 from newsletter_pipelines.providers.base import Member
 from newsletter_pipelines.state.ledger import ledger_rows
+from newsletter_pipelines.sync.created import split_created
 from newsletter_pipelines.sync.email_address import match_key
 from newsletter_pipelines.sync.rules import (
     Actual,
@@ -146,14 +147,16 @@ def build_diff(
     """The reconciliation of one audience as a frame (columns `rules.DIFF_COLUMNS`).
 
     `ledger` is `state.ledger.load_ledger_frame`. Contacts on which CRM, ledger and provider
-    agree are settled in bulk (`settled`); every other contact, member and ledger row goes
-    through the rules. The cyclic garbage collector is paused meanwhile (`bulk.gc_paused`).
+    agree are settled in bulk (`settled`), and new contacts are created in bulk (`created`);
+    every other contact, member and ledger row goes through the rules. The cyclic garbage
+    collector is paused meanwhile (`bulk.gc_paused`).
     """
     with gc_paused():
         style = TAG_STYLES[provider]
         split = split_settled(eligible, snapshot, ledger, style, system_tag)
+        created = split_created(split.eligible, snapshot, ledger, style, system_tag)
         rest = reconcile(
-            desired_contacts(split.eligible),
+            desired_contacts(created.eligible),
             actual_members(split.snapshot),
             ledger_rows(split.ledger),
             crm_exclusions(excluded),
@@ -162,7 +165,10 @@ def build_diff(
         # column by column and unconsolidated: pd.concat would test a million settled rows
         # for all-NA columns, and consolidating the object columns copies them all once more;
         # each settled column is let go once copied
-        columns = {c: np.concatenate([split.settled.pop(c), rest[c].to_numpy()]) for c in rest}
+        columns = {
+            c: np.concatenate([split.settled.pop(c), created.rows.pop(c), rest[c].to_numpy()])
+            for c in rest
+        }
         columns["eligible"] = columns["eligible"].astype(bool)
         return pd.DataFrame(columns, copy=False)
 

@@ -77,6 +77,7 @@ WRITE_ACTIONS = (SyncAction.CREATE, SyncAction.UPDATE, SyncAction.UNSUBSCRIBE, S
 ACTIVE = frozenset({"subscribed", "pending"})
 OPTED_OUT = frozenset({"unsubscribed", "cleaned", "blacklisted"})
 ARCHIVED = "archived"
+NEW_CONTACT = "eligible, not at the provider"  # the detail of a create with nothing against it
 DIFF_COLUMNS = (
     "action",
     "detail",
@@ -615,7 +616,7 @@ class _Rules:
             return
         own = self.live.get(contact.crm_id)
         if own is None or own.member_key == key or self.claimed(own.member_key):
-            self._create(contact, row, None, "eligible, not at the provider")
+            self._create(contact, row, None, NEW_CONTACT)
             return
         old = self.members.get(own.member_key)
         self.handled.add(own.member_key)

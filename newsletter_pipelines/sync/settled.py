@@ -18,9 +18,8 @@ not settled here, goes through `rules`.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,6 +27,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from newsletter_pipelines.state.columns import STRING
+from newsletter_pipelines.sync.bulk_columns import (
+    crm_ids,
+    key_at,
+    named,
+    per_distinct,
+    text,
+    true,
+    without,
+)
 from newsletter_pipelines.sync.rules import ACTIVE, DIFF_COLUMNS, SyncAction
 from newsletter_pipelines.sync.tags import TagStyle
 
@@ -57,16 +65,16 @@ def split_settled(
     C, no Python object per ledger value); the CRM's and the provider's values are compared as
     Python compares them, a missing ledger value as None.
     """
-    emails = _text(eligible["email"])
+    emails = text(eligible["email"])
     # the validator's output is ASCII, where this is the rules' `str.lower`; the rules decide
     # any other address
     keys = pc.ascii_lower(emails)
     # one hash table over the keys; each member's and each ledger row's key looked up in it
-    member_at = _key_at(keys, _text(snapshot["match_key"]))
-    row_at = _key_at(keys, _text(ledger["member_key"]))
+    member_at = key_at(keys, text(snapshot["match_key"]))
+    row_at = key_at(keys, text(ledger["member_key"]))
     at_member = _last_of(member_at, len(keys))  # the last member of a key, as `rules` keeps
     at_row = _last_of(row_at, len(keys))  # member keys are unique in the ledger
-    ascii_key = _true(pc.string_is_ascii(emails))
+    ascii_key = true(pc.string_is_ascii(emails))
     candidates = np.flatnonzero((at_member >= 0) & (at_row >= 0) & ascii_key)
     m, r = at_member[candidates], at_row[candidates]
 
@@ -77,40 +85,40 @@ def split_settled(
         return snapshot[column].to_numpy()[m]
 
     def row(column: str) -> pa.Array:
-        return _text(ledger[column]).take(r)
+        return text(ledger[column]).take(r)
 
     def row_null(column: str) -> np.ndarray:
         return ledger[column].isna().to_numpy()[r]
 
     extra = {system_tag} if system_tag else set()
     tags = want("tags")
-    desired_keys = _per_distinct(
+    desired_keys = per_distinct(
         tags, lambda t: tuple(sorted({style.key(f) for f in style.forms(t) | extra}))
     )
-    member_keys = _per_distinct(have("tags"), lambda t: tuple(sorted({style.key(f) for f in t})))
-    wanted_json = _per_distinct(
+    member_keys = per_distinct(have("tags"), lambda t: tuple(sorted({style.key(f) for f in t})))
+    wanted_json = per_distinct(
         tags, lambda t: json.dumps(sorted(style.forms(t) | extra), ensure_ascii=False)
     )
-    crm_ids = _crm_ids(eligible["contact_id"]).take(candidates)
+    ids = crm_ids(eligible["contact_id"]).take(candidates)
     same = (
         pd.Series(have("status")).isin(ACTIVE).to_numpy()
         & (want("salutation") == have("salutation"))
         & (want("first_name") == have("first_name"))
         & (want("last_name") == have("last_name"))
         & (desired_keys == member_keys)
-        & _true(pc.equal(row("owner"), crm_ids))
+        & true(pc.equal(row("owner"), ids))
         & (ledger["state"] == "subscribed").to_numpy()[r]
         & row_null("intent")
         & row_null("intent_key")
         & row_null("refusal_code")
         & row_null("refusal_key")
-        & _true(pc.equal(row("email"), emails.take(candidates)))
+        & true(pc.equal(row("email"), emails.take(candidates)))
         & _equal_as_python(row("provider_id"), have("provider_id"))
         & _equal_as_python(row("stable_id"), have("stable_id"))
         & row_null("provider_changed_at")
-        & ~_named_in_flight(keys, candidates, _text(ledger["intent_key"]))
-        & ~_owns_several(_text(ledger["owner"]))[r]
-        & _true(pc.equal(row("tags"), pa.array(wanted_json, STRING)))
+        & ~named(keys.take(candidates), text(ledger["intent_key"]))
+        & ~_owns_several(text(ledger["owner"]))[r]
+        & true(pc.equal(row("tags"), pa.array(wanted_json, STRING)))
     )
     done, done_members, done_rows = candidates[same], m[same], r[same]
     count = len(done)
@@ -118,7 +126,7 @@ def split_settled(
     settled = dict.fromkeys(DIFF_COLUMNS, nothing) | {
         "action": np.full(count, SyncAction.UNCHANGED.value, dtype=object),
         "detail": np.full(count, "in sync", dtype=object),
-        "crm_id": crm_ids.filter(same).to_numpy(zero_copy_only=False),
+        "crm_id": ids.filter(same).to_numpy(zero_copy_only=False),
         # the member's key: equal to the contact's (matched above), and no new string
         "match_key": snapshot["match_key"].to_numpy()[done_members],
         "provider_id": snapshot["provider_id"].to_numpy()[done_members],
@@ -127,38 +135,15 @@ def split_settled(
     }
     for column in ("email", "salutation", "first_name", "last_name", "tags"):
         settled[column] = eligible[column].to_numpy()[done]
-    members_left = _without(len(snapshot), done_members)
-    rows_left = _without(len(ledger), done_rows)
+    members_left = without(len(snapshot), done_members)
+    rows_left = without(len(ledger), done_rows)
     return Split(
         settled,
-        eligible[_without(len(eligible), done)],
+        eligible[without(len(eligible), done)],
         snapshot[members_left],
         ledger[rows_left],
         _claimed(keys, done, (member_at[members_left], row_at[rows_left])),
     )
-
-
-def _text(column: pd.Series) -> pa.Array:
-    """A text column as one Arrow array (without a copy for a `columns.TEXT` column); a
-    missing value (None, NaN) is null."""
-    found = pa.array(column, type=STRING, from_pandas=True)
-    if isinstance(found, pa.Array):
-        return found
-    found = found.cast(STRING)  # its chunks may keep another string type
-    return found.chunk(0) if found.num_chunks == 1 else found.combine_chunks()
-
-
-def _crm_ids(ids: pd.Series) -> pa.Array:
-    """The contacts' ids as the rules write them (`str(crm_id)`)."""
-    if pd.api.types.is_integer_dtype(ids.dtype):
-        return pc.cast(pa.array(ids.to_numpy()), STRING)  # the decimal digits, as `str` writes
-    return pa.array(ids.astype(str).to_numpy(), STRING)
-
-
-def _key_at(keys: pa.Array, values: pa.Array) -> np.ndarray:
-    """For each of `values`, the first position of its key in `keys`, -1 where none."""
-    at = pc.index_in(values, value_set=keys, skip_nulls=True).fill_null(-1)
-    return _numpy(at).astype(np.int64)
 
 
 def _last_of(key_at: np.ndarray, count: int) -> np.ndarray:
@@ -178,25 +163,6 @@ def _claimed(keys: pa.Array, done: np.ndarray, left_at: Sequence[np.ndarray]) ->
     return frozenset(keys.take(np.unique(at[settled[at]])).to_pylist())
 
 
-def _numpy(values: pa.Array) -> np.ndarray:
-    """An Arrow array without nulls as numpy."""
-    return values.to_numpy(zero_copy_only=False)
-
-
-def _true(mask: pa.Array) -> np.ndarray:
-    """An Arrow boolean array as numpy, null as false."""
-    return _numpy(mask.fill_null(False))
-
-
-def _per_distinct(values: np.ndarray, make: Callable[[Any], object]) -> np.ndarray:
-    """`make(value)` for each of `values`, called once per distinct value."""
-    codes, distinct = pd.factorize(values, use_na_sentinel=False)
-    made = np.empty(len(distinct), dtype=object)
-    for at, value in enumerate(distinct):  # one by one: numpy would unpack tuples
-        made[at] = make(value)
-    return made[codes]
-
-
 def _equal_as_python(texts: pa.Array, values: np.ndarray) -> np.ndarray:
     """`text == value` as Python compares them, a null text as None: None equals None, NaN
     equals nothing, a string its equal."""
@@ -204,16 +170,8 @@ def _equal_as_python(texts: pa.Array, values: np.ndarray) -> np.ndarray:
         strings = pa.array(values, type=STRING, from_pandas=True)
     except (pa.ArrowInvalid, pa.ArrowTypeError):  # a value that is no string equals no text
         strings = pa.array([v if isinstance(v, str) else None for v in values], STRING)
-    both_none = _true(pc.is_null(texts)) & np.equal(values, None)
-    return _true(pc.equal(texts, strings)) | both_none
-
-
-def _named_in_flight(keys: pa.Array, at: np.ndarray, intent_keys: pa.Array) -> np.ndarray:
-    """Which of the keys at `at` a write in flight names (almost never any: most runs end)."""
-    named = intent_keys.drop_null()
-    if len(named) == 0:
-        return np.zeros(len(at), dtype=bool)
-    return _true(pc.is_in(keys.take(at), value_set=named))
+    both_none = true(pc.is_null(texts)) & np.equal(values, None)
+    return true(pc.equal(texts, strings)) | both_none
 
 
 def _owns_several(owners: pa.Array) -> np.ndarray:
@@ -221,10 +179,3 @@ def _owns_several(owners: pa.Array) -> np.ndarray:
     codes = pc.dictionary_encode(owners).indices.fill_null(-1).to_numpy(zero_copy_only=False)
     counts = np.bincount(codes[codes >= 0], minlength=1)
     return (codes >= 0) & (counts[np.maximum(codes, 0)] > 1)
-
-
-def _without(length: int, positions: np.ndarray) -> np.ndarray:
-    """A mask of `length` rows that is false at `positions`."""
-    keep = np.ones(length, dtype=bool)
-    keep[positions] = False
-    return keep
