@@ -92,9 +92,20 @@ def registered(name: str) -> type:
     return _BY_NAME[name]
 
 
-def build_dataclass(cls: type, fields: dict[str, Any]) -> Any:
-    """An instance of the registered dataclass `cls` with the stored `fields`."""
-    return _undataclass(cls, fields)
+def build_dataclasses(
+    cls: type, names: Sequence[str], rows: Iterable[Sequence[Any]]
+) -> Iterator[Any]:
+    """An instance of the registered dataclass `cls` for each of `rows`, the stored values of
+    the fields `names` (checked once: see `_undataclass`)."""
+    if set(names) != _FIELD_SETS[cls]:
+        return (_undataclass(cls, dict(zip(names, row, strict=True))) for row in rows)
+    new = object.__new__
+    return (_filled(new(cls), names, row) for row in rows)
+
+
+def _filled(value: Any, names: Sequence[str], row: Sequence[Any]) -> Any:
+    value.__dict__.update(zip(names, row, strict=True))
+    return value
 
 
 def _untag(obj: dict[str, Any]) -> Any:

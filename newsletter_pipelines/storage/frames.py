@@ -190,12 +190,9 @@ def _struct_values(column: pa.ChunkedArray, spec: dict[str, Any]) -> np.ndarray:
         cells = array.field(k).to_numpy(zero_copy_only=False).tolist()
         fields.append(_decode_distinct(cells) if name in spec["coded"] else cells)
     nulls = array.is_null().to_numpy(zero_copy_only=False).tolist()
-    build = codec.build_dataclass
-    objects = (
-        None if null else build(cls, dict(zip(names, row, strict=True)))
-        for null, row in zip(nulls, zip(*fields, strict=True), strict=True)
-    )
-    return np.fromiter(objects, dtype=object, count=len(nulls))
+    objects = codec.build_dataclasses(cls, names, zip(*fields, strict=True))
+    found = (None if null else value for null, value in zip(nulls, objects, strict=True))
+    return np.fromiter(found, dtype=object, count=len(nulls))
 
 
 def _decode_distinct(texts: list[str | None]) -> list[Any]:
@@ -203,9 +200,8 @@ def _decode_distinct(texts: list[str | None]) -> list[Any]:
     parsed again for each further cell, so no two cells share it."""
     distinct = list(dict.fromkeys(t for t in texts if t is not None))
     values = dict(zip(distinct, codec.decode_many(distinct), strict=True))
-    return [
-        None if t is None else v if _immutable(v := values[t]) else codec.decode(t) for t in texts
-    ]
+    shared = {t: v for t, v in values.items() if _immutable(v)}
+    return [None if t is None else shared[t] if t in shared else codec.decode(t) for t in texts]
 
 
 def _immutable(value: Any) -> bool:
