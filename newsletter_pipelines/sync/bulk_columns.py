@@ -38,12 +38,19 @@ def key_at(keys: pa.Array, values: pa.Array) -> np.ndarray:
     return as_numpy(at).astype(np.int64)
 
 
-def named(values: pa.Array, names: pa.Array) -> np.ndarray:
-    """Which of `values` one of `names` (nulls aside) names."""
-    names = names.drop_null()
-    if len(names) == 0:  # the usual case for writes in flight: most runs end
+def named(values: pa.Array, *names: pa.Array) -> np.ndarray:
+    """Which of `values` one of `names` (nulls aside) names.
+
+    A hash table is built over the smaller side: over a few contacts' keys, a million names
+    are looked up in it rather than hashed into a table of their own."""
+    found = pa.concat_arrays([n.drop_null() for n in names]) if names else pa.array([], STRING)
+    if len(found) > len(values):
+        distinct = pc.unique(values)
+        at = key_at(distinct, found)
+        found = distinct.take(np.unique(at[at >= 0]))
+    if len(found) == 0:  # the usual case for writes in flight: most runs end
         return np.zeros(len(values), dtype=bool)
-    return true(pc.is_in(values, value_set=names))
+    return true(pc.is_in(values, value_set=found))
 
 
 def as_numpy(values: pa.Array) -> np.ndarray:

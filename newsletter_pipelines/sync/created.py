@@ -67,9 +67,12 @@ def split_created(
     ids = crm_ids(eligible["contact_id"])
     new = (
         true(pc.string_is_ascii(emails))
-        & ~named(keys, text(snapshot["match_key"]))
-        & ~named(keys, text(ledger["member_key"]))
-        & ~named(keys, text(ledger["intent_key"]))
+        & ~named(
+            keys,
+            text(snapshot["match_key"]),
+            text(ledger["member_key"]),
+            text(ledger["intent_key"]),
+        )
         & ~named(ids, text(ledger["owner"]))
     )
     at = np.flatnonzero(new)

@@ -70,8 +70,9 @@ def split_settled(
     # any other address
     keys = pc.ascii_lower(emails)
     # one hash table over the keys; each member's and each ledger row's key looked up in it
-    member_at = key_at(keys, text(snapshot["match_key"]))
-    row_at = key_at(keys, text(ledger["member_key"]))
+    named_keys = [text(snapshot["match_key"]), text(ledger["member_key"])]
+    found_at = key_at(keys, pa.concat_arrays(named_keys))
+    member_at, row_at = found_at[: len(snapshot)], found_at[len(snapshot) :]
     at_member = _last_of(member_at, len(keys))  # the last member of a key, as `rules` keeps
     at_row = _last_of(row_at, len(keys))  # member keys are unique in the ledger
     ascii_key = true(pc.string_is_ascii(emails))
