@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
 
-from newsletter_pipelines.sync.bulk_columns import crm_ids, named, text, true
+from newsletter_pipelines.sync.bulk_columns import crm_ids, named, text, true, without
 from newsletter_pipelines.sync.identity import LedgerRow, RowState, write_keys
 from newsletter_pipelines.sync.rules import DIFF_COLUMNS, NEW_CONTACT, SyncAction
 from newsletter_pipelines.sync.tags import TagStyle
@@ -116,9 +116,7 @@ def split_created(
             )
         ),
     }
-    left = np.ones(len(eligible), dtype=bool)
-    left[at] = False
-    return Created(rows, eligible[left])
+    return Created(rows, eligible[without(len(eligible), at)])
 
 
 def _tag_set(tags: frozenset[str], style: TagStyle, system: frozenset[str]) -> _TagSet:
