@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
 
-from newsletter_pipelines.sandbox import SANDBOX_MAILCHIMP_KEY, Sandbox
+from newsletter_pipelines.sandbox import SANDBOX_BREVO_KEY, SANDBOX_MAILCHIMP_KEY, Sandbox
 from newsletter_pipelines.sandbox.fields import _keep, _tree
 from newsletter_pipelines.sandbox.mailchimp_state import McAccount, McMember
+from newsletter_pipelines_tests.providers.conftest import brevo_account
 from newsletter_pipelines_tests.providers.test_sandbox_mailchimp import NEW_LIST
 
 AUTH = ("anystring", SANDBOX_MAILCHIMP_KEY)
@@ -78,3 +80,53 @@ def test_new_ids_are_what_as_many_new_id_calls_give() -> None:
     assert [one.new_id(), one.new_id(), one.new_id()] == list(many.new_ids(3))
     assert one.next_id == many.next_id and one.new_id() == many.new_id()
     assert "next_id" in many.model_fields_set
+
+
+BREVO = "/brevo/v3"
+BREVO_KEY = {"api-key": SANDBOX_BREVO_KEY}
+
+
+def test_a_brevo_list_read_since_a_time_follows_every_change(
+    http: httpx.Client, sandbox: Sandbox
+) -> None:
+    brevo_account(sandbox)
+    clock = [1_800_000_000.0]
+    sandbox.now = lambda: clock[0]  # type: ignore[method-assign]
+    folder = http.post(f"{BREVO}/contacts/folders", json={"name": "F"}, headers=BREVO_KEY)
+    body = {"name": "L", "folderId": folder.json()["id"]}
+    list_id = http.post(f"{BREVO}/contacts/lists", json=body, headers=BREVO_KEY).json()["id"]
+    for n in range(6):
+        clock[0] += 10
+        contact = {"email": f"p{n}@example.com", "listIds": [list_id]}
+        assert http.post(f"{BREVO}/contacts", json=contact, headers=BREVO_KEY).status_code == 201
+    account = sandbox.state.brevo[SANDBOX_BREVO_KEY]
+
+    def since(seconds: float) -> list[str]:
+        stamp = datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
+        params = {"modifiedSince": stamp.replace("+00:00", "Z"), "sort": "asc", "limit": 2}
+        emails = []
+        for offset in range(0, 10, 2):
+            path = f"{BREVO}/contacts/lists/{list_id}/contacts"
+            page = http.get(path, params={**params, "offset": offset}, headers=BREVO_KEY).json()
+            emails += [c["email"] for c in page["contacts"]]
+        scanned = [
+            account.contacts[i].email
+            for i in sorted(account.list_contact_ids(list_id))
+            if account.contacts[i].modifiedAt >= seconds
+        ]
+        assert emails == scanned
+        return emails
+
+    assert since(1_800_000_035) == ["p3@example.com", "p4@example.com", "p5@example.com"]
+    assert since(1_800_000_035) == ["p3@example.com", "p4@example.com", "p5@example.com"]
+    clock[0] += 10
+    update = {"attributes": {"FIRSTNAME": "P"}}
+    http.put(f"{BREVO}/contacts/p0@example.com", json=update, headers=BREVO_KEY)
+    assert since(1_800_000_035)[0] == "p0@example.com"
+    remove = {"emails": ["p4@example.com"]}
+    http.post(f"{BREVO}/contacts/lists/{list_id}/contacts/remove", json=remove, headers=BREVO_KEY)
+    assert "p4@example.com" not in since(1_800_000_035)
+    http.delete(f"{BREVO}/contacts/p5@example.com", headers=BREVO_KEY)
+    assert since(1_800_000_035) == ["p0@example.com", "p3@example.com"]
+    account.contacts[account.by_email("p1@example.com").id].modifiedAt = 1_800_000_100.0  # type: ignore[union-attr]
+    assert since(1_800_000_035) == ["p0@example.com", "p1@example.com", "p3@example.com"]
