@@ -89,6 +89,7 @@ from newsletter_pipelines.providers.brevo_models import (
 )
 from newsletter_pipelines.providers.errors import ApiError, ProviderError
 from newsletter_pipelines.providers.http import ApiClient, HourlyBudget, PollPolicy, RetryPolicy
+from newsletter_pipelines.providers.trusted import trusted
 
 log = logging.getLogger("newsletter_pipelines.providers")
 
@@ -314,14 +315,15 @@ class BrevoClient:
         return self._api.call_model(ContactsPage, "GET", path, params=params)
 
     def _member(self, contact: ContactOut) -> Member:
-        return Member(
-            provider_id=str(contact.id),
-            email=contact.email,
-            status=status_of(contact, self._list_id),
-            last_changed=contact.modified_at,
-            stable_id=str(contact.id),
+        values = {
+            "provider_id": str(contact.id),
+            "email": contact.email,
+            "status": status_of(contact, self._list_id),
+            "last_changed": contact.modified_at,
+            "stable_id": str(contact.id),
             **self._attributes.decode(contact.attributes),
-        )
+        }
+        return trusted(Member, values)  # each of its field's type: a snapshot makes 100,000
 
     # --- upsert -------------------------------------------------------------------------
 

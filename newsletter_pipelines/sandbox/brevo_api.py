@@ -217,7 +217,8 @@ class BrevoApi:
             if other is not None and other.id != contact.id:
                 raise rules.duplicate_email()
         now = self.hooks.now()
+        named = account.attributes_by_name()
         for contact, entry in targets:
-            added = rules.apply_update(account, contact, entry, now)
+            added = rules.apply_update(account, contact, entry, now, named)
             rules.api_events(self.hooks, account, contact, added, updated=True)
         return empty_response(204)

@@ -75,6 +75,7 @@ class ImportHandlers:
         update_existing = bool(body.get("updateExistingContacts", True))
         erase = update_existing and bool(body.get("emptyContactsAttributes", False))
         blacklist = bool(body.get("emailBlacklist", False))
+        named = account.attributes_by_name()
         for row in body.get("jsonBody") or []:
             email = str(row.get("email") or "") if isinstance(row, dict) else ""
             if not rules.valid_address(email):
@@ -97,7 +98,7 @@ class ImportHandlers:
             update: dict[str, Any] = {"attributes": attributes, "listIds": body["listIds"]}
             if blacklist:
                 update["emailBlacklisted"] = True
-            added = rules.apply_update(account, contact, update, now)
+            added = rules.apply_update(account, contact, update, now, named)
             written = not created and bool(attributes or blacklist)
             rules.api_events(self.hooks, account, contact, added, updated=written)
         return {"invalid_emails": invalid, "duplicate_email_id": duplicates}

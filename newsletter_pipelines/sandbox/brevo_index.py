@@ -21,6 +21,9 @@ class ContactIndex:
         self.by_email: dict[str, int] = {}
         self._in_list: dict[int, set[int]] = {}
         self._sorted: dict[int, list[int]] = {}  # `_in_list` ascending, until the list changes
+        self.since: dict[tuple[int, float], tuple[list[int], int, list[int]]] = {}
+        """(list id, time) -> (the list's ids, the contacts' modifications then, those modified
+        at that time or later): `BvAccount.list_contact_ids_since`'s answers."""
 
     def add(self, contact: Indexed) -> None:
         """Index a contact stored in the account."""

@@ -124,9 +124,11 @@ class ListHandlers:
         limit, offset = rules.page(request, _CONTACT_LIMIT, 50)
         since = _modified_since(request)
         contacts = account.contacts
-        ids = account.list_contact_ids(lst.id)  # by id, as the list shows them
-        if since is not None:
-            ids = [i for i in ids if contacts[i].modifiedAt >= since]
+        ids = (  # by id, as the list shows them
+            account.list_contact_ids(lst.id)
+            if since is None
+            else account.list_contact_ids_since(lst.id, since)
+        )
         if request.arg("sort", "desc") == "desc":
             ids = ids[::-1]
         page = [contact_json(contacts[i]) for i in ids[offset : offset + limit]]

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from newsletter_pipelines.sandbox.brevo_state import (
     BvAccount,
+    BvAttribute,
     BvContact,
     BvEvent,
     BvList,
@@ -159,13 +160,16 @@ def find_contact(account: BvAccount, identifier: Any, kind: str | None = None) -
     return contact
 
 
-def known_attributes(account: BvAccount, values: Any) -> dict[str, Any]:
-    """Known attributes with acceptable values (`""` clears); the rest is ignored, as Brevo does."""
+def known_attributes(
+    account: BvAccount, values: Any, named: dict[str, BvAttribute] | None = None
+) -> dict[str, Any]:
+    """Known attributes with acceptable values (`""` clears); the rest is ignored, as Brevo does.
+    `named`: `account.attributes_by_name()`, when the caller has it."""
     if not isinstance(values, dict):
         return {}
     kept: dict[str, Any] = {}
     for name, value in values.items():
-        attribute = account.attribute(str(name))
+        attribute = account.attribute(str(name)) if named is None else named.get(str(name).upper())
         if attribute is None or attribute.name == "EMAIL" or value is None:
             continue
         if attribute.category == "category" and value != "":
@@ -177,9 +181,14 @@ def known_attributes(account: BvAccount, values: Any) -> dict[str, Any]:
 
 
 def apply_update(
-    account: BvAccount, contact: BvContact, body: dict[str, Any], now: float
+    account: BvAccount,
+    contact: BvContact,
+    body: dict[str, Any],
+    now: float,
+    named: dict[str, BvAttribute] | None = None,
 ) -> list[int]:
-    """Apply an update body to a contact; returns list ids newly linked."""
+    """Apply an update body to a contact; returns list ids newly linked. `named`:
+    `account.attributes_by_name()`, when the caller has it (an import updates thousands)."""
     attributes = body.get("attributes") if isinstance(body.get("attributes"), dict) else {}
     new_email = attributes.get("EMAIL") if attributes else None
     if new_email and str(new_email).lower() != contact.email.lower():
@@ -187,7 +196,7 @@ def apply_update(
         if account.by_email(str(new_email)) is not None:
             raise duplicate_email()
         account.rename(contact, str(new_email))
-    for name, value in known_attributes(account, attributes).items():
+    for name, value in known_attributes(account, attributes, named).items():
         if value == "":
             contact.attributes.pop(name, None)
         else:

@@ -57,6 +57,21 @@ class BvContact(BaseModel):
     statistics: BvStatistics = Field(default_factory=BvStatistics)
     """Every event ever; `GET /contacts/{identifier}` shows the last 90 days."""
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "modifiedAt":
+            _MODIFICATIONS[0] += 1
+        super().__setattr__(name, value)
+
+
+_MODIFICATIONS = [0]
+"""How many times the `modifiedAt` of any contact was set (for `ContactIndex.ids_since`)."""
+
+
+def modifications() -> int:
+    """How many times the `modifiedAt` of any contact was set: the same number, the same times
+    (a contact made with its time has it before anyone reads its lists)."""
+    return _MODIFICATIONS[0]
+
 
 class BvFolder(BaseModel):
     id: int
@@ -180,6 +195,23 @@ class BvAccount(BaseModel):
         """The ids of the list's contacts, ascending (the caller must not change it)."""
         return self._contact_index().list_ids(list_id)
 
+    def list_contact_ids_since(self, list_id: int, since: float) -> list[int]:
+        """The ids of the list's contacts modified at `since` or later, ascending (the caller
+        must not change it). Kept while neither the list nor any contact's `modifiedAt`
+        changes: a read-back pages through the same 100,000 contacts 200 times."""
+        index = self._contact_index()
+        ids = index.list_ids(list_id)
+        key, stamp = (list_id, since), modifications()
+        kept = index.since.get(key)
+        if kept is not None and kept[0] is ids and kept[1] == stamp:
+            return kept[2]
+        contacts = self.contacts
+        found = [i for i in ids if contacts[i].modifiedAt >= since]
+        if len(index.since) >= 8:
+            index.since.clear()
+        index.since[key] = (ids, stamp, found)
+        return found
+
     def rename(self, contact: BvContact, email: str) -> None:
         """Change a contact's address."""
         index = self._contact_index()
@@ -195,6 +227,13 @@ class BvAccount(BaseModel):
     def attribute(self, name: str) -> BvAttribute | None:
         """The attribute with this name, if defined."""
         return next((a for a in self.attributes if a.name == name.upper()), None)
+
+    def attributes_by_name(self) -> dict[str, BvAttribute]:
+        """Each attribute by its name, as `attribute` finds it (for many lookups at once)."""
+        named: dict[str, BvAttribute] = {}
+        for attribute in self.attributes:
+            named.setdefault(attribute.name, attribute)
+        return named
 
 
 def default_attributes(language: str, extra: list[BvAttribute] | None = None) -> list[BvAttribute]:

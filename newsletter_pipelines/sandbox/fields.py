@@ -23,6 +23,12 @@ def _keep(value: Any, tree: Tree) -> Any:
     if not tree:
         return value
     if isinstance(value, list):
+        if not any(tree.values()):  # whole fields of each item: one holding no other stays
+            keys = tree.keys()
+            return [
+                item if isinstance(item, dict) and item.keys() <= keys else _keep(item, tree)
+                for item in value
+            ]
         return [_keep(item, tree) for item in value]
     if isinstance(value, dict):
         return {k: _keep(v, tree[k]) if tree[k] else v for k, v in value.items() if k in tree}

@@ -283,6 +283,7 @@ class MailchimpApi:
         update_existing = bool(body.get("update_existing", False))
         skip_duplicates = request.bool_arg("skip_duplicate_check")
         now = self.hooks.now()
+        rules = members.MergeRules.of(lst)
         created: list[dict[str, Any]] = []
         updated: list[dict[str, Any]] = []
         errors: list[dict[str, Any]] = []
@@ -297,7 +298,9 @@ class MailchimpApi:
                         400, "Invalid Resource", f"{email} is a duplicate in this request."
                     )
                 seen.add(email.lower())
-                member, is_new = self._subscribe_one(account, lst, entry, update_existing, now)
+                member, is_new = self._subscribe_one(
+                    account, lst, entry, now, rules, update_existing=update_existing
+                )
             except ProblemError as refusal:
                 errors.append(self._batch_error(email, refusal))
                 continue
@@ -318,7 +321,14 @@ class MailchimpApi:
         )
 
     def _subscribe_one(
-        self, account: McAccount, lst: McList, entry: Any, update_existing: bool, now: float
+        self,
+        account: McAccount,
+        lst: McList,
+        entry: Any,
+        now: float,
+        rules: members.MergeRules,
+        *,
+        update_existing: bool,
     ) -> tuple[McMember, bool]:
         if not isinstance(entry, dict):
             raise invalid("members", "Schema describes object, but another type was provided.")
@@ -333,7 +343,7 @@ class MailchimpApi:
             members.register_tags(account, lst, existing)
             self._event(lst, "profile", existing)
             return existing, False
-        member = members.create(account, lst, entry, status, now)
+        member = members.create(account, lst, entry, status, now, rules=rules)
         members.register_tags(account, lst, member)
         self._event(lst, "subscribe", member)
         return member, True

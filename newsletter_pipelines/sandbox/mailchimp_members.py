@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
 from typing import Any
 
+from newsletter_pipelines.providers.trusted import trusted
 from newsletter_pipelines.sandbox.core import Request, now_iso
 from newsletter_pipelines.sandbox.mailchimp_state import (
     ACTIVE_STATUSES,
@@ -110,31 +112,63 @@ def check_status_value(status: Any, allowed: Iterable[str] = ACTIVE_STATUSES) ->
     return str(status)
 
 
-def merge_values(lst: McList, values: Any, *, creating: bool) -> dict[str, Any]:
-    """Validated merge values; required fields are enforced on create (as Mailchimp does)."""
+@dataclass(frozen=True)
+class MergeRules:
+    """What `merge_values` checks, read once from an audience's merge fields (a batch subscribe
+    checks its 500 members against the same fields)."""
+
+    checks: dict[str, tuple[bool, Any]]
+    """Tag -> (limited to 255 bytes, the choices of a dropdown or radio field, else None)."""
+    required: tuple[str, ...]
+    blank: dict[str, str]
+    """Every tag -> "": a new member's merge fields before its values."""
+
+    @classmethod
+    def of(cls, lst: McList) -> MergeRules:
+        """The rules of `lst`'s merge fields as they are now."""
+        fields = lst.merge_fields
+        return cls(
+            {
+                field.tag: (
+                    field.type in _LIMITED,
+                    field.options.get("choices") if field.type in _CHOICES else None,
+                )
+                for field in fields
+            },
+            tuple(field.tag for field in fields if field.required),
+            {field.tag: "" for field in fields},
+        )
+
+
+def merge_values(
+    lst: McList, values: Any, *, creating: bool, rules: MergeRules | None = None
+) -> dict[str, Any]:
+    """Validated merge values; required fields are enforced on create (as Mailchimp does).
+    `rules`: `MergeRules.of(lst)`, when the caller has them."""
     if values is None:
         values = {}
     if not isinstance(values, dict):
         raise invalid("merge_fields", "Schema describes object, but another type was provided.")
+    rules = rules or MergeRules.of(lst)
+    checks = rules.checks
     errors: list[dict[str, str]] = []
     accepted: dict[str, Any] = {}
-    defined = {field.tag: field for field in lst.merge_fields}
     for tag, value in values.items():
-        field = defined.get(tag)
-        if field is None:
+        check = checks.get(tag)
+        if check is None:
             continue
         text = "" if value is None else str(value)
-        choices = field.options.get("choices") if field.type in _CHOICES else None
-        if field.type in _LIMITED and _over_255_bytes(text):
+        limited, choices = check
+        if limited and _over_255_bytes(text):
             errors.append({"field": tag, "message": "Value must be 255 characters or fewer"})
         elif choices and text and text not in choices:
             errors.append({"field": tag, "message": "Please choose one of the listed options"})
         else:
             accepted[tag] = text
     if creating:
-        for field in lst.merge_fields:
-            if field.required and not accepted.get(field.tag):
-                errors.append({"field": field.tag, "message": "Please enter a value"})
+        for tag in rules.required:
+            if not accepted.get(tag):
+                errors.append({"field": tag, "message": "Please enter a value"})
     if errors:
         raise ProblemError(400, "Invalid Resource", "Your merge fields were invalid.", errors)
     return accepted
@@ -153,14 +187,17 @@ def create(
     now: float,
     *,
     source: str = "API - Generic",
+    rules: MergeRules | None = None,
 ) -> McMember:
-    """Add a new member, or re-add an archived one (keeping compliance rules)."""
+    """Add a new member, or re-add an archived one (keeping compliance rules); `rules`:
+    `MergeRules.of(lst)`, when the caller has them."""
     email = str(payload.get("email_address") or "")
     check_address(lst, email)
     key = subscriber_hash(email)
     previous = lst.members.get(key)
     check_status(email, previous.effective_status if previous else None, status)
-    merge = merge_values(lst, payload.get("merge_fields"), creating=True)
+    rules = rules or MergeRules.of(lst)
+    merge = merge_values(lst, payload.get("merge_fields"), creating=True, rules=rules)
     stamp = now_iso(now)
     if previous is not None:
         previous.status = status
@@ -169,18 +206,22 @@ def create(
         previous.last_changed = stamp
         member = previous
     else:
-        member = McMember(
-            id=key,
-            email_address=email,
-            unique_email_id=key[:10],
-            contact_id=f"{account.new_id():032x}",  # one per contact, never reused
-            web_id=account.new_id(),
-            status=status,
-            merge_fields={field.tag: "" for field in lst.merge_fields} | merge,
-            timestamp_signup=stamp,
-            timestamp_opt=stamp,
-            last_changed=stamp,
-            source=source,
+        contact_no, web_id = account.new_ids(2)
+        member = trusted(  # every value of its field's type (a batch subscribe makes 500)
+            McMember,
+            {
+                "id": key,
+                "email_address": email,
+                "unique_email_id": key[:10],
+                "contact_id": f"{contact_no:032x}",  # one per contact, never reused
+                "web_id": web_id,
+                "status": status,
+                "merge_fields": rules.blank | merge,
+                "timestamp_signup": stamp,
+                "timestamp_opt": stamp,
+                "last_changed": stamp,
+                "source": source,
+            },
         )
         lst.members[key] = member
     add_tags(member, [str(tag) for tag in payload.get("tags") or []], now, lst.segments)
@@ -449,6 +490,24 @@ _MEMBER_PARTS: tuple[tuple[str, Callable[[McList, McMember, dict[str, int]], Any
 """Each field of a member's representation, in Mailchimp's order, and how to build it."""
 
 
+_STORED = frozenset(
+    {
+        "id",
+        "email_address",
+        "unique_email_id",
+        "contact_id",
+        "web_id",
+        "status",
+        "unsubscribe_reason",
+        "timestamp_signup",
+        "timestamp_opt",
+        "last_changed",
+        "source",
+    }
+)
+"""The parts of `_MEMBER_PARTS` that are a member's field as it is stored."""
+
+
 def _full_name(member: McMember) -> str:
     fname = str(member.merge_fields.get("FNAME", ""))
     lname = str(member.merge_fields.get("LNAME", ""))
@@ -501,5 +560,16 @@ def representations(
     segments = lst.segments
     if only is None:
         return [representation(lst, m, segments) for m in members]
-    parts = [(name, build) for name, build in _MEMBER_PARTS if name in only]
-    return [{name: build(lst, m, segments) for name, build in parts} for m in members]
+    parts = [
+        (name, None if name in _STORED else build) for name, build in _MEMBER_PARTS if name in only
+    ]
+    found = []
+    for m in members:
+        stored = vars(m)  # the fields stored as shown: read without a call (a page has 1,000)
+        found.append(
+            {
+                name: stored[name] if build is None else build(lst, m, segments)
+                for name, build in parts
+            }
+        )
+    return found

@@ -122,3 +122,8 @@ class McAccount(BaseModel):
         """A fresh numeric id for web ids, merge ids and segments."""
         self.next_id += 1
         return self.next_id
+
+    def new_ids(self, count: int) -> range:
+        """`count` fresh ids, as `count` calls of `new_id` give them."""
+        self.next_id += count
+        return range(self.next_id - count + 1, self.next_id + 1)
