@@ -47,14 +47,11 @@ def provider_audience_snapshot(
     audience = _audience(context)
     mode = provider_mode(audience, mailchimp, brevo)
     context.log.info(mode)
-    client = run_client(context, audience, mailchimp, brevo)
-    try:
-        client.check_credentials()
+    with run_client(context, audience, mailchimp, brevo) as client:
+        # a refused key fails the first call (AuthenticationError): no separate ping
         found = client.ensure_audience()
         webhook = _register_webhook(audience, client, context.log.info)
         members = client.snapshot()
-    finally:
-        client.close()
     statuses = Counter(m.status.value for m in members)
     context.log.info(f"{audience.key}: {len(members)} members ({dict(statuses)})")
     sample = [
@@ -261,9 +258,8 @@ def audience_sync(
         if not verdict.passed:
             context.log.error(verdict.message)
     context.log.info(provider_mode(audience, mailchimp, brevo))
-    client = run_client(context, audience, mailchimp, brevo)
-    try:
-        client.ensure_audience()
+    with run_client(context, audience, mailchimp, brevo) as client:
+        client.ensure_audience()  # asked once per run: the snapshot's answer
         summary = push_diff(
             client,
             reconciliation_diff,
@@ -292,8 +288,6 @@ def audience_sync(
                 ),
             ),
         )
-    finally:
-        client.close()
     return dg.MaterializeResult(
         metadata={
             "dry_run": False,
