@@ -114,6 +114,7 @@ def from_table(table: pa.Table) -> pd.DataFrame:
 
 
 _CODEC = object()  # `_kind` of a column stored as tagged JSON per cell
+_MUTABLE = object()  # `_decode_distinct`: a text whose value is parsed again for each cell
 
 
 def _kind(column: pd.Series) -> type | object | None:
@@ -203,8 +204,14 @@ def _decode_distinct(texts: list[str | None]) -> list[Any]:
     parsed again for each further cell, so no two cells share it."""
     distinct = list(dict.fromkeys(t for t in texts if t is not None))
     values = dict(zip(distinct, codec.decode_many(distinct), strict=True))
+    shared = {t: v for t, v in values.items() if _immutable(v)}  # asked once per distinct text
     return [
-        None if t is None else v if _immutable(v := values[t]) else codec.decode(t) for t in texts
+        None
+        if t is None
+        else v
+        if (v := shared.get(t, _MUTABLE)) is not _MUTABLE
+        else codec.decode(t)
+        for t in texts
     ]
 
 
