@@ -5,15 +5,18 @@ PostgreSQL connection and closes it. A run stores ~100 events, each one to three
 (the event, then for asset and check events its index rows), so a sync of 10 contacts spent
 most of its seconds connecting (a PostgreSQL backend started per connection: 3–20 ms each,
 more the busier the machine). These subclasses change only that: their engines keep one
-connection per process for reuse (checked with a ping before each use, so a restarted server
-costs a reconnect, not a failure) and open more only while it is taken (several threads),
+connection per process for reuse and open more only while it is taken (several threads),
 closing those after use as before: a process never holds more than one idle connection per
-storage. Everything else, tables and migrations included, is dagster-postgres's.
+storage. A connection idle for `PING_AFTER_IDLE_SECONDS` is pinged before it is used again (a
+restarted server or a dropped idle connection costs a reconnect, not a failure); one used just
+before is not (a ping before every use would be a third of a run's round trips). Everything
+else, tables and migrations included, is dagster-postgres's.
 """
 
 from __future__ import annotations
 
 import os
+import time
 import weakref
 from collections.abc import Mapping
 from typing import Any
@@ -29,6 +32,8 @@ from dagster_postgres.utils import (
 
 IDLE_CONNECTIONS = 1  # kept open per storage and process
 RECYCLE_SECONDS = 3600  # a kept connection older than this is replaced
+PING_AFTER_IDLE_SECONDS = 5.0
+_RETURNED = "newsletter_pipelines.returned_at"
 
 
 def pooled_engine(postgres_url: str, token_provider: Any) -> sa.Engine:
@@ -40,9 +45,10 @@ def pooled_engine(postgres_url: str, token_provider: Any) -> sa.Engine:
         isolation_level="AUTOCOMMIT",
         pool_size=IDLE_CONNECTIONS,
         max_overflow=-1,  # never waits for a connection: more are opened, and closed after use
-        pool_pre_ping=True,
         pool_recycle=RECYCLE_SECONDS,
     )
+    sa.event.listen(engine, "checkin", _returned)
+    sa.event.listen(engine, "checkout", _ping_when_idle)
     ref = weakref.ref(engine)
 
     def forget_parents_connections() -> None:
@@ -51,6 +57,26 @@ def pooled_engine(postgres_url: str, token_provider: Any) -> sa.Engine:
 
     os.register_at_fork(after_in_child=forget_parents_connections)
     return engine
+
+
+def _returned(_dbapi_connection: Any, record: Any) -> None:
+    record.info[_RETURNED] = time.monotonic()
+
+
+def _ping_when_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    """SQLAlchemy's pessimistic disconnect handling, for connections idle a while: a failed
+    ping (DisconnectionError) makes the pool replace the connection and check out again."""
+    returned = record.info.get(_RETURNED)
+    if returned is None or time.monotonic() - returned < PING_AFTER_IDLE_SECONDS:
+        return  # new, or used a moment ago
+    try:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("SELECT 1")
+        finally:
+            cursor.close()
+    except Exception as exc:  # whatever the driver raises for a dead connection
+        raise sa.exc.DisconnectionError(f"idle connection lost: {exc}") from exc
 
 
 def _arguments(

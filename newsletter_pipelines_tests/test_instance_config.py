@@ -15,6 +15,7 @@ import sqlalchemy as sa
 import yaml
 from dagster_postgres import PostgresScheduleStorage
 
+from newsletter_pipelines import instance_storage
 from newsletter_pipelines.defs.providers.accounts import runs_per_account
 from newsletter_pipelines.instance_storage import (
     PooledPostgresEventLogStorage,
@@ -91,7 +92,21 @@ def test_a_run_on_the_production_instance_reuses_its_connections(
         result = dg.materialize([numbers], instance=instance)
         assert result.success
         events = instance.get_records_for_run(result.run_id).records
-    assert len(events) > 15
-    # dagster-postgres's own: 55 connections for these 18 events; these: one per storage and a
-    # second while the first is taken (the first asset event's index checks), then reused
-    assert len(opened) <= 6
+        assert len(events) > 15
+        # dagster-postgres's own: 55 connections for these 18 events; these: one per storage
+        # and a second while the first is taken (the first asset event's index checks)
+        assert len(opened) <= 6
+
+        # the server drops the idle connections (a restart): the next run reconnects
+        monkeypatch.setattr(instance_storage, "PING_AFTER_IDLE_SECONDS", 0.0)
+        killer = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+        with killer.connect() as conn:
+            dropped = conn.execute(
+                sa.text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            ).scalar()
+        killer.dispose()
+        assert dropped >= 2
+        assert dg.materialize([numbers], instance=instance).success
