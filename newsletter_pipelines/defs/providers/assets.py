@@ -45,8 +45,7 @@ def provider_audience_snapshot(
     A provider error fails the run: a failed read is never an empty audience.
     """
     audience = _audience(context)
-    mode = provider_mode(audience, mailchimp, brevo)
-    context.log.info(mode)
+    mode = provider_mode(audience, mailchimp, brevo)  # the run's log says it at resource start
     with run_client(context, audience, mailchimp, brevo) as client:
         # a refused key fails the first call (AuthenticationError): no separate ping
         found = client.ensure_audience()
@@ -257,7 +256,6 @@ def audience_sync(
     for verdict in verdicts.values():
         if not verdict.passed:
             context.log.error(verdict.message)
-    context.log.info(provider_mode(audience, mailchimp, brevo))
     with run_client(context, audience, mailchimp, brevo) as client:
         client.ensure_audience()  # asked once per run: the snapshot's answer
         summary = push_diff(
