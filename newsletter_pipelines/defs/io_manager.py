@@ -3,6 +3,9 @@ local folder or an object store (`s3://bucket/prefix`), through fsspec and unive
 
 from __future__ import annotations
 
+import os
+import uuid
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -11,6 +14,8 @@ from pydantic import Field
 from upath import UPath
 
 from newsletter_pipelines.storage.frames import read_frame, to_table, write_table
+
+_LOCAL = ("", "file", "local")  # fsspec protocols of the local filesystem
 
 
 class ParquetIOManager(dg.UPathIOManager):
@@ -60,8 +65,19 @@ class ParquetIOManager(dg.UPathIOManager):
             table = to_table(obj)  # before the file is opened: a failure leaves no file
         except TypeError as exc:
             raise TypeError(f"{_name(context)}: {exc}") from exc
-        with path.open("wb") as file:
-            write_table(table, file)
+        if path.protocol not in _LOCAL:  # an object store: the object appears whole on close
+            with path.open("wb") as file:
+                write_table(table, file)
+            return
+        # a local file: written beside, then renamed over the old one, so a run reading it at
+        # the same time (two audiences' runs share the unpartitioned values) reads one whole file
+        temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            with temporary.open("wb") as file:
+                write_table(table, file)
+            os.replace(temporary.path, path.path)
+        finally:
+            Path(temporary.path).unlink(missing_ok=True)
 
     def load_from_path(self, context: dg.InputContext, path: UPath) -> pd.DataFrame:
         with path.open("rb") as file:
