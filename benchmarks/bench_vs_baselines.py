@@ -66,6 +66,7 @@ from typing import Any
 
 import httpx
 import sqlalchemy as sa
+import yaml
 from bench_import_back import DEFAULT_POSTGRES_URL, _unreachable, postgres_database
 from measure import PeakRss, fast_sqlite_writes, load, report, routes_text, sandbox_calls
 
@@ -76,7 +77,7 @@ from newsletter_pipelines.crm.synthetic import GERMAN_FEMALE, GERMAN_LAST, GERMA
 from newsletter_pipelines.providers.mailchimp import audience_body, subscriber_hash
 from newsletter_pipelines.providers.resources import SANDBOX_AUDIENCE
 from newsletter_pipelines.sandbox import MAILCHIMP_PREFIX, SANDBOX_MAILCHIMP_KEY
-from newsletter_pipelines.settings import CrmSchema
+from newsletter_pipelines.settings import PROJECT_ROOT, CrmSchema
 from newsletter_pipelines_tests.live import serve_sandbox
 
 BATCH_MAX = 500  # members per batch_list_members call
@@ -549,14 +550,18 @@ def _union(spans: Sequence[tuple[float, float]]) -> float:
 
 
 def instance_yaml(stack: ExitStack, args: argparse.Namespace) -> str:
-    """The storage block of (1)'s Dagster instance; with `--storage postgres` also points the
-    state database (NEWSLETTER_STATE_DATABASE_URL) at a throwaway database of its own."""
+    """The storage blocks of (1)'s Dagster instance; with `--storage postgres` the production
+    `dagster.yaml`'s as they are (DAGSTER_POSTGRES_URL a throwaway database), and the state
+    database (NEWSLETTER_STATE_DATABASE_URL) on a throwaway database of its own."""
     if args.storage == "sqlite":
         return ""  # the embedded instance's default: SQLite files in its folder
     dagster = stack.enter_context(postgres_database(args.postgres_url))
     state = stack.enter_context(postgres_database(args.postgres_url))
     os.environ["NEWSLETTER_STATE_DATABASE_URL"] = _with_driver(state, "psycopg")
-    return f"storage:\n  postgres:\n    postgres_url: {_with_driver(dagster, 'psycopg2')}\n"
+    os.environ["DAGSTER_POSTGRES_URL"] = _with_driver(dagster, "psycopg2")
+    production = yaml.safe_load((PROJECT_ROOT / "dagster.yaml").read_text())
+    blocks = ("storage", "run_storage", "event_log_storage", "schedule_storage")
+    return yaml.safe_dump({k: production[k] for k in blocks if k in production}, sort_keys=False)
 
 
 def _with_driver(url: str, driver: str) -> str:

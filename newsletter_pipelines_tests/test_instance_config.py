@@ -6,14 +6,21 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
 import pytest
 import sqlalchemy as sa
 import yaml
+from dagster_postgres import PostgresScheduleStorage
 
+from newsletter_pipelines import instance_storage
 from newsletter_pipelines.defs.providers.accounts import runs_per_account
+from newsletter_pipelines.instance_storage import (
+    PooledPostgresEventLogStorage,
+    PooledPostgresRunStorage,
+)
 from newsletter_pipelines.settings import PROJECT_ROOT
 
 
@@ -29,9 +36,10 @@ def test_production_instance_config_runs_on_postgres(
     monkeypatch.setenv("DAGSTER_POSTGRES_URL", url.render_as_string(hide_password=False))
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     with dg.DagsterInstance.get() as instance:
-        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
-        assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
-        assert type(instance.schedule_storage).__name__ == "PostgresScheduleStorage"
+        # dagster-postgres's, the run and event log storages keeping a connection open
+        assert isinstance(instance.run_storage, PooledPostgresRunStorage)
+        assert isinstance(instance.event_log_storage, PooledPostgresEventLogStorage)
+        assert isinstance(instance.schedule_storage, PostgresScheduleStorage)
         limits = instance.get_concurrency_config().run_queue_config
         assert limits.max_concurrent_runs == 4
         assert limits.tag_concurrency_limits[0]["key"] == "dagster/partition"
@@ -56,3 +64,49 @@ def test_the_embedded_instance_has_the_same_run_limits(tmp_path: Path) -> None:
         limits = instance.get_concurrency_config().run_queue_config
         assert limits.tag_concurrency_limits[0]["key"] == "dagster/partition"
         assert runs_per_account(instance, "mailchimp") == 2
+
+
+@pytest.mark.postgres
+def test_a_run_on_the_production_instance_reuses_its_connections(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """dagster-postgres's own storages open a PostgreSQL connection per query: 2 or more per
+    event of a run; these keep one open."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    url = sa.engine.make_url(postgres_url).set(drivername="postgresql+psycopg2")
+    monkeypatch.setenv("DAGSTER_POSTGRES_URL", url.render_as_string(hide_password=False))
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+
+    @dg.asset(check_specs=[dg.AssetCheckSpec("positive", asset="numbers")])
+    def numbers(context) -> Iterator[dg.Output[int] | dg.AssetCheckResult]:
+        context.log.info("counting")
+        yield dg.Output(3, metadata={"count": 3})
+        yield dg.AssetCheckResult(passed=True)
+
+    with dg.DagsterInstance.get() as instance:
+        opened = []
+        for storage in (instance.run_storage, instance.event_log_storage):
+            sa.event.listen(storage._engine, "connect", lambda *_: opened.append(1))
+        result = dg.materialize([numbers], instance=instance)
+        assert result.success
+        events = instance.get_records_for_run(result.run_id).records
+        assert len(events) > 15
+        # dagster-postgres's own: 55 connections for these 18 events; these: one per storage
+        # and a second while the first is taken (the first asset event's index checks)
+        assert len(opened) <= 6
+
+        # the server drops the idle connections (a restart): the next run reconnects
+        monkeypatch.setattr(instance_storage, "PING_AFTER_IDLE_SECONDS", 0.0)
+        killer = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+        with killer.connect() as conn:
+            dropped = conn.execute(
+                sa.text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            ).scalar()
+        killer.dispose()
+        assert dropped >= 2
+        assert dg.materialize([numbers], instance=instance).success

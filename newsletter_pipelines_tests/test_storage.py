@@ -329,6 +329,32 @@ def test_a_value_of_another_type_is_refused_naming_the_asset_and_type(tmp_path: 
     assert not Path(base).exists() or stored_files(base) == set()  # nothing half-written
 
 
+def test_a_local_value_is_replaced_whole_so_a_concurrent_reader_reads_one_whole_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two audiences' runs share the unpartitioned values: while one run writes
+    `crm_contacts.parquet`, another reading it gets the old file or the new one, whole."""
+    base = str(tmp_path / "io")
+    old = pd.DataFrame({"contact_id": ["1", "2"]})
+    new = pd.DataFrame({"contact_id": ["3"]})
+    store(base, "crm_contacts", old)
+    io_manager = manager(base)
+    seen_while_writing = []
+
+    def write_table(table: Any, file: Any) -> None:
+        seen_while_writing.append(
+            io_manager.load_input(dg.build_input_context(asset_key="crm_contacts"))
+        )
+        frames.write_table(table, file)
+
+    monkeypatch.setattr("newsletter_pipelines.defs.io_manager.write_table", write_table)
+    io_manager.handle_output(dg.build_output_context(asset_key="crm_contacts"), new)
+    (during,) = seen_while_writing
+    assert_same(during, old)
+    assert_same(io_manager.load_input(dg.build_input_context(asset_key="crm_contacts")), new)
+    assert stored_files(base) == {"crm_contacts.parquet"}  # no temporary file left
+
+
 def test_a_run_that_returns_another_type_fails_and_says_why(tmp_path: Path) -> None:
     @dg.asset
     def counts() -> dict[str, int]:

@@ -226,3 +226,38 @@ def test_a_brevo_audience_never_has_a_system_tag(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("NEWSLETTER_AUDIENCES", audiences)
     tags = {a.key: a.system_tag for a in Settings().audiences}
     assert tags == {"m": "CRM", "b": None}
+
+
+# the calls a re-run with nothing to change makes besides the member pages: the audience's
+# setup, once (its steps share the run's client: the push asks nothing the snapshot learnt), and
+# no ping (a refused key fails the first of these calls)
+SETUP_CALLS = {
+    "mailchimp": {
+        ("GET", "/lists"): 1,
+        ("GET", "/lists/{list_id}/merge-fields"): 1,
+    },
+    "brevo": {
+        ("GET", "/contacts/attributes"): 1,
+        ("GET", "/contacts/folders"): 1,
+        ("GET", "/contacts/folders/{folderId}/lists"): 1,
+    },
+}
+MEMBER_PAGES = {
+    "mailchimp": ("GET", "/lists/{list_id}/members"),
+    "brevo": ("GET", "/contacts/lists/{listId}/contacts"),
+}
+
+
+@pytest.mark.parametrize("audience", ["mailchimp", "brevo"])
+def test_a_run_asks_the_audience_setup_once(audience: str, sandbox: Sandbox) -> None:
+    with dg.instance_for_test() as instance:
+        assert run_sync(instance, audience).success
+        sandbox.stats.reset()
+        assert run_sync(instance, audience).success
+    calls = {
+        (method, template): n
+        for (provider, method, template, _), n in sandbox.stats.calls.items()
+        if provider == audience
+    }
+    assert calls.pop(MEMBER_PAGES[audience], 0) >= 1
+    assert calls == SETUP_CALLS[audience]

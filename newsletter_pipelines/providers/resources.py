@@ -8,12 +8,14 @@ log says so at resource start.
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from dagster import ConfigurableResource, EnvVar, InitResourceContext
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from newsletter_pipelines.providers.brevo import BrevoClient
 from newsletter_pipelines.providers.brevo_attributes import AttributeMap
@@ -43,8 +45,10 @@ SANDBOX_AUDIENCE = AudienceDefaults(
 )
 SANDBOX_POLL = PollPolicy(initial=0.05, maximum=1.0, deadline=600.0)
 
+C = TypeVar("C", MailchimpClient, BrevoClient)
 _sandboxes: dict[Path, Sandbox] = {}
 _sandboxes_lock = threading.Lock()
+_run_clients_lock = threading.Lock()
 
 
 def embedded_sandbox(state_file: Path) -> Sandbox:
@@ -75,6 +79,8 @@ class _ProviderResource(ConfigurableResource):
 
     api_key: str | None = Field(default=None, description="EnvVar; unset: the embedded sandbox.")
     sandbox_state_file: str = ".newsletter/sandbox.json"
+    # the run's clients (`run_client`): set up for a run, None outside one
+    _run_clients: dict[tuple[Any, ...], Any] | None = PrivateAttr(default=None)
 
     @property
     def uses_sandbox(self) -> bool:
@@ -95,6 +101,34 @@ class _ProviderResource(ConfigurableResource):
         """Say plainly in the run log whether this run reaches the provider or the sandbox."""
         if context.log is not None:
             (context.log.warning if self.uses_sandbox else context.log.info)(self.mode())
+        self._run_clients = {}
+
+    def teardown_after_execution(self, context: InitResourceContext) -> None:
+        """Close the run's clients."""
+        with _run_clients_lock:
+            clients, self._run_clients = self._run_clients or {}, None
+        for client in clients.values():
+            client.close()
+
+    @contextlib.contextmanager
+    def _run_client(self, key: tuple[Any, ...], make: Callable[[], C]) -> Iterator[C]:
+        """The run's client for `key`: made once per run (Dagster sets a resource up once per
+        run process, so with the in-process executor once per run) and closed when the run's
+        resources are torn down, so the run's steps share its setup answers (the audience, its
+        fields), connections and pacing. Outside a run, a client of its own, closed on exit."""
+        with _run_clients_lock:
+            shared = self._run_clients
+            client = None if shared is None else shared.get(key)
+            if shared is not None and client is None:
+                client = shared[key] = make()
+        if client is not None:
+            yield client
+            return
+        own = make()
+        try:
+            yield own
+        finally:
+            own.close()
 
 
 class MailchimpResource(_ProviderResource):
@@ -153,6 +187,15 @@ class MailchimpResource(_ProviderResource):
             audience_defaults=AudienceDefaults.model_validate(defaults) if defaults else None,
         )
 
+    def run_client(
+        self, audience_name: str, max_connections: int | None = None
+    ) -> contextlib.AbstractContextManager[MailchimpClient]:
+        """`client`, shared by the steps of a run (see `_run_client`); do not close it."""
+        connections = min(max_connections or self.max_connections, self.max_connections)
+        return self._run_client(
+            (audience_name, connections), lambda: self.client(audience_name, connections)
+        )
+
 
 class BrevoResource(_ProviderResource):
     """Brevo clients, one per list. Without an API key: the embedded sandbox."""
@@ -186,6 +229,10 @@ class BrevoResource(_ProviderResource):
     def live_description(self) -> str:
         """The API root."""
         return self.base_url
+
+    def run_client(self, list_name: str) -> contextlib.AbstractContextManager[BrevoClient]:
+        """`client`, shared by the steps of a run (see `_run_client`); do not close it."""
+        return self._run_client((list_name,), lambda: self.client(list_name))
 
     def client(self, list_name: str) -> BrevoClient:
         """A client for one list (close it when done)."""

@@ -51,13 +51,10 @@ def apply_provider_events(
         events = unprocessed_events(state_db.engine(), audience.key, up_to=config.up_to_event_id)
         context.log.info(f"{audience.key}: {len(events)} provider events to apply")
         keys = event_addresses(events)
-        client = run_client(context, audience, mailchimp, brevo)
-        try:
+        with run_client(context, audience, mailchimp, brevo) as client:
             engaged = record_engagements(audience, events, client, crm, context.log.info)
             scope = read_scope(audience.key, crm, state_db, client, keys=keys)
             deleted = confirmed_deletions(scope, deleted_addresses(events), client.members_by_id)
-        finally:
-            client.close()
         metadata = {
             "audience": audience.key,
             "events": dg.MetadataValue.int(len(events)),

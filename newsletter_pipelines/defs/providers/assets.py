@@ -45,16 +45,12 @@ def provider_audience_snapshot(
     A provider error fails the run: a failed read is never an empty audience.
     """
     audience = _audience(context)
-    mode = provider_mode(audience, mailchimp, brevo)
-    context.log.info(mode)
-    client = run_client(context, audience, mailchimp, brevo)
-    try:
-        client.check_credentials()
+    mode = provider_mode(audience, mailchimp, brevo)  # the run's log says it at resource start
+    with run_client(context, audience, mailchimp, brevo) as client:
+        # a refused key fails the first call (AuthenticationError): no separate ping
         found = client.ensure_audience()
         webhook = _register_webhook(audience, client, context.log.info)
         members = client.snapshot()
-    finally:
-        client.close()
     statuses = Counter(m.status.value for m in members)
     context.log.info(f"{audience.key}: {len(members)} members ({dict(statuses)})")
     sample = [
@@ -260,10 +256,8 @@ def audience_sync(
     for verdict in verdicts.values():
         if not verdict.passed:
             context.log.error(verdict.message)
-    context.log.info(provider_mode(audience, mailchimp, brevo))
-    client = run_client(context, audience, mailchimp, brevo)
-    try:
-        client.ensure_audience()
+    with run_client(context, audience, mailchimp, brevo) as client:
+        client.ensure_audience()  # asked once per run: the snapshot's answer
         summary = push_diff(
             client,
             reconciliation_diff,
@@ -292,8 +286,6 @@ def audience_sync(
                 ),
             ),
         )
-    finally:
-        client.close()
     return dg.MaterializeResult(
         metadata={
             "dry_run": False,

@@ -1,5 +1,7 @@
 """The provider client of an audience partition, from the provider resources."""
 
+from contextlib import AbstractContextManager
+
 import dagster as dg
 
 from newsletter_pipelines.defs.providers.accounts import (
@@ -26,20 +28,22 @@ def run_client(
     audience: AudienceConfig,
     mailchimp: MailchimpResource,
     brevo: BrevoResource,
-) -> Provider:
-    """The audience's client for a step of this run (the caller closes it): only once the run
+) -> AbstractContextManager[Provider]:
+    """The audience's client for a step of this run, as a context manager: only once the run
     counts against its account's run limit (`accounts.checked_account_runs`), and a Mailchimp
-    client opens at most the run's share of the account's connections."""
+    client opens at most the run's share of the account's connections. The run's steps share
+    it (`_ProviderResource._run_client`): what one step learnt of the audience (its id, its
+    fields) the next does not ask again; it is closed at the end of the run."""
     runs = checked_account_runs(context, audience)
     if audience.provider != "mailchimp":
-        return brevo.client(audience.name)
+        return brevo.run_client(audience.name)
     connections = mailchimp_connections(runs, mailchimp.max_connections)
     if runs is not None:
         context.log.info(
             f"{audience.key}: at most {runs} runs of the {account_name(audience)} account at "
             f"once, this one opens at most {connections} connections"
         )
-    return mailchimp.client(audience.name, max_connections=connections)
+    return mailchimp.run_client(audience.name, max_connections=connections)
 
 
 def provider_mode(

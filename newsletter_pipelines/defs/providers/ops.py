@@ -55,8 +55,7 @@ def push_crm_changes(
     if not ids:
         return dg.Output(None, metadata=metadata)
     engine = state_db.engine()
-    client = run_client(context, audience, mailchimp, brevo)
-    try:
+    with run_client(context, audience, mailchimp, brevo) as client:
         scope = read_scope(audience.key, crm, state_db, client, contact_ids=ids)
         metadata["addresses_read"] = len(scope.keys)
         if not scope.closed:
@@ -88,8 +87,6 @@ def push_crm_changes(
             members_by_key(scope.snapshot),
             push_context(context, audience, state_db, verdicts, _provider_changes(diff), redecide),
         )
-    finally:
-        client.close()
     metadata |= {
         **{f"planned_{a}": int(n) for a, n in diff["action"].value_counts().items()},
         **push_metadata(context, summary, state_db),
