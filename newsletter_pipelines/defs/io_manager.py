@@ -3,6 +3,8 @@ local folder or an object store (`s3://bucket/prefix`), through fsspec and unive
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
@@ -12,11 +14,23 @@ from upath import UPath
 
 from newsletter_pipelines.storage.frames import read_frame, to_table, write_table
 
+COLUMNS = "columns"
+"""Metadata key of an `AssetIn`: the input is those columns of the stored frame only."""
+ROWS_WITH = "rows_with"
+"""Metadata key of an `AssetIn`: the input is the stored frame's rows with a value in one of
+those columns only (`storage.frames.read_frame`)."""
+LAZY = "lazy"
+"""Metadata key of an `AssetIn`: True, the input is a `StoredFrame`, read when it is loaded."""
+
 
 class ParquetIOManager(dg.UPathIOManager):
     """Stores pandas DataFrames as `<base>/<asset key>.parquet`, a partition as
     `<base>/<asset key>/<partition>.parquet` (`storage.frames`: read back equal, their Python
-    objects included). Any other value is a TypeError: nothing is pickled."""
+    objects included). Any other value is a TypeError: nothing is pickled.
+
+    An input whose `AssetIn` metadata names `columns` is those columns only (the others are
+    not read), `rows_with` those rows only; one with `lazy` True is a `StoredFrame`, read only
+    if the asset loads it."""
 
     extension = ".parquet"
 
@@ -33,9 +47,24 @@ class ParquetIOManager(dg.UPathIOManager):
         with path.open("wb") as file:
             write_table(table, file)
 
-    def load_from_path(self, context: dg.InputContext, path: UPath) -> pd.DataFrame:
-        with path.open("rb") as file:
-            return read_frame(file)
+    def load_from_path(self, context: dg.InputContext, path: UPath) -> pd.DataFrame | StoredFrame:
+        wanted = context.definition_metadata or {}
+        stored = StoredFrame(path, wanted.get(COLUMNS), tuple(wanted.get(ROWS_WITH, ())))
+        return stored if wanted.get(LAZY) else stored.load()
+
+
+@dataclass(frozen=True)
+class StoredFrame:
+    """An asset's stored frame, not read yet (an input the asset may not need)."""
+
+    path: UPath
+    columns: Sequence[str] | None = None  # None: all
+    rows_with: Sequence[str] = ()  # empty: all rows
+
+    def load(self) -> pd.DataFrame:
+        """The frame (read again at each call)."""
+        with self.path.open("rb") as file:
+            return read_frame(file, self.columns, self.rows_with)
 
 
 def _name(context: dg.OutputContext) -> str:
