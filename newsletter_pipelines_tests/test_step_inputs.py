@@ -169,3 +169,17 @@ def test_the_import_back_reads_only_the_rows_and_columns_it_uses(
         "updated_at",
         "newsletter",
     }
+
+
+def test_before_a_step_reads_its_inputs_the_memory_earlier_steps_freed_is_handed_back(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The steps of a run share its process: once per step, before its first input, the frames
+    earlier steps let go are collected and the freed memory handed back to the system."""
+    released: list[int] = []
+    monkeypatch.setattr(io_manager, "release_freed_memory", lambda: released.append(1))
+    with dg.instance_for_test() as instance:
+        result = run_sync(instance, "mailchimp")
+        assert result.success
+    reading = {e.step_key for e in result.all_events if e.event_type_value == "LOADED_INPUT"}
+    assert len(reading) >= 4 and len(released) == len(reading)

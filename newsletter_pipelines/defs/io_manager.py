@@ -3,7 +3,9 @@ local folder or an object store (`s3://bucket/prefix`), through fsspec and unive
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +14,7 @@ import pandas as pd
 from pydantic import Field
 from upath import UPath
 
+from newsletter_pipelines.bulk import release_freed_memory
 from newsletter_pipelines.storage.frames import read_frame, to_table, write_table
 
 COLUMNS = "columns"
@@ -33,6 +36,20 @@ class ParquetIOManager(dg.UPathIOManager):
     if the asset loads it."""
 
     extension = ".parquet"
+
+    def __init__(self, base_path: UPath) -> None:
+        super().__init__(base_path=base_path)
+        self._step: object = None  # the step whose inputs were loaded last
+
+    def load_input(self, context: dg.InputContext) -> Any:
+        """The input; before a step's first, what earlier steps freed is handed back (a run
+        executes its steps in one process: `definitions`)."""
+        step = _step(context)
+        if step is None or step != self._step:
+            self._step = step
+            gc.collect()  # the frames of earlier steps that pandas left in reference cycles
+            release_freed_memory()
+        return super().load_input(context)
 
     def dump_to_path(self, context: dg.OutputContext, obj: Any, path: UPath) -> None:
         if not isinstance(obj, pd.DataFrame):
@@ -65,6 +82,14 @@ class StoredFrame:
         """The frame (read again at each call)."""
         with self.path.open("rb") as file:
             return read_frame(file, self.columns, self.rows_with)
+
+
+def _step(context: dg.InputContext) -> tuple[str, str] | None:
+    """The run and step loading the input (None: a context built outside a run)."""
+    with suppress(dg.DagsterInvariantViolationError):
+        step = context.step_context
+        return step.run_id, step.step.key
+    return None
 
 
 def _name(context: dg.OutputContext) -> str:
