@@ -27,7 +27,11 @@ from moto.server import ThreadedMotoServer
 from pydantic_core import TzInfo
 
 from newsletter_pipelines.crm.reader import read_contacts
-from newsletter_pipelines.defs.io_manager import ParquetIOManager, ParquetIOManagerResource
+from newsletter_pipelines.defs.io_manager import (
+    ParquetIOManager,
+    ParquetIOManagerResource,
+    StoredFrame,
+)
 from newsletter_pipelines.defs.providers.partitions import audience_partitions
 from newsletter_pipelines.defs.resources import build_resources
 from newsletter_pipelines.providers.base import MemberStatus
@@ -253,6 +257,63 @@ def test_dataclass_columns_read_back_equal_and_unshared_where_mutable(
     assert_same(loaded, frame)
     values = [r.provider_changed_at for r in loaded["mutable"] if r is not None]
     assert len({id(v) for v in values}) == len(values)
+
+
+SUBSETS: dict[str, Any] = {
+    "some columns": (["tuples", "int", "ledger", "berlin_us", "text"], ()),
+    "rows with a ledger row or a move": (None, ["ledger", "move"]),
+    "both": (["move", "utc", "nested"], ["move", "float"]),
+    "no row": (["int"], ["nothing"]),
+}
+
+
+@pytest.mark.parametrize("variant", ["whole", "filtered index"])
+@pytest.mark.parametrize("subset", SUBSETS)
+def test_some_columns_and_rows_read_back_equal_to_that_part(variant: str, subset: str) -> None:
+    """Columns (in the stored order, whatever the order asked) and rows with a value in one of
+    some columns (not None, nor NaN of a column of numbers), with their index and attrs."""
+    frame = VARIANTS[variant](every_kind())
+    frame.attrs = {READ_UPTO: "2026-01-01T10:00:00|42"}
+    columns, rows_with = SUBSETS[subset]
+    buffer = io.BytesIO()
+    frames.write_frame(frame, buffer)
+    buffer.seek(0)
+    loaded = frames.read_frame(buffer, columns, rows_with)
+    expected = frame if columns is None else frame[[c for c in frame.columns if c in columns]]
+    if rows_with:
+        expected = expected[frame[rows_with].notna().any(axis=1)]
+    assert_same(loaded, expected)
+
+
+def test_an_unknown_column_is_a_key_error() -> None:
+    buffer = io.BytesIO()
+    frames.write_frame(every_kind(), buffer)
+    with pytest.raises(KeyError, match="nope"):
+        frames.read_frame(buffer, ["int", "nope"])
+
+
+def test_an_input_is_what_its_metadata_asks_for(tmp_path: Path) -> None:
+    """`AssetIn` metadata: `columns` and `rows_with` read part of the stored frame; `lazy` gives
+    a `StoredFrame`, which reads only when loaded."""
+    io_manager = manager(str(tmp_path / "io"))
+    frame = every_kind()
+    out = dg.build_output_context(asset_key="values")
+    io_manager.handle_output(out, frame)
+
+    def load(**metadata: Any) -> Any:
+        context = dg.build_input_context(
+            asset_key="values", upstream_output=out, definition_metadata=metadata
+        )
+        return io_manager.load_input(context)
+
+    assert_same(load(), frame)
+    part = load(columns=["text", "int"], rows_with=["move"])
+    assert_same(part, frame.loc[[0], ["int", "text"]])
+    lazy = load(lazy=True, columns=["int"])
+    assert isinstance(lazy, StoredFrame) and lazy.columns == ["int"]
+    (tmp_path / "io" / "values.parquet").unlink()
+    with pytest.raises(FileNotFoundError):
+        lazy.load()  # read only now
 
 
 # --- the values of a real sync, on a folder and on S3 ------------------------------------------

@@ -3,8 +3,12 @@ local folder or an object store (`s3://bucket/prefix`), through fsspec and unive
 
 from __future__ import annotations
 
+import gc
 import os
 import uuid
+from collections.abc import Sequence
+from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,15 +17,27 @@ import pandas as pd
 from pydantic import Field
 from upath import UPath
 
+from newsletter_pipelines.bulk import release_freed_memory
 from newsletter_pipelines.storage.frames import read_frame, to_table, write_table
 
 _LOCAL = ("", "file", "local")  # fsspec protocols of the local filesystem
+COLUMNS = "columns"
+"""Metadata key of an `AssetIn`: the input is those columns of the stored frame only."""
+ROWS_WITH = "rows_with"
+"""Metadata key of an `AssetIn`: the input is the stored frame's rows with a value in one of
+those columns only (`storage.frames.read_frame`)."""
+LAZY = "lazy"
+"""Metadata key of an `AssetIn`: True, the input is a `StoredFrame`, read when it is loaded."""
 
 
 class ParquetIOManager(dg.UPathIOManager):
     """Stores pandas DataFrames as `<base>/<asset key>.parquet`, a partition as
     `<base>/<asset key>/<partition>.parquet` (`storage.frames`: read back equal, their Python
-    objects included). Any other value is a TypeError: nothing is pickled."""
+    objects included). Any other value is a TypeError: nothing is pickled.
+
+    An input whose `AssetIn` metadata names `columns` is those columns only (the others are
+    not read), `rows_with` those rows only; one with `lazy` True is a `StoredFrame`, read only
+    if the asset loads it."""
 
     extension = ".parquet"
 
@@ -30,7 +46,18 @@ class ParquetIOManager(dg.UPathIOManager):
     # the instance stores (a database write), 4 of a run's ~130 events per step, and says no
     # more than the LOADED_INPUT / HANDLED_OUTPUT events beside it and the `path` metadata
 
+    def __init__(self, base_path: UPath) -> None:
+        super().__init__(base_path=base_path)
+        self._step: object = None  # the step whose inputs were loaded last
+
     def load_input(self, context: dg.InputContext) -> Any:
+        """The input; before a step's first, what earlier steps freed is handed back (a run
+        executes its steps in one process: `definitions`)."""
+        step = _step(context)
+        if step is None or step != self._step:
+            self._step = step
+            gc.collect()  # the frames of earlier steps that pandas left in reference cycles
+            release_freed_memory()
         if context.has_asset_key and context.has_asset_partitions:
             paths = self._get_paths_for_partitions(context)
             allow_missing = (context.definition_metadata or {}).get("allow_missing_partitions")
@@ -79,9 +106,32 @@ class ParquetIOManager(dg.UPathIOManager):
         finally:
             Path(temporary.path).unlink(missing_ok=True)
 
-    def load_from_path(self, context: dg.InputContext, path: UPath) -> pd.DataFrame:
-        with path.open("rb") as file:
-            return read_frame(file)
+    def load_from_path(self, context: dg.InputContext, path: UPath) -> pd.DataFrame | StoredFrame:
+        wanted = context.definition_metadata or {}
+        stored = StoredFrame(path, wanted.get(COLUMNS), tuple(wanted.get(ROWS_WITH, ())))
+        return stored if wanted.get(LAZY) else stored.load()
+
+
+@dataclass(frozen=True)
+class StoredFrame:
+    """An asset's stored frame, not read yet (an input the asset may not need)."""
+
+    path: UPath
+    columns: Sequence[str] | None = None  # None: all
+    rows_with: Sequence[str] = ()  # empty: all rows
+
+    def load(self) -> pd.DataFrame:
+        """The frame (read again at each call)."""
+        with self.path.open("rb") as file:
+            return read_frame(file, self.columns, self.rows_with)
+
+
+def _step(context: dg.InputContext) -> tuple[str, str] | None:
+    """The run and step loading the input (None: a context built outside a run)."""
+    with suppress(dg.DagsterInvariantViolationError):
+        step = context.step_context
+        return step.run_id, step.step.key
+    return None
 
 
 def _name(context: dg.OutputContext) -> str:

@@ -13,8 +13,9 @@ schema metadata under `newsletter_pipelines`.
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import date, datetime
 from decimal import Decimal
 from enum import Enum
@@ -23,6 +24,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from newsletter_pipelines.bulk import gc_paused
@@ -45,9 +47,55 @@ def write_table(table: pa.Table, file: BinaryIO) -> None:
     pq.write_table(table, file, compression="zstd")
 
 
-def read_frame(file: BinaryIO) -> pd.DataFrame:
-    """The frame `write_frame` wrote to `file`."""
-    return from_table(pq.read_table(file))
+def read_frame(
+    file: BinaryIO, columns: Sequence[str] | None = None, rows_with: Sequence[str] = ()
+) -> pd.DataFrame:
+    """The frame `write_frame` wrote to `file`; only `columns` of it (in the stored order), when
+    given, the others not read at all; only the rows with a value (not null in the file: not
+    None, nor NaN in a column of numbers) in one of the columns `rows_with`, when given, keeping
+    their index, the others not decoded."""
+    if columns is None and not rows_with:
+        return from_table(pq.read_table(file))
+    parquet = pq.ParquetFile(file)
+    schema = parquet.schema_arrow
+    wanted = set(schema.names if columns is None else columns)
+    if unknown := (wanted | set(rows_with)) - set(schema.names):
+        raise KeyError(f"no stored columns {sorted(unknown)} (stored: {schema.names})")
+    table = parquet.read(columns=[n for n in schema.names if n in wanted], use_pandas_metadata=True)
+    raw = (schema.metadata or {}).get(METADATA_KEY)
+    ours = None if raw is None else _subset(json.loads(raw), schema.names, table.schema.names)
+    kept = None
+    if rows_with:
+        valid = [column.is_valid() for column in parquet.read(columns=list(rows_with)).columns]
+        mask = functools.reduce(pc.or_, valid).combine_chunks()
+        kept = np.flatnonzero(mask.to_numpy(zero_copy_only=False))
+        table = table.filter(mask)
+    frame = table.to_pandas() if ours is None else from_table(table, ours)
+    if kept is not None and (stored := _range_index(schema)) is not None:
+        frame.index = stored[kept]  # a range index is metadata: Arrow cannot filter it
+    return frame
+
+
+def _range_index(schema: pa.Schema) -> pd.RangeIndex | None:
+    """The range index pandas' metadata in `schema` describes (None: another index)."""
+    meta = schema.pandas_metadata or {}
+    (index, *more) = meta.get("index_columns") or [None]
+    if more or not isinstance(index, dict) or index.get("kind") != "range":
+        return None
+    return pd.RangeIndex(index["start"], index["stop"], index["step"], name=index.get("name"))
+
+
+def _subset(ours: dict[str, Any], stored: list[str], read: list[str]) -> dict[str, Any]:
+    """`to_table`'s metadata, its column positions those of the columns `read` (by name) of
+    the `stored` ones."""
+    position = {name: i for i, name in enumerate(read)}
+    moved = {str(i): position[name] for i, name in enumerate(stored) if name in position}
+    return {
+        **ours,
+        "encoded": [moved[str(i)] for i in ours["encoded"] if str(i) in moved],
+        "structs": {moved[i]: spec for i, spec in ours.get("structs", {}).items() if i in moved},
+        "zones": {moved[i]: zone for i, zone in ours["zones"].items() if i in moved},
+    }
 
 
 @gc_paused()
@@ -90,12 +138,13 @@ def to_table(frame: pd.DataFrame) -> pa.Table:
 
 
 @gc_paused()
-def from_table(table: pa.Table) -> pd.DataFrame:
-    """The frame `to_table` stored."""
-    raw = (table.schema.metadata or {}).get(METADATA_KEY)
-    if raw is None:
-        return table.to_pandas()  # a Parquet file of someone else
-    ours = json.loads(raw)
+def from_table(table: pa.Table, ours: dict[str, Any] | None = None) -> pd.DataFrame:
+    """The frame `to_table` stored (`ours`: its metadata, when not the table's own)."""
+    if ours is None:
+        raw = (table.schema.metadata or {}).get(METADATA_KEY)
+        if raw is None:
+            return table.to_pandas()  # a Parquet file of someone else
+        ours = json.loads(raw)
     if ours["format"] != FORMAT:
         raise ValueError(f"unknown stored frame format {ours['format']} (this code: {FORMAT})")
     structs = {int(i): spec for i, spec in ours.get("structs", {}).items()}

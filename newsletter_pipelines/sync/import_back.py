@@ -62,6 +62,28 @@ VANISH_GUARD = MassGuard(
 )
 
 
+ACTING = ("provider_change", "import_tags", "import_untags")
+"""The diff's columns of provider-side changes: a row without a value in one of them is no
+import-back's concern (`acting_rows`)."""
+DIFF_COLUMNS_READ = (
+    "action",
+    "detail",
+    "crm_id",
+    "match_key",
+    "email",
+    "provider_id",
+    "provider_status",
+    *ACTING,
+    "address_move",
+    "ledger_before",
+    "ledger_after",
+)
+"""The diff's columns an import-back reads."""
+CRM_COLUMNS_READ = ("contact_id", "email_key", "updated_at")
+"""The columns `CrmView.for_diff` reads of the eligible subscribers; of the excluded contacts
+also `newsletter`."""
+
+
 def acting_rows(diff: pd.DataFrame) -> pd.DataFrame:
     """The diff's rows that carry a provider-side change or tags to import."""
     return diff[

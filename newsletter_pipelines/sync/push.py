@@ -151,6 +151,18 @@ def push_diff(
         return _Push(provider, members, ctx).run(diff)
 
 
+def member_keys(diff: pd.DataFrame) -> list[str]:
+    """The match keys of the snapshot members `push_diff` needs of `diff` (its `members`): those
+    it updates, those it creates again (archived, or of another contact), and the old addresses
+    of its address changes."""
+    action = diff["action"]
+    writes = (action == SyncAction.UPDATE.value) | (
+        (action == SyncAction.CREATE.value) & diff["provider_status"].notna()
+    )
+    keys = diff.loc[writes, "match_key"].tolist()
+    return keys + diff["old_email"].dropna().map(match_key).tolist()
+
+
 class _Push:
     def __init__(self, provider: Provider, members: Mapping[str, Member], ctx: PushContext) -> None:
         self.provider = provider

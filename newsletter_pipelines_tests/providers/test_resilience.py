@@ -4,10 +4,12 @@ duplicate write and no lost contact; exhausted retries fail loudly without leaki
 from __future__ import annotations
 
 import logging
+import weakref
 
 import httpx
 import pytest
 
+from newsletter_pipelines.bulk import gc_paused
 from newsletter_pipelines.providers import brevo as brevo_module
 from newsletter_pipelines.providers import http as http_module
 from newsletter_pipelines.providers.base import MemberStatus, Result
@@ -200,3 +202,22 @@ def test_a_json_body_is_sent_as_httpx_would_encode_it() -> None:
     assert seen[0].headers["content-type"] == "application/json"
     assert seen[0].headers["authorization"] == "Bearer secret"
     assert seen[1].content == b"" and "content-type" not in seen[1].headers
+
+
+def test_an_answer_is_freed_at_once_while_the_cyclic_collector_is_paused() -> None:
+    """Bulk reads and pushes pause the cyclic collector (`bulk.gc_paused`): an answer (and its
+    request) must not be cyclic garbage, or a million contacts' calls stay in memory."""
+    api = http_module.ApiClient(
+        provider="test",
+        base_url="http://provider.test",
+        auth_headers={},
+        secrets=[],
+        parse_error=lambda response: ("", ""),
+        transport=httpx.MockTransport(lambda request: httpx.Response(200, content=b"x" * 1000)),
+    )
+    with gc_paused():
+        response = api.request("POST", "/write", json={"a": 1})
+        assert response.content == b"x" * 1000 and response.read() == b"x" * 1000
+        answer, request = weakref.ref(response), weakref.ref(response.request)
+        del response
+        assert answer() is None and request() is None

@@ -6,12 +6,18 @@ import dagster as dg
 import pandas as pd
 
 from newsletter_pipelines.defs.import_back.writing import import_back
+from newsletter_pipelines.defs.io_manager import COLUMNS, ROWS_WITH
 from newsletter_pipelines.defs.providers.accounts import checked_account_runs
 from newsletter_pipelines.defs.providers.partitions import audience_partitions
 from newsletter_pipelines.defs.resources import CrmResource, StateDatabaseResource
 from newsletter_pipelines.providers.resources import BrevoResource
 from newsletter_pipelines.settings import Settings
-from newsletter_pipelines.sync.import_back import CrmView
+from newsletter_pipelines.sync.import_back import (
+    ACTING,
+    CRM_COLUMNS_READ,
+    DIFF_COLUMNS_READ,
+    CrmView,
+)
 
 GROUP = "import_back"
 _SETTINGS = Settings()
@@ -28,6 +34,14 @@ class ImportBackConfig(dg.Config):
     group_name=GROUP,
     partitions_def=audience_partitions,
     kinds={"sql"},
+    # what the import-back reads of its inputs, and no more (a million rows each in a full sync)
+    ins={
+        "reconciliation_diff": dg.AssetIn(
+            metadata={COLUMNS: list(DIFF_COLUMNS_READ), ROWS_WITH: list(ACTING)}
+        ),
+        "eligible_subscribers": dg.AssetIn(metadata={COLUMNS: list(CRM_COLUMNS_READ)}),
+        "excluded_contacts": dg.AssetIn(metadata={COLUMNS: [*CRM_COLUMNS_READ, "newsletter"]}),
+    },
     check_specs=[
         dg.AssetCheckSpec(
             "vanish_guard",

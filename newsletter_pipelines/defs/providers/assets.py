@@ -1,7 +1,7 @@
 """Assets of group `providers`, one partition per audience: snapshot, diff, push."""
 
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any
 
 import dagster as dg
@@ -9,25 +9,27 @@ import pandas as pd
 
 from newsletter_pipelines.crm.changes import changed_after
 from newsletter_pipelines.crm.reader import read_contacts_at
+from newsletter_pipelines.defs.io_manager import LAZY, StoredFrame
 from newsletter_pipelines.defs.providers.clients import provider_mode, run_client
 from newsletter_pipelines.defs.providers.partitions import audience_partitions
 from newsletter_pipelines.defs.providers.pushing import push_context, push_guards, push_metadata
 from newsletter_pipelines.defs.resources import CrmResource, StateDatabaseResource
-from newsletter_pipelines.providers.base import Provider
+from newsletter_pipelines.providers.base import Member, Provider
 from newsletter_pipelines.providers.resources import BrevoResource, MailchimpResource
 from newsletter_pipelines.reporting import diff_samples, explain_diff, markdown_table, mask_email
 from newsletter_pipelines.settings import AudienceConfig, Settings
 from newsletter_pipelines.state.ledger import load_ledger_frame
 from newsletter_pipelines.sync.changes import READ_UPTO, Mark, about_contacts
-from newsletter_pipelines.sync.email_address import match_key, raw_match_key
+from newsletter_pipelines.sync.email_address import raw_match_key
 from newsletter_pipelines.sync.guards import (
     resubscribe_violations,
 )
 from newsletter_pipelines.sync.inputs import build_diff, members_by_key, redecider, snapshot_frame
-from newsletter_pipelines.sync.push import push_diff
+from newsletter_pipelines.sync.push import member_keys, push_diff
 from newsletter_pipelines.sync.rules import SyncAction
 
 GROUP = "providers"
+RedecideAnswer = tuple[pd.DataFrame, Mapping[str, Member]]
 _SETTINGS = Settings()
 
 
@@ -227,14 +229,20 @@ class SyncConfig(dg.Config):
     group_name=GROUP,
     partitions_def=audience_partitions,
     kinds={"api"},
+    # read only if needed: the snapshot for the members the push updates, all three for the
+    # contacts whose address change the provider refuses
+    ins={
+        name: dg.AssetIn(metadata={LAZY: True})
+        for name in ("eligible_subscribers", "excluded_contacts", "provider_audience_snapshot")
+    },
 )
 def audience_sync(
     context: dg.AssetExecutionContext,
     config: SyncConfig,
     reconciliation_diff: pd.DataFrame,
-    eligible_subscribers: pd.DataFrame,
-    excluded_contacts: pd.DataFrame,
-    provider_audience_snapshot: pd.DataFrame,
+    eligible_subscribers: StoredFrame,
+    excluded_contacts: StoredFrame,
+    provider_audience_snapshot: StoredFrame,
     crm_import_back: pd.DataFrame,  # match_key: provider-side changes the CRM did not take in
     state_db: StateDatabaseResource,
     mailchimp: MailchimpResource,
@@ -247,6 +255,18 @@ def audience_sync(
     Contacts whose address change the provider refuses are decided again by the same rules in
     the same run (from the CRM and snapshot inputs)."""
     audience = _audience(context)
+
+    def redecide(crm_ids: Collection[str], keys: Collection[str]) -> RedecideAnswer:
+        decide = redecider(
+            eligible_subscribers.load(),
+            excluded_contacts.load(),
+            provider_audience_snapshot.load(),
+            lambda: load_ledger_frame(state_db.engine(), audience.key),
+            provider=audience.provider,
+            system_tag=audience.system_tag,
+        )
+        return decide(crm_ids, keys)
+
     planned = reconciliation_diff["action"].value_counts()
     planned_meta = {f"planned_{a}": dg.MetadataValue.int(int(n)) for a, n in planned.items()}
     if config.dry_run:
@@ -258,32 +278,18 @@ def audience_sync(
             context.log.error(verdict.message)
     with run_client(context, audience, mailchimp, brevo) as client:
         client.ensure_audience()  # asked once per run: the snapshot's answer
+        keys = member_keys(reconciliation_diff)
         summary = push_diff(
             client,
             reconciliation_diff,
-            members_by_key(
-                provider_audience_snapshot,
-                reconciliation_diff.loc[
-                    (reconciliation_diff["action"] == SyncAction.UPDATE)
-                    | reconciliation_diff["provider_status"].notna(),
-                    "match_key",
-                ].tolist()
-                + reconciliation_diff["old_email"].dropna().map(match_key).tolist(),
-            ),
+            members_by_key(provider_audience_snapshot.load(), keys) if keys else {},
             push_context(
                 context,
                 audience,
                 state_db,
                 verdicts,
                 frozenset(crm_import_back["match_key"]),
-                redecider(
-                    eligible_subscribers,
-                    excluded_contacts,
-                    provider_audience_snapshot,
-                    lambda: load_ledger_frame(state_db.engine(), audience.key),
-                    provider=audience.provider,
-                    system_tag=audience.system_tag,
-                ),
+                redecide,
             ),
         )
     return dg.MaterializeResult(

@@ -1,0 +1,185 @@
+"""What the full sync's steps read of their stored inputs (`defs/io_manager.py`): the push reads
+the CRM frames and the snapshot only when it needs them, the import-back only the columns and
+rows it uses."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from newsletter_pipelines.defs import io_manager
+from newsletter_pipelines.defs.crm.assets import crm_contacts, eligible_subscribers
+from newsletter_pipelines.defs.import_back.assets import crm_import_back
+from newsletter_pipelines.defs.providers.accounts import account_tags
+from newsletter_pipelines.defs.providers.assets import (
+    audience_sync,
+    provider_audience_snapshot,
+    reconciliation_diff,
+)
+from newsletter_pipelines.defs.providers.partitions import audience_partitions
+from newsletter_pipelines.defs.resources import build_resources
+from newsletter_pipelines.settings import Settings
+from newsletter_pipelines_tests.test_import_back_assets import (
+    act,
+    an_eligible_address,
+    crm,
+    run_import_back,
+)
+from newsletter_pipelines_tests.test_sync_assets import QUIET, metadata, run_sync
+
+UPSTREAM = (
+    crm_contacts,
+    eligible_subscribers,
+    provider_audience_snapshot,
+    reconciliation_diff,
+    crm_import_back,
+)
+PARTITIONS = set(audience_partitions.get_partition_keys())
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, pd.DataFrame]]]:
+    """Every stored frame the IO manager reads: (asset, frame read)."""
+    found: list[tuple[str, pd.DataFrame]] = []
+    read = io_manager.read_frame
+
+    def spy(file: Any, *args: Any, **kwargs: Any) -> pd.DataFrame:
+        frame = read(file, *args, **kwargs)
+        path = Path(getattr(file, "name", None) or file.path)  # <asset>[/<partition>].parquet
+        found.append((path.parent.name if path.stem in PARTITIONS else path.stem, frame))
+        return frame
+
+    monkeypatch.setattr(io_manager, "read_frame", spy)
+    yield found
+
+
+def push_alone(instance: dg.DagsterInstance, audience: str) -> dg.ExecuteInProcessResult:
+    """`audience_sync` alone, on the values the last full sync stored."""
+    result = dg.materialize(
+        [*UPSTREAM, audience_sync],
+        selection=[audience_sync],
+        instance=instance,
+        partition_key=audience,
+        run_config=QUIET,
+        resources=build_resources(Settings()),
+        tags=account_tags(audience),
+    )
+    assert result.success
+    return result
+
+
+def crm_update(settings: Settings, sql: str, **values: Any) -> None:
+    engine = sa.create_engine(settings.resolved_crm_database_url())
+    with engine.begin() as conn:
+        conn.execute(sa.text(sql), values)
+    engine.dispose()
+
+
+def crm_value(settings: Settings, contact_id: int) -> str:
+    ((newsletter,),) = crm(settings, f"SELECT newsletter FROM contacts WHERE id = {contact_id}")
+    return str(newsletter)
+
+
+def test_the_push_reads_the_snapshot_for_updates_and_the_crm_frames_never(
+    settings: Settings, reads: list[tuple[str, pd.DataFrame]]
+) -> None:
+    """The CRM frames and the snapshot are the push's inputs only to decide again contacts whose
+    address change the provider refuses: a push without one does not read the CRM frames, and
+    reads the snapshot only for the members it updates."""
+    with dg.instance_for_test() as instance:
+        assert run_sync(instance, "mailchimp").success  # creates only
+        reads.clear()
+        first = metadata(push_alone(instance, "mailchimp"), "audience_sync")  # the creates again
+        assert first["created"] + first["updated"] + first["unchanged"] > 0
+        assert {asset for asset, _ in reads} == {"reconciliation_diff", "crm_import_back"}
+
+        contact_id, _ = an_eligible_address(settings)
+        crm_update(
+            settings, "UPDATE contacts SET last_name = 'Neumann' WHERE id = :id", id=contact_id
+        )
+        assert run_sync(instance, "mailchimp").success  # one update
+        reads.clear()
+        again = push_alone(instance, "mailchimp")
+        assert metadata(again, "audience_sync")["updated"] == 1
+        assert metadata(again, "audience_sync")["decided_again"] == 0
+        read = {asset for asset, _ in reads}
+        assert read == {"reconciliation_diff", "crm_import_back", "provider_audience_snapshot"}
+
+
+def test_a_refused_address_change_reads_the_crm_frames_and_is_decided_again(
+    settings: Settings, reads: list[tuple[str, pd.DataFrame]]
+) -> None:
+    """Mailchimp refuses to give a member a permanently deleted address: the push reads the CRM
+    frames and the snapshot then, and decides the contact again in the same run."""
+    taken = "taken.fullsync@example.org"
+    with dg.instance_for_test() as instance:
+        assert run_sync(instance, "mailchimp").success
+        act(settings, "mailchimp", taken, "signup")
+        act(settings, "mailchimp", taken, "delete")
+        contact_id, _ = an_eligible_address(settings)
+        crm_update(
+            settings, "UPDATE contacts SET email = :e WHERE id = :id", e=taken, id=contact_id
+        )
+        result = run_sync(instance, "mailchimp")
+        assert result.success
+        pushed = metadata(result, "audience_sync")
+        assert pushed["refused"] >= 1 and pushed["decided_again"] == 1
+        reads.clear()
+        again = metadata(push_alone(instance, "mailchimp"), "audience_sync")  # refused again
+        assert again["refused"] >= 1 and again["decided_again"] == 1
+        read = {asset for asset, _ in reads}
+        assert read == {
+            "reconciliation_diff",
+            "crm_import_back",
+            "provider_audience_snapshot",
+            "eligible_subscribers",
+            "excluded_contacts",
+        }
+
+
+def test_the_import_back_reads_only_the_rows_and_columns_it_uses(
+    settings: Settings, reads: list[tuple[str, pd.DataFrame]]
+) -> None:
+    """Of a full sync's diff, the import-back reads the rows with a provider-side change, and of
+    each input only the columns it uses; it still takes the change in."""
+    with dg.instance_for_test() as instance:
+        assert run_sync(instance, "mailchimp").success
+        contact_id, email = an_eligible_address(settings)
+        act(settings, "mailchimp", email, "unsubscribe")
+        reads.clear()
+        result = run_import_back(instance, "mailchimp")
+        assert result.success
+        assert metadata(result, "crm_import_back")["planned_newsletter_unsubscribed"] >= 1
+        assert crm_value(settings, contact_id) == "no"
+    frames = {asset: frame for asset, frame in reads}  # the last read of each: the import-back's
+    diff = frames["reconciliation_diff"]
+    assert email in set(diff["match_key"])
+    assert diff["provider_change"].notna().all()  # no unsubscribe: only the changes
+    assert "settled_intent" not in diff.columns and "write_key" not in diff.columns
+    assert list(frames["eligible_subscribers"].columns) == ["contact_id", "email_key", "updated_at"]
+    assert set(frames["excluded_contacts"].columns) == {
+        "contact_id",
+        "email_key",
+        "updated_at",
+        "newsletter",
+    }
+
+
+def test_before_a_step_reads_its_inputs_the_memory_earlier_steps_freed_is_handed_back(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The steps of a run share its process: once per step, before its first input, the frames
+    earlier steps let go are collected and the freed memory handed back to the system."""
+    released: list[int] = []
+    monkeypatch.setattr(io_manager, "release_freed_memory", lambda: released.append(1))
+    with dg.instance_for_test() as instance:
+        result = run_sync(instance, "mailchimp")
+        assert result.success
+    reading = {e.step_key for e in result.all_events if e.event_type_value == "LOADED_INPUT"}
+    assert len(reading) >= 4 and len(released) == len(reading)
