@@ -19,7 +19,7 @@ import os
 import time
 import weakref
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Self
 
 import sqlalchemy as sa
 from dagster._serdes import ConfigurableClassData
@@ -90,39 +90,30 @@ def _arguments(
     }
 
 
-class PooledPostgresEventLogStorage(PostgresEventLogStorage):
+class _Pooled:
+    """Replaces the engine of the dagster-postgres storage it is mixed into (see the module)."""
+
+    _engine: sa.Engine
+
+    def __init__(self, postgres_url: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(postgres_url, *args, **kwargs)  # type: ignore[call-arg]
+        self._engine.dispose()
+        self._engine = pooled_engine(self.postgres_url, self._token_provider)  # type: ignore[attr-defined]
+
+    @classmethod
+    def from_config_value(  # ty: ignore[invalid-method-override]
+        cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]
+    ) -> Self:
+        return cls(**_arguments(inst_data, config_value))
+
+    def dispose(self) -> None:
+        super().dispose()  # type: ignore[misc]
+        self._engine.dispose()
+
+
+class PooledPostgresEventLogStorage(_Pooled, PostgresEventLogStorage):
     """`PostgresEventLogStorage` keeping a connection open (see the module)."""
 
-    def __init__(self, postgres_url: str, *args: Any, **kwargs: Any) -> None:
-        super().__init__(postgres_url, *args, **kwargs)
-        self._engine.dispose()
-        self._engine = pooled_engine(self.postgres_url, self._token_provider)
 
-    @classmethod
-    def from_config_value(  # ty: ignore[invalid-method-override]
-        cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]
-    ) -> PooledPostgresEventLogStorage:
-        return cls(**_arguments(inst_data, config_value))
-
-    def dispose(self) -> None:
-        super().dispose()
-        self._engine.dispose()
-
-
-class PooledPostgresRunStorage(PostgresRunStorage):
+class PooledPostgresRunStorage(_Pooled, PostgresRunStorage):
     """`PostgresRunStorage` keeping a connection open (see the module)."""
-
-    def __init__(self, postgres_url: str, *args: Any, **kwargs: Any) -> None:
-        super().__init__(postgres_url, *args, **kwargs)
-        self._engine.dispose()
-        self._engine = pooled_engine(self.postgres_url, self._token_provider)
-
-    @classmethod
-    def from_config_value(  # ty: ignore[invalid-method-override]
-        cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]
-    ) -> PooledPostgresRunStorage:
-        return cls(**_arguments(inst_data, config_value))
-
-    def dispose(self) -> None:
-        super().dispose()
-        self._engine.dispose()

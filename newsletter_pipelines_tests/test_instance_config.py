@@ -24,17 +24,22 @@ from newsletter_pipelines.instance_storage import (
 from newsletter_pipelines.settings import PROJECT_ROOT
 
 
-@pytest.mark.postgres
-def test_production_instance_config_runs_on_postgres(
-    postgres_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    """The file as the README says: copied into $DAGSTER_HOME."""
+def _production_home(postgres_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """$DAGSTER_HOME holding the production `dagster.yaml`, its database at `postgres_url`."""
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
     url = sa.engine.make_url(postgres_url).set(drivername="postgresql+psycopg2")
     monkeypatch.setenv("DAGSTER_POSTGRES_URL", url.render_as_string(hide_password=False))
     monkeypatch.setenv("DAGSTER_HOME", str(home))
+
+
+@pytest.mark.postgres
+def test_production_instance_config_runs_on_postgres(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The file as the README says: copied into $DAGSTER_HOME."""
+    _production_home(postgres_url, monkeypatch, tmp_path)
     with dg.DagsterInstance.get() as instance:
         # dagster-postgres's, the run and event log storages keeping a connection open
         assert isinstance(instance.run_storage, PooledPostgresRunStorage)
@@ -72,12 +77,7 @@ def test_a_run_on_the_production_instance_reuses_its_connections(
 ) -> None:
     """dagster-postgres's own storages open a PostgreSQL connection per query: 2 or more per
     event of a run; these keep one open."""
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
-    url = sa.engine.make_url(postgres_url).set(drivername="postgresql+psycopg2")
-    monkeypatch.setenv("DAGSTER_POSTGRES_URL", url.render_as_string(hide_password=False))
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    _production_home(postgres_url, monkeypatch, tmp_path)
 
     @dg.asset(check_specs=[dg.AssetCheckSpec("positive", asset="numbers")])
     def numbers(context) -> Iterator[dg.Output[int] | dg.AssetCheckResult]:
