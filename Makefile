@@ -54,7 +54,7 @@ bench: install
 	$(PY) benchmarks/bench_webhook_latency.py
 	$(PY) benchmarks/bench_incremental.py
 	$(PY) benchmarks/bench_vs_baselines.py
-	$(PY) benchmarks/bench_vs_baselines.py --contacts 1000000 --only project
+	$(PY) benchmarks/bench_vs_baselines.py --contacts 1000000 --only project --executor execute_job
 	$(PY) benchmarks/bench_provider_limits.py
 
 clean:
