@@ -107,20 +107,23 @@ class LedgerRow:
 
         The copy's fields are set as pickle sets them: `dataclasses.replace` runs the frozen
         `__init__`, which cost seconds per 100,000 contacts in a sync (rows are copied often)."""
-        unknown = changes.keys() - _FIELD_NAMES
-        if unknown:
-            raise TypeError(f"LedgerRow has no field {', '.join(sorted(unknown))}")
+        _check_fields(changes)
         return _copy(self.__dict__, changes)
 
     def copies(self, **columns: Sequence[object]) -> list[LedgerRow]:
         """`moved` once per position of `columns` (equally long), each copy with the values at
         that position: the bulk form, which checks the field names once."""
-        unknown = columns.keys() - _FIELD_NAMES
-        if unknown:
-            raise TypeError(f"LedgerRow has no field {', '.join(sorted(unknown))}")
+        _check_fields(columns)
         names, base = tuple(columns), self.__dict__
         rows = zip(*columns.values(), strict=True)
         return [_copy(base, zip(names, values, strict=True)) for values in rows]
+
+
+def _check_fields(names: Iterable[str]) -> None:
+    """A TypeError naming those of `names` that are no field of `LedgerRow`."""
+    unknown = set(names) - _FIELD_NAMES
+    if unknown:
+        raise TypeError(f"LedgerRow has no field {', '.join(sorted(unknown))}")
 
 
 def _copy(
