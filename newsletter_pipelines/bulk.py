@@ -29,6 +29,15 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+def collect_garbage() -> None:
+    """A full collection of reference cycles; the first in a process then freezes what
+    survived it (the modules, Dagster's definitions: objects alive for the whole process), so
+    that later collections look only at what was made since (0.1 s less each)."""
+    gc.collect()
+    if not gc.get_freeze_count():
+        gc.freeze()
+
+
 def release_freed_memory() -> None:
     """Hand memory freed after bulk work back to the system: Arrow's pool, and glibc's heap,
     which keeps what C code freed with `free` (database drivers' buffers, pandas' temporaries:

@@ -4,6 +4,8 @@ rows it uses."""
 
 from __future__ import annotations
 
+import gc
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
+from newsletter_pipelines.bulk import collect_garbage
 from newsletter_pipelines.defs import io_manager
 from newsletter_pipelines.defs.crm.assets import crm_contacts, eligible_subscribers
 from newsletter_pipelines.defs.import_back.assets import crm_import_back
@@ -183,3 +186,20 @@ def test_before_a_step_reads_its_inputs_the_memory_earlier_steps_freed_is_handed
         assert result.success
     reading = {e.step_key for e in result.all_events if e.event_type_value == "LOADED_INPUT"}
     assert len(reading) >= 4 and len(released) == len(reading)
+
+
+def test_the_collection_before_a_step_frees_cycles_made_after_the_first_one() -> None:
+    """The first collection freezes what survived it (then skipped by later collections); a
+    cycle made afterwards, like a step's frames, is still collected."""
+
+    class Node:
+        pass
+
+    for _ in range(2):  # the first call may be the process's first: freezes
+        node = Node()
+        node.itself = node  # type: ignore[attr-defined]
+        alive = weakref.ref(node)
+        del node
+        collect_garbage()
+        assert alive() is None
+    assert gc.get_freeze_count() > 0

@@ -3,7 +3,6 @@ local folder or an object store (`s3://bucket/prefix`), through fsspec and unive
 
 from __future__ import annotations
 
-import gc
 import os
 import uuid
 from collections.abc import Sequence
@@ -17,7 +16,7 @@ import pandas as pd
 from pydantic import Field
 from upath import UPath
 
-from newsletter_pipelines.bulk import release_freed_memory
+from newsletter_pipelines.bulk import collect_garbage, release_freed_memory
 from newsletter_pipelines.storage.frames import read_frame, to_table, write_table
 
 _LOCAL = ("", "file", "local")  # fsspec protocols of the local filesystem
@@ -56,7 +55,7 @@ class ParquetIOManager(dg.UPathIOManager):
         step = _step(context)
         if step is None or step != self._step:
             self._step = step
-            gc.collect()  # the frames of earlier steps that pandas left in reference cycles
+            collect_garbage()  # the frames of earlier steps that pandas left in reference cycles
             release_freed_memory()
         if context.has_asset_key and context.has_asset_partitions:
             paths = self._get_paths_for_partitions(context)
