@@ -1,8 +1,10 @@
-"""The column-wise paths of the CRM read and the address check agree with the row-wise ones."""
+"""The column-wise paths of the CRM read, the address check and the snapshot frame agree with
+the row-wise ones."""
 
 from __future__ import annotations
 
 import sqlite3
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,8 @@ from hypothesis import strategies as st
 
 from newsletter_pipelines.crm import reader
 from newsletter_pipelines.crm.reader import CONTACT_COLUMNS, read_contacts
+from newsletter_pipelines.providers.base import MemberStatus
+from newsletter_pipelines.providers.trusted import moment
 from newsletter_pipelines.settings import CrmSchema
 from newsletter_pipelines.sync import email_address
 from newsletter_pipelines.sync.eligibility import classify
@@ -23,6 +27,7 @@ from newsletter_pipelines.sync.email_address import (
     clean_raw_email,
     clean_raw_emails,
 )
+from newsletter_pipelines.sync.inputs import SNAPSHOT_COLUMNS, snapshot_frame_of_rows
 from newsletter_pipelines_tests.test_eligibility import contact, frame
 
 RAW_VALUES = st.one_of(
@@ -130,3 +135,36 @@ def test_the_column_wise_read_builds_the_row_wise_frame(
     for name in expected.columns:
         got, want = contacts[name].tolist(), expected[name].tolist()
         assert [type(v) for v in got] == [type(v) for v in want], name
+
+
+START = datetime(2026, 3, 1, 10, tzinfo=UTC)
+CHANGED = st.one_of(
+    st.none(),
+    st.integers(0, 5).map(lambda s: START + timedelta(seconds=s)),
+    st.integers(0, 5).map(lambda s: moment(f"2026-03-01T10:00:0{s}+00:00")),  # pydantic's zone
+    st.just(datetime(2026, 3, 1, 12, tzinfo=timezone(timedelta(hours=2)))),
+)
+TEXT = st.text(max_size=6)
+MEMBER_ROWS = st.tuples(
+    st.text(alphabet="0123456789abcdef", min_size=1, max_size=4),
+    st.sampled_from(["a@b.de", " A@B.de", "x@bücher.de", "ä@b.de", "p@example.com"]),
+    st.sampled_from([s.value for s in MemberStatus]),
+    TEXT,
+    TEXT,
+    TEXT,
+    st.lists(st.sampled_from(["VIP", "crm", "a"]), unique=True).map(lambda t: tuple(sorted(t))),
+    CHANGED,
+    st.none() | TEXT,
+    st.sampled_from([None, "person", "admin"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(MEMBER_ROWS, max_size=12))
+def test_the_snapshot_frame_built_by_columns_is_the_frame_of_its_rows(rows: list[tuple]) -> None:
+    """Whatever mix of change times (none, UTC, pydantic's zone, another offset)."""
+    expected = pd.DataFrame(
+        [(*r[:2], email_address.match_key(r[1]), *r[2:]) for r in rows],
+        columns=list(SNAPSHOT_COLUMNS),
+    )
+    pd.testing.assert_frame_equal(snapshot_frame_of_rows(rows), expected)

@@ -64,11 +64,13 @@ from newsletter_pipelines.providers.base import (
     ContactRef,
     EmailChange,
     Member,
+    MemberRow,
     MemberStatus,
     MemberWrites,
     Outcome,
     Result,
     lookup_keys,
+    member_row,
     pick,
     pick_ids,
     write_in_turn,
@@ -247,6 +249,11 @@ class BrevoClient:
         cyclic garbage collector paused: `bulk.gc_paused`)."""
         with gc_paused():
             return [self._member(c) for c in self._read_list()]
+
+    def snapshot_rows(self) -> list[MemberRow]:
+        """`snapshot()` as rows (`member_row`)."""
+        with gc_paused():
+            return [member_row(self._member(c)) for c in self._read_list()]
 
     def members(self, emails: Sequence[str]) -> list[Member]:
         """`GET /contacts/{email}` per address, paced (absent, or not in the list: no member);

@@ -26,17 +26,20 @@ from pydantic import BaseModel
 
 from newsletter_pipelines.bulk import gc_paused
 from newsletter_pipelines.providers.base import (
+    MEMBER_ROW_FIELDS,
     Action,
     Audience,
     Contact,
     ContactRef,
     EmailChange,
     Member,
+    MemberRow,
     MemberStatus,
     MemberWrites,
     Outcome,
     Result,
     lookup_keys,
+    member_row,
     pick,
     pick_ids,
 )
@@ -184,24 +187,30 @@ def member_of(m: MemberOut, salutation_tag: str) -> Member:
 
 
 def read_members_page(content: bytes, salutation_tag: str) -> tuple[int, list[Member]]:
-    """(`total_items`, members) of a members page: read from orjson's dicts when every value
-    has the type Mailchimp documents (a page of 1,000 in a fifth of the validated time); any
-    other page is validated by `MembersPage`, which converts it as it always did or raises
-    `ValidationError` naming the field (and an unknown status raises `ValueError`)."""
+    """(`total_items`, members) of a members page (`read_members_rows`, as `Member`s)."""
+    total, rows = read_members_rows(content, salutation_tag)
+    return total, [_member(row) for row in rows]
+
+
+def read_members_rows(content: bytes, salutation_tag: str) -> tuple[int, list[MemberRow]]:
+    """(`total_items`, the members' rows) of a members page: read from orjson's dicts when
+    every value has the type Mailchimp documents (a page of 1,000 in a fifth of the validated
+    time); any other page is validated by `MembersPage`, which converts it as it always did or
+    raises `ValidationError` naming the field (and an unknown status raises `ValueError`)."""
     try:
         page = orjson.loads(content)
         total, found = page["total_items"], page["members"]
         if type(total) is int and type(found) is list:
-            return total, [_member_from(m, salutation_tag) for m in found]
+            return total, [_row_from(m, salutation_tag) for m in found]
     except (Unusual, ValueError, LookupError, TypeError, AttributeError):
         pass
     checked = MembersPage.model_validate_json(content)
-    return checked.total_items, [member_of(m, salutation_tag) for m in checked.members]
+    return checked.total_items, [member_row(member_of(m, salutation_tag)) for m in checked.members]
 
 
-def _member_from(m: dict[str, Any], salutation_tag: str) -> Member:
-    """`member_of` a member's decoded JSON holding what `MemberOut` documents, unvalidated;
-    `Unusual` (or a lookup or type error) for anything else."""
+def _row_from(m: dict[str, Any], salutation_tag: str) -> MemberRow:
+    """`member_row(member_of(…))` of a member's decoded JSON holding what `MemberOut`
+    documents, unvalidated; `Unusual` (or a lookup or type error) for anything else."""
     ident, email, status = m["id"], m["email_address"], m["status"]
     contact_id, reason = m.get("contact_id"), m.get("unsubscribe_reason")
     merge, tags = m.get("merge_fields", _NO_FIELDS), m.get("tags", _NO_TAGS)
@@ -222,21 +231,26 @@ def _member_from(m: dict[str, Any], salutation_tag: str) -> Member:
         if type(name) is not str or type(tag.get("id", 0)) is not int:
             raise Unusual
         names.append(name)
-    return trusted(
-        Member,
-        {
-            "provider_id": ident,
-            "email": email,
-            "status": _STATUSES[status],
-            "first_name": str(merge.get("FNAME") or ""),
-            "last_name": str(merge.get("LNAME") or ""),
-            "salutation": str(merge.get(salutation_tag) or ""),
-            "tags": frozenset(names),
-            "last_changed": None if changed is None else moment(changed),
-            "stable_id": contact_id,
-            "unsubscribed_by": unsubscribed_by(status, reason),
-        },
+    return (
+        ident,
+        email,
+        _STATUSES[status].value,
+        str(merge.get(salutation_tag) or ""),
+        str(merge.get("FNAME") or ""),
+        str(merge.get("LNAME") or ""),
+        tuple(names) if len(names) < 2 else tuple(sorted(set(names))),
+        None if changed is None else moment(changed),
+        contact_id,
+        unsubscribed_by(status, reason),
     )
+
+
+def _member(row: MemberRow) -> Member:
+    """The `Member` of a row read from an answer (its values already checked)."""
+    values = dict(zip(MEMBER_ROW_FIELDS, row, strict=True))
+    values["status"] = MemberStatus(values["status"])
+    values["tags"] = frozenset(values["tags"])
+    return trusted(Member, values)
 
 
 NewMember = tuple[str, str, str, str | None]
@@ -424,16 +438,22 @@ class MailchimpClient:
     # --- snapshot -----------------------------------------------------------------------
 
     def snapshot(self) -> list[Member]:
-        """Every member (all statuses) by paging `GET /lists/{id}/members`, 1000 a page (the
-        cyclic garbage collector paused: `bulk.gc_paused`)."""
+        """Every member (all statuses): `snapshot_rows` as `Member`s."""
+        with gc_paused():
+            return [_member(row) for row in self.snapshot_rows()]
+
+    def snapshot_rows(self) -> list[MemberRow]:
+        """Every member's row (all statuses) by paging `GET /lists/{id}/members`, 1000 a page
+        (the cyclic garbage collector paused: `bulk.gc_paused`); a member on two pages (the
+        audience changed while paging) once, as the later page has it."""
         with gc_paused():
             total, first = self._page(0)
             offsets = list(range(PAGE_SIZE, total, PAGE_SIZE))
             pages = [first, *self._api.parallel(self._read_page, offsets)]
-            by_id = {m.provider_id: m for page in pages for m in page}
+            by_id = {row[0]: row for page in pages for row in page}
             return list(by_id.values())
 
-    def _read_page(self, offset: int) -> list[Member]:
+    def _read_page(self, offset: int) -> list[MemberRow]:
         """The members of the page at `offset`, read as it arrives (while other pages are
         still on their way, rather than all at the end)."""
         return self._page(offset)[1]
@@ -487,12 +507,12 @@ class MailchimpClient:
             return None
         return member_of(MemberOut.model_validate(answer), self._salutation_tag)
 
-    def _page(self, offset: int) -> tuple[int, list[Member]]:
-        """(`total_items`, the members) of the page at `offset`."""
+    def _page(self, offset: int) -> tuple[int, list[MemberRow]]:
+        """(`total_items`, the members' rows) of the page at `offset`."""
         params = {"count": PAGE_SIZE, "offset": offset, "fields": _SNAPSHOT_FIELDS}
         path = f"/lists/{self._list_id}/members"
         answer = self._api.request("GET", path, params=params)
-        return read_members_page(answer.content, self._salutation_tag)
+        return read_members_rows(answer.content, self._salutation_tag)
 
     # --- upsert -------------------------------------------------------------------------
 

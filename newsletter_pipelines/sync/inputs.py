@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 
 from newsletter_pipelines.bulk import gc_paused
-from newsletter_pipelines.providers.base import Member
+from newsletter_pipelines.providers.base import MEMBER_ROW_FIELDS, Member, MemberRow, member_row
 from newsletter_pipelines.state.ledger import ledger_rows
 from newsletter_pipelines.sync.created import split_created
 from newsletter_pipelines.sync.email_address import match_key
@@ -68,30 +68,39 @@ SNAPSHOT_COLUMNS = (
     "stable_id",
     "unsubscribed_by",
 )
+_SNAPSHOT_TEXTS = tuple(c for c in SNAPSHOT_COLUMNS if c != "last_changed")  # all but one
 
 
 def snapshot_frame(members: Iterable[Member]) -> pd.DataFrame:
     """The provider snapshot as a frame (what the `provider_audience_snapshot` asset holds),
     with each member's match key."""
-    return pd.DataFrame(
-        [
-            (
-                m.provider_id,
-                m.email,
-                match_key(m.email),
-                m.status.value,
-                m.salutation,
-                m.first_name,
-                m.last_name,
-                tuple(sorted(m.tags)),
-                m.last_changed,
-                m.stable_id,
-                m.unsubscribed_by,
-            )
-            for m in members
-        ],
-        columns=list(SNAPSHOT_COLUMNS),
-    )
+    return snapshot_frame_of_rows([member_row(m) for m in members])
+
+
+def snapshot_frame_of_rows(rows: Sequence[MemberRow]) -> pd.DataFrame:
+    """`snapshot_frame` of the members' rows (`Provider.snapshot_rows`), built column by
+    column (the cyclic garbage collector paused: it would walk every row at each pass)."""
+    if not rows:
+        return pd.DataFrame([], columns=list(SNAPSHOT_COLUMNS))
+    with gc_paused():
+        columns = dict(zip(MEMBER_ROW_FIELDS, zip(*rows, strict=True), strict=True))
+        columns["match_key"] = tuple(map(match_key, columns["email"]))
+        changed = _as_inferred(columns.pop("last_changed"))
+        frame = pd.DataFrame(columns, columns=[*_SNAPSHOT_TEXTS], dtype=object)
+        frame.insert(SNAPSHOT_COLUMNS.index("last_changed"), "last_changed", changed)
+        return frame
+
+
+def _as_inferred(values: Sequence[object]) -> pd.Series:
+    """The column pandas infers from `values` (datetimes in one zone: datetime64, None as
+    NaT), inferred and converted once per distinct object (the reader's times are shared per
+    distinct text, a page's members share a few; pandas converts a datetime in microseconds)."""
+    column = np.array(values, dtype=object)
+    _, first, codes = np.unique([id(v) for v in values], return_index=True, return_inverse=True)
+    inferred = pd.Series(list(column[first]))  # each distinct object (equal times in two zones
+    if inferred.dtype == object:  # are two): the same inference as over them all
+        return pd.Series(column, dtype=object)
+    return inferred.take(codes).reset_index(drop=True)
 
 
 def actual_members(snapshot: pd.DataFrame) -> Iterator[Actual]:

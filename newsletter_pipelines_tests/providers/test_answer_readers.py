@@ -18,10 +18,12 @@ from newsletter_pipelines.providers.base import (
     MemberStatus,
     Outcome,
     Result,
+    member_row,
 )
 from newsletter_pipelines.providers.mailchimp import (
     member_of,
     read_members_page,
+    read_members_rows,
     read_subscribe_answer,
 )
 from newsletter_pipelines.providers.mailchimp_models import BatchSubscribeAnswer, MembersPage
@@ -88,6 +90,16 @@ def test_a_members_page_reads_as_its_model_does(monkeypatch: pytest.MonkeyPatch)
     assert members[0].last_changed == datetime(2026, 3, 1, 10, tzinfo=UTC)
     assert members[4].first_name == "" and members[4].last_name == "7"
     assert read_members_page(page([]), "SALUTATION") == (7, [])
+    rows = [member_row(m) for m in expected[1]]
+    assert read_members_rows(content, "SALUTATION") == (7, rows)
+    assert rows[0][6] == ("VIP", "crm")  # sorted
+
+
+def test_a_members_page_with_a_tag_twice_reads_it_once() -> None:
+    content = page([member_json(1, tags=[{"id": 6, "name": "VIP"}] * 2 + [{"id": 5, "name": "a"}])])
+    rows = read_members_rows(content, "SALUTATION")[1]
+    assert rows == [member_row(m) for m in validated(content)[1]]
+    assert rows[0][6] == ("VIP", "a")
 
 
 @pytest.mark.parametrize(

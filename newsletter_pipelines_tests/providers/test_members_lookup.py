@@ -10,7 +10,7 @@ import pytest
 
 from newsletter_pipelines.providers import brevo as brevo_module
 from newsletter_pipelines.providers import mailchimp as mailchimp_module
-from newsletter_pipelines.providers.base import Contact, Member, MemberStatus, Provider
+from newsletter_pipelines.providers.base import Contact, Member, MemberStatus, Provider, member_row
 from newsletter_pipelines.providers.brevo import BrevoClient
 from newsletter_pipelines.providers.errors import AuthenticationError, UnavailableError
 from newsletter_pipelines.providers.http import RetryPolicy
@@ -128,6 +128,7 @@ def test_mailchimp_members_are_the_snapshot_of_every_status(
     client = make_mailchimp(recording)
     addresses = populate_mailchimp(sandbox, client)
     snapshot = by_key(client.snapshot())
+    assert client.snapshot_rows() == [member_row(m) for m in client.snapshot()]
     assert {m.status for m in snapshot.values()} == {
         MemberStatus.SUBSCRIBED,
         MemberStatus.UNSUBSCRIBED,
@@ -234,6 +235,7 @@ def test_brevo_members_are_the_snapshot_of_every_status(
     client = make_brevo(recording)
     addresses = populate_brevo(sandbox, transport, client, http)
     snapshot = by_key(client.snapshot())
+    assert client.snapshot_rows() == [member_row(m) for m in client.snapshot()]
     assert {m.status for m in snapshot.values()} == {
         MemberStatus.SUBSCRIBED,
         MemberStatus.UNSUBSCRIBED,

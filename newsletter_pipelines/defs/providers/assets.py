@@ -14,7 +14,7 @@ from newsletter_pipelines.defs.providers.clients import provider_mode, run_clien
 from newsletter_pipelines.defs.providers.partitions import audience_partitions
 from newsletter_pipelines.defs.providers.pushing import push_context, push_guards, push_metadata
 from newsletter_pipelines.defs.resources import CrmResource, StateDatabaseResource
-from newsletter_pipelines.providers.base import Member, Provider
+from newsletter_pipelines.providers.base import MEMBER_ROW_FIELDS, Member, Provider
 from newsletter_pipelines.providers.resources import BrevoResource, MailchimpResource
 from newsletter_pipelines.reporting import diff_samples, explain_diff, markdown_table, mask_email
 from newsletter_pipelines.settings import AudienceConfig, Settings
@@ -24,12 +24,18 @@ from newsletter_pipelines.sync.email_address import raw_match_key
 from newsletter_pipelines.sync.guards import (
     resubscribe_violations,
 )
-from newsletter_pipelines.sync.inputs import build_diff, members_by_key, redecider, snapshot_frame
+from newsletter_pipelines.sync.inputs import (
+    build_diff,
+    members_by_key,
+    redecider,
+    snapshot_frame_of_rows,
+)
 from newsletter_pipelines.sync.push import member_keys, push_diff
 from newsletter_pipelines.sync.rules import SyncAction
 
 GROUP = "providers"
 RedecideAnswer = tuple[pd.DataFrame, Mapping[str, Member]]
+EMAIL, STATUS, TAGS = (MEMBER_ROW_FIELDS.index(f) for f in ("email", "status", "tags"))
 _SETTINGS = Settings()
 
 
@@ -52,15 +58,15 @@ def provider_audience_snapshot(
         # a refused key fails the first call (AuthenticationError): no separate ping
         found = client.ensure_audience()
         webhook = _register_webhook(audience, client, context.log.info)
-        members = client.snapshot()
-    statuses = Counter(m.status.value for m in members)
+        members = client.snapshot_rows()
+    statuses = Counter(row[STATUS] for row in members)
     context.log.info(f"{audience.key}: {len(members)} members ({dict(statuses)})")
     sample = [
-        {"email": mask_email(m.email), "status": m.status.value, "tags": ", ".join(sorted(m.tags))}
-        for m in members[:10]
+        {"email": mask_email(row[EMAIL]), "status": row[STATUS], "tags": ", ".join(row[TAGS])}
+        for row in members[:10]
     ]
     return dg.Output(
-        snapshot_frame(members),
+        snapshot_frame_of_rows(members),
         metadata={
             "audience": f"{audience.provider} {found.name!r} (id {found.id})",
             "provider": mode,
