@@ -170,7 +170,7 @@ def _kind(column: pd.Series) -> type | object | None:
     as a struct (that class and None only), else `_CODEC` (NaN too: Arrow would make it null)."""
     if column.dtype != object:
         return None
-    types = set(map(type, column))
+    types = set(map(type, column.to_numpy()))  # a Series iterates slower
     if types <= _PLAIN:
         return None
     (cls, *others) = types - {type(None)}
