@@ -74,11 +74,12 @@ def counts_table(counts: Mapping[str, int], fmt: str = "github") -> str:
 
 def explain_diff(diff: pd.DataFrame) -> str:
     """Markdown: why the provider's subscribed count differs from the CRM's eligible count."""
-    desired = diff[diff["eligible"]]
-    mine = desired["action"].value_counts()
-    subscribed = diff[diff["provider_status"] == "subscribed"]
-    theirs = subscribed[~subscribed["eligible"]]["action"].value_counts()
-    now = len(subscribed)
+    # masks over the action column alone: a frame filtered whole copies every column
+    eligible = diff["eligible"].to_numpy(dtype=bool)
+    subscribed = (diff["provider_status"] == "subscribed").to_numpy()
+    mine = diff["action"][eligible].value_counts()
+    theirs = diff["action"][subscribed & ~eligible].value_counts()
+    now = int(subscribed.sum())
     after = (
         now
         + int(mine.get("create", 0))
@@ -86,7 +87,7 @@ def explain_diff(diff: pd.DataFrame) -> str:
         - int(theirs.get("remove", 0))
     )
     rows = [
-        ["eligible in the CRM", len(desired)],
+        ["eligible in the CRM", int(eligible.sum())],
         [
             "… at the provider (in sync, or updated now)",
             int(mine.get("unchanged", 0) + mine.get("update", 0)),
@@ -101,7 +102,7 @@ def explain_diff(diff: pd.DataFrame) -> str:
             int(mine.get("import_back", 0)),
         ],
         ["subscribed at the provider before this sync", now],
-        ["… eligible in the CRM", int(subscribed["eligible"].sum())],
+        ["… eligible in the CRM", int((subscribed & eligible).sum())],
         ["… newsletter = no in the CRM: unsubscribed now", int(theirs.get("unsubscribe", 0))],
         ["… private, deleted or no longer eligible: removed now", int(theirs.get("remove", 0))],
         [
