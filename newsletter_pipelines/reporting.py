@@ -124,7 +124,9 @@ def diff_samples(diff: pd.DataFrame, per_action: int = 5) -> str:
             "provider status": row.provider_status or "",
             "why": _short(row.detail, 70),
         }
-        for _, group in diff.groupby("action", sort=True)
-        for row in group.head(per_action).itertuples(index=False)
+        for row in diff.groupby("action", sort=True)
+        .head(per_action)  # the rows only: iterating the groups would copy each whole
+        .sort_values("action", kind="stable")
+        .itertuples(index=False)
     ]
     return markdown_table(records)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from newsletter_pipelines.reporting import explain_diff
+from newsletter_pipelines.reporting import diff_samples, explain_diff
 from newsletter_pipelines_tests.test_sync_assets import table_value
 
 # (eligible, provider status, action) per contact
@@ -40,3 +40,20 @@ def test_explain_diff_counts_every_row_of_the_table() -> None:
         "subscribed at the provider after this sync (expected)": 6 + 2 - 1 - 2,
     }
     assert {label: table_value(table, label) for label in expected} == expected
+
+
+def test_diff_samples_are_the_first_rows_of_each_action_in_order() -> None:
+    actions = ["update", "create", "remove", "create", "update", "create", "create"]
+    diff = pd.DataFrame(
+        {
+            "action": actions,
+            "crm_id": [str(i) for i in range(len(actions))],
+            "email": [f"person{i}@example.com" for i in range(len(actions))],
+            "provider_status": [None, None, "subscribed", None, "subscribed", None, None],
+            "detail": [f"why {i}" for i in range(len(actions))],
+        }
+    )
+    table = diff_samples(diff, per_action=2)
+    ids = [line.split("|")[2].strip() for line in table.splitlines()[2:]]
+    assert ids == ["1", "3", "2", "0", "4"]  # create ×2, remove, update ×2: first rows each
+    assert "person1@example.com" not in table and "why 3" in table
