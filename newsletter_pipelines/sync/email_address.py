@@ -242,7 +242,7 @@ def match_key(address: str) -> str:
     """
     text = address.strip().lower()
     if text.isascii():
-        return text
+        return address if text == address and type(address) is str else text  # shared, not copied
     local, at, domain = text.rpartition("@")
     try:
         return f"{local}{at}{domain.encode('idna').decode('ascii')}"
