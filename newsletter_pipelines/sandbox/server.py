@@ -34,6 +34,7 @@ class SandboxApp:
             return
         if scope["type"] != "http":
             return
+        arrived = time.monotonic()  # a round-trip latency counts from here (see `faults`)
         parts = []  # joined once: adding each part copied a 4 MB import body dozens of times
         while True:
             message = await receive()
@@ -51,7 +52,7 @@ class SandboxApp:
             origin=f"{scope.get('scheme', 'http')}://{headers.get('host', 'localhost')}",
         )
         try:
-            answer = await run_in_threadpool(self.sandbox.exchange, request)
+            answer = await run_in_threadpool(self.sandbox.exchange, request, arrived=arrived)
         except ConnectionDroppedError:
             # Promise a body and end the connection without it: the client sees a drop.
             await send(

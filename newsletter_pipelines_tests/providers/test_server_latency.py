@@ -8,6 +8,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +25,18 @@ from newsletter_pipelines.sandbox import (
 
 LATENCY_S = 0.4
 BATCH_DELAY_S = 1.0
+NEW_LIST = {
+    "name": "Concurrent",
+    "contact": {"company": "C", "address1": "A", "city": "B", "country": "DE"},
+    "permission_reminder": "You asked for it.",
+    "campaign_defaults": {
+        "from_name": "F",
+        "from_email": "f@example.com",
+        "subject": "",
+        "language": "en",
+    },
+    "email_type_option": False,
+}
 
 
 def _free_port() -> int:
@@ -83,6 +96,56 @@ def test_every_provider_call_of_a_served_sandbox_waits_the_latency(served: str) 
     # one latency per provider call; the control calls (health, stats) drew none
     assert stats["faults_injected"] == {"latency": len(calls)}
     assert sum(row["count"] for row in stats["calls"]) == len(calls)
+
+
+def test_concurrent_calls_are_served_on_arrival_and_answered_after_the_latency() -> None:
+    """`--latency` is a round trip: five batch subscribes sent at once on five connections are
+    all served (counted by the sandbox) while every answer is still outstanding, and each is
+    answered the latency after it was sent: the latency is not added to a queue of calls."""
+    latency, connections = 1.5, 5
+    auth = ("x", SANDBOX_MAILCHIMP_KEY)
+    with serving("--latency", str(latency)) as root:
+        control = httpx.Client(base_url=root, timeout=30)
+        clients = [
+            httpx.Client(base_url=root + MAILCHIMP_PREFIX, auth=auth, timeout=30)
+            for _ in range(connections)
+        ]
+        list_id = clients[0].post("/lists", json=NEW_LIST).raise_for_status().json()["id"]
+        spans: list[tuple[float, float]] = []
+
+        def subscribe(client: httpx.Client, n: int) -> None:
+            members = [
+                {"email_address": f"c{n}-{i}@example.com", "status": "subscribed"}
+                for i in range(500)
+            ]
+            sent = time.monotonic()
+            client.post(f"/lists/{list_id}", json={"members": members}).raise_for_status()
+            spans.append((sent, time.monotonic()))
+
+        def subscribes_served() -> int:
+            calls = control.get("/_sandbox/stats").raise_for_status().json()["calls"]
+            return sum(
+                row["count"]
+                for row in calls
+                if (row["method"], row["route"]) == ("POST", "/lists/{list_id}")
+            )
+
+        threads = [
+            threading.Thread(target=subscribe, args=(client, n)) for n, client in enumerate(clients)
+        ]
+        for thread in threads:
+            thread.start()
+        while subscribes_served() < connections and not spans:
+            time.sleep(0.02)
+        outstanding = not spans
+        for thread in threads:
+            thread.join()
+        for client in [control, *clients]:
+            client.close()
+    assert outstanding, "a call was answered before all of them were served"
+    assert len(spans) == connections
+    assert all(done - sent >= latency for sent, done in spans)
+    assert max(sent for sent, _ in spans) < min(done for _, done in spans)  # all at once
 
 
 def test_a_negative_latency_is_refused() -> None:
