@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> None:
         type=float,
         default=0.0,
         help="seconds a Mailchimp batch waits: its result (GET /batches/{id} finished) is ready "
-        "that long after it was submitted (Mailchimp takes about 1 s for a small batch)",
+        "that long after it was submitted, i.e. served (Mailchimp takes about 1 s for a small "
+        "batch)",
     )
     run.add_argument(
         "--process-delay", type=float, default=0.0, help="seconds a Brevo import waits"
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
         "--latency",
         type=float,
         default=0.0,
+        metavar="S",
         help="seconds every Mailchimp and Brevo API call takes, as a provider's round trip: the "
         "call is served when it arrives and answered S seconds after it arrived, the "
         "sandbox's own processing (and its wait for the state, which concurrent calls share) "

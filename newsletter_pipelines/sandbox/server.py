@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import parse_qs, quote
 
 import uvicorn
+from anyio.to_thread import current_default_thread_limiter
 from starlette.concurrency import run_in_threadpool
 
 from newsletter_pipelines.sandbox.core import Request
@@ -72,6 +73,7 @@ class SandboxApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                current_default_thread_limiter().total_tokens = WORKER_THREADS
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await run_in_threadpool(self.sandbox.save)
@@ -84,6 +86,11 @@ def _raw_path(scope: Scope) -> str:
     raw = scope.get("raw_path")
     return raw.decode("ascii").split("?", 1)[0] if raw else quote(scope["path"])
 
+
+WORKER_THREADS = 100
+"""Calls served at once: each call keeps its worker thread through its latency (the state lock
+is taken only while it is served), so a call beyond this many waits for a worker, its
+latency running. AnyIO's default is 40; Mailchimp accepts 10 simultaneous connections."""
 
 GC_THRESHOLDS = (50_000, 20, 100)
 """The served process's cycle collector runs this rarely (Python's default: every 700
