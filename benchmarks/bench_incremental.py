@@ -11,9 +11,9 @@ Setup (not measured), as `benchmarks/bench_webhook_latency.py` and `test_live.py
 the same helpers (`newsletter_pipelines_tests/live.py`): a throwaway NEWSLETTER_HOME and
 DAGSTER_HOME; a synthetic CRM of `--contacts` contacts (`crm.synthetic`, SQLite) in place of
 the demo CRM; the sandbox served as its own process
-(`python -m newsletter_pipelines.sandbox serve --latency 0.1`: every Mailchimp and Brevo API
-call waits 100 ms, state in memory) with NEWSLETTER_MAILCHIMP_API_KEY / _BASE_URL and
-NEWSLETTER_BREVO_API_KEY / _BASE_URL pointing the provider resources at it (so the clients
+(`python -m newsletter_pipelines.sandbox serve --latency 0.1`: every Mailchimp and Brevo API call
+answered 100 ms after it arrived, state in memory) with NEWSLETTER_MAILCHIMP_API_KEY / _BASE_URL
+and NEWSLETTER_BREVO_API_KEY / _BASE_URL pointing the provider resources at it (so the clients
 use their production polling and pacing); the webhook receiver and `dagster dev` (webserver,
 daemon with default intervals: crm_changes_sensor every 15 s) as subprocesses on free ports;
 `full_sync_job` of both audiences through the GraphQL API (the sensor's first tick only set the

@@ -5,10 +5,10 @@
 [--only mailchimp,brevo] [--gc-freeze] [--keep DIR]`
 
 One served sandbox (`python -m newsletter_pipelines.sandbox serve --latency 0.1 --batch-delay 1
---process-delay 1`: every Mailchimp and Brevo call waits 100 ms, a `/batches` result and a Brevo
-import are ready 1 s after they were submitted; state in memory), and per provider its client
-configured as for a live account (production polling; Mailchimp `--connections` of the 10 the
-account allows, Brevo paced to `--rate` of the 10 requests/s it allows):
+--process-delay 1`: every Mailchimp and Brevo call answered 100 ms after it arrived, a `/batches`
+result and a Brevo import are ready 1 s after they were submitted; state in memory), and per
+provider its client configured as for a live account (production polling; Mailchimp `--connections`
+of the 10 the account allows, Brevo paced to `--rate` of the 10 requests/s it allows):
 
 1. first sync of N new contacts through `upsert`, in the push's chunks (`CREATE_CHUNK_SIZE`, each
    chunk's contacts built just before it is sent, as the push does): wall time, calls by route

@@ -9,9 +9,9 @@ against the served sandbox with provider-like latency.
 [--storage postgres|sqlite] [--postgres-url URL] [--seed 42] [--keep DIR]`
 
 Per contact count N, in one process on one machine, against one served sandbox
-(`python -m newsletter_pipelines.sandbox serve --latency 0.1 --batch-delay 1`: every Mailchimp
-call waits 100 ms, a `/batches` result is ready 1 s after it was submitted; state in memory):
-a synthetic CRM (SQLite) of N contacts, all eligible (newsletter `yes`, plain unique
+(`python -m newsletter_pipelines.sandbox serve --latency 0.1 --batch-delay 1`: every Mailchimp call
+answered 100 ms after it arrived, a `/batches` result is ready 1 s after it was submitted; state in
+memory): a synthetic CRM (SQLite) of N contacts, all eligible (newsletter `yes`, plain unique
 addresses, German names, 0–2 tags), then
 
 1. this project: `full_sync_job` for the Mailchimp partition, executed in-process

@@ -1,4 +1,5 @@
 """`python -m newsletter_pipelines.sandbox serve --port 8765 [--state-file PATH] [--latency S]`
+(every provider call answered S seconds after it arrived, its processing counted inside)
 and `… person PROVIDER EMAIL ACTION [--new-email X] [--tag T] [--list NAME] [--state-file PATH]`:
 a person acts at the embedded sandbox (`make dev`), whose state file the sync shares."""
 
@@ -40,7 +41,8 @@ def main(argv: list[str] | None = None) -> None:
         type=float,
         default=0.0,
         help="seconds a Mailchimp batch waits: its result (GET /batches/{id} finished) is ready "
-        "that long after it was submitted (Mailchimp takes about 1 s for a small batch)",
+        "that long after it was submitted, i.e. served (Mailchimp takes about 1 s for a small "
+        "batch)",
     )
     run.add_argument(
         "--process-delay", type=float, default=0.0, help="seconds a Brevo import waits"
@@ -49,9 +51,14 @@ def main(argv: list[str] | None = None) -> None:
         "--latency",
         type=float,
         default=0.0,
-        help="seconds every Mailchimp and Brevo API call waits before it is served (a latency "
-        "fault rule with rate 1; the control API is not delayed; DELETE /_sandbox/faults or "
-        "POST /_sandbox/reset removes it)",
+        metavar="S",
+        help="seconds every Mailchimp and Brevo API call takes, as a provider's round trip: the "
+        "call is served when it arrives and answered S seconds after it arrived, the "
+        "sandbox's own processing (and its wait for the state, which concurrent calls share) "
+        "counted inside those S seconds, not added on top; a call whose processing takes "
+        "longer is answered when done (a latency fault rule with rate 1 and round_trip; the "
+        "control API is not delayed; DELETE /_sandbox/faults or POST /_sandbox/reset removes "
+        "it)",
     )
     person = commands.add_parser(
         "person",
@@ -82,13 +89,15 @@ def main(argv: list[str] | None = None) -> None:
         process_delay=args.process_delay,
     )
     if args.latency:
-        sandbox.faults.add(FaultRule(kind="latency", rate=1.0, seconds=args.latency))
+        sandbox.faults.add(
+            FaultRule(kind="latency", rate=1.0, seconds=args.latency, round_trip=True)
+        )
     root = f"http://{args.host}:{args.port}"
     print(f"Mailchimp: {root}{MAILCHIMP_PREFIX}  key {SANDBOX_MAILCHIMP_KEY}")
     print(f"Brevo:     {root}{BREVO_PREFIX}  key {SANDBOX_BREVO_KEY}")
     print(f"Control:   {root}{CONTROL_PREFIX}")
     if args.latency:
-        print(f"Latency:   {args.latency:g} s before every provider API call")
+        print(f"Latency:   {args.latency:g} s from arrival to answer of every provider API call")
     serve(sandbox, args.host, args.port)
 
 

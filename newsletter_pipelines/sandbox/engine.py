@@ -269,8 +269,14 @@ class Sandbox:
 
     # --- serving ------------------------------------------------------------------------
 
-    def exchange(self, request: Request, *, timeout: float | None = None) -> Response:
-        """Serve one request: faults, connection limits, auth, the API, then webhooks."""
+    def exchange(
+        self, request: Request, *, timeout: float | None = None, arrived: float | None = None
+    ) -> Response:
+        """Serve one request: faults, connection limits, auth, the API, then webhooks.
+
+        `arrived` is the `time.monotonic()` the request arrived at (default: now); a
+        round-trip latency answers that long after it (see `faults`)."""
+        arrived = time.monotonic() if arrived is None else arrived
         provider, relative = self._split(request.path)
         if provider == "control":
             request.path = relative
@@ -282,27 +288,35 @@ class Sandbox:
         request.path = relative
         fault = self.faults.draw(provider, request.method, relative)
         with self._connection(provider) as crowded:
+            delay = fault.latency + fault.round_trip
+            if timeout is not None and delay and delay >= timeout:
+                time.sleep(timeout)
+                raise AnswerTimeoutError(f"no answer within {timeout} s")
             if fault.latency:
-                if timeout is not None and fault.latency >= timeout:
-                    time.sleep(timeout)
-                    raise AnswerTimeoutError(f"no answer within {timeout} s")
-                time.sleep(fault.latency)
-            if fault.drop:
-                raise ConnectionDroppedError("connection dropped by fault injection")
-            if fault.status is not None:
-                response = self._fault_response(provider, fault)
-            elif crowded:
-                response = problem(
-                    ProblemError(
-                        429,
-                        "TooManyRequests",
-                        "You have exceeded the limit of 10 simultaneous connections.",
-                    )
-                )
-            else:
-                response = self._serve(provider, request)
+                time.sleep(fault.latency)  # held: no lock is taken yet
+            try:
+                response = self._answer(provider, request, fault, crowded)
+            finally:
+                # a round trip: the answer (or the drop) leaves `delay` after the arrival,
+                # this request's processing and its wait for the state lock counted inside
+                _sleep_until(arrived + delay)
         self.flush_webhooks()
         return response
+
+    def _answer(self, provider: str, request: Request, fault: Fault, crowded: bool) -> Response:
+        if fault.drop:
+            raise ConnectionDroppedError("connection dropped by fault injection")
+        if fault.status is not None:
+            return self._fault_response(provider, fault)
+        if crowded:
+            return problem(
+                ProblemError(
+                    429,
+                    "TooManyRequests",
+                    "You have exceeded the limit of 10 simultaneous connections.",
+                )
+            )
+        return self._serve(provider, request)
 
     def _split(self, path: str) -> tuple[str | None, str]:
         for name, prefix in (
@@ -385,6 +399,10 @@ class Sandbox:
 
     def flush_webhooks(self) -> None:
         """Deliver the webhook calls queued while serving (outside the state lock)."""
+        if not self._outbox and not self._batches:
+            # Nothing queued: return without waiting for the state lock another request holds
+            # (this read needs no lock: whoever queues an event flushes after it).
+            return
         with self.lock:
             pending, self._outbox = self._outbox, []
             batches, self._batches = self._batches, {}
@@ -397,3 +415,10 @@ class Sandbox:
     def close(self) -> None:
         """Release the webhook client."""
         self.webhooks.close()
+
+
+def _sleep_until(deadline: float) -> None:
+    """Sleep until `time.monotonic()` reaches `deadline` (not at all if it has)."""
+    remaining = deadline - time.monotonic()
+    if remaining > 0:
+        time.sleep(remaining)

@@ -3,6 +3,12 @@
 Each rule fires either for the next `count` matching requests or at random with probability
 `rate` (seeded, so runs are repeatable). Faulted requests never reach the emulated API, except
 latency below the client's timeout, after which the request is served normally.
+
+A latency holds the request `seconds`, then serves it (a slow call; a write held on its way to
+the provider), unless the rule is a `round_trip`: the request is then served at once and
+answered `seconds` after it arrived, the sandbox's own processing counted inside those seconds
+as a provider's is inside its round trip (`serve --latency`). Either way a latency at or beyond
+the client's timeout (known to the in-process transport) is a timeout and nothing is served.
 """
 
 from __future__ import annotations
@@ -30,6 +36,12 @@ class FaultRule(BaseModel):
         default=0.0, ge=0, description="Latency, or the reset hint a 429 carries."
     )
     status: int = Field(default=503, ge=500, le=599, description="For server_error.")
+    round_trip: bool = Field(
+        default=False,
+        description="For latency: serve at once and answer `seconds` after the request "
+        "arrived, the sandbox's processing counted inside (a provider's round trip); by "
+        "default the request is held `seconds`, then served.",
+    )
 
     @model_validator(mode="after")
     def _count_or_rate(self) -> FaultRule:
@@ -43,6 +55,9 @@ class Fault:
     """What to do to one request."""
 
     latency: float = 0.0
+    """Seconds the request is held before it is served."""
+    round_trip: float = 0.0
+    """Seconds after its arrival the answer leaves at the earliest (processing counted inside)."""
     drop: bool = False
     status: int | None = None
     reset: float = 0.0
@@ -77,7 +92,9 @@ class Faults:
                 ):
                     continue
                 self.injected[rule.kind] = self.injected.get(rule.kind, 0) + 1
-                if rule.kind == "latency":
+                if rule.kind == "latency" and rule.round_trip:
+                    fault.round_trip += rule.seconds
+                elif rule.kind == "latency":
                     fault.latency += rule.seconds
                 elif fault.status is None and not fault.drop:
                     fault.drop = rule.kind == "drop"

@@ -7,6 +7,7 @@ import io
 import json
 import tarfile
 import threading
+import time
 from typing import Any
 
 import httpx
@@ -200,6 +201,67 @@ def test_more_than_ten_simultaneous_connections_get_429(
     for thread in threads:
         thread.join()
     assert sorted(statuses) == [200] * 10 + [429] * 4
+
+
+def test_a_round_trip_latency_serves_on_arrival_and_answers_after_the_latency(
+    sandbox: Sandbox, http: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`serve --latency`: concurrent calls are served (one at a time, under the state lock)
+    while their latencies run, not after them; the held answers keep no lock."""
+    latency, calls = 1.0, 4
+    sandbox.faults.add(
+        FaultRule(kind="latency", provider="mailchimp", rate=1.0, seconds=latency, round_trip=True)
+    )
+    served: list[float] = []
+    serve = sandbox._serve
+
+    def slow_serve(provider: str, request: Any) -> Any:
+        with sandbox.lock:
+            time.sleep(0.05)  # processing that takes its time, the lock held
+            answer = serve(provider, request)
+            served.append(time.monotonic())
+            return answer
+
+    monkeypatch.setattr(sandbox, "_serve", slow_serve)
+    answered: list[float] = []
+    took: list[float] = []
+
+    def ping() -> None:
+        sent = time.monotonic()
+        assert http.get(f"{ROOT}/ping", auth=AUTH).status_code == 200
+        answered.append(time.monotonic())
+        took.append(answered[-1] - sent)
+
+    threads = [threading.Thread(target=ping) for _ in range(calls)]
+    for thread in threads:
+        thread.start()
+    while len(served) < calls and not answered:
+        time.sleep(0.01)
+    held = not answered
+    lock_free = sandbox.lock.acquire(blocking=False)  # the answers wait without the lock
+    if lock_free:
+        sandbox.lock.release()
+    for thread in threads:
+        thread.join()
+    assert held, "a call was answered before every call was served"
+    assert lock_free
+    assert len(served) == calls and max(served) < min(answered)
+    assert min(took) >= latency
+
+
+def test_a_round_trip_latency_beyond_the_timeout_serves_nothing(
+    sandbox: Sandbox, transport: httpx.BaseTransport
+) -> None:
+    sandbox.faults.add(
+        FaultRule(kind="latency", provider="mailchimp", count=1, seconds=1.0, round_trip=True)
+    )
+    with (
+        httpx.Client(transport=transport, base_url=SANDBOX_ORIGIN, timeout=0.2) as client,
+        pytest.raises(httpx.ReadTimeout),
+    ):
+        client.get(f"{ROOT}/ping", auth=AUTH)
+    assert sandbox.stats.count("mailchimp") == 0
+    assert sandbox.faults.injected == {"latency": 1}
 
 
 def test_unknown_routes_and_methods(sandbox: Sandbox, http: httpx.Client, list_id: str) -> None:

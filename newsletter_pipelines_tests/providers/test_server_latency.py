@@ -8,8 +8,9 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import httpx
@@ -24,6 +25,18 @@ from newsletter_pipelines.sandbox import (
 
 LATENCY_S = 0.4
 BATCH_DELAY_S = 1.0
+NEW_LIST = {
+    "name": "Concurrent",
+    "contact": {"company": "C", "address1": "A", "city": "B", "country": "DE"},
+    "permission_reminder": "You asked for it.",
+    "campaign_defaults": {
+        "from_name": "F",
+        "from_email": "f@example.com",
+        "subject": "",
+        "language": "en",
+    },
+    "email_type_option": False,
+}
 
 
 def _free_port() -> int:
@@ -83,6 +96,80 @@ def test_every_provider_call_of_a_served_sandbox_waits_the_latency(served: str) 
     # one latency per provider call; the control calls (health, stats) drew none
     assert stats["faults_injected"] == {"latency": len(calls)}
     assert sum(row["count"] for row in stats["calls"]) == len(calls)
+
+
+def test_concurrent_calls_are_served_on_arrival_and_answered_after_the_latency() -> None:
+    """`--latency` is a round trip: five batch subscribes sent at once on five connections are
+    all served (counted by the sandbox) while every answer is still outstanding, and each is
+    answered the latency after it was sent: the latency is not added to a queue of calls."""
+    latency = 1.5
+    auth = ("x", SANDBOX_MAILCHIMP_KEY)
+    with serving("--latency", str(latency)) as root:
+        with httpx.Client(base_url=root + MAILCHIMP_PREFIX, auth=auth, timeout=30) as client:
+            list_id = client.post("/lists", json=NEW_LIST).raise_for_status().json()["id"]
+
+        def subscribe(client: httpx.Client, n: int) -> None:
+            members = [
+                {"email_address": f"c{n}-{i}@example.com", "status": "subscribed"}
+                for i in range(500)
+            ]
+            client.post(
+                f"{root}{MAILCHIMP_PREFIX}/lists/{list_id}", json={"members": members}, auth=auth
+            ).raise_for_status()
+
+        outstanding, spans = served_while_held(root, subscribe, 5, ("POST", "/lists/{list_id}"))
+    assert outstanding, "a call was answered before all of them were served"
+    assert all(done - sent >= latency for sent, done in spans)
+    assert max(sent for sent, _ in spans) < min(done for _, done in spans)  # all at once
+
+
+def test_more_calls_at_once_than_anyios_default_threads_are_all_served_on_arrival() -> None:
+    """Each call keeps a worker thread through its latency: the served sandbox has more of
+    them than AnyIO's default 40, so 60 calls at once are all served while their answers are
+    held (with 40, the last 20 would wait a latency for a worker, then one more)."""
+    with serving("--latency", "1.5") as root:
+
+        def account(client: httpx.Client, n: int) -> None:
+            headers = {"api-key": SANDBOX_BREVO_KEY}
+            client.get(f"{root}{BREVO_PREFIX}/account", headers=headers).raise_for_status()
+
+        outstanding, _ = served_while_held(root, account, 60, ("GET", "/account"))
+    assert outstanding, "a call was answered before all of them were served"
+
+
+def served_while_held(
+    root: str, call: Callable[[httpx.Client, int], None], calls: int, route: tuple[str, str]
+) -> tuple[bool, list[tuple[float, float]]]:
+    """Make `calls` calls at once, each on its own connection, and poll the sandbox's count
+    of `route` (method, template) until it has served them all or one is answered; returns
+    whether every answer was still outstanding then and each call's (sent, answered)."""
+    clients = [httpx.Client(timeout=30) for _ in range(calls)]
+    spans: list[tuple[float, float]] = []
+    start = threading.Barrier(calls + 1)
+
+    def timed(n: int) -> None:
+        start.wait()
+        sent = time.monotonic()
+        call(clients[n], n)
+        spans.append((sent, time.monotonic()))
+
+    def served() -> int:
+        stats = httpx.get(f"{root}/_sandbox/stats", timeout=30).raise_for_status().json()
+        return sum(row["count"] for row in stats["calls"] if (row["method"], row["route"]) == route)
+
+    threads = [threading.Thread(target=timed, args=(n,)) for n in range(calls)]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    while served() < calls and not spans:
+        time.sleep(0.02)
+    outstanding = not spans
+    for thread in threads:
+        thread.join()
+    for client in clients:
+        client.close()
+    assert len(spans) == calls
+    return outstanding, spans
 
 
 def test_a_negative_latency_is_refused() -> None:
