@@ -14,7 +14,8 @@ of the 10 the account allows, Brevo paced to `--rate` of the 10 requests/s it al
    chunk's contacts built just before it is sent, as the push does): wall time, calls by route
    (counted by the sandbox), write calls against ceil(N/500) for Mailchimp, Brevo's imports and
    process polls against its 100 requests/hour budget;
-2. snapshot of the N members through `snapshot()`: wall time and calls;
+2. snapshot of the N members through `snapshot_rows()` (what the snapshot asset reads): wall
+   time and calls;
 3. the sandbox's own speed with the latency removed (`DELETE /_sandbox/faults`), served, timed
    by this process around one keep-alive HTTP request (body read, not decoded): the median of
    `--repeat` of a 1,000-member page (the snapshot's query) and a 500-member batch subscribe
@@ -192,7 +193,7 @@ def both_phases(
     client.ensure_audience()
     work = lambda: first_sync(client, count)  # noqa: E731
     outcomes, sync = measured(served, client.name, work, limits[0])
-    members, snap = measured(served, client.name, client.snapshot, limits[1])
+    members, snap = measured(served, client.name, client.snapshot_rows, limits[1])
     client.close()
     return outcomes, sync, len(members), snap
 
