@@ -55,19 +55,8 @@ def crm_exclusions(excluded: pd.DataFrame) -> Exclusions:
     return Exclusions(by_key=by_key, by_id=by_id)
 
 
-SNAPSHOT_COLUMNS = (
-    "provider_id",
-    "email",
-    "match_key",
-    "status",
-    "salutation",
-    "first_name",
-    "last_name",
-    "tags",
-    "last_changed",
-    "stable_id",
-    "unsubscribed_by",
-)
+SNAPSHOT_COLUMNS = (*MEMBER_ROW_FIELDS[:2], "match_key", *MEMBER_ROW_FIELDS[2:])
+"""The snapshot frame's columns: a member's row with its match key after its address."""
 _SNAPSHOT_TEXTS = tuple(c for c in SNAPSHOT_COLUMNS if c != "last_changed")  # all but one
 
 

@@ -22,21 +22,11 @@ from newsletter_pipelines.sandbox import (
     SANDBOX_BREVO_KEY,
     SANDBOX_MAILCHIMP_KEY,
 )
+from newsletter_pipelines_tests.providers.test_sandbox_mailchimp import NEW_LIST as RAW_LIST
 
 LATENCY_S = 0.4
 BATCH_DELAY_S = 1.0
-NEW_LIST = {
-    "name": "Concurrent",
-    "contact": {"company": "C", "address1": "A", "city": "B", "country": "DE"},
-    "permission_reminder": "You asked for it.",
-    "campaign_defaults": {
-        "from_name": "F",
-        "from_email": "f@example.com",
-        "subject": "",
-        "language": "en",
-    },
-    "email_type_option": False,
-}
+NEW_LIST = {**RAW_LIST, "name": "Concurrent"}
 
 
 def _free_port() -> int:
