@@ -74,6 +74,7 @@ def counts_table(counts: Mapping[str, int], fmt: str = "github") -> str:
 
 def explain_diff(diff: pd.DataFrame) -> str:
     """Markdown: why the provider's subscribed count differs from the CRM's eligible count."""
+    diff = diff[["eligible", "action", "provider_status"]]  # the rows taken below: no more
     desired = diff[diff["eligible"]]
     mine = desired["action"].value_counts()
     subscribed = diff[diff["provider_status"] == "subscribed"]
@@ -123,7 +124,10 @@ def diff_samples(diff: pd.DataFrame, per_action: int = 5) -> str:
             "provider status": row.provider_status or "",
             "why": _short(row.detail, 70),
         }
-        for _, group in diff.groupby("action", sort=True)
+        # of the columns shown only: each group is a copy of its rows
+        for _, group in diff[["action", "crm_id", "email", "provider_status", "detail"]].groupby(
+            "action", sort=True
+        )
         for row in group.head(per_action).itertuples(index=False)
     ]
     return markdown_table(records)

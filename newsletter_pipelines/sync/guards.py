@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from newsletter_pipelines.sync.bulk_columns import named, text
 from newsletter_pipelines.sync.identity import BLOCKING, MAY_CREATE, RowState
 from newsletter_pipelines.sync.rules import ACTIVE, OPTED_OUT
 
@@ -131,9 +132,10 @@ def resubscribe_violations(diff: pd.DataFrame, ledger: pd.DataFrame) -> pd.DataF
     creates = writes["action"] == "create"
     blocked_keys = set(ledger.loc[ledger["state"].isin(BLOCKING), "member_key"])
     active_again = diff.loc[diff["provider_status"].isin(ACTIVE), "match_key"]
-    opted_out = ledger[
-        (ledger["state"] == RowState.OPTED_OUT) & ~ledger["member_key"].isin(active_again)
-    ]
+    opted_out = ledger[ledger["state"] == RowState.OPTED_OUT]
+    # in Arrow: pandas' `isin` of a text column makes an Arrow scalar of each value looked
+    # for, seconds for a million active members (the ledger's member keys are never missing)
+    opted_out = opted_out[~named(text(opted_out["member_key"]), text(active_again))]
     opted_out_owners = set(opted_out["owner"].dropna())
     may_create = writes["ledger_before"].map(
         lambda row: row is not None and row.state in MAY_CREATE
