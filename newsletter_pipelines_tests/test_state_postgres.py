@@ -6,13 +6,22 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
+from newsletter_pipelines.state import columns
 from newsletter_pipelines.state.exclusions import count_by_reason, record_eligibility
-from newsletter_pipelines.state.ledger import OutcomeRecord, load_ledger, outcome_counts, record
+from newsletter_pipelines.state.ledger import (
+    OutcomeRecord,
+    ledger_rows,
+    load_ledger,
+    load_ledger_frame,
+    outcome_counts,
+    record,
+)
 from newsletter_pipelines.state.schema import ensure_schema
 from newsletter_pipelines.sync.guards import check_count_drop
 from newsletter_pipelines.sync.identity import Intent, LedgerRow, RowState
 
 pytestmark = pytest.mark.postgres
+adbc_read = columns._postgresql_table
 
 
 def row(n: str, state: RowState = RowState.SUBSCRIBED, **extra: object) -> LedgerRow:
@@ -83,3 +92,45 @@ def test_exclusions_on_postgres_replace_previous_rows(postgres_url: str) -> None
     record_eligibility(engine, excluded, "run-1", lambda _: check_count_drop(None, 5, 0.2))
     record_eligibility(engine, excluded.iloc[1:], "run-2", lambda b: check_count_drop(b, 5, 0.2))
     assert count_by_reason(engine) == {"invalid_email": 1}
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "psycopg2"])
+def test_the_ledger_read_through_adbc_is_the_row_wise_one(
+    postgres_url: str, driver: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL the ledger is read column-wise (ADBC's driver); what it reads is what the
+    row-wise read through SQLAlchemy reads, a batch of rows at a time; a failed ADBC read falls
+    back to it."""
+    url = sa.engine.make_url(postgres_url).set(drivername=f"postgresql+{driver}")
+    engine = sa.create_engine(url)
+    ensure_schema(engine, upgrade=True)
+    rows = [
+        row(str(n), RowState.OPTED_OUT if n % 3 else RowState.SUBSCRIBED, stable_id=f"s{n}")
+        for n in range(7)
+    ]
+    rows.append(row("ä", intent=Intent.CREATE, intent_key="k", refusal_code="x" * 300))
+    record(engine, "a", "run-1", rows)
+    record(engine, "b", "run-1", [row("other")])
+    adbc = [columns._postgresql_table]
+    monkeypatch.setattr(columns, "_postgresql_table", lambda *a: adbc.append(1) or adbc[0](*a))
+    column_wise = load_ledger_frame(engine, "a")
+    assert len(adbc) == 2  # read through ADBC
+    assert load_ledger_frame(engine, "nobody").empty
+    monkeypatch.setattr(columns, "_postgresql_table", lambda *_: None)  # as if it failed
+    monkeypatch.setattr(columns, "_FETCH_ROWS", 3)
+    row_wise = load_ledger_frame(engine, "a")
+    pd.testing.assert_frame_equal(column_wise, row_wise)
+    assert ledger_rows(column_wise) == sorted(rows, key=lambda r: r.member_key)
+    engine.dispose()
+
+
+def test_a_failed_adbc_read_of_the_ledger_is_read_row_wise(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = sa.create_engine(postgres_url)
+    ensure_schema(engine, upgrade=True)
+    record(engine, "a", "run-1", [row("1")])
+    wrong = sa.engine.make_url(postgres_url).set(database="no_such_database_here")
+    monkeypatch.setattr(columns, "_postgresql_table", lambda _url, query: adbc_read(wrong, query))
+    assert [r.owner for r in load_ledger(engine, "a")] == ["1"]
+    engine.dispose()

@@ -14,6 +14,7 @@ import dagster as dg
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+from upath import UPath
 
 from newsletter_pipelines.bulk import collect_garbage
 from newsletter_pipelines.defs import io_manager
@@ -26,8 +27,14 @@ from newsletter_pipelines.defs.providers.assets import (
     reconciliation_diff,
 )
 from newsletter_pipelines.defs.providers.partitions import audience_partitions
+from newsletter_pipelines.defs.providers.pushing import stored_push_input
 from newsletter_pipelines.defs.resources import build_resources
 from newsletter_pipelines.settings import Settings
+from newsletter_pipelines.storage import frames
+from newsletter_pipelines.sync.eligibility import ELIGIBLE_COLUMNS, EXCLUDED_COLUMNS
+from newsletter_pipelines.sync.inputs import ELIGIBLE_READ, EXCLUDED_READ, SNAPSHOT_COLUMNS
+from newsletter_pipelines.sync.push import COUNTED
+from newsletter_pipelines.sync.rules import DIFF_COLUMNS
 from newsletter_pipelines_tests.test_import_back_assets import (
     act,
     an_eligible_address,
@@ -203,3 +210,64 @@ def test_the_collection_before_a_step_frees_cycles_made_after_the_first_one() ->
         collect_garbage()
         assert alive() is None
     assert gc.get_freeze_count() > 0
+
+
+def test_the_diff_step_reads_the_columns_it_uses_and_the_push_the_rows_it_acts_on(
+    settings: Settings, reads: list[tuple[str, pd.DataFrame]]
+) -> None:
+    """The diff reads of the CRM frames and the snapshot only the columns it uses. Of a re-run's
+    diff, the push reads every row's action, provider status and old address (what it plans and
+    guards), and whole only the rows it acts on; of the snapshot, the members it updates."""
+    with dg.instance_for_test() as instance:
+        assert run_sync(instance, "mailchimp").success
+        contact_id, email = an_eligible_address(settings)
+        crm_update(
+            settings, "UPDATE contacts SET last_name = 'Neumann' WHERE id = :id", id=contact_id
+        )
+        reads.clear()
+        result = run_sync(instance, "mailchimp")
+        assert result.success
+        assert metadata(result, "audience_sync")["updated"] == 1
+    read: dict[str, list[pd.DataFrame]] = {}
+    for asset, frame in reads:
+        read.setdefault(asset, []).append(frame)
+    eligible, *_ = read["eligible_subscribers"]  # the diff's, the import-back's
+    assert list(eligible.columns) == [c for c in ELIGIBLE_COLUMNS if c in ELIGIBLE_READ]
+    excluded, *_ = read["excluded_contacts"]  # the diff's, the import-back's
+    assert list(excluded.columns) == [c for c in EXCLUDED_COLUMNS if c in EXCLUDED_READ]
+    snapshot, *_, updated = read["provider_audience_snapshot"]  # the diff's, …, the push's
+    assert list(snapshot.columns) == list(SNAPSHOT_COLUMNS)
+    assert list(updated["match_key"]) == [email]
+    *_, counted, acting = read["reconciliation_diff"]  # the import-back's first
+    assert set(counted.columns) == set(COUNTED) and len(counted) == len(snapshot)
+    assert list(acting.columns) == list(DIFF_COLUMNS)
+    assert list(acting["action"]) == ["update"] and list(acting["match_key"]) == [email]
+
+
+def diff_row(action: str, key: str, **values: object) -> dict[str, object]:
+    return {**dict.fromkeys(DIFF_COLUMNS), "action": action, "match_key": key, **values}
+
+
+def test_the_push_input_is_the_rows_it_acts_on_and_the_counted_columns(tmp_path: Path) -> None:
+    """`stored_push_input`: the rows with a write or a value the push acts on; were a write
+    stored without one, the whole diff."""
+    rows = [
+        diff_row("unchanged", "a@x.de", detail="in sync", provider_status="subscribed"),
+        diff_row("update", "b@x.de", provider_status="subscribed", ledger_after="row"),
+        diff_row("unchanged", "c@x.de", settled_intent="create"),
+        diff_row("import_back", "d@x.de", provider_change="opted_out"),
+        diff_row("blocked_by_provider", "e@x.de", provider_status="unsubscribed"),
+        diff_row("unchanged", "f@x.de", old_email="alt@x.de"),
+    ]
+    path = tmp_path / "diff.parquet"
+    with path.open("wb") as file:
+        frames.write_frame(pd.DataFrame(rows).astype({"eligible": bool}), file)
+    stored = io_manager.StoredFrame(UPath(path))
+    counted, acting = stored_push_input(stored)
+    assert set(counted.columns) == set(COUNTED) and len(counted) == len(rows)
+    assert list(acting.index) == [1, 2, 3, 5]
+    rows[1]["ledger_after"] = None  # a write the columns would miss
+    with path.open("wb") as file:
+        frames.write_frame(pd.DataFrame(rows).astype({"eligible": bool}), file)
+    _, acting = stored_push_input(stored)
+    assert len(acting) == len(rows)

@@ -285,6 +285,46 @@ def test_some_columns_and_rows_read_back_equal_to_that_part(variant: str, subset
     assert_same(loaded, expected)
 
 
+ROWS_IN: dict[str, Any] = {
+    "some values": (None, (), ("text", {"c", "x"})),
+    "None too": (["int", "text"], (), ("text", {None, "a"})),
+    "and rows with": (["int", "move"], ["move", "float"], ("text", {"a", "c"})),
+    "no value": (["int"], (), ("text", set())),
+    "a column of None only": (["int"], (), ("nothing", {None})),
+}
+
+
+@pytest.mark.parametrize("variant", ["whole", "filtered index"])
+@pytest.mark.parametrize("subset", ROWS_IN)
+def test_rows_with_some_values_of_a_text_column_read_back_equal_to_those_rows(
+    variant: str, subset: str
+) -> None:
+    """Rows whose text column holds one of some values (None matching None), also with some
+    columns only and with `rows_with`, with their index and attrs."""
+    frame = VARIANTS[variant](every_kind())
+    frame.attrs = {READ_UPTO: "2026-01-01T10:00:00|42"}
+    columns, rows_with, (name, values) = ROWS_IN[subset]
+    buffer = io.BytesIO()
+    frames.write_frame(frame, buffer)
+    buffer.seek(0)
+    loaded = frames.read_frame(buffer, columns, rows_with, (name, values))
+    expected = frame if columns is None else frame[[c for c in frame.columns if c in columns]]
+    wanted = frame[name].map(lambda v: v in values)
+    if rows_with:
+        wanted &= frame[list(rows_with)].notna().any(axis=1)
+    assert_same(loaded, expected[wanted.to_numpy(dtype=bool)])
+
+
+@pytest.mark.parametrize("column", ["tuples", "ledger", "int", "enums_and_text"])
+def test_rows_are_selected_by_the_values_of_a_text_column_only(column: str) -> None:
+    """A column stored otherwise (JSON per cell, a struct, numbers) holds other values in the
+    file than in the frame: selecting rows by them is refused."""
+    buffer = io.BytesIO()
+    frames.write_frame(every_kind(), buffer)
+    with pytest.raises(TypeError, match=column):
+        frames.read_frame(buffer, None, (), (column, {"a"}))
+
+
 def test_an_unknown_column_is_a_key_error() -> None:
     buffer = io.BytesIO()
     frames.write_frame(every_kind(), buffer)
@@ -311,6 +351,11 @@ def test_an_input_is_what_its_metadata_asks_for(tmp_path: Path) -> None:
     assert_same(part, frame.loc[[0], ["int", "text"]])
     lazy = load(lazy=True, columns=["int"])
     assert isinstance(lazy, StoredFrame) and lazy.columns == ["int"]
+    assert_same(lazy.load_where("text", {"c"}), frame.loc[[2], ["int"]])
+    whole = load(lazy=True)
+    assert_same(whole.part(columns=["text", "int"]).load(), frame[["int", "text"]])
+    assert_same(whole.part(rows_with=["move"]).load(), frame.loc[[0]])
+    assert_same(lazy.part(rows_with=["move"]).load(), frame.loc[[0], ["int"]])
     (tmp_path / "io" / "values.parquet").unlink()
     with pytest.raises(FileNotFoundError):
         lazy.load()  # read only now

@@ -35,7 +35,14 @@ from newsletter_pipelines.sync.inputs import (
     redecider,
     snapshot_frame,
 )
-from newsletter_pipelines.sync.push import PushContext, PushSummary, push_diff
+from newsletter_pipelines.sync.push import (
+    COUNTED,
+    PushContext,
+    PushSummary,
+    acted_on,
+    member_keys,
+    push_diff,
+)
 from newsletter_pipelines.sync.rules import Context, reconcile
 from newsletter_pipelines.sync.tags import TAG_STYLES
 from newsletter_pipelines_tests.providers.conftest import brevo_account, make_brevo, make_mailchimp
@@ -79,7 +86,11 @@ class World:
         if import_back:
             plan = self.import_back(diff, members, apply=write_back)
             unimported = unimported_keys(diff, plan, written=write_back)
-        verdicts = push_verdicts(diff, guard or MassLimits(), False, False)
+        # what `audience_sync` reads of the stored diff: every row's counted columns, and the
+        # rows the push acts on (`push.acted_on`); the snapshot members those rows name
+        verdicts = push_verdicts(diff[list(COUNTED)], guard or MassLimits(), False, False)
+        pushed = diff[acted_on(diff)]
+        keys = member_keys(pushed)
         ctx = PushContext(
             self.engine,
             self.provider_name,
@@ -98,7 +109,8 @@ class World:
                 system_tag=SYSTEM_TAG[self.provider_name],
             ),
         )
-        summary = push_diff(self.provider, diff, members_by_key(members), ctx)
+        found = members[members["match_key"].isin(set(keys))]
+        summary = push_diff(self.provider, pushed, members_by_key(found, keys) if keys else {}, ctx)
         return diff, summary
 
     def decide(self) -> tuple[EligibilityResult, pd.DataFrame, pd.DataFrame]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +123,23 @@ class StoredFrame:
         """The frame (read again at each call)."""
         with self.path.open("rb") as file:
             return read_frame(file, self.columns, self.rows_with)
+
+    def load_where(self, column: str, values: Collection[str | None]) -> pd.DataFrame:
+        """The frame's rows whose text column `column` holds one of `values`, the others not
+        decoded (`storage.frames.read_frame`'s `rows_in`; read again at each call)."""
+        with self.path.open("rb") as file:
+            return read_frame(file, self.columns, self.rows_with, (column, values))
+
+    def part(
+        self, columns: Sequence[str] | None = None, rows_with: Sequence[str] = ()
+    ) -> StoredFrame:
+        """The same stored frame, of `columns` only (None: those of this one) and of the rows
+        with a value in one of `rows_with` only (empty: those of this one)."""
+        return replace(
+            self,
+            columns=self.columns if columns is None else list(columns),
+            rows_with=tuple(rows_with) or self.rows_with,
+        )
 
 
 def _step(context: dg.InputContext) -> tuple[str, str] | None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from datetime import date, datetime
 from decimal import Decimal
 from enum import Enum
@@ -48,32 +48,63 @@ def write_table(table: pa.Table, file: BinaryIO) -> None:
 
 
 def read_frame(
-    file: BinaryIO, columns: Sequence[str] | None = None, rows_with: Sequence[str] = ()
+    file: BinaryIO,
+    columns: Sequence[str] | None = None,
+    rows_with: Sequence[str] = (),
+    rows_in: tuple[str, Collection[str | None]] | None = None,
 ) -> pd.DataFrame:
     """The frame `write_frame` wrote to `file`; only `columns` of it (in the stored order), when
     given, the others not read at all; only the rows with a value (not null in the file: not
-    None, nor NaN in a column of numbers) in one of the columns `rows_with`, when given, keeping
-    their index, the others not decoded."""
-    if columns is None and not rows_with:
+    None, nor NaN in a column of numbers) in one of the columns `rows_with`, when given, and
+    only those whose text column `rows_in[0]` (str and None only: stored as it is) holds one of
+    the values `rows_in[1]` (None for None), when given, keeping their index, the others not
+    decoded."""
+    if columns is None and not rows_with and rows_in is None:
         return from_table(pq.read_table(file))
     parquet = pq.ParquetFile(file)
     schema = parquet.schema_arrow
     wanted = set(schema.names if columns is None else columns)
-    if unknown := (wanted | set(rows_with)) - set(schema.names):
+    named = set(rows_with) | ({rows_in[0]} if rows_in else set())
+    if unknown := (wanted | named) - set(schema.names):
         raise KeyError(f"no stored columns {sorted(unknown)} (stored: {schema.names})")
-    table = parquet.read(columns=[n for n in schema.names if n in wanted], use_pandas_metadata=True)
     raw = (schema.metadata or {}).get(METADATA_KEY)
+    if rows_in is not None:
+        _check_plain_text(rows_in[0], schema, None if raw is None else json.loads(raw))
+    table = parquet.read(columns=[n for n in schema.names if n in wanted], use_pandas_metadata=True)
     ours = None if raw is None else _subset(json.loads(raw), schema.names, table.schema.names)
     kept = None
+    masks = []
     if rows_with:
         valid = [column.is_valid() for column in parquet.read(columns=list(rows_with)).columns]
-        mask = functools.reduce(pc.or_, valid).combine_chunks()
+        masks.append(functools.reduce(pc.or_, valid))
+    if rows_in is not None:
+        name, values = rows_in
+        found = parquet.read(columns=[name]).column(0)
+        if pa.types.is_null(found.type):  # a column of None only (Arrow knows no text type)
+            found = found.cast(pa.string())
+        value_set = pa.array(list(values), type=found.type)
+        masks.append(pc.is_in(found, value_set=value_set, skip_nulls=False))
+    if masks:
+        mask = functools.reduce(pc.and_, masks).combine_chunks()
         kept = np.flatnonzero(mask.to_numpy(zero_copy_only=False))
         table = table.filter(mask)
     frame = table.to_pandas() if ours is None else from_table(table, ours)
     if kept is not None and (stored := _range_index(schema)) is not None:
         frame.index = stored[kept]  # a range index is metadata: Arrow cannot filter it
     return frame
+
+
+def _check_plain_text(name: str, schema: pa.Schema, ours: dict[str, Any] | None) -> None:
+    """Refuse to select rows by the values of a column that is not stored as plain text (JSON
+    per cell, a struct, numbers: its stored values are not the frame's)."""
+    position = schema.names.index(name)
+    coded = ours is not None and (
+        position in ours["encoded"] or str(position) in ours.get("structs", {})
+    )
+    kind = schema.field(name).type
+    text = pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)
+    if coded or not text:
+        raise TypeError(f"rows can be selected by the values of a text column only: {name!r}")
 
 
 def _range_index(schema: pa.Schema) -> pd.RangeIndex | None:

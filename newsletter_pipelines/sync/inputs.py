@@ -24,12 +24,26 @@ from newsletter_pipelines.sync.settled import split_settled
 from newsletter_pipelines.sync.tags import TAG_STYLES
 from newsletter_pipelines.values import as_datetime
 
+ELIGIBLE_READ = (
+    "contact_id",
+    "email",
+    "salutation",
+    "first_name",
+    "last_name",
+    "tags",
+    "updated_at",
+)
+"""The columns of `eligible_subscribers` the diff reads (`desired_contacts`, the bulk passes)."""
+EXCLUDED_READ = ("contact_id", "reason", "email", "email_key", "email_ascii", "updated_at")
+"""The columns of `excluded_contacts` the diff reads (`crm_exclusions`; `email`: the addresses
+of contacts changed since the CRM read)."""
+
 
 def desired_contacts(eligible: pd.DataFrame) -> Iterator[Desired]:
-    """One `Desired` per eligible subscriber (columns of `eligible_subscribers`)."""
-    columns = ("contact_id", "email", "salutation", "first_name", "last_name", "tags", "updated_at")
+    """One `Desired` per eligible subscriber (columns `ELIGIBLE_READ` of
+    `eligible_subscribers`)."""
     for crm_id, email, salutation, first, last, tags, updated_at in eligible[
-        list(columns)
+        list(ELIGIBLE_READ)
     ].itertuples(index=False, name=None):
         key = email.lower()  # the validator's ASCII output: lower-casing is its match key
         yield Desired(str(crm_id), email, key, salutation, first, last, frozenset(tags), updated_at)

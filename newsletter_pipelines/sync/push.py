@@ -151,6 +151,23 @@ def push_diff(
         return _Push(provider, members, ctx).run(diff)
 
 
+ACTS_ON = ("ledger_after", "provider_change", "settled_intent", "old_email")
+"""The diff's columns of which `push_diff` needs a value to act on a row that is no write: a
+row with none of them and no write action (a contact in sync, one blocked with nothing to
+store) it passes over, whether it is in the diff or not (`acted_on`)."""
+COUNTED = ("action", "provider_status", "old_email")
+"""The diff's columns the push's planned counts and mass guards read of every row
+(`guards.push_verdicts`)."""
+
+
+def acted_on(diff: pd.DataFrame) -> pd.Series:
+    """Which rows of `diff` `push_diff` acts on: its writes and the rows with a value in one of
+    `ACTS_ON`. Pushing only these rows is pushing the whole diff (what is planned and guarded
+    aside: `COUNTED`)."""
+    is_write = diff["action"].isin([a.value for a in WRITE_ACTIONS])
+    return is_write | diff[list(ACTS_ON)].notna().any(axis=1)
+
+
 def member_keys(diff: pd.DataFrame) -> list[str]:
     """The match keys of the snapshot members `push_diff` needs of `diff` (its `members`): those
     it updates, those it creates again (archived, or of another contact), and the old addresses

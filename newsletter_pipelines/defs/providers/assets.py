@@ -7,12 +7,18 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
+from newsletter_pipelines.bulk import release_freed_memory
 from newsletter_pipelines.crm.changes import changed_after
 from newsletter_pipelines.crm.reader import read_contacts_at
-from newsletter_pipelines.defs.io_manager import LAZY, StoredFrame
+from newsletter_pipelines.defs.io_manager import COLUMNS, LAZY, StoredFrame
 from newsletter_pipelines.defs.providers.clients import provider_mode, run_client
 from newsletter_pipelines.defs.providers.partitions import audience_partitions
-from newsletter_pipelines.defs.providers.pushing import push_context, push_guards, push_metadata
+from newsletter_pipelines.defs.providers.pushing import (
+    push_context,
+    push_guards,
+    push_metadata,
+    stored_push_input,
+)
 from newsletter_pipelines.defs.resources import CrmResource, StateDatabaseResource
 from newsletter_pipelines.providers.base import MEMBER_ROW_FIELDS, Member, Provider
 from newsletter_pipelines.providers.resources import BrevoResource, MailchimpResource
@@ -25,6 +31,9 @@ from newsletter_pipelines.sync.guards import (
     resubscribe_violations,
 )
 from newsletter_pipelines.sync.inputs import (
+    ELIGIBLE_READ,
+    EXCLUDED_READ,
+    SNAPSHOT_COLUMNS,
     build_diff,
     members_by_key,
     redecider,
@@ -108,6 +117,14 @@ def _sync_config(context: dg.AssetExecutionContext) -> dict[str, Any]:
     group_name=GROUP,
     partitions_def=audience_partitions,
     kinds={"pandas"},
+    # read in the step, only the columns the diff reads, and let go once used
+    ins={
+        "eligible_subscribers": dg.AssetIn(metadata={LAZY: True, COLUMNS: list(ELIGIBLE_READ)}),
+        "excluded_contacts": dg.AssetIn(metadata={LAZY: True, COLUMNS: list(EXCLUDED_READ)}),
+        "provider_audience_snapshot": dg.AssetIn(
+            metadata={LAZY: True, COLUMNS: list(SNAPSHOT_COLUMNS)}
+        ),
+    },
     check_specs=[
         dg.AssetCheckSpec(
             "removal_guard",
@@ -138,9 +155,9 @@ def _sync_config(context: dg.AssetExecutionContext) -> dict[str, Any]:
 )
 def reconciliation_diff(
     context: dg.AssetExecutionContext,
-    eligible_subscribers: pd.DataFrame,
-    excluded_contacts: pd.DataFrame,
-    provider_audience_snapshot: pd.DataFrame,
+    eligible_subscribers: StoredFrame,
+    excluded_contacts: StoredFrame,
+    provider_audience_snapshot: StoredFrame,
     crm: CrmResource,
     state_db: StateDatabaseResource,
 ) -> Iterator[dg.Output[pd.DataFrame] | dg.AssetCheckResult]:
@@ -149,16 +166,21 @@ def reconciliation_diff(
     import_back). Contacts the CRM changed since its read are left to the change sensor's runs
     (this diff would send their values from before)."""
     audience = _audience(context)
+    # each input is held only while needed: the inputs, the ledger and the diff of a million
+    # contacts are each several hundred MiB
     ledger = load_ledger_frame(state_db.engine(), audience.key)
+    release_freed_memory()  # what the driver's read left in Arrow's pool
+    eligible, excluded = eligible_subscribers.load(), excluded_contacts.load()
     diff = build_diff(
-        eligible_subscribers,
-        excluded_contacts,
-        provider_audience_snapshot,
+        eligible,
+        excluded,
+        provider_audience_snapshot.load(),  # let go when the diff is built
         ledger,
         provider=audience.provider,
         system_tag=audience.system_tag,
     )
-    ids, keys = _changed_since_read(crm, eligible_subscribers, excluded_contacts)
+    ids, keys = _changed_since_read(crm, eligible, excluded)
+    del eligible, excluded
     later = about_contacts(diff, ids, keys) if ids else pd.Series(False, index=diff.index)
     if later.any():
         context.log.info(
@@ -170,6 +192,8 @@ def reconciliation_diff(
     context.log.info(f"{audience.key}: " + ", ".join(f"{a} {n}" for a, n in actions.items()))
     verdicts = push_guards(diff, _sync_config(context))
     risky = resubscribe_violations(diff, ledger)
+    ledger_count = len(ledger)
+    del ledger
     yield dg.Output(
         diff,
         metadata={
@@ -179,7 +203,7 @@ def reconciliation_diff(
             },
             "why_the_numbers_differ": dg.MetadataValue.md(explain_diff(diff)),
             "samples": dg.MetadataValue.md(diff_samples(diff)),
-            "ledger_rows": dg.MetadataValue.int(len(ledger)),
+            "ledger_rows": dg.MetadataValue.int(ledger_count),
             "left_to_change_sensor": dg.MetadataValue.int(len(ids)),
         },
     )
@@ -236,16 +260,22 @@ class SyncConfig(dg.Config):
     partitions_def=audience_partitions,
     kinds={"api"},
     # read only if needed: the snapshot for the members the push updates, all three for the
-    # contacts whose address change the provider refuses
+    # contacts whose address change the provider refuses; of the diff, the rows the push acts
+    # on and the columns it counts (`stored_push_input`)
     ins={
         name: dg.AssetIn(metadata={LAZY: True})
-        for name in ("eligible_subscribers", "excluded_contacts", "provider_audience_snapshot")
+        for name in (
+            "reconciliation_diff",
+            "eligible_subscribers",
+            "excluded_contacts",
+            "provider_audience_snapshot",
+        )
     },
 )
 def audience_sync(
     context: dg.AssetExecutionContext,
     config: SyncConfig,
-    reconciliation_diff: pd.DataFrame,
+    reconciliation_diff: StoredFrame,
     eligible_subscribers: StoredFrame,
     excluded_contacts: StoredFrame,
     provider_audience_snapshot: StoredFrame,
@@ -273,22 +303,29 @@ def audience_sync(
         )
         return decide(crm_ids, keys)
 
-    planned = reconciliation_diff["action"].value_counts()
+    counted, diff = stored_push_input(reconciliation_diff)
+    planned = counted["action"].value_counts()
     planned_meta = {f"planned_{a}": dg.MetadataValue.int(int(n)) for a, n in planned.items()}
     if config.dry_run:
         context.log.info(f"dry run: nothing sent to {audience.key}")
         return dg.MaterializeResult(metadata={"dry_run": True, **planned_meta})
-    verdicts = push_guards(reconciliation_diff, config.model_dump())
+    verdicts = push_guards(counted, config.model_dump())
+    del counted
     for verdict in verdicts.values():
         if not verdict.passed:
             context.log.error(verdict.message)
     with run_client(context, audience, mailchimp, brevo) as client:
         client.ensure_audience()  # asked once per run: the snapshot's answer
-        keys = member_keys(reconciliation_diff)
+        keys = member_keys(diff)
+        members = (
+            members_by_key(provider_audience_snapshot.load_where("match_key", set(keys)), keys)
+            if keys
+            else {}
+        )
         summary = push_diff(
             client,
-            reconciliation_diff,
-            members_by_key(provider_audience_snapshot.load(), keys) if keys else {},
+            diff,
+            members,
             push_context(
                 context,
                 audience,

@@ -7,21 +7,38 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
+from newsletter_pipelines.defs.io_manager import StoredFrame
 from newsletter_pipelines.defs.resources import StateDatabaseResource
 from newsletter_pipelines.reporting import markdown_table, mask_email
 from newsletter_pipelines.settings import AudienceConfig, Settings
 from newsletter_pipelines.sync.guards import MassLimits, MassVerdict, push_verdicts
 from newsletter_pipelines.sync.push import (
+    ACTS_ON,
     CHUNK_SIZE,
+    COUNTED,
     CREATE_CHUNK_SIZE,
     PushContext,
     PushSummary,
     Redecide,
 )
+from newsletter_pipelines.sync.rules import WRITE_ACTIONS
 
 RESULTS = ("created", "updated", "unchanged", "unsubscribed", "removed", "refused", "held")
 
 _SETTINGS = Settings()
+
+
+def stored_push_input(diff: StoredFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Of a stored diff: the columns `COUNTED` of every row (planned counts, mass guards), and
+    the rows `push_diff` acts on (`acted_on`) with all their columns, the others not decoded
+    (nearly every row of a re-run is a contact in sync). Were a write stored without a value
+    in `ACTS_ON` (the rules record a ledger row for every write), the whole diff is read."""
+    counted = diff.part(columns=COUNTED).load()
+    rows = diff.part(rows_with=ACTS_ON).load()
+    writes = [a.value for a in WRITE_ACTIONS]
+    if rows["action"].isin(writes).sum() != counted["action"].isin(writes).sum():
+        rows = diff.load()
+    return counted, rows
 
 
 def push_guards(
