@@ -160,7 +160,9 @@ def worlds(draw: st.DrawFn) -> tuple[str, pd.DataFrame, pd.DataFrame, pd.DataFra
         wanted = tuple(sorted({*eligible.at[n - 1, "tags"], *system}))
         # a member's ids are its own (None: not known)
         provider_id, stable_id = _mostly(draw, f"p{n}", None), _mostly(draw, f"s{n}", None)
-        if draw(st.sampled_from(presence)):
+        # an audience holds one member per address (Mailchimp's subscriber hash, Brevo's
+        # unique email)
+        if draw(st.sampled_from(presence)) and key not in {m[2] for m in members}:
             fields = eligible.loc[n - 1, ["salutation", "first_name", "last_name"]].tolist()
             fields[2] = _mostly(draw, fields[2], "Other")
             members.append(
