@@ -168,6 +168,9 @@ def test_the_import_back_reads_only_the_rows_and_columns_it_uses(
         assert metadata(result, "crm_import_back")["planned_newsletter_unsubscribed"] >= 1
         assert crm_value(settings, contact_id) == "no"
     frames = {asset: frame for asset, frame in reads}  # the last read of each: the import-back's
+    statuses, members = [f for asset, f in reads if asset == "provider_audience_snapshot"][-2:]
+    assert list(statuses.columns) == ["status"] and len(statuses) > 1  # every member's
+    assert list(members["match_key"]) == [email]  # the member it acts on, whole
     diff = frames["reconciliation_diff"]
     assert email in set(diff["match_key"])
     assert diff["provider_change"].notna().all()  # no unsubscribe: only the changes

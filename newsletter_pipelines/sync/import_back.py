@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -171,9 +171,27 @@ class Audience:
     system_tag: str | None = None
 
 
+@dataclass(frozen=True)
+class SnapshotView:
+    """What the import-back reads of the provider snapshot: how many members are active (the
+    vanish guard's base), and the members at some addresses (a million-member snapshot need
+    not be read whole)."""
+
+    active: int
+    at: Callable[[Collection[str]], pd.DataFrame]  # the members at these match keys
+
+    @classmethod
+    def of(cls, snapshot: pd.DataFrame) -> SnapshotView:
+        """The view of a whole snapshot frame."""
+        return cls(
+            int(snapshot["status"].isin(ACTIVE).sum()),
+            lambda keys: snapshot[snapshot["match_key"].isin(keys)],
+        )
+
+
 def plan_import_back(
     diff: pd.DataFrame,
-    snapshot: pd.DataFrame,
+    snapshot: pd.DataFrame | SnapshotView,
     crm: CrmView,
     audience: Audience,
     *,
@@ -189,7 +207,8 @@ def plan_import_back(
     bounce, which changes nothing in the CRM, is not recorded as an activity either."""
     rows = acting_rows(diff)
     removed = rows[rows["provider_change"] == ProviderChange.REMOVED.value]
-    active = int(snapshot["status"].isin(ACTIVE).sum()) + len(removed)
+    view = snapshot if isinstance(snapshot, SnapshotView) else SnapshotView.of(snapshot)
+    active = view.active + len(removed)
     plan = ImportBackPlan(
         vanish=check_mass(
             VANISH_GUARD,
@@ -200,7 +219,7 @@ def plan_import_back(
             allow=allow_mass_vanish,
         )
     )
-    acting = snapshot[snapshot["match_key"].isin({address(r) for r in records(rows)})]
+    acting = view.at({address(r) for r in records(rows)})
     members = {m["match_key"]: m for m in records(acting)}  # the last one wins
     planner = _Planner(
         plan, members, crm, audience, frozenset(bounced), record_bounces=record_bounces

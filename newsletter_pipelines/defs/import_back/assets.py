@@ -6,7 +6,7 @@ import dagster as dg
 import pandas as pd
 
 from newsletter_pipelines.defs.import_back.writing import import_back
-from newsletter_pipelines.defs.io_manager import COLUMNS, ROWS_WITH
+from newsletter_pipelines.defs.io_manager import COLUMNS, LAZY, ROWS_WITH, StoredFrame
 from newsletter_pipelines.defs.providers.accounts import checked_account_runs
 from newsletter_pipelines.defs.providers.partitions import audience_partitions
 from newsletter_pipelines.defs.resources import CrmResource, StateDatabaseResource
@@ -17,7 +17,9 @@ from newsletter_pipelines.sync.import_back import (
     CRM_COLUMNS_READ,
     DIFF_COLUMNS_READ,
     CrmView,
+    SnapshotView,
 )
+from newsletter_pipelines.sync.rules import ACTIVE
 
 GROUP = "import_back"
 _SETTINGS = Settings()
@@ -39,6 +41,7 @@ class ImportBackConfig(dg.Config):
         "reconciliation_diff": dg.AssetIn(
             metadata={COLUMNS: list(DIFF_COLUMNS_READ), ROWS_WITH: list(ACTING)}
         ),
+        "provider_audience_snapshot": dg.AssetIn(metadata={LAZY: True}),
         "eligible_subscribers": dg.AssetIn(metadata={COLUMNS: list(CRM_COLUMNS_READ)}),
         "excluded_contacts": dg.AssetIn(metadata={COLUMNS: [*CRM_COLUMNS_READ, "newsletter"]}),
     },
@@ -58,7 +61,7 @@ def crm_import_back(
     context: dg.AssetExecutionContext,
     config: ImportBackConfig,
     reconciliation_diff: pd.DataFrame,
-    provider_audience_snapshot: pd.DataFrame,
+    provider_audience_snapshot: StoredFrame,
     eligible_subscribers: pd.DataFrame,
     excluded_contacts: pd.DataFrame,
     crm: CrmResource,
@@ -78,7 +81,7 @@ def crm_import_back(
     done = import_back(
         audience,
         reconciliation_diff,
-        provider_audience_snapshot,
+        snapshot_view(provider_audience_snapshot),
         CrmView.for_diff(reconciliation_diff, eligible_subscribers, excluded_contacts),
         run_id=context.run.run_id,
         crm=crm,
@@ -99,4 +102,13 @@ def crm_import_back(
         passed=vanish.passed,
         description=vanish.message,
         metadata={"vanished": vanish.count, "active_members": vanish.active_members},
+    )
+
+
+def snapshot_view(snapshot: StoredFrame) -> SnapshotView:
+    """The stored snapshot as the import-back reads it: its status column for the active count,
+    the members at the addresses it acts on when it asks."""
+    statuses = snapshot.part(columns=["status"]).load()["status"]
+    return SnapshotView(
+        int(statuses.isin(ACTIVE).sum()), lambda keys: snapshot.load_where("match_key", keys)
     )

@@ -19,6 +19,7 @@ from newsletter_pipelines.sync.import_back import (
     Audience,
     CrmView,
     ImportBackPlan,
+    SnapshotView,
     bounce_candidates,
     observations,
     outcome_records,
@@ -58,7 +59,7 @@ class ImportBack:
 def import_back(
     audience: AudienceConfig,
     diff: pd.DataFrame,
-    snapshot: pd.DataFrame,
+    snapshot: pd.DataFrame | SnapshotView,
     crm_view: CrmView,
     *,
     run_id: str,
