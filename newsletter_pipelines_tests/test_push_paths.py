@@ -9,12 +9,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 import sqlalchemy as sa
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
-from newsletter_pipelines.providers.base import Action, MemberStatus, Outcome, Result
+from newsletter_pipelines.bulk import records, records_in_chunks
+from newsletter_pipelines.providers.base import Action, Contact, MemberStatus, Outcome, Result
 from newsletter_pipelines.state.ledger import load_ledger, outcomes
 from newsletter_pipelines.sync import push
 from newsletter_pipelines.sync.identity import Intent, LedgerRow, RowState
@@ -22,6 +25,7 @@ from newsletter_pipelines.sync.push import (
     _INTENT,
     _after,
     _by_contact,
+    _contact,
     _intent,
     _matched,
     _outcome_for,
@@ -195,6 +199,72 @@ def test_outcomes_paired_by_position_are_those_the_lookup_finds(
     assert [r for r, _ in paired] == rows
     assert [o for _, o in paired] == [o for _, o in expected]
     assert all(o is e for (_, o), (_, e) in zip(paired, expected, strict=True))
+
+
+ODD_VALUES = st.none() | st.integers() | st.floats() | st.just(b"x")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    crm_id=st.integers() | TEXTS,
+    email=TEXTS | ODD_VALUES,
+    names=st.lists(TEXTS | st.none() | ODD_VALUES, min_size=3, max_size=3),
+    tags=st.none() | st.tuples() | st.lists(TEXTS | st.integers(), max_size=3).map(tuple),
+)
+def test_a_contact_made_unvalidated_is_the_validated_one(
+    crm_id: object, email: object, names: list[object], tags: object
+) -> None:
+    row = {
+        "crm_id": crm_id,
+        "email": email,
+        "first_name": names[0],
+        "last_name": names[1],
+        "salutation": names[2],
+        "provider_tags": tags,
+    }
+    values = {
+        "crm_id": str(crm_id),
+        "email": email,
+        "first_name": names[0] or "",
+        "last_name": names[1] or "",
+        "salutation": names[2] or "",
+        "tags": frozenset(tags or ()),
+    }
+    try:
+        expected = Contact(**values)
+    except ValidationError as error:
+        with pytest.raises(ValidationError) as raised:
+            _contact(row)
+        assert raised.value.errors() == error.errors()
+        return
+    made = _contact(row)
+    assert made == expected
+    assert vars(made) == vars(expected) and list(vars(made)) == list(vars(expected))
+    assert made.model_fields_set == expected.model_fields_set
+    assert all(type(v) is type(vars(expected)[k]) for k, v in vars(made).items())
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.lists(st.tuples(st.integers(), MAYBE, st.none() | LEDGER_ROWS), max_size=40),
+    size=st.integers(1, 7),
+    per_read=st.integers(1, 4),
+    start=st.integers(0, 3),
+)
+def test_chunks_read_a_few_at_a_time_are_the_chunks_sliced_one_by_one(
+    rows: list[tuple[Any, ...]], size: int, per_read: int, start: int
+) -> None:
+    frame = pd.DataFrame(rows, columns=["n", "text", "row"]).iloc[start:]  # an index not from 0
+    frame["flag"] = frame["n"] > 0
+    chunks = list(records_in_chunks(frame, size, per_read))
+    expected = [records(frame.iloc[at : at + size]) for at in range(0, len(frame), size)]
+    assert chunks == expected
+    assert all(
+        type(a[k]) is type(b[k])
+        for got, want in zip(chunks, expected, strict=True)
+        for a, b in zip(got, want, strict=True)
+        for k in a
+    )
 
 
 # --- creates with more than one call in flight ----------------------------------------------

@@ -29,7 +29,7 @@ import pandas as pd
 import sqlalchemy as sa
 from more_itertools import chunked, partition
 
-from newsletter_pipelines.bulk import gc_paused, records
+from newsletter_pipelines.bulk import gc_paused, records, records_in_chunks
 from newsletter_pipelines.providers.base import (
     Contact,
     ContactRef,
@@ -42,6 +42,7 @@ from newsletter_pipelines.providers.base import (
     Result,
     email_key,
 )
+from newsletter_pipelines.providers.trusted import trusted
 from newsletter_pipelines.state.ledger import OutcomeRecord, record
 from newsletter_pipelines.sync.email_address import match_key
 from newsletter_pipelines.sync.identity import Intent, LedgerRow, RowState
@@ -108,11 +109,13 @@ class PushSummary:
     def add(self, outcomes: Sequence[Outcome]) -> None:
         """Count a batch of outcomes."""
         self.chunks_sent += 1
-        for result, count in Counter(outcome.outcome for outcome in outcomes).items():
+        counts = Counter(outcome.outcome for outcome in outcomes)
+        for result, count in counts.items():
             self.results[result.value] += count
-        for outcome in outcomes:
-            if outcome.outcome is Result.REFUSED:
-                self.refused_by_code[outcome.code or "unknown"] += 1
+        if Result.REFUSED in counts:
+            for outcome in outcomes:
+                if outcome.outcome is Result.REFUSED:
+                    self.refused_by_code[outcome.code or "unknown"] += 1
 
     def merge(self, other: PushSummary) -> None:
         """Add the counts of a follow-up push."""
@@ -273,8 +276,7 @@ class _Push:
             _LedgerWriter(self.ctx) as writer,
             ThreadPoolExecutor(max_workers=depth, thread_name_prefix="create") as sender,
         ):
-            for start in range(0, len(rows), size):
-                chunk = records(rows.iloc[start : start + size])
+            for chunk in records_in_chunks(rows, size):
                 self.ctx.log(f"creating {len(chunk)} contacts")
                 intended = writer.write(self.intents(chunk, SyncAction.CREATE))
                 answered = None
@@ -556,14 +558,26 @@ def _ref(row: Mapping[str, Any]) -> ContactRef:
 
 
 def _contact(row: Mapping[str, Any]) -> Contact:
-    return Contact(
-        crm_id=str(row["crm_id"]),
-        email=row["email"],
-        first_name=row["first_name"] or "",
-        last_name=row["last_name"] or "",
-        salutation=row["salutation"] or "",
-        tags=frozenset(row["provider_tags"] or ()),
-    )
+    """The `Contact` of a diff row: made unvalidated (`trusted`) when every value is a plain
+    `str` (what validating would keep as it is), else validated (which raises on a value of
+    another type, as it always did)."""
+    values = {
+        "crm_id": str(row["crm_id"]),
+        "email": row["email"],
+        "first_name": row["first_name"] or "",
+        "last_name": row["last_name"] or "",
+        "salutation": row["salutation"] or "",
+        "tags": frozenset(row["provider_tags"] or ()),
+    }
+    if (
+        type(values["email"]) is str
+        and type(values["first_name"]) is str
+        and type(values["last_name"]) is str
+        and type(values["salutation"]) is str
+        and all(type(tag) is str for tag in values["tags"])
+    ):
+        return trusted(Contact, values)
+    return Contact(**values)
 
 
 def _intent(row: Mapping[str, Any], action: SyncAction, moving_to: str | None = None) -> LedgerRow:
