@@ -215,6 +215,11 @@ def record(
         if r.moved_from is not None
     ]
     with gc_paused(), engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # psycopg prepares a statement run 5 times, and PostgreSQL may then run one generic
+            # plan for any array of keys: for the delete below, a scan matching every ledger
+            # row against every key (30,000 creates in chunks of 1,500: 19 s instead of 3)
+            conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_custom_plan")
         if moved:
             conn.execute(_DELETE_MOVED, moved)
         for condition in matching(ledger.c.member_key, replaced, conn.dialect):

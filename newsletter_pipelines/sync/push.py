@@ -18,7 +18,7 @@ old member is no longer the contact's, and the new address is created if nothing
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -29,7 +29,7 @@ import pandas as pd
 import sqlalchemy as sa
 from more_itertools import chunked, partition
 
-from newsletter_pipelines.bulk import gc_paused, records
+from newsletter_pipelines.bulk import gc_paused, records, records_in_chunks
 from newsletter_pipelines.providers.base import (
     Contact,
     ContactRef,
@@ -42,6 +42,7 @@ from newsletter_pipelines.providers.base import (
     Result,
     email_key,
 )
+from newsletter_pipelines.providers.trusted import trusted
 from newsletter_pipelines.state.ledger import OutcomeRecord, record
 from newsletter_pipelines.sync.email_address import match_key
 from newsletter_pipelines.sync.identity import Intent, LedgerRow, RowState
@@ -59,6 +60,10 @@ CHUNK_SIZE = {"mailchimp": 10_000, "brevo": 40_000}
 # and the next chunk's intents are written. Mailchimp: one round of batch subscribes of 500 on
 # its 5 connections; Brevo: one import, as above.
 CREATE_CHUNK_SIZE = {"mailchimp": 2_500, "brevo": 40_000}
+# Create calls of the client in flight at once. Mailchimp: two, so that the next chunk's batch
+# subscribes take the connections the last of a chunk's calls leave free (the client bounds
+# the calls to its 5 connections); Brevo: one import at a time.
+CREATES_IN_FLIGHT = {"mailchimp": 2, "brevo": 1}
 RELEASED_BY_IMPORT = "a run writing it into the CRM"
 _RENAME = "change_email"  # an update that changes the member's address
 _MEMBER_WRITES = (SyncAction.UPDATE, SyncAction.UNSUBSCRIBE, SyncAction.REMOVE)
@@ -104,10 +109,13 @@ class PushSummary:
     def add(self, outcomes: Sequence[Outcome]) -> None:
         """Count a batch of outcomes."""
         self.chunks_sent += 1
-        for outcome in outcomes:
-            self.results[outcome.outcome.value] += 1
-            if outcome.outcome is Result.REFUSED:
-                self.refused_by_code[outcome.code or "unknown"] += 1
+        counts = Counter(outcome.outcome for outcome in outcomes)
+        for result, count in counts.items():
+            self.results[result.value] += count
+        if Result.REFUSED in counts:
+            for outcome in outcomes:
+                if outcome.outcome is Result.REFUSED:
+                    self.refused_by_code[outcome.code or "unknown"] += 1
 
     def merge(self, other: PushSummary) -> None:
         """Add the counts of a follow-up push."""
@@ -128,6 +136,7 @@ class PushContext:
     run_id: str
     chunk_size: int = 500
     create_chunk_size: int | None = None  # None: chunk_size
+    creates_in_flight: int = 1  # create calls of the client sent before the first is answered
     hold_removals: bool = False
     hold_renames: bool = False
     log: Callable[[str], None] = print
@@ -255,23 +264,31 @@ class _Push:
             self.write_members(chunk)
 
     def create(self, rows: pd.DataFrame) -> None:
-        """Create `rows` chunk by chunk, one create call in flight: meanwhile the next chunk's
-        intents and the previous chunk's outcomes are written, so the bookkeeping overlaps
-        the provider's latency. A chunk's intents are always recorded before its call; its
-        rows become dicts only then (a million at once would hold gigabytes)."""
+        """Create `rows` chunk by chunk, up to `creates_in_flight` create calls in flight: the
+        chunks' intents and outcomes are written meanwhile, in order, by one ledger writer
+        thread (`_LedgerWriter`), so the bookkeeping overlaps the provider's latency and the
+        database's. A chunk's call waits for its intents to be committed; its rows become dicts
+        only then (a million at once would hold gigabytes)."""
         size = self.ctx.create_chunk_size or self.ctx.chunk_size
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="create") as sender:
-            sent: tuple[Sequence[Mapping[str, Any]], Future[list[Outcome]]] | None = None
-            for start in range(0, len(rows), size):
-                chunk = records(rows.iloc[start : start + size])
+        depth = max(1, self.ctx.creates_in_flight)
+        in_flight: deque[tuple[Sequence[Mapping[str, Any]], Future[list[Outcome]]]] = deque()
+        with (
+            _LedgerWriter(self.ctx) as writer,
+            ThreadPoolExecutor(max_workers=depth, thread_name_prefix="create") as sender,
+        ):
+            for chunk in records_in_chunks(rows, size):
                 self.ctx.log(f"creating {len(chunk)} contacts")
-                self.intend(chunk, SyncAction.CREATE)
-                answered = None if sent is None else (sent[0], sent[1].result())
-                sent = (chunk, sender.submit(self.upsert, chunk))
+                intended = writer.write(self.intents(chunk, SyncAction.CREATE))
+                answered = None
+                if len(in_flight) == depth:
+                    oldest, call = in_flight.popleft()
+                    answered = (oldest, call.result())
+                in_flight.append((chunk, sender.submit(self.upsert, chunk, intended)))
                 if answered is not None:
-                    self.settle(*answered, SyncAction.CREATE)
-            if sent is not None:
-                self.settle(sent[0], sent[1].result(), SyncAction.CREATE)
+                    writer.write(self.settled(*answered, SyncAction.CREATE))
+            while in_flight:
+                oldest, call = in_flight.popleft()
+                writer.write(self.settled(oldest, call.result(), SyncAction.CREATE))
 
     def write_members(self, chunk: Sequence[tuple[str, dict[str, Any]]]) -> None:
         """Record the intents of `chunk` ((action or `_RENAME`, row) pairs), send them in one
@@ -356,9 +373,13 @@ class _Push:
 
     def intend(self, chunk: Sequence[Mapping[str, Any]], action: SyncAction) -> None:
         """Record the write about to be sent for every row of `chunk`."""
+        record(self.ctx.engine, self.ctx.audience, self.ctx.run_id, self.intents(chunk, action))
+
+    def intents(self, chunk: Sequence[Mapping[str, Any]], action: SyncAction) -> _Write:
+        """The ledger rows recording the write about to be sent for every row of `chunk`."""
         rows = [_intent(r, action) for r in chunk]
-        record(self.ctx.engine, self.ctx.audience, self.ctx.run_id, rows)
         self.sent.update(r["match_key"] for r in chunk)
+        return _Write(rows, intents=True)
 
     def hold(
         self, rows: Sequence[Mapping[str, Any]], action: SyncAction, guard: str, release: str
@@ -387,9 +408,14 @@ class _Push:
 
     # --- writes ------------------------------------------------------------------------
 
-    def upsert(self, chunk: Sequence[Mapping[str, Any]]) -> list[Outcome]:
-        """Create the contacts of `chunk`; an archived member comes back with the tags the
-        rules decided (the client removes those the archive kept but the sync dropped)."""
+    def upsert(
+        self, chunk: Sequence[Mapping[str, Any]], intended: Future[None] | None = None
+    ) -> list[Outcome]:
+        """Create the contacts of `chunk` (once `intended`, the write of their intents, is
+        done); an archived member comes back with the tags the rules decided (the client
+        removes those the archive kept but the sync dropped)."""
+        if intended is not None:
+            intended.result()  # raises if the intents were not written: nothing is sent
         current = {
             email_key(r["email"]): self.members[r["match_key"]]
             for r in chunk
@@ -425,8 +451,14 @@ class _Push:
         self, chunk: Sequence[Mapping[str, Any]], outcomes: Sequence[Outcome], action: SyncAction
     ) -> None:
         """Log every outcome of a provider call and write the ledger rows it decides."""
-        found = _by_contact(outcomes)
-        matched = [(row, _outcome_for(row, found)) for row in chunk]
+        write = self.settled(chunk, outcomes, action)
+        record(self.ctx.engine, self.ctx.audience, self.ctx.run_id, write.rows, logged=write.logged)
+
+    def settled(
+        self, chunk: Sequence[Mapping[str, Any]], outcomes: Sequence[Outcome], action: SyncAction
+    ) -> _Write:
+        """The outcome log and ledger rows of a provider call's outcomes (counted)."""
+        matched = _matched(chunk, outcomes)
         logged = [
             OutcomeRecord(
                 crm_id=_crm_id(row),
@@ -441,7 +473,54 @@ class _Push:
         ]
         rows = [_after(row, outcome, action) for row, outcome in matched]
         self.summary.add([outcome for _, outcome in matched])
-        record(self.ctx.engine, self.ctx.audience, self.ctx.run_id, rows, logged=logged)
+        return _Write(rows, logged)
+
+
+@dataclass(frozen=True)
+class _Write:
+    """The arguments of one `record` transaction: ledger rows and logged outcomes; `intents`:
+    the rows are intents, written before their call."""
+
+    rows: Sequence[LedgerRow]
+    logged: Sequence[OutcomeRecord] = ()
+    intents: bool = False
+
+
+class _LedgerWriter:
+    """Writes `record` transactions one after the other, in the order given, on a thread of
+    its own (the database's time then overlaps the push's Python work and the provider's
+    latency). Once one fails, no later intents are written (each raises): the create calls
+    waiting for them are never sent; outcomes are still written. Leaving the context waits
+    for every write and raises the first failure (unless an exception is already on its way).
+    """
+
+    def __init__(self, ctx: PushContext) -> None:
+        self._ctx = ctx
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
+        self._failure: BaseException | None = None
+
+    def __enter__(self) -> _LedgerWriter:
+        return self
+
+    def __exit__(self, kind: object, error: object, trace: object) -> None:
+        self._thread.shutdown(wait=True)
+        if kind is None and self._failure is not None:
+            raise self._failure
+
+    def write(self, write: _Write) -> Future[None]:
+        """Queue the transaction of `write`; its future is done once it is committed."""
+        return self._thread.submit(self._record, write)
+
+    def _record(self, write: _Write) -> None:
+        if write.intents and self._failure is not None:
+            raise RuntimeError("an earlier ledger write of this push failed") from self._failure
+        try:
+            ctx = self._ctx
+            record(ctx.engine, ctx.audience, ctx.run_id, write.rows, logged=write.logged)
+        except BaseException as exc:
+            if self._failure is None:
+                self._failure = exc
+            raise
 
 
 def _vacated(pending: pd.DataFrame) -> frozenset[str]:
@@ -479,14 +558,26 @@ def _ref(row: Mapping[str, Any]) -> ContactRef:
 
 
 def _contact(row: Mapping[str, Any]) -> Contact:
-    return Contact(
-        crm_id=str(row["crm_id"]),
-        email=row["email"],
-        first_name=row["first_name"] or "",
-        last_name=row["last_name"] or "",
-        salutation=row["salutation"] or "",
-        tags=frozenset(row["provider_tags"] or ()),
-    )
+    """The `Contact` of a diff row: made unvalidated (`trusted`) when every value is a plain
+    `str` (what validating would keep as it is), else validated (which raises on a value of
+    another type, as it always did)."""
+    values = {
+        "crm_id": str(row["crm_id"]),
+        "email": row["email"],
+        "first_name": row["first_name"] or "",
+        "last_name": row["last_name"] or "",
+        "salutation": row["salutation"] or "",
+        "tags": frozenset(row["provider_tags"] or ()),
+    }
+    if (
+        type(values["email"]) is str
+        and type(values["first_name"]) is str
+        and type(values["last_name"]) is str
+        and type(values["salutation"]) is str
+        and all(type(tag) is str for tag in values["tags"])
+    ):
+        return trusted(Contact, values)
+    return Contact(**values)
 
 
 def _intent(row: Mapping[str, Any], action: SyncAction, moving_to: str | None = None) -> LedgerRow:
@@ -494,6 +585,8 @@ def _intent(row: Mapping[str, Any], action: SyncAction, moving_to: str | None = 
 
     It keeps the state from before (the write may not have happened) and widens the tags to
     those about to be pushed (the sync may remove them later, whether the write happened or not).
+    Made by one copy of the row it starts from (a copy per step cost a second per 100,000
+    creates, counting the settling's, which made the intent again).
     """
     before: LedgerRow | None = row["ledger_before"]
     after: LedgerRow = row["ledger_after"]
@@ -501,19 +594,18 @@ def _intent(row: Mapping[str, Any], action: SyncAction, moving_to: str | None = 
         return before.moved(
             intent=Intent.CHANGE_EMAIL, intent_key=moving_to, tags=before.tags | after.tags
         )
+    refusal_code, refusal_key = (
+        (before.refusal_code, before.refusal_key) if before else (None, None)
+    )
     if action is SyncAction.CREATE:
         state, pushed = (before.state, before.tags) if before else (RowState.NEW, frozenset())
-        base = after.moved(state=state, tags=after.tags | pushed)
+        base, changes = after, {"state": state, "tags": after.tags | pushed}
     elif before is not None:
-        base = before
+        base, changes = before, {"tags": before.tags | after.tags}
     else:
-        base = after.moved(state=RowState.SUBSCRIBED)
-    refusal = (before.refusal_code, before.refusal_key) if before else (None, None)
+        base, changes = after, {"state": RowState.SUBSCRIBED, "tags": after.tags}
     return base.moved(
-        intent=_INTENT[action],
-        tags=base.tags | after.tags,
-        refusal_code=refusal[0],
-        refusal_key=refusal[1],
+        **changes, intent=_INTENT[action], refusal_code=refusal_code, refusal_key=refusal_key
     )
 
 
@@ -527,7 +619,6 @@ def _moved(row: Mapping[str, Any]) -> LedgerRow:
 def _after(row: Mapping[str, Any], outcome: Outcome, action: SyncAction) -> LedgerRow:
     """The ledger row once a write's outcome is known."""
     after: LedgerRow = row["ledger_after"]
-    intent = _intent(row, action).moved(intent=None, intent_key=None)
     if outcome.outcome in _CONFIRMED[action]:
         state = after.state
         if action in (SyncAction.CREATE, SyncAction.UPDATE) and outcome.status is not None:
@@ -540,6 +631,7 @@ def _after(row: Mapping[str, Any], outcome: Outcome, action: SyncAction) -> Ledg
             state=state,
             stable_id=after.stable_id or outcome.stable_id,  # learnt at once from a create
         )
+    intent = _intent(row, action).moved(intent=None, intent_key=None)
     if outcome.outcome is Result.REFUSED:
         refused = intent.moved(refusal_code=outcome.code or "refused", refusal_key=row["write_key"])
         before: LedgerRow | None = row["ledger_before"]
@@ -568,6 +660,24 @@ def _by_contact(outcomes: Sequence[Outcome]) -> dict[str, Outcome]:
             found[f"id:{outcome.crm_id} key:{key}"] = outcome
         found[f"key:{key}"] = outcome
     return found
+
+
+def _matched(
+    chunk: Sequence[Mapping[str, Any]], outcomes: Sequence[Outcome]
+) -> list[tuple[Mapping[str, Any], Outcome]]:
+    """Each row of `chunk` with the outcome of its write (`_outcome_for`). Clients answer in
+    the order of the contacts: when every outcome names the contact (same id) at the address
+    (same text) of the row at its position, and no two rows share an address, that outcome is
+    the one `_outcome_for` finds, and no lookup is made."""
+    if len(outcomes) == len(chunk) and all(
+        o.email == row["email"] and o.crm_id == _crm_id(row)
+        for row, o in zip(chunk, outcomes, strict=True)
+    ):
+        keys = {match_key(row["email"]) for row in chunk}
+        if len(keys) == len(chunk):
+            return list(zip(chunk, outcomes, strict=True))
+    found = _by_contact(outcomes)
+    return [(row, _outcome_for(row, found)) for row in chunk]
 
 
 def _outcome_for(row: Mapping[str, Any], found: Mapping[str, Outcome]) -> Outcome:
