@@ -43,6 +43,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,7 @@ from bench_providers import people
 from measure import GcTime, load, report, routes_text, sandbox_calls, verdict
 
 from newsletter_pipelines.bulk import gc_paused
-from newsletter_pipelines.providers.base import Provider, Result
+from newsletter_pipelines.providers.base import Outcome, Provider, Result
 from newsletter_pipelines.providers.brevo import CONTACT_PAGE, BrevoClient
 from newsletter_pipelines.providers.mailchimp import BATCH_SUBSCRIBE_MAX, MailchimpClient
 from newsletter_pipelines.providers.resources import SANDBOX_AUDIENCE
@@ -63,7 +64,7 @@ from newsletter_pipelines.sandbox import (
     SANDBOX_BREVO_KEY,
     SANDBOX_MAILCHIMP_KEY,
 )
-from newsletter_pipelines.sync.push import CREATE_CHUNK_SIZE
+from newsletter_pipelines.sync.push import CREATE_CHUNK_SIZE, CREATES_IN_FLIGHT
 from newsletter_pipelines_tests.live import serve_sandbox
 
 AUDIENCE = "Provider limits"
@@ -170,15 +171,20 @@ def measured(
 
 def first_sync(client: Provider, count: int) -> str:
     """Upsert `count` new contacts as the push sends creates: `CREATE_CHUNK_SIZE` contacts a client
-    call, each chunk's contacts built just before (as the push builds them from its rows), the
+    call, `CREATES_IN_FLIGHT` calls at once (the client's connections bound the requests), each
+    chunk's contacts built just before (as the push builds them from its rows), the
     cyclic garbage collector paused (as `push_diff` pauses it); `created 100,000`: the outcomes
     counted."""
     outcomes: Counter[Result] = Counter()
     size = CREATE_CHUNK_SIZE[client.name]
-    with gc_paused():
-        for start in range(0, count, size):
-            chunk = people(min(size, count - start), start)
-            outcomes.update(o.outcome for o in client.upsert(chunk))
+
+    def send(start: int) -> list[Outcome]:
+        return client.upsert(people(min(size, count - start), start))
+
+    # as many chunks in flight as the push keeps
+    with gc_paused(), ThreadPoolExecutor(CREATES_IN_FLIGHT[client.name]) as pool:
+        for found in pool.map(send, range(0, count, size)):
+            outcomes.update(o.outcome for o in found)
     return ", ".join(f"{r.value} {n:,}" for r, n in outcomes.items())
 
 
