@@ -601,16 +601,18 @@ def bench_count(count: int, args: argparse.Namespace, root: Path) -> dict[str, l
         )
         if args.connections:
             os.environ["NEWSLETTER_MAILCHIMP_MAX_CONNECTIONS"] = str(args.connections)
+        # the storage settings first: the Definitions' resources read the environment when
+        # they are imported (`execute_job` runs with those, not with `build_resources` below)
+        (root / "dagster_home").mkdir(exist_ok=True)
+        (root / "dagster_home" / "dagster.yaml").write_text(
+            instance_yaml(stack, args) + "telemetry:\n  enabled: false\n"
+        )
         import dagster as dg  # noqa: PLC0415  (after the settings are in the environment)
 
         from newsletter_pipelines.definitions import defs  # noqa: PLC0415
         from newsletter_pipelines.defs.resources import build_resources  # noqa: PLC0415
         from newsletter_pipelines.settings import Settings  # noqa: PLC0415
 
-        (root / "dagster_home").mkdir(exist_ok=True)
-        (root / "dagster_home" / "dagster.yaml").write_text(
-            instance_yaml(stack, args) + "telemetry:\n  enabled: false\n"
-        )
         instance = stack.enter_context(dg.DagsterInstance.local_temp(str(root / "dagster_home")))
         job = defs.resolve_job_def("full_sync_job")
         resources = build_resources(Settings())
