@@ -186,12 +186,6 @@ def member_of(m: MemberOut, salutation_tag: str) -> Member:
     )
 
 
-def read_members_page(content: bytes, salutation_tag: str) -> tuple[int, list[Member]]:
-    """(`total_items`, members) of a members page (`read_members_rows`, as `Member`s)."""
-    total, rows = read_members_rows(content, salutation_tag)
-    return total, [_member(row) for row in rows]
-
-
 def read_members_rows(content: bytes, salutation_tag: str) -> tuple[int, list[MemberRow]]:
     """(`total_items`, the members' rows) of a members page: read from orjson's dicts when
     every value has the type Mailchimp documents (a page of 1,000 in a fifth of the validated

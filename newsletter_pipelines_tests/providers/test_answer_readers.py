@@ -22,7 +22,6 @@ from newsletter_pipelines.providers.base import (
 )
 from newsletter_pipelines.providers.mailchimp import (
     member_of,
-    read_members_page,
     read_members_rows,
     read_subscribe_answer,
 )
@@ -62,6 +61,12 @@ MEMBERS = [
 
 def page(members: list[Any], total: Any = 7) -> bytes:
     return orjson.dumps({"members": members, "total_items": total, "list_id": "x"})
+
+
+def read_members_page(content: bytes, tag: str) -> tuple[int, list[Member]]:
+    """The members of a page as `MailchimpClient.snapshot` makes them: its rows as `Member`s."""
+    total, rows = read_members_rows(content, tag)
+    return total, [mailchimp._member(row) for row in rows]
 
 
 def validated(content: bytes, tag: str = "SALUTATION") -> tuple[int, list[Member]]:
