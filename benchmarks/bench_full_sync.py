@@ -66,7 +66,7 @@ from newsletter_pipelines.sync.inputs import (
     crm_exclusions,
     desired_contacts,
     members_by_key,
-    snapshot_frame,
+    snapshot_frame_of_rows,
 )
 from newsletter_pipelines.sync.push import CHUNK_SIZE, PushContext, push_diff
 from newsletter_pipelines.sync.rules import Context, SyncAction, reconcile
@@ -193,7 +193,7 @@ class World:
         system_tag = SYSTEM_TAG[self.name]
         with PeakRss() as rss:
             with timer(seconds, "snapshot"):
-                snapshot = snapshot_frame(self.provider.snapshot())
+                snapshot = snapshot_frame_of_rows(self.provider.snapshot_rows())
             with timer(seconds, "ledger + diff"):
                 ledger = load_ledger_frame(self.engine, self.name)
                 diff = build_diff(

@@ -33,7 +33,7 @@ from newsletter_pipelines.sync.inputs import (
     desired_contacts,
     members_by_key,
     redecider,
-    snapshot_frame,
+    snapshot_frame_of_rows,
 )
 from newsletter_pipelines.sync.push import (
     COUNTED,
@@ -116,7 +116,7 @@ class World:
     def decide(self) -> tuple[EligibilityResult, pd.DataFrame, pd.DataFrame]:
         """Eligibility, snapshot and reconciliation diff as a full sync computes them now."""
         result = classify(frame(*self.crm))
-        members = snapshot_frame(self.provider.snapshot())
+        members = snapshot_frame_of_rows(self.provider.snapshot_rows())  # as the asset reads it
         ledger = load_ledger_frame(self.engine, self.provider_name)
         diff = build_diff(
             result.eligible,
