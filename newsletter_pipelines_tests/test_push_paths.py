@@ -324,6 +324,35 @@ def test_creates_with_calls_in_flight_end_as_one_at_a_time(
 
 
 @pytest.mark.parametrize("in_flight", [1, 2])
+def test_a_chunks_intents_are_written_before_the_outcomes_that_came_back_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_flight: int
+) -> None:
+    """130 creates, 20 a call: a chunk's intents are written as soon as the call before it is
+    sent, ahead of the outcomes of the chunk `in_flight + 1` calls earlier (which came back
+    while that call was on its way), so its own call never waits behind their write."""
+    writes: list[str] = []
+    record = push.record
+
+    def spy(engine: Any, audience: str, run_id: str, rows: Any, **kw: Any) -> None:
+        if rows and rows[0].intent is Intent.CREATE:
+            writes.append("intents")
+        elif any(o.action == "create" for o in kw.get("logged", ())):
+            writes.append("outcomes")
+        record(engine, audience, run_id, rows, **kw)
+
+    context = functools.partial(push.PushContext, creates_in_flight=in_flight)
+    monkeypatch.setattr(world_module, "PushContext", context)
+    monkeypatch.setattr("newsletter_pipelines.sync.push.record", spy)
+    with open_world("mailchimp", tmp_path, contacts=130) as world:
+        world.sync()
+    chunks = 7
+    intents = [i for i, kind in enumerate(writes) if kind == "intents"]
+    settled = [i for i, kind in enumerate(writes) if kind == "outcomes"]
+    assert len(intents) == len(settled) == chunks
+    assert all(intents[k] < settled[k - in_flight - 1] for k in range(in_flight + 1, chunks))
+
+
+@pytest.mark.parametrize("in_flight", [1, 2])
 def test_no_create_call_goes_out_before_its_intents_are_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_flight: int
 ) -> None:

@@ -19,7 +19,7 @@ old member is no longer the contact's, and the new address is created if nothing
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from itertools import islice
@@ -265,30 +265,44 @@ class _Push:
 
     def create(self, rows: pd.DataFrame) -> None:
         """Create `rows` chunk by chunk, up to `creates_in_flight` create calls in flight: the
-        chunks' intents and outcomes are written meanwhile, in order, by one ledger writer
-        thread (`_LedgerWriter`), so the bookkeeping overlaps the provider's latency and the
-        database's. A chunk's call waits for its intents to be committed; its rows become dicts
-        only then (a million at once would hold gigabytes)."""
+        chunks' intents and outcomes are written meanwhile by one ledger writer thread
+        (`_LedgerWriter`), so the bookkeeping overlaps the provider's latency and the
+        database's. A chunk's call waits for its intents to be committed, so they are queued
+        as soon as the call before it is sent, ahead of the outcomes that came back meanwhile;
+        its rows become dicts only then (a million at once would hold gigabytes)."""
         size = self.ctx.create_chunk_size or self.ctx.chunk_size
         depth = max(1, self.ctx.creates_in_flight)
         in_flight: deque[tuple[Sequence[Mapping[str, Any]], Future[list[Outcome]]]] = deque()
+        chunks = records_in_chunks(rows, size)
         with (
             _LedgerWriter(self.ctx) as writer,
             ThreadPoolExecutor(max_workers=depth, thread_name_prefix="create") as sender,
         ):
-            for chunk in records_in_chunks(rows, size):
-                self.ctx.log(f"creating {len(chunk)} contacts")
-                intended = writer.write(self.intents(chunk, SyncAction.CREATE))
+            upcoming = self.intend_next(chunks, writer)
+            while upcoming is not None:
+                chunk, intended = upcoming
                 answered = None
                 if len(in_flight) == depth:
                     oldest, call = in_flight.popleft()
                     answered = (oldest, call.result())
                 in_flight.append((chunk, sender.submit(self.upsert, chunk, intended)))
+                upcoming = self.intend_next(chunks, writer)
                 if answered is not None:
                     writer.write(self.settled(*answered, SyncAction.CREATE))
             while in_flight:
                 oldest, call = in_flight.popleft()
                 writer.write(self.settled(oldest, call.result(), SyncAction.CREATE))
+
+    def intend_next(
+        self, chunks: Iterator[list[dict[str, Any]]], writer: _LedgerWriter
+    ) -> tuple[list[dict[str, Any]], Future[None]] | None:
+        """The next chunk of creates and the future of its intents' write (queued now); None
+        after the last."""
+        chunk = next(chunks, None)
+        if chunk is None:
+            return None
+        self.ctx.log(f"creating {len(chunk)} contacts")
+        return chunk, writer.write(self.intents(chunk, SyncAction.CREATE))
 
     def write_members(self, chunk: Sequence[tuple[str, dict[str, Any]]]) -> None:
         """Record the intents of `chunk` ((action or `_RENAME`, row) pairs), send them in one
