@@ -17,6 +17,7 @@ import hashlib
 import logging
 import threading
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 from urllib.parse import parse_qsl, quote, urlencode
 
@@ -324,6 +325,8 @@ class MailchimpClient:
         self._fields: dict[str, MergeField] = {}
         self._may_create = False
         self._lock = threading.Lock()
+        self._list_lock = threading.Lock()
+        self._found_id: str | None = None
 
     # --- setup --------------------------------------------------------------------------
 
@@ -335,10 +338,17 @@ class MailchimpClient:
         """Find the audience by name (create it if allowed) and check its merge fields."""
         with self._lock:
             if self._audience is None:
-                list_id = self._find_list() or self._create_list()
+                list_id = self._found_list()
                 self._fields = self._ensure_fields(list_id)
                 self._audience = Audience(provider=NAME, id=list_id, name=self._audience_name)
             return self._audience
+
+    def _found_list(self) -> str:
+        """The audience's list id, found by name (or created) once."""
+        with self._list_lock:
+            if self._found_id is None:
+                self._found_id = self._find_list() or self._create_list()
+            return self._found_id
 
     def _find_list(self) -> str | None:
         offset, found = 0, []
@@ -441,11 +451,23 @@ class MailchimpClient:
         (the cyclic garbage collector paused: `bulk.gc_paused`); a member on two pages (the
         audience changed while paging) once, as the later page has it."""
         with gc_paused():
-            total, first = self._page(0)
+            total, first = self._first_page()
             offsets = list(range(PAGE_SIZE, total, PAGE_SIZE))
             pages = [first, *self._api.parallel(self._read_page, offsets)]
             by_id = {row[0]: row for page in pages for row in page}
             return list(by_id.values())
+
+    def _first_page(self) -> tuple[int, list[MemberRow]]:
+        """`_page(0)`; on a run's first read of the audience, read while its merge fields are
+        checked (the page needs the list id only), one round trip less."""
+        list_id = self._found_list()
+        if self._audience is not None:
+            return self._page(0)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            checked = pool.submit(self.ensure_audience)
+            first = self._page(0, list_id)
+            checked.result()  # a refused merge field layout fails the read
+        return first
 
     def _read_page(self, offset: int) -> list[MemberRow]:
         """The members of the page at `offset`, read as it arrives (while other pages are
@@ -501,10 +523,11 @@ class MailchimpClient:
             return None
         return member_of(MemberOut.model_validate(answer), self._salutation_tag)
 
-    def _page(self, offset: int) -> tuple[int, list[MemberRow]]:
-        """(`total_items`, the members' rows) of the page at `offset`."""
+    def _page(self, offset: int, list_id: str | None = None) -> tuple[int, list[MemberRow]]:
+        """(`total_items`, the members' rows) of the page at `offset` (of `list_id`, default
+        the checked audience's)."""
         params = {"count": PAGE_SIZE, "offset": offset, "fields": _SNAPSHOT_FIELDS}
-        path = f"/lists/{self._list_id}/members"
+        path = f"/lists/{list_id or self._list_id}/members"
         answer = self._api.request("GET", path, params=params)
         return read_members_rows(answer.content, self._salutation_tag)
 
@@ -871,7 +894,7 @@ class MailchimpClient:
         """
         target = f"{url}{'&' if '?' in url else '?'}{urlencode({'secret': secret})}"
         events = {**_WEBHOOK_EVENTS, "campaign": "delivered" in activities}
-        path = f"/lists/{self._list_id}/webhooks"
+        path = f"/lists/{self._found_list()}/webhooks"  # before the merge fields' check
         hooks = WebhooksPage.model_validate(self._api.call("GET", path)).webhooks
         for hook in hooks:
             if _without_secret(hook.url) == _without_secret(target):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import httpx
 import pytest
 
@@ -147,6 +149,48 @@ def test_snapshot_pages_by_1000_and_reports_every_status(
     assert statuses["person2@example.com"] is MemberStatus.CLEANED
     assert statuses["person3@example.com"] is MemberStatus.ARCHIVED
     assert sandbox.stats.count("mailchimp", template="/lists/{list_id}/members") == 3
+
+
+class _HoldsMergeFields(httpx.BaseTransport):
+    """Holds the merge fields' read until a members page is asked for (up to 5 s) and notes
+    whether it was: a snapshot reading them one after the other waits the 5 s and says no."""
+
+    def __init__(self, inner: httpx.BaseTransport) -> None:
+        self.inner = inner
+        self.page_asked = threading.Event()
+        self.held: list[bool] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/members"):
+            self.page_asked.set()
+        elif request.url.path.endswith("/merge-fields") and request.method == "GET":
+            self.held.append(self.page_asked.wait(5))
+        return self.inner.handle_request(request)
+
+
+def test_a_first_snapshot_reads_its_first_page_while_the_merge_fields_are_checked(
+    transport: httpx.BaseTransport, mailchimp: MailchimpClient
+) -> None:
+    mailchimp.upsert(contacts(1500))
+    holding = _HoldsMergeFields(transport)
+    client = make_mailchimp(holding)
+    assert len(client.snapshot_rows()) == 1500
+    assert holding.held == [True]
+    assert client.ensure_audience().id == mailchimp.ensure_audience().id
+
+
+def test_a_snapshot_fails_on_a_merge_field_layout_it_cannot_fill(
+    transport: httpx.BaseTransport, sandbox: Sandbox, mailchimp: MailchimpClient
+) -> None:
+    list_id = mailchimp.ensure_audience().id
+    raw = httpx.Client(transport=transport, base_url="http://sandbox.local/mailchimp/3.0")
+    raw.post(
+        f"/lists/{list_id}/merge-fields",
+        json={"name": "Birthday", "tag": "BDAY", "type": "birthday", "required": True},
+        auth=("x", next(iter(sandbox.state.mailchimp))),
+    ).raise_for_status()
+    with pytest.raises(ConfigurationError, match="BDAY"):
+        make_mailchimp(transport).snapshot_rows()
 
 
 def test_existing_members_get_fields_and_tags_but_never_a_status(

@@ -64,10 +64,11 @@ def provider_audience_snapshot(
     audience = _audience(context)
     mode = provider_mode(audience, mailchimp, brevo)  # the run's log says it at resource start
     with run_client(context, audience, mailchimp, brevo) as client:
-        # a refused key fails the first call (AuthenticationError): no separate ping
-        found = client.ensure_audience()
+        # a refused key fails the first call (AuthenticationError): no separate ping; the
+        # webhook first, so no change made while the pages are read goes unheard
         webhook = _register_webhook(audience, client, context.log.info)
-        members = client.snapshot_rows()
+        members = client.snapshot_rows()  # checks the audience (Mailchimp: beside a page)
+        found = client.ensure_audience()
     statuses = Counter(row[STATUS] for row in members)
     context.log.info(f"{audience.key}: {len(members)} members ({dict(statuses)})")
     sample = [
