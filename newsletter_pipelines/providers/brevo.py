@@ -117,10 +117,10 @@ LIST_MEMBERS_MAX = 150
 BATCH_UPDATE_MAX = 100
 IMPORT_MAX_BYTES = 8 * 1024 * 1024
 REQUESTS_PER_SECOND = 9.5
-"""The client's pace: Brevo allows 10 requests a second (and 36,000 an hour) on `/contacts/…`
-and 100 an hour on the rest. Its window is whole seconds; at 9.5 a second (`token_bucket.Pacer`)
-any ten starts span at least 1.05 s, so an answer or a start up to 50 ms late does not crowd
-eleven into one of Brevo's seconds."""
+"""The client's pace. Brevo allows 10 requests a second (36,000 an hour) on `/contacts/…` and
+100 an hour on the other endpoints (`/processes/…` among them), and answers more with 429 and
+the seconds to its reset; at 9.5 a second (`token_bucket.Pacer`) any 10 starts span 1.05 s, so
+a request up to 50 ms late does not crowd an 11th into one of Brevo's seconds."""
 IMPORT_POLL = PollPolicy(initial=1.0, maximum=60.0, deadline=7200.0, per_hour=60)
 """Import processes are polled after 1 s, then at doubling waits up to 60 s, at most 60 polls
 an hour (bursts of `PROCESS_POLLS_BURST`): the processes endpoint shares Brevo's 100
