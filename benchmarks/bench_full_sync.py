@@ -37,7 +37,12 @@ from measure import PeakRss, counts_text, report, timer, verdict
 
 from newsletter_pipelines.crm.synthetic import GERMAN_FEMALE, GERMAN_LAST, GERMAN_MALE
 from newsletter_pipelines.providers.base import MemberStatus, Provider
-from newsletter_pipelines.providers.brevo import BATCH_UPDATE_MAX, IMPORT_MAX_BYTES, BrevoClient
+from newsletter_pipelines.providers.brevo import (
+    BATCH_UPDATE_MAX,
+    IMPORT_MAX_BYTES,
+    REQUESTS_PER_SECOND,
+    BrevoClient,
+)
 from newsletter_pipelines.providers.brevo_attributes import AttributeMap
 from newsletter_pipelines.providers.mailchimp import (
     BATCH_SUBSCRIBE_MAX,
@@ -77,7 +82,7 @@ MAILCHIMP_FACTOR = 1.05
 RECONCILE_BUDGET_S = 5.0
 RECONCILE_BUDGET_RSS_MIB = 1536
 MAILCHIMP_OPS_PER_BATCH = 1000  # the batch size of mailchimp_batches.OperationRunner
-BREVO_RPS = 8.0  # the client's default pacing; the sandbox account enforces Brevo's 10/s
+BREVO_RPS = REQUESTS_PER_SECOND  # the client's default pacing; the sandbox enforces Brevo's 10/s
 SYSTEM_TAG = {"mailchimp": "CRM", "brevo": None}
 TAG_SETS: tuple[tuple[str, ...], ...] = ((), ("Käufer",), ("Käufer", "Stammkunde"), ("Messe",))
 DOMAINS = ("example.de", "example.com", "beispiel.de", "example.org")

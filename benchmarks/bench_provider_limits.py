@@ -1,7 +1,7 @@
 """Benchmark: provider time beside its physical limit, against the served latency sandbox.
 
 `python benchmarks/bench_provider_limits.py [--members 100000] [--latency 0.1]
-[--batch-delay 1] [--process-delay 1] [--connections 5] [--rate 8] [--repeat 9]
+[--batch-delay 1] [--process-delay 1] [--connections 5] [--rate 9.5] [--repeat 9]
 [--only mailchimp,brevo] [--gc-freeze] [--keep DIR]`
 
 One served sandbox (`python -m newsletter_pipelines.sandbox serve --latency 0.1 --batch-delay 1
@@ -55,7 +55,7 @@ from measure import GcTime, load, report, routes_text, sandbox_calls, verdict
 
 from newsletter_pipelines.bulk import gc_paused
 from newsletter_pipelines.providers.base import Outcome, Provider, Result
-from newsletter_pipelines.providers.brevo import CONTACT_PAGE, BrevoClient
+from newsletter_pipelines.providers.brevo import CONTACT_PAGE, REQUESTS_PER_SECOND, BrevoClient
 from newsletter_pipelines.providers.mailchimp import BATCH_SUBSCRIBE_MAX, MailchimpClient
 from newsletter_pipelines.providers.resources import SANDBOX_AUDIENCE
 from newsletter_pipelines.sandbox import (
@@ -426,7 +426,9 @@ def main(argv: list[str] | None = None) -> None:
         "--process-delay", type=float, default=1.0, help="seconds until a Brevo import runs"
     )
     parser.add_argument("--connections", type=int, default=5, help="client connections")
-    parser.add_argument("--rate", type=float, default=8.0, help="Brevo client requests/s")
+    parser.add_argument(
+        "--rate", type=float, default=REQUESTS_PER_SECOND, help="Brevo client requests/s"
+    )
     parser.add_argument("--repeat", type=int, default=9, help="runs per sandbox speed figure")
     parser.add_argument("--only", default="mailchimp,brevo", help="providers to measure")
     parser.add_argument("--keep", type=Path, help="run in this folder (sandbox log) and keep it")

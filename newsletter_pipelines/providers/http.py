@@ -37,7 +37,7 @@ from tenacity import (
 )
 
 from newsletter_pipelines.providers.errors import ApiError, AuthenticationError, UnavailableError
-from newsletter_pipelines.token_bucket import TokenBucket
+from newsletter_pipelines.token_bucket import Pacer, TokenBucket
 
 log = logging.getLogger("newsletter_pipelines.providers")
 
@@ -101,24 +101,6 @@ class HourlyBudget:
         """Take one call from the budget; False when none is left now."""
         with self._lock:
             return self._bucket.take(self._clock())
-
-
-class RateLimiter:
-    """Spaces calls evenly so that at most `rate` start per second, across threads."""
-
-    def __init__(self, rate: float) -> None:
-        self._interval = 1.0 / rate
-        self._next = 0.0
-        self._lock = threading.Lock()
-
-    def acquire(self) -> None:
-        """Block until the next slot is due."""
-        with self._lock:
-            now = time.monotonic()
-            slot = max(now, self._next)
-            self._next = slot + self._interval
-        if slot > now:
-            time.sleep(slot - now)
 
 
 class _TransientError(Exception):
@@ -195,7 +177,7 @@ class ApiClient:
         self._parse_error = parse_error
         self._retry = retry or RetryPolicy()
         self._slots = threading.BoundedSemaphore(max_connections)
-        self._pace = RateLimiter(requests_per_second) if requests_per_second else None
+        self._pace = Pacer(requests_per_second) if requests_per_second else None
         self._client = httpx.Client(
             base_url=base_url.rstrip("/"),
             timeout=httpx.Timeout(self._retry.timeout, connect=min(10.0, self._retry.timeout)),

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, TypeVar
 from dagster import ConfigurableResource, EnvVar, InitResourceContext
 from pydantic import Field, PrivateAttr
 
-from newsletter_pipelines.providers.brevo import BrevoClient
+from newsletter_pipelines.providers.brevo import REQUESTS_PER_SECOND, BrevoClient
 from newsletter_pipelines.providers.brevo_attributes import AttributeMap
 from newsletter_pipelines.providers.http import PollPolicy
 from newsletter_pipelines.providers.mailchimp import AudienceDefaults, MailchimpClient
@@ -204,7 +204,7 @@ class BrevoResource(_ProviderResource):
     key_env: ClassVar[str] = BREVO_KEY_ENV
 
     base_url: str = "https://api.brevo.com/v3"
-    requests_per_second: float = Field(default=8.0, gt=0, le=10)
+    requests_per_second: float = Field(default=REQUESTS_PER_SECOND, gt=0, le=10)
     folder_name: str = "newsletter_pipelines"
     first_name_attribute: str = "FIRSTNAME"
     last_name_attribute: str = "LASTNAME"

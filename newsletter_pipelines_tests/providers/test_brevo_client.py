@@ -676,3 +676,28 @@ def test_blocklist_reasons_raise_the_clients_errors(
     sandbox.faults.add(FaultRule(kind="server_error", provider="brevo", count=100))
     with pytest.raises(UnavailableError, match="503"):
         brevo.blocklist_reasons(["1"])
+
+
+def test_an_import_read_back_over_many_pages_settles_every_contact(
+    sandbox: Sandbox, transport: httpx.BaseTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    brevo_account(sandbox)
+    monkeypatch.setattr(brevo_module, "CONTACT_PAGE", 100)
+    client = make_brevo(transport, direct_max=0)
+    list_id = int(client.ensure_audience().id)
+    existing(sandbox, "person0@example.com", blacklisted=True, LASTNAME="Kept")
+    existing(sandbox, "person1@example.com", unsubscribed_from=(list_id,))
+    other = existing(sandbox, "person2@example.com", FIRSTNAME="Old")
+    outcomes = client.upsert(contacts(350), current={})
+    assert sandbox.stats.count("brevo", template="/contacts/lists/{listId}/contacts") >= 4
+    assert [(o.outcome, o.code) for o in outcomes[:2]] == [
+        (Result.REFUSED, "blacklisted"),
+        (Result.REFUSED, "list_unsubscribed"),
+    ]
+    assert (outcomes[2].outcome, outcomes[2].provider_id) == (Result.UPDATED, str(other))
+    assert [o.outcome for o in outcomes[3:]] == [Result.CREATED] * 347
+    assert all(o.stable_id == o.provider_id for o in outcomes[3:])
+    assert stored(sandbox, "person2@example.com").attributes["FIRSTNAME"] == "First2"
+    members = {m.email: m.provider_id for m in client.snapshot()}
+    assert set(members) == {f"person{i}@example.com" for i in range(2, 350)}
+    assert all(members[o.email] == o.provider_id for o in outcomes[2:])
