@@ -1,7 +1,7 @@
 """Benchmark: the ledger's writes (`state.ledger.record`) on PostgreSQL as the ledger grows.
 
 `python benchmarks/bench_ledger_writes.py [--chunks 400] [--chunk-size 2500] [--reruns 4]
-[--postgres-url URL]`
+[--postgres-url URL] [--seed 42]`
 
 In a throwaway database on the server at `--postgres-url` (created with the state schema,
 dropped afterwards; autovacuum as the server has it), `record` is called as a first sync's
@@ -14,7 +14,7 @@ replacing existing rows, 2 % more existing keys `deleted`, an outcome logged per
 
 Printed per tenth: the ledger's rows, the median milliseconds per chunk of each pattern; then
 the totals, and the verdict beside the budget: flat, the last tenth's chunks within 1.5× the
-first tenth's. The end state is checked (row count, a moved and a deleted key). Run it with
+first tenth's. The end state is checked (row count, every moved and deleted key). Run it with
 `PYTHONPATH` at another checkout to measure that checkout's `record` with the same harness.
 """
 
