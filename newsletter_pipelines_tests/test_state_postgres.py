@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from newsletter_pipelines.state import columns
 from newsletter_pipelines.state.exclusions import count_by_reason, record_eligibility
 from newsletter_pipelines.state.ledger import (
     OutcomeRecord,
+    ledger,
     ledger_rows,
     load_ledger,
     load_ledger_frame,
+    load_ledger_frame_at,
     outcome_counts,
+    outcomes,
     record,
 )
 from newsletter_pipelines.state.schema import ensure_schema
@@ -136,23 +143,132 @@ def test_a_failed_adbc_read_of_the_ledger_is_read_row_wise(
     engine.dispose()
 
 
-def test_ledger_writes_are_planned_for_their_keys_every_time(postgres_url: str) -> None:
-    """psycopg prepares a statement the fifth time it runs; PostgreSQL may then run the
-    statement's generic plan, made for any array of keys, which for the replacing delete was a
-    scan matching every ledger row against every key (30,000 creates in chunks of 1,500: 19 s
-    of ledger writes instead of 3). `record` has each execution planned for its keys: the
-    session's prepared statements never use a generic plan."""
+def test_a_ledger_write_reads_the_rows_of_its_own_keys_only(postgres_url: str) -> None:
+    """`record` finds each row it replaces, deletes or moves away from through the primary key:
+    what a chunk reads does not grow with the ledger (its replacing `DELETE … member_key =
+    ANY(:keys)` matched every row of the audience against the keys: 199 s of a million-contact
+    first sync). Rows replaced keep nothing of their old selves."""
     engine = sa.create_engine(postgres_url, poolclass=sa.pool.StaticPool)  # one session
     ensure_schema(engine, upgrade=True)
-    for chunk in range(12):
-        rows = [row(f"{chunk}.{i}", intent=Intent.CREATE) for i in range(1500)]
-        record(engine, "a", "run", rows)
-        record(engine, "a", "run", [r.moved(intent=None) for r in rows])
-    with engine.connect() as conn:
-        prepared = conn.exec_driver_sql(
-            "SELECT count(*), coalesce(sum(generic_plans), 0) FROM pg_prepared_statements "
-            "WHERE starts_with(statement, 'DELETE FROM sync_ledger ')"
-        ).one()
+    record(engine, "a", "run-1", [row(str(n), stable_id=f"s{n}") for n in range(20_000)])
+    record(engine, "b", "run-1", [row(str(n)) for n in range(100)])
+    synced_at = _synced_at(engine, "p0@example.de")
+    read = _ledger_rows_read(engine)
+    replaced = [row(str(n), RowState.REMOVED) for n in range(0, 20_000, 200)]
+    moved = [row(f"m{n}", stable_id=f"s{n}", moved_from=f"p{n}@example.de") for n in (1, 2, 3)]
+    deleted = [f"p{n}@example.de" for n in range(7, 20_000, 400)]
+    record(engine, "a", "run-2", [*replaced, *moved], deleted=deleted)
+    assert _ledger_rows_read(engine) - read < 500  # 100 + 3 + 50 rows; the ledger holds 20,100
+    ledger = {r.member_key: r for r in load_ledger(engine, "a")}
+    assert len(ledger) == 20_000 - 50 + 3 - 3
+    assert ledger["p200@example.de"] == replaced[1]  # every column written, none kept
+    assert "p1@example.de" not in ledger and ledger["pm1@example.de"] == moved[0]
+    assert "p7@example.de" not in ledger and len(load_ledger(engine, "b")) == 100
+    assert _synced_at(engine, "p0@example.de") > synced_at
     engine.dispose()
-    assert prepared[0] > 0  # psycopg did prepare them
-    assert prepared[1] == 0
+
+
+def _ledger_rows_read(engine: sa.Engine) -> int:
+    """Rows of `sync_ledger` read by scans and index fetches so far (the session's counts
+    flushed to the server's statistics first)."""
+    with engine.begin() as conn:
+        conn.exec_driver_sql("SELECT pg_stat_force_next_flush()")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("SELECT pg_stat_clear_snapshot()")
+        return int(
+            conn.exec_driver_sql(
+                "SELECT seq_tup_read + coalesce(idx_tup_fetch, 0) FROM pg_stat_user_tables "
+                "WHERE relname = 'sync_ledger'"
+            ).scalar_one()
+        )
+
+
+def _synced_at(engine: sa.Engine, key: str) -> datetime:
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.select(ledger.c.last_synced_at).where(
+                ledger.c.audience == "a", ledger.c.member_key == key
+            )
+        ).scalar_one()
+
+
+ALL_KEYS = ("a@x.de", "b@x.de", "c@x.de", "d@x.de")
+KEYS = st.sampled_from(ALL_KEYS)
+WRITTEN = st.builds(
+    LedgerRow,
+    member_key=KEYS,
+    email=KEYS,
+    owner=st.none() | st.sampled_from("12"),
+    provider_id=st.none() | st.just("id"),
+    tags=st.frozensets(st.sampled_from(["CRM", "VIP"])),
+    state=st.sampled_from(RowState),
+    intent=st.none() | st.sampled_from(Intent),
+    intent_key=st.none() | KEYS,
+    stable_id=st.none() | st.sampled_from(["s1", "s2"]),
+    moved_from=st.none() | KEYS,
+)
+CALLS = st.lists(
+    st.tuples(
+        st.sampled_from(["news", "other"]),
+        st.lists(WRITTEN, max_size=4, unique_by=lambda r: r.member_key),
+        st.lists(KEYS, max_size=3),  # deleted
+        st.integers(0, 3),  # outcomes logged
+    ),
+    min_size=1,
+    max_size=6,
+)
+Call = tuple[str, list[LedgerRow], list[str], int]
+
+
+def test_record_on_postgresql_writes_what_it_writes_on_sqlite(postgres_url: str) -> None:
+    """Rows replaced by member key, `deleted` keys gone, a row moved away from removed when
+    still the same member's (same stable id; none yet and an address change to the new key in
+    flight), outcomes logged: on PostgreSQL (the upsert) as on SQLite (delete, then insert),
+    and as a dict of rows by (audience, member key) has it."""
+    no_fsync = {"options": "-c synchronous_commit=off"}
+    engines = [sa.create_engine(postgres_url, connect_args=no_fsync), sa.create_engine("sqlite://")]
+    for engine in engines:
+        ensure_schema(engine, upgrade=True)
+
+    @settings(max_examples=50, deadline=None)
+    @given(calls=CALLS)
+    def check(calls: list[Call]) -> None:
+        for engine in engines:
+            with engine.begin() as conn:
+                conn.execute(ledger.delete())
+                conn.execute(outcomes.delete())
+        model: dict[tuple[str, str], LedgerRow] = {}
+        for number, (audience, rows, deleted, logged) in enumerate(calls):
+            outcome = [OutcomeRecord(str(n), None, "update", "updated") for n in range(logged)]
+            for engine in engines:
+                record(engine, audience, f"run-{number}", rows, deleted=deleted, logged=outcome)
+            _modelled(model, audience, rows, deleted)
+            for engine in engines:
+                for name in ("news", "other"):
+                    stored = ledger_rows(load_ledger_frame_at(engine, name, ALL_KEYS, ()))
+                    assert stored == [r for (a, _), r in sorted(model.items()) if a == name]
+                counts = {("update", "updated"): logged} if logged else {}
+                assert outcome_counts(engine, f"run-{number}") == counts
+
+    check()
+    for engine in engines:
+        engine.dispose()
+
+
+def _modelled(
+    model: dict[tuple[str, str], LedgerRow],
+    audience: str,
+    rows: list[LedgerRow],
+    deleted: list[str],
+) -> None:
+    """What `record` does, on a dict of rows."""
+    for r in rows:
+        old = model.get((audience, r.moved_from)) if r.moved_from is not None else None
+        if old is not None and (
+            (old.stable_id is not None and old.stable_id == r.stable_id)
+            or (old.stable_id is None and old.intent_key == r.member_key)
+        ):
+            del model[audience, old.member_key]
+    for key in {r.member_key for r in rows} | set(deleted):
+        model.pop((audience, key), None)
+    model.update(((audience, r.member_key), r) for r in rows)

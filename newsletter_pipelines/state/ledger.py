@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 
 import pandas as pd
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 from newsletter_pipelines.bulk import gc_paused
 from newsletter_pipelines.crm.reader import LOOKUP_MAX
@@ -201,9 +202,11 @@ def record(
     """In one transaction: write ledger rows (replacing by member key), delete the rows of
     `deleted` member keys and the rows the written ones moved from (`LedgerRow.moved_from`, if
     still the same member's: same stable id, or none yet and an address change to the written
-    row's key in flight), and log outcomes."""
+    row's key in flight), and log outcomes.
+
+    Each row is found through the primary key: what a write costs does not grow with the
+    ledger (on PostgreSQL, see `_upsert`)."""
     now = datetime.now(UTC)
-    replaced = sorted({r.member_key for r in rows} | set(deleted))
     moved = [
         {
             "of_audience": audience,
@@ -215,19 +218,44 @@ def record(
         if r.moved_from is not None
     ]
     with gc_paused(), engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            # psycopg prepares a statement run 5 times, and PostgreSQL may then run one generic
-            # plan for any array of keys: for the delete below, a scan matching every ledger
-            # row against every key (30,000 creates in chunks of 1,500: 19 s instead of 3)
-            conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_custom_plan")
+        values = _ledger_values(audience, rows, now)
         if moved:
             conn.execute(_DELETE_MOVED, moved)
-        for condition in matching(ledger.c.member_key, replaced, conn.dialect):
-            conn.execute(ledger.delete().where(ledger.c.audience == audience, condition))
-        bulk_insert(conn, ledger, _LEDGER_INSERTED, _ledger_values(audience, rows, now))
+        if conn.dialect.name == "postgresql":
+            written = {r.member_key for r in rows}
+            gone = sorted(set(deleted) - written)  # a written key's row is replaced anyway
+            _upsert(conn, audience, gone, values)
+        else:
+            replaced = sorted({r.member_key for r in rows} | set(deleted))
+            for condition in matching(ledger.c.member_key, replaced, conn.dialect):
+                conn.execute(ledger.delete().where(ledger.c.audience == audience, condition))
+            bulk_insert(conn, ledger, _LEDGER_INSERTED, values)
         bulk_insert(
             conn, outcomes, _OUTCOME_INSERTED, _outcome_values(audience, run_id, logged, now)
         )
+
+
+def _upsert(
+    conn: sa.Connection,
+    audience: str,
+    deleted: Sequence[str],
+    values: Sequence[tuple[str | datetime | None, ...]],
+) -> None:
+    """PostgreSQL: delete the rows of `deleted` keys one key at a time, then COPY `values` into
+    a temporary table and insert them from there, updating every column of a row already
+    stored (ON CONFLICT looks each key up in the primary key, whatever the statistics).
+
+    The `DELETE … member_key = ANY(:keys)` this replaces was planned as a scan of every row of
+    the audience filtered against the keys (90–130 ms for 2,500 keys at 300,000 rows, 7–12 ms
+    through the key): the planner costs a random page read per key, so up to ~330,000 rows the
+    scan looked cheaper, and before the table's first ANALYZE it expected the audience to hold
+    0.5 % of its rows."""
+    if deleted:
+        conn.execute(_DELETE_KEY, [{"of_audience": audience, "key": key} for key in deleted])
+    if values:
+        _chunk.create(conn)
+        bulk_insert(conn, _chunk, _LEDGER_INSERTED, values)
+        conn.execute(_UPSERT)
 
 
 _LEDGER_INSERTED = (  # in the order of `_ledger_values`
@@ -325,6 +353,29 @@ _DELETE_MOVED = ledger.delete().where(
         # key a killed run left in flight: the same member
         sa.and_(ledger.c.stable_id.is_(None), ledger.c.intent_key == sa.bindparam("new_key")),
     ),
+)
+
+
+_DELETE_KEY = ledger.delete().where(
+    ledger.c.audience == sa.bindparam("of_audience"), ledger.c.member_key == sa.bindparam("key")
+)
+_chunk = sa.Table(  # one `record` transaction's ledger rows on PostgreSQL, dropped at its end
+    "sync_ledger_chunk",
+    sa.MetaData(),
+    *(sa.Column(name, ledger.c[name].type) for name in _LEDGER_INSERTED),
+    prefixes=["TEMPORARY"],
+    postgresql_on_commit="DROP",
+)
+_inserted = postgresql.insert(ledger).from_select(
+    _LEDGER_INSERTED, sa.select(*(_chunk.c[name] for name in _LEDGER_INSERTED))
+)
+_UPSERT = _inserted.on_conflict_do_update(
+    index_elements=[ledger.c.audience, ledger.c.member_key],
+    set_={
+        name: _inserted.excluded[name]
+        for name in _LEDGER_INSERTED
+        if name not in ("audience", "member_key")
+    },
 )
 
 
