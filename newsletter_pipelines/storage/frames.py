@@ -11,7 +11,7 @@ pytz or a fixed offset: Arrow keeps only its name) and the frame's `attrs` are k
 schema metadata under `newsletter_pipelines`.
 
 Read with `arrow_text`, the columns stored as plain text come as `columns.TEXT` (Arrow-backed,
-a missing value NaN) instead of one Python str per value: about a third of the memory for a
+a missing value NaN) instead of one Python str per value: less than half the memory for a
 million addresses.
 """
 

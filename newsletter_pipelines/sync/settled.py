@@ -84,7 +84,7 @@ def split_settled(
     def want(column: str) -> np.ndarray:
         return eligible[column].to_numpy()[candidates]
 
-    def same(column: str) -> np.ndarray:  # the contact's value is the member's
+    def agrees(column: str) -> np.ndarray:  # the contact's value is the member's
         member = snapshot[column]
         if member.dtype == object:
             return want(column) == member.to_numpy()[m]
@@ -109,9 +109,9 @@ def split_settled(
     ids = crm_ids(eligible["contact_id"]).take(candidates)
     same = (
         _active(snapshot["status"], m)
-        & same("salutation")
-        & same("first_name")
-        & same("last_name")
+        & agrees("salutation")
+        & agrees("first_name")
+        & agrees("last_name")
         & (desired_keys == member_keys)
         & true(pc.equal(row("owner"), ids))
         & (ledger["state"] == "subscribed").to_numpy()[r]
