@@ -142,7 +142,7 @@ def _subset(ours: dict[str, Any], stored: list[str], read: list[str]) -> dict[st
 
 @gc_paused()
 def to_table(frame: pd.DataFrame) -> pa.Table:
-    """`frame` as an Arrow table whose Parquet file `from_table` reads back equal."""
+    """`frame` as an Arrow table whose Parquet file `read_frame` reads back equal."""
     kinds = [_kind(frame.iloc[:, i]) for i in range(frame.shape[1])]
     encoded = [i for i, kind in enumerate(kinds) if kind is _CODEC]
     structs = {i: kind for i, kind in enumerate(kinds) if isinstance(kind, type)}
@@ -179,19 +179,14 @@ def to_table(frame: pd.DataFrame) -> pa.Table:
     )
 
 
-def from_table(
-    table: pa.Table, ours: dict[str, Any] | None = None, *, arrow_text: bool = False
-) -> pd.DataFrame:
-    """The frame `to_table` stored (`ours`: its metadata, when not the table's own); with
-    `arrow_text`, its plain text columns as `columns.TEXT`."""
-    return _frame_of([table], ours, arrow_text)
-
-
 @gc_paused()
 def _frame_of(held: list[pa.Table], ours: dict[str, Any] | None, arrow_text: bool) -> pd.DataFrame:
-    """`from_table` of the one table in `held`, taken out of it: where nothing else holds the
-    table, each column's Arrow memory is freed once converted (a first sync's diff of a million
-    rows peaked about 0.3 GiB lower in the push)."""
+    """The frame `to_table` stored, of the one table in `held` (`ours`: its metadata, when not
+    the table's own); with `arrow_text`, its plain text columns as `columns.TEXT`.
+
+    The table is taken out of `held` and unusable afterwards: each column's Arrow memory is
+    freed once converted (a first sync's diff of a million rows peaked about 0.3 GiB lower in
+    the push)."""
     table = held.pop()
     mapper = _ARROW_TEXT.get if arrow_text else None
     if ours is None:
