@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import io
 import json
 import math
 import multiprocessing
@@ -60,6 +61,7 @@ from newsletter_pipelines.sandbox import (
 )
 from newsletter_pipelines.state.ledger import ledger_rows, load_ledger_frame, record
 from newsletter_pipelines.state.schema import ensure_schema
+from newsletter_pipelines.storage.frames import read_frame, write_frame
 from newsletter_pipelines.sync.created import split_created
 from newsletter_pipelines.sync.eligibility import ELIGIBLE_COLUMNS, EXCLUDED_COLUMNS
 from newsletter_pipelines.sync.email_address import match_key
@@ -398,9 +400,10 @@ def bench_provider(name: str, contacts: int, seed: int) -> None:
 def reconcile_inputs(
     rows: int, seed: int, engine: sa.Engine
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, int, Counter[str]]:
-    """`rows` eligible contacts; a snapshot frame of as many members: 98 % equal, 1 % with
-    another last name, 1 % extra (in the ledger, gone from the CRM); 1 % of the contacts not at
-    the provider yet; a ledger row for every member, stored in the state database at `engine`."""
+    """`rows` eligible contacts; a snapshot frame of as many members (as the diff's asset reads
+    it): 98 % equal, 1 % with another last name, 1 % extra (in the ledger, gone from the CRM);
+    1 % of the contacts not at the provider yet; a ledger row for every member, stored in the
+    state database at `engine`."""
     eligible, excluded = crm_frames(rows, seed)
     snapshot: list[tuple[Any, ...]] = []
     ledger: list[LedgerRow] = []
@@ -439,7 +442,16 @@ def reconcile_inputs(
     for start in range(0, len(ledger), 50_000):
         record(engine, "bench", "setup", ledger[start : start + 50_000])
     frame = pd.DataFrame(snapshot, columns=list(SNAPSHOT_COLUMNS))
-    return eligible, excluded, frame, len(ledger), planned
+    return eligible, excluded, as_the_diff_reads_it(frame), len(ledger), planned
+
+
+def as_the_diff_reads_it(snapshot: pd.DataFrame) -> pd.DataFrame:
+    """The snapshot frame stored and read back as `reconciliation_diff` reads it (its text
+    columns Arrow-backed)."""
+    buffer = io.BytesIO()
+    write_frame(snapshot, buffer)
+    buffer.seek(0)
+    return read_frame(buffer, list(SNAPSHOT_COLUMNS), arrow_text=True)
 
 
 def _build_inputs(rows: int, seed: int, folder: Path) -> None:

@@ -41,7 +41,7 @@ from newsletter_pipelines.sync.rules import Context, reconcile
 from newsletter_pipelines.sync.scope import Scope
 from newsletter_pipelines.sync.settled import split_settled
 from newsletter_pipelines.sync.tags import TAG_STYLES
-from newsletter_pipelines_tests.world import by_key
+from newsletter_pipelines_tests.world import as_the_diff_reads_it, by_key
 
 TEXTS = st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\x00"), max_size=8)
 MAYBE = st.none() | TEXTS
@@ -225,6 +225,18 @@ def test_the_bulk_pass_over_a_column_wise_ledger_decides_as_the_rules_alone(
         Context(TAG_STYLES[provider], system_tag),
     )
     pd.testing.assert_frame_equal(by_key(diff), by_key(alone), check_dtype=False)
+    # over the snapshot as its asset reads it (text columns Arrow-backed): the same diff in
+    # every column, None where None (not NaN), and the same members for the rules
+    stored = as_the_diff_reads_it(snapshot)
+    assert any(stored.dtypes == TEXT) or snapshot.empty
+    from_stored = build_diff(
+        eligible, excluded, stored, ledger, provider=provider, system_tag=system_tag
+    )
+    ordered, expected = (d.sort_values("match_key", kind="stable") for d in (from_stored, diff))
+    pd.testing.assert_frame_equal(ordered, expected, check_exact=True)
+    for column in expected.columns:
+        assert list(map(type, ordered[column])) == list(map(type, expected[column])), column
+    assert list(actual_members(stored)) == list(actual_members(snapshot))
 
 
 def test_a_deleted_member_without_a_stable_id_is_not_looked_up_by_one() -> None:

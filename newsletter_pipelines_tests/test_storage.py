@@ -36,6 +36,7 @@ from newsletter_pipelines.defs.providers.partitions import audience_partitions
 from newsletter_pipelines.defs.resources import build_resources
 from newsletter_pipelines.providers.base import MemberStatus
 from newsletter_pipelines.settings import CrmSchema, Settings
+from newsletter_pipelines.state.columns import TEXT, python_values
 from newsletter_pipelines.storage import frames
 from newsletter_pipelines.sync.changes import READ_UPTO
 from newsletter_pipelines.sync.eligibility import classify
@@ -313,6 +314,30 @@ def test_rows_with_some_values_of_a_text_column_read_back_equal_to_those_rows(
     if rows_with:
         wanted &= frame[list(rows_with)].notna().any(axis=1)
     assert_same(loaded, expected[wanted.to_numpy(dtype=bool)])
+
+
+@pytest.mark.parametrize("variant", ["whole", "filtered index"])
+@pytest.mark.parametrize("subset", [None, *SUBSETS])
+def test_with_arrow_text_the_text_columns_are_arrow_backed_and_the_rest_as_without(
+    variant: str, subset: str | None
+) -> None:
+    """With `arrow_text` the columns stored as plain text (str and None; a pandas string column)
+    are `columns.TEXT` of the same texts, a missing one None as a Python value; every other
+    column, the index and attrs are read as without it."""
+    frame = VARIANTS[variant](every_kind())
+    frame.attrs = {READ_UPTO: "2026-01-01T10:00:00|42"}
+    columns, rows_with = (None, ()) if subset is None else SUBSETS[subset]
+    buffer = io.BytesIO()
+    frames.write_frame(frame, buffer)
+    buffer.seek(0)
+    expected = frames.read_frame(buffer, columns, rows_with)
+    buffer.seek(0)
+    loaded = frames.read_frame(buffer, columns, rows_with, arrow_text=True)
+    texts = [c for c in expected.columns if c in ("text", "string")]
+    assert [c for c in loaded.columns if loaded[c].dtype == TEXT] == texts
+    for column in texts:
+        assert python_values(loaded[column]) == python_values(expected[column])
+    assert_same(loaded.drop(columns=texts), expected.drop(columns=texts))
 
 
 @pytest.mark.parametrize("column", ["tuples", "ledger", "int", "enums_and_text"])

@@ -3,6 +3,7 @@ real client, and a state database; `sync` runs eligibility, snapshot, diff and p
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from newsletter_pipelines.sandbox import PersonEvent, Sandbox, SandboxTransport
 from newsletter_pipelines.sandbox.people import brevo_person, mailchimp_person
 from newsletter_pipelines.state.ledger import ledger_rows, load_ledger_frame
 from newsletter_pipelines.state.schema import ensure_schema
+from newsletter_pipelines.storage.frames import read_frame, write_frame
 from newsletter_pipelines.sync.eligibility import EligibilityResult, classify
 from newsletter_pipelines.sync.guards import MassLimits, push_verdicts
 from newsletter_pipelines.sync.import_back import (
@@ -27,6 +29,7 @@ from newsletter_pipelines.sync.import_back import (
     unimported_keys,
 )
 from newsletter_pipelines.sync.inputs import (
+    SNAPSHOT_COLUMNS,
     actual_members,
     build_diff,
     crm_exclusions,
@@ -121,12 +124,13 @@ class World:
         diff = build_diff(
             result.eligible,
             result.excluded,
-            members,
+            as_the_diff_reads_it(members),
             ledger,
             provider=self.provider_name,
             system_tag=SYSTEM_TAG[self.provider_name],
         )
-        # the bulk pass settles only what the rules would leave unchanged: every world checks it
+        # the bulk pass settles only what the rules would leave unchanged (over the snapshot's
+        # Python values, as the push reads it): every world checks it
         alone = reconcile(
             desired_contacts(result.eligible),
             actual_members(members),
@@ -248,3 +252,12 @@ def open_world(provider_name: str, folder: Path, contacts: int = 50) -> Iterator
         provider.close()
         sandbox.close()
         engine.dispose()
+
+
+def as_the_diff_reads_it(snapshot: pd.DataFrame) -> pd.DataFrame:
+    """The snapshot frame stored and read back as `reconciliation_diff` reads it (its text
+    columns Arrow-backed)."""
+    buffer = io.BytesIO()
+    write_frame(snapshot, buffer)
+    buffer.seek(0)
+    return read_frame(buffer, list(SNAPSHOT_COLUMNS), arrow_text=True)

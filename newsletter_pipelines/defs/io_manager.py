@@ -27,6 +27,9 @@ ROWS_WITH = "rows_with"
 those columns only (`storage.frames.read_frame`)."""
 LAZY = "lazy"
 """Metadata key of an `AssetIn`: True, the input is a `StoredFrame`, read when it is loaded."""
+ARROW_TEXT = "arrow_text"
+"""Metadata key of an `AssetIn`: True, the stored frame's plain text columns are read as
+`state.columns.TEXT` (Arrow-backed, missing values NaN), not one Python str per value."""
 
 
 class ParquetIOManager(dg.UPathIOManager):
@@ -35,8 +38,8 @@ class ParquetIOManager(dg.UPathIOManager):
     objects included). Any other value is a TypeError: nothing is pickled.
 
     An input whose `AssetIn` metadata names `columns` is those columns only (the others are
-    not read), `rows_with` those rows only; one with `lazy` True is a `StoredFrame`, read only
-    if the asset loads it."""
+    not read), `rows_with` those rows only, with `arrow_text` True its text columns
+    Arrow-backed; one with `lazy` True is a `StoredFrame`, read only if the asset loads it."""
 
     extension = ".parquet"
 
@@ -107,7 +110,12 @@ class ParquetIOManager(dg.UPathIOManager):
 
     def load_from_path(self, context: dg.InputContext, path: UPath) -> pd.DataFrame | StoredFrame:
         wanted = context.definition_metadata or {}
-        stored = StoredFrame(path, wanted.get(COLUMNS), tuple(wanted.get(ROWS_WITH, ())))
+        stored = StoredFrame(
+            path,
+            wanted.get(COLUMNS),
+            tuple(wanted.get(ROWS_WITH, ())),
+            bool(wanted.get(ARROW_TEXT)),
+        )
         return stored if wanted.get(LAZY) else stored.load()
 
 
@@ -118,17 +126,20 @@ class StoredFrame:
     path: UPath
     columns: Sequence[str] | None = None  # None: all
     rows_with: Sequence[str] = ()  # empty: all rows
+    arrow_text: bool = False  # the plain text columns as `state.columns.TEXT`
 
     def load(self) -> pd.DataFrame:
         """The frame (read again at each call)."""
         with self.path.open("rb") as file:
-            return read_frame(file, self.columns, self.rows_with)
+            return read_frame(file, self.columns, self.rows_with, arrow_text=self.arrow_text)
 
     def load_where(self, column: str, values: Collection[str | None]) -> pd.DataFrame:
         """The frame's rows whose text column `column` holds one of `values`, the others not
         decoded (`storage.frames.read_frame`'s `rows_in`; read again at each call)."""
         with self.path.open("rb") as file:
-            return read_frame(file, self.columns, self.rows_with, (column, values))
+            return read_frame(
+                file, self.columns, self.rows_with, (column, values), arrow_text=self.arrow_text
+            )
 
     def part(
         self, columns: Sequence[str] | None = None, rows_with: Sequence[str] = ()

@@ -454,6 +454,9 @@ class MailchimpClient:
             total, first = self._first_page()
             offsets = list(range(PAGE_SIZE, total, PAGE_SIZE))
             pages = [first, *self._api.parallel(self._read_page, offsets)]
+            # its times, made among the pages' objects, would keep their memory from the system
+            # (Python frees an arena only when all of it is free): ~0.5 GiB of a million members
+            moment.cache_clear()
             by_id = {row[0]: row for page in pages for row in page}
             return list(by_id.values())
 

@@ -10,7 +10,10 @@ through SQLAlchemy, made columns once fetched, a batch of rows at a time.
 
 Importing this module makes jemalloc Arrow's memory pool where pyarrow has it: with the default
 (mimalloc) much of what the bulk work frees stays resident, about 140 MiB more at the peak of
-a diff of a million contacts.
+a diff of a million contacts. Its freed pages go back to the system at once (decay 0): with
+jemalloc's default decay, the half GiB of Arrow tables a step of a million rows reads or writes
+stayed resident into the next steps, and the push's read of a first sync's diff peaked 0.3 GiB
+higher.
 """
 
 from __future__ import annotations
@@ -44,9 +47,11 @@ log = logging.getLogger(__name__)
 
 
 def _use_jemalloc() -> None:
-    """Make jemalloc Arrow's memory pool (see the module's docstring)."""
+    """Make jemalloc Arrow's memory pool, returning freed pages at once (see the module's
+    docstring)."""
     with contextlib.suppress(NotImplementedError):  # a pyarrow built without it
         pa.set_memory_pool(pa.jemalloc_memory_pool())
+        pa.jemalloc_set_decay_ms(0)
 
 
 _use_jemalloc()

@@ -25,6 +25,20 @@ def text(column: pd.Series) -> pa.Array:
     return found.chunk(0) if found.num_chunks == 1 else found.combine_chunks()
 
 
+def objects(column: pd.Series, at: np.ndarray, *, few: bool = False) -> np.ndarray:
+    """The values of `column` at the positions `at` as Python objects: an object column's as
+    they are, a `columns.TEXT` column's as str and None (with `few`, a column of few distinct
+    values: equal texts one object)."""
+    if column.dtype == object:
+        return column.to_numpy()[at]
+    values = text(column).take(at)
+    if not few:
+        return as_numpy(values)
+    encoded = values.dictionary_encode()
+    distinct = np.array([*encoded.dictionary.to_pylist(), None], dtype=object)
+    return distinct[as_numpy(encoded.indices.fill_null(len(distinct) - 1))]
+
+
 def crm_ids(ids: pd.Series) -> pa.Array:
     """The contacts' ids as the rules write them (`str(crm_id)`)."""
     if pd.api.types.is_integer_dtype(ids.dtype):

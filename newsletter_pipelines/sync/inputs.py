@@ -9,6 +9,7 @@ import pandas as pd
 
 from newsletter_pipelines.bulk import gc_paused
 from newsletter_pipelines.providers.base import MEMBER_ROW_FIELDS, Member, MemberRow, member_row
+from newsletter_pipelines.state.columns import python_values
 from newsletter_pipelines.state.ledger import ledger_rows
 from newsletter_pipelines.sync.created import split_created
 from newsletter_pipelines.sync.email_address import match_key
@@ -107,10 +108,11 @@ def _as_inferred(values: Sequence[object]) -> pd.Series:
 
 
 def actual_members(snapshot: pd.DataFrame) -> Iterator[Actual]:
-    """The snapshot in reconciliation values."""
-    for pid, email, key, status, salutation, first, last, tags, changed, stable, by in snapshot[
-        list(SNAPSHOT_COLUMNS)
-    ].itertuples(index=False, name=None):
+    """The snapshot in reconciliation values (its text columns may be `columns.TEXT`: a missing
+    value is None)."""
+    for pid, email, key, status, salutation, first, last, tags, changed, stable, by in _objects(
+        snapshot[list(SNAPSHOT_COLUMNS)]
+    ).itertuples(index=False, name=None):
         yield Actual(
             pid,
             email,
@@ -124,6 +126,16 @@ def actual_members(snapshot: pd.DataFrame) -> Iterator[Actual]:
             stable,
             by,
         )
+
+
+def _objects(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with its `columns.TEXT` columns as object columns of str and None."""
+    texts = [c for c, dtype in frame.dtypes.items() if isinstance(dtype, pd.StringDtype)]
+    if not texts:
+        return frame
+    return frame.assign(
+        **{c: pd.Series(python_values(frame[c]), index=frame.index, dtype=object) for c in texts}
+    )
 
 
 def members_by_key(snapshot: pd.DataFrame, keys: Iterable[str] | None = None) -> dict[str, Member]:

@@ -31,6 +31,7 @@ from newsletter_pipelines.sync.bulk_columns import (
     crm_ids,
     key_at,
     named,
+    objects,
     per_distinct,
     text,
     true,
@@ -63,7 +64,8 @@ def split_settled(
 
     Keys are matched and the ledger's columns compared in Arrow (hash joins and comparisons in
     C, no Python object per ledger value); the CRM's and the provider's values are compared as
-    Python compares them, a missing ledger value as None.
+    Python compares them, a missing ledger value as None. The snapshot's text columns may be
+    `columns.TEXT` (a missing value: None).
     """
     emails = text(eligible["email"])
     # the validator's output is ASCII, where this is the rules' `str.lower`; the rules decide
@@ -82,8 +84,11 @@ def split_settled(
     def want(column: str) -> np.ndarray:
         return eligible[column].to_numpy()[candidates]
 
-    def have(column: str) -> np.ndarray:
-        return snapshot[column].to_numpy()[m]
+    def agrees(column: str) -> np.ndarray:  # the contact's value is the member's
+        member = snapshot[column]
+        if member.dtype == object:
+            return want(column) == member.to_numpy()[m]
+        return _equal_as_python(text(member).take(m), want(column))
 
     def row(column: str) -> pa.Array:
         return text(ledger[column]).take(r)
@@ -96,16 +101,17 @@ def split_settled(
     desired_keys = per_distinct(
         tags, lambda t: tuple(sorted({style.key(f) for f in style.forms(t) | extra}))
     )
-    member_keys = per_distinct(have("tags"), lambda t: tuple(sorted({style.key(f) for f in t})))
+    member_tags = snapshot["tags"].to_numpy()[m]
+    member_keys = per_distinct(member_tags, lambda t: tuple(sorted({style.key(f) for f in t})))
     wanted_json = per_distinct(
         tags, lambda t: json.dumps(sorted(style.forms(t) | extra), ensure_ascii=False)
     )
     ids = crm_ids(eligible["contact_id"]).take(candidates)
     same = (
-        pd.Series(have("status")).isin(ACTIVE).to_numpy()
-        & (want("salutation") == have("salutation"))
-        & (want("first_name") == have("first_name"))
-        & (want("last_name") == have("last_name"))
+        _active(snapshot["status"], m)
+        & agrees("salutation")
+        & agrees("first_name")
+        & agrees("last_name")
         & (desired_keys == member_keys)
         & true(pc.equal(row("owner"), ids))
         & (ledger["state"] == "subscribed").to_numpy()[r]
@@ -114,8 +120,8 @@ def split_settled(
         & row_null("refusal_code")
         & row_null("refusal_key")
         & true(pc.equal(row("email"), emails.take(candidates)))
-        & _equal_as_python(row("provider_id"), have("provider_id"))
-        & _equal_as_python(row("stable_id"), have("stable_id"))
+        & _equal_at(row("provider_id"), snapshot["provider_id"], m)
+        & _equal_at(row("stable_id"), snapshot["stable_id"], m)
         & row_null("provider_changed_at")
         & ~named(keys.take(candidates), text(ledger["intent_key"]))
         & ~_owns_several(text(ledger["owner"]))[r]
@@ -128,10 +134,10 @@ def split_settled(
         "action": np.full(count, SyncAction.UNCHANGED.value, dtype=object),
         "detail": np.full(count, "in sync", dtype=object),
         "crm_id": ids.filter(same).to_numpy(zero_copy_only=False),
-        # the member's key: equal to the contact's (matched above), and no new string
-        "match_key": snapshot["match_key"].to_numpy()[done_members],
-        "provider_id": snapshot["provider_id"].to_numpy()[done_members],
-        "provider_status": snapshot["status"].to_numpy()[done_members],
+        # the member's key: equal to the contact's (matched above)
+        "match_key": objects(snapshot["match_key"], done_members),
+        "provider_id": objects(snapshot["provider_id"], done_members),
+        "provider_status": objects(snapshot["status"], done_members, few=True),
         "eligible": np.ones(count, dtype=bool),
     }
     for column in ("email", "salutation", "first_name", "last_name", "tags"):
@@ -162,6 +168,22 @@ def _claimed(keys: pa.Array, done: np.ndarray, left_at: Sequence[np.ndarray]) ->
     settled[done] = True
     at = np.concatenate([a[a >= 0] for a in left_at])
     return frozenset(keys.take(np.unique(at[settled[at]])).to_pylist())
+
+
+def _active(statuses: pd.Series, at: np.ndarray) -> np.ndarray:
+    """Which of the statuses at `at` are active (`ACTIVE`)."""
+    if statuses.dtype == object:
+        return pd.Series(statuses.to_numpy()[at]).isin(ACTIVE).to_numpy()
+    return true(pc.is_in(text(statuses).take(at), value_set=pa.array(sorted(ACTIVE), STRING)))
+
+
+def _equal_at(texts: pa.Array, column: pd.Series, at: np.ndarray) -> np.ndarray:
+    """`text == value` for the values of `column` at `at`, as `_equal_as_python` compares
+    them (a `columns.TEXT` column compared in Arrow: its values are str and None)."""
+    if column.dtype == object:
+        return _equal_as_python(texts, column.to_numpy()[at])
+    values = text(column).take(at)
+    return true(pc.equal(texts, values)) | (true(pc.is_null(texts)) & true(pc.is_null(values)))
 
 
 def _equal_as_python(texts: pa.Array, values: np.ndarray) -> np.ndarray:
