@@ -50,6 +50,7 @@ bench: install
 	$(PY) benchmarks/bench_providers.py
 	$(PY) benchmarks/bench_full_sync.py
 	$(PY) benchmarks/bench_import_back.py
+	$(PY) benchmarks/bench_ledger_writes.py
 	$(PY) benchmarks/bench_webhooks.py
 	$(PY) benchmarks/bench_webhook_latency.py
 	$(PY) benchmarks/bench_incremental.py

@@ -25,11 +25,9 @@ import os
 import random
 import statistics
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import sqlalchemy as sa
+from bench_import_back import postgres_database
 from measure import load, report, verdict
 
 from newsletter_pipelines.db import safe_url
@@ -43,23 +41,6 @@ BUDGET_GROWTH = 1.5  # the last tenth's ms per chunk over the first tenth's
 MOVED_SHARE = 0.02
 DELETED_SHARE = 0.02
 TAGS = frozenset({"CRM", "Käufer"})
-
-
-@contextmanager
-def postgres_database(server_url: str) -> Iterator[str]:
-    """A fresh database on the server at `server_url`, dropped afterwards; yields its URL."""
-    name = f"bench_ledger_writes_{uuid.uuid4().hex[:12]}"
-    server = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
-    try:
-        with server.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        try:
-            yield sa.engine.make_url(server_url).set(database=name).render_as_string(False)
-        finally:
-            with server.connect() as conn:
-                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        server.dispose()
 
 
 def key(n: int) -> str:

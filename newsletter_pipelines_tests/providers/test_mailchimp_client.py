@@ -76,16 +76,21 @@ def test_missing_audience_without_defaults_is_a_configuration_error(
     assert sandbox.stats.count("mailchimp", writes=True) == 0
 
 
-def test_required_merge_field_stops_before_any_member_write(
-    transport: httpx.BaseTransport, sandbox: Sandbox, mailchimp: MailchimpClient
-) -> None:
-    list_id = mailchimp.ensure_audience().id
+def _require_birthday(transport: httpx.BaseTransport, sandbox: Sandbox, list_id: str) -> None:
+    """Add a required merge field BDAY, which the sync does not fill, to the list."""
     raw = httpx.Client(transport=transport, base_url="http://sandbox.local/mailchimp/3.0")
     raw.post(
         f"/lists/{list_id}/merge-fields",
         json={"name": "Birthday", "tag": "BDAY", "type": "birthday", "required": True},
         auth=("x", next(iter(sandbox.state.mailchimp))),
     ).raise_for_status()
+
+
+def test_required_merge_field_stops_before_any_member_write(
+    transport: httpx.BaseTransport, sandbox: Sandbox, mailchimp: MailchimpClient
+) -> None:
+    list_id = mailchimp.ensure_audience().id
+    _require_birthday(transport, sandbox, list_id)
     with pytest.raises(ConfigurationError, match="BDAY"):
         make_mailchimp(transport).upsert(contacts(1))
     assert sandbox.stats.count("mailchimp", template=BATCH_SUBSCRIBE) == 0
@@ -183,12 +188,7 @@ def test_a_snapshot_fails_on_a_merge_field_layout_it_cannot_fill(
     transport: httpx.BaseTransport, sandbox: Sandbox, mailchimp: MailchimpClient
 ) -> None:
     list_id = mailchimp.ensure_audience().id
-    raw = httpx.Client(transport=transport, base_url="http://sandbox.local/mailchimp/3.0")
-    raw.post(
-        f"/lists/{list_id}/merge-fields",
-        json={"name": "Birthday", "tag": "BDAY", "type": "birthday", "required": True},
-        auth=("x", next(iter(sandbox.state.mailchimp))),
-    ).raise_for_status()
+    _require_birthday(transport, sandbox, list_id)
     with pytest.raises(ConfigurationError, match="BDAY"):
         make_mailchimp(transport).snapshot_rows()
 
