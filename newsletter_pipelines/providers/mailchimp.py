@@ -463,12 +463,11 @@ class MailchimpClient:
     def _first_page(self) -> tuple[int, list[MemberRow]]:
         """`_page(0)`; on a run's first read of the audience, read while its merge fields are
         checked (the page needs the list id only), one round trip less."""
-        list_id = self._found_list()
         if self._audience is not None:
             return self._page(0)
         with ThreadPoolExecutor(max_workers=1) as pool:
             checked = pool.submit(self.ensure_audience)
-            first = self._page(0, list_id)
+            first = self._page(0)
             checked.result()  # a refused merge field layout fails the read
         return first
 
@@ -526,11 +525,11 @@ class MailchimpClient:
             return None
         return member_of(MemberOut.model_validate(answer), self._salutation_tag)
 
-    def _page(self, offset: int, list_id: str | None = None) -> tuple[int, list[MemberRow]]:
-        """(`total_items`, the members' rows) of the page at `offset` (of `list_id`, default
-        the checked audience's)."""
+    def _page(self, offset: int) -> tuple[int, list[MemberRow]]:
+        """(`total_items`, the members' rows) of the page at `offset` (the list's id is all it
+        needs, not the merge fields' check)."""
         params = {"count": PAGE_SIZE, "offset": offset, "fields": _SNAPSHOT_FIELDS}
-        path = f"/lists/{list_id or self._list_id}/members"
+        path = f"/lists/{self._found_list()}/members"
         answer = self._api.request("GET", path, params=params)
         return read_members_rows(answer.content, self._salutation_tag)
 
