@@ -385,10 +385,6 @@ class _Push:
         record(self.ctx.engine, self.ctx.audience, self.ctx.run_id, [], logged=logged)
         self.summary.confirmed_after_interruption += len(logged)
 
-    def intend(self, chunk: Sequence[Mapping[str, Any]], action: SyncAction) -> None:
-        """Record the write about to be sent for every row of `chunk`."""
-        record(self.ctx.engine, self.ctx.audience, self.ctx.run_id, self.intents(chunk, action))
-
     def intents(self, chunk: Sequence[Mapping[str, Any]], action: SyncAction) -> _Write:
         """The ledger rows recording the write about to be sent for every row of `chunk`."""
         rows = [_intent(r, action) for r in chunk]
