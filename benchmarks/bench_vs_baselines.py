@@ -521,12 +521,18 @@ def project_breakdown(m: Measured) -> list[tuple[str, str]]:
             f"{r} ×{len(v)} sum {sum(v):.2f} s max {max(v):.2f} s"
             for r, v in sorted(by_route.items())
         )
+        edges = (
+            f" (first call sent at +{min(c.start for c in inside) - a:.2f} s, "
+            f"last answer {b - max(c.end for c in inside):.2f} s before the end)"
+            if inside
+            else ""
+        )
         rows.append(
             (
                 f"  {step.name}",
                 f"{step.end - step.start:6.2f} s (t={step.start - epoch0:.2f}); "
                 f"HTTP in flight {busy:.2f} s, "
-                f"no call in flight {step.end - step.start - busy:.2f} s; "
+                f"no call in flight {step.end - step.start - busy:.2f} s{edges}; "
                 f"peak RSS {rss.peak_between(a, b) / 1024**3:.2f} GiB"
                 + (f"; {step.parts()}" if step.parts() else "")
                 + (f"; {parts}" if parts else ""),
