@@ -7,7 +7,9 @@
   or `Retry-After` asks for;
 - any other 4xx raises `ApiError` with the provider's own code and message, 401 raises
   `AuthenticationError`; running out of retries raises `UnavailableError`;
-- secrets are sent per request (never to foreign hosts) and scrubbed from every message.
+- secrets are sent per request (never to foreign hosts) and scrubbed from every message;
+- the round trip of the recent calls is measured (`ApiClient.latency`), for choosing between
+  ways of doing the same work by their cost.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import functools
 import logging
 import random
 import ssl
+import statistics
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -154,6 +158,9 @@ def tls_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
+LATENCY_SAMPLES = 32  # the recent calls whose round trips `ApiClient.latency` takes the median of
+
+
 class ApiClient:
     """A small synchronous JSON client for one provider account."""
 
@@ -178,6 +185,8 @@ class ApiClient:
         self._retry = retry or RetryPolicy()
         self._slots = threading.BoundedSemaphore(max_connections)
         self._pace = Pacer(requests_per_second) if requests_per_second else None
+        self._round_trips: deque[float] = deque(maxlen=LATENCY_SAMPLES)
+        self._round_trips_lock = threading.Lock()
         self._client = httpx.Client(
             base_url=base_url.rstrip("/"),
             timeout=httpx.Timeout(self._retry.timeout, connect=min(10.0, self._retry.timeout)),
@@ -234,6 +243,14 @@ class ApiClient:
         """GET an absolute URL (e.g. a result file) without credentials, with retries."""
         return self._with_retries("GET", url.split("?", 1)[0], lambda: self._fetch(url)).content
 
+    def latency(self) -> float | None:
+        """The median round trip, in seconds, of this client's last `LATENCY_SAMPLES` calls
+        answered (from sending to the whole answer read; waiting for a connection or the pace
+        not counted); None before the first."""
+        with self._round_trips_lock:
+            samples = list(self._round_trips)
+        return statistics.median(samples) if samples else None
+
     def parallel(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
         """`fn` over `items` on up to `max_connections` threads; results in input order."""
         if len(items) <= 1:
@@ -273,13 +290,19 @@ class ApiClient:
         with self._slots:
             if self._pace is not None:
                 self._pace.acquire()  # paced once a connection is free, so no bursts follow
+            sent = time.perf_counter()
             try:
                 response = self._client.request(
                     method, path, params=params, **_json_body(json, self._auth_headers)
                 )
             except _TRANSIENT_ERRORS as exc:
                 raise _TransientError(f"{type(exc).__name__}: {exc}") from None
+            self._answered(time.perf_counter() - sent)
         return self._check(method, path, response)
+
+    def _answered(self, seconds: float) -> None:
+        with self._round_trips_lock:
+            self._round_trips.append(seconds)
 
     def _fetch(self, url: str) -> httpx.Response:
         with self._slots:

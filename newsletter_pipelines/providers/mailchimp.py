@@ -4,7 +4,8 @@ Writes can never re-subscribe anyone:
 - new contacts go through batch subscribe (`POST /lists/{id}`, ≤ 500 a call) with
   `update_existing: false`, so an existing member comes back as an error, untouched;
 - existing members are updated with `PATCH` bodies that carry no `status` (names, salutation,
-  email) and tag changes (`POST …/members/{hash}/tags`), several at once through `/batches`;
+  email) and tag changes (`POST …/members/{hash}/tags`), one by one or through `/batches`,
+  whichever is estimated sooner (`mailchimp_batches.Route`; `direct_max` fixes the choice);
 - only `unsubscribe` sets a status (`unsubscribed`); `remove` archives, never deletes.
 Refusals (`Member In Compliance State`, `Forgotten Email Not Subscribed`, `Invalid Resource`, …)
 are per-contact `refused` outcomes and are never retried.
@@ -302,7 +303,7 @@ class MailchimpClient:
         audience_defaults: AudienceDefaults | None = None,
         retry: RetryPolicy | None = None,
         poll: PollPolicy | None = None,
-        direct_max: int = 10,
+        direct_max: int | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         url = base_url or base_url_for(api_key)
@@ -544,7 +545,8 @@ class MailchimpClient:
     def write_members(self, writes: MemberWrites) -> list[Outcome]:
         """Contacts to create (absent or archived members among the updates) through batch
         subscribe first; then address changes, field and tag updates, unsubscribes and
-        archives as member operations together (`/batches` of 1,000 operations when many)."""
+        archives as member operations together (one by one or in `/batches` of 1,000,
+        `OperationRunner`)."""
         self.ensure_audience()
         outcomes: dict[str, Outcome] = {}
         creates: list[Contact] = []

@@ -1,15 +1,21 @@
-"""Runs Mailchimp member operations: a few directly, many through batch operations (`/batches`).
+"""Runs Mailchimp member operations one by one or through batch operations (`/batches`),
+whichever is estimated to finish sooner (`Route`).
 
-A batch answers asynchronously; its results arrive as a gzipped tar of JSON files, each an
-array of `{"status_code", "operation_id", "response"}` with `response` a JSON string. Operations
-that come back with 429/5xx (or not at all) are resubmitted; every other answer is final.
+One by one, the operations take ceil(n / connections) round trips; a batch takes what the last
+one this client ran took (before any: the first poll's wait and three round trips, its least),
+whatever its size. A batch answers asynchronously; its results arrive as a gzipped tar of JSON
+files, each an array of `{"status_code", "operation_id", "response"}` with `response` a JSON
+string. Operations that come back with 429/5xx (or not at all) are resubmitted; every other
+answer is final.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import tarfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +26,8 @@ from tenacity import Retrying, retry_if_result, stop_after_attempt, wait_exponen
 from newsletter_pipelines.providers.errors import ApiError, UnavailableError
 from newsletter_pipelines.providers.http import ApiClient, PollPolicy
 from newsletter_pipelines.providers.mailchimp_models import BatchStatus
+
+log = logging.getLogger("newsletter_pipelines.providers")
 
 
 @dataclass(frozen=True)
@@ -66,15 +74,39 @@ class OpResult:
         return f"{detail} ({fields})" if fields else detail
 
 
+@dataclass(frozen=True)
+class Route:
+    """The estimated seconds of some operations sent one by one and through `/batches`."""
+
+    direct: float
+    batches: float
+
+    @classmethod
+    def of(cls, count: int, connections: int, latency: float | None, batch_seconds: float) -> Route:
+        """For `count` operations on `connections` connections with calls of `latency`
+        seconds (None: unknown, then only what one round of calls takes goes direct) and a
+        batch taking `batch_seconds`."""
+        rounds = -(-count // connections)
+        if latency is None:
+            return cls(0.0 if rounds <= 1 else float("inf"), batch_seconds)
+        return cls(rounds * latency, batch_seconds)
+
+    @property
+    def direct_is_sooner(self) -> bool:
+        """True when sending one by one is estimated to finish no later than a batch."""
+        return self.direct <= self.batches
+
+
 class OperationRunner:
-    """Executes operations the cheapest way: directly when few, as batches when many."""
+    """Executes operations the way estimated to finish sooner (`Route`); `direct_max` fixes
+    the choice instead: up to that many one by one, more through batches."""
 
     def __init__(
         self,
         api: ApiClient,
         *,
         poll: PollPolicy,
-        direct_max: int = 10,
+        direct_max: int | None = None,
         batch_size: int = 1000,
         rounds: int = 5,
     ) -> None:
@@ -83,10 +115,36 @@ class OperationRunner:
         self._direct_max = direct_max
         self._batch_size = batch_size
         self._rounds = rounds
+        self._batch_seconds: float | None = None  # what the last batch round took
+
+    def route(self, count: int) -> Route:
+        """The estimated seconds of `count` operations either way, from this client's recent
+        round trips and the last batch it ran (before any: the least a batch takes, the
+        submit, the first poll after `PollPolicy.initial` and the download)."""
+        latency = self._api.latency()
+        batch = self._batch_seconds
+        if batch is None:
+            batch = self._poll.initial + 3 * (latency or 0.0)
+        return Route.of(count, self._api.max_connections, latency, batch)
 
     def run(self, operations: Sequence[Operation]) -> dict[str, OpResult]:
         """The result of every operation, keyed by `operation_id`."""
-        if len(operations) <= self._direct_max:
+        if not operations:
+            return {}
+        if self._direct_max is not None:
+            direct = len(operations) <= self._direct_max
+        else:
+            route = self.route(len(operations))
+            direct = route.direct_is_sooner
+            log.info(
+                "mailchimp: %d member operations %s (estimated: one by one %.2f s, "
+                "through /batches %.2f s)",
+                len(operations),
+                "one by one" if direct else "through /batches",
+                route.direct,
+                route.batches,
+            )
+        if direct:
             return dict(self._api.parallel(self._direct, list(operations)))
         results: dict[str, OpResult] = {}
         pending = list(operations)
@@ -117,6 +175,9 @@ class OperationRunner:
         )
 
     def _batched(self, operations: Sequence[Operation]) -> dict[str, OpResult]:
+        """Submit `operations` in batches and wait for all their results; what that took is
+        remembered for the next `route`."""
+        began = time.perf_counter()
         batch_ids = self._api.parallel(self._submit, list(chunked(operations, self._batch_size)))
         results = {op.operation_id: OpResult(0) for op in operations}
         waiting = set(batch_ids)
@@ -133,6 +194,7 @@ class OperationRunner:
                 "mailchimp",
                 f"batches {sorted(waiting)} not finished within {self._poll.deadline} s",
             )
+        self._batch_seconds = time.perf_counter() - began
         return results
 
     def _submit(self, chunk: Sequence[Operation]) -> str:
