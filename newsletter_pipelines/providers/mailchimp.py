@@ -87,6 +87,7 @@ _MEMBER_FIELD_NAMES = (
     "unsubscribe_reason",
 )
 _MEMBER_FIELDS = ",".join(_MEMBER_FIELD_NAMES)
+_LIST_COUNTS = "lists.stats.member_count,lists.stats.unsubscribe_count,lists.stats.cleaned_count"
 _SNAPSHOT_FIELDS = ",".join(["total_items", *(f"members.{f}" for f in _MEMBER_FIELD_NAMES)])
 _SENT_TO_FIELDS = "total_items,sent_to.email_address,sent_to.status"
 _CHOICE_TYPES = ("dropdown", "radio")
@@ -328,6 +329,7 @@ class MailchimpClient:
         self._lock = threading.Lock()
         self._list_lock = threading.Lock()
         self._found_id: str | None = None
+        self._counted = 0  # the found list's members as its counts had them
 
     # --- setup --------------------------------------------------------------------------
 
@@ -352,7 +354,7 @@ class MailchimpClient:
             return self._found_id
 
     def _find_list(self) -> str | None:
-        offset, found = 0, []
+        offset, found, counted = 0, [], []
         while True:
             page = ListsPage.model_validate(
                 self._api.call(
@@ -361,11 +363,13 @@ class MailchimpClient:
                     params={
                         "count": PAGE_SIZE,
                         "offset": offset,
-                        "fields": "lists.id,lists.name,total_items,constraints",
+                        "fields": f"lists.id,lists.name,{_LIST_COUNTS},total_items,constraints",
                     },
                 )
             )
-            found += [lst.id for lst in page.lists if lst.name == self._audience_name]
+            named = [lst for lst in page.lists if lst.name == self._audience_name]
+            found += [lst.id for lst in named]
+            counted += [lst.stats for lst in named]
             self._may_create = page.constraints.may_create
             offset += PAGE_SIZE
             if offset >= page.total_items:
@@ -377,6 +381,9 @@ class MailchimpClient:
                 self._audience_name,
                 found[0],
             )
+        if counted:
+            stats = counted[0]
+            self._counted = stats.member_count + stats.unsubscribe_count + stats.cleaned_count
         return found[0] if found else None
 
     def _create_list(self) -> str:
@@ -450,27 +457,39 @@ class MailchimpClient:
     def snapshot_rows(self) -> list[MemberRow]:
         """Every member's row (all statuses) by paging `GET /lists/{id}/members`, 1000 a page
         (the cyclic garbage collector paused: `bulk.gc_paused`); a member on two pages (the
-        audience changed while paging) once, as the later page has it."""
+        audience changed while paging) once, as the later page has it.
+
+        The pages the list's subscribed, unsubscribed and cleaned counts (read when it was
+        found) say it fills are read together with the first, which tells the whole count:
+        the pages past those are read then (counts that lag cost a round trip, or an empty
+        page)."""
         with gc_paused():
-            total, first = self._first_page()
-            offsets = list(range(PAGE_SIZE, total, PAGE_SIZE))
-            pages = [first, *self._api.parallel(self._read_page, offsets)]
+            total, pages = self._first_pages()
+            offsets = list(range(PAGE_SIZE * len(pages), total, PAGE_SIZE))
+            pages += self._api.parallel(self._read_page, offsets)
             # its times, made among the pages' objects, would keep their memory from the system
             # (Python frees an arena only when all of it is free): ~0.5 GiB of a million members
             moment.cache_clear()
             by_id = {row[0]: row for page in pages for row in page}
             return list(by_id.values())
 
-    def _first_page(self) -> tuple[int, list[MemberRow]]:
-        """`_page(0)`; on a run's first read of the audience, read while its merge fields are
-        checked (the page needs the list id only), one round trip less."""
+    def _first_pages(self) -> tuple[int, list[list[MemberRow]]]:
+        """The audience's `total_items` and its pages up to what its counts say it holds (the
+        first at least); on a run's first read of the audience, read while its merge fields
+        are checked (the pages need the list id only), one round trip less."""
         if self._audience is not None:
-            return self._page(0)
+            return self._counted_pages()
         with ThreadPoolExecutor(max_workers=1) as pool:
             checked = pool.submit(self.ensure_audience)
-            first = self._page(0)
+            pages = self._counted_pages()
             checked.result()  # a refused merge field layout fails the read
-        return first
+        return pages
+
+    def _counted_pages(self) -> tuple[int, list[list[MemberRow]]]:
+        self._found_list()
+        offsets = range(0, max(self._counted, 1), PAGE_SIZE)
+        answers = self._api.parallel(self._page, list(offsets))
+        return answers[0][0], [rows for _, rows in answers]
 
     def _read_page(self, offset: int) -> list[MemberRow]:
         """The members of the page at `offset`, read as it arrives (while other pages are

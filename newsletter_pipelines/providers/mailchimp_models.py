@@ -56,9 +56,18 @@ class BatchSubscribeAnswer(_Answer):
     errors: list[BatchSubscribeError] = Field(default_factory=list)
 
 
+class ListStats(_Answer):
+    """A list's member counts by status (Mailchimp updates them now and then, not at once)."""
+
+    member_count: int = 0
+    unsubscribe_count: int = 0
+    cleaned_count: int = 0
+
+
 class ListRef(_Answer):
     id: str
     name: str
+    stats: ListStats = Field(default_factory=ListStats)
 
 
 class Constraints(_Answer):
