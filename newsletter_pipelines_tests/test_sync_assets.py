@@ -11,8 +11,9 @@ import sqlalchemy as sa
 
 from newsletter_pipelines.definitions import defs
 from newsletter_pipelines.defs.resources import build_resources
-from newsletter_pipelines.providers.resources import embedded_sandbox
+from newsletter_pipelines.providers.resources import SANDBOX_MAILCHIMP_KEY, embedded_sandbox
 from newsletter_pipelines.sandbox import Sandbox
+from newsletter_pipelines.sandbox.mailchimp_state import McMergeField
 from newsletter_pipelines.settings import Settings
 
 QUIET: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
@@ -211,6 +212,28 @@ def test_provider_error_fails_the_run_and_no_diff_is_made(sandbox: Sandbox) -> N
     assert "API Key Invalid" in str(failure.event_specific_data.error)
     assert not metadata(result, "reconciliation_diff")
     assert not metadata(result, "audience_sync")
+
+
+def test_a_merge_field_the_sync_cannot_fill_fails_the_push_before_any_write(
+    sandbox: Sandbox,
+) -> None:
+    """The snapshot reads the members (it needs the list only); the push checks the merge
+    fields while it reads the diff and stops on a required one the sync cannot fill, naming
+    it, before any write."""
+    with dg.instance_for_test() as instance:
+        assert run_sync(instance, "mailchimp").success
+        with sandbox.transaction() as state:
+            (mc_list,) = state.mailchimp[SANDBOX_MAILCHIMP_KEY].lists.values()
+            birthday = McMergeField(merge_id=99, tag="BDAY", name="Birthday", required=True)
+            mc_list.merge_fields.append(birthday)
+        before = writes(sandbox, "mailchimp")
+        result = run_sync(instance, "mailchimp")
+    assert not result.success
+    (failure,) = result.get_step_failure_events()
+    assert failure.step_key == "audience_sync"
+    assert "BDAY" in str(failure.event_specific_data.error)
+    assert metadata(result, "provider_audience_snapshot")["member_count"] > 0
+    assert writes(sandbox, "mailchimp") == before
 
 
 def test_partitions_are_the_configured_audiences() -> None:

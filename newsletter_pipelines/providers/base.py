@@ -203,6 +203,11 @@ class Provider(Protocol):
         """Find or create the audience and the fields the sync writes; idempotent."""
         ...
 
+    def found_audience(self) -> Audience:
+        """The audience, found or created, as far as reading its members needs (Mailchimp:
+        its fields not checked, which `ensure_audience` does before any write)."""
+        ...
+
     def snapshot(self) -> list[Member]:
         """Every member of the audience, whatever its status."""
         ...

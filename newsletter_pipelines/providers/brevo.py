@@ -233,6 +233,10 @@ class BrevoClient:
                 self._audience = Audience(provider=NAME, id=str(list_id), name=self._audience_name)
             return self._audience
 
+    def found_audience(self) -> Audience:
+        """`ensure_audience` (reading the list decodes its attributes: they are checked)."""
+        return self.ensure_audience()
+
     def _find(self, path: str, key: str, name: str) -> int | None:
         offset = 0
         while True:

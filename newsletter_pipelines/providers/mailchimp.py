@@ -18,7 +18,6 @@ import hashlib
 import logging
 import threading
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 from urllib.parse import parse_qsl, quote, urlencode
 
@@ -346,6 +345,11 @@ class MailchimpClient:
                 self._audience = Audience(provider=NAME, id=list_id, name=self._audience_name)
             return self._audience
 
+    def found_audience(self) -> Audience:
+        """The audience found by name (or created), its merge fields not checked: reading
+        members needs the list id only (the check, `ensure_audience`, comes before writes)."""
+        return Audience(provider=NAME, id=self._found_list(), name=self._audience_name)
+
     def _found_list(self) -> str:
         """The audience's list id, found by name (or created) once."""
         with self._list_lock:
@@ -462,9 +466,10 @@ class MailchimpClient:
         The pages the list's subscribed, unsubscribed and cleaned counts (read when it was
         found) say it fills are read together with the first, which tells the whole count:
         the pages past those are read then (counts that lag cost a round trip, or an empty
-        page)."""
+        page). The merge fields are not checked (`found_audience`): that call would take a
+        connection from the pages, a round trip more in most snapshots."""
         with gc_paused():
-            total, pages = self._first_pages()
+            total, pages = self._counted_pages()
             offsets = list(range(PAGE_SIZE * len(pages), total, PAGE_SIZE))
             pages += self._api.parallel(self._read_page, offsets)
             # its times, made among the pages' objects, would keep their memory from the system
@@ -473,19 +478,9 @@ class MailchimpClient:
             by_id = {row[0]: row for page in pages for row in page}
             return list(by_id.values())
 
-    def _first_pages(self) -> tuple[int, list[list[MemberRow]]]:
-        """The audience's `total_items` and its pages up to what its counts say it holds (the
-        first at least); on a run's first read of the audience, read while its merge fields
-        are checked (the pages need the list id only), one round trip less."""
-        if self._audience is not None:
-            return self._counted_pages()
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            checked = pool.submit(self.ensure_audience)
-            pages = self._counted_pages()
-            checked.result()  # a refused merge field layout fails the read
-        return pages
-
     def _counted_pages(self) -> tuple[int, list[list[MemberRow]]]:
+        """The audience's `total_items` and its pages up to what its counts say it holds (the
+        first at least)."""
         self._found_list()
         offsets = range(0, max(self._counted, 1), PAGE_SIZE)
         answers = self._api.parallel(self._page, list(offsets))

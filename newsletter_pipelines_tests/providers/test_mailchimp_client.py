@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 
 import httpx
 import pytest
@@ -77,21 +76,11 @@ def test_missing_audience_without_defaults_is_a_configuration_error(
     assert sandbox.stats.count("mailchimp", writes=True) == 0
 
 
-@pytest.mark.parametrize(
-    "use",
-    [
-        pytest.param(lambda client: client.upsert(contacts(1)), id="upsert"),
-        pytest.param(lambda client: client.snapshot_rows(), id="snapshot"),
-    ],
-)
 def test_required_merge_field_stops_before_any_member_write(
-    transport: httpx.BaseTransport,
-    sandbox: Sandbox,
-    mailchimp: MailchimpClient,
-    use: Callable[[MailchimpClient], object],
+    transport: httpx.BaseTransport, sandbox: Sandbox, mailchimp: MailchimpClient
 ) -> None:
-    """A required merge field the sync does not fill fails a fresh client's first use, the
-    snapshot too (its first page is read beside the merge fields' check)."""
+    """A required merge field the sync does not fill fails a fresh client's first write; its
+    snapshot reads the members all the same (reading needs the list only)."""
     list_id = mailchimp.ensure_audience().id
     raw = httpx.Client(transport=transport, base_url="http://sandbox.local/mailchimp/3.0")
     raw.post(
@@ -99,8 +88,9 @@ def test_required_merge_field_stops_before_any_member_write(
         json={"name": "Birthday", "tag": "BDAY", "type": "birthday", "required": True},
         auth=("x", next(iter(sandbox.state.mailchimp))),
     ).raise_for_status()
+    assert make_mailchimp(transport).snapshot_rows() == []
     with pytest.raises(ConfigurationError, match="BDAY"):
-        use(make_mailchimp(transport))
+        make_mailchimp(transport).upsert(contacts(1))
     assert sandbox.stats.count("mailchimp", template=BATCH_SUBSCRIBE) == 0
 
 
@@ -164,32 +154,20 @@ def test_snapshot_pages_by_1000_and_reports_every_status(
     assert sandbox.stats.count("mailchimp", template="/lists/{list_id}/members") == 3
 
 
-class _HoldsMergeFields(httpx.BaseTransport):
-    """Holds the merge fields' read until a members page is asked for (up to 5 s) and notes
-    whether it was: a snapshot reading them one after the other waits the 5 s and says no."""
-
-    def __init__(self, inner: httpx.BaseTransport) -> None:
-        self.inner = inner
-        self.page_asked = threading.Event()
-        self.held: list[bool] = []
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        if request.url.path.endswith("/members"):
-            self.page_asked.set()
-        elif request.url.path.endswith("/merge-fields") and request.method == "GET":
-            self.held.append(self.page_asked.wait(5))
-        return self.inner.handle_request(request)
-
-
-def test_a_first_snapshot_reads_its_first_page_while_the_merge_fields_are_checked(
-    transport: httpx.BaseTransport, mailchimp: MailchimpClient
+def test_a_snapshot_reads_members_only(
+    sandbox: Sandbox, transport: httpx.BaseTransport, mailchimp: MailchimpClient
 ) -> None:
+    """A fresh client's snapshot finds the list and reads its pages: no merge fields' check
+    (it would take a connection from the pages), which its first write makes."""
     mailchimp.upsert(contacts(1500))
-    holding = _HoldsMergeFields(transport)
-    client = make_mailchimp(holding)
+    sandbox.stats.reset()
+    client = make_mailchimp(transport)
     assert len(client.snapshot_rows()) == 1500
-    assert holding.held == [True]
-    assert client.ensure_audience().id == mailchimp.ensure_audience().id
+    assert client.found_audience() == mailchimp.ensure_audience()
+    assert {template for (_, _, template, _) in sandbox.stats.calls} == {
+        "/lists",
+        "/lists/{list_id}/members",
+    }
 
 
 class _PagesTogether(httpx.BaseTransport):

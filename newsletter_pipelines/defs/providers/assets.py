@@ -2,6 +2,7 @@
 
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import dagster as dg
@@ -67,8 +68,8 @@ def provider_audience_snapshot(
         # a refused key fails the first call (AuthenticationError): no separate ping; the
         # webhook first, so no change made while the pages are read goes unheard
         webhook = _register_webhook(audience, client, context.log.info)
-        members = client.snapshot_rows()  # checks the audience (Mailchimp: beside a page)
-        found = client.ensure_audience()
+        members = client.snapshot_rows()
+        found = client.found_audience()  # its fields are checked by the push, before writes
     statuses = Counter(row[STATUS] for row in members)
     context.log.info(f"{audience.key}: {len(members)} members ({dict(statuses)})")
     sample = [
@@ -305,19 +306,25 @@ def audience_sync(
         )
         return decide(crm_ids, keys)
 
-    counted, diff = stored_push_input(reconciliation_diff)
-    planned = counted["action"].value_counts()
-    planned_meta = {f"planned_{a}": dg.MetadataValue.int(int(n)) for a, n in planned.items()}
-    if config.dry_run:
-        context.log.info(f"dry run: nothing sent to {audience.key}")
-        return dg.MaterializeResult(metadata={"dry_run": True, **planned_meta})
-    verdicts = push_guards(counted, config.model_dump())
-    del counted
-    for verdict in verdicts.values():
-        if not verdict.passed:
-            context.log.error(verdict.message)
-    with run_client(context, audience, mailchimp, brevo) as client:
-        client.ensure_audience()  # asked once per run: the snapshot's answer
+    with (
+        run_client(context, audience, mailchimp, brevo) as client,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="audience") as pool,
+    ):
+        # the audience's fields are checked (created where missing) while the diff is read;
+        # a dry run sends nothing, that neither
+        checked = None if config.dry_run else pool.submit(client.ensure_audience)
+        counted, diff = stored_push_input(reconciliation_diff)
+        planned = counted["action"].value_counts()
+        planned_meta = {f"planned_{a}": dg.MetadataValue.int(int(n)) for a, n in planned.items()}
+        if checked is None:
+            context.log.info(f"dry run: nothing sent to {audience.key}")
+            return dg.MaterializeResult(metadata={"dry_run": True, **planned_meta})
+        verdicts = push_guards(counted, config.model_dump())
+        del counted
+        for verdict in verdicts.values():
+            if not verdict.passed:
+                context.log.error(verdict.message)
+        checked.result()  # a layout the sync cannot write to fails here, before any write
         keys = member_keys(diff)
         members = (
             members_by_key(provider_audience_snapshot.load_where("match_key", set(keys)), keys)
