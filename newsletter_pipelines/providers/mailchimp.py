@@ -18,6 +18,7 @@ import hashlib
 import logging
 import threading
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 from urllib.parse import parse_qsl, quote, urlencode
 
@@ -329,6 +330,9 @@ class MailchimpClient:
         self._list_lock = threading.Lock()
         self._found_id: str | None = None
         self._counted = 0  # the found list's members as its counts had them
+        # `ensure_audience` started once a snapshot's pages are read (`_check_soon`)
+        self._checker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailchimp-check")
+        self._check_started = False
 
     # --- setup --------------------------------------------------------------------------
 
@@ -466,17 +470,28 @@ class MailchimpClient:
         The pages the list's subscribed, unsubscribed and cleaned counts (read when it was
         found) say it fills are read together with the first, which tells the whole count:
         the pages past those are read then (counts that lag cost a round trip, or an empty
-        page). The merge fields are not checked (`found_audience`): that call would take a
-        connection from the pages, a round trip more in most snapshots."""
+        page). The merge fields' check (`ensure_audience`), which would take a connection from
+        the pages (a round trip more in most snapshots), starts once they are read, on a
+        thread of the client: it is done by the first write (which waits for it, or fails
+        as it failed)."""
         with gc_paused():
             total, pages = self._counted_pages()
             offsets = list(range(PAGE_SIZE * len(pages), total, PAGE_SIZE))
             pages += self._api.parallel(self._read_page, offsets)
+            self._check_soon()
             # its times, made among the pages' objects, would keep their memory from the system
             # (Python frees an arena only when all of it is free): ~0.5 GiB of a million members
             moment.cache_clear()
             by_id = {row[0]: row for page in pages for row in page}
             return list(by_id.values())
+
+    def _check_soon(self) -> None:
+        """Start `ensure_audience` on the client's checking thread, once. A failure there is
+        not kept: the next `ensure_audience` (before any write) checks again and raises."""
+        with self._list_lock:
+            if self._audience is None and not self._check_started:
+                self._check_started = True
+                self._checker.submit(self.ensure_audience)
 
     def _counted_pages(self) -> tuple[int, list[list[MemberRow]]]:
         """The audience's `total_items` and its pages up to what its counts say it holds (the
@@ -924,7 +939,8 @@ class MailchimpClient:
         return str(self._api.call("POST", path, json=body)["id"])
 
     def close(self) -> None:
-        """Close connections."""
+        """Wait for a merge fields' check under way, then close connections."""
+        self._checker.shutdown(wait=True)
         self._api.close()
 
     # --- outcome helpers ----------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import httpx
 import pytest
@@ -154,20 +155,37 @@ def test_snapshot_pages_by_1000_and_reports_every_status(
     assert sandbox.stats.count("mailchimp", template="/lists/{list_id}/members") == 3
 
 
-def test_a_snapshot_reads_members_only(
-    sandbox: Sandbox, transport: httpx.BaseTransport, mailchimp: MailchimpClient
+class _Timeline(httpx.BaseTransport):
+    """Passes requests on; notes each one's path with when it was sent and answered."""
+
+    def __init__(self, inner: httpx.BaseTransport) -> None:
+        self.inner = inner
+        self.calls: list[tuple[str, float, float]] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        sent = time.perf_counter()
+        response = self.inner.handle_request(request)
+        self.calls.append((request.url.path, sent, time.perf_counter()))
+        return response
+
+
+def test_a_snapshot_checks_the_merge_fields_once_its_pages_are_read(
+    transport: httpx.BaseTransport, mailchimp: MailchimpClient
 ) -> None:
-    """A fresh client's snapshot finds the list and reads its pages: no merge fields' check
-    (it would take a connection from the pages), which its first write makes."""
+    """A fresh client's snapshot finds the list and reads its pages; the merge fields' check
+    (which would take a connection from the pages) starts after the last page is answered,
+    on a thread of the client, and is done by the first write."""
     mailchimp.upsert(contacts(1500))
-    sandbox.stats.reset()
-    client = make_mailchimp(transport)
+    timeline = _Timeline(transport)
+    client = make_mailchimp(timeline)
     assert len(client.snapshot_rows()) == 1500
     assert client.found_audience() == mailchimp.ensure_audience()
-    assert {template for (_, _, template, _) in sandbox.stats.calls} == {
-        "/lists",
-        "/lists/{list_id}/members",
-    }
+    client.upsert(contacts(1, start=1500))
+    pages = [answered for path, _, answered in timeline.calls if path.endswith("/members")]
+    checks = [sent for path, sent, _ in timeline.calls if path.endswith("/merge-fields")]
+    assert len(pages) == 2 and len(checks) == 1
+    assert checks[0] > max(pages)
+    client.close()
 
 
 class _PagesTogether(httpx.BaseTransport):
