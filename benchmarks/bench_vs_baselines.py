@@ -513,7 +513,9 @@ def project_breakdown(m: Measured) -> list[tuple[str, str]]:
     for step in steps:
         a, b = step.start - epoch0 + perf0, step.end - epoch0 + perf0
         inside = [c for c in calls if a - 0.05 <= c.start <= b]
-        busy = _union([(c.start, c.end) for c in inside])
+        # a client's call may outlive the step that started it (Mailchimp's merge fields'
+        # check after the snapshot's pages): counted up to the step's end
+        busy = _union([(c.start, min(c.end, b)) for c in inside])
         by_route: dict[str, list[float]] = defaultdict(list)
         for c in inside:
             by_route[f"{c.method} {c.route}"].append(c.end - c.start)
@@ -523,7 +525,7 @@ def project_breakdown(m: Measured) -> list[tuple[str, str]]:
         )
         edges = (
             f" (first call sent at +{min(c.start for c in inside) - a:.2f} s, "
-            f"last answer {b - max(c.end for c in inside):.2f} s before the end)"
+            f"last answer {b - max(min(c.end, b) for c in inside):.2f} s before the end)"
             if inside
             else ""
         )
