@@ -9,7 +9,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -49,17 +49,31 @@ def release_freed_memory() -> None:
 
 
 def records_in_chunks(
-    frame: pd.DataFrame, size: int, per_read: int = 16
+    frame: pd.DataFrame,
+    size: int,
+    per_read: int = 16,
+    per_chunk: Mapping[str, Callable[[pd.Series], list[Any]]] | None = None,
 ) -> Iterator[list[dict[str, Any]]]:
     """`records` of `frame.iloc[start : start + size]` for each start in steps of `size`,
     reading the columns `per_read` chunks at a time (slicing the frame per chunk cost more than
-    making its dicts), so no more than that many chunks' values are held as lists at once."""
+    making its dicts), so no more than that many chunks' values are held as lists at once;
+    the columns of `per_chunk` are read one chunk at a time, by their function (a decoding
+    the first chunk need not wait for the next ones' of)."""
+    later = per_chunk or {}
     for at in range(0, len(frame), size * per_read):
         part = frame.iloc[at : at + size * per_read]
         names = list(part.columns)
-        columns = [part[name].tolist() for name in names]
+        columns = [None if name in later else part[name].tolist() for name in names]
         for start in range(0, len(part), size):
-            values = zip(*(column[start : start + size] for column in columns), strict=True)
+            values = zip(
+                *(
+                    later[name](part[name].iloc[start : start + size])
+                    if column is None
+                    else column[start : start + size]
+                    for name, column in zip(names, columns, strict=True)
+                ),
+                strict=True,
+            )
             yield [dict(zip(names, row, strict=True)) for row in values]
 
 

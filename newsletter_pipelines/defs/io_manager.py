@@ -127,18 +127,30 @@ class StoredFrame:
     columns: Sequence[str] | None = None  # None: all
     rows_with: Sequence[str] = ()  # empty: all rows
     arrow_text: bool = False  # the plain text columns as `state.columns.TEXT`
+    arrow_structs: Sequence[str] = ()  # struct columns left undecoded (`frames.struct_objects`)
 
     def load(self) -> pd.DataFrame:
         """The frame (read again at each call)."""
         with self.path.open("rb") as file:
-            return read_frame(file, self.columns, self.rows_with, arrow_text=self.arrow_text)
+            return read_frame(
+                file,
+                self.columns,
+                self.rows_with,
+                arrow_text=self.arrow_text,
+                arrow_structs=self.arrow_structs,
+            )
 
     def load_where(self, column: str, values: Collection[str | None]) -> pd.DataFrame:
         """The frame's rows whose text column `column` holds one of `values`, the others not
         decoded (`storage.frames.read_frame`'s `rows_in`; read again at each call)."""
         with self.path.open("rb") as file:
             return read_frame(
-                file, self.columns, self.rows_with, (column, values), arrow_text=self.arrow_text
+                file,
+                self.columns,
+                self.rows_with,
+                (column, values),
+                arrow_text=self.arrow_text,
+                arrow_structs=self.arrow_structs,
             )
 
     def part(
