@@ -16,7 +16,7 @@ import pandas as pd
 from pydantic import Field
 from upath import UPath
 
-from newsletter_pipelines.bulk import collect_garbage, release_freed_memory
+from newsletter_pipelines.bulk import collect_garbage, freeze_lasting, release_freed_memory
 from newsletter_pipelines.storage.frames import read_frame, to_table, write_table
 
 _LOCAL = ("", "file", "local")  # fsspec protocols of the local filesystem
@@ -189,4 +189,6 @@ class ParquetIOManagerResource(dg.ConfigurableIOManagerFactory):
     )
 
     def create_io_manager(self, context: dg.InitResourceContext) -> ParquetIOManager:
+        """The IO manager of a run, made as it starts (`bulk.freeze_lasting`)."""
+        freeze_lasting()
         return ParquetIOManager(base_path=UPath(self.base_uri))
