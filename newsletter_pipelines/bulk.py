@@ -7,6 +7,7 @@ and none forms a cycle; the collector's passes over them cost a third to a half 
 from __future__ import annotations
 
 import ctypes
+import functools
 import gc
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -32,10 +33,15 @@ def gc_paused() -> Iterator[None]:
 def collect_garbage() -> None:
     """A full collection of reference cycles; the first in a process then freezes what
     survived it (the modules, Dagster's definitions: objects alive for the whole process), so
-    that later collections look only at what was made since (0.1 s less each), unless
-    `freeze_lasting` froze them before."""
+    that later collections look only at what was made since (0.1 s less each)."""
     gc.collect()
-    freeze_lasting()
+    _freeze_survivors()
+
+
+@functools.cache
+def _freeze_survivors() -> None:
+    """Freeze what survived the first `collect_garbage` of the process (once: cached)."""
+    gc.freeze()
 
 
 def freeze_lasting() -> None:
