@@ -86,11 +86,11 @@ def read_frame(
     kept = None
     masks = []
     if rows_with:
-        valid = [column.is_valid() for column in parquet.read(columns=list(rows_with)).columns]
+        valid = [_column(parquet, table, name).is_valid() for name in rows_with]
         masks.append(functools.reduce(pc.or_, valid))
     if rows_in is not None:
         name, values = rows_in
-        found = parquet.read(columns=[name]).column(0)
+        found = _column(parquet, table, name)
         if pa.types.is_null(found.type):  # a column of None only (Arrow knows no text type)
             found = found.cast(pa.string())
         value_set = pa.array(list(values), type=found.type)
@@ -106,6 +106,13 @@ def read_frame(
     if kept is not None and (stored := _range_index(schema)) is not None:
         frame.index = stored[kept]  # a range index is metadata: Arrow cannot filter it
     return frame
+
+
+def _column(parquet: pq.ParquetFile, table: pa.Table, name: str) -> pa.ChunkedArray:
+    """The stored column `name`: `table`'s when read into it, else read now."""
+    if name in table.schema.names:
+        return table.column(name)
+    return parquet.read(columns=[name]).column(0)
 
 
 def _check_plain_text(name: str, schema: pa.Schema, ours: dict[str, Any] | None) -> None:
