@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import json
+import operator
 from collections.abc import Collection, Iterable, Sequence
 from datetime import date, datetime
 from decimal import Decimal
@@ -283,10 +284,12 @@ def _encode_values(values: Iterable[Any]) -> list[str | None]:
 def _struct_column(column: pd.Series, cls: type) -> tuple[pa.StructArray, list[str]]:
     """A column of `cls` instances and None as a struct array, and the fields held as JSON."""
     names = codec.dataclass_fields(cls) or ()
-    states = [None if v is None else v.__dict__ for v in column]
+    values = column.tolist()
+    empty = dict.fromkeys(names)  # the fields of a null row
+    states = [empty if v is None else v.__dict__ for v in values]
     children, coded = [], []
     for name in names:
-        cells = [None if state is None else state[name] for state in states]
+        cells = list(map(operator.itemgetter(name), states))
         if not set(map(type, cells)) <= _PLAIN:
             try:
                 cells = _encode_values(cells)
@@ -294,7 +297,7 @@ def _struct_column(column: pd.Series, cls: type) -> tuple[pa.StructArray, list[s
                 raise TypeError(f"column {column.name!r}, field {name}: {exc}") from None
             coded.append(name)
         children.append(pa.array(cells, pa.string()))
-    nulls = pa.array(np.fromiter((s is None for s in states), bool, len(states)))
+    nulls = pa.array(np.fromiter((v is None for v in values), bool, len(values)))
     return pa.StructArray.from_arrays(children, names=list(names), mask=nulls), coded
 
 
