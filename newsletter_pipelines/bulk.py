@@ -7,9 +7,10 @@ and none forms a cycle; the collector's passes over them cost a third to a half 
 from __future__ import annotations
 
 import ctypes
+import functools
 import gc
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -34,6 +35,20 @@ def collect_garbage() -> None:
     survived it (the modules, Dagster's definitions: objects alive for the whole process), so
     that later collections look only at what was made since (0.1 s less each)."""
     gc.collect()
+    _freeze_survivors()
+
+
+@functools.cache
+def _freeze_survivors() -> None:
+    """Freeze what survived the first `collect_garbage` of the process (once: cached)."""
+    gc.freeze()
+
+
+def freeze_lasting() -> None:
+    """Freeze what exists now (`gc.freeze`) unless something is frozen already: called as a
+    run starts, when what exists (the modules, Dagster's definitions, the run's plan) lasts
+    as long as the process, so even the first `collect_garbage` looks only at the objects
+    made since (its full pass over the rest cost 0.1 s before the first step's inputs)."""
     if not gc.get_freeze_count():
         gc.freeze()
 
@@ -49,17 +64,31 @@ def release_freed_memory() -> None:
 
 
 def records_in_chunks(
-    frame: pd.DataFrame, size: int, per_read: int = 16
+    frame: pd.DataFrame,
+    size: int,
+    per_read: int = 16,
+    per_chunk: Mapping[str, Callable[[pd.Series], list[Any]]] | None = None,
 ) -> Iterator[list[dict[str, Any]]]:
     """`records` of `frame.iloc[start : start + size]` for each start in steps of `size`,
     reading the columns `per_read` chunks at a time (slicing the frame per chunk cost more than
-    making its dicts), so no more than that many chunks' values are held as lists at once."""
+    making its dicts), so no more than that many chunks' values are held as lists at once;
+    the columns of `per_chunk` are read one chunk at a time, by their function (a decoding
+    the first chunk need not wait for the next ones' of)."""
+    later = per_chunk or {}
     for at in range(0, len(frame), size * per_read):
         part = frame.iloc[at : at + size * per_read]
         names = list(part.columns)
-        columns = [part[name].tolist() for name in names]
+        columns = [None if name in later else part[name].tolist() for name in names]
         for start in range(0, len(part), size):
-            values = zip(*(column[start : start + size] for column in columns), strict=True)
+            values = zip(
+                *(
+                    later[name](part[name].iloc[start : start + size])
+                    if column is None
+                    else column[start : start + size]
+                    for name, column in zip(names, columns, strict=True)
+                ),
+                strict=True,
+            )
             yield [dict(zip(names, row, strict=True)) for row in values]
 
 

@@ -4,6 +4,7 @@ position, creates with more than one call in flight and their ledger writes on a
 from __future__ import annotations
 
 import functools
+import io
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,10 +20,12 @@ from pydantic import ValidationError
 from newsletter_pipelines.bulk import records, records_in_chunks
 from newsletter_pipelines.providers.base import Action, Contact, MemberStatus, Outcome, Result
 from newsletter_pipelines.state.ledger import load_ledger, outcomes
+from newsletter_pipelines.storage.frames import read_frame, struct_objects, write_frame
 from newsletter_pipelines.sync import push
 from newsletter_pipelines.sync.identity import Intent, LedgerRow, RowState
 from newsletter_pipelines.sync.push import (
     _INTENT,
+    LEDGER,
     _after,
     _by_contact,
     _contact,
@@ -265,6 +268,37 @@ def test_chunks_read_a_few_at_a_time_are_the_chunks_sliced_one_by_one(
         for a, b in zip(got, want, strict=True)
         for k in a
     )
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    rows=st.lists(st.tuples(MAYBE, st.none() | LEDGER_ROWS, LEDGER_ROWS), max_size=40),
+    size=st.integers(1, 7),
+    per_read=st.integers(1, 4),
+)
+def test_ledger_rows_decoded_chunk_by_chunk_are_those_decoded_at_once(
+    rows: list[tuple[Any, ...]], size: int, per_read: int
+) -> None:
+    """A stored diff's ledger rows left Arrow-backed (as `audience_sync` reads them) and decoded
+    a chunk at a time (`create`) are the rows of the diff read decoded, moved_from too."""
+    frame = pd.DataFrame(rows, columns=["email", *LEDGER])
+    buffer = io.BytesIO()
+    write_frame(frame, buffer)
+    buffer.seek(0)
+    decoded = read_frame(buffer)
+    buffer.seek(0)
+    arrow = read_frame(buffer, arrow_structs=LEDGER)
+    per_chunk = dict.fromkeys(LEDGER, struct_objects)
+    chunks = list(records_in_chunks(arrow, size, per_read, per_chunk))
+    expected = list(records_in_chunks(decoded, size, per_read))
+    assert chunks == expected
+    assert [[{k: _fields(v) for k, v in r.items()} for r in c] for c in chunks] == [
+        [{k: _fields(v) for k, v in r.items()} for r in c] for c in expected
+    ]
+
+
+def _fields(value: Any) -> Any:
+    return vars(value) if isinstance(value, LedgerRow) else value
 
 
 # --- creates with more than one call in flight ----------------------------------------------

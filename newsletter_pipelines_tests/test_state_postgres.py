@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pandas as pd
 import pytest
@@ -218,6 +218,27 @@ CALLS = st.lists(
     max_size=6,
 )
 Call = tuple[str, list[LedgerRow], list[str], int]
+
+
+def test_record_stamps_rows_and_outcomes_with_the_moment_it_wrote_them(postgres_url: str) -> None:
+    """The time of a write (sent as text by COPY on psycopg) is read back as that moment, the
+    same in the ledger and the outcome log, with either PostgreSQL driver and on SQLite."""
+    url = sa.engine.make_url(postgres_url)
+    drivers = [url.set(drivername=f"postgresql+{d}") for d in ("psycopg", "psycopg2")]
+    engines = [*map(sa.create_engine, drivers), sa.create_engine("sqlite://")]
+    for n, engine in enumerate(engines):
+        ensure_schema(engine, upgrade=True)
+        before = datetime.now(UTC)
+        record(engine, f"a{n}", f"run-{n}", [row("1")], logged=[OutcomeRecord("1", None, "a", "b")])
+        after = datetime.now(UTC)
+        with engine.connect() as conn:
+            query = sa.select(ledger.c.last_synced_at).where(ledger.c.audience == f"a{n}")
+            synced = conn.execute(query).scalar_one()
+            query = sa.select(outcomes.c.recorded_at).where(outcomes.c.run_id == f"run-{n}")
+            logged = conn.execute(query).scalar_one()
+        engine.dispose()
+        assert synced == logged
+        assert before <= synced.replace(tzinfo=synced.tzinfo or UTC) <= after
 
 
 def test_record_on_postgresql_writes_what_it_writes_on_sqlite(postgres_url: str) -> None:

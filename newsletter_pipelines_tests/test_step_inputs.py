@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 from upath import UPath
 
-from newsletter_pipelines.bulk import collect_garbage
+from newsletter_pipelines.bulk import collect_garbage, freeze_lasting
 from newsletter_pipelines.defs import io_manager
 from newsletter_pipelines.defs.crm.assets import crm_contacts, eligible_subscribers
 from newsletter_pipelines.defs.import_back.assets import crm_import_back
@@ -274,3 +274,24 @@ def test_the_push_input_is_the_rows_it_acts_on_and_the_counted_columns(tmp_path:
         frames.write_frame(pd.DataFrame(rows).astype({"eligible": bool}), file)
     _, acting = stored_push_input(stored)
     assert len(acting) == len(rows)
+
+
+def test_what_exists_as_a_run_starts_is_frozen_once_and_later_cycles_are_collected() -> None:
+    """`freeze_lasting` (as a run's IO manager is made) freezes what exists unless something is
+    frozen already; a cycle made afterwards, like a step's frames, is not frozen by a second
+    call and is collected before a step."""
+
+    class Node:
+        pass
+
+    freeze_lasting()
+    frozen = gc.get_freeze_count()
+    assert frozen > 0
+    node = Node()
+    node.itself = node  # type: ignore[attr-defined]
+    alive = weakref.ref(node)
+    del node
+    freeze_lasting()
+    assert gc.get_freeze_count() == frozen
+    collect_garbage()
+    assert alive() is None

@@ -340,6 +340,39 @@ def test_with_arrow_text_the_text_columns_are_arrow_backed_and_the_rest_as_witho
     assert_same(loaded.drop(columns=texts), expected.drop(columns=texts))
 
 
+@pytest.mark.parametrize("variant", ["whole", "filtered index"])
+@pytest.mark.parametrize("subset", [None, *SUBSETS])
+def test_struct_columns_left_arrow_backed_decode_to_what_is_read_without(
+    variant: str, subset: str | None
+) -> None:
+    """The struct columns named in `arrow_structs` are Arrow-backed, the rest read as without
+    it; decoded whole (`decoded_structs`), or a part at a time (`struct_objects` of a chunk, of
+    some rows), they are the objects read without it, moved_from too."""
+    frame = VARIANTS[variant](every_kind())
+    frame.attrs = {READ_UPTO: "2026-01-01T10:00:00|42"}
+    columns, rows_with = (None, ()) if subset is None else SUBSETS[subset]
+    buffer = io.BytesIO()
+    frames.write_frame(frame, buffer)
+    buffer.seek(0)
+    expected = frames.read_frame(buffer, columns, rows_with)
+    buffer.seek(0)
+    loaded = frames.read_frame(buffer, columns, rows_with, arrow_structs=["ledger", "text"])
+    kept = [c for c in expected.columns if c == "ledger"]
+    assert [c for c in loaded.columns if isinstance(loaded[c].dtype, pd.ArrowDtype)] == kept
+    assert_same(loaded.drop(columns=kept), expected.drop(columns=kept))
+    assert_same(frames.decoded_structs(loaded), expected)
+    assert frames.decoded_structs(expected) is expected
+    for column in kept:
+        parts = [slice(0, 1), slice(1, None), np.arange(len(loaded)) != 1]
+        for part in parts:
+            got = frames.struct_objects(loaded[column][part])
+            want = expected[column][part].tolist()
+            assert [None if r is None else vars(r) for r in got] == [
+                None if r is None else vars(r) for r in want
+            ]
+            assert list(map(type, got)) == list(map(type, want))
+
+
 @pytest.mark.parametrize("column", ["tuples", "ledger", "int", "enums_and_text"])
 def test_rows_are_selected_by_the_values_of_a_text_column_only(column: str) -> None:
     """A column stored otherwise (JSON per cell, a struct, numbers) holds other values in the

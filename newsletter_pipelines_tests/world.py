@@ -40,6 +40,7 @@ from newsletter_pipelines.sync.inputs import (
 )
 from newsletter_pipelines.sync.push import (
     COUNTED,
+    LEDGER,
     PushContext,
     PushSummary,
     acted_on,
@@ -92,7 +93,7 @@ class World:
         # what `audience_sync` reads of the stored diff: every row's counted columns, and the
         # rows the push acts on (`push.acted_on`); the snapshot members those rows name
         verdicts = push_verdicts(diff[list(COUNTED)], guard or MassLimits(), False, False)
-        pushed = diff[acted_on(diff)]
+        pushed = as_the_push_reads_it(diff[acted_on(diff)])
         keys = member_keys(pushed)
         ctx = PushContext(
             self.engine,
@@ -261,3 +262,12 @@ def as_the_diff_reads_it(snapshot: pd.DataFrame) -> pd.DataFrame:
     write_frame(snapshot, buffer)
     buffer.seek(0)
     return read_frame(buffer, list(SNAPSHOT_COLUMNS), arrow_text=True)
+
+
+def as_the_push_reads_it(diff: pd.DataFrame) -> pd.DataFrame:
+    """The diff stored and read back as `audience_sync` reads it (its ledger rows Arrow-backed,
+    decoded by the push where it needs them)."""
+    buffer = io.BytesIO()
+    write_frame(diff, buffer)
+    buffer.seek(0)
+    return read_frame(buffer, arrow_structs=LEDGER)

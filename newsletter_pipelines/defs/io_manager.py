@@ -16,7 +16,7 @@ import pandas as pd
 from pydantic import Field
 from upath import UPath
 
-from newsletter_pipelines.bulk import collect_garbage, release_freed_memory
+from newsletter_pipelines.bulk import collect_garbage, freeze_lasting, release_freed_memory
 from newsletter_pipelines.storage.frames import read_frame, to_table, write_table
 
 _LOCAL = ("", "file", "local")  # fsspec protocols of the local filesystem
@@ -127,18 +127,30 @@ class StoredFrame:
     columns: Sequence[str] | None = None  # None: all
     rows_with: Sequence[str] = ()  # empty: all rows
     arrow_text: bool = False  # the plain text columns as `state.columns.TEXT`
+    arrow_structs: Sequence[str] = ()  # struct columns left undecoded (`frames.struct_objects`)
 
     def load(self) -> pd.DataFrame:
         """The frame (read again at each call)."""
         with self.path.open("rb") as file:
-            return read_frame(file, self.columns, self.rows_with, arrow_text=self.arrow_text)
+            return read_frame(
+                file,
+                self.columns,
+                self.rows_with,
+                arrow_text=self.arrow_text,
+                arrow_structs=self.arrow_structs,
+            )
 
     def load_where(self, column: str, values: Collection[str | None]) -> pd.DataFrame:
         """The frame's rows whose text column `column` holds one of `values`, the others not
         decoded (`storage.frames.read_frame`'s `rows_in`; read again at each call)."""
         with self.path.open("rb") as file:
             return read_frame(
-                file, self.columns, self.rows_with, (column, values), arrow_text=self.arrow_text
+                file,
+                self.columns,
+                self.rows_with,
+                (column, values),
+                arrow_text=self.arrow_text,
+                arrow_structs=self.arrow_structs,
             )
 
     def part(
@@ -177,4 +189,6 @@ class ParquetIOManagerResource(dg.ConfigurableIOManagerFactory):
     )
 
     def create_io_manager(self, context: dg.InitResourceContext) -> ParquetIOManager:
+        """The IO manager of a run, made as it starts (`bulk.freeze_lasting`)."""
+        freeze_lasting()
         return ParquetIOManager(base_path=UPath(self.base_uri))

@@ -12,13 +12,15 @@ schema metadata under `newsletter_pipelines`.
 
 Read with `arrow_text`, the columns stored as plain text come as `columns.TEXT` (Arrow-backed,
 a missing value NaN) instead of one Python str per value: less than half the memory for a
-million addresses.
+million addresses. The struct columns named in `arrow_structs` stay Arrow-backed until
+`struct_objects` or `decoded_structs` makes their objects, e.g. a chunk of rows at a time.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import operator
 from collections.abc import Collection, Iterable, Sequence
 from datetime import date, datetime
 from decimal import Decimal
@@ -60,15 +62,17 @@ def read_frame(
     rows_in: tuple[str, Collection[str | None]] | None = None,
     *,
     arrow_text: bool = False,
+    arrow_structs: Collection[str] = (),
 ) -> pd.DataFrame:
     """The frame `write_frame` wrote to `file`; only `columns` of it (in the stored order), when
     given, the others not read at all; only the rows with a value (not null in the file: not
     None, nor NaN in a column of numbers) in one of the columns `rows_with`, when given, and
     only those whose text column `rows_in[0]` (str and None only: stored as it is) holds one of
     the values `rows_in[1]` (None for None), when given, keeping their index, the others not
-    decoded; with `arrow_text`, its plain text columns as `columns.TEXT`."""
+    decoded; with `arrow_text`, its plain text columns as `columns.TEXT`; its struct columns
+    named in `arrow_structs` undecoded (`struct_objects`)."""
     if columns is None and not rows_with and rows_in is None:
-        return _frame_of([pq.read_table(file)], None, arrow_text)
+        return _frame_of([pq.read_table(file)], None, arrow_text, arrow_structs)
     parquet = pq.ParquetFile(file)
     schema = parquet.schema_arrow
     wanted = set(schema.names if columns is None else columns)
@@ -83,11 +87,11 @@ def read_frame(
     kept = None
     masks = []
     if rows_with:
-        valid = [column.is_valid() for column in parquet.read(columns=list(rows_with)).columns]
+        valid = [_column(parquet, table, name).is_valid() for name in rows_with]
         masks.append(functools.reduce(pc.or_, valid))
     if rows_in is not None:
         name, values = rows_in
-        found = parquet.read(columns=[name]).column(0)
+        found = _column(parquet, table, name)
         if pa.types.is_null(found.type):  # a column of None only (Arrow knows no text type)
             found = found.cast(pa.string())
         value_set = pa.array(list(values), type=found.type)
@@ -99,10 +103,17 @@ def read_frame(
             table = table.filter(mask)
     held = [table]
     del table  # `_frame_of` frees each column once converted
-    frame = _frame_of(held, ours, arrow_text)
+    frame = _frame_of(held, ours, arrow_text, arrow_structs)
     if kept is not None and (stored := _range_index(schema)) is not None:
         frame.index = stored[kept]  # a range index is metadata: Arrow cannot filter it
     return frame
+
+
+def _column(parquet: pq.ParquetFile, table: pa.Table, name: str) -> pa.ChunkedArray:
+    """The stored column `name`: `table`'s when read into it, else read now."""
+    if name in table.schema.names:
+        return table.column(name)
+    return parquet.read(columns=[name]).column(0)
 
 
 def _check_plain_text(name: str, schema: pa.Schema, ours: dict[str, Any] | None) -> None:
@@ -180,9 +191,15 @@ def to_table(frame: pd.DataFrame) -> pa.Table:
 
 
 @gc_paused()
-def _frame_of(held: list[pa.Table], ours: dict[str, Any] | None, arrow_text: bool) -> pd.DataFrame:
+def _frame_of(
+    held: list[pa.Table],
+    ours: dict[str, Any] | None,
+    arrow_text: bool,
+    arrow_structs: Collection[str],
+) -> pd.DataFrame:
     """The frame `to_table` stored, of the one table in `held` (`ours`: its metadata, when not
-    the table's own); with `arrow_text`, its plain text columns as `columns.TEXT`.
+    the table's own); with `arrow_text`, its plain text columns as `columns.TEXT`; its struct
+    columns named in `arrow_structs` Arrow-backed, each field saying how it is decoded.
 
     The table is taken out of `held` and unusable afterwards: each column's Arrow memory is
     freed once converted (a first sync's diff of a million rows peaked about 0.3 GiB lower in
@@ -197,9 +214,11 @@ def _frame_of(held: list[pa.Table], ours: dict[str, Any] | None, arrow_text: boo
     if ours["format"] != FORMAT:
         raise ValueError(f"unknown stored frame format {ours['format']} (this code: {FORMAT})")
     structs = {int(i): spec for i, spec in ours.get("structs", {}).items()}
-    values = {}
+    values: dict[int, Any] = {}
     for i, spec in structs.items():  # each struct replaced by the column of nulls the pandas
-        values[i] = _struct_values(table.column(i), spec)  # metadata describes once decoded
+        column = table.column(i)  # metadata describes once decoded
+        kept = table.field(i).name in arrow_structs
+        values[i] = _described(column, spec) if kept else _struct_values(column, spec)
         table = table.set_column(i, table.field(i).name, pa.nulls(table.num_rows))
     frame = table.to_pandas(types_mapper=mapper, split_blocks=True, self_destruct=True)
     del table  # unusable once converted so
@@ -265,10 +284,12 @@ def _encode_values(values: Iterable[Any]) -> list[str | None]:
 def _struct_column(column: pd.Series, cls: type) -> tuple[pa.StructArray, list[str]]:
     """A column of `cls` instances and None as a struct array, and the fields held as JSON."""
     names = codec.dataclass_fields(cls) or ()
-    states = [None if v is None else v.__dict__ for v in column]
+    values = column.tolist()
+    empty = dict.fromkeys(names)  # the fields of a null row
+    states = [empty if v is None else v.__dict__ for v in values]
     children, coded = [], []
     for name in names:
-        cells = [None if state is None else state[name] for state in states]
+        cells = list(map(operator.itemgetter(name), states))
         if not set(map(type, cells)) <= _PLAIN:
             try:
                 cells = _encode_values(cells)
@@ -276,7 +297,7 @@ def _struct_column(column: pd.Series, cls: type) -> tuple[pa.StructArray, list[s
                 raise TypeError(f"column {column.name!r}, field {name}: {exc}") from None
             coded.append(name)
         children.append(pa.array(cells, pa.string()))
-    nulls = pa.array(np.fromiter((s is None for s in states), bool, len(states)))
+    nulls = pa.array(np.fromiter((v is None for v in values), bool, len(values)))
     return pa.StructArray.from_arrays(children, names=list(names), mask=nulls), coded
 
 
@@ -293,6 +314,57 @@ def _struct_values(column: pa.ChunkedArray, spec: dict[str, Any]) -> np.ndarray:
     objects = codec.build_dataclasses(cls, names, zip(*fields, strict=True))
     found = (None if null else value for null, value in zip(nulls, objects, strict=True))
     return np.fromiter(found, dtype=object, count=len(nulls))
+
+
+def struct_objects(column: pd.Series) -> list[Any]:
+    """The values of `column`: of a struct column `read_frame` left Arrow-backed
+    (`arrow_structs`), the objects it reads otherwise; of any other column, as they are."""
+    spec = _spec_of(column.dtype)
+    if spec is None:
+        return column.tolist()
+    with gc_paused():
+        return _struct_values(column.array.__arrow_array__(), spec).tolist()
+
+
+def decoded_structs(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with the struct columns `read_frame` left Arrow-backed decoded (`struct_objects`);
+    `frame` itself when it has none."""
+    positions = [i for i, dtype in enumerate(frame.dtypes) if _spec_of(dtype) is not None]
+    if not positions:
+        return frame
+    frame = frame.copy(deep=False)
+    for i in positions:
+        column = frame.iloc[:, i]
+        array = np.fromiter(struct_objects(column), dtype=object, count=len(column))
+        frame.isetitem(i, pd.Series(array, index=frame.index, name=column.name, copy=False))
+    return frame
+
+
+def _described(column: pa.ChunkedArray, spec: dict[str, Any]) -> pd.api.extensions.ExtensionArray:
+    """A struct column as it is stored, Arrow-backed, each field's metadata holding its class
+    and whether the field is tagged JSON (`_spec_of`)."""
+    kind = column.type
+    fields = [
+        field.with_metadata(
+            {METADATA_KEY: json.dumps({"type": spec["type"], "coded": field.name in spec["coded"]})}
+        )
+        for field in (kind.field(k) for k in range(kind.num_fields))
+    ]
+    return pd.arrays.ArrowExtensionArray(column.cast(pa.struct(fields)))
+
+
+def _spec_of(dtype: Any) -> dict[str, Any] | None:
+    """The `_struct_values` spec of an Arrow-backed struct column `_described` made; None for
+    any other column."""
+    if not isinstance(dtype, pd.ArrowDtype) or not pa.types.is_struct(dtype.pyarrow_dtype):
+        return None
+    kind = dtype.pyarrow_dtype
+    fields = [kind.field(k) for k in range(kind.num_fields)]
+    described = [json.loads((f.metadata or {}).get(METADATA_KEY, "null")) for f in fields]
+    if not described or None in described:
+        return None
+    coded = [f.name for f, d in zip(fields, described, strict=True) if d["coded"]]
+    return {"type": described[0]["type"], "coded": coded}
 
 
 def _decode_distinct(texts: list[str | None]) -> list[Any]:

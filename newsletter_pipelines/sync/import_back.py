@@ -41,6 +41,7 @@ import pandas as pd
 from newsletter_pipelines.bulk import records
 from newsletter_pipelines.crm.writer import Activity, ContactChange, NewContact, WriteSummary
 from newsletter_pipelines.state.ledger import OutcomeRecord
+from newsletter_pipelines.storage.frames import decoded_structs, struct_objects
 from newsletter_pipelines.sync.guards import MassGuard, MassVerdict, check_mass
 from newsletter_pipelines.sync.identity import BLOCKING, LedgerRow
 from newsletter_pipelines.sync.rules import (
@@ -495,7 +496,9 @@ def keeps_consent(diff: pd.DataFrame) -> pd.Series:
     keep[changed] = [
         change == ProviderChange.OPTED_OUT.value
         or (after is not None and after.moved_from is not None and after.state in BLOCKING)
-        for change, after in zip(rows["provider_change"], rows["ledger_after"], strict=True)
+        for change, after in zip(
+            rows["provider_change"], struct_objects(rows["ledger_after"]), strict=True
+        )
     ]
     return pd.Series(keep, index=diff.index)
 
@@ -510,7 +513,7 @@ def unimported_consent(diff: pd.DataFrame, unimported: frozenset[str]) -> list[L
     rows = diff[keeps_consent(diff) & diff["match_key"].isin(unimported)]
     kept = []
     columns = ["provider_change", "ledger_before", "ledger_after", "provider_status"]
-    for row in records(rows[columns]):
+    for row in records(decoded_structs(rows[columns])):
         after = row["ledger_after"]
         if row["provider_change"] != ProviderChange.OPTED_OUT.value:
             kept.append(after)

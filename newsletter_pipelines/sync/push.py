@@ -44,6 +44,7 @@ from newsletter_pipelines.providers.base import (
 )
 from newsletter_pipelines.providers.trusted import trusted
 from newsletter_pipelines.state.ledger import OutcomeRecord, record
+from newsletter_pipelines.storage.frames import decoded_structs, struct_objects
 from newsletter_pipelines.sync.email_address import match_key
 from newsletter_pipelines.sync.identity import Intent, LedgerRow, RowState
 from newsletter_pipelines.sync.import_back import keeps_consent, unimported_consent
@@ -152,6 +153,7 @@ def push_diff(
     """Send every write action of `diff` to `provider`.
 
     `members` maps match keys to the snapshot's members (those updated or renamed suffice).
+    The ledger rows of `diff` may be Arrow-backed (`LEDGER`).
     The cyclic garbage collector is paused meanwhile (`bulk.gc_paused`): the push makes
     objects by the hundred thousand and no cycles, and its passes over them cost most of the
     client's CPU time.
@@ -164,6 +166,9 @@ ACTS_ON = ("ledger_after", "provider_change", "settled_intent", "old_email")
 """The diff's columns of which `push_diff` needs a value to act on a row that is no write: a
 row with none of them and no write action (a contact in sync, one blocked with nothing to
 store) it passes over, whether it is in the diff or not (`acted_on`)."""
+LEDGER = ("ledger_before", "ledger_after")
+"""The diff's columns of ledger rows: Arrow-backed ones (`storage.frames.struct_objects`) are
+decoded where the push needs them, the creates' chunk by chunk."""
 COUNTED = ("action", "provider_status", "old_email")
 """The diff's columns the push's planned counts and mass guards read of every row
 (`guards.push_verdicts`)."""
@@ -209,8 +214,7 @@ class _Push:
         # a move whose member's row is stored at its new address all the same (it keeps an
         # opt-out) is no longer remembered at the old address: nothing waits for it there
         waiting = _moves_waiting(diff[pending & ~keep]) - _moved_from(diff[pending & keep])
-        consumes = diff["ledger_after"].map(lambda r: r is not None and r.moved_from in waiting)
-        consumes = consumes.astype(bool)
+        consumes = _consuming(diff["ledger_after"], waiting)
         stored = diff["ledger_after"].notna() & ~pending & ~consumes
         self.observe(diff[~is_write & stored])
         kept = unimported_consent(diff, self.ctx.unimported)
@@ -240,7 +244,7 @@ class _Push:
         )
         self.create(writes[creating & ~onto_vacated])
         by_action: dict[str, list[dict[str, Any]]] = {}
-        for row in records(writes[~creating]):
+        for row in records(decoded_structs(writes[~creating])):
             by_action.setdefault(row["action"], []).append(row)
         ctx = self.ctx
         updates = by_action.get(SyncAction.UPDATE.value, [])
@@ -273,7 +277,7 @@ class _Push:
         size = self.ctx.create_chunk_size or self.ctx.chunk_size
         depth = max(1, self.ctx.creates_in_flight)
         in_flight: deque[tuple[Sequence[Mapping[str, Any]], Future[list[Outcome]]]] = deque()
-        chunks = records_in_chunks(rows, size)
+        chunks = records_in_chunks(rows, size, per_chunk=dict.fromkeys(LEDGER, struct_objects))
         with (
             _LedgerWriter(self.ctx) as writer,
             ThreadPoolExecutor(max_workers=depth, thread_name_prefix="create") as sender,
@@ -359,7 +363,7 @@ class _Push:
 
     def observe(self, rows: pd.DataFrame) -> None:
         """Store what the diff observed without a write (opt-outs, members gone, owners)."""
-        after = rows["ledger_after"].tolist()
+        after = struct_objects(rows["ledger_after"])
         for chunk in chunked(after, 5_000):
             record(self.ctx.engine, self.ctx.audience, self.ctx.run_id, chunk)
         self.summary.ledger_refreshed += len(after)
@@ -379,7 +383,7 @@ class _Push:
                 code=INTERRUPTED_RUN,
                 message="sent by an interrupted run; done at the provider when this run looked",
             )
-            for row in records(rows)
+            for row in records(decoded_structs(rows))
             for intent in [Intent(row["settled_intent"])]
         ]
         record(self.ctx.engine, self.ctx.audience, self.ctx.run_id, [], logged=logged)
@@ -533,15 +537,25 @@ class _LedgerWriter:
             raise
 
 
+def _consuming(after: pd.Series, waiting: frozenset[str]) -> pd.Series:
+    """Which rows' ledger rows (`after`) are stored at the new address of a move in `waiting`;
+    without any, none (and no ledger row is decoded)."""
+    if not waiting:
+        return pd.Series(False, index=after.index)
+    rows = struct_objects(after)
+    return pd.Series([r is not None and r.moved_from in waiting for r in rows], index=after.index)
+
+
 def _vacated(pending: pd.DataFrame) -> frozenset[str]:
     """Addresses whose ledger row a provider-side change not taken in moves elsewhere."""
-    rows = [r for r in pending["ledger_before"] if r is not None]
+    rows = [r for r in struct_objects(pending["ledger_before"]) if r is not None]
     return frozenset(r.moved_from for r in rows if r.moved_from and r.moved_from != r.member_key)
 
 
 def _moved_from(rows: pd.DataFrame) -> frozenset[str]:
     """The old addresses of the members whose ledger rows `rows` store at a new address."""
-    return frozenset(r.moved_from for r in rows["ledger_after"] if r is not None and r.moved_from)
+    after = struct_objects(rows["ledger_after"])
+    return frozenset(r.moved_from for r in after if r is not None and r.moved_from)
 
 
 def _moves_waiting(pending: pd.DataFrame) -> frozenset[str]:

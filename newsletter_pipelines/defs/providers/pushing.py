@@ -2,6 +2,7 @@
 limits of the settings and a run's releases, the push context, the outcome metadata."""
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import dagster as dg
@@ -18,6 +19,7 @@ from newsletter_pipelines.sync.push import (
     COUNTED,
     CREATE_CHUNK_SIZE,
     CREATES_IN_FLIGHT,
+    LEDGER,
     PushContext,
     PushSummary,
     Redecide,
@@ -33,12 +35,15 @@ def stored_push_input(diff: StoredFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Of a stored diff: the columns `COUNTED` of every row (planned counts, mass guards), and
     the rows `push_diff` acts on (`acted_on`) with all their columns, the others not decoded
     (nearly every row of a re-run is a contact in sync). Were a write stored without a value
-    in `ACTS_ON` (the rules record a ledger row for every write), the whole diff is read."""
+    in `ACTS_ON` (the rules record a ledger row for every write), the whole diff is read. The
+    ledger rows stay Arrow-backed (`LEDGER`): the push decodes them where it needs them,
+    a first sync's creates chunk by chunk, so its first call waits for one chunk's only."""
     counted = diff.part(columns=COUNTED).load()
-    rows = diff.part(rows_with=ACTS_ON).load()
+    whole = replace(diff, arrow_structs=LEDGER)
+    rows = whole.part(rows_with=ACTS_ON).load()
     writes = [a.value for a in WRITE_ACTIONS]
     if rows["action"].isin(writes).sum() != counted["action"].isin(writes).sum():
-        rows = diff.load()
+        rows = whole.load()
     return counted, rows
 
 
