@@ -316,14 +316,11 @@ def test_rows_with_some_values_of_a_text_column_read_back_equal_to_those_rows(
     assert_same(loaded, expected[wanted.to_numpy(dtype=bool)])
 
 
-@pytest.mark.parametrize("variant", ["whole", "filtered index"])
-@pytest.mark.parametrize("subset", [None, *SUBSETS])
-def test_with_arrow_text_the_text_columns_are_arrow_backed_and_the_rest_as_without(
-    variant: str, subset: str | None
-) -> None:
-    """With `arrow_text` the columns stored as plain text (str and None; a pandas string column)
-    are `columns.TEXT` of the same texts, a missing one None as a Python value; every other
-    column, the index and attrs are read as without it."""
+def _read_without_and_with(
+    variant: str, subset: str | None, **flags: Any
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The frame of every kind (`variant`, attrs set) written, then read with the columns and
+    rows of `subset`: without `flags`, and with them."""
     frame = VARIANTS[variant](every_kind())
     frame.attrs = {READ_UPTO: "2026-01-01T10:00:00|42"}
     columns, rows_with = (None, ()) if subset is None else SUBSETS[subset]
@@ -332,7 +329,18 @@ def test_with_arrow_text_the_text_columns_are_arrow_backed_and_the_rest_as_witho
     buffer.seek(0)
     expected = frames.read_frame(buffer, columns, rows_with)
     buffer.seek(0)
-    loaded = frames.read_frame(buffer, columns, rows_with, arrow_text=True)
+    return expected, frames.read_frame(buffer, columns, rows_with, **flags)
+
+
+@pytest.mark.parametrize("variant", ["whole", "filtered index"])
+@pytest.mark.parametrize("subset", [None, *SUBSETS])
+def test_with_arrow_text_the_text_columns_are_arrow_backed_and_the_rest_as_without(
+    variant: str, subset: str | None
+) -> None:
+    """With `arrow_text` the columns stored as plain text (str and None; a pandas string column)
+    are `columns.TEXT` of the same texts, a missing one None as a Python value; every other
+    column, the index and attrs are read as without it."""
+    expected, loaded = _read_without_and_with(variant, subset, arrow_text=True)
     texts = [c for c in expected.columns if c in ("text", "string")]
     assert [c for c in loaded.columns if loaded[c].dtype == TEXT] == texts
     for column in texts:
@@ -348,15 +356,7 @@ def test_struct_columns_left_arrow_backed_decode_to_what_is_read_without(
     """The struct columns named in `arrow_structs` are Arrow-backed, the rest read as without
     it; decoded whole (`decoded_structs`), or a part at a time (`struct_objects` of a chunk, of
     some rows), they are the objects read without it, moved_from too."""
-    frame = VARIANTS[variant](every_kind())
-    frame.attrs = {READ_UPTO: "2026-01-01T10:00:00|42"}
-    columns, rows_with = (None, ()) if subset is None else SUBSETS[subset]
-    buffer = io.BytesIO()
-    frames.write_frame(frame, buffer)
-    buffer.seek(0)
-    expected = frames.read_frame(buffer, columns, rows_with)
-    buffer.seek(0)
-    loaded = frames.read_frame(buffer, columns, rows_with, arrow_structs=["ledger", "text"])
+    expected, loaded = _read_without_and_with(variant, subset, arrow_structs=["ledger", "text"])
     kept = [c for c in expected.columns if c == "ledger"]
     assert [c for c in loaded.columns if isinstance(loaded[c].dtype, pd.ArrowDtype)] == kept
     assert_same(loaded.drop(columns=kept), expected.drop(columns=kept))
