@@ -53,7 +53,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
-from measure import PeakRss, counts_text, fast_sqlite_writes, report, timer, verdict
+from measure import (
+    PeakRss,
+    add_postgres_url,
+    counts_text,
+    fast_sqlite_writes,
+    report,
+    timer,
+    verdict,
+)
 
 from newsletter_pipelines.crm.loader import insert_rows
 from newsletter_pipelines.crm.reader import read_contacts
@@ -80,7 +88,6 @@ from newsletter_pipelines.sync.tags import TAG_STYLES
 
 BUDGET_WALL_S = 30.0
 BUDGET_RSS_BYTES = 2 * 1024**3
-DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 URL_VARIABLE = "BENCH_IMPORT_BACK_CRM_URL"  # the child's CRM URL (kept out of its argv)
 AUDIENCE = Audience("bench", "mailchimp", "CRM")
 STYLE = TAG_STYLES["mailchimp"]
@@ -729,12 +736,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--contacts", type=int, default=1_000_000, help="CRM contacts")
     parser.add_argument("--changes", type=int, default=100_000, help="provider-side changes")
     parser.add_argument("--database", choices=["sqlite", "postgres", "both"], default="both")
-    parser.add_argument(
-        "--postgres-url",
-        default=os.environ.get("NEWSLETTER_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL),
-        help="server to create the throwaway database on (default: $NEWSLETTER_TEST_POSTGRES_URL "
-        f"or {DEFAULT_POSTGRES_URL})",
-    )
+    add_postgres_url(parser, "to create the throwaway database on")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--part", choices=["prepare", "measure"], help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)

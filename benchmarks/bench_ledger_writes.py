@@ -28,14 +28,13 @@ import time
 
 import sqlalchemy as sa
 from bench_import_back import postgres_database
-from measure import load, report, verdict
+from measure import add_postgres_url, load, report, verdict
 
 from newsletter_pipelines.db import safe_url
 from newsletter_pipelines.state.ledger import OutcomeRecord, ledger, load_ledger_frame_at, record
 from newsletter_pipelines.state.schema import ensure_schema
 from newsletter_pipelines.sync.identity import Intent, LedgerRow, RowState
 
-DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 AUDIENCE = "bench"
 BUDGET_GROWTH = 1.5  # the last tenth's ms per chunk over the first tenth's
 MOVED_SHARE = 0.02
@@ -181,12 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chunks", type=int, default=400, help="first-sync chunks")
     parser.add_argument("--chunk-size", type=int, default=2500, help="rows per chunk")
     parser.add_argument("--reruns", type=int, default=4, help="re-run chunks per tenth")
-    parser.add_argument(
-        "--postgres-url",
-        default=os.environ.get("NEWSLETTER_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL),
-        help="server to create the throwaway database on (default: "
-        f"$NEWSLETTER_TEST_POSTGRES_URL or {DEFAULT_POSTGRES_URL})",
-    )
+    add_postgres_url(parser, "to create the throwaway database on")
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
     print(

@@ -68,8 +68,16 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 import yaml
-from bench_import_back import DEFAULT_POSTGRES_URL, _unreachable, postgres_database
-from measure import PeakRss, fast_sqlite_writes, load, report, routes_text, sandbox_calls
+from bench_import_back import _unreachable, postgres_database
+from measure import (
+    PeakRss,
+    add_postgres_url,
+    fast_sqlite_writes,
+    load,
+    report,
+    routes_text,
+    sandbox_calls,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' package: live.py
 from newsletter_pipelines.crm.loader import insert_rows
@@ -783,12 +791,7 @@ def main(argv: list[str] | None = None) -> None:
         "(throwaway databases on --postgres-url, dropped afterwards) or sqlite as the embedded "
         "demo instance",
     )
-    parser.add_argument(
-        "--postgres-url",
-        default=os.environ.get("NEWSLETTER_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL),
-        help="server for --storage postgres (default: $NEWSLETTER_TEST_POSTGRES_URL or "
-        f"{DEFAULT_POSTGRES_URL})",
-    )
+    add_postgres_url(parser, "for --storage postgres")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--keep", type=Path, help="run in this folder and keep it")
     args = parser.parse_args(argv)

@@ -71,7 +71,7 @@ import httpx
 import psutil
 import sqlalchemy as sa
 from bench_import_back import _unreachable, postgres_database
-from measure import PeakRss, counts_text, fast_sqlite_writes, report, verdict
+from measure import PeakRss, add_postgres_url, counts_text, fast_sqlite_writes, report, verdict
 
 from newsletter_pipelines.crm.loader import insert_rows
 from newsletter_pipelines.crm.reader import read_contacts_at
@@ -88,7 +88,6 @@ from newsletter_pipelines.webhooks.parse import brevo_events, mailchimp_events
 
 BUDGET_LOST = 0
 BUDGET_JOB_S = 30.0
-DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 URL_VARIABLE = "BENCH_WEBHOOKS_DATABASE_URL"  # the child's database URL (kept out of its argv)
 SECRET = "bench-webhooks-secret-0123456789"
 AUDIENCE = "mailchimp"  # the sandbox audience of the application part (default audiences)
@@ -1274,12 +1273,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--events", type=int, default=100_000, help="events applied")
     parser.add_argument("--contacts", type=int, default=100_000, help="CRM contacts")
     parser.add_argument("--database", choices=["sqlite", "postgres", "both"], default="both")
-    parser.add_argument(
-        "--postgres-url",
-        default=os.environ.get("NEWSLETTER_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL),
-        help="server to create the throwaway databases on (default: "
-        f"$NEWSLETTER_TEST_POSTGRES_URL or {DEFAULT_POSTGRES_URL})",
-    )
+    add_postgres_url(parser, "to create the throwaway databases on")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument(
         "--part", choices=["load", "sync", "prepare", "apply"], help=argparse.SUPPRESS

@@ -1,9 +1,10 @@
 """What the benchmarks share: peak RSS, timers, time in the cycle collector, the load
-average, the budget verdict, the printed tables, the served sandbox's call counts, and fast
-writes while a throwaway SQLite file is set up."""
+average, the budget verdict, the printed tables, the served sandbox's call counts, fast
+writes while a throwaway SQLite file is set up, and the `--postgres-url` option."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import gc
 import os
@@ -175,3 +176,17 @@ def fast_sqlite_writes(engine: sa.Engine) -> sa.Engine:
             cursor.close()
 
     return engine
+
+
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def add_postgres_url(parser: argparse.ArgumentParser, used_for: str) -> None:
+    """`--postgres-url`: the PostgreSQL server `used_for` (default: $NEWSLETTER_TEST_POSTGRES_URL,
+    as the tests take it, or the local server)."""
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get("NEWSLETTER_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL),
+        help=f"server {used_for} (default: $NEWSLETTER_TEST_POSTGRES_URL or "
+        f"{DEFAULT_POSTGRES_URL})",
+    )
