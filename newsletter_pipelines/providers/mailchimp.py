@@ -362,7 +362,7 @@ class MailchimpClient:
             return self._found_id
 
     def _find_list(self) -> str | None:
-        offset, found, counted = 0, [], []
+        offset, found = 0, []
         while True:
             page = ListsPage.model_validate(
                 self._api.call(
@@ -375,24 +375,23 @@ class MailchimpClient:
                     },
                 )
             )
-            named = [lst for lst in page.lists if lst.name == self._audience_name]
-            found += [lst.id for lst in named]
-            counted += [lst.stats for lst in named]
+            found += [lst for lst in page.lists if lst.name == self._audience_name]
             self._may_create = page.constraints.may_create
             offset += PAGE_SIZE
             if offset >= page.total_items:
                 break
+        if not found:
+            return None
         if len(found) > 1:
             log.warning(
                 "mailchimp: %d audiences named %r, using %s",
                 len(found),
                 self._audience_name,
-                found[0],
+                found[0].id,
             )
-        if counted:
-            stats = counted[0]
-            self._counted = stats.member_count + stats.unsubscribe_count + stats.cleaned_count
-        return found[0] if found else None
+        stats = found[0].stats
+        self._counted = stats.member_count + stats.unsubscribe_count + stats.cleaned_count
+        return found[0].id
 
     def _create_list(self) -> str:
         if self._defaults is None:
