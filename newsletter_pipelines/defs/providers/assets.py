@@ -2,7 +2,6 @@
 
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import dagster as dg
@@ -69,7 +68,7 @@ def provider_audience_snapshot(
         # webhook first, so no change made while the pages are read goes unheard
         webhook = _register_webhook(audience, client, context.log.info)
         members = client.snapshot_rows()
-        found = client.found_audience()  # its fields are checked by the push, before writes
+        found = client.found_audience()  # fields checked after the pages, done by the push
     statuses = Counter(row[STATUS] for row in members)
     context.log.info(f"{audience.key}: {len(members)} members ({dict(statuses)})")
     sample = [
@@ -306,25 +305,21 @@ def audience_sync(
         )
         return decide(crm_ids, keys)
 
-    with (
-        run_client(context, audience, mailchimp, brevo) as client,
-        ThreadPoolExecutor(max_workers=1, thread_name_prefix="audience") as pool,
-    ):
-        # the audience's fields are checked (created where missing) while the diff is read;
-        # a dry run sends nothing, that neither
-        checked = None if config.dry_run else pool.submit(client.ensure_audience)
-        counted, diff = stored_push_input(reconciliation_diff)
-        planned = counted["action"].value_counts()
-        planned_meta = {f"planned_{a}": dg.MetadataValue.int(int(n)) for a, n in planned.items()}
-        if checked is None:
-            context.log.info(f"dry run: nothing sent to {audience.key}")
-            return dg.MaterializeResult(metadata={"dry_run": True, **planned_meta})
-        verdicts = push_guards(counted, config.model_dump())
-        del counted
-        for verdict in verdicts.values():
-            if not verdict.passed:
-                context.log.error(verdict.message)
-        checked.result()  # a layout the sync cannot write to fails here, before any write
+    counted, diff = stored_push_input(reconciliation_diff)
+    planned = counted["action"].value_counts()
+    planned_meta = {f"planned_{a}": dg.MetadataValue.int(int(n)) for a, n in planned.items()}
+    if config.dry_run:
+        context.log.info(f"dry run: nothing sent to {audience.key}")
+        return dg.MaterializeResult(metadata={"dry_run": True, **planned_meta})
+    verdicts = push_guards(counted, config.model_dump())
+    del counted
+    for verdict in verdicts.values():
+        if not verdict.passed:
+            context.log.error(verdict.message)
+    with run_client(context, audience, mailchimp, brevo) as client:
+        # the fields' check, which the snapshot started once its pages were read (Mailchimp),
+        # done before any write: a layout the sync cannot write to fails here
+        client.ensure_audience()
         keys = member_keys(diff)
         members = (
             members_by_key(provider_audience_snapshot.load_where("match_key", set(keys)), keys)
