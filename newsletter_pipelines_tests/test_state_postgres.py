@@ -105,9 +105,9 @@ def test_exclusions_on_postgres_replace_previous_rows(postgres_url: str) -> None
 def test_the_ledger_read_through_adbc_is_the_row_wise_one(
     postgres_url: str, driver: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """On PostgreSQL the ledger is read column-wise (ADBC's driver); what it reads is what the
-    row-wise read through SQLAlchemy reads, a batch of rows at a time; a failed ADBC read falls
-    back to it."""
+    """On PostgreSQL a ledger of `ADBC_MIN_ROWS` rows or more is read column-wise (ADBC's
+    driver); what it reads is what the row-wise read through SQLAlchemy reads, a batch of rows at
+    a time, and what it reads for fewer rows; a failed ADBC read falls back to it."""
     url = sa.engine.make_url(postgres_url).set(drivername=f"postgresql+{driver}")
     engine = sa.create_engine(url)
     ensure_schema(engine, upgrade=True)
@@ -118,11 +118,16 @@ def test_the_ledger_read_through_adbc_is_the_row_wise_one(
     rows.append(row("ä", intent=Intent.CREATE, intent_key="k", refusal_code="x" * 300))
     record(engine, "a", "run-1", rows)
     record(engine, "b", "run-1", [row("other")])
-    adbc = [columns._postgresql_table]
-    monkeypatch.setattr(columns, "_postgresql_table", lambda *a: adbc.append(1) or adbc[0](*a))
+    adbc: list[int] = []
+    monkeypatch.setattr(columns, "_postgresql_table", lambda *a: adbc.append(1) or adbc_read(*a))
+    few = load_ledger_frame(engine, "a")
+    assert not adbc  # 8 rows: read row-wise
+    monkeypatch.setattr(columns, "ADBC_MIN_ROWS", len(rows))
     column_wise = load_ledger_frame(engine, "a")
-    assert len(adbc) == 2  # read through ADBC
+    assert adbc == [1]  # read through ADBC
+    pd.testing.assert_frame_equal(column_wise, few)
     assert load_ledger_frame(engine, "nobody").empty
+    assert adbc == [1]  # fewer rows than the least read through ADBC
     monkeypatch.setattr(columns, "_postgresql_table", lambda *_: None)  # as if it failed
     monkeypatch.setattr(columns, "_FETCH_ROWS", 3)
     row_wise = load_ledger_frame(engine, "a")

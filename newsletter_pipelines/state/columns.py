@@ -3,10 +3,11 @@ dtype (missing values NaN), without a Python object per value.
 
 A SQLite file is read through ADBC, whose C driver fills the Arrow columns straight from
 SQLite (a third of the time of fetching rows and building a frame from them), and so is
-PostgreSQL (psycopg, psycopg2 URLs): its driver copies the rows into Arrow columns, where
-fetching them as Python rows held about 0.7 GiB more at the peak for a million ledger rows.
-Other databases (in-memory SQLite, other drivers), or PostgreSQL when its ADBC read fails,
-through SQLAlchemy, made columns once fetched, a batch of rows at a time.
+PostgreSQL (psycopg, psycopg2 URLs) from `ADBC_MIN_ROWS` rows on: its driver copies the rows
+into Arrow columns, where fetching them as Python rows held about 0.7 GiB more at the peak for a
+million ledger rows. Other databases (in-memory SQLite, other drivers), PostgreSQL results of
+fewer rows or whose ADBC read fails: through SQLAlchemy, made columns once fetched, a batch of
+rows at a time.
 
 Importing this module makes jemalloc Arrow's memory pool where pyarrow has it: with the default
 (mimalloc) much of what the bulk work frees stays resident, about 140 MiB more at the peak of
@@ -43,6 +44,11 @@ BUSY_TIMEOUT_MS = 5000  # as Python's sqlite3 waits for another connection's wri
 # later batch with text in a column whose first batch held only NULLs would fail
 _ONE_BATCH = str(2**30)
 _FETCH_ROWS = 50_000  # rows per batch of a read through SQLAlchemy
+ADBC_MIN_ROWS = 20_000
+"""PostgreSQL results of fewer rows are read through SQLAlchemy: ADBC's driver connects anew
+(50-80 ms, loading the server's types), more than reading them row-wise on a connection of the
+engine's pool takes (ten text columns: 1,000 rows 4 ms, 10,000 rows 30 ms; 30,000 rows were
+a tie at 115-120 ms, 100,000 rows 454 ms against ADBC's 263 ms)."""
 log = logging.getLogger(__name__)
 
 
@@ -62,7 +68,8 @@ def text_table(engine: sa.Engine, query: sa.Select[tuple[str | None, ...]]) -> p
     names = [column.name for column in query.selected_columns]
     path = sqlite_file(engine.url)
     if path is None:
-        found = _postgresql_table(engine.url, query) if _on_postgresql(engine.url) else None
+        many = _on_postgresql(engine.url) and _has_rows(engine, query, ADBC_MIN_ROWS)
+        found = _postgresql_table(engine.url, query) if many else None
         return _fetched_table(engine, query, names) if found is None else _texts(found, names)
     compiled = query.compile(dialect=engine.dialect)
     parameters = tuple(compiled.params[name] for name in compiled.positiontup or ())
@@ -82,6 +89,15 @@ def _texts(found: pa.Table, names: Sequence[str]) -> pa.Table:
     """A driver's table as `names` of type `STRING`, one chunk each."""
     columns = [column.cast(STRING).combine_chunks() for column in found.columns]
     return pa.table(dict(zip(names, columns, strict=True)))
+
+
+def _has_rows(engine: sa.Engine, query: sa.Select[tuple[str | None, ...]], count: int) -> bool:
+    """Whether `query` has at least `count` rows (the database reads at most that many, none of
+    their values)."""
+    first = query.with_only_columns(sa.literal(1), maintain_column_froms=True).order_by(None)
+    counted = sa.select(sa.func.count()).select_from(first.limit(count).subquery())
+    with engine.connect() as conn:
+        return conn.execute(counted).scalar_one() >= count
 
 
 def _on_postgresql(url: sa.URL) -> bool:
