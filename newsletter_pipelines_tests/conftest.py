@@ -12,6 +12,8 @@ import pytest
 import sqlalchemy as sa
 
 from newsletter_pipelines.crm.loader import load_demo
+from newsletter_pipelines.providers.resources import embedded_sandbox
+from newsletter_pipelines.sandbox import Sandbox
 from newsletter_pipelines.settings import PROJECT_ROOT, Settings
 from newsletter_pipelines_tests.world import World, open_world
 
@@ -34,6 +36,12 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def settings(isolated_home: Path) -> Settings:
     """Settings of the isolated home (embedded demo CRM, SQLite state database)."""
     return Settings()
+
+
+@pytest.fixture
+def sandbox(settings: Settings) -> Sandbox:
+    """The embedded sandbox (both providers) the resources use in this test's NEWSLETTER_HOME."""
+    return embedded_sandbox(settings.home / "sandbox.json")
 
 
 @pytest.fixture(scope="session")

@@ -88,7 +88,7 @@ def test_an_unsubscribe_reaches_the_crm_through_receiver_sensor_and_job(
     found = synced.actors
     person = found.shared[0]  # every CRM contact with the address says no afterwards
     public = Settings(webhook_public_url=receiver_url, webhook_secret=SECRET)
-    monkeypatch.setattr("newsletter_pipelines.defs.providers.assets._SETTINGS", public)
+    monkeypatch.setattr("newsletter_pipelines.defs.providers.snapshot_read._SETTINGS", public)
     with dg.instance_for_test() as instance:
         registering = run_sync(instance, audience)  # registers the webhook, sends nothing
         assert registering.success
@@ -157,7 +157,7 @@ def test_campaign_engagement_becomes_activities_through_receiver_sensor_and_job(
         webhook_secret=SECRET,
         activities="delivered,opened,clicked",
     )
-    monkeypatch.setattr("newsletter_pipelines.defs.providers.assets._SETTINGS", engaged)
+    monkeypatch.setattr("newsletter_pipelines.defs.providers.snapshot_read._SETTINGS", engaged)
     monkeypatch.setattr("newsletter_pipelines.defs.import_back.engagements._SETTINGS", engaged)
     with dg.instance_for_test() as instance:
         assert run_sync(instance, audience).success  # registers the campaign events

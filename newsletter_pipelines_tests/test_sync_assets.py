@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from newsletter_pipelines.definitions import defs
 from newsletter_pipelines.defs.resources import build_resources
-from newsletter_pipelines.providers.resources import SANDBOX_MAILCHIMP_KEY, embedded_sandbox
+from newsletter_pipelines.providers.resources import SANDBOX_MAILCHIMP_KEY
 from newsletter_pipelines.sandbox import Sandbox
 from newsletter_pipelines.sandbox.mailchimp_state import McMergeField
 from newsletter_pipelines.settings import Settings
@@ -49,12 +49,6 @@ def table_value(markdown: str, label: str) -> int:
 
 def checks(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
     return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
-
-
-@pytest.fixture
-def sandbox(settings: Settings) -> Sandbox:
-    """The embedded sandbox the resources use in this test's NEWSLETTER_HOME."""
-    return embedded_sandbox(settings.home / "sandbox.json")
 
 
 def writes(sandbox: Sandbox, provider: str) -> int:

@@ -208,6 +208,11 @@ class Provider(Protocol):
         its fields not checked, which `ensure_audience` does before any write)."""
         ...
 
+    def member_count(self) -> int:
+        """The audience's members by the provider's own counts, read when it is found (or 0 when
+        created): what a snapshot will hold, roughly (the counts may lag)."""
+        ...
+
     def snapshot(self) -> list[Member]:
         """Every member of the audience, whatever its status."""
         ...

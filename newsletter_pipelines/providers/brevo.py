@@ -83,8 +83,10 @@ from newsletter_pipelines.providers.brevo_models import (
     ContactOut,
     ContactsPage,
     Folders,
+    ListEntry,
     Lists,
     MembershipAnswer,
+    Named,
     Process,
     Webhook,
     Webhooks,
@@ -208,6 +210,7 @@ class BrevoClient:
         self._direct_max = direct_max
         self._audience: Audience | None = None
         self._codec: AttributeCodec | None = None
+        self._counted = 0  # the found list's unique subscribers as its counts had them
         self._lock = threading.Lock()
 
     # --- setup --------------------------------------------------------------------------
@@ -222,12 +225,17 @@ class BrevoClient:
             if self._audience is None:
                 available = Attributes.model_validate(self._api.call("GET", "/contacts/attributes"))
                 self._codec = AttributeCodec(self._mapping, available.attributes)
-                folder_id = self._find("/contacts/folders", "folders", self._folder_name)
-                if folder_id is None:
-                    folder_id = self._create("/contacts/folders", {"name": self._folder_name})
+                folder = self._find("/contacts/folders", "folders", self._folder_name)
+                folder_id = (
+                    self._create("/contacts/folders", {"name": self._folder_name})
+                    if folder is None
+                    else folder.id
+                )
                 lists_path = f"/contacts/folders/{folder_id}/lists"
-                list_id = self._find(lists_path, "lists", self._audience_name)
-                if list_id is None:
+                found = self._find(lists_path, "lists", self._audience_name)
+                if isinstance(found, ListEntry):
+                    list_id, self._counted = found.id, found.unique_subscribers
+                else:
                     body = {"name": self._audience_name, "folderId": folder_id}
                     list_id = self._create("/contacts/lists", body)
                 self._audience = Audience(provider=NAME, id=str(list_id), name=self._audience_name)
@@ -237,7 +245,12 @@ class BrevoClient:
         """`ensure_audience` (reading the list decodes its attributes: they are checked)."""
         return self.ensure_audience()
 
-    def _find(self, path: str, key: str, name: str) -> int | None:
+    def member_count(self) -> int:
+        """The list's unique subscribers by its counts, read when it was found (0 if created)."""
+        self.ensure_audience()
+        return self._counted
+
+    def _find(self, path: str, key: str, name: str) -> Named | None:
         offset = 0
         while True:
             answer = self._api.call("GET", path, params={"limit": FOLDER_PAGE, "offset": offset})
@@ -245,7 +258,7 @@ class BrevoClient:
                 Folders.model_validate(answer) if key == "folders" else Lists.model_validate(answer)
             )
             rows = page.folders if isinstance(page, Folders) else page.lists
-            match = next((row.id for row in rows if row.name == name), None)
+            match = next((row for row in rows if row.name == name), None)
             offset += FOLDER_PAGE
             if match is not None or offset >= page.count or not rows:
                 return match

@@ -34,9 +34,13 @@ class Folders(_Answer):
     folders: list[Named] = Field(default_factory=list)
 
 
+class ListEntry(Named):
+    unique_subscribers: int = Field(default=0, alias="uniqueSubscribers")
+
+
 class Lists(_Answer):
     count: int = 0
-    lists: list[Named] = Field(default_factory=list)
+    lists: list[ListEntry] = Field(default_factory=list)
 
 
 class ContactOut(_Answer):

@@ -354,6 +354,11 @@ class MailchimpClient:
         members needs the list id only (the check, `ensure_audience`, comes before writes)."""
         return Audience(provider=NAME, id=self._found_list(), name=self._audience_name)
 
+    def member_count(self) -> int:
+        """Subscribed, unsubscribed and cleaned members by the list's counts (0 if created)."""
+        self._found_list()
+        return self._counted
+
     def _found_list(self) -> str:
         """The audience's list id, found by name (or created) once."""
         with self._list_lock:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -49,6 +50,16 @@ C = TypeVar("C", MailchimpClient, BrevoClient)
 _sandboxes: dict[Path, Sandbox] = {}
 _sandboxes_lock = threading.Lock()
 _run_clients_lock = threading.Lock()
+RunStart = Callable[["_ProviderResource", InitResourceContext], None]
+_run_starts: list[RunStart] = []
+
+
+def on_run_start(hook: RunStart) -> RunStart:
+    """Have `hook(resource, context)` called each time a run sets a provider resource up, once
+    its clients can be made (`defs.providers.snapshot_read` starts the snapshot's read there).
+    A hook that raises is logged as a warning: the run goes on without what it would start."""
+    _run_starts.append(hook)
+    return hook
 
 
 def embedded_sandbox(state_file: Path) -> Sandbox:
@@ -81,6 +92,9 @@ class _ProviderResource(ConfigurableResource):
     sandbox_state_file: str = ".newsletter/sandbox.json"
     # the run's clients (`run_client`): set up for a run, None outside one
     _run_clients: dict[tuple[Any, ...], Any] | None = PrivateAttr(default=None)
+    # work started for the run's steps (`start_early`), and its thread
+    _early: dict[str, Future[Any]] = PrivateAttr(default_factory=dict)
+    _early_thread: ThreadPoolExecutor | None = PrivateAttr(default=None)
 
     @property
     def uses_sandbox(self) -> bool:
@@ -102,13 +116,38 @@ class _ProviderResource(ConfigurableResource):
         if context.log is not None:
             (context.log.warning if self.uses_sandbox else context.log.info)(self.mode())
         self._run_clients = {}
+        for hook in _run_starts:
+            try:
+                hook(self, context)
+            except Exception as exc:
+                if context.log is not None:
+                    context.log.warning(f"{self.label}: nothing started early ({exc!r})")
 
     def teardown_after_execution(self, context: InitResourceContext) -> None:
-        """Close the run's clients."""
+        """Close the run's clients, then wait for the work started early that no step took
+        (closed clients end its calls)."""
         with _run_clients_lock:
             clients, self._run_clients = self._run_clients or {}, None
+            thread, self._early_thread, self._early = self._early_thread, None, {}
         for client in clients.values():
             client.close()
+        if thread is not None:
+            thread.shutdown(wait=True, cancel_futures=True)
+
+    def start_early(self, key: str, work: Callable[[], Any]) -> None:
+        """Run `work` on a thread of the run's until a step takes its future (`take_early`):
+        with the in-process executor, the run's steps share this resource."""
+        with _run_clients_lock:
+            if self._run_clients is None:
+                raise RuntimeError("start_early outside a run")
+            if self._early_thread is None:
+                self._early_thread = ThreadPoolExecutor(1, thread_name_prefix="early")
+            self._early[key] = self._early_thread.submit(work)
+
+    def take_early(self, key: str) -> Future[Any] | None:
+        """The future of the work started early for `key` (once), or None."""
+        with _run_clients_lock:
+            return self._early.pop(key, None)
 
     @contextlib.contextmanager
     def _run_client(self, key: tuple[Any, ...], make: Callable[[], C]) -> Iterator[C]:

@@ -101,6 +101,16 @@ def test_a_mapped_attribute_the_account_lacks_is_a_clear_error(
     assert german.snapshot()[0].first_name == "First0"
 
 
+def test_member_count_is_the_lists_own_count(
+    transport: httpx.BaseTransport, brevo: BrevoClient
+) -> None:
+    """The list's unique subscribers as the folder's lists give them when it is found (the count
+    a snapshot's size is judged by); 0 for a list the client creates."""
+    assert brevo.member_count() == 0  # created
+    brevo.upsert(contacts(12))
+    assert make_brevo(transport).member_count() == 12
+
+
 def test_a_few_new_contacts_are_created_directly(sandbox: Sandbox, brevo: BrevoClient) -> None:
     outcomes = brevo.upsert(contacts(3, tags=frozenset({"vip", "news"})))
     assert [o.outcome for o in outcomes] == [Result.CREATED] * 3

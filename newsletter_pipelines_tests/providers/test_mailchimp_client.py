@@ -155,6 +155,20 @@ def test_snapshot_pages_by_1000_and_reports_every_status(
     assert sandbox.stats.count("mailchimp", template="/lists/{list_id}/members") == 3
 
 
+def test_member_count_is_the_lists_own_counts(
+    sandbox: Sandbox, transport: httpx.BaseTransport, mailchimp: MailchimpClient
+) -> None:
+    """Subscribed, unsubscribed and cleaned members as the list's counts have them when it is
+    found (the counts a snapshot's size is judged by); 0 for a list the client creates."""
+    assert mailchimp.member_count() == 0  # created
+    mailchimp.upsert(contacts(30))
+    list_id = mailchimp.ensure_audience().id
+    person(sandbox, list_id, "person1@example.com", "unsubscribe")
+    person(sandbox, list_id, "person2@example.com", "clean")
+    person(sandbox, list_id, "person3@example.com", "archive")
+    assert make_mailchimp(transport).member_count() == 29
+
+
 class _Timeline(httpx.BaseTransport):
     """Passes requests on; notes each one's path with when it was sent and answered."""
 

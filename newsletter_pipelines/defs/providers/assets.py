@@ -1,7 +1,8 @@
 """Assets of group `providers`, one partition per audience: snapshot, diff, push."""
 
+import time
 from collections import Counter
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from typing import Any
 
 import dagster as dg
@@ -19,8 +20,9 @@ from newsletter_pipelines.defs.providers.pushing import (
     push_metadata,
     stored_push_input,
 )
+from newsletter_pipelines.defs.providers.snapshot_read import read_snapshot, take_snapshot_read
 from newsletter_pipelines.defs.resources import CrmResource, StateDatabaseResource
-from newsletter_pipelines.providers.base import MEMBER_ROW_FIELDS, Member, Provider
+from newsletter_pipelines.providers.base import MEMBER_ROW_FIELDS, Member
 from newsletter_pipelines.providers.resources import BrevoResource, MailchimpResource
 from newsletter_pipelines.reporting import diff_samples, explain_diff, markdown_table, mask_email
 from newsletter_pipelines.settings import AudienceConfig, Settings
@@ -52,23 +54,39 @@ def _audience(context: dg.AssetExecutionContext) -> AudienceConfig:
     return _SETTINGS.audience(context.partition_key)
 
 
-@dg.asset(group_name=GROUP, partitions_def=audience_partitions, kinds={"api"})
+@dg.asset(
+    group_name=GROUP,
+    partitions_def=audience_partitions,
+    kinds={"api"},
+    # after the CRM's steps, which it does not need: a run that started the read early
+    # (`snapshot_read`) reads the CRM meanwhile
+    op_tags={"dagster/priority": "-1"},
+)
 def provider_audience_snapshot(
     context: dg.AssetExecutionContext, mailchimp: MailchimpResource, brevo: BrevoResource
 ) -> dg.Output[pd.DataFrame]:
     """Every member of the audience as the provider holds it, whatever its status: provider id,
-    address, status, names, salutation, tags, last change.
+    address, status, names, salutation, tags, last change. Read from the run's start when the
+    last snapshot and the last push's creates add up to at most 200,000 members, else in the step.
 
     A provider error fails the run: a failed read is never an empty audience.
     """
     audience = _audience(context)
     mode = provider_mode(audience, mailchimp, brevo)  # the run's log says it at resource start
-    with run_client(context, audience, mailchimp, brevo) as client:
-        # a refused key fails the first call (AuthenticationError): no separate ping; the
-        # webhook first, so no change made while the pages are read goes unheard
-        webhook = _register_webhook(audience, client, context.log.info)
-        members = client.snapshot_rows()
-        found = client.found_audience()  # fields checked after the pages, done by the push
+    read = take_snapshot_read(audience, mailchimp, brevo)
+    early = read is not None
+    if read is None:
+        with run_client(context, audience, mailchimp, brevo) as client:
+            read = read_snapshot(client, audience)
+    else:
+        context.log.info(
+            f"{audience.key}: snapshot read from the run's start in "
+            f"{read.ended - read.started:.2f} s, {time.monotonic() - read.ended:.2f} s before "
+            "this step took it"
+        )
+    for note in read.notes:
+        context.log.info(note)
+    members = read.members
     statuses = Counter(row[STATUS] for row in members)
     context.log.info(f"{audience.key}: {len(members)} members ({dict(statuses)})")
     sample = [
@@ -78,34 +96,15 @@ def provider_audience_snapshot(
     return dg.Output(
         snapshot_frame_of_rows(members),
         metadata={
-            "audience": f"{audience.provider} {found.name!r} (id {found.id})",
+            "audience": f"{audience.provider} {read.found.name!r} (id {read.found.id})",
             "provider": mode,
-            "webhook": webhook,
+            "webhook": read.webhook,
+            "read_early": early,
             "member_count": dg.MetadataValue.int(len(members)),
             **{f"status_{s}": dg.MetadataValue.int(n) for s, n in sorted(statuses.items())},
             "sample": dg.MetadataValue.md(markdown_table(sample)),
         },
     )
-
-
-def _register_webhook(
-    audience: AudienceConfig, client: Provider, log: Callable[[str], None]
-) -> str:
-    """Register the audience's webhook at NEWSLETTER_WEBHOOK_PUBLIC_URL (idempotent); says
-    where changes come back from."""
-    url = _SETTINGS.webhook_url(audience)
-    if url is None:
-        note = (
-            "not registered (NEWSLETTER_WEBHOOK_PUBLIC_URL unset): only the nightly "
-            "import-back brings changes made at the provider back"
-        )
-        log(f"{audience.key}: webhook {note}")
-        return note
-    hook_id = client.register_webhook(
-        url, _SETTINGS.resolved_webhook_secret(), _SETTINGS.activities
-    )
-    log(f"{audience.key}: webhook registered at {url} (id {hook_id})")
-    return f"registered at {url} (id {hook_id})"
 
 
 def _sync_config(context: dg.AssetExecutionContext) -> dict[str, Any]:

@@ -1,0 +1,129 @@
+"""Reading an audience's snapshot: the webhook first, then every member.
+
+A run of `full_sync_job` or `audience_sync_job` starts the read as it sets its provider
+resources up (`start_snapshot_read`), on a thread of its own: it finds the audience and, when
+the provider's own counts say it holds at most `EARLY_MAX_MEMBERS` members, reads it. The
+provider's pages then come in while the CRM is read and classified (`provider_audience_snapshot`
+runs after those steps, priority -1), and the snapshot step takes what was read
+(`take_snapshot_read`). A larger audience (its members would be held beside the CRM's in
+memory), a run without its account's tag or of another job: the step reads. An early read that
+failed fails the step with its error.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import dagster as dg
+
+from newsletter_pipelines.defs.providers.accounts import (
+    ACCOUNT_TAG,
+    account_name,
+    mailchimp_connections,
+    runs_per_account,
+)
+from newsletter_pipelines.providers.base import Audience, MemberRow, Provider
+from newsletter_pipelines.providers.resources import (
+    BrevoResource,
+    MailchimpResource,
+    _ProviderResource,
+    on_run_start,
+)
+from newsletter_pipelines.settings import AudienceConfig, Settings
+
+SNAPSHOT = dg.AssetKey("provider_audience_snapshot")
+EARLY_JOBS = ("full_sync_job", "audience_sync_job")
+EARLY_MAX_MEMBERS = 200_000
+"""An audience larger by the provider's counts is read in its step: read early, its members
+would be held beside the CRM's contacts (a million of each: over the 2 GiB a run may take)."""
+_SETTINGS = Settings()
+
+
+@dataclass(frozen=True)
+class SnapshotRead:
+    """What a snapshot read brought: the members, the audience found, where changes come back
+    from (`webhook`), the lines to log, and when it started and ended (`time.monotonic`)."""
+
+    members: list[MemberRow]
+    found: Audience
+    webhook: str
+    notes: tuple[str, ...]
+    started: float
+    ended: float
+
+
+def read_snapshot(client: Provider, audience: AudienceConfig) -> SnapshotRead:
+    """Register the audience's webhook (so no change made while the pages are read goes
+    unheard), then read every member. A refused key fails the first call: no separate ping."""
+    started = time.monotonic()
+    notes: list[str] = []
+    webhook = _register_webhook(audience, client, notes.append)
+    members = client.snapshot_rows()
+    found = client.found_audience()  # Mailchimp's fields: checked after the pages, by the push
+    return SnapshotRead(members, found, webhook, tuple(notes), started, time.monotonic())
+
+
+def _register_webhook(
+    audience: AudienceConfig, client: Provider, log: Callable[[str], None]
+) -> str:
+    """Register the audience's webhook at NEWSLETTER_WEBHOOK_PUBLIC_URL (idempotent); says
+    where changes come back from."""
+    url = _SETTINGS.webhook_url(audience)
+    if url is None:
+        note = (
+            "not registered (NEWSLETTER_WEBHOOK_PUBLIC_URL unset): only the nightly "
+            "import-back brings changes made at the provider back"
+        )
+        log(f"{audience.key}: webhook {note}")
+        return note
+    hook_id = client.register_webhook(
+        url, _SETTINGS.resolved_webhook_secret(), _SETTINGS.activities
+    )
+    log(f"{audience.key}: webhook registered at {url} (id {hook_id})")
+    return f"registered at {url} (id {hook_id})"
+
+
+@on_run_start
+def start_snapshot_read(resource: _ProviderResource, context: dg.InitResourceContext) -> None:
+    """Start reading the run's audience snapshot on the resource's early thread, when this run
+    materializes it and may read it early (see the module's docstring)."""
+    run = context.run
+    if run is None or run.job_name not in EARLY_JOBS:
+        return
+    if run.step_keys_to_execute is not None and SNAPSHOT.path[-1] not in run.step_keys_to_execute:
+        return
+    partition = run.tags.get("dagster/partition")
+    if partition not in {a.key for a in _SETTINGS.audiences}:
+        return
+    audience = _SETTINGS.audience(partition)
+    account = account_name(audience)
+    if run.tags.get(ACCOUNT_TAG) != account:
+        return  # the step checks the tag, and says what is wrong
+    if isinstance(resource, MailchimpResource) and audience.provider == "mailchimp":
+        runs = runs_per_account(context.instance, account)
+        connections = mailchimp_connections(runs, resource.max_connections)
+        client = lambda: resource.run_client(audience.name, max_connections=connections)  # noqa: E731
+    elif isinstance(resource, BrevoResource) and audience.provider == "brevo":
+        client = lambda: resource.run_client(audience.name)  # noqa: E731
+    else:
+        return
+
+    def read() -> SnapshotRead | None:
+        with client() as opened:
+            if opened.member_count() > EARLY_MAX_MEMBERS:
+                return None
+            return read_snapshot(opened, audience)
+
+    resource.start_early(audience.key, read)
+
+
+def take_snapshot_read(
+    audience: AudienceConfig, mailchimp: MailchimpResource, brevo: BrevoResource
+) -> SnapshotRead | None:
+    """The read this run started early for the audience (waited for; raises what it raised),
+    or None (none started, or the audience was too large): then the step reads."""
+    resource = mailchimp if audience.provider == "mailchimp" else brevo
+    early = resource.take_early(audience.key)
+    return None if early is None else early.result()
