@@ -490,7 +490,7 @@ _MEMBER_PARTS: tuple[tuple[str, Callable[[McList, McMember, dict[str, int]], Any
 """Each field of a member's representation, in Mailchimp's order, and how to build it."""
 
 
-_STORED = frozenset(
+_SHOWN_AS_STORED = frozenset(
     {
         "id",
         "email_address",
@@ -499,13 +499,15 @@ _STORED = frozenset(
         "web_id",
         "status",
         "unsubscribe_reason",
+        "merge_fields",
         "timestamp_signup",
         "timestamp_opt",
         "last_changed",
         "source",
     }
 )
-"""The parts of `_MEMBER_PARTS` that are a member's field as it is stored."""
+"""The parts of `_MEMBER_PARTS` that show a member's stored field itself (`representations`
+shares the merge fields)."""
 
 
 def _full_name(member: McMember) -> str:
@@ -515,61 +517,78 @@ def _full_name(member: McMember) -> str:
 
 
 def _tags(member: McMember, segments: dict[str, int]) -> list[dict[str, Any]]:
-    return [{"id": segments.get(name, 0), "name": name} for name in list(member.tags)[:50]]
+    names = member.tags if len(member.tags) <= 50 else list(member.tags)[:50]
+    return [{"id": segments.get(name, 0), "name": name} for name in names]
 
 
 def representation(lst: McList, member: McMember, segments: dict[str, int]) -> dict[str, Any]:
-    """A member as Mailchimp returns it (`ListMembers2`): what `_MEMBER_PARTS` builds, written
-    out (a batch subscribe answers 500 of them; a test keeps the two the same)."""
-    return {
-        "id": member.id,
-        "email_address": member.email_address,
-        "unique_email_id": member.unique_email_id,
-        "contact_id": member.contact_id,
-        "full_name": _full_name(member),
-        "web_id": member.web_id,
-        "email_type": "html",
-        "status": member.status,
-        "unsubscribe_reason": member.unsubscribe_reason,
-        "consents_to_one_to_one_messaging": True,
-        "merge_fields": dict(member.merge_fields),
-        "interests": {},
-        "stats": {"avg_open_rate": 0, "avg_click_rate": 0},
-        "ip_signup": "",
-        "timestamp_signup": member.timestamp_signup,
-        "ip_opt": "",
-        "timestamp_opt": member.timestamp_opt,
-        "member_rating": 2,
-        "last_changed": member.last_changed,
-        "language": "",
-        "vip": False,
-        "email_client": "",
-        "location": {"latitude": 0, "longitude": 0, "gmtoff": 0, "dstoff": 0},
-        "source": member.source,
-        "tags_count": len(member.tags),
-        "tags": _tags(member, segments),
-        "list_id": lst.id,
-        "_links": [],
-    }
+    """A member as Mailchimp returns it (`ListMembers2`), what `_MEMBER_PARTS` builds; it holds
+    objects of its own only."""
+    shown = _written_out(lst.id, [member], segments)[0]
+    shown["merge_fields"] = dict(member.merge_fields)
+    return shown
 
 
 def representations(
     lst: McList, members: Iterable[McMember], only: Collection[str] | None = None
 ) -> list[dict[str, Any]]:
-    """Members as `representation` shows them, with only the fields named in `only`."""
+    """Members as `representation` shows them, with only the fields named in `only`, for an
+    answer encoded before they change: they share their members' merge fields."""
     segments = lst.segments
     if only is None:
-        return [representation(lst, m, segments) for m in members]
-    parts = [
-        (name, None if name in _STORED else build) for name, build in _MEMBER_PARTS if name in only
-    ]
+        return _written_out(lst.id, members, segments)
+    names = [name for name, _ in _MEMBER_PARTS if name in only]
+    built = [(n, build) for n, build in _MEMBER_PARTS if n in only and n not in _SHOWN_AS_STORED]
     found = []
     for m in members:
-        stored = vars(m)  # the fields stored as shown: read without a call (a page has 1,000)
-        found.append(
-            {
-                name: stored[name] if build is None else build(lst, m, segments)
-                for name, build in parts
-            }
-        )
+        stored = vars(m)  # read without a call each (a page has 1,000 members)
+        shown = {name: stored.get(name) for name in names}  # in order; the built ones follow
+        for name, build in built:
+            shown[name] = build(lst, m, segments)
+        found.append(shown)
     return found
+
+
+def _written_out(
+    list_id: str, members: Iterable[McMember], segments: dict[str, int]
+) -> list[dict[str, Any]]:
+    """What `_MEMBER_PARTS` builds, written out (a test keeps the two the same), the members'
+    merge fields shared, and the objects every member shows alike built once (a batch
+    subscribe answers 500 members)."""
+    interests: dict[str, Any] = {}
+    stats = {"avg_open_rate": 0, "avg_click_rate": 0}
+    location = {"latitude": 0, "longitude": 0, "gmtoff": 0, "dstoff": 0}
+    links: list[Any] = []
+    return [
+        {
+            "id": member.id,
+            "email_address": member.email_address,
+            "unique_email_id": member.unique_email_id,
+            "contact_id": member.contact_id,
+            "full_name": _full_name(member),
+            "web_id": member.web_id,
+            "email_type": "html",
+            "status": member.status,
+            "unsubscribe_reason": member.unsubscribe_reason,
+            "consents_to_one_to_one_messaging": True,
+            "merge_fields": member.merge_fields,
+            "interests": interests,
+            "stats": stats,
+            "ip_signup": "",
+            "timestamp_signup": member.timestamp_signup,
+            "ip_opt": "",
+            "timestamp_opt": member.timestamp_opt,
+            "member_rating": 2,
+            "last_changed": member.last_changed,
+            "language": "",
+            "vip": False,
+            "email_client": "",
+            "location": location,
+            "source": member.source,
+            "tags_count": len(member.tags),
+            "tags": _tags(member, segments),
+            "list_id": list_id,
+            "_links": links,
+        }
+        for member in members
+    ]
