@@ -307,16 +307,23 @@ class MailchimpApi:
         seen: set[str] = set()
         for entry in batch:
             email = str(entry.get("email_address") or "") if isinstance(entry, dict) else ""
+            folded = email.lower()
             try:
-                if email.lower() in seen:
+                if folded in seen:
                     if skip_duplicates:
                         continue
                     raise ProblemError(
                         400, "Invalid Resource", f"{email} is a duplicate in this request."
                     )
-                seen.add(email.lower())
+                seen.add(folded)
                 member, is_new = self._subscribe_one(
-                    account, lst, entry, now, rules, update_existing=update_existing
+                    account,
+                    lst,
+                    entry,
+                    email,
+                    now=now,
+                    rules=rules,
+                    update_existing=update_existing,
                 )
             except ProblemError as refusal:
                 errors.append(self._batch_error(email, refusal))
@@ -341,15 +348,16 @@ class MailchimpApi:
         account: McAccount,
         lst: McList,
         entry: Any,
+        email: str,
+        *,
         now: float,
         rules: members.MergeRules,
-        *,
         update_existing: bool,
     ) -> tuple[McMember, bool]:
+        """Subscribe `entry` (its address: `email`), or update its member; (member, is new)."""
         if not isinstance(entry, dict):
             raise invalid("members", "Schema describes object, but another type was provided.")
         status = members.check_status_value(entry.get("status"))
-        email = str(entry.get("email_address") or "")
         existing = lst.members.get(members.subscriber_hash(email)) if email else None
         if existing is not None and existing.status != "archived":
             if not update_existing:

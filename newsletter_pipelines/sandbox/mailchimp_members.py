@@ -70,16 +70,19 @@ def invalid(field: str, message: str) -> ProblemError:
     return ProblemError(400, "Invalid Resource", _INVALID, [{"field": field, "message": message}])
 
 
-def check_address(lst: McList, email: str) -> None:
-    """Refuse syntactically wrong, fake and permanently deleted addresses."""
+def check_address(lst: McList, email: str) -> str:
+    """Refuse syntactically wrong, fake and permanently deleted addresses; the address's
+    subscriber hash."""
     check_syntax(email)
-    if subscriber_hash(email) in lst.forgotten:
+    key = subscriber_hash(email)
+    if key in lst.forgotten:
         raise ProblemError(
             400,
             "Forgotten Email Not Subscribed",
             f"{email} was permanently deleted and cannot be re-imported. "
             "The contact must re-subscribe to get back on the list.",
         )
+    return key
 
 
 def check_syntax(email: str) -> None:
@@ -192,8 +195,7 @@ def create(
     """Add a new member, or re-add an archived one (keeping compliance rules); `rules`:
     `MergeRules.of(lst)`, when the caller has them."""
     email = str(payload.get("email_address") or "")
-    check_address(lst, email)
-    key = subscriber_hash(email)
+    key = check_address(lst, email)
     previous = lst.members.get(key)
     check_status(email, previous.effective_status if previous else None, status)
     rules = rules or MergeRules.of(lst)
@@ -260,8 +262,7 @@ def change_email(lst: McList, member: McMember, new_email: str) -> None:
             f'This member\'s status is "{member.status}." You can only update email addresses '
             'for members with a status of "subscribed."',
         )
-    check_address(lst, new_email)
-    new_key = subscriber_hash(new_email)
+    new_key = check_address(lst, new_email)
     if new_key in lst.members:
         raise exists(new_email)
     del lst.members[member.id]
@@ -432,7 +433,7 @@ def register_tags(account: McAccount, lst: McList, member: McMember) -> None:
     """Give every tag of the member a segment id (tags are static segments); a tag spelled
     differently from the audience's tag of the same name takes the audience's spelling."""
     renamed = False
-    for name in list(member.tags):
+    for name in member.tags:  # the loop adds segments only: the member's tags stay as they are
         known = _same_tag(lst.segments, name)
         if known is None:
             lst.segments[name] = account.new_id()
