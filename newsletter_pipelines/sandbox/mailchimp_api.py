@@ -368,7 +368,8 @@ class MailchimpApi:
             self._event(lst, "profile", existing)
             return existing, False
         member = members.create(account, lst, entry, status, now, rules=rules)
-        members.register_tags(account, lst, member)
+        if existing is not None:  # re-added: `create` leaves its tags to register
+            members.register_tags(account, lst, member)
         self._event(lst, "subscribe", member)
         return member, True
 
@@ -417,7 +418,8 @@ class MailchimpApi:
         if existing is not None and existing.status != "archived":
             raise members.exists(email)
         member = members.create(account, lst, body, status, self.hooks.now())
-        members.register_tags(account, lst, member)
+        if existing is not None:  # re-added: `create` leaves its tags to register
+            members.register_tags(account, lst, member)
         self._event(lst, "subscribe", member)
         return json_response(200, members.representation(lst, member, lst.segments))
 

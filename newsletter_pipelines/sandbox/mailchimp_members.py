@@ -192,8 +192,9 @@ def create(
     source: str = "API - Generic",
     rules: MergeRules | None = None,
 ) -> McMember:
-    """Add a new member, or re-add an archived one (keeping compliance rules); `rules`:
-    `MergeRules.of(lst)`, when the caller has them."""
+    """Add a new member, or re-add an archived one (keeping compliance rules), with the tags of
+    `payload`; a new member's tags are registered (`register_tags`), a re-added one's are left
+    to the caller. `rules`: `MergeRules.of(lst)`, when the caller has them."""
     email = str(payload.get("email_address") or "")
     key = check_address(lst, email)
     previous = lst.members.get(key)
@@ -201,33 +202,50 @@ def create(
     rules = rules or MergeRules.of(lst)
     merge = merge_values(lst, payload.get("merge_fields"), creating=True, rules=rules)
     stamp = now_iso(now)
+    tags = [str(tag) for tag in payload.get("tags") or []]
     if previous is not None:
         previous.status = status
         previous.archived_from = None
         previous.merge_fields.update(merge)
         previous.last_changed = stamp
-        member = previous
-    else:
-        contact_no, web_id = account.new_ids(2)
-        member = trusted(  # every value of its field's type (a batch subscribe makes 500)
-            McMember,
-            {
-                "id": key,
-                "email_address": email,
-                "unique_email_id": key[:10],
-                "contact_id": f"{contact_no:032x}",  # one per contact, never reused
-                "web_id": web_id,
-                "status": status,
-                "merge_fields": rules.blank | merge,
-                "timestamp_signup": stamp,
-                "timestamp_opt": stamp,
-                "last_changed": stamp,
-                "source": source,
-            },
-        )
-        lst.members[key] = member
-    add_tags(member, [str(tag) for tag in payload.get("tags") or []], now, lst.segments)
+        add_tags(previous, tags, now, lst.segments)
+        return previous
+    contact_no, web_id = account.new_ids(2)
+    member = trusted(  # every value of its field's type (a batch subscribe makes 500)
+        McMember,
+        {
+            "id": key,
+            "email_address": email,
+            "unique_email_id": key[:10],
+            "contact_id": f"{contact_no:032x}",  # one per contact, never reused
+            "web_id": web_id,
+            "status": status,
+            "merge_fields": rules.blank | merge,
+            "timestamp_signup": stamp,
+            "timestamp_opt": stamp,
+            "last_changed": stamp,
+            "source": source,
+        },
+    )
+    lst.members[key] = member
+    _tag_new_member(account, lst, member, tags, stamp)
     return member
+
+
+def _tag_new_member(
+    account: McAccount, lst: McList, member: McMember, names: Iterable[str], stamp: str
+) -> None:
+    """`add_tags` and then `register_tags` on a member without tags, in one pass (the same:
+    its tags differ in more than case, so none takes another's segment): each tag takes the
+    audience's spelling, or becomes a new segment of the audience."""
+    segments = lst.segments
+    for name in names:
+        if _same_tag(member.tags, name) is None:
+            spelling = _same_tag(segments, name)
+            if spelling is None:
+                spelling = name
+                segments[name] = account.new_id()
+            member.tags[spelling] = stamp
 
 
 def update(lst: McList, member: McMember, payload: dict[str, Any], now: float) -> McMember:
