@@ -561,7 +561,7 @@ def representations(
     found = []
     for m in members:
         stored = vars(m)  # read without a call each (a page has 1,000 members)
-        shown = {name: stored.get(name) for name in names}  # in order; the built ones follow
+        shown = {name: stored.get(name) for name in names}  # each in its place: built ones next
         for name, build in built:
             shown[name] = build(lst, m, segments)
         found.append(shown)
