@@ -70,16 +70,19 @@ def invalid(field: str, message: str) -> ProblemError:
     return ProblemError(400, "Invalid Resource", _INVALID, [{"field": field, "message": message}])
 
 
-def check_address(lst: McList, email: str) -> None:
-    """Refuse syntactically wrong, fake and permanently deleted addresses."""
+def check_address(lst: McList, email: str) -> str:
+    """Refuse syntactically wrong, fake and permanently deleted addresses; the address's
+    subscriber hash."""
     check_syntax(email)
-    if subscriber_hash(email) in lst.forgotten:
+    key = subscriber_hash(email)
+    if key in lst.forgotten:
         raise ProblemError(
             400,
             "Forgotten Email Not Subscribed",
             f"{email} was permanently deleted and cannot be re-imported. "
             "The contact must re-subscribe to get back on the list.",
         )
+    return key
 
 
 def check_syntax(email: str) -> None:
@@ -189,43 +192,60 @@ def create(
     source: str = "API - Generic",
     rules: MergeRules | None = None,
 ) -> McMember:
-    """Add a new member, or re-add an archived one (keeping compliance rules); `rules`:
-    `MergeRules.of(lst)`, when the caller has them."""
+    """Add a new member, or re-add an archived one (keeping compliance rules), with the tags of
+    `payload`; a new member's tags are registered (`register_tags`), a re-added one's are left
+    to the caller. `rules`: `MergeRules.of(lst)`, when the caller has them."""
     email = str(payload.get("email_address") or "")
-    check_address(lst, email)
-    key = subscriber_hash(email)
+    key = check_address(lst, email)
     previous = lst.members.get(key)
     check_status(email, previous.effective_status if previous else None, status)
     rules = rules or MergeRules.of(lst)
     merge = merge_values(lst, payload.get("merge_fields"), creating=True, rules=rules)
     stamp = now_iso(now)
+    tags = [str(tag) for tag in payload.get("tags") or []]
     if previous is not None:
         previous.status = status
         previous.archived_from = None
         previous.merge_fields.update(merge)
         previous.last_changed = stamp
-        member = previous
-    else:
-        contact_no, web_id = account.new_ids(2)
-        member = trusted(  # every value of its field's type (a batch subscribe makes 500)
-            McMember,
-            {
-                "id": key,
-                "email_address": email,
-                "unique_email_id": key[:10],
-                "contact_id": f"{contact_no:032x}",  # one per contact, never reused
-                "web_id": web_id,
-                "status": status,
-                "merge_fields": rules.blank | merge,
-                "timestamp_signup": stamp,
-                "timestamp_opt": stamp,
-                "last_changed": stamp,
-                "source": source,
-            },
-        )
-        lst.members[key] = member
-    add_tags(member, [str(tag) for tag in payload.get("tags") or []], now, lst.segments)
+        add_tags(previous, tags, now, lst.segments)
+        return previous
+    contact_no, web_id = account.new_ids(2)
+    member = trusted(  # every value of its field's type (a batch subscribe makes 500)
+        McMember,
+        {
+            "id": key,
+            "email_address": email,
+            "unique_email_id": key[:10],
+            "contact_id": f"{contact_no:032x}",  # one per contact, never reused
+            "web_id": web_id,
+            "status": status,
+            "merge_fields": rules.blank | merge,
+            "timestamp_signup": stamp,
+            "timestamp_opt": stamp,
+            "last_changed": stamp,
+            "source": source,
+        },
+    )
+    lst.members[key] = member
+    _tag_new_member(account, lst, member, tags, stamp)
     return member
+
+
+def _tag_new_member(
+    account: McAccount, lst: McList, member: McMember, names: Iterable[str], stamp: str
+) -> None:
+    """`add_tags` and then `register_tags` on a member without tags, in one pass (the same:
+    its tags differ in more than case, so none takes another's segment): each tag takes the
+    audience's spelling, or becomes a new segment of the audience."""
+    segments = lst.segments
+    for name in names:
+        if _same_tag(member.tags, name) is None:
+            spelling = _same_tag(segments, name)
+            if spelling is None:
+                spelling = name
+                segments[name] = account.new_id()
+            member.tags[spelling] = stamp
 
 
 def update(lst: McList, member: McMember, payload: dict[str, Any], now: float) -> McMember:
@@ -260,8 +280,7 @@ def change_email(lst: McList, member: McMember, new_email: str) -> None:
             f'This member\'s status is "{member.status}." You can only update email addresses '
             'for members with a status of "subscribed."',
         )
-    check_address(lst, new_email)
-    new_key = subscriber_hash(new_email)
+    new_key = check_address(lst, new_email)
     if new_key in lst.members:
         raise exists(new_email)
     del lst.members[member.id]
@@ -432,7 +451,7 @@ def register_tags(account: McAccount, lst: McList, member: McMember) -> None:
     """Give every tag of the member a segment id (tags are static segments); a tag spelled
     differently from the audience's tag of the same name takes the audience's spelling."""
     renamed = False
-    for name in list(member.tags):
+    for name in member.tags:  # the loop adds segments only: the member's tags stay as they are
         known = _same_tag(lst.segments, name)
         if known is None:
             lst.segments[name] = account.new_id()
@@ -490,7 +509,7 @@ _MEMBER_PARTS: tuple[tuple[str, Callable[[McList, McMember, dict[str, int]], Any
 """Each field of a member's representation, in Mailchimp's order, and how to build it."""
 
 
-_STORED = frozenset(
+_SHOWN_AS_STORED = frozenset(
     {
         "id",
         "email_address",
@@ -499,13 +518,15 @@ _STORED = frozenset(
         "web_id",
         "status",
         "unsubscribe_reason",
+        "merge_fields",
         "timestamp_signup",
         "timestamp_opt",
         "last_changed",
         "source",
     }
 )
-"""The parts of `_MEMBER_PARTS` that are a member's field as it is stored."""
+"""The parts of `_MEMBER_PARTS` that show a member's stored field itself (`representations`
+shares the merge fields)."""
 
 
 def _full_name(member: McMember) -> str:
@@ -515,61 +536,78 @@ def _full_name(member: McMember) -> str:
 
 
 def _tags(member: McMember, segments: dict[str, int]) -> list[dict[str, Any]]:
-    return [{"id": segments.get(name, 0), "name": name} for name in list(member.tags)[:50]]
+    names = member.tags if len(member.tags) <= 50 else list(member.tags)[:50]
+    return [{"id": segments.get(name, 0), "name": name} for name in names]
 
 
 def representation(lst: McList, member: McMember, segments: dict[str, int]) -> dict[str, Any]:
-    """A member as Mailchimp returns it (`ListMembers2`): what `_MEMBER_PARTS` builds, written
-    out (a batch subscribe answers 500 of them; a test keeps the two the same)."""
-    return {
-        "id": member.id,
-        "email_address": member.email_address,
-        "unique_email_id": member.unique_email_id,
-        "contact_id": member.contact_id,
-        "full_name": _full_name(member),
-        "web_id": member.web_id,
-        "email_type": "html",
-        "status": member.status,
-        "unsubscribe_reason": member.unsubscribe_reason,
-        "consents_to_one_to_one_messaging": True,
-        "merge_fields": dict(member.merge_fields),
-        "interests": {},
-        "stats": {"avg_open_rate": 0, "avg_click_rate": 0},
-        "ip_signup": "",
-        "timestamp_signup": member.timestamp_signup,
-        "ip_opt": "",
-        "timestamp_opt": member.timestamp_opt,
-        "member_rating": 2,
-        "last_changed": member.last_changed,
-        "language": "",
-        "vip": False,
-        "email_client": "",
-        "location": {"latitude": 0, "longitude": 0, "gmtoff": 0, "dstoff": 0},
-        "source": member.source,
-        "tags_count": len(member.tags),
-        "tags": _tags(member, segments),
-        "list_id": lst.id,
-        "_links": [],
-    }
+    """A member as Mailchimp returns it (`ListMembers2`), what `_MEMBER_PARTS` builds; it holds
+    objects of its own only."""
+    shown = _written_out(lst.id, [member], segments)[0]
+    shown["merge_fields"] = dict(member.merge_fields)
+    return shown
 
 
 def representations(
     lst: McList, members: Iterable[McMember], only: Collection[str] | None = None
 ) -> list[dict[str, Any]]:
-    """Members as `representation` shows them, with only the fields named in `only`."""
+    """Members as `representation` shows them, with only the fields named in `only`, for an
+    answer encoded before they change: they share their members' merge fields."""
     segments = lst.segments
     if only is None:
-        return [representation(lst, m, segments) for m in members]
-    parts = [
-        (name, None if name in _STORED else build) for name, build in _MEMBER_PARTS if name in only
-    ]
+        return _written_out(lst.id, members, segments)
+    names = [name for name, _ in _MEMBER_PARTS if name in only]
+    built = [(n, build) for n, build in _MEMBER_PARTS if n in only and n not in _SHOWN_AS_STORED]
     found = []
     for m in members:
-        stored = vars(m)  # the fields stored as shown: read without a call (a page has 1,000)
-        found.append(
-            {
-                name: stored[name] if build is None else build(lst, m, segments)
-                for name, build in parts
-            }
-        )
+        stored = vars(m)  # read without a call each (a page has 1,000 members)
+        shown = {name: stored.get(name) for name in names}  # each in its place: built ones next
+        for name, build in built:
+            shown[name] = build(lst, m, segments)
+        found.append(shown)
     return found
+
+
+def _written_out(
+    list_id: str, members: Iterable[McMember], segments: dict[str, int]
+) -> list[dict[str, Any]]:
+    """What `_MEMBER_PARTS` builds, written out (a test keeps the two the same), the members'
+    merge fields shared, and the objects every member shows alike built once (a batch
+    subscribe answers 500 members)."""
+    interests: dict[str, Any] = {}
+    stats = {"avg_open_rate": 0, "avg_click_rate": 0}
+    location = {"latitude": 0, "longitude": 0, "gmtoff": 0, "dstoff": 0}
+    links: list[Any] = []
+    return [
+        {
+            "id": member.id,
+            "email_address": member.email_address,
+            "unique_email_id": member.unique_email_id,
+            "contact_id": member.contact_id,
+            "full_name": _full_name(member),
+            "web_id": member.web_id,
+            "email_type": "html",
+            "status": member.status,
+            "unsubscribe_reason": member.unsubscribe_reason,
+            "consents_to_one_to_one_messaging": True,
+            "merge_fields": member.merge_fields,
+            "interests": interests,
+            "stats": stats,
+            "ip_signup": "",
+            "timestamp_signup": member.timestamp_signup,
+            "ip_opt": "",
+            "timestamp_opt": member.timestamp_opt,
+            "member_rating": 2,
+            "last_changed": member.last_changed,
+            "language": "",
+            "vip": False,
+            "email_client": "",
+            "location": location,
+            "source": member.source,
+            "tags_count": len(member.tags),
+            "tags": _tags(member, segments),
+            "list_id": list_id,
+            "_links": links,
+        }
+        for member in members
+    ]

@@ -120,10 +120,13 @@ class McAccount(BaseModel):
 
     def new_id(self) -> int:
         """A fresh numeric id for web ids, merge ids and segments."""
-        self.next_id += 1
-        return self.next_id
+        return self.new_ids(1)[0]
 
     def new_ids(self, count: int) -> range:
         """`count` fresh ids, as `count` calls of `new_id` give them."""
-        self.next_id += count
-        return range(self.next_id - count + 1, self.next_id + 1)
+        first = self.next_id + 1
+        # what pydantic's `__setattr__` does, at a quarter of its cost (a batch subscribe takes
+        # ids 500 times)
+        self.__dict__["next_id"] = self.next_id + count
+        self.__pydantic_fields_set__.add("next_id")
+        return range(first, first + count)

@@ -286,6 +286,8 @@ def test_a_member_written_out_is_what_its_parts_build(
         written = mailchimp_members.representation(lst, member, lst.segments)
         assert list(written.items()) == list(built.items())
         assert mailchimp_members.representations(lst, [member]) == [written]
+        (named,) = mailchimp_members.representations(lst, [member], [name for name, _ in parts])
+        assert list(named.items()) == list(written.items())
 
 
 @pytest.mark.parametrize(("length", "refused"), [(63, False), (64, True)])
