@@ -184,6 +184,23 @@ def test_the_import_back_reads_only_the_rows_and_columns_it_uses(
     }
 
 
+def test_an_import_back_with_nothing_to_take_in_reads_no_crm_frame(
+    reads: list[tuple[str, pd.DataFrame]],
+) -> None:
+    """When the provider changed nothing, the import-back reads neither eligibility frame (the
+    diff, in the same run, reads its columns of them)."""
+    with dg.instance_for_test() as instance:
+        assert run_sync(instance, "mailchimp").success
+        reads.clear()
+        result = run_import_back(instance, "mailchimp")
+        assert result.success
+        planned = metadata(result, "crm_import_back")
+        assert not [k for k, v in planned.items() if k.startswith("planned_") and v], planned
+    crm_reads = [(asset, list(f.columns)) for asset, f in reads if asset == "eligible_subscribers"]
+    assert crm_reads == [("eligible_subscribers", list(ELIGIBLE_READ))]  # the diff's only
+    assert [asset for asset, _ in reads].count("excluded_contacts") == 1
+
+
 def test_before_a_step_reads_its_inputs_the_memory_earlier_steps_freed_is_handed_back(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:

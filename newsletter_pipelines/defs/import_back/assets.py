@@ -18,6 +18,7 @@ from newsletter_pipelines.sync.import_back import (
     DIFF_COLUMNS_READ,
     CrmView,
     SnapshotView,
+    acting_rows,
 )
 from newsletter_pipelines.sync.rules import ACTIVE
 
@@ -42,8 +43,11 @@ class ImportBackConfig(dg.Config):
             metadata={COLUMNS: list(DIFF_COLUMNS_READ), ROWS_WITH: list(ACTING)}
         ),
         "provider_audience_snapshot": dg.AssetIn(metadata={LAZY: True}),
-        "eligible_subscribers": dg.AssetIn(metadata={COLUMNS: list(CRM_COLUMNS_READ)}),
-        "excluded_contacts": dg.AssetIn(metadata={COLUMNS: [*CRM_COLUMNS_READ, "newsletter"]}),
+        # read only for a diff with rows to take in (a re-run without any reads neither)
+        "eligible_subscribers": dg.AssetIn(metadata={LAZY: True, COLUMNS: list(CRM_COLUMNS_READ)}),
+        "excluded_contacts": dg.AssetIn(
+            metadata={LAZY: True, COLUMNS: [*CRM_COLUMNS_READ, "newsletter"]}
+        ),
     },
     check_specs=[
         dg.AssetCheckSpec(
@@ -62,8 +66,8 @@ def crm_import_back(
     config: ImportBackConfig,
     reconciliation_diff: pd.DataFrame,
     provider_audience_snapshot: StoredFrame,
-    eligible_subscribers: pd.DataFrame,
-    excluded_contacts: pd.DataFrame,
+    eligible_subscribers: StoredFrame,
+    excluded_contacts: StoredFrame,
     crm: CrmResource,
     state_db: StateDatabaseResource,
     brevo: BrevoResource,
@@ -82,7 +86,7 @@ def crm_import_back(
         audience,
         reconciliation_diff,
         snapshot_view(provider_audience_snapshot),
-        CrmView.for_diff(reconciliation_diff, eligible_subscribers, excluded_contacts),
+        _crm_view(reconciliation_diff, eligible_subscribers, excluded_contacts),
         run_id=context.run.run_id,
         crm=crm,
         state_db=state_db,
@@ -103,6 +107,14 @@ def crm_import_back(
         description=vanish.message,
         metadata={"vanished": vanish.count, "active_members": vanish.active_members},
     )
+
+
+def _crm_view(diff: pd.DataFrame, eligible: StoredFrame, excluded: StoredFrame) -> CrmView:
+    """The CRM contacts the diff's rows to take in concern; without such rows, none (and the
+    eligibility frames are not read)."""
+    if acting_rows(diff).empty:
+        return CrmView(by_key={}, newsletter={}, updated_at={})
+    return CrmView.for_diff(diff, eligible.load(), excluded.load())
 
 
 def snapshot_view(snapshot: StoredFrame) -> SnapshotView:
