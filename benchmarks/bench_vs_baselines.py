@@ -450,6 +450,8 @@ def run_project(
     executor and resources."""
     import dagster as dg  # noqa: PLC0415
 
+    from newsletter_pipelines.defs.providers.accounts import account_tags  # noqa: PLC0415
+
     quiet = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
     before = stats(url)
     epoch0, perf0 = time.time(), time.perf_counter()
@@ -459,7 +461,8 @@ def run_project(
                 dg.reconstructable(full_sync_job_def),
                 instance,
                 run_config=quiet,
-                tags={"dagster/partition": "mailchimp"},
+                # the partition's tags, as a run the daemon launches for it carries them
+                tags={"dagster/partition": "mailchimp", **account_tags("mailchimp")},
             )
         else:
             result = job.execute_in_process(
