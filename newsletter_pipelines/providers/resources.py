@@ -50,7 +50,7 @@ C = TypeVar("C", MailchimpClient, BrevoClient)
 _sandboxes: dict[Path, Sandbox] = {}
 _sandboxes_lock = threading.Lock()
 _run_clients_lock = threading.Lock()
-RunStart = Callable[["_ProviderResource", InitResourceContext], None]
+RunStart = Callable[["MailchimpResource | BrevoResource", InitResourceContext], None]
 _run_starts: list[RunStart] = []
 
 
@@ -118,7 +118,7 @@ class _ProviderResource(ConfigurableResource):
         self._run_clients = {}
         for hook in _run_starts:
             try:
-                hook(self, context)
+                hook(self, context)  # type: ignore[arg-type] (set up: one of the two)
             except Exception as exc:
                 if context.log is not None:
                     context.log.warning(f"{self.label}: nothing started early ({exc!r})")

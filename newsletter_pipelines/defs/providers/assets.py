@@ -67,7 +67,7 @@ def provider_audience_snapshot(
 ) -> dg.Output[pd.DataFrame]:
     """Every member of the audience as the provider holds it, whatever its status: provider id,
     address, status, names, salutation, tags, last change. Read from the run's start when the
-    last snapshot and the last push's creates add up to at most 200,000 members, else in the step.
+    provider counts at most 200,000 members in the audience (`snapshot_read`), else in the step.
 
     A provider error fails the run: a failed read is never an empty audience.
     """

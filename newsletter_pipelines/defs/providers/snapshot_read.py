@@ -28,7 +28,6 @@ from newsletter_pipelines.providers.base import Audience, MemberRow, Provider
 from newsletter_pipelines.providers.resources import (
     BrevoResource,
     MailchimpResource,
-    _ProviderResource,
     on_run_start,
 )
 from newsletter_pipelines.settings import AudienceConfig, Settings
@@ -86,7 +85,9 @@ def _register_webhook(
 
 
 @on_run_start
-def start_snapshot_read(resource: _ProviderResource, context: dg.InitResourceContext) -> None:
+def start_snapshot_read(
+    resource: MailchimpResource | BrevoResource, context: dg.InitResourceContext
+) -> None:
     """Start reading the run's audience snapshot on the resource's early thread, when this run
     materializes it and may read it early (see the module's docstring)."""
     run = context.run
