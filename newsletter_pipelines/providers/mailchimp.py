@@ -500,8 +500,7 @@ class MailchimpClient:
     def _counted_pages(self) -> tuple[int, list[list[MemberRow]]]:
         """The audience's `total_items` and its pages up to what its counts say it holds (the
         first at least)."""
-        self._found_list()
-        offsets = range(0, max(self._counted, 1), PAGE_SIZE)
+        offsets = range(0, max(self.member_count(), 1), PAGE_SIZE)
         answers = self._api.parallel(self._page, list(offsets))
         return answers[0][0], [rows for _, rows in answers]
 

@@ -21,9 +21,9 @@ import dagster as dg
 from newsletter_pipelines.defs.providers.accounts import (
     ACCOUNT_TAG,
     account_name,
-    mailchimp_connections,
     runs_per_account,
 )
+from newsletter_pipelines.defs.providers.clients import provider_resource, shared_client
 from newsletter_pipelines.providers.base import Audience, MemberRow, Provider
 from newsletter_pipelines.providers.resources import (
     BrevoResource,
@@ -32,7 +32,7 @@ from newsletter_pipelines.providers.resources import (
 )
 from newsletter_pipelines.settings import AudienceConfig, Settings
 
-SNAPSHOT = dg.AssetKey("provider_audience_snapshot")
+SNAPSHOT_STEP = "provider_audience_snapshot"
 EARLY_JOBS = ("full_sync_job", "audience_sync_job")
 EARLY_MAX_MEMBERS = 200_000
 """An audience larger by the provider's counts is read in its step: read early, its members
@@ -93,29 +93,24 @@ def start_snapshot_read(
     run = context.run
     if run is None or run.job_name not in EARLY_JOBS:
         return
-    if run.step_keys_to_execute is not None and SNAPSHOT.path[-1] not in run.step_keys_to_execute:
+    if run.step_keys_to_execute is not None and SNAPSHOT_STEP not in run.step_keys_to_execute:
         return
     partition = run.tags.get("dagster/partition")
-    if partition not in {a.key for a in _SETTINGS.audiences}:
-        return
-    audience = _SETTINGS.audience(partition)
+    audience = next((a for a in _SETTINGS.audiences if a.key == partition), None)
+    if audience is None or isinstance(resource, MailchimpResource) != (
+        audience.provider == "mailchimp"
+    ):
+        return  # no audience of this resource's provider
     account = account_name(audience)
     if run.tags.get(ACCOUNT_TAG) != account:
         return  # the step checks the tag, and says what is wrong
-    if isinstance(resource, MailchimpResource) and audience.provider == "mailchimp":
-        runs = runs_per_account(context.instance, account)
-        connections = mailchimp_connections(runs, resource.max_connections)
-        client = lambda: resource.run_client(audience.name, max_connections=connections)  # noqa: E731
-    elif isinstance(resource, BrevoResource) and audience.provider == "brevo":
-        client = lambda: resource.run_client(audience.name)  # noqa: E731
-    else:
-        return
+    opening = shared_client(audience, runs_per_account(context.instance, account), resource)
 
     def read() -> SnapshotRead | None:
-        with client() as opened:
-            if opened.member_count() > EARLY_MAX_MEMBERS:
+        with opening as client:
+            if client.member_count() > EARLY_MAX_MEMBERS:
                 return None
-            return read_snapshot(opened, audience)
+            return read_snapshot(client, audience)
 
     resource.start_early(audience.key, read)
 
@@ -125,6 +120,5 @@ def take_snapshot_read(
 ) -> SnapshotRead | None:
     """The read this run started early for the audience (waited for; raises what it raised),
     or None (none started, or the audience was too large): then the step reads."""
-    resource = mailchimp if audience.provider == "mailchimp" else brevo
-    early = resource.take_early(audience.key)
+    early = provider_resource(audience, mailchimp, brevo).take_early(audience.key)
     return None if early is None else early.result()
