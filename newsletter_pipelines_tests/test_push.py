@@ -12,7 +12,13 @@ import sqlalchemy as sa
 from newsletter_pipelines.providers.base import Member
 from newsletter_pipelines.providers.errors import ProviderError
 from newsletter_pipelines.sandbox import FaultRule
-from newsletter_pipelines.state.ledger import LEDGER_COLUMNS, ledger, load_ledger, record
+from newsletter_pipelines.state.ledger import (
+    LEDGER_COLUMNS,
+    OutcomeColumns,
+    ledger,
+    load_ledger,
+    record,
+)
 from newsletter_pipelines.sync.eligibility import classify
 from newsletter_pipelines.sync.identity import Intent, LedgerRow, RowState
 from newsletter_pipelines.sync.inputs import redecider, snapshot_frame
@@ -162,7 +168,11 @@ def test_a_chunks_outcomes_are_written_while_the_next_create_call_is_in_flight(
     settled: list[int] = []
 
     def record_after_next_call(engine: Any, audience: str, run_id: str, rows: Any, **kw: Any):
-        created = [o for o in kw.get("logged", ()) if o.action == "create"]
+        logged = kw.get("logged", ())
+        actions = (
+            logged.action if isinstance(logged, OutcomeColumns) else [o.action for o in logged]
+        )
+        created = [a for a in actions if a == "create"]
         if created and len(settled) < 2:  # the last chunk has no next call
             with call_started:
                 assert call_started.wait_for(lambda: len(started) > len(settled) + 1, 10)

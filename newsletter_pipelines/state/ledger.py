@@ -71,6 +71,30 @@ outcomes = sa.Table(
 
 
 @dataclass(frozen=True)
+class LedgerColumns:
+    """Ledger rows column-wise (`LEDGER_COLUMNS`, one list per field, equally long): the bulk
+    form of `LedgerRow`s that moved from no other key, which `record` stores without making
+    an object per row."""
+
+    member_key: Sequence[str]
+    email: Sequence[str]
+    owner: Sequence[str | None]
+    provider_id: Sequence[str | None]
+    tags: Sequence[frozenset[str]]
+    state: Sequence[RowState]
+    refusal_code: Sequence[str | None]
+    refusal_key: Sequence[str | None]
+    intent: Sequence[Intent | None]
+    intent_key: Sequence[str | None]
+    stable_id: Sequence[str | None]
+    provider_changed_at: Sequence[str | None]
+    unimported_opt_out: Sequence[str | None]
+
+    def __len__(self) -> int:
+        return len(self.member_key)
+
+
+@dataclass(frozen=True)
 class OutcomeRecord:
     """One contact's outcome of one write, as logged."""
 
@@ -81,6 +105,22 @@ class OutcomeRecord:
     provider_id: str | None = None
     code: str | None = None
     message: str | None = None
+
+
+@dataclass(frozen=True)
+class OutcomeColumns:
+    """Outcome records column-wise (one list per field of `OutcomeRecord`, equally long)."""
+
+    crm_id: Sequence[str | None]
+    email: Sequence[str | None]
+    action: Sequence[str]
+    outcome: Sequence[str]
+    provider_id: Sequence[str | None]
+    code: Sequence[str | None]
+    message: Sequence[str | None]
+
+    def __len__(self) -> int:
+        return len(self.crm_id)
 
 
 def load_ledger_frame(engine: sa.Engine, audience: str) -> pd.DataFrame:
@@ -194,19 +234,20 @@ def record(
     engine: sa.Engine,
     audience: str,
     run_id: str,
-    rows: Sequence[LedgerRow],
+    rows: Sequence[LedgerRow] | LedgerColumns,
     *,
     deleted: Sequence[str] = (),
-    logged: Sequence[OutcomeRecord] = (),
+    logged: Sequence[OutcomeRecord] | OutcomeColumns = (),
 ) -> None:
     """In one transaction: write ledger rows (replacing by member key), delete the rows of
     `deleted` member keys and the rows the written ones moved from (`LedgerRow.moved_from`, if
     still the same member's: same stable id, or none yet and an address change to the written
-    row's key in flight), and log outcomes.
+    row's key in flight), and log outcomes. Rows and outcomes may come column-wise.
 
     Each row is found through the primary key: what a write costs does not grow with the
     ledger (on PostgreSQL, see `_upsert`)."""
     now = datetime.now(UTC)
+    keys = rows.member_key if isinstance(rows, LedgerColumns) else [r.member_key for r in rows]
     moved = [
         {
             "of_audience": audience,
@@ -214,7 +255,7 @@ def record(
             "of_member": r.stable_id,
             "new_key": r.member_key,
         }
-        for r in rows
+        for r in ([] if isinstance(rows, LedgerColumns) else rows)
         if r.moved_from is not None
     ]
     with gc_paused(), engine.begin() as conn:
@@ -225,11 +266,10 @@ def record(
         if moved:
             conn.execute(_DELETE_MOVED, moved)
         if conn.dialect.name == "postgresql":
-            written = {r.member_key for r in rows}
-            gone = sorted(set(deleted) - written)  # a written key's row is replaced anyway
+            gone = sorted(set(deleted) - set(keys))  # a written key's row is replaced anyway
             _upsert(conn, audience, gone, values)
         else:
-            replaced = sorted({r.member_key for r in rows} | set(deleted))
+            replaced = sorted(set(keys) | set(deleted))
             for condition in matching(ledger.c.member_key, replaced, conn.dialect):
                 conn.execute(ledger.delete().where(ledger.c.audience == audience, condition))
             bulk_insert(conn, ledger, _LEDGER_INSERTED, values)
@@ -293,7 +333,7 @@ _OUTCOME_INSERTED = (  # in the order of `_outcome_values`
 
 
 def _ledger_values(
-    audience: str, rows: Sequence[LedgerRow], now: datetime | str
+    audience: str, rows: Sequence[LedgerRow] | LedgerColumns, now: datetime | str
 ) -> list[tuple[str | datetime | None, ...]]:
     """Ledger rows as values of `_LEDGER_INSERTED`; each set of tags made JSON once."""
     tag_texts: dict[frozenset[str], str] = {}
@@ -304,6 +344,41 @@ def _ledger_values(
             text = tag_texts[found] = json.dumps(sorted(found), ensure_ascii=False)
         return text
 
+    if isinstance(rows, LedgerColumns):
+        return [
+            (
+                audience,
+                key,
+                email,
+                owner,
+                provider_id,
+                tags(found),
+                state.value,
+                code,
+                refusal_key,
+                intent.value if intent else None,
+                intent_key,
+                now,
+                stable_id,
+                changed_at,
+                unimported,
+            )
+            for (
+                key,
+                email,
+                owner,
+                provider_id,
+                found,
+                state,
+                code,
+                refusal_key,
+                intent,
+                intent_key,
+                stable_id,
+                changed_at,
+                unimported,
+            ) in zip(*(getattr(rows, name) for name in LEDGER_COLUMNS), strict=True)
+        ]
     return [
         (
             audience,
@@ -327,9 +402,19 @@ def _ledger_values(
 
 
 def _outcome_values(
-    audience: str, run_id: str, logged: Sequence[OutcomeRecord], now: datetime | str
+    audience: str,
+    run_id: str,
+    logged: Sequence[OutcomeRecord] | OutcomeColumns,
+    now: datetime | str,
 ) -> list[tuple[str | datetime | None, ...]]:
     """Outcome records as values of `_OUTCOME_INSERTED`."""
+    if isinstance(logged, OutcomeColumns):
+        columns = (logged.crm_id, logged.email, logged.action, logged.outcome)
+        more = (logged.provider_id, logged.code, logged.message)
+        return [
+            (run_id, audience, *values, provider_id, code, (message or "")[:2000] or None, now)
+            for *values, provider_id, code, message in zip(*columns, *more, strict=True)
+        ]
     return [
         (
             run_id,

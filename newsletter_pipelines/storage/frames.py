@@ -326,6 +326,23 @@ def struct_objects(column: pd.Series) -> list[Any]:
         return _struct_values(column.array.__arrow_array__(), spec).tolist()
 
 
+def struct_fields(column: pd.Series, names: Sequence[str]) -> dict[str, list[Any]]:
+    """The fields `names` of `column`'s values, one list per field, None where a value is
+    None: of a struct column `read_frame` left Arrow-backed read field by field (no object
+    made per row), of any other column read off its objects."""
+    spec = _spec_of(column.dtype)
+    if spec is None:
+        values = column.tolist()
+        return {name: [None if v is None else getattr(v, name) for v in values] for name in names}
+    array = column.array.__arrow_array__().combine_chunks()
+    nulls = array.is_null()
+    found = {}
+    for name in names:
+        cells = pc.if_else(nulls, None, array.field(name)).to_numpy(zero_copy_only=False)
+        found[name] = _decode_distinct(cells.tolist()) if name in spec["coded"] else cells.tolist()
+    return found
+
+
 def decoded_structs(frame: pd.DataFrame) -> pd.DataFrame:
     """`frame` with the struct columns `read_frame` left Arrow-backed decoded (`struct_objects`);
     `frame` itself when it has none."""

@@ -22,7 +22,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from itertools import islice
+from itertools import chain, islice
 from typing import Any
 
 import pandas as pd
@@ -43,8 +43,14 @@ from newsletter_pipelines.providers.base import (
     email_key,
 )
 from newsletter_pipelines.providers.trusted import trusted
-from newsletter_pipelines.state.ledger import OutcomeRecord, record
-from newsletter_pipelines.storage.frames import decoded_structs, struct_objects
+from newsletter_pipelines.state.ledger import (
+    LEDGER_COLUMNS,
+    LedgerColumns,
+    OutcomeColumns,
+    OutcomeRecord,
+    record,
+)
+from newsletter_pipelines.storage.frames import decoded_structs, struct_fields, struct_objects
 from newsletter_pipelines.sync.email_address import match_key
 from newsletter_pipelines.sync.identity import Intent, LedgerRow, RowState
 from newsletter_pipelines.sync.import_back import keeps_consent, unimported_consent
@@ -272,12 +278,22 @@ class _Push:
         chunks' intents and outcomes are written meanwhile by one ledger writer thread
         (`_LedgerWriter`), so the bookkeeping overlaps the provider's latency and the
         database's. A chunk's call waits for its intents to be committed, so they are queued
-        as soon as the call before it is sent, ahead of the outcomes that came back meanwhile;
-        its rows become dicts only then (a million at once would hold gigabytes)."""
+        as soon as the call before it is sent, ahead of the outcomes that came back meanwhile.
+        Contacts new to the provider and to the ledger go column-wise (`_FreshCreates`), the
+        others as dicts, made only when their chunk is (a million at once would hold
+        gigabytes)."""
         size = self.ctx.create_chunk_size or self.ctx.chunk_size
         depth = max(1, self.ctx.creates_in_flight)
-        in_flight: deque[tuple[Sequence[Mapping[str, Any]], Future[list[Outcome]]]] = deque()
-        chunks = records_in_chunks(rows, size, per_chunk=dict.fromkeys(LEDGER, struct_objects))
+        in_flight: deque[tuple[_Creates, Future[list[Outcome]]]] = deque()
+        fresh = _fresh(rows)
+        others = records_in_chunks(
+            rows[~fresh], size, per_chunk=dict.fromkeys(LEDGER, struct_objects)
+        )
+        new = rows[fresh]
+        chunks = chain(
+            (_RowCreates(self, chunk) for chunk in others),
+            (_FreshCreates(self, new.iloc[at : at + size]) for at in range(0, len(new), size)),
+        )
         with (
             _LedgerWriter(self.ctx) as writer,
             ThreadPoolExecutor(max_workers=depth, thread_name_prefix="create") as sender,
@@ -289,24 +305,30 @@ class _Push:
                 if len(in_flight) == depth:
                     oldest, call = in_flight.popleft()
                     answered = (oldest, call.result())
-                in_flight.append((chunk, sender.submit(self.upsert, chunk, intended)))
+                in_flight.append((chunk, sender.submit(self.upsert_chunk, chunk, intended)))
                 upcoming = self.intend_next(chunks, writer)
                 if answered is not None:
-                    writer.write(self.settled(*answered, SyncAction.CREATE))
+                    writer.write(answered[0].settled(answered[1]))
             while in_flight:
                 oldest, call = in_flight.popleft()
-                writer.write(self.settled(oldest, call.result(), SyncAction.CREATE))
+                writer.write(oldest.settled(call.result()))
 
     def intend_next(
-        self, chunks: Iterator[list[dict[str, Any]]], writer: _LedgerWriter
-    ) -> tuple[list[dict[str, Any]], Future[None]] | None:
+        self, chunks: Iterator[_Creates], writer: _LedgerWriter
+    ) -> tuple[_Creates, Future[None]] | None:
         """The next chunk of creates and the future of its intents' write (queued now); None
         after the last."""
         chunk = next(chunks, None)
         if chunk is None:
             return None
         self.ctx.log(f"creating {len(chunk)} contacts")
-        return chunk, writer.write(self.intents(chunk, SyncAction.CREATE))
+        return chunk, writer.write(chunk.intents())
+
+    def upsert_chunk(self, chunk: _Creates, intended: Future[None]) -> list[Outcome]:
+        """Create the contacts of `chunk` once `intended`, the write of their intents, is done
+        (it raises if they were not written: nothing is sent)."""
+        intended.result()
+        return chunk.upsert()
 
     def write_members(self, chunk: Sequence[tuple[str, dict[str, Any]]]) -> None:
         """Record the intents of `chunk` ((action or `_RENAME`, row) pairs), send them in one
@@ -422,14 +444,9 @@ class _Push:
 
     # --- writes ------------------------------------------------------------------------
 
-    def upsert(
-        self, chunk: Sequence[Mapping[str, Any]], intended: Future[None] | None = None
-    ) -> list[Outcome]:
-        """Create the contacts of `chunk` (once `intended`, the write of their intents, is
-        done); an archived member comes back with the tags the rules decided (the client
-        removes those the archive kept but the sync dropped)."""
-        if intended is not None:
-            intended.result()  # raises if the intents were not written: nothing is sent
+    def upsert(self, chunk: Sequence[Mapping[str, Any]]) -> list[Outcome]:
+        """Create the contacts of `chunk`; an archived member comes back with the tags the
+        rules decided (the client removes those the archive kept but the sync dropped)."""
         current = {
             email_key(r["email"]): self.members[r["match_key"]]
             for r in chunk
@@ -495,9 +512,134 @@ class _Write:
     """The arguments of one `record` transaction: ledger rows and logged outcomes; `intents`:
     the rows are intents, written before their call."""
 
-    rows: Sequence[LedgerRow]
-    logged: Sequence[OutcomeRecord] = ()
+    rows: Sequence[LedgerRow] | LedgerColumns
+    logged: Sequence[OutcomeRecord] | OutcomeColumns = ()
     intents: bool = False
+
+
+class _RowCreates:
+    """A chunk of creates as dicts (`records`): the rules' rows one by one."""
+
+    def __init__(self, push: _Push, rows: list[dict[str, Any]]) -> None:
+        self.push, self.rows = push, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def intents(self) -> _Write:
+        return self.push.intents(self.rows, SyncAction.CREATE)
+
+    def upsert(self) -> list[Outcome]:
+        return self.push.upsert(self.rows)
+
+    def settled(self, outcomes: Sequence[Outcome]) -> _Write:
+        return self.push.settled(self.rows, outcomes, SyncAction.CREATE)
+
+
+_FRESH_FIELDS = (*LEDGER_COLUMNS, "moved_from", "settled")
+_CONTACT_COLUMNS = ("crm_id", "email", "first_name", "last_name", "salutation", "provider_tags")
+
+
+def _fresh(rows: pd.DataFrame) -> pd.Series:
+    """Which creates are of contacts new to the provider and to the ledger: no member at the
+    address, no ledger row before, and a ledger row after that moved from no other key and
+    settles no write in flight (`_FreshCreates`)."""
+    after = struct_fields(rows["ledger_after"], ("moved_from", "settled"))
+    plain = [m is None and s is None for m, s in zip(*after.values(), strict=True)]
+    new = rows["ledger_before"].isna() & rows["provider_status"].isna()
+    return new & pd.Series(plain, index=rows.index, dtype=bool)
+
+
+class _FreshCreates:
+    """A chunk of creates of contacts new to the provider and to the ledger (`_fresh`),
+    column-wise: their intents and, when every outcome is the contact's at its position and
+    confirms its create, the ledger rows and outcome log are made field by field, as
+    `_intent` and `_after` make them for such rows (no dict, no `LedgerRow` per contact);
+    any other answer is settled row by row (`_Push.settled`)."""
+
+    def __init__(self, push: _Push, rows: pd.DataFrame) -> None:
+        self.push, self.rows = push, rows
+        self.after = struct_fields(rows["ledger_after"], _FRESH_FIELDS)
+        self.keys: list[str] = rows["match_key"].tolist()
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def intents(self) -> _Write:
+        after, n = self.after, len(self)
+        self.push.sent.update(self.keys)
+        # `_intent` of a create without a row before: the row after, still new, the create in
+        # flight, no refusal (and so no unimported opt-out either)
+        columns = {name: after[name] for name in LEDGER_COLUMNS}
+        columns.update(
+            state=[RowState.NEW] * n,
+            refusal_code=[None] * n,
+            refusal_key=[None] * n,
+            intent=[Intent.CREATE] * n,
+            unimported_opt_out=[None] * n,
+        )
+        return _Write(LedgerColumns(**columns), intents=True)
+
+    def upsert(self) -> list[Outcome]:
+        columns = [self.rows[name].tolist() for name in _CONTACT_COLUMNS]
+        contacts = [_contact_of(values) for values in zip(*columns, strict=True)]
+        return self.push.provider.upsert(contacts)
+
+    def settled(self, outcomes: Sequence[Outcome]) -> _Write:
+        crm_ids = [None if c is None else str(c) for c in self.rows["crm_id"].tolist()]
+        emails: list[str] = self.rows["email"].tolist()
+        confirmed = _CONFIRMED[SyncAction.CREATE]
+        if not (
+            len(outcomes) == len(self)
+            and all(
+                o.email == email and o.crm_id == crm_id and o.outcome in confirmed
+                for o, email, crm_id in zip(outcomes, emails, crm_ids, strict=True)
+            )
+            and len(set(self.keys)) == len(self)
+        ):
+            rows = records(decoded_structs(self.rows))
+            return self.push.settled(rows, outcomes, SyncAction.CREATE)
+        after = self.after
+        states, unimported = list(after["state"]), list(after["unimported_opt_out"])
+        for at, outcome in enumerate(outcomes):  # `_after` of a confirmed create
+            status = outcome.status
+            if status is not None:
+                if status.value in OPTED_OUT:
+                    states[at] = RowState.OPTED_OUT
+                elif status is MemberStatus.ARCHIVED:
+                    states[at] = RowState.GONE
+            if states[at] is not RowState.OPTED_OUT:
+                unimported[at] = None
+        provider_ids = [
+            o.provider_id or known for o, known in zip(outcomes, after["provider_id"], strict=True)
+        ]
+        stable_ids = [
+            known or o.stable_id for o, known in zip(outcomes, after["stable_id"], strict=True)
+        ]
+        columns = {name: after[name] for name in LEDGER_COLUMNS}
+        columns.update(
+            provider_id=provider_ids,
+            state=states,
+            stable_id=stable_ids,
+            unimported_opt_out=unimported,
+        )
+        known_ids = self.rows["provider_id"].tolist()
+        logged = OutcomeColumns(
+            crm_id=crm_ids,
+            email=emails,
+            action=[SyncAction.CREATE.value] * len(self),
+            outcome=[o.outcome.value for o in outcomes],
+            provider_id=[
+                o.provider_id or known for o, known in zip(outcomes, known_ids, strict=True)
+            ],
+            code=[o.code for o in outcomes],
+            message=[o.message for o in outcomes],
+        )
+        self.push.summary.add(outcomes)
+        return _Write(LedgerColumns(**columns), logged)
+
+
+_Creates = _RowCreates | _FreshCreates
 
 
 class _LedgerWriter:
@@ -582,16 +724,22 @@ def _ref(row: Mapping[str, Any]) -> ContactRef:
 
 
 def _contact(row: Mapping[str, Any]) -> Contact:
-    """The `Contact` of a diff row: made unvalidated (`trusted`) when every value is a plain
-    `str` (what validating would keep as it is), else validated (which raises on a value of
-    another type, as it always did)."""
+    """The `Contact` of a diff row (`_contact_of`)."""
+    return _contact_of([row[name] for name in _CONTACT_COLUMNS])
+
+
+def _contact_of(row: Sequence[Any]) -> Contact:
+    """The `Contact` of a diff row's values of `_CONTACT_COLUMNS`: made unvalidated
+    (`trusted`) when every value is a plain `str` (what validating would keep as it is), else
+    validated (which raises on a value of another type, as it always did)."""
+    crm_id, email, first_name, last_name, salutation, tags = row
     values = {
-        "crm_id": str(row["crm_id"]),
-        "email": row["email"],
-        "first_name": row["first_name"] or "",
-        "last_name": row["last_name"] or "",
-        "salutation": row["salutation"] or "",
-        "tags": frozenset(row["provider_tags"] or ()),
+        "crm_id": str(crm_id),
+        "email": email,
+        "first_name": first_name or "",
+        "last_name": last_name or "",
+        "salutation": salutation or "",
+        "tags": frozenset(tags or ()),
     }
     if (
         type(values["email"]) is str
