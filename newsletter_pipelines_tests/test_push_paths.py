@@ -535,3 +535,41 @@ def _values(rows: Any, now: str) -> list[tuple[Any, ...]]:
 
 def _logged(logged: Any, now: str) -> list[tuple[Any, ...]]:
     return ledger_module._outcome_values("mailchimp", "run", logged, now)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(st.none() | LEDGER_ROWS, LEDGER_ROWS, st.none() | st.just("archived")),
+        min_size=1,
+        max_size=12,
+    ),
+    stored=st.booleans(),
+)
+def test_creates_are_fresh_exactly_when_nothing_is_known_of_their_address(
+    rows: list[tuple[Any, ...]], stored: bool
+) -> None:
+    """`_fresh` (read off the Arrow arrays when stored) says which creates have no ledger row
+    before, no member, and a row after that moved from nowhere and settles nothing."""
+    frame = pd.DataFrame(rows, columns=["ledger_before", "ledger_after", "provider_status"])
+    if stored:
+        buffer = io.BytesIO()
+        write_frame(frame, buffer)
+        buffer.seek(0)
+        frame = read_frame(buffer, arrow_structs=LEDGER)
+    expected = [
+        before is None and status is None and after.moved_from is None and after.settled is None
+        for before, after, status in rows
+    ]
+    assert push._fresh(frame).tolist() == expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(total=st.integers(1, 5_000), size=st.integers(1, 700))
+def test_create_progress_logs_the_first_chunk_and_one_line_a_tenth(total: int, size: int) -> None:
+    lines: list[str] = []
+    progress = push._Progress(total, lines.append)
+    for start in range(0, total, size):
+        progress.sending(min(size, total - start))
+    assert lines[0].startswith(f"creating contacts 1–{min(size, total):,} of {total:,}")
+    assert len(lines) == len({(start * 10) // total for start in range(0, total, size)}) <= 10

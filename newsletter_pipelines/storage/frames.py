@@ -343,6 +343,18 @@ def struct_fields(column: pd.Series, names: Sequence[str]) -> dict[str, list[Any
     return found
 
 
+def struct_field_missing(column: pd.Series, name: str) -> np.ndarray:
+    """Whether each value of `column` is None or holds None in its field `name`: of a struct
+    column `read_frame` left Arrow-backed read off the field's validity (nothing decoded), of
+    any other column off its objects."""
+    if _spec_of(column.dtype) is None:
+        values = column.tolist()
+        missing = (v is None or getattr(v, name) is None for v in values)
+        return np.fromiter(missing, dtype=bool, count=len(values))
+    array = column.array.__arrow_array__().combine_chunks()
+    return pc.or_(array.is_null(), array.field(name).is_null()).to_numpy(zero_copy_only=False)
+
+
 def decoded_structs(frame: pd.DataFrame) -> pd.DataFrame:
     """`frame` with the struct columns `read_frame` left Arrow-backed decoded (`struct_objects`);
     `frame` itself when it has none."""

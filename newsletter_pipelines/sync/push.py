@@ -50,7 +50,12 @@ from newsletter_pipelines.state.ledger import (
     OutcomeRecord,
     record,
 )
-from newsletter_pipelines.storage.frames import decoded_structs, struct_fields, struct_objects
+from newsletter_pipelines.storage.frames import (
+    decoded_structs,
+    struct_field_missing,
+    struct_fields,
+    struct_objects,
+)
 from newsletter_pipelines.sync.email_address import match_key
 from newsletter_pipelines.sync.identity import Intent, LedgerRow, RowState
 from newsletter_pipelines.sync.import_back import keeps_consent, unimported_consent
@@ -294,11 +299,12 @@ class _Push:
             (_RowCreates(self, chunk) for chunk in others),
             (_FreshCreates(self, new.iloc[at : at + size]) for at in range(0, len(new), size)),
         )
+        progress = _Progress(len(rows), self.ctx.log)
         with (
             _LedgerWriter(self.ctx) as writer,
             ThreadPoolExecutor(max_workers=depth, thread_name_prefix="create") as sender,
         ):
-            upcoming = self.intend_next(chunks, writer)
+            upcoming = self.intend_next(chunks, writer, progress)
             while upcoming is not None:
                 chunk, intended = upcoming
                 answered = None
@@ -306,7 +312,7 @@ class _Push:
                     oldest, call = in_flight.popleft()
                     answered = (oldest, call.result())
                 in_flight.append((chunk, sender.submit(self.upsert_chunk, chunk, intended)))
-                upcoming = self.intend_next(chunks, writer)
+                upcoming = self.intend_next(chunks, writer, progress)
                 if answered is not None:
                     writer.write(answered[0].settled(answered[1]))
             while in_flight:
@@ -314,14 +320,14 @@ class _Push:
                 writer.write(oldest.settled(call.result()))
 
     def intend_next(
-        self, chunks: Iterator[_Creates], writer: _LedgerWriter
+        self, chunks: Iterator[_Creates], writer: _LedgerWriter, progress: _Progress
     ) -> tuple[_Creates, Future[None]] | None:
         """The next chunk of creates and the future of its intents' write (queued now); None
         after the last."""
         chunk = next(chunks, None)
         if chunk is None:
             return None
-        self.ctx.log(f"creating {len(chunk)} contacts")
+        progress.sending(len(chunk))
         return chunk, writer.write(chunk.intents())
 
     def upsert_chunk(self, chunk: _Creates, intended: Future[None]) -> list[Outcome]:
@@ -517,6 +523,22 @@ class _Write:
     intents: bool = False
 
 
+class _Progress:
+    """Logs how many of a push's creates are on their way: at the first chunk and then at
+    each further tenth (a line per chunk would be 400 of the run's events at a million)."""
+
+    def __init__(self, total: int, log: Callable[[str], None]) -> None:
+        self.total, self.log, self.sent, self.tenths = total, log, 0, -1
+
+    def sending(self, count: int) -> None:
+        """Count a chunk about to be sent; log if it starts a new tenth."""
+        tenths = self.sent * 10 // max(self.total, 1)
+        self.sent += count
+        if tenths > self.tenths:
+            self.tenths = tenths
+            self.log(f"creating contacts {self.sent - count + 1:,}–{self.sent:,} of {self.total:,}")
+
+
 class _RowCreates:
     """A chunk of creates as dicts (`records`): the rules' rows one by one."""
 
@@ -544,8 +566,8 @@ def _fresh(rows: pd.DataFrame) -> pd.Series:
     """Which creates are of contacts new to the provider and to the ledger: no member at the
     address, no ledger row before, and a ledger row after that moved from no other key and
     settles no write in flight (`_FreshCreates`)."""
-    after = struct_fields(rows["ledger_after"], ("moved_from", "settled"))
-    plain = [m is None and s is None for m, s in zip(*after.values(), strict=True)]
+    after = rows["ledger_after"]
+    plain = struct_field_missing(after, "moved_from") & struct_field_missing(after, "settled")
     new = rows["ledger_before"].isna() & rows["provider_status"].isna()
     return new & pd.Series(plain, index=rows.index, dtype=bool)
 
