@@ -291,10 +291,13 @@ class _Push:
         depth = max(1, self.ctx.creates_in_flight)
         in_flight: deque[tuple[_Creates, Future[list[Outcome]]]] = deque()
         fresh = _fresh(rows)
+        every = bool(fresh.all())  # a first sync's: no copy of a million rows
         others = records_in_chunks(
-            rows[~fresh], size, per_chunk=dict.fromkeys(LEDGER, struct_objects)
+            rows.iloc[:0] if every else rows[~fresh],
+            size,
+            per_chunk=dict.fromkeys(LEDGER, struct_objects),
         )
-        new = rows[fresh]
+        new = rows if every else rows[fresh]
         chunks = chain(
             (_RowCreates(self, chunk) for chunk in others),
             (_FreshCreates(self, new.iloc[at : at + size]) for at in range(0, len(new), size)),
