@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from datetime import UTC, datetime
 
 import pandas as pd
@@ -13,6 +14,9 @@ from hypothesis import strategies as st
 from newsletter_pipelines.state import columns
 from newsletter_pipelines.state.exclusions import count_by_reason, record_eligibility
 from newsletter_pipelines.state.ledger import (
+    LEDGER_COLUMNS,
+    LedgerColumns,
+    OutcomeColumns,
     OutcomeRecord,
     ledger,
     ledger_rows,
@@ -28,6 +32,7 @@ from newsletter_pipelines.sync.guards import check_count_drop
 from newsletter_pipelines.sync.identity import Intent, LedgerRow, RowState
 
 pytestmark = pytest.mark.postgres
+OUTCOME_FIELDS = tuple(f.name for f in fields(OutcomeRecord))
 adbc_read = columns._postgresql_table
 
 
@@ -250,15 +255,16 @@ def test_record_on_postgresql_writes_what_it_writes_on_sqlite(postgres_url: str)
     """Rows replaced by member key, `deleted` keys gone, a row moved away from removed when
     still the same member's (same stable id; none yet and an address change to the new key in
     flight), outcomes logged: on PostgreSQL (the upsert) as on SQLite (delete, then insert),
-    and as a dict of rows by (audience, member key) has it."""
+    and as a dict of rows by (audience, member key) has it; rows that moved from nowhere and
+    outcomes given column-wise (`LedgerColumns`, `OutcomeColumns`) as given one by one."""
     no_fsync = {"options": "-c synchronous_commit=off"}
     engines = [sa.create_engine(postgres_url, connect_args=no_fsync), sa.create_engine("sqlite://")]
     for engine in engines:
         ensure_schema(engine, upgrade=True)
 
     @settings(max_examples=50, deadline=None)
-    @given(calls=CALLS)
-    def check(calls: list[Call]) -> None:
+    @given(calls=CALLS, columnwise=st.booleans())
+    def check(calls: list[Call], columnwise: bool) -> None:
         for engine in engines:
             with engine.begin() as conn:
                 conn.execute(ledger.delete())
@@ -266,8 +272,24 @@ def test_record_on_postgresql_writes_what_it_writes_on_sqlite(postgres_url: str)
         model: dict[tuple[str, str], LedgerRow] = {}
         for number, (audience, rows, deleted, logged) in enumerate(calls):
             outcome = [OutcomeRecord(str(n), None, "update", "updated") for n in range(logged)]
+            given_rows: list[LedgerRow] | LedgerColumns = rows
+            given_outcome: list[OutcomeRecord] | OutcomeColumns = outcome
+            if columnwise and all(r.moved_from is None for r in rows):
+                given_rows = LedgerColumns(
+                    **{name: [getattr(r, name) for r in rows] for name in LEDGER_COLUMNS}
+                )
+                given_outcome = OutcomeColumns(
+                    **{name: [getattr(o, name) for o in outcome] for name in OUTCOME_FIELDS}
+                )
             for engine in engines:
-                record(engine, audience, f"run-{number}", rows, deleted=deleted, logged=outcome)
+                record(
+                    engine,
+                    audience,
+                    f"run-{number}",
+                    given_rows,
+                    deleted=deleted,
+                    logged=given_outcome,
+                )
             _modelled(model, audience, rows, deleted)
             for engine in engines:
                 for name in ("news", "other"):

@@ -561,7 +561,6 @@ class _RowCreates:
         return self.push.settled(self.rows, outcomes, SyncAction.CREATE)
 
 
-_FRESH_FIELDS = (*LEDGER_COLUMNS, "moved_from", "settled")
 _CONTACT_COLUMNS = ("crm_id", "email", "first_name", "last_name", "salutation", "provider_tags")
 
 
@@ -584,7 +583,7 @@ class _FreshCreates:
 
     def __init__(self, push: _Push, rows: pd.DataFrame) -> None:
         self.push, self.rows = push, rows
-        self.after = struct_fields(rows["ledger_after"], _FRESH_FIELDS)
+        self.after = struct_fields(rows["ledger_after"], LEDGER_COLUMNS)
         self.keys: list[str] = rows["match_key"].tolist()
 
     def __len__(self) -> int:
