@@ -14,6 +14,7 @@ import json
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import repeat
 
 import pandas as pd
 import sqlalchemy as sa
@@ -344,41 +345,26 @@ def _ledger_values(
             text = tag_texts[found] = json.dumps(sorted(found), ensure_ascii=False)
         return text
 
-    if isinstance(rows, LedgerColumns):
-        return [
-            (
-                audience,
-                key,
-                email,
-                owner,
-                provider_id,
-                tags(found),
-                state.value,
-                code,
-                refusal_key,
-                intent.value if intent else None,
-                intent_key,
-                now,
-                stable_id,
-                changed_at,
-                unimported,
+    if isinstance(rows, LedgerColumns):  # the three coded columns made text, then zipped
+        return list(
+            zip(
+                repeat(audience),
+                rows.member_key,
+                rows.email,
+                rows.owner,
+                rows.provider_id,
+                map(tags, rows.tags),
+                [state.value for state in rows.state],
+                rows.refusal_code,
+                rows.refusal_key,
+                [intent.value if intent else None for intent in rows.intent],
+                rows.intent_key,
+                repeat(now),
+                rows.stable_id,
+                rows.provider_changed_at,
+                rows.unimported_opt_out,
             )
-            for (
-                key,
-                email,
-                owner,
-                provider_id,
-                found,
-                state,
-                code,
-                refusal_key,
-                intent,
-                intent_key,
-                stable_id,
-                changed_at,
-                unimported,
-            ) in zip(*(getattr(rows, name) for name in LEDGER_COLUMNS), strict=True)
-        ]
+        )
     return [
         (
             audience,
