@@ -623,17 +623,15 @@ class _FreshCreates:
         ):
             rows = records(decoded_structs(self.rows))
             return self.push.settled(rows, outcomes, SyncAction.CREATE)
-        after = self.after
-        states, unimported = list(after["state"]), list(after["unimported_opt_out"])
-        for at, outcome in enumerate(outcomes):  # `_after` of a confirmed create
-            status = outcome.status
-            if status is not None:
-                if status.value in OPTED_OUT:
-                    states[at] = RowState.OPTED_OUT
-                elif status is MemberStatus.ARCHIVED:
-                    states[at] = RowState.GONE
-            if states[at] is not RowState.OPTED_OUT:
-                unimported[at] = None
+        after = self.after  # below: `_after` of a confirmed create, field by field
+        states = [
+            _confirmed_state(state, o.status)
+            for o, state in zip(outcomes, after["state"], strict=True)
+        ]
+        unimported = [  # as `LedgerRow.moved` keeps it: on opt-out rows only
+            opt_out if state is RowState.OPTED_OUT else None
+            for state, opt_out in zip(states, after["unimported_opt_out"], strict=True)
+        ]
         provider_ids = [
             o.provider_id or known for o, known in zip(outcomes, after["provider_id"], strict=True)
         ]
@@ -817,11 +815,8 @@ def _after(row: Mapping[str, Any], outcome: Outcome, action: SyncAction) -> Ledg
     after: LedgerRow = row["ledger_after"]
     if outcome.outcome in _CONFIRMED[action]:
         state = after.state
-        if action in (SyncAction.CREATE, SyncAction.UPDATE) and outcome.status is not None:
-            if outcome.status.value in OPTED_OUT:
-                state = RowState.OPTED_OUT  # an opt-out since the snapshot: never overwritten
-            elif outcome.status is MemberStatus.ARCHIVED:
-                state = RowState.GONE
+        if action in (SyncAction.CREATE, SyncAction.UPDATE):
+            state = _confirmed_state(state, outcome.status)
         return after.moved(
             provider_id=outcome.provider_id or after.provider_id,
             state=state,
@@ -839,6 +834,18 @@ def _after(row: Mapping[str, Any], outcome: Outcome, action: SyncAction) -> Ledg
             return refused.moved(state=RowState.OPTED_OUT)  # e.g. blacklisted outside the list
         return refused
     return intent
+
+
+def _confirmed_state(state: RowState, status: MemberStatus | None) -> RowState:
+    """The state of a row after a confirmed create or update whose answer shows the member
+    with `status`: an opt-out since the snapshot is kept (never overwritten), an archived
+    member is gone, otherwise the row's `state`."""
+    if status is not None:
+        if status.value in OPTED_OUT:
+            return RowState.OPTED_OUT
+        if status is MemberStatus.ARCHIVED:
+            return RowState.GONE
+    return state
 
 
 def _as_updated(outcome: Outcome) -> Outcome:
