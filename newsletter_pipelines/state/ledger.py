@@ -398,7 +398,7 @@ def _outcome_values(
         columns = (logged.crm_id, logged.email, logged.action, logged.outcome)
         more = (logged.provider_id, logged.code, logged.message)
         return [
-            (run_id, audience, *values, provider_id, code, (message or "")[:2000] or None, now)
+            (run_id, audience, *values, provider_id, code, _logged_message(message), now)
             for *values, provider_id, code, message in zip(*columns, *more, strict=True)
         ]
     return [
@@ -411,11 +411,16 @@ def _outcome_values(
             o.outcome,
             o.provider_id,
             o.code,
-            (o.message or "")[:2000] or None,
+            _logged_message(o.message),
             now,
         )
         for o in logged
     ]
+
+
+def _logged_message(message: str | None) -> str | None:
+    """A provider's message as logged: its first 2,000 characters, None for none or empty."""
+    return (message or "")[:2000] or None
 
 
 _DELETE_MOVED = ledger.delete().where(
