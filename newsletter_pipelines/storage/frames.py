@@ -306,14 +306,18 @@ def _struct_values(column: pa.ChunkedArray, spec: dict[str, Any]) -> np.ndarray:
     cls = codec.registered(spec["type"])
     array = column.combine_chunks()
     names = [array.type.field(k).name for k in range(array.type.num_fields)]
-    fields = []
-    for k, name in enumerate(names):
-        cells = array.field(k).to_numpy(zero_copy_only=False).tolist()
-        fields.append(_decode_distinct(cells) if name in spec["coded"] else cells)
+    fields = [_field_values(array.field(k), name in spec["coded"]) for k, name in enumerate(names)]
     nulls = array.is_null().to_numpy(zero_copy_only=False).tolist()
     objects = codec.build_dataclasses(cls, names, zip(*fields, strict=True))
     found = (None if null else value for null, value in zip(nulls, objects, strict=True))
     return np.fromiter(found, dtype=object, count=len(nulls))
+
+
+def _field_values(field: pa.Array, coded: bool) -> list[Any]:
+    """The values of one field of a struct column `_struct_column` made (`coded`: held as
+    tagged JSON)."""
+    cells = field.to_numpy(zero_copy_only=False).tolist()
+    return _decode_distinct(cells) if coded else cells
 
 
 def struct_objects(column: pd.Series) -> list[Any]:
@@ -336,11 +340,10 @@ def struct_fields(column: pd.Series, names: Sequence[str]) -> dict[str, list[Any
         return {name: [None if v is None else getattr(v, name) for v in values] for name in names}
     array = column.array.__arrow_array__().combine_chunks()
     nulls = array.is_null()
-    found = {}
-    for name in names:
-        cells = pc.if_else(nulls, None, array.field(name)).to_numpy(zero_copy_only=False)
-        found[name] = _decode_distinct(cells.tolist()) if name in spec["coded"] else cells.tolist()
-    return found
+    return {
+        name: _field_values(pc.if_else(nulls, None, array.field(name)), name in spec["coded"])
+        for name in names
+    }
 
 
 def struct_field_missing(column: pd.Series, name: str) -> np.ndarray:
