@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
-from newsletter_pipelines.sync.guards import check_count_drop
+from newsletter_pipelines.state.columns import TEXT
+from newsletter_pipelines.sync.guards import check_count_drop, resubscribe_violations
+from newsletter_pipelines.sync.identity import LedgerRow, RowState
 
 
 def test_first_run_passes_and_sets_the_baseline() -> None:
@@ -36,3 +39,49 @@ def test_failure_message_says_what_to_do() -> None:
 
 def test_empty_baseline_does_not_divide_by_zero() -> None:
     assert check_count_drop(0, 0, 0.2).passed
+
+
+def _ledger_row(key: str, state: RowState) -> LedgerRow:
+    return LedgerRow(
+        member_key=key, email=key, owner=None, provider_id=None, tags=frozenset(), state=state
+    )
+
+
+def test_never_resubscribe_flags_each_kind_of_write_that_would_subscribe_an_opt_out() -> None:
+    """Each of the check's reasons flags exactly its rows, among rows that are no writes, and
+    the flagged rows come back whole, with their index."""
+    rows = [  # crm_id, action, provider_status, match_key, ledger_before; flagged?
+        ("1", "update", "unsubscribed", "a@x.de", None, True),
+        ("2", "create", "cleaned", "b@x.de", None, True),
+        ("3", "unchanged", "unsubscribed", "c@x.de", None, False),  # no write
+        ("4", "create", "archived", "d@x.de", None, True),  # consent unknown
+        ("5", "create", "archived", "e@x.de", _ledger_row("e@x.de", RowState.REMOVED), False),
+        ("6", "create", "archived", "f@x.de", _ledger_row("f@x.de", RowState.GONE), True),
+        ("7", "create", None, "blocked@x.de", None, True),  # opt-out in the ledger at the key
+        ("8", "update", None, "blocked@x.de", None, False),  # updates: by provider status only
+        ("owner", "create", None, "new@x.de", None, True),  # its opted-out row elsewhere
+        ("9", "create", "subscribed", "g@x.de", None, False),
+        ("10", "remove", "unsubscribed", "h@x.de", None, False),
+    ]
+    diff = pd.DataFrame(
+        [r[:5] for r in rows],
+        columns=["crm_id", "action", "provider_status", "match_key", "ledger_before"],
+        index=pd.RangeIndex(100, 100 + len(rows)),
+    ).assign(detail="kept")
+    ledger = pd.DataFrame(
+        {
+            "member_key": ["blocked@x.de", "old@x.de", "e@x.de"],
+            "owner": ["7", "owner", "5"],
+            "state": ["unsubscribed", "opted_out", "removed"],
+        },
+        dtype=TEXT,
+    )
+    found = resubscribe_violations(diff, ledger)
+    expected = diff[[r[5] for r in rows]]
+    pd.testing.assert_frame_equal(found, expected)
+    # a person subscribed the opted-out member again: its owner may be created elsewhere
+    active = pd.DataFrame(
+        [("x", "unchanged", "subscribed", "old@x.de", None)], columns=diff.columns[:5]
+    ).assign(detail="kept")
+    again = resubscribe_violations(pd.concat([diff, active], ignore_index=True), ledger)
+    assert "owner" not in set(again["crm_id"])
