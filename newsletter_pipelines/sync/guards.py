@@ -142,8 +142,10 @@ def resubscribe_violations(diff: pd.DataFrame, ledger: pd.DataFrame) -> pd.DataF
     opted_out = opted_out[~named(text(opted_out["member_key"]), active_again)]
     opted_out_owners = set(opted_out["owner"].dropna())
     archived = creates & (status == "archived").to_numpy()
-    may_create = diff["ledger_before"].iloc[at[archived]].map(
-        lambda row: row is not None and row.state in MAY_CREATE
+    may_create = (
+        diff["ledger_before"]
+        .iloc[at[archived]]
+        .map(lambda row: row is not None and row.state in MAY_CREATE)
     )
     archived[archived] = ~may_create.to_numpy(dtype=bool)
     risky = (
