@@ -234,7 +234,7 @@ class _Push:
         for action, rows in diff[is_write & consumes].groupby("action"):
             self.hold(records(rows), SyncAction(action), "crm_import_back", RELEASED_BY_IMPORT)
         self.vacated = _vacated(diff[pending]) | waiting
-        self.send(diff[is_write & ~consumes])
+        self.send(_rows(diff, is_write & ~consumes))
         if self.refused_renames and self.ctx.redecide is not None:
             self.redecide(self.ctx.redecide)
         self.log_settled(
@@ -253,7 +253,7 @@ class _Push:
         self.hold(
             records(writes[onto_vacated]), SyncAction.CREATE, "crm_import_back", RELEASED_BY_IMPORT
         )
-        self.create(writes[creating & ~onto_vacated])
+        self.create(_rows(writes, creating & ~onto_vacated))
         by_action: dict[str, list[dict[str, Any]]] = {}
         for row in records(decoded_structs(writes[~creating])):
             by_action.setdefault(row["action"], []).append(row)
@@ -291,13 +291,10 @@ class _Push:
         depth = max(1, self.ctx.creates_in_flight)
         in_flight: deque[tuple[_Creates, Future[list[Outcome]]]] = deque()
         fresh = _fresh(rows)
-        every = bool(fresh.all())  # a first sync's: no copy of a million rows
         others = records_in_chunks(
-            rows.iloc[:0] if every else rows[~fresh],
-            size,
-            per_chunk=dict.fromkeys(LEDGER, struct_objects),
+            _rows(rows, ~fresh), size, per_chunk=dict.fromkeys(LEDGER, struct_objects)
         )
-        new = rows if every else rows[fresh]
+        new = _rows(rows, fresh)
         chunks = chain(
             (_RowCreates(self, chunk) for chunk in others),
             (_FreshCreates(self, new.iloc[at : at + size]) for at in range(0, len(new), size)),
@@ -562,6 +559,15 @@ class _RowCreates:
 
 
 _CONTACT_COLUMNS = ("crm_id", "email", "first_name", "last_name", "salutation", "provider_tags")
+
+
+def _rows(frame: pd.DataFrame, mask: pd.Series) -> pd.DataFrame:
+    """The rows of `frame` where `mask` holds; `frame` itself when it holds for all, a slice
+    when for none (a first sync's writes are all creates: copying a stored diff's columns
+    costs up to 0.1 s per 100,000 rows, before the first call)."""
+    if bool(mask.all()):
+        return frame
+    return frame[mask] if bool(mask.any()) else frame.iloc[:0]
 
 
 def _fresh(rows: pd.DataFrame) -> pd.Series:
