@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import s3fs
 import sqlalchemy as sa
@@ -284,6 +285,43 @@ def test_some_columns_and_rows_read_back_equal_to_that_part(variant: str, subset
     if rows_with:
         expected = expected[frame[rows_with].notna().any(axis=1)]
     assert_same(loaded, expected)
+
+
+@pytest.mark.parametrize(
+    ("values", "groups_read"),
+    [
+        ([np.nan] * 5, False),  # numbers, all missing: the statistics say so
+        ([np.nan, np.nan, np.nan, np.nan, 1.0], True),  # a value in the last row group
+        ([None] * 5, False),  # a column of None only: by its type
+    ],
+    ids=["all missing", "one value", "None only"],
+)
+@pytest.mark.parametrize("variant", ["whole", "filtered index"])
+def test_rows_with_columns_without_a_value_are_no_rows_and_nothing_is_read(
+    values: list[Any], groups_read: bool, variant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the file tells that the columns `rows_with` hold no value (a diff without provider
+    changes), the frame of no rows comes without reading any column; otherwise the rows are
+    read as ever. Several row groups."""
+    index = pd.RangeIndex(5) if variant == "whole" else pd.Index([3, 1, 4, 1, 5])
+    frame = pd.DataFrame(
+        {
+            "text": ["a", None, "c", "d", "e"],
+            "ledger": [ROW, None, None, ROW, None],
+            "tuples": [("b",), (), None, None, ("c", "d")],
+            "maybe": pd.Series(values, index, object if values[0] is None else float),
+        },
+        index=index,
+    )
+    buffer = io.BytesIO()
+    pq.write_table(frames.to_table(frame), buffer, row_group_size=2)
+    reads: list[object] = []
+    read = pq.ParquetFile.read
+    monkeypatch.setattr(pq.ParquetFile, "read", lambda *a, **k: reads.append(k) or read(*a, **k))
+    buffer.seek(0)
+    loaded = frames.read_frame(buffer, ["text", "ledger", "tuples"], ["maybe"])
+    assert_same(loaded, frame.loc[frame["maybe"].notna(), ["text", "ledger", "tuples"]])
+    assert bool(reads) == groups_read
 
 
 ROWS_IN: dict[str, Any] = {

@@ -82,9 +82,32 @@ def read_frame(
     raw = (schema.metadata or {}).get(METADATA_KEY)
     if rows_in is not None:
         _check_plain_text(rows_in[0], schema, None if raw is None else json.loads(raw))
-    table = parquet.read(columns=[n for n in schema.names if n in wanted], use_pandas_metadata=True)
+    if rows_with and _all_null(parquet, rows_with):  # e.g. a diff without provider changes
+        table = _empty_table(schema, wanted)
+        kept = np.empty(0, dtype=np.intp)
+    else:
+        table = parquet.read(
+            columns=[n for n in schema.names if n in wanted], use_pandas_metadata=True
+        )
+        kept = _kept_rows(parquet, table, rows_with, rows_in)
+        if kept is not None and len(kept) < table.num_rows:  # no copy keeping every row
+            table = table.take(pa.array(kept))
     ours = None if raw is None else _subset(json.loads(raw), schema.names, table.schema.names)
-    kept = None
+    held = [table]
+    del table  # `_frame_of` frees each column once converted
+    frame = _frame_of(held, ours, arrow_text, arrow_structs)
+    if kept is not None and (stored := _range_index(schema)) is not None:
+        frame.index = stored[kept]  # a range index is metadata: Arrow cannot filter it
+    return frame
+
+
+def _kept_rows(
+    parquet: pq.ParquetFile,
+    table: pa.Table,
+    rows_with: Sequence[str],
+    rows_in: tuple[str, Collection[str | None]] | None,
+) -> np.ndarray | None:
+    """The positions of the rows `read_frame` keeps of `table` (None: no selection)."""
     masks = []
     if rows_with:
         valid = [_column(parquet, table, name).is_valid() for name in rows_with]
@@ -96,17 +119,37 @@ def read_frame(
             found = found.cast(pa.string())
         value_set = pa.array(list(values), type=found.type)
         masks.append(pc.is_in(found, value_set=value_set, skip_nulls=False))
-    if masks:
-        mask = functools.reduce(pc.and_, masks).combine_chunks()
-        kept = np.flatnonzero(mask.to_numpy(zero_copy_only=False))
-        if len(kept) < table.num_rows:  # no copy of a table keeping every row (a first sync's)
-            table = table.filter(mask)
-    held = [table]
-    del table  # `_frame_of` frees each column once converted
-    frame = _frame_of(held, ours, arrow_text, arrow_structs)
-    if kept is not None and (stored := _range_index(schema)) is not None:
-        frame.index = stored[kept]  # a range index is metadata: Arrow cannot filter it
-    return frame
+    if not masks:
+        return None
+    mask = functools.reduce(pc.and_, masks).combine_chunks()
+    return np.flatnonzero(mask.to_numpy(zero_copy_only=False))
+
+
+def _all_null(parquet: pq.ParquetFile, names: Sequence[str]) -> bool:
+    """Whether every stored value of the columns `names` is null, by the file's schema (a
+    column of None only) and statistics alone, nothing read; False when they do not tell."""
+    schema, meta = parquet.schema_arrow, parquet.metadata
+    leaves = {meta.schema.column(j).path: j for j in range(meta.num_columns)}
+    for name in names:
+        if pa.types.is_null(schema.field(name).type):
+            continue
+        if name not in leaves:  # a struct: its fields' statistics do not say the rows'
+            return False
+        for group in map(meta.row_group, range(meta.num_row_groups)):
+            stats = group.column(leaves[name]).statistics
+            if stats is None or not stats.has_null_count or stats.null_count != group.num_rows:
+                return False
+    return True
+
+
+def _empty_table(schema: pa.Schema, wanted: Collection[str]) -> pa.Table:
+    """The table a read of the columns `wanted` (and the index's, as pandas' metadata names
+    them) would make, without rows."""
+    index = [
+        c for c in (schema.pandas_metadata or {}).get("index_columns", []) if isinstance(c, str)
+    ]
+    names = [n for n in schema.names if n in wanted or n in index]
+    return schema.empty_table().select(names)
 
 
 def _column(parquet: pq.ParquetFile, table: pa.Table, name: str) -> pa.ChunkedArray:
