@@ -12,6 +12,8 @@ import pytest
 
 from newsletter_pipelines.defs.providers import snapshot_read
 from newsletter_pipelines.defs.resources import CrmResource
+from newsletter_pipelines.providers.brevo import BrevoClient
+from newsletter_pipelines.providers.mailchimp import MailchimpClient
 from newsletter_pipelines.providers.resources import MailchimpResource
 from newsletter_pipelines.sandbox import Sandbox
 from newsletter_pipelines_tests.test_sync_assets import metadata, run_sync
@@ -41,6 +43,18 @@ def step_starts(instance: dg.DagsterInstance, run_id: str) -> dict[str, float]:
     return {e.step_key: e.timestamp for e in events if e.step_key}
 
 
+def slow_crm_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From now on, the CRM read takes a second more: a small CRM reads in less time than
+    Brevo's pace needs to find the list and ask for its first page."""
+    read = CrmResource.read_contacts
+
+    def slow(self: CrmResource) -> Any:
+        time.sleep(1.0)
+        return read(self)
+
+    monkeypatch.setattr(CrmResource, "read_contacts", slow)
+
+
 def page_times(calls: list[tuple[float, str]], audience: str) -> list[float]:
     return [t for t, path in calls if MEMBER_PAGES[audience].search(path)]
 
@@ -53,6 +67,7 @@ def test_a_rerun_reads_the_snapshot_while_the_crm_is_read(
     steps, and that step takes what was read: the members the first run created."""
     with dg.instance_for_test() as instance:
         first = run_sync(instance, audience)
+        slow_crm_read(monkeypatch)
         calls = recorded_calls(sandbox, monkeypatch)
         second = run_sync(instance, audience)
         starts = step_starts(instance, second.run_id)
@@ -82,6 +97,30 @@ def test_an_audience_over_the_limit_is_read_in_its_step(
     assert second.success
     assert metadata(second, "provider_audience_snapshot")["read_early"] is False
     assert min(page_times(calls, audience)) > starts["provider_audience_snapshot"]
+
+
+@pytest.mark.parametrize("audience", ["mailchimp", "brevo"])
+def test_an_audience_whose_counts_lag_below_the_limit_is_read_in_its_step(
+    audience: str, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counts that lag (here: none yet) let the read start early; the pages show the audience
+    over `EARLY_MAX_MEMBERS`, so the early read lets go of what it read and the step reads
+    every member."""
+    with dg.instance_for_test() as instance:
+        first = run_sync(instance, audience)
+        monkeypatch.setattr(snapshot_read, "EARLY_MAX_MEMBERS", 10)
+        client = MailchimpClient if audience == "mailchimp" else BrevoClient
+        monkeypatch.setattr(client, "member_count", lambda _self: 0)
+        slow_crm_read(monkeypatch)
+        calls = recorded_calls(sandbox, monkeypatch)
+        second = run_sync(instance, audience)
+        starts = step_starts(instance, second.run_id)
+    assert first.success and second.success
+    snapshot = metadata(second, "provider_audience_snapshot")
+    assert snapshot["read_early"] is False
+    assert snapshot["member_count"] == metadata(first, "audience_sync")["created"] > 10
+    pages = page_times(calls, audience)
+    assert min(pages) < starts["provider_audience_snapshot"] < max(pages)
 
 
 def test_a_failed_early_read_fails_the_snapshot_step(sandbox: Sandbox) -> None:

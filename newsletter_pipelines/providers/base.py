@@ -217,8 +217,10 @@ class Provider(Protocol):
         """Every member of the audience, whatever its status."""
         ...
 
-    def snapshot_rows(self) -> list[MemberRow]:
-        """`snapshot()` as rows (`member_row`), each the row of the member it returns."""
+    def snapshot_rows(self, most: int | None = None) -> list[MemberRow]:
+        """`snapshot()` as rows (`member_row`), each the row of the member it returns; with
+        `most`, `AudienceTooLargeError` as soon as a page tells the audience holds more members
+        (the counts of `member_count` may lag), before reading further."""
         ...
 
     def members(self, emails: Sequence[str]) -> list[Member]:

@@ -91,7 +91,7 @@ from newsletter_pipelines.providers.brevo_models import (
     Webhook,
     Webhooks,
 )
-from newsletter_pipelines.providers.errors import ApiError, ProviderError
+from newsletter_pipelines.providers.errors import ApiError, AudienceTooLargeError, ProviderError
 from newsletter_pipelines.providers.http import ApiClient, HourlyBudget, PollPolicy, RetryPolicy
 from newsletter_pipelines.providers.trusted import trusted
 
@@ -286,10 +286,11 @@ class BrevoClient:
         with gc_paused():
             return self._read_list(self._member)
 
-    def snapshot_rows(self) -> list[MemberRow]:
-        """`snapshot()` as rows (`member_row`)."""
+    def snapshot_rows(self, most: int | None = None) -> list[MemberRow]:
+        """`snapshot()` as rows (`member_row`); with `most`, a list the first page counts
+        larger (counts that lagged) raises `AudienceTooLargeError` before any other page is read."""
         with gc_paused():
-            return self._read_list(lambda c: member_row(self._member(c)))
+            return self._read_list(lambda c: member_row(self._member(c)), most)
 
     def members(self, emails: Sequence[str]) -> list[Member]:
         """`GET /contacts/{email}` per address, paced (absent, or not in the list: no member);
@@ -343,19 +344,27 @@ class BrevoClient:
             return None
         return ContactOut.model_validate(answer)
 
-    def _read_list(self, convert: Callable[[ContactOut], T]) -> list[T]:
+    def _read_list(self, convert: Callable[[ContactOut], T], most: int | None = None) -> list[T]:
         """Every contact of the list, converted on the thread that read its page (the work
         overlaps the paced reads); one met on two pages (the list moved meanwhile) once."""
-        pages = self._list_pages(lambda page: [(c.id, convert(c)) for c in page.contacts])
+        pages = self._list_pages(
+            lambda page: [(c.id, convert(c)) for c in page.contacts], most=most
+        )
         return list(dict(pair for page in pages for pair in page).values())
 
     def _list_pages(
-        self, each: Callable[[ContactsPage], T], modified_since: str | None = None
+        self,
+        each: Callable[[ContactsPage], T],
+        modified_since: str | None = None,
+        most: int | None = None,
     ) -> list[T]:
         """`each` of every page of the list, in order, called on the thread that read the page
         (the first alone, for the count; the others concurrently within the client's pace), so
-        that its work overlaps the reads still waiting for their turn."""
+        that its work overlaps the reads still waiting for their turn. A first page counting
+        more than `most` contacts raises `AudienceTooLargeError`."""
         first = self._list_page(0, modified_since)
+        if most is not None and first.count > most:
+            raise AudienceTooLargeError(NAME, first.count, most)
         offsets = list(range(CONTACT_PAGE, first.count, CONTACT_PAGE))
         rest = self._api.parallel(lambda o: each(self._list_page(o, modified_since)), offsets)
         return [each(first), *rest]

@@ -35,3 +35,13 @@ class AuthenticationError(ApiError):
 
 class UnavailableError(ProviderError):
     """Retries ran out on rate limits, server errors or timeouts."""
+
+
+class AudienceTooLargeError(ProviderError):
+    """A snapshot asked to hold at most so many members found the audience larger (its counts,
+    read when it was found, had lagged): nothing past that was read."""
+
+    def __init__(self, provider: str, total: int, most: int) -> None:
+        super().__init__(provider, f"the audience holds {total} members, more than {most}")
+        self.total = total
+        self.most = most

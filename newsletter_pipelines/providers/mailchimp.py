@@ -45,7 +45,11 @@ from newsletter_pipelines.providers.base import (
     pick,
     pick_ids,
 )
-from newsletter_pipelines.providers.errors import ApiError, ConfigurationError
+from newsletter_pipelines.providers.errors import (
+    ApiError,
+    AudienceTooLargeError,
+    ConfigurationError,
+)
 from newsletter_pipelines.providers.http import ApiClient, PollPolicy, RetryPolicy
 from newsletter_pipelines.providers.mailchimp_batches import Operation, OperationRunner, OpResult
 from newsletter_pipelines.providers.mailchimp_models import (
@@ -466,7 +470,7 @@ class MailchimpClient:
         with gc_paused():
             return [_member(row) for row in self.snapshot_rows()]
 
-    def snapshot_rows(self) -> list[MemberRow]:
+    def snapshot_rows(self, most: int | None = None) -> list[MemberRow]:
         """Every member's row (all statuses) by paging `GET /lists/{id}/members`, 1000 a page
         (the cyclic garbage collector paused: `bulk.gc_paused`); a member on two pages (the
         audience changed while paging) once, as the later page has it.
@@ -477,9 +481,12 @@ class MailchimpClient:
         page). The merge fields' check (`ensure_audience`), which would take a connection from
         the pages (a round trip more in most snapshots), starts once they are read, on a
         thread of the client: it is done by the first write (which waits for it, or fails
-        as it failed)."""
+        as it failed). With `most`, a total above it (counts that lagged) raises
+        `AudienceTooLargeError` once those pages are read."""
         with gc_paused():
             total, pages = self._counted_pages()
+            if most is not None and total > most:
+                raise AudienceTooLargeError(NAME, total, most)
             offsets = list(range(PAGE_SIZE * len(pages), total, PAGE_SIZE))
             pages += self._api.parallel(self._read_page, offsets)
             self._check_soon()

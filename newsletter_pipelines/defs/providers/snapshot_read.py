@@ -6,8 +6,9 @@ the provider's own counts say it holds at most `EARLY_MAX_MEMBERS` members, read
 provider's pages then come in while the CRM is read and classified (`provider_audience_snapshot`
 runs after those steps, priority -1), and the snapshot step takes what was read
 (`take_snapshot_read`). A larger audience (its members would be held beside the CRM's in
-memory), a run without its account's tag or of another job: the step reads. An early read that
-failed fails the step with its error.
+memory; also when the pages show more members than the counts, which may lag), a run without
+its account's tag or of another job: the step reads. An early read that failed fails the step
+with its error.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from newsletter_pipelines.defs.providers.accounts import (
 )
 from newsletter_pipelines.defs.providers.clients import provider_resource, shared_client
 from newsletter_pipelines.providers.base import Audience, MemberRow, Provider
+from newsletter_pipelines.providers.errors import AudienceTooLargeError
 from newsletter_pipelines.providers.resources import (
     BrevoResource,
     MailchimpResource,
@@ -53,13 +55,16 @@ class SnapshotRead:
     ended: float
 
 
-def read_snapshot(client: Provider, audience: AudienceConfig) -> SnapshotRead:
+def read_snapshot(
+    client: Provider, audience: AudienceConfig, most: int | None = None
+) -> SnapshotRead:
     """Register the audience's webhook (so no change made while the pages are read goes
-    unheard), then read every member. A refused key fails the first call: no separate ping."""
+    unheard), then read every member (`AudienceTooLargeError` past `most`). A refused key fails the
+    first call: no separate ping."""
     started = time.monotonic()
     notes: list[str] = []
     webhook = _register_webhook(audience, client, notes.append)
-    members = client.snapshot_rows()
+    members = client.snapshot_rows(most)
     found = client.found_audience()  # Mailchimp's fields: checked after the pages, by the push
     return SnapshotRead(members, found, webhook, tuple(notes), started, time.monotonic())
 
@@ -110,7 +115,10 @@ def start_snapshot_read(
         with opening as client:
             if client.member_count() > EARLY_MAX_MEMBERS:
                 return None
-            return read_snapshot(client, audience)
+            try:
+                return read_snapshot(client, audience, EARLY_MAX_MEMBERS)
+            except AudienceTooLargeError:  # its counts lagged: the pages read so far are let go
+                return None
 
     resource.start_early(audience.key, read)
 
