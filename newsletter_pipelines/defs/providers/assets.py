@@ -3,7 +3,6 @@
 import time
 from collections import Counter
 from collections.abc import Collection, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import dagster as dg
@@ -169,13 +168,10 @@ def reconciliation_diff(
     (this diff would send their values from before)."""
     audience = _audience(context)
     # each input is held only while needed: the inputs, the ledger and the diff of a million
-    # contacts are each several hundred MiB; the ledger is read from the database while the
-    # CRM's frames are read from their files (both mostly outside the GIL)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-read") as reader:
-        reading = reader.submit(load_ledger_frame, state_db.engine(), audience.key)
-        eligible, excluded = eligible_subscribers.load(), excluded_contacts.load()
-        ledger = reading.result()
-    release_freed_memory()  # what the reads left in Arrow's pool and the C heap
+    # contacts are each several hundred MiB
+    ledger = load_ledger_frame(state_db.engine(), audience.key)
+    release_freed_memory()  # what the driver's read left in Arrow's pool
+    eligible, excluded = eligible_subscribers.load(), excluded_contacts.load()
     diff = build_diff(
         eligible,
         excluded,
