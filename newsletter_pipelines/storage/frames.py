@@ -325,11 +325,13 @@ def _encode_values(values: Iterable[Any]) -> list[str | None]:
 
 
 def _struct_column(column: pd.Series, cls: type) -> tuple[pa.StructArray, list[str]]:
-    """A column of `cls` instances and None as a struct array, and the fields held as JSON."""
+    """A column of `cls` instances and None as a struct array, and the fields held as JSON.
+    The fields are gathered of the instances only, the null rows placed after (a re-run's
+    diff holds ledger rows for the few contacts with something to do)."""
     names = codec.dataclass_fields(cls) or ()
-    values = column.tolist()
-    empty = dict.fromkeys(names)  # the fields of a null row
-    states = [empty if v is None else v.__dict__ for v in values]
+    values = column.to_numpy()
+    present = np.flatnonzero(pd.notna(values))
+    states = [v.__dict__ for v in values[present].tolist()]
     children, coded = [], []
     for name in names:
         cells = list(map(operator.itemgetter(name), states))
@@ -340,8 +342,12 @@ def _struct_column(column: pd.Series, cls: type) -> tuple[pa.StructArray, list[s
                 raise TypeError(f"column {column.name!r}, field {name}: {exc}") from None
             coded.append(name)
         children.append(pa.array(cells, pa.string()))
-    nulls = pa.array(np.fromiter((v is None for v in values), bool, len(values)))
-    return pa.StructArray.from_arrays(children, names=list(names), mask=nulls), coded
+    found = pa.StructArray.from_arrays(children, names=list(names))
+    if len(present) == len(values):
+        return found, coded
+    at = np.full(len(values), -1, dtype=np.int64)
+    at[present] = np.arange(len(present))
+    return found.take(pa.array(at, mask=at < 0)), coded
 
 
 def _struct_values(column: pa.ChunkedArray, spec: dict[str, Any]) -> np.ndarray:
