@@ -24,7 +24,6 @@ from newsletter_pipelines.providers.brevo import BlocklistReason, BrevoClient
 from newsletter_pipelines.providers.brevo_attributes import AttributeCodec, AttributeMap, brevo_tag
 from newsletter_pipelines.providers.brevo_models import Attribute
 from newsletter_pipelines.providers.errors import (
-    AudienceTooLargeError,
     AuthenticationError,
     ConfigurationError,
     ProviderError,
@@ -110,25 +109,6 @@ def test_member_count_is_the_lists_own_count(
     assert brevo.member_count() == 0  # created
     brevo.upsert(contacts(12))
     assert make_brevo(transport).member_count() == 12
-
-
-def test_a_snapshot_held_to_a_most_stops_at_a_first_page_counting_more(
-    sandbox: Sandbox, transport: httpx.BaseTransport, brevo: BrevoClient
-) -> None:
-    """Counts that lag (the client found the list with 12 contacts, 1,200 more joined) and
-    `most` below the list's count: `AudienceTooLargeError` after the first page, no other page
-    read; with `most` at the count, every contact."""
-    brevo.upsert(contacts(12))
-    stale = make_brevo(transport)
-    assert stale.member_count() == 12
-    brevo.upsert(contacts(1200, start=12))
-    pages = lambda: sandbox.stats.count("brevo", template="/contacts/lists/{listId}/contacts")  # noqa: E731
-    before = pages()
-    with pytest.raises(AudienceTooLargeError) as raised:
-        stale.snapshot_rows(most=1000)
-    assert (raised.value.total, raised.value.most) == (1212, 1000)
-    assert pages() == before + 1
-    assert len(stale.snapshot_rows(most=1212)) == 1212
 
 
 def test_a_few_new_contacts_are_created_directly(sandbox: Sandbox, brevo: BrevoClient) -> None:

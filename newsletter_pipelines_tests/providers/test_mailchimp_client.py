@@ -16,7 +16,6 @@ from newsletter_pipelines.providers.base import (
     Result,
 )
 from newsletter_pipelines.providers.errors import (
-    AudienceTooLargeError,
     AuthenticationError,
     ConfigurationError,
 )
@@ -242,25 +241,6 @@ def test_a_snapshot_reads_the_pages_the_lists_counts_promise_with_the_first(
     before = sandbox.stats.count("mailchimp", template="/lists/{list_id}/members")
     assert len(stale.snapshot_rows()) == 4000
     assert sandbox.stats.count("mailchimp", template="/lists/{list_id}/members") == before + 4
-
-
-def test_a_snapshot_held_to_a_most_stops_once_the_pages_count_more(
-    sandbox: Sandbox, transport: httpx.BaseTransport, mailchimp: MailchimpClient
-) -> None:
-    """Counts that lag (the client found the list before 1,500 more joined) and `most` below
-    the whole count: the pages the counts promised are read, then `AudienceTooLargeError`
-    with the count, and no page past them; with `most` at the count, every member."""
-    mailchimp.upsert(contacts(1500))
-    stale = make_mailchimp(transport)
-    stale.ensure_audience()
-    mailchimp.upsert(contacts(1500, start=1500))
-    pages = lambda: sandbox.stats.count("mailchimp", template="/lists/{list_id}/members")  # noqa: E731
-    before = pages()
-    with pytest.raises(AudienceTooLargeError) as raised:
-        stale.snapshot_rows(most=2999)
-    assert (raised.value.total, raised.value.most) == (3000, 2999)
-    assert pages() == before + 2
-    assert len(stale.snapshot_rows(most=3000)) == 3000
 
 
 def test_existing_members_get_fields_and_tags_but_never_a_status(

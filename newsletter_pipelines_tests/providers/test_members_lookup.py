@@ -1,5 +1,6 @@
 """`members(emails)`: a targeted read of a few members that returns exactly what the snapshot
-returns for them, on both clients, by lookups or (many addresses) through the snapshot."""
+returns for them, on both clients, by lookups or (many addresses) through the snapshot; and the
+snapshot held to a most."""
 
 from __future__ import annotations
 
@@ -19,7 +20,11 @@ from newsletter_pipelines.providers.base import (
     member_row,
 )
 from newsletter_pipelines.providers.brevo import BrevoClient
-from newsletter_pipelines.providers.errors import AuthenticationError, UnavailableError
+from newsletter_pipelines.providers.errors import (
+    AudienceTooLargeError,
+    AuthenticationError,
+    UnavailableError,
+)
 from newsletter_pipelines.providers.http import RetryPolicy
 from newsletter_pipelines.providers.mailchimp import MailchimpClient, subscriber_hash
 from newsletter_pipelines.providers.trusted import moment
@@ -30,6 +35,7 @@ from newsletter_pipelines_tests.providers.helpers import RecordingTransport, con
 
 MC_MEMBER = "/lists/{list_id}/members/{hash}"
 BV_CONTACT = "/contacts/{identifier}"
+BV_PAGE = "/contacts/lists/{listId}/contacts"
 UNKNOWN = ["nobody@example.com", "not-an-address", "a@b"]
 
 
@@ -107,6 +113,25 @@ def test_addresses_are_read_once_per_key_in_their_order(sandbox: Sandbox, client
     )
     assert [m.email for m in found] == ["person2@example.com", "person0@example.com"]
     assert sandbox.stats.count(client.name, method="GET", template=template) == before + 3
+
+
+def test_a_snapshot_held_to_a_most_stops_at_the_first_page_counting_more(
+    sandbox: Sandbox, transport: httpx.BaseTransport, client: Provider
+) -> None:
+    """Counts that lag (a client found the audience with 12 members, then 1,200 more joined)
+    and `most` below the whole count: `AudienceTooLargeError` with the count once the first
+    page tells it, no other page read; with `most` at the count, every member."""
+    client.upsert(contacts(12))
+    stale = (make_mailchimp if client.name == "mailchimp" else make_brevo)(transport)
+    assert stale.member_count() == 12
+    client.upsert(contacts(1200, start=12))
+    template = "/lists/{list_id}/members" if client.name == "mailchimp" else BV_PAGE
+    before = sandbox.stats.count(client.name, template=template)
+    with pytest.raises(AudienceTooLargeError) as raised:
+        stale.snapshot_rows(most=1000)
+    assert (raised.value.total, raised.value.most) == (1212, 1000)
+    assert sandbox.stats.count(client.name, template=template) == before + 1
+    assert len(stale.snapshot_rows(most=1212)) == 1212
 
 
 # --- Mailchimp --------------------------------------------------------------------------
