@@ -15,10 +15,7 @@ from newsletter_pipelines.providers.base import (
     MemberStatus,
     Result,
 )
-from newsletter_pipelines.providers.errors import (
-    AuthenticationError,
-    ConfigurationError,
-)
+from newsletter_pipelines.providers.errors import AuthenticationError, ConfigurationError
 from newsletter_pipelines.providers.mailchimp import MailchimpClient, base_url_for, subscriber_hash
 from newsletter_pipelines.sandbox import PersonEvent, Sandbox
 from newsletter_pipelines.sandbox.people import mailchimp_person
