@@ -6,7 +6,7 @@
 In a throwaway database on the server at `--postgres-url` (created with the state schema,
 dropped afterwards; autovacuum as the server has it), `record` is called as a first sync's
 push calls it: per chunk of `--chunk-size` new contacts, once with their intents (every key
-new to the ledger), once with their outcomes (every key replaced, one outcome logged each);
+new to the ledger, `fresh`), once with their outcomes (every key replaced, one outcome logged each);
 `--chunks` chunks make the ledger (400 × 2,500: a million rows). After each tenth of them,
 `--reruns` chunks of a later run are recorded: one `record` of `--chunk-size` rows, 2 % of
 them members moved to a new address (`moved_from` their old key, same stable id), the rest
@@ -69,7 +69,7 @@ def first_sync_chunk(engine: sa.Engine, numbers: range) -> tuple[float, float]:
     intents = [member(n, intent=Intent.CREATE, intent_key=key(n)) for n in numbers]
     settled = [member(n) for n in numbers]
     start = time.perf_counter()
-    record(engine, AUDIENCE, "first", intents)
+    record(engine, AUDIENCE, "first", intents, fresh=True)  # as `_FreshCreates` has them written
     middle = time.perf_counter()
     record(engine, AUDIENCE, "first", settled, logged=logged(settled, "create", "created"))
     return middle - start, time.perf_counter() - middle

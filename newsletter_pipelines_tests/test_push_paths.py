@@ -516,6 +516,7 @@ def test_fresh_creates_made_column_wise_are_those_made_row_by_row(
     expected = by_rows.intents(rows, SyncAction.CREATE)
     intents = fresh.intents()
     assert _values(intents.rows, now) == _values(expected.rows, now)
+    assert intents.fresh and not expected.fresh  # copied straight into the ledger
     assert by_columns.sent == by_rows.sent
     try:
         expected = by_rows.settled(rows, answers, SyncAction.CREATE)

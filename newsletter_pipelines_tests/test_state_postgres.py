@@ -256,15 +256,16 @@ def test_record_on_postgresql_writes_what_it_writes_on_sqlite(postgres_url: str)
     still the same member's (same stable id; none yet and an address change to the new key in
     flight), outcomes logged: on PostgreSQL (the upsert) as on SQLite (delete, then insert),
     and as a dict of rows by (audience, member key) has it; rows that moved from nowhere and
-    outcomes given column-wise (`LedgerColumns`, `OutcomeColumns`) as given one by one."""
+    outcomes given column-wise (`LedgerColumns`, `OutcomeColumns`) as given one by one; rows
+    said to be `fresh` as any other, whether their keys are new or not."""
     no_fsync = {"options": "-c synchronous_commit=off"}
     engines = [sa.create_engine(postgres_url, connect_args=no_fsync), sa.create_engine("sqlite://")]
     for engine in engines:
         ensure_schema(engine, upgrade=True)
 
     @settings(max_examples=50, deadline=None)
-    @given(calls=CALLS, columnwise=st.booleans())
-    def check(calls: list[Call], columnwise: bool) -> None:
+    @given(calls=CALLS, columnwise=st.booleans(), fresh=st.booleans())
+    def check(calls: list[Call], columnwise: bool, fresh: bool) -> None:
         for engine in engines:
             with engine.begin() as conn:
                 conn.execute(ledger.delete())
@@ -289,6 +290,7 @@ def test_record_on_postgresql_writes_what_it_writes_on_sqlite(postgres_url: str)
                     given_rows,
                     deleted=deleted,
                     logged=given_outcome,
+                    fresh=fresh,
                 )
             _modelled(model, audience, rows, deleted)
             for engine in engines:
@@ -301,6 +303,30 @@ def test_record_on_postgresql_writes_what_it_writes_on_sqlite(postgres_url: str)
     check()
     for engine in engines:
         engine.dispose()
+
+
+def test_fresh_rows_are_copied_into_the_ledger_and_upserted_when_one_was_there(
+    postgres_url: str,
+) -> None:
+    """Rows said to be `fresh` (a first sync's intents) go straight into the ledger, without
+    the upsert; when one key was there after all, nothing of the straight copy is left and the
+    upsert replaces that row, in the same transaction as the outcomes."""
+    engine = sa.create_engine(postgres_url)
+    ensure_schema(engine, upgrade=True)
+    statements: list[str] = []
+    sa.event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    first = [row(str(n), intent=Intent.CREATE, intent_key=f"p{n}@example.de") for n in range(3)]
+    record(engine, "a", "run-1", first, fresh=True)
+    assert not [s for s in statements if "ON CONFLICT" in s]
+    assert load_ledger(engine, "a") == first
+    statements.clear()
+    again = [row("2", RowState.REMOVED), row("3")]  # p2 is there
+    logged = [OutcomeRecord("2", "p2@example.de", "remove", "removed")]
+    record(engine, "a", "run-2", again, logged=logged, fresh=True)
+    assert [s for s in statements if "ON CONFLICT" in s]
+    assert load_ledger(engine, "a") == [*first[:2], *again]
+    assert outcome_counts(engine, "run-2") == {("remove", "removed"): 1}
+    engine.dispose()
 
 
 def _modelled(

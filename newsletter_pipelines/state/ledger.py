@@ -239,6 +239,7 @@ def record(
     *,
     deleted: Sequence[str] = (),
     logged: Sequence[OutcomeRecord] | OutcomeColumns = (),
+    fresh: bool = False,
 ) -> None:
     """In one transaction: write ledger rows (replacing by member key), delete the rows of
     `deleted` member keys and the rows the written ones moved from (`LedgerRow.moved_from`, if
@@ -246,7 +247,9 @@ def record(
     row's key in flight), and log outcomes. Rows and outcomes may come column-wise.
 
     Each row is found through the primary key: what a write costs does not grow with the
-    ledger (on PostgreSQL, see `_upsert`)."""
+    ledger (on PostgreSQL, see `_upsert`). `fresh` says the rows' keys are most likely new to
+    the ledger (a first sync's intents): on PostgreSQL they are then copied straight into it,
+    and upserted only when one of them was there after all (`_insert_fresh`)."""
     now = datetime.now(UTC)
     keys = rows.member_key if isinstance(rows, LedgerColumns) else [r.member_key for r in rows]
     moved = [
@@ -268,7 +271,8 @@ def record(
             conn.execute(_DELETE_MOVED, moved)
         if conn.dialect.name == "postgresql":
             gone = sorted(set(deleted) - set(keys))  # a written key's row is replaced anyway
-            _upsert(conn, audience, gone, values)
+            if not (fresh and not gone and _insert_fresh(conn, values)):
+                _upsert(conn, audience, gone, values)
         else:
             replaced = sorted(set(keys) | set(deleted))
             for condition in matching(ledger.c.member_key, replaced, conn.dialect):
@@ -300,6 +304,19 @@ def _upsert(
         _chunk.create(conn)
         bulk_insert(conn, _chunk, _LEDGER_INSERTED, values)
         conn.execute(_UPSERT)
+
+
+def _insert_fresh(conn: sa.Connection, values: Sequence[tuple[str | datetime | None, ...]]) -> bool:
+    """PostgreSQL: COPY `values` straight into the ledger, inside a savepoint; False (the
+    savepoint rolled back, nothing written) when one of their keys is there already. A chunk
+    of 2,500 new rows: about half the time and server work of `_upsert`, which goes through a
+    temporary table and looks each key up."""
+    try:
+        with conn.begin_nested():
+            bulk_insert(conn, ledger, _LEDGER_INSERTED, values)
+    except sa.exc.IntegrityError:
+        return False
+    return True
 
 
 _LEDGER_INSERTED = (  # in the order of `_ledger_values`

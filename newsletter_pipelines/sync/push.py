@@ -516,11 +516,13 @@ class _Push:
 @dataclass(frozen=True)
 class _Write:
     """The arguments of one `record` transaction: ledger rows and logged outcomes; `intents`:
-    the rows are intents, written before their call."""
+    the rows are intents, written before their call; `fresh`: their keys are new to the ledger
+    (as far as the diff knew)."""
 
     rows: Sequence[LedgerRow] | LedgerColumns
     logged: Sequence[OutcomeRecord] | OutcomeColumns = ()
     intents: bool = False
+    fresh: bool = False
 
 
 class _Progress:
@@ -608,7 +610,7 @@ class _FreshCreates:
             intent=[Intent.CREATE] * n,
             unimported_opt_out=[None] * n,
         )
-        return _Write(LedgerColumns(**columns), intents=True)
+        return _Write(LedgerColumns(**columns), intents=True, fresh=True)
 
     def upsert(self) -> list[Outcome]:
         columns = [self.rows[name].tolist() for name in _CONTACT_COLUMNS]
@@ -700,7 +702,14 @@ class _LedgerWriter:
             raise RuntimeError("an earlier ledger write of this push failed") from self._failure
         try:
             ctx = self._ctx
-            record(ctx.engine, ctx.audience, ctx.run_id, write.rows, logged=write.logged)
+            record(
+                ctx.engine,
+                ctx.audience,
+                ctx.run_id,
+                write.rows,
+                logged=write.logged,
+                fresh=write.fresh,
+            )
         except BaseException as exc:
             if self._failure is None:
                 self._failure = exc
