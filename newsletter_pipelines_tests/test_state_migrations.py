@@ -37,6 +37,7 @@ from newsletter_pipelines.sync.identity import LedgerRow, RowState
 
 MODELS = (ledger.metadata, exclusions.metadata, events.metadata)
 LATER_COLUMNS = ("stable_id", "provider_changed_at", "unimported_opt_out")  # 0002 and 0003
+AUDIENCE_INDEX = "ix_sync_outcomes_audience"  # dropped by 0004
 EVENT = events.NewEvent("a", "brevo", "unsubscribed", "x@example.de", {"n": 1}, "key-1")
 
 
@@ -99,7 +100,7 @@ def old_ledger(engine: sa.Engine, without: Sequence[str]) -> LedgerRow:
 
 def test_an_empty_database_is_upgraded_to_the_models(engine: sa.Engine) -> None:
     ensure_schema(engine, upgrade=True)
-    assert current_revision(engine) == head_revision() == "0003"
+    assert current_revision(engine) == head_revision() == "0004"
     assert differences(engine) == []
     if engine.dialect.name == "sqlite":  # a table option autogenerate does not compare
         with engine.connect() as conn:
@@ -113,7 +114,9 @@ def test_the_migrations_go_down_and_up_again(engine: sa.Engine) -> None:
     upgrade(engine)
     with engine.begin() as conn:
         command.downgrade(config(conn), "0001")
-    assert [d[0] for d in differences(engine)] == ["add_column"] * 3
+    found = differences(engine)  # the columns of 0002 and 0003 missing, 0004's index there
+    assert [d[0] for d in found] == ["add_column"] * 3 + ["remove_index"]
+    assert found[-1][1].name == AUDIENCE_INDEX
     with engine.begin() as conn:
         command.downgrade(config(conn), "base")
     assert sa.inspect(engine).get_table_names() == [VERSION_TABLE]
@@ -138,6 +141,8 @@ def test_a_database_from_before_the_migrations_is_stamped_upgraded_and_keeps_its
     if without is not None:
         stored = old_ledger(engine, without)
         ledger.outcomes.create(engine)
+        with engine.begin() as conn:  # as the code before the migrations made the log
+            conn.execute(sa.text(f"CREATE INDEX {AUDIENCE_INDEX} ON sync_outcomes (audience)"))
     if others:
         exclusions.metadata.create_all(engine)
         events.metadata.create_all(engine)
@@ -176,12 +181,12 @@ def test_a_ledger_of_an_older_layout_is_refused(engine: sa.Engine) -> None:
 def test_production_refuses_a_database_behind_head_and_names_the_command(
     engine: sa.Engine,
 ) -> None:
-    with pytest.raises(RuntimeError, match="revision none, this code needs 0003") as empty:
+    with pytest.raises(RuntimeError, match="revision none, this code needs 0004") as empty:
         ensure_schema(engine, upgrade=False)
     assert f"`{UPGRADE_COMMAND}`" in str(empty.value)
     with engine.begin() as conn:
         command.upgrade(config(conn), "0002")
-    with pytest.raises(RuntimeError, match="revision 0002, this code needs 0003") as behind:
+    with pytest.raises(RuntimeError, match="revision 0002, this code needs 0004") as behind:
         ensure_schema(engine, upgrade=False)
     assert f"`{UPGRADE_COMMAND}`" in str(behind.value)
     assert current_revision(engine) == "0002"  # nothing changed
@@ -230,7 +235,7 @@ def test_concurrent_first_uses_upgrade_once(url: str) -> None:
     for engine in engines:
         engine.dispose()
     # one upgraded the empty database, the others waited and found it at head
-    assert sorted(found, key=str) == ["0003", "0003", None]
+    assert sorted(found, key=str) == ["0004", "0004", None]
 
 
 def test_the_command_line_upgrades_and_tells_the_revisions(
@@ -248,12 +253,12 @@ def test_the_command_line_upgrades_and_tells_the_revisions(
     assert [r.exit_code for r in said] == [0] * 4
     assert not any("s3cret" in r.output for r in said)
     assert [r.output for r in said] == [
-        f"{shown}: none (behind head 0003: run `upgrade`)\n",
-        f"{shown}: 0003 (head), upgraded from none\n",
-        f"{shown}: 0003 (head)\n",
-        f"{shown}: 0003 (head), nothing to upgrade\n",
+        f"{shown}: none (behind head 0004: run `upgrade`)\n",
+        f"{shown}: 0004 (head), upgraded from none\n",
+        f"{shown}: 0004 (head)\n",
+        f"{shown}: 0004 (head), nothing to upgrade\n",
     ]
-    assert runner.invoke(cli, ["heads"]).output == "0003 (head)\n"
+    assert runner.invoke(cli, ["heads"]).output == "0004 (head)\n"
 
 
 def test_current_runs_as_a_command(tmp_path: Path) -> None:
@@ -270,4 +275,4 @@ def test_current_runs_as_a_command(tmp_path: Path) -> None:
         text=True,
         timeout=120,
     )
-    assert (done.returncode, done.stdout) == (0, f"{url}: 0003 (head)\n"), done.stderr
+    assert (done.returncode, done.stdout) == (0, f"{url}: 0004 (head)\n"), done.stderr

@@ -59,7 +59,7 @@ outcomes = sa.Table(
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("run_id", sa.String(64), nullable=False, index=True),
-    sa.Column("audience", sa.String(100), nullable=False, index=True),
+    sa.Column("audience", sa.String(100), nullable=False),
     sa.Column("crm_id", sa.String(100), index=True),
     sa.Column("email", sa.Text),
     sa.Column("action", sa.String(32), nullable=False),
