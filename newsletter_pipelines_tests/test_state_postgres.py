@@ -90,6 +90,23 @@ def test_ledger_loads_in_member_key_order(postgres_url: str) -> None:
     assert [r.owner for r in load_ledger(engine, "a")] == list("13789")
 
 
+def test_a_large_ledger_stored_out_of_key_order_loads_in_member_key_order(
+    postgres_url: str,
+) -> None:
+    """The database is not asked to sort (its sort of a million rows took longer than sending
+    them): rows it returns in storage order, here the reverse of key order, are sorted as
+    Python sorts str."""
+    engine = sa.create_engine(postgres_url)
+    ensure_schema(engine, upgrade=True)
+    numbers = [f"{n:05d}" for n in reversed(range(25_000))]  # past `ADBC_MIN_ROWS` too
+    record(engine, "a", "run-1", [row(n) for n in numbers])
+    with engine.begin() as conn:  # the planner then reads the table in storage order
+        conn.exec_driver_sql("ANALYZE sync_ledger")
+    keys = load_ledger_frame(engine, "a")["member_key"].tolist()
+    assert keys == sorted(keys) and len(keys) == 25_000
+    engine.dispose()
+
+
 def test_exclusions_on_postgres_replace_previous_rows(postgres_url: str) -> None:
     engine = sa.create_engine(postgres_url)
     ensure_schema(engine, upgrade=True)

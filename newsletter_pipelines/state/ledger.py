@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 from itertools import repeat
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
@@ -129,8 +131,18 @@ def load_ledger_frame(engine: sa.Engine, audience: str) -> pd.DataFrame:
     `columns.TEXT`: missing values are NaN; `tags` as JSON text), ordered by member key.
     Read column by column (`columns.text_table`): no Python object per value."""
     columns = [ledger.c[name] for name in LEDGER_COLUMNS]
-    query = sa.select(*columns).where(ledger.c.audience == audience).order_by(ledger.c.member_key)
-    return text_frame(text_table(engine, query))
+    query = sa.select(*columns).where(ledger.c.audience == audience)
+    return text_frame(_by_member_key(text_table(engine, query)))
+
+
+def _by_member_key(table: pa.Table) -> pa.Table:
+    """`table` ordered by member key, as Python orders str. Sorted here, not by the database:
+    PostgreSQL took longer to sort a million rows than to send them (2.2-3.6 s against 1.3-1.8 s
+    read, 0.4 s sorted here); SQLite reads them in key order already, which is checked."""
+    keys = table.column("member_key")
+    if len(keys) < 2 or pc.all(pc.less_equal(keys[:-1], keys[1:])).as_py():
+        return table
+    return table.take(pc.sort_indices(keys))
 
 
 def load_ledger_frame_at(
