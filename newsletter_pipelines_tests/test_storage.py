@@ -226,6 +226,23 @@ def test_object_columns_are_tagged_json_and_plain_text_stays_text() -> None:
     assert ledger[2]["moved_from"] is None and ledger[2]["owner"] == "7"
 
 
+SCALARS = st.sampled_from(["a", "b", 1, 1.0, True, 0, 0.0, False]) | st.just(float("nan"))
+GROUPED = st.tuples() | st.tuples(SCALARS) | st.tuples(SCALARS, SCALARS)
+GROUPED |= st.frozensets(SCALARS, max_size=2)
+TAGS = st.sampled_from([(), ("a",), ("a", "b"), frozenset(), frozenset({"a"})])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.none() | TAGS | GROUPED | SCALARS | st.tuples(GROUPED), max_size=12))
+def test_a_column_of_tags_is_encoded_by_distinct_value_as_one_by_one(values: list[Any]) -> None:
+    """Encoded per distinct value (tuples and frozensets of texts), a column's texts are
+    those of each value encoded on its own: equal values of other types (1, 1.0, True), NaN
+    and nested tuples are not taken for one another."""
+    for cells in (values, pd.Series(values, dtype=object)):
+        encoded = frames._encode_values(cells)
+        assert list(encoded) == frames._encoded_one_by_one(values)
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     st.lists(

