@@ -4,12 +4,16 @@ window (`sync.changes`), and reading the contacts at many addresses (SQLite and 
 from __future__ import annotations
 
 import shutil
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
+from newsletter_pipelines.crm import changes
 from newsletter_pipelines.crm.changes import changed_after, changed_between, latest_change
 from newsletter_pipelines.crm.errors import CrmError
 from newsletter_pipelines.crm.loader import load_demo
@@ -159,3 +163,77 @@ def test_a_tag_table_with_times_makes_a_tag_change_a_contact_change(demo_crm: sa
     assert latest_change(demo_crm, timed) == Mark(T0 + timedelta(seconds=40), "4")
     upto = Mark(T0 + timedelta(seconds=30), "12")
     assert changed_between(demo_crm, timed, since, upto) == [upto]
+
+
+def _texts_of(moment: datetime) -> st.SearchStrategy[object]:
+    """`moment` as the many things a SQLite CRM may hold for it: text in SQLite's time formats
+    (separator, fraction, zone, date only, spaces), a Julian day number as real or text (with
+    a space or a sign before it), seconds since 1970 (which SQLite does not read as such)."""
+    zone = st.sampled_from(["", "Z", "+00:00", "+02:00", "-05:30", "+14:59", "-14:59", "+15:00"])
+    form = st.sampled_from(
+        ["%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S.%f", "%Y-%m-%d %H:%M", "%Y-%m-%d"]
+    )
+    text = st.builds(
+        lambda f, z, pad: pad[0] + moment.strftime(f) + z + pad[1],
+        form,
+        zone,
+        st.sampled_from([("", ""), ("", " "), (" ", "")]),
+    )
+    julian = moment.replace(tzinfo=UTC).timestamp() / 86400 + 2440587.5
+    days = st.sampled_from([julian, str(julian), f" {julian}", f"+{julian}"])
+    return text | days | st.just(int(moment.timestamp()))
+
+
+SHIFTS = st.builds(  # hours, where a day and a zone's offset meet; a minute or a second off
+    lambda hours, rest: timedelta(hours=hours, seconds=rest),
+    st.integers(-96, 96),
+    st.sampled_from([0, 1, 59, 1800, 3599]),
+)
+AROUND = datetime(2026, 12, 3, 9, 30)
+STORED = (
+    st.none()
+    | st.sampled_from(["12:30", "soon", "", "2026-13-45"])
+    | SHIFTS.flatmap(lambda shift: _texts_of(AROUND + shift))
+)
+
+
+@settings(max_examples=300, deadline=None)
+@example(  # the day before the mark's in its text, after the mark in UTC
+    affinity="DATETIME",
+    stored=["2026-12-02 22:00:00-05:00"],
+    after=datetime(2026, 12, 3, 1) - AROUND,
+    upto=None,
+    contact="",
+)
+@given(
+    affinity=st.sampled_from(["DATETIME", "TEXT", ""]),
+    stored=st.lists(STORED, min_size=1, max_size=8),
+    after=SHIFTS,
+    upto=st.none() | SHIFTS,
+    contact=st.sampled_from(["", "3"]),
+)
+def test_sqlite_changes_read_past_the_date_prefilter_are_the_changes_read_without_it(
+    affinity: str, stored: list[object], after: timedelta, upto: timedelta | None, contact: str
+) -> None:
+    """On SQLite, rows whose text dates two days before the mark's date or earlier are left
+    out before their times are normalised (`changes._plausibly_after`): whatever the stored
+    values (zones up to 14:59 from UTC, Julian days, text SQLite cannot read), the changes
+    are those read without that shortcut."""
+    engine = sa.create_engine("sqlite://", poolclass=sa.pool.StaticPool)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            f"CREATE TABLE contacts (id INTEGER PRIMARY KEY, updated_at {affinity})"
+        )
+        conn.exec_driver_sql("INSERT INTO contacts VALUES (?, ?)", list(enumerate(stored, start=1)))
+    schema = CrmSchema()
+    mark = Mark(AROUND + after, contact)
+
+    def read() -> list[Mark]:
+        if upto is None:
+            return changed_after(engine, schema, mark)
+        return changed_between(engine, schema, mark, Mark(AROUND + upto, "5"))
+
+    found = read()
+    with mock.patch.object(changes, "_plausibly_after", return_value=None):
+        assert found == read()
+    engine.dispose()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -77,6 +77,9 @@ def _stamps(
         order = _comparable(when, dialect)
         part = sa.select(order.label("at"), contact_id.label("cid")).where(when.is_not(None))
         if after is not None:
+            plausible = _plausibly_after(when, after, dialect)
+            if plausible is not None:
+                part = part.where(plausible)
             part = part.where(_beyond(order, contact_id, after, bind, dialect))
         parts.append(part)
     return (parts[0] if len(parts) == 1 else sa.union_all(*parts)).subquery("stamps")
@@ -88,6 +91,26 @@ def _comparable(updated: sa.ColumnElement[Any], dialect: str) -> sa.ColumnElemen
     if dialect == "sqlite":
         return sa.func.strftime(_SQLITE_TIME, updated)
     return updated
+
+
+def _plausibly_after(
+    updated: sa.ColumnElement[Any], mark: Mark, dialect: str
+) -> sa.ColumnElement[bool] | None:
+    """SQLite: a cheap test every row at or after `mark` passes, so that `_comparable` is
+    computed for those rows only (a million contacts: the whole table's `strftime` took 0.9 s
+    in every diff and sensor tick). A time SQLite reads from text starts with its date in its
+    own zone, at most 14:59 from UTC: at or after the mark, that date is at most a day before
+    the mark's (two are let through); anything else (numbers, text not starting with a digit)
+    is let through too. None elsewhere, or for a mark before 1900 (its date would not compare
+    as text)."""
+    if dialect != "sqlite" or mark.updated_at.year < 1900:
+        return None
+    lowest = (mark.updated_at - timedelta(days=2)).strftime("%Y-%m-%d")
+    return sa.or_(
+        sa.func.typeof(updated) != "text",
+        sa.type_coerce(updated, sa.Text) >= lowest,
+        ~sa.func.substr(updated, 1, 1).between("0", "9"),
+    )
 
 
 def _value(when: datetime, dialect: str) -> Any:
