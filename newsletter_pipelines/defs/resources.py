@@ -2,6 +2,8 @@
 where values go between steps."""
 
 import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +14,14 @@ from pydantic import PrivateAttr
 
 from newsletter_pipelines.crm.embedded import ensure_demo_crm
 from newsletter_pipelines.crm.reader import read_contacts
-from newsletter_pipelines.db import create_engine, safe_url
+from newsletter_pipelines.db import create_engine, safe_url, sqlite_file
 from newsletter_pipelines.defs.io_manager import ParquetIOManagerResource
 from newsletter_pipelines.providers.resources import BrevoResource, MailchimpResource
 from newsletter_pipelines.settings import CrmSchema, Settings
+from newsletter_pipelines.state.ledger import load_ledger_frame, load_small_ledger_frame
 from newsletter_pipelines.state.schema import ensure_schema
+
+_early_lock = threading.Lock()
 
 
 def _url_source(env_var: str, default: str) -> str | dg.EnvVar:
@@ -62,6 +67,9 @@ class StateDatabaseResource(dg.ConfigurableResource):
     database_url: str
     upgrade_schema: bool = False  # True (embedded): upgraded on first use; else at head or error
     _engine: sa.Engine | None = PrivateAttr(default=None)
+    # ledgers read ahead for a later step of the run (`read_ledger_early`), and their thread
+    _early: dict[str, Future[pd.DataFrame | None]] = PrivateAttr(default_factory=dict)
+    _early_thread: ThreadPoolExecutor | None = PrivateAttr(default=None)
 
     def engine(self) -> sa.Engine:
         """A shared engine for the state database, its schema at head (`state.schema`: checked
@@ -70,6 +78,53 @@ class StateDatabaseResource(dg.ConfigurableResource):
             self._engine = create_engine(self.database_url)
         ensure_schema(self._engine, upgrade=self.upgrade_schema)
         return self._engine
+
+    def read_ledger_early(self, audience: str, most: int) -> bool:
+        """Start reading the audience's ledger on a thread of the run's, for `ledger_frame` in
+        a later step of the same run (with the in-process executor the run's steps share this
+        resource); True if started. Only on PostgreSQL, and only a ledger of at most `most`
+        rows is kept. On a SQLite file the ledger is read through a
+        SQLite library of its own, whose closing drops the locks the process holds on the
+        file: it is read only where no other connection of the process is at work.
+
+        One run at a time per audience (the run queue's limit) is what makes a ledger read
+        ahead the ledger the step would read: no one else writes it meanwhile."""
+        engine = self.engine()
+        if sqlite_file(engine.url) is not None:
+            return False
+        with _early_lock:
+            if self._early_thread is None:
+                self._early_thread = ThreadPoolExecutor(1, thread_name_prefix="early-ledger")
+            self._early[audience] = self._early_thread.submit(
+                load_small_ledger_frame, engine, audience, most
+            )
+        return True
+
+    def ledger_frame(self, audience: str) -> tuple[pd.DataFrame, str]:
+        """The audience's ledger (`state.ledger.load_ledger_frame`) and how it was read: read
+        ahead in this run (`read_ledger_early`, waited for), or now when none was, it was too
+        large or its read failed (the failure is said)."""
+        with _early_lock:
+            early = self._early.pop(audience, None)
+        if early is not None:
+            try:
+                frame = early.result()
+            except Exception as exc:  # read again below; a lasting fault fails there
+                how = f"read in the step: its read ahead failed ({type(exc).__name__}: {exc})"
+            else:
+                if frame is not None:
+                    return frame, "read ahead while the snapshot was read"
+                how = "read in the step: too many rows to read ahead"
+        else:
+            how = "read in the step"
+        return load_ledger_frame(self.engine(), audience), how
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        """Wait for a ledger read ahead that no step took (a run ended early) and let it go."""
+        with _early_lock:
+            thread, self._early_thread, self._early = self._early_thread, None, {}
+        if thread is not None:
+            thread.shutdown(wait=True, cancel_futures=True)
 
     def describe(self) -> str:
         """Where the state database is, without secrets."""

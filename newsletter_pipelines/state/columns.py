@@ -68,7 +68,7 @@ def text_table(engine: sa.Engine, query: sa.Select[tuple[str | None, ...]]) -> p
     names = [column.name for column in query.selected_columns]
     path = sqlite_file(engine.url)
     if path is None:
-        many = _on_postgresql(engine.url) and _has_rows(engine, query, ADBC_MIN_ROWS)
+        many = _on_postgresql(engine.url) and has_rows(engine, query, ADBC_MIN_ROWS)
         found = _postgresql_table(engine.url, query) if many else None
         return _fetched_table(engine, query, names) if found is None else _texts(found, names)
     compiled = query.compile(dialect=engine.dialect)
@@ -91,7 +91,7 @@ def _texts(found: pa.Table, names: Sequence[str]) -> pa.Table:
     return pa.table(dict(zip(names, columns, strict=True)))
 
 
-def _has_rows(engine: sa.Engine, query: sa.Select[tuple[str | None, ...]], count: int) -> bool:
+def has_rows(engine: sa.Engine, query: sa.Select[tuple[str | None, ...]], count: int) -> bool:
     """Whether `query` has at least `count` rows (the database reads at most that many, none of
     their values)."""
     first = query.with_only_columns(sa.literal(1), maintain_column_froms=True).order_by(None)

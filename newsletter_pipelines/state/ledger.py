@@ -25,7 +25,13 @@ from sqlalchemy.dialects import postgresql
 from newsletter_pipelines.bulk import gc_paused
 from newsletter_pipelines.crm.reader import LOOKUP_MAX
 from newsletter_pipelines.db import bulk_insert, matching
-from newsletter_pipelines.state.columns import python_values, text_frame, text_rows, text_table
+from newsletter_pipelines.state.columns import (
+    has_rows,
+    python_values,
+    text_frame,
+    text_rows,
+    text_table,
+)
 from newsletter_pipelines.sync.identity import SEEN_ACTIVE, Intent, LedgerRow, RowState
 
 metadata = sa.MetaData()
@@ -130,9 +136,23 @@ def load_ledger_frame(engine: sa.Engine, audience: str) -> pd.DataFrame:
     """Every ledger row of an audience as a frame (columns `LEDGER_COLUMNS`, all of dtype
     `columns.TEXT`: missing values are NaN; `tags` as JSON text), ordered by member key.
     Read column by column (`columns.text_table`): no Python object per value."""
-    columns = [ledger.c[name] for name in LEDGER_COLUMNS]
-    query = sa.select(*columns).where(ledger.c.audience == audience)
+    return text_frame(_by_member_key(text_table(engine, _of_audience(audience))))
+
+
+def load_small_ledger_frame(engine: sa.Engine, audience: str, most: int) -> pd.DataFrame | None:
+    """`load_ledger_frame`, or None when the audience has more than `most` ledger rows
+    (counted first, reading at most `most` + 1 keys of the primary key)."""
+    query = _of_audience(audience)
+    if has_rows(engine, query, most + 1):
+        return None
     return text_frame(_by_member_key(text_table(engine, query)))
+
+
+def _of_audience(audience: str) -> sa.Select[tuple[str | None, ...]]:
+    """The query of an audience's ledger rows, `LEDGER_COLUMNS`."""
+    return sa.select(*(ledger.c[name] for name in LEDGER_COLUMNS)).where(
+        ledger.c.audience == audience
+    )
 
 
 def _by_member_key(table: pa.Table) -> pa.Table:

@@ -20,7 +20,11 @@ from newsletter_pipelines.defs.providers.pushing import (
     push_metadata,
     stored_push_input,
 )
-from newsletter_pipelines.defs.providers.snapshot_read import read_snapshot, take_snapshot_read
+from newsletter_pipelines.defs.providers.snapshot_read import (
+    EARLY_MAX_MEMBERS,
+    read_snapshot,
+    take_snapshot_read,
+)
 from newsletter_pipelines.defs.resources import CrmResource, StateDatabaseResource
 from newsletter_pipelines.providers.base import MEMBER_ROW_FIELDS, Member
 from newsletter_pipelines.providers.resources import BrevoResource, MailchimpResource
@@ -45,6 +49,7 @@ from newsletter_pipelines.sync.push import member_keys, push_diff
 from newsletter_pipelines.sync.rules import SyncAction
 
 GROUP = "providers"
+DIFF_STEP = "reconciliation_diff"
 RedecideAnswer = tuple[pd.DataFrame, Mapping[str, Member]]
 EMAIL, STATUS, TAGS = (MEMBER_ROW_FIELDS.index(f) for f in ("email", "status", "tags"))
 _SETTINGS = Settings()
@@ -63,16 +68,24 @@ def _audience(context: dg.AssetExecutionContext) -> AudienceConfig:
     op_tags={"dagster/priority": "-1"},
 )
 def provider_audience_snapshot(
-    context: dg.AssetExecutionContext, mailchimp: MailchimpResource, brevo: BrevoResource
+    context: dg.AssetExecutionContext,
+    mailchimp: MailchimpResource,
+    brevo: BrevoResource,
+    state_db: StateDatabaseResource,
 ) -> dg.Output[pd.DataFrame]:
     """Every member of the audience as the provider holds it, whatever its status: provider id,
     address, status, names, salutation, tags, last change. Read from the run's start when the
     provider counts at most 200,000 members in the audience (`snapshot_read`), else in the step.
+    Meanwhile the ledger of a run that diffs next is read ahead for the diff (PostgreSQL, at
+    most as many rows).
 
     A provider error fails the run: a failed read is never an empty audience.
     """
     audience = _audience(context)
     mode = provider_mode(audience, mailchimp, brevo)  # the run's log says it at resource start
+    steps = context.run.step_keys_to_execute
+    if steps is None or DIFF_STEP in steps:
+        state_db.read_ledger_early(audience.key, EARLY_MAX_MEMBERS)
     read = take_snapshot_read(audience, mailchimp, brevo)
     early = read is not None
     if read is None:
@@ -169,7 +182,8 @@ def reconciliation_diff(
     audience = _audience(context)
     # each input is held only while needed: the inputs, the ledger and the diff of a million
     # contacts are each several hundred MiB
-    ledger = load_ledger_frame(state_db.engine(), audience.key)
+    ledger, ledger_read = state_db.ledger_frame(audience.key)
+    context.log.info(f"{audience.key}: {len(ledger)} ledger rows, {ledger_read}")
     release_freed_memory()  # what the driver's read left in Arrow's pool
     eligible, excluded = eligible_subscribers.load(), excluded_contacts.load()
     diff = build_diff(
@@ -205,6 +219,7 @@ def reconciliation_diff(
             "why_the_numbers_differ": dg.MetadataValue.md(explain_diff(diff)),
             "samples": dg.MetadataValue.md(diff_samples(diff)),
             "ledger_rows": dg.MetadataValue.int(ledger_count),
+            "ledger_read": ledger_read,
             "left_to_change_sensor": dg.MetadataValue.int(len(ids)),
         },
     )
