@@ -128,3 +128,27 @@ def test_a_rerun_on_postgresql_diffs_on_the_ledger_read_ahead(
     assert diff["ledger_rows"] == created > 0
     assert diff["action_unchanged"] == created
     assert diff["action_create"] == diff["action_update"] == 0
+
+
+def test_a_read_ahead_that_cannot_start_leaves_the_ledger_to_the_diff(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A state database the snapshot step cannot reach does not fail the snapshot: it warns,
+    and the diff reads the ledger (here: reachable again)."""
+
+    def unreachable(_self: StateDatabaseResource, _audience: str, _most: int) -> bool:
+        raise sa.exc.OperationalError("SELECT 1", {}, Exception("connection refused"))
+
+    monkeypatch.setattr(StateDatabaseResource, "read_ledger_early", unreachable)
+    with dg.instance_for_test() as instance:
+        result = run_sync(instance, "mailchimp")
+        warnings = [
+            e.message
+            for e in instance.all_logs(result.run_id)
+            if e.level >= 30 and "not read ahead" in (e.message or "")
+        ]
+    assert result.success
+    assert warnings == [
+        "mailchimp: the ledger is not read ahead (OperationalError); the diff reads it"
+    ]
+    assert metadata(result, "reconciliation_diff")["ledger_read"] == "read in the step"

@@ -85,7 +85,13 @@ def provider_audience_snapshot(
     mode = provider_mode(audience, mailchimp, brevo)  # the run's log says it at resource start
     steps = context.run.step_keys_to_execute
     if steps is None or DIFF_STEP in steps:
-        state_db.read_ledger_early(audience.key, EARLY_MAX_MEMBERS)
+        try:
+            state_db.read_ledger_early(audience.key, EARLY_MAX_MEMBERS)
+        except Exception as exc:  # the diff reads it, and fails there if it cannot
+            context.log.warning(
+                f"{audience.key}: the ledger is not read ahead ({type(exc).__name__}); the "
+                "diff reads it"
+            )
     read = take_snapshot_read(audience, mailchimp, brevo)
     early = read is not None
     if read is None:
