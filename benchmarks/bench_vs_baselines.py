@@ -562,6 +562,39 @@ def project_breakdown(m: Measured) -> list[tuple[str, str]]:
     return rows
 
 
+def provider_floor(
+    m: Measured, latency: float, batch_delay: float, connections: int
+) -> tuple[str, str]:
+    """The least time (1)'s calls to the provider take one after the other, its own work
+    aside: the audience's lookup and creation, the member pages and the batch subscribes in
+    rounds of `connections` calls, and a `/batches` round (submit, the result's delay, the
+    status); the merge fields' calls are left out (they may overlap other work)."""
+    count = Counter(f"{c.method} {c.route}" for c in m.detail["calls"])
+    setup = count["GET /lists"] + count["POST /lists"]
+    pages = count["GET /lists/{id}/members"]
+    writes = count["POST /lists/{id}"]
+    page_rounds, write_rounds = -(-pages // connections), -(-writes // connections)
+    batches = 2 * latency + batch_delay if count["POST /batches"] else 0.0
+    floor = latency * (setup + page_rounds + write_rounds) + batches
+    parts = [_counted(setup, "audience call")]
+    if pages:
+        parts.append(f"{_counted(pages, 'member page')} in {_counted(page_rounds, 'round')}")
+    if writes:
+        parts.append(f"{_counted(writes, 'batch subscribe')} in {_counted(write_rounds, 'round')}")
+    if batches:
+        parts.append(f"a /batches round {batches:.2f} s")
+    return (
+        "provider floor of (1)",
+        f"{floor:.2f} s ({', '.join(parts)}; {connections} connections, "
+        f"{latency * 1000:.0f} ms a call): (1) took {m.wall_total / floor:.2f}× it, "
+        f"{m.wall_total - floor:.2f} s more",
+    )
+
+
+def _counted(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'s' * (n != 1)}"
+
+
 def _union(spans: Sequence[tuple[float, float]]) -> float:
     total, end = 0.0, -math.inf
     for a, b in sorted(spans):
@@ -722,6 +755,10 @@ def print_count(
             rows.append(("  calls by route", routes_text(m.by_route)))
         rows += goals(count, index, results)
         if project is not None:
+            from newsletter_pipelines.settings import Settings  # noqa: PLC0415
+
+            connections = args.connections or Settings().mailchimp_max_connections
+            rows.append(provider_floor(project, args.latency, args.batch_delay, connections))
             rows += project_breakdown(project)
         report(
             f"{count:,} contacts, {run}: served sandbox {args.latency * 1000:.0f} ms a call, "
