@@ -83,9 +83,9 @@ class StateDatabaseResource(dg.ConfigurableResource):
         """Start reading the audience's ledger on a thread of the run's, for `ledger_frame` in
         a later step of the same run (with the in-process executor the run's steps share this
         resource); True if started. Only on PostgreSQL, and only a ledger of at most `most`
-        rows is kept. On a SQLite file the ledger is read through a
-        SQLite library of its own, whose closing drops the locks the process holds on the
-        file: it is read only where no other connection of the process is at work.
+        rows is kept. A SQLite file is left to the step: its ledger is read through a SQLite
+        library of its own, whose closing drops the locks the process holds on the file, so
+        it is read only while no other connection of the process is at work.
 
         One run at a time per audience (the run queue's limit) is what makes a ledger read
         ahead the ledger the step would read: no one else writes it meanwhile."""
@@ -110,7 +110,7 @@ class StateDatabaseResource(dg.ConfigurableResource):
             try:
                 frame = early.result()
             except Exception as exc:  # read again below; a lasting fault fails there
-                how = f"read in the step: its read ahead failed ({type(exc).__name__}: {exc})"
+                how = f"read in the step: its read ahead failed ({type(exc).__name__})"
             else:
                 if frame is not None:
                     return frame, "read ahead while the snapshot was read"
