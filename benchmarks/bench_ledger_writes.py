@@ -12,7 +12,8 @@ new to the ledger, `fresh`), once with their outcomes (every key replaced, one o
 them members moved to a new address (`moved_from` their old key, same stable id), the rest
 replacing existing rows, 2 % more existing keys `deleted`, an outcome logged per row.
 
-Printed per tenth: the ledger's rows, the median milliseconds per chunk of each pattern; then
+Printed per tenth: the ledger's rows, the median milliseconds per chunk of each pattern and
+the write-ahead log a re-run chunk wrote (the server's, so run it alone on the server); then
 the totals, and the verdict beside the budget: flat, the last tenth's chunks within 1.5× the
 first tenth's. The end state is checked (row count, every moved and deleted key). Run it with
 `PYTHONPATH` at another checkout to measure that checkout's `record` with the same harness.
@@ -84,7 +85,7 @@ class Rerun:
         self.moved: list[tuple[int, str]] = []
         self.next_address = 0
 
-    def chunk(self, engine: sa.Engine, size: int, stored: int) -> float:
+    def chunk(self, engine: sa.Engine, size: int, stored: int) -> tuple[float, int]:
         numbers = self._pick(stored, size + round(size * DELETED_SHARE))
         kept, deleted = numbers[:size], numbers[size:]
         moving = round(size * MOVED_SHARE)
@@ -93,11 +94,13 @@ class Rerun:
         self.gone.update(deleted)
         self.gone.update(kept[:moving])
         gone = [key(n) for n in deleted]
+        before = wal_position(engine)
         start = time.perf_counter()
         record(
             engine, AUDIENCE, "rerun", rows, deleted=gone, logged=logged(rows, "update", "updated")
         )
-        return time.perf_counter() - start
+        took = time.perf_counter() - start
+        return took, wal_since(engine, before)
 
     def _pick(self, stored: int, count: int) -> list[int]:
         """Up to `count` distinct contacts of the first `stored`, none moved or deleted."""
@@ -109,6 +112,20 @@ class Rerun:
         address = f"moved{self.next_address:08d}@example.de"
         self.moved.append((n, address))
         return member(n).moved(member_key=address, email=address, moved_from=key(n))
+
+
+def wal_position(engine: sa.Engine) -> str:
+    """The server's current write-ahead log position."""
+    with engine.connect() as conn:
+        return str(conn.execute(sa.text("SELECT pg_current_wal_lsn()")).scalar_one())
+
+
+def wal_since(engine: sa.Engine, position: str) -> int:
+    """Bytes of write-ahead log the server wrote since `position` (by anyone: this benchmark
+    is meant to be the server's only writer)."""
+    query = sa.text("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), CAST(:at AS pg_lsn))")
+    with engine.connect() as conn:
+        return int(conn.execute(query, {"at": position}).scalar_one())
 
 
 def check(engine: sa.Engine, created: int, rerun: Rerun) -> str:
@@ -140,7 +157,9 @@ def run(url: str, chunks: int, size: int, reruns: int, seed: int) -> None:
             intents.append(took[0])
             outcomes.append(took[1])
         stored = min(chunks, first + tenth) * size
-        later = [rerun.chunk(engine, size, stored) for _ in range(reruns)]
+        measured = [rerun.chunk(engine, size, stored) for _ in range(reruns)]
+        later = [took for took, _ in measured]
+        wal = statistics.median(written for _, written in measured) if measured else 0
         total["intents"] += sum(intents)
         total["outcomes"] += sum(outcomes)
         total["rerun"] += sum(later)
@@ -149,8 +168,8 @@ def run(url: str, chunks: int, size: int, reruns: int, seed: int) -> None:
         print(  # as it goes: the whole run takes minutes
             f"  chunks {first + 1:>4}–{first + len(intents):<4} ({stored:>9,} rows): first sync "
             f"{1000 * statistics.median(intents):6.1f} + {1000 * statistics.median(outcomes):6.1f}"
-            f" ms/chunk (intents + outcomes), re-run {1000 * tenths[-1][1]:6.1f} ms/chunk   "
-            f"{load()}",
+            f" ms/chunk (intents + outcomes), re-run {1000 * tenths[-1][1]:6.1f} ms/chunk "
+            f"({wal / 2**20:4.1f} MiB of WAL)   {load()}",
             flush=True,
         )
     (created_first, rerun_first), (created_last, rerun_last) = tenths[0], tenths[-1]
