@@ -152,3 +152,11 @@ def test_a_read_ahead_that_cannot_start_leaves_the_ledger_to_the_diff(
         "mailchimp: the ledger is not read ahead (OperationalError); the diff reads it"
     ]
     assert metadata(result, "reconciliation_diff")["ledger_read"] == "read in the step"
+
+
+def test_only_postgresql_is_read_ahead() -> None:
+    """An in-memory SQLite state database (no file) is not read ahead either: a thread's
+    connection to it would be another, empty, database."""
+    resource = StateDatabaseResource(database_url="sqlite://", upgrade_schema=True)
+    assert not resource.read_ledger_early("mailchimp", most=30)
+    assert resource.ledger_frame("mailchimp")[1] == "read in the step"

@@ -14,7 +14,7 @@ from pydantic import PrivateAttr
 
 from newsletter_pipelines.crm.embedded import ensure_demo_crm
 from newsletter_pipelines.crm.reader import read_contacts
-from newsletter_pipelines.db import create_engine, safe_url, sqlite_file
+from newsletter_pipelines.db import create_engine, safe_url
 from newsletter_pipelines.defs.io_manager import ParquetIOManagerResource
 from newsletter_pipelines.providers.resources import BrevoResource, MailchimpResource
 from newsletter_pipelines.settings import CrmSchema, Settings
@@ -83,14 +83,15 @@ class StateDatabaseResource(dg.ConfigurableResource):
         """Start reading the audience's ledger on a thread of the run's, for `ledger_frame` in
         a later step of the same run (with the in-process executor the run's steps share this
         resource); True if started. Only on PostgreSQL, and only a ledger of at most `most`
-        rows is kept. A SQLite file is left to the step: its ledger is read through a SQLite
+        rows is kept. SQLite is left to the step: a file's ledger is read through a SQLite
         library of its own, whose closing drops the locks the process holds on the file, so
-        it is read only while no other connection of the process is at work.
+        it is read only while no other connection of the process is at work; an in-memory
+        database would be another, empty one on the thread's connection.
 
         One run at a time per audience (the run queue's limit) is what makes a ledger read
         ahead the ledger the step would read: no one else writes it meanwhile."""
         engine = self.engine()
-        if sqlite_file(engine.url) is not None:
+        if engine.dialect.name != "postgresql":
             return False
         with _early_lock:
             if self._early_thread is None:
