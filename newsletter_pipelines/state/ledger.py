@@ -142,10 +142,9 @@ def load_ledger_frame(engine: sa.Engine, audience: str) -> pd.DataFrame:
 def load_small_ledger_frame(engine: sa.Engine, audience: str, most: int) -> pd.DataFrame | None:
     """`load_ledger_frame`, or None when the audience has more than `most` ledger rows
     (counted first, reading at most `most` + 1 keys of the primary key)."""
-    query = _of_audience(audience)
-    if has_rows(engine, query, most + 1):
+    if has_rows(engine, _of_audience(audience), most + 1):
         return None
-    return text_frame(_by_member_key(text_table(engine, query)))
+    return load_ledger_frame(engine, audience)
 
 
 def _of_audience(audience: str) -> sa.Select[tuple[str | None, ...]]:
