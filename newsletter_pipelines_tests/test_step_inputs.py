@@ -188,7 +188,8 @@ def test_an_import_back_with_nothing_to_take_in_reads_no_crm_frame(
     reads: list[tuple[str, pd.DataFrame]],
 ) -> None:
     """When the provider changed nothing, the import-back reads neither eligibility frame (the
-    diff, in the same run, reads its columns of them)."""
+    diff, in the same run, reads its columns of them), and of the snapshot its statuses only
+    (the vanish guard's base), no member."""
     with dg.instance_for_test() as instance:
         assert run_sync(instance, "mailchimp").success
         reads.clear()
@@ -199,6 +200,8 @@ def test_an_import_back_with_nothing_to_take_in_reads_no_crm_frame(
     crm_reads = [(asset, list(f.columns)) for asset, f in reads if asset == "eligible_subscribers"]
     assert crm_reads == [("eligible_subscribers", list(ELIGIBLE_READ))]  # the diff's only
     assert [asset for asset, _ in reads].count("excluded_contacts") == 1
+    snapshot = [list(f.columns) for asset, f in reads if asset == "provider_audience_snapshot"]
+    assert snapshot[-1] == ["status"], snapshot  # the diff's read, then the statuses
 
 
 def test_before_a_step_reads_its_inputs_the_memory_earlier_steps_freed_is_handed_back(

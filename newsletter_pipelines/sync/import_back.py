@@ -220,8 +220,9 @@ def plan_import_back(
             allow=allow_mass_vanish,
         )
     )
-    acting = view.at({address(r) for r in records(rows)})
-    members = {m["match_key"]: m for m in records(acting)}  # the last one wins
+    keys = {address(r) for r in records(rows)}
+    # the last one wins; no member is read when nothing acts (a re-run's usual import-back)
+    members = {m["match_key"]: m for m in records(view.at(keys))} if keys else {}
     planner = _Planner(
         plan, members, crm, audience, frozenset(bounced), record_bounces=record_bounces
     )
