@@ -3,7 +3,9 @@ the row-wise ones."""
 
 from __future__ import annotations
 
+import io
 import sqlite3
+from collections import Counter
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -16,9 +18,10 @@ from hypothesis import strategies as st
 
 from newsletter_pipelines.crm import reader
 from newsletter_pipelines.crm.reader import CONTACT_COLUMNS, read_contacts
-from newsletter_pipelines.providers.base import MemberStatus
+from newsletter_pipelines.providers.base import MemberStatus, rows_of_pages
 from newsletter_pipelines.providers.trusted import moment
 from newsletter_pipelines.settings import CrmSchema
+from newsletter_pipelines.storage.frames import read_frame, write_frame
 from newsletter_pipelines.sync import email_address
 from newsletter_pipelines.sync.eligibility import classify
 from newsletter_pipelines.sync.email_address import (
@@ -27,7 +30,12 @@ from newsletter_pipelines.sync.email_address import (
     clean_raw_email,
     clean_raw_emails,
 )
-from newsletter_pipelines.sync.inputs import SNAPSHOT_COLUMNS, snapshot_frame_of_rows
+from newsletter_pipelines.sync.inputs import (
+    SNAPSHOT_COLUMNS,
+    snapshot_frame_of_columns,
+    snapshot_frame_of_rows,
+)
+from newsletter_pipelines.sync.snapshot_columns import merged, page_columns, status_counts
 from newsletter_pipelines_tests.test_eligibility import contact, frame
 
 RAW_VALUES = st.one_of(
@@ -168,3 +176,36 @@ def test_the_snapshot_frame_built_by_columns_is_the_frame_of_its_rows(rows: list
         columns=list(SNAPSHOT_COLUMNS),
     )
     pd.testing.assert_frame_equal(snapshot_frame_of_rows(rows), expected)
+
+
+def _stored(frame: pd.DataFrame, *, arrow_text: bool) -> pd.DataFrame:
+    file = io.BytesIO()
+    write_frame(frame, file)
+    file.seek(0)
+    return read_frame(file, arrow_text=arrow_text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(MEMBER_ROWS, max_size=5), max_size=4))
+def test_the_snapshot_built_page_by_page_is_stored_as_the_frame_of_its_rows(
+    pages: list[list[tuple]],
+) -> None:
+    """Pages made columns as they come, then merged (a member on two pages once, at its first
+    place as the later page holds it; the ids repeat here), store what the frame of the pages'
+    rows stores: read back whole, and with Arrow text."""
+    rows = rows_of_pages(pages)
+    members = merged([page_columns(page) for page in pages])
+    assert len(members) == len(rows)
+    assert status_counts(members) == dict(Counter(row[2] for row in rows))
+    built = snapshot_frame_of_columns(members)
+    expected = snapshot_frame_of_rows(rows)
+    assert list(built.columns) == list(expected.columns)
+    for arrow_text in (False, True):
+        stored, wanted = (
+            _stored(built, arrow_text=arrow_text),
+            _stored(expected, arrow_text=arrow_text),
+        )
+        pd.testing.assert_frame_equal(stored, wanted, check_exact=True)
+        for name in wanted.columns:
+            got, want = stored[name].tolist(), wanted[name].tolist()
+            assert [type(v) for v in got] == [type(v) for v in want], name

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from enum import StrEnum
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -108,6 +108,15 @@ MemberRow = tuple[
 ]
 """A member as a row of `MEMBER_ROW_FIELDS`: its status's value, its tags sorted (what the
 snapshot frame holds; a million of them take a fraction of the memory of `Member`s)."""
+
+
+T = TypeVar("T")
+
+
+def rows_of_pages(pages: Iterable[Sequence[MemberRow]]) -> list[MemberRow]:
+    """The rows of a snapshot's pages, a member met on two pages (the audience changed while
+    they were read) once: at its first place, as the later page holds it."""
+    return list({row[0]: row for page in pages for row in page}.values())
 
 
 def member_row(m: Member) -> MemberRow:
@@ -221,6 +230,14 @@ class Provider(Protocol):
         """`snapshot()` as rows (`member_row`), each the row of the member it returns; with
         `most`, `AudienceTooLargeError` as soon as a page tells the audience holds more members
         (the counts of `member_count` may lag), before reading further."""
+        ...
+
+    def snapshot_pages(
+        self, convert: Callable[[list[MemberRow]], T], most: int | None = None
+    ) -> list[T]:
+        """`convert` of the rows of each page `snapshot_rows` reads, in page order, called on
+        the thread that read the page (its work overlaps the reads still on their way); a
+        member may be on two pages (`rows_of_pages` keeps the later); `most` as there."""
         ...
 
     def members(self, emails: Sequence[str]) -> list[Member]:

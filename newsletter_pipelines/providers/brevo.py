@@ -73,6 +73,7 @@ from newsletter_pipelines.providers.base import (
     member_row,
     pick,
     pick_ids,
+    rows_of_pages,
     write_in_turn,
 )
 from newsletter_pipelines.providers.brevo_attributes import AttributeCodec, AttributeMap
@@ -287,10 +288,21 @@ class BrevoClient:
             return self._read_list(self._member)
 
     def snapshot_rows(self, most: int | None = None) -> list[MemberRow]:
-        """`snapshot()` as rows (`member_row`); with `most`, a list the first page counts
-        larger (counts that lagged) raises `AudienceTooLargeError` before any other page is read."""
+        """`snapshot()` as rows (`member_row`): `snapshot_pages`' rows, a contact on two pages
+        (the list moved meanwhile) once, as the later page has it."""
+        return rows_of_pages(self.snapshot_pages(list, most))
+
+    def snapshot_pages(
+        self, convert: Callable[[list[MemberRow]], T], most: int | None = None
+    ) -> list[T]:
+        """`convert` of each page of the list's rows, converted on the thread that read it;
+        with `most`, a list the first page counts larger (counts that lagged) raises
+        `AudienceTooLargeError` before any other page is read."""
         with gc_paused():
-            return self._read_list(lambda c: member_row(self._member(c)), most)
+            return self._list_pages(
+                lambda page: convert([member_row(self._member(c)) for c in page.contacts]),
+                most=most,
+            )
 
     def members(self, emails: Sequence[str]) -> list[Member]:
         """`GET /contacts/{email}` per address, paced (absent, or not in the list: no member);

@@ -17,9 +17,9 @@ import base64
 import hashlib
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qsl, quote, urlencode
 
 import httpx
@@ -44,6 +44,7 @@ from newsletter_pipelines.providers.base import (
     member_row,
     pick,
     pick_ids,
+    rows_of_pages,
 )
 from newsletter_pipelines.providers.errors import (
     ApiError,
@@ -67,6 +68,7 @@ from newsletter_pipelines.providers.mailchimp_models import (
 from newsletter_pipelines.providers.trusted import Unusual, moment, trusted
 
 log = logging.getLogger("newsletter_pipelines.providers")
+T = TypeVar("T")
 
 NAME = "mailchimp"
 BATCH_SUBSCRIBE_MAX = 500
@@ -471,9 +473,16 @@ class MailchimpClient:
             return [_member(row) for row in self.snapshot_rows()]
 
     def snapshot_rows(self, most: int | None = None) -> list[MemberRow]:
-        """Every member's row (all statuses) by paging `GET /lists/{id}/members`, 1000 a page
-        (the cyclic garbage collector paused: `bulk.gc_paused`); a member on two pages (the
-        audience changed while paging) once, as the later page has it.
+        """Every member's row (all statuses): `snapshot_pages`' rows, a member on two pages
+        (the audience changed while paging) once, as the later page has it."""
+        return rows_of_pages(self.snapshot_pages(list, most))
+
+    def snapshot_pages(
+        self, convert: Callable[[list[MemberRow]], T], most: int | None = None
+    ) -> list[T]:
+        """`convert` of each page of `GET /lists/{id}/members`, 1000 members a page, all
+        statuses, converted on the thread that read it (the cyclic garbage collector paused:
+        `bulk.gc_paused`).
 
         The pages the list's subscribed, unsubscribed and cleaned counts (read when it was
         found) say it fills are read together with the first, which tells the whole count:
@@ -484,17 +493,16 @@ class MailchimpClient:
         as it failed). With `most`, a total above it (counts that lagged) raises
         `AudienceTooLargeError` once those pages are read."""
         with gc_paused():
-            total, pages = self._counted_pages()
+            total, pages = self._counted_pages(convert)
             if most is not None and total > most:
                 raise AudienceTooLargeError(NAME, total, most)
             offsets = list(range(PAGE_SIZE * len(pages), total, PAGE_SIZE))
-            pages += self._api.parallel(self._read_page, offsets)
+            pages += self._api.parallel(lambda offset: convert(self._page(offset)[1]), offsets)
             self._check_soon()
             # its times, made among the pages' objects, would keep their memory from the system
             # (Python frees an arena only when all of it is free): ~0.5 GiB of a million members
             moment.cache_clear()
-            by_id = {row[0]: row for page in pages for row in page}
-            return list(by_id.values())
+            return pages
 
     def _check_soon(self) -> None:
         """Start `ensure_audience` on the client's checking thread, once. A failure there is
@@ -504,17 +512,17 @@ class MailchimpClient:
                 self._check_started = True
                 self._checker.submit(self.ensure_audience)
 
-    def _counted_pages(self) -> tuple[int, list[list[MemberRow]]]:
-        """The audience's `total_items` and its pages up to what its counts say it holds (the
-        first at least)."""
-        offsets = range(0, max(self.member_count(), 1), PAGE_SIZE)
-        answers = self._api.parallel(self._page, list(offsets))
-        return answers[0][0], [rows for _, rows in answers]
+    def _counted_pages(self, convert: Callable[[list[MemberRow]], T]) -> tuple[int, list[T]]:
+        """The audience's `total_items` and `convert` of its pages up to what its counts say
+        it holds (the first at least)."""
 
-    def _read_page(self, offset: int) -> list[MemberRow]:
-        """The members of the page at `offset`, read as it arrives (while other pages are
-        still on their way, rather than all at the end)."""
-        return self._page(offset)[1]
+        def counted(offset: int) -> tuple[int, T]:
+            total, rows = self._page(offset)
+            return total, convert(rows)
+
+        offsets = range(0, max(self.member_count(), 1), PAGE_SIZE)
+        answers = self._api.parallel(counted, list(offsets))
+        return answers[0][0], [page for _, page in answers]
 
     def members(self, emails: Sequence[str]) -> list[Member]:
         """`GET …/members/{hash}` per address, concurrently (404: no member); the snapshot,

@@ -9,7 +9,7 @@ import pandas as pd
 
 from newsletter_pipelines.bulk import gc_paused
 from newsletter_pipelines.providers.base import MEMBER_ROW_FIELDS, Member, MemberRow, member_row
-from newsletter_pipelines.state.columns import python_values
+from newsletter_pipelines.state.columns import python_values, text_frame
 from newsletter_pipelines.state.ledger import ledger_rows
 from newsletter_pipelines.sync.created import split_created
 from newsletter_pipelines.sync.email_address import match_key
@@ -22,6 +22,7 @@ from newsletter_pipelines.sync.rules import (
     reconcile,
 )
 from newsletter_pipelines.sync.settled import split_settled
+from newsletter_pipelines.sync.snapshot_columns import MemberColumns
 from newsletter_pipelines.sync.tags import TAG_STYLES
 from newsletter_pipelines.values import as_datetime
 
@@ -96,6 +97,21 @@ def snapshot_frame_of_rows(rows: Sequence[MemberRow]) -> pd.DataFrame:
         frame = pd.DataFrame(arrays, columns=[*_SNAPSHOT_TEXTS], copy=False)
         frame.insert(SNAPSHOT_COLUMNS.index("last_changed"), "last_changed", changed)
         return frame
+
+
+def snapshot_frame_of_columns(members: MemberColumns) -> pd.DataFrame:
+    """`snapshot_frame_of_rows` of members read as columns (`snapshot_columns`), stored the
+    same: its text columns `columns.TEXT` (a missing value NaN), their strings not copied."""
+    if not len(members):
+        return snapshot_frame_of_rows([])
+    with gc_paused():
+        frame = text_frame(members.texts)
+        for name in members.texts.column_names:  # None only: stored as the rows' frame stores it
+            if members.texts[name].null_count == len(members):
+                frame[name] = np.full(len(members), None, dtype=object)
+        frame["tags"] = np.fromiter(members.tags, object, len(members))
+        frame["last_changed"] = _as_inferred(members.last_changed)
+        return frame[list(SNAPSHOT_COLUMNS)]
 
 
 def _as_inferred(values: Sequence[object]) -> pd.Series:

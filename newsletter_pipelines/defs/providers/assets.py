@@ -1,7 +1,6 @@
 """Assets of group `providers`, one partition per audience: snapshot, diff, push."""
 
 import time
-from collections import Counter
 from collections.abc import Collection, Iterator, Mapping
 from typing import Any
 
@@ -26,7 +25,7 @@ from newsletter_pipelines.defs.providers.snapshot_read import (
     take_snapshot_read,
 )
 from newsletter_pipelines.defs.resources import CrmResource, StateDatabaseResource
-from newsletter_pipelines.providers.base import MEMBER_ROW_FIELDS, Member
+from newsletter_pipelines.providers.base import Member
 from newsletter_pipelines.providers.resources import BrevoResource, MailchimpResource
 from newsletter_pipelines.reporting import diff_samples, explain_diff, markdown_table, mask_email
 from newsletter_pipelines.settings import AudienceConfig, Settings
@@ -43,15 +42,15 @@ from newsletter_pipelines.sync.inputs import (
     build_diff,
     members_by_key,
     redecider,
-    snapshot_frame_of_rows,
+    snapshot_frame_of_columns,
 )
 from newsletter_pipelines.sync.push import member_keys, push_diff
 from newsletter_pipelines.sync.rules import SyncAction
+from newsletter_pipelines.sync.snapshot_columns import status_counts
 
 GROUP = "providers"
 DIFF_STEP = "reconciliation_diff"
 RedecideAnswer = tuple[pd.DataFrame, Mapping[str, Member]]
-EMAIL, STATUS, TAGS = (MEMBER_ROW_FIELDS.index(f) for f in ("email", "status", "tags"))
 _SETTINGS = Settings()
 
 
@@ -106,14 +105,17 @@ def provider_audience_snapshot(
     for note in read.notes:
         context.log.info(note)
     members = read.members
-    statuses = Counter(row[STATUS] for row in members)
-    context.log.info(f"{audience.key}: {len(members)} members ({dict(statuses)})")
+    statuses = status_counts(members)
+    context.log.info(f"{audience.key}: {len(members)} members ({statuses})")
+    first = members.texts.slice(0, 10)
     sample = [
-        {"email": mask_email(row[EMAIL]), "status": row[STATUS], "tags": ", ".join(row[TAGS])}
-        for row in members[:10]
+        {"email": mask_email(email), "status": status, "tags": ", ".join(tags)}
+        for email, status, tags in zip(
+            first["email"].to_pylist(), first["status"].to_pylist(), members.tags, strict=False
+        )
     ]
     return dg.Output(
-        snapshot_frame_of_rows(members),
+        snapshot_frame_of_columns(members),
         metadata={
             "audience": f"{audience.provider} {read.found.name!r} (id {read.found.id})",
             "provider": mode,

@@ -25,7 +25,7 @@ from newsletter_pipelines.defs.providers.accounts import (
     runs_per_account,
 )
 from newsletter_pipelines.defs.providers.clients import provider_resource, shared_client
-from newsletter_pipelines.providers.base import Audience, MemberRow, Provider
+from newsletter_pipelines.providers.base import Audience, Provider
 from newsletter_pipelines.providers.errors import AudienceTooLargeError
 from newsletter_pipelines.providers.resources import (
     BrevoResource,
@@ -33,6 +33,7 @@ from newsletter_pipelines.providers.resources import (
     on_run_start,
 )
 from newsletter_pipelines.settings import AudienceConfig, Settings
+from newsletter_pipelines.sync.snapshot_columns import MemberColumns, merged, page_columns
 
 SNAPSHOT_STEP = "provider_audience_snapshot"
 EARLY_JOBS = ("full_sync_job", "audience_sync_job")
@@ -47,7 +48,7 @@ class SnapshotRead:
     """What a snapshot read brought: the members, the audience found, where changes come back
     from (`webhook`), the lines to log, and when it started and ended (`time.monotonic`)."""
 
-    members: list[MemberRow]
+    members: MemberColumns
     found: Audience
     webhook: str
     notes: tuple[str, ...]
@@ -64,7 +65,7 @@ def read_snapshot(
     started = time.monotonic()
     notes: list[str] = []
     webhook = _register_webhook(audience, client, notes.append)
-    members = client.snapshot_rows(most)
+    members = merged(client.snapshot_pages(page_columns, most))
     found = client.found_audience()  # Mailchimp's fields: checked after the pages, by the push
     return SnapshotRead(members, found, webhook, tuple(notes), started, time.monotonic())
 
