@@ -15,7 +15,9 @@ replacing existing rows, 2 % more existing keys `deleted`, an outcome logged per
 Printed per tenth: the ledger's rows, the median milliseconds per chunk of each pattern and
 the write-ahead log a re-run chunk wrote (the server's, so run it alone on the server); then
 the totals, and the verdict beside the budget: flat, the last tenth's chunks within 1.5× the
-first tenth's. The end state is checked (row count, every moved and deleted key). Run it with
+first tenth's; the ledger's size beside the server's buffer cache (`shared_buffers`), which
+the re-run's random keys outgrow. The end state is checked (row count, every moved and deleted
+key). Run it with
 `PYTHONPATH` at another checkout to measure that checkout's `record` with the same harness.
 """
 
@@ -128,6 +130,21 @@ def wal_since(engine: sa.Engine, position: str) -> int:
         return int(conn.execute(query, {"at": position}).scalar_one())
 
 
+def buffer_cache(engine: sa.Engine) -> str:
+    """The ledger's size with its indexes beside the server's buffer cache (`shared_buffers`):
+    a re-run's keys are random, so a ledger larger than the cache reads pages from outside it."""
+    with engine.connect() as conn:
+        size = conn.execute(
+            sa.text("SELECT pg_total_relation_size(CAST(:name AS regclass))"),
+            {"name": ledger.fullname},
+        ).scalar_one()
+        cache = conn.execute(
+            sa.text("SELECT pg_size_bytes(current_setting('shared_buffers'))")
+        ).scalar_one()
+    fits = "fits in it" if size <= cache else "does not fit: re-run chunks read pages from outside"
+    return f"ledger {size / 2**20:,.0f} MiB, shared_buffers {cache / 2**20:,.0f} MiB: {fits}"
+
+
 def check(engine: sa.Engine, created: int, rerun: Rerun) -> str:
     """What the ledger holds against what was recorded ('ok' or the discrepancies)."""
     with engine.connect() as conn:
@@ -188,6 +205,7 @@ def run(url: str, chunks: int, size: int, reruns: int, seed: int) -> None:
             ", ".join(f"{name} {g:.2f}×" for name, g in growth.items())
             + f": {verdict(max(growth.values()) <= BUDGET_GROWTH)}",
         ),
+        ("buffer cache", buffer_cache(engine)),
         ("end state", check(engine, chunks * size, rerun)),
     ]
     engine.dispose()

@@ -14,8 +14,8 @@ of the 10 the account allows, Brevo paced to `--rate` of the 10 requests/s it al
    chunk's contacts built just before it is sent, as the push does): wall time, calls by route
    (counted by the sandbox), write calls against ceil(N/500) for Mailchimp, Brevo's imports and
    process polls against its 100 requests/hour budget;
-2. snapshot of the N members through `snapshot_rows()` (what the snapshot asset reads): wall
-   time and calls;
+2. snapshot of the N members as the snapshot asset reads it (`snapshot_pages`, each page made
+   columns on the thread that read it, then merged): wall time and calls;
 3. the sandbox's own speed with the latency removed (`DELETE /_sandbox/faults`), served, timed
    by this process around one keep-alive HTTP request (body read, not decoded): the median of
    `--repeat` of a 1,000-member page (the snapshot's query) and a 500-member batch subscribe
@@ -65,6 +65,7 @@ from newsletter_pipelines.sandbox import (
     SANDBOX_MAILCHIMP_KEY,
 )
 from newsletter_pipelines.sync.push import CREATE_CHUNK_SIZE, CREATES_IN_FLIGHT
+from newsletter_pipelines.sync.snapshot_columns import merged, page_columns
 from newsletter_pipelines_tests.live import serve_sandbox
 
 AUDIENCE = "Provider limits"
@@ -199,7 +200,8 @@ def both_phases(
     client.ensure_audience()
     work = lambda: first_sync(client, count)  # noqa: E731
     outcomes, sync = measured(served, client.name, work, limits[0])
-    members, snap = measured(served, client.name, client.snapshot_rows, limits[1])
+    read = lambda: merged(client.snapshot_pages(page_columns))  # noqa: E731
+    members, snap = measured(served, client.name, read, limits[1])
     client.close()
     return outcomes, sync, len(members), snap
 
