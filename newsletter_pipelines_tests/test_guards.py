@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from newsletter_pipelines.state.columns import TEXT
-from newsletter_pipelines.sync.guards import check_count_drop, resubscribe_violations
+from newsletter_pipelines.sync.guards import (
+    MassLimits,
+    check_count_drop,
+    push_verdicts,
+    resubscribe_violations,
+)
 from newsletter_pipelines.sync.identity import LedgerRow, RowState
 
 
@@ -85,3 +92,23 @@ def test_never_resubscribe_flags_each_kind_of_write_that_would_subscribe_an_opt_
     ).assign(detail="kept")
     again = resubscribe_violations(pd.concat([diff, active], ignore_index=True), ledger)
     assert "owner" not in set(again["crm_id"])
+
+
+COUNTED_ROWS = st.tuples(
+    st.sampled_from(["update", "unsubscribe", "remove", "create", "unchanged", "import_back"]),
+    st.sampled_from([None, "subscribed", "pending", "unsubscribed", "cleaned", "archived"]),
+    st.sampled_from([None, "alt@x.de", ""]),
+)
+
+
+@given(st.lists(COUNTED_ROWS, max_size=30), st.integers(0, 3))
+def test_the_mass_guards_decide_alike_on_arrow_text_and_on_python_objects(
+    rows: list[tuple[str, str | None, str | None]], min_count: int
+) -> None:
+    """The push reads the diff's counted columns as Arrow text (a missing value NaN): its
+    guards count what they count on the Python objects the diff step holds (None)."""
+    objects = pd.DataFrame(rows, columns=["action", "provider_status", "old_email"], dtype=object)
+    limits = MassLimits(0.1, min_count, 0.1, min_count)
+    for allow in (False, True):
+        expected = push_verdicts(objects, limits, allow, allow)
+        assert push_verdicts(objects.astype(TEXT), limits, allow, allow) == expected
