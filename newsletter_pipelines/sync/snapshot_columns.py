@@ -22,10 +22,9 @@ from newsletter_pipelines.providers.base import MEMBER_ROW_FIELDS, MemberRow
 from newsletter_pipelines.state.columns import STRING
 from newsletter_pipelines.sync.email_address import match_key
 
-_FIELDS = MEMBER_ROW_FIELDS
-TEXT_COLUMNS = (*_FIELDS[:2], "match_key", *_FIELDS[2:6], *_FIELDS[8:])
-"""The snapshot's text columns, in the snapshot frame's order: every field of a member's row
-but its tags and last change, and its match key after its address."""
+TEXT_COLUMNS = (*(f for f in MEMBER_ROW_FIELDS if f not in ("tags", "last_changed")), "match_key")
+"""The snapshot's text columns: every field of a member's row but its tags and last change, and
+its match key (the snapshot frame puts them in its own order)."""
 
 
 @dataclass(frozen=True)
