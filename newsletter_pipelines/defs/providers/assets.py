@@ -19,10 +19,7 @@ from newsletter_pipelines.defs.providers.pushing import (
     push_metadata,
     stored_push_input,
 )
-from newsletter_pipelines.defs.providers.snapshot_read import (
-    read_snapshot,
-    take_snapshot_read,
-)
+from newsletter_pipelines.defs.providers.snapshot_read import read_snapshot, take_snapshot_read
 from newsletter_pipelines.defs.resources import CrmResource, StateDatabaseResource
 from newsletter_pipelines.providers.base import Member
 from newsletter_pipelines.providers.resources import BrevoResource, MailchimpResource
