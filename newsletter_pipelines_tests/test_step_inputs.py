@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 from upath import UPath
 
-from newsletter_pipelines.bulk import collect_garbage, freeze_lasting
+from newsletter_pipelines.bulk import collect_garbage, thaw
 from newsletter_pipelines.defs import io_manager
 from newsletter_pipelines.defs.crm.assets import crm_contacts, eligible_subscribers
 from newsletter_pipelines.defs.import_back.assets import crm_import_back
@@ -218,21 +218,39 @@ def test_before_a_step_reads_its_inputs_the_memory_earlier_steps_freed_is_handed
     assert len(reading) >= 4 and len(released) == len(reading)
 
 
-def test_the_collection_before_a_step_frees_cycles_made_after_the_first_one() -> None:
-    """The first collection freezes what survived it (then skipped by later collections); a
-    cycle made afterwards, like a step's frames, is still collected."""
+class _Node:
+    itself: object = None
 
-    class Node:
-        pass
 
-    for _ in range(2):  # the first call may be the process's first: freezes
-        node = Node()
-        node.itself = node  # type: ignore[attr-defined]
-        alive = weakref.ref(node)
-        del node
+def _cycle() -> weakref.ref[_Node]:
+    """A reference cycle no one holds (only the cyclic collector frees it)."""
+    node = _Node()
+    node.itself = node
+    return weakref.ref(node)
+
+
+def _frozen(obj: object) -> bool:
+    """Whether the collector skips `obj` (`gc.get_objects` leaves out what is frozen)."""
+    return gc.is_tracked(obj) and not any(o is obj for o in gc.get_objects())
+
+
+def test_each_collection_before_a_step_frees_cycles_and_freezes_what_survived_it() -> None:
+    """A step's collection frees the cycles made since the one before and freezes what
+    survived, so the next step's collection does not go over it again; `thaw` (as a run
+    ends) hands it back to the collector."""
+    collect_garbage()
+    try:
+        kept = _Node()
+        kept.itself = kept
+        dead = _cycle()
         collect_garbage()
-        assert alive() is None
-    assert gc.get_freeze_count() > 0
+        assert dead() is None and _frozen(kept)
+        dead = _cycle()
+        collect_garbage()
+        assert dead() is None
+    finally:
+        thaw()
+    assert gc.get_freeze_count() == 0 and not _frozen(kept)
 
 
 def test_the_diff_step_reads_the_columns_it_uses_and_the_push_the_rows_it_acts_on(
@@ -296,22 +314,22 @@ def test_the_push_input_is_the_rows_it_acts_on_and_the_counted_columns(tmp_path:
     assert len(acting) == len(rows)
 
 
-def test_what_exists_as_a_run_starts_is_frozen_once_and_later_cycles_are_collected() -> None:
-    """`freeze_lasting` (as a run's IO manager is made) freezes what exists unless something is
-    frozen already; a cycle made afterwards, like a step's frames, is not frozen by a second
-    call and is collected before a step."""
+def test_a_run_freezes_what_exists_as_it_starts_and_thaws_all_it_froze_as_it_ends(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The definitions and modules, alive as a run starts, are frozen before its first step's
+    collection; as the run ends nothing stays frozen, so a process running many runs (a test
+    session, a notebook) keeps none of their garbage."""
+    frozen_at_first_collection: list[int] = []
+    collect = io_manager.collect_garbage
 
-    class Node:
-        pass
+    def noting() -> None:
+        if not frozen_at_first_collection:
+            frozen_at_first_collection.append(gc.get_freeze_count())
+        collect()
 
-    freeze_lasting()
-    frozen = gc.get_freeze_count()
-    assert frozen > 0
-    node = Node()
-    node.itself = node  # type: ignore[attr-defined]
-    alive = weakref.ref(node)
-    del node
-    freeze_lasting()
-    assert gc.get_freeze_count() == frozen
-    collect_garbage()
-    assert alive() is None
+    monkeypatch.setattr(io_manager, "collect_garbage", noting)
+    with dg.instance_for_test() as instance:
+        assert run_sync(instance, "mailchimp").success
+    assert frozen_at_first_collection[0] > 0
+    assert gc.get_freeze_count() == 0

@@ -16,7 +16,7 @@ import pandas as pd
 from pydantic import Field
 from upath import UPath
 
-from newsletter_pipelines.bulk import collect_garbage, freeze_lasting, release_freed_memory
+from newsletter_pipelines.bulk import collect_garbage, freeze_lasting, release_freed_memory, thaw
 from newsletter_pipelines.storage.frames import read_frame, to_table, write_table
 
 _LOCAL = ("", "file", "local")  # fsspec protocols of the local filesystem
@@ -192,3 +192,7 @@ class ParquetIOManagerResource(dg.ConfigurableIOManagerFactory):
         """The IO manager of a run, made as it starts (`bulk.freeze_lasting`)."""
         freeze_lasting()
         return ParquetIOManager(base_path=UPath(self.base_uri))
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        """As the run ends, nothing it froze stays frozen (`bulk.thaw`)."""
+        thaw()
