@@ -236,8 +236,9 @@ class Provider(Protocol):
         self, convert: Callable[[list[MemberRow]], T], most: int | None = None
     ) -> list[T]:
         """`convert` of the rows of each page `snapshot_rows` reads, in page order, called on
-        the thread that read the page (its work overlaps the reads still on their way); a
-        member may be on two pages (`rows_of_pages` keeps the later); `most` as there."""
+        a thread of the client as the page comes in (its work overlaps the reads still on
+        their way); a member may be on two pages (`rows_of_pages` keeps the later); `most` as
+        there."""
         ...
 
     def members(self, emails: Sequence[str]) -> list[Member]:

@@ -18,7 +18,7 @@ import hashlib
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qsl, quote, urlencode
 
@@ -481,8 +481,12 @@ class MailchimpClient:
         self, convert: Callable[[list[MemberRow]], T], most: int | None = None
     ) -> list[T]:
         """`convert` of each page of `GET /lists/{id}/members`, 1000 members a page, all
-        statuses, converted on the thread that read it (the cyclic garbage collector paused:
-        `bulk.gc_paused`).
+        statuses (the cyclic garbage collector paused: `bulk.gc_paused`).
+
+        Each connection's thread fetches a page's body, hands its reading and `convert` to
+        the client's one reading thread, and fetches its next page at once: reading on the
+        connection's own thread held each connection idle for it (a 100,000-member snapshot
+        in a sync run, 2.80-2.91 s -> 2.67-2.69 s).
 
         The pages the list's subscribed, unsubscribed and cleaned counts (read when it was
         found) say it fills are read together with the first, which tells the whole count:
@@ -492,17 +496,32 @@ class MailchimpClient:
         thread of the client: it is done by the first write (which waits for it, or fails
         as it failed). With `most`, a total above it (counts that lagged) raises
         `AudienceTooLargeError` once those pages are read."""
-        with gc_paused():
-            total, pages = self._counted_pages(convert)
+        with gc_paused(), ThreadPoolExecutor(1, thread_name_prefix="mailchimp-pages") as reader:
+
+            def fetched(offset: int) -> Future[tuple[int, T]]:
+                body = self._page_body(offset)
+                return reader.submit(self._converted_page, body, convert)
+
+            counted = range(0, max(self.member_count(), 1), PAGE_SIZE)
+            first = self._api.parallel(fetched, list(counted))
+            total = first[0].result()[0]
             if most is not None and total > most:
                 raise AudienceTooLargeError(NAME, total, most)
-            offsets = list(range(PAGE_SIZE * len(pages), total, PAGE_SIZE))
-            pages += self._api.parallel(lambda offset: convert(self._page(offset)[1]), offsets)
+            offsets = list(range(PAGE_SIZE * len(first), total, PAGE_SIZE))
+            rest = self._api.parallel(fetched, offsets)
+            pages = [page.result()[1] for page in (*first, *rest)]
             self._check_soon()
             # its times, made among the pages' objects, would keep their memory from the system
             # (Python frees an arena only when all of it is free): ~0.5 GiB of a million members
             moment.cache_clear()
             return pages
+
+    def _converted_page(
+        self, body: bytes, convert: Callable[[list[MemberRow]], T]
+    ) -> tuple[int, T]:
+        """(`total_items`, `convert` of the members' rows) of a members page's body."""
+        total, rows = read_members_rows(body, self._salutation_tag)
+        return total, convert(rows)
 
     def _check_soon(self) -> None:
         """Start `ensure_audience` on the client's checking thread, once. A failure there is
@@ -511,18 +530,6 @@ class MailchimpClient:
             if self._audience is None and not self._check_started:
                 self._check_started = True
                 self._checker.submit(self.ensure_audience)
-
-    def _counted_pages(self, convert: Callable[[list[MemberRow]], T]) -> tuple[int, list[T]]:
-        """The audience's `total_items` and `convert` of its pages up to what its counts say
-        it holds (the first at least)."""
-
-        def counted(offset: int) -> tuple[int, T]:
-            total, rows = self._page(offset)
-            return total, convert(rows)
-
-        offsets = range(0, max(self.member_count(), 1), PAGE_SIZE)
-        answers = self._api.parallel(counted, list(offsets))
-        return answers[0][0], [page for _, page in answers]
 
     def members(self, emails: Sequence[str]) -> list[Member]:
         """`GET …/members/{hash}` per address, concurrently (404: no member); the snapshot,
@@ -573,13 +580,12 @@ class MailchimpClient:
             return None
         return member_of(MemberOut.model_validate(answer), self._salutation_tag)
 
-    def _page(self, offset: int) -> tuple[int, list[MemberRow]]:
-        """(`total_items`, the members' rows) of the page at `offset` (the list's id is all it
-        needs, not the merge fields' check)."""
+    def _page_body(self, offset: int) -> bytes:
+        """The body of the members page at `offset` (the list's id is all it needs, not the
+        merge fields' check)."""
         params = {"count": PAGE_SIZE, "offset": offset, "fields": _SNAPSHOT_FIELDS}
         path = f"/lists/{self._found_list()}/members"
-        answer = self._api.request("GET", path, params=params)
-        return read_members_rows(answer.content, self._salutation_tag)
+        return self._api.request("GET", path, params=params).content
 
     # --- upsert -------------------------------------------------------------------------
 

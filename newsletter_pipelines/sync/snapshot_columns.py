@@ -1,12 +1,12 @@
 """A provider snapshot's members as columns, built page by page while the pages come in.
 
-Each page's text values become Arrow strings on the thread that read the page (`page_columns`,
-the convert of `Provider.snapshot_pages`), while its strings are fresh in the CPU's cache and
-other pages are still on their way; `merged` joins the pages. The snapshot frame then holds its
-text columns without a copy (`inputs.snapshot_frame_of_columns`), and storing it converts no
-string again. A re-run of a million members, measured: the snapshot step's time after its last
-page 2.71 → 1.12 s, its peak memory 1.64 → 1.05 GiB before the ledger was read ahead beside
-it (100,000 members: 0.23 → 0.16 s).
+Each page's text values become Arrow strings as the page comes in, on a thread of the client
+(`page_columns`, the convert of `Provider.snapshot_pages`), while its strings are fresh in the
+CPU's cache and other pages are still on their way; `merged` joins the pages. The snapshot frame
+then holds its text columns without a copy (`inputs.snapshot_frame_of_columns`), and storing it
+converts no string again. A re-run of a million members, measured: the snapshot step's time
+after its last page 2.71 → 1.12 s, its peak memory 1.64 → 1.05 GiB before the ledger was read
+ahead beside it (100,000 members: 0.23 → 0.16 s).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from newsletter_pipelines.providers.base import (
     Contact,
     ContactRef,
     EmailChange,
+    MemberRow,
     MemberStatus,
     Result,
 )
@@ -238,6 +239,40 @@ def test_a_snapshot_reads_the_pages_the_lists_counts_promise_with_the_first(
     before = sandbox.stats.count("mailchimp", template="/lists/{list_id}/members")
     assert len(stale.snapshot_rows()) == 4000
     assert sandbox.stats.count("mailchimp", template="/lists/{list_id}/members") == before + 4
+
+
+class _PagesAsked(httpx.BaseTransport):
+    """Sets `all_asked` once `pages` members pages have been asked for."""
+
+    def __init__(self, inner: httpx.BaseTransport, pages: int) -> None:
+        self.inner = inner
+        self.pages = pages
+        self.asked = 0
+        self.lock = threading.Lock()
+        self.all_asked = threading.Event()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/members"):
+            with self.lock:
+                self.asked += 1
+                if self.asked >= self.pages:
+                    self.all_asked.set()
+        return self.inner.handle_request(request)
+
+
+def test_a_connection_fetches_its_next_page_while_the_page_before_is_read(
+    transport: httpx.BaseTransport, mailchimp: MailchimpClient
+) -> None:
+    """A page is read and converted off its connection's thread, which asks for its next page
+    at once: on one connection, all three pages are asked for while the first is converted."""
+    mailchimp.upsert(contacts(2500))
+    pages = _PagesAsked(transport, 3)
+
+    def convert(rows: list[MemberRow]) -> tuple[bool, int]:
+        return pages.all_asked.wait(timeout=2), len(rows)
+
+    one_connection = make_mailchimp(pages, max_connections=1)
+    assert one_connection.snapshot_pages(convert) == [(True, 1000), (True, 1000), (True, 500)]
 
 
 def test_existing_members_get_fields_and_tags_but_never_a_status(
