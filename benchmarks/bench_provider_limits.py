@@ -15,7 +15,7 @@ of the 10 the account allows, Brevo paced to `--rate` of the 10 requests/s it al
    (counted by the sandbox), write calls against ceil(N/500) for Mailchimp, Brevo's imports and
    process polls against its 100 requests/hour budget;
 2. snapshot of the N members as the snapshot asset reads it (`snapshot_pages`, each page made
-   columns on the thread that read it, then merged): wall time and calls;
+   columns as it comes in, then merged): wall time and calls;
 3. the sandbox's own speed with the latency removed (`DELETE /_sandbox/faults`), served, timed
    by this process around one keep-alive HTTP request (body read, not decoded): the median of
    `--repeat` of a 1,000-member page (the snapshot's query) and a 500-member batch subscribe
