@@ -227,7 +227,7 @@ def create(
             "source": source,
         },
     )
-    lst.members[key] = member
+    lst.put(key, member)
     _tag_new_member(account, lst, member, tags, stamp)
     return member
 
@@ -283,11 +283,11 @@ def change_email(lst: McList, member: McMember, new_email: str) -> None:
     new_key = check_address(lst, new_email)
     if new_key in lst.members:
         raise exists(new_email)
-    del lst.members[member.id]
+    lst.drop(member.id)
     member.id = new_key
     member.unique_email_id = new_key[:10]
     member.email_address = new_email
-    lst.members[new_key] = member
+    lst.put(new_key, member)
 
 
 def upemail_data(lst: McList, member: McMember, old_email: str) -> dict[str, str]:
@@ -335,7 +335,7 @@ def event_data(lst: McList, member: McMember, **extra: Any) -> dict[str, Any]:
 
 def forget(lst: McList, member: McMember) -> None:
     """Delete permanently: the address can never be imported again."""
-    del lst.members[member.id]
+    lst.drop(member.id)
     lst.forgotten.add(member.id)
 
 
@@ -383,7 +383,7 @@ def rejoin(
             last_changed=stamp,
             source="Hosted Signup Form",
         )
-        lst.members[key] = member
+        lst.put(key, member)
     member.status = status
     member.archived_from = None
     member.unsubscribe_reason = ""

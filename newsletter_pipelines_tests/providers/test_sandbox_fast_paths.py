@@ -7,10 +7,18 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from newsletter_pipelines.sandbox import SANDBOX_BREVO_KEY, SANDBOX_MAILCHIMP_KEY, Sandbox
+from newsletter_pipelines.sandbox import (
+    SANDBOX_BREVO_KEY,
+    SANDBOX_MAILCHIMP_KEY,
+    SANDBOX_ORIGIN,
+    Sandbox,
+    SandboxTransport,
+)
 from newsletter_pipelines.sandbox.fields import _keep, _tree
-from newsletter_pipelines.sandbox.mailchimp_state import McAccount, McMember
+from newsletter_pipelines.sandbox.mailchimp_state import McAccount, McMember, subscriber_hash
 from newsletter_pipelines_tests.providers.conftest import brevo_account
 from newsletter_pipelines_tests.providers.test_sandbox_mailchimp import NEW_LIST
 
@@ -73,6 +81,60 @@ def test_members_a_batch_subscribe_creates_are_the_validated_ones(
     assert len({id(m.tags) for m in lst.members.values()}) == len(MEMBERS)
     state = sandbox.state.model_dump_json()
     assert type(sandbox.state).model_validate_json(state).model_dump_json() == state
+
+
+MEMBERSHIP_CHANGES = st.lists(
+    st.tuples(
+        st.sampled_from(["add", "add", "move", "forget", "archive", "read"]), st.integers(0, 50)
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(MEMBERSHIP_CHANGES)
+def test_pages_of_every_member_follow_every_change_of_the_membership(
+    changes: list[tuple[str, int]],
+) -> None:
+    """Read page by page, the members are those the audience holds, in the order it stored
+    them, after additions, address changes (the member moves to the end), permanent deletions
+    and archivings: the pages' kept order is made again when a member comes or goes."""
+    sandbox = Sandbox()
+    with httpx.Client(transport=SandboxTransport(sandbox), base_url=SANDBOX_ORIGIN) as http:
+        list_id = str(http.post(f"{ROOT}/lists", json=NEW_LIST, auth=AUTH).json()["id"])
+        lst = sandbox.state.mailchimp[SANDBOX_MAILCHIMP_KEY].lists[list_id]
+        members = f"{ROOT}/lists/{list_id}/members"
+
+        def paged() -> list[str]:
+            emails: list[str] = []
+            for offset in range(0, len(lst.members) + 3, 3):
+                params = {"count": 3, "offset": offset, "fields": "members.email_address"}
+                page = http.get(members, params=params, auth=AUTH).json()["members"]
+                emails += [m["email_address"] for m in page]
+            return emails
+
+        added = 0
+        for change, pick in changes:
+            subscribed = [m for m in lst.members.values() if m.status == "subscribed"]
+            if change == "add" or not subscribed:
+                new = {"email_address": f"n{added}@example.com", "status": "subscribed"}
+                http.post(f"{ROOT}/lists/{list_id}", json={"members": [new]}, auth=AUTH)
+                added += 1
+                continue
+            member = subscribed[pick % len(subscribed)]
+            at = f"{members}/{member.id}"
+            if change == "move":
+                moved = {"email_address": f"moved{added}@example.com"}
+                added += 1
+                assert http.patch(at, json=moved, auth=AUTH).status_code == 200
+            elif change == "forget":
+                forgotten = http.post(f"{at}/actions/delete-permanent", auth=AUTH)
+                assert forgotten.status_code == 204
+            elif change == "archive":
+                assert http.delete(at, auth=AUTH).status_code == 204
+            assert paged() == [m.email_address for m in lst.members.values()]
+        assert paged() == [m.email_address for m in lst.members.values()]
+        assert all(subscriber_hash(m.email_address) == k for k, m in lst.members.items())
 
 
 def test_new_ids_are_what_as_many_new_id_calls_give() -> None:
