@@ -84,9 +84,7 @@ def test_members_a_batch_subscribe_creates_are_the_validated_ones(
 
 
 MEMBERSHIP_CHANGES = st.lists(
-    st.tuples(
-        st.sampled_from(["add", "add", "move", "forget", "archive", "read"]), st.integers(0, 50)
-    ),
+    st.tuples(st.sampled_from(["add", "add", "move", "forget", "archive"]), st.integers(0, 50)),
     max_size=25,
 )
 
@@ -113,27 +111,21 @@ def test_pages_of_every_member_follow_every_change_of_the_membership(
                 emails += [m["email_address"] for m in page]
             return emails
 
-        added = 0
-        for change, pick in changes:
+        for step, (change, pick) in enumerate(changes):
             subscribed = [m for m in lst.members.values() if m.status == "subscribed"]
+            at = f"{members}/{subscribed[pick % len(subscribed)].id}" if subscribed else ""
             if change == "add" or not subscribed:
-                new = {"email_address": f"n{added}@example.com", "status": "subscribed"}
+                new = {"email_address": f"n{step}@example.com", "status": "subscribed"}
                 http.post(f"{ROOT}/lists/{list_id}", json={"members": [new]}, auth=AUTH)
-                added += 1
-                continue
-            member = subscribed[pick % len(subscribed)]
-            at = f"{members}/{member.id}"
-            if change == "move":
-                moved = {"email_address": f"moved{added}@example.com"}
-                added += 1
+            elif change == "move":
+                moved = {"email_address": f"moved{step}@example.com"}
                 assert http.patch(at, json=moved, auth=AUTH).status_code == 200
             elif change == "forget":
                 forgotten = http.post(f"{at}/actions/delete-permanent", auth=AUTH)
                 assert forgotten.status_code == 204
-            elif change == "archive":
+            else:
                 assert http.delete(at, auth=AUTH).status_code == 204
             assert paged() == [m.email_address for m in lst.members.values()]
-        assert paged() == [m.email_address for m in lst.members.values()]
         assert all(subscriber_hash(m.email_address) == k for k, m in lst.members.items())
 
 
