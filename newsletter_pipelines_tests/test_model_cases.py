@@ -241,7 +241,8 @@ OPEN: dict[str, tuple[type[ConsentMachine], list[str], bool, list[Step]]] = {
     # member's contact with the sign-up now at its old address ("fields differ"); the push
     # wrote to that stranger and stored it as the contact's member, so the ledger forgot the
     # move before the CRM took it in, and the next report-only run wrote onto the new address
-    # the first one had held for the import (a long run's seed 1629…7248, shrunk by hand)
+    # the first one had held for the import (a long run's seed 1629…7248, shrunk by a
+    # delta-debugging script that dropped steps while the same check still failed)
     "mailchimp sign-up at the old address of an unimported move, report only": (
         MailchimpConsent,
         ["cem@example.de", "anna@example.de", "fay@example.de"],
