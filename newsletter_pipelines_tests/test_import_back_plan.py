@@ -219,6 +219,57 @@ def test_an_address_change_not_taken_in_is_not_undone_at_the_provider(world: Wor
     assert "neu3@example.de" not in world.members()
 
 
+def test_a_sign_up_at_the_old_address_of_a_change_not_taken_in_waits_with_it(
+    world: World,
+) -> None:
+    """Report only: someone signs up at the address a member moved away from. Writing the
+    contact's fields onto that sign-up would take the old address, where the ledger remembers
+    the change until the CRM takes it in: the write waits with the change, run after run, and
+    the first run that writes logs the change as the contact's, not as a stranger's sign-up."""
+    world.sync()
+    world.sync()  # learns the members' stable ids
+    world.act("person3@example.de", "change_email", new_email="neu3@example.de")
+    world.act("person3@example.de", "signup")
+    before = world.writes()
+    for _ in range(2):
+        diff, summary = world.sync(import_back=True, write_back=False)
+        assert world.writes() == before
+        assert {h["crm_id"] for h in summary.held} == {"3"}
+        changes = diff.set_index("match_key")["provider_change"].dropna()
+        assert changes.to_dict() == {"neu3@example.de": "email_changed"}
+    world.sync(import_back=True)
+    assert by_contact(world.imported[-1]) == {"3": [("email_changed_at_provider", None)]}
+    assert not world.imported[-1].new_contacts
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"newsletter": "no", "updated_at": "2100-01-01 00:00:00"}, {"is_private": True}],
+    ids=["newsletter no", "private"],
+)
+def test_an_opt_out_at_the_old_address_of_a_change_not_taken_in_goes_out_at_once(
+    world: World, change: dict[str, object]
+) -> None:
+    """Report only: a member moved onto another contact's address, someone signed up at its
+    old address, and the CRM says no (or private) for that address. The unsubscribe (or
+    removal) of the sign-up goes out and takes the old address in the ledger, so the move is no
+    longer remembered there (the CRM is not told of it later): the other contact's write onto
+    the moved member goes out with it, and the next run has nothing to send."""
+    world.sync()
+    world.sync()  # learns the members' stable ids
+    world.crm.append(dict(world.crm[0], contact_id=99, email="neu3@example.de", tags=("VIP",)))
+    world.act("person3@example.de", "change_email", new_email="neu3@example.de")
+    world.act("person3@example.de", "signup")
+    world.set(3, **change)
+    world.sync(import_back=True, write_back=False)
+    assert world.members().get("person3@example.de") not in {"subscribed", "pending"}
+    assert ledger_keys(world)["person3@example.de"] in {"unsubscribed", "removed"}
+    sent = world.writes()
+    again, summary = world.sync(import_back=True, write_back=False)
+    assert world.writes() == sent and not summary.held
+    assert set(again["action"]) <= {"unchanged"}
+
+
 @pytest.mark.parametrize("world", ["brevo"], indirect=True)
 def test_an_opted_out_contact_that_changed_its_address_stays_opted_out(world: World) -> None:
     world.sync()

@@ -10,8 +10,10 @@ leaves the intents, and the next diff settles them from what the provider then h
 removal is never mistaken for someone else's). When the removal guard holds removals, the
 unsubscribes and removals are logged as `held` and not sent; everything else still goes out.
 An address changed at the provider that the CRM has not taken in is not changed back either,
-nor its old address taken, nor its member written to or adopted by another contact (held by
-`crm_import_back`): each would erase the change before the CRM logged it.
+nor its old address taken (created, or updated after someone signed up there), nor its member
+written to or adopted by another contact (held by `crm_import_back`): each would erase the
+change before the CRM logged it. An unsubscribe or removal of a sign-up at the old address
+goes out all the same: the opt-out is stored there, and the CRM is not told of that move.
 A refused address change is decided again by the rules within the same push (`redecide`): the
 old member is no longer the contact's, and the new address is created if nothing blocks it.
 """
@@ -223,8 +225,14 @@ class _Push:
         # contact adopting it) waits for the import, or the change would never reach the CRM
         keep = keeps_consent(diff)
         # a move whose member's row is stored at its new address all the same (it keeps an
-        # opt-out) is no longer remembered at the old address: nothing waits for it there
-        waiting = _moves_waiting(diff[pending & ~keep]) - _moved_from(diff[pending & keep])
+        # opt-out), or whose old address an unsubscribe or removal sent now takes (someone
+        # signed up there since), is no longer remembered at the old address: nothing waits
+        # for it there (the CRM is not told of that move later; the opt-out must be stored)
+        waiting = (
+            _moves_waiting(diff[pending & ~keep])
+            - _moved_from(diff[pending & keep])
+            - self.opting_out(diff[is_write])
+        )
         consumes = _consuming(diff["ledger_after"], waiting)
         stored = diff["ledger_after"].notna() & ~pending & ~consumes
         self.observe(diff[~is_write & stored])
@@ -258,12 +266,10 @@ class _Push:
         for row in records(decoded_structs(writes[~creating])):
             by_action.setdefault(row["action"], []).append(row)
         ctx = self.ctx
-        updates = by_action.get(SyncAction.UPDATE.value, [])
-        renames = [r for r in updates if r["old_email"]]
         held = lambda r: self.undoes_unimported_move(r) or self.takes_vacated(r)  # noqa: E731
-        kept, moved_back = map(list, partition(held, renames))
-        self.hold(moved_back, SyncAction.UPDATE, "crm_import_back", RELEASED_BY_IMPORT)
-        renames = kept
+        updates, for_import = map(list, partition(held, by_action.get(SyncAction.UPDATE.value, [])))
+        self.hold(for_import, SyncAction.UPDATE, "crm_import_back", RELEASED_BY_IMPORT)
+        renames = [r for r in updates if r["old_email"]]
         if ctx.hold_renames:
             self.hold(renames, SyncAction.UPDATE, "rename_guard", "allow_mass_rename")
             renames = []
@@ -375,11 +381,18 @@ class _Push:
         self.summary.merge(again)
         self.summary.redecided += len(rows)
 
+    def opting_out(self, writes: pd.DataFrame) -> frozenset[str]:
+        """The addresses of the unsubscribes and removals among `writes` this push sends."""
+        if self.ctx.hold_removals:
+            return frozenset()
+        opting_out = writes["action"].isin([SyncAction.UNSUBSCRIBE.value, SyncAction.REMOVE.value])
+        return frozenset(writes.loc[opting_out, "match_key"])
+
     def undoes_unimported_move(self, row: Mapping[str, Any]) -> bool:
         """Whether `row` changes back an address the provider changed and the CRM has not
         taken in (dry run, report only)."""
         moved = row["provider_change"] == ProviderChange.EMAIL_CHANGED.value
-        return moved and row["match_key"] in self.ctx.unimported
+        return bool(row["old_email"]) and moved and row["match_key"] in self.ctx.unimported
 
     def takes_vacated(self, row: Mapping[str, Any]) -> bool:
         """Whether `row` writes onto an address whose member moved away at the provider in a
