@@ -4,18 +4,14 @@ from them (both providers, the real clients against the sandbox)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from datetime import UTC, datetime
 from itertools import count
 from typing import Any
 
-import pandas as pd
 import pytest
 
 from newsletter_pipelines.settings import CrmValues
 from newsletter_pipelines.state.events import StoredEvent
-from newsletter_pipelines.state.ledger import load_ledger_frame
-from newsletter_pipelines.sync.email_address import match_key, raw_match_key
 from newsletter_pipelines.sync.event_import import (
     confirmed_deletions,
     deleted_addresses,
@@ -29,8 +25,8 @@ from newsletter_pipelines.sync.import_back import (
     ImportBackPlan,
     plan_import_back,
 )
-from newsletter_pipelines.sync.scope import Scope, close_scope, scope_diff
-from newsletter_pipelines_tests.test_eligibility import contact, frame
+from newsletter_pipelines.sync.scope import scope_diff
+from newsletter_pipelines_tests.test_eligibility import contact
 from newsletter_pipelines_tests.world import SYSTEM_TAG, World
 
 _IDS = count(1)
@@ -61,36 +57,10 @@ def deletion(world: World, email: str) -> StoredEvent:
     return event(world, "contact_deleted", email)
 
 
-def scope_of(world: World, keys: Iterable[str]) -> Scope:
-    """The scope of `keys`, read from the world's CRM rows, ledger and sandbox audience."""
-
-    def contacts_at(keys: frozenset[str], ids: frozenset[str]) -> pd.DataFrame:
-        rows = [
-            r for r in world.crm if str(r["contact_id"]) in ids or raw_match_key(r["email"]) in keys
-        ]
-        return frame(*rows)
-
-    def ledger_at(
-        keys: frozenset[str], ids: frozenset[str], stable: frozenset[str]
-    ) -> pd.DataFrame:
-        ledger = load_ledger_frame(world.engine, world.provider_name)
-        return ledger[
-            ledger["member_key"].isin(keys)
-            | ledger["owner"].isin(ids)
-            | ledger["stable_id"].isin(stable)
-        ]
-
-    def members_at(emails: Iterable[str]) -> list[Any]:
-        wanted = set(emails)
-        return [m for m in world.provider.snapshot() if match_key(m.email) in wanted]
-
-    return close_scope(keys, contacts_at, ledger_at, members_at)
-
-
 def scoped_plan(world: World, events: list[StoredEvent]) -> ImportBackPlan | None:
     """What `provider_events_job` plans for the events; None for a scope that did not close
     (the job leaves it to the nightly run)."""
-    scope = scope_of(world, event_addresses(events))
+    scope = world.scope(event_addresses(events))
     if not scope.closed:
         return None
     found = scope_diff(
@@ -205,7 +175,7 @@ def test_a_duplicate_of_an_owner_elsewhere_widens_the_scope(world: World) -> Non
     the ledger row at person8@ that contact 8 owns, and that member."""
     world.sync()
     world.set(8, email="neu8@example.de")
-    scope = scope_of(world, {"neu8@example.de"})
+    scope = world.scope({"neu8@example.de"})
     assert scope.closed
     assert {"neu8@example.de", "person8@example.de"} <= scope.keys
     assert set(scope.snapshot["match_key"]) == {"person8@example.de"}
@@ -288,7 +258,7 @@ def test_a_scope_that_does_not_close_is_not_decided(
     world.sync()
     world.set(8, email="neu8@example.de")
     monkeypatch.setattr("newsletter_pipelines.sync.scope.MAX_ROUNDS", 1)
-    assert not scope_of(world, {"neu8@example.de"}).closed
+    assert not world.scope({"neu8@example.de"}).closed
     assert scoped_plan(world, [event(world, "profile", "neu8@example.de")]) is None
 
 

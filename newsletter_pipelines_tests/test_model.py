@@ -27,6 +27,10 @@ After every complete sync:
 - the import-back of the addresses named by the webhooks the sandbox fired since (parsed by
   the receiver's parser) plans nothing the full import-back would not plan.
 
+The change sensor's run for the contacts the CRM changed since its last one is a step too: it
+decides every row of its scope as a full sync would decide it then, and removes no tag a person
+set.
+
 `make test` runs a bounded, derandomised profile; `HYPOTHESIS_PROFILE=long` runs at least
 10,000 steps (see the README).
 """
@@ -133,6 +137,7 @@ class ConsentMachine(RuleBasedStateMachine):
         self.world.sandbox.webhooks = WebhookSender(answer)
         self.delivered = 0  # webhook calls whose events an import-back has taken in
         self.plans_seen = 0  # import-back plans whose imported tags are the CRM's already
+        self.pushed_upto = ""  # the change sensor's watermark: the last CRM change it pushed
 
     def new_id(self) -> int:
         crm_id, self.next_id = self.next_id, self.next_id + 1
@@ -390,6 +395,56 @@ class ConsentMachine(RuleBasedStateMachine):
         assert self.world.writes() == writes, self.explain("a re-sync wrote", again)
         planned = again[again["action"].isin(["create", "update", "unsubscribe", "remove"])]
         assert planned.empty, self.explain("a re-sync planned writes", planned)
+
+    def crm_changes(self) -> set[str]:
+        """The CRM contacts changed since the change sensor's last run (deleted ones aside: a
+        watermark on `updated_at` does not see them)."""
+        return {str(r["contact_id"]) for r in self.world.crm if r["updated_at"] > self.pushed_upto}
+
+    @precondition(lambda self: self.crm_changes())
+    @rule()
+    def crm_changes_pushed(self) -> None:
+        """The change sensor's run (`push_crm_changes`) for the contacts the CRM changed since
+        its last one: every row it decides, it decides as a full sync would decide it now, and
+        it removes no tag a person set."""
+        ids = self.crm_changes()
+        self.pushed_upto = max(str(r["updated_at"]) for r in self.world.crm)
+        full = self.world.decide()[2].set_index("match_key")
+        tags_before, crm = self.tags_by_stable_id(), [dict(r) for r in self.world.crm]
+        addresses = self.addresses_by_stable_id()
+        done = self.world.push_changes(ids)
+        if done is None:
+            STATS[f"{self.PROVIDER} change scopes not closed"] += 1
+            return
+        scope, diff, _ = done
+        STATS[f"{self.PROVIDER} change runs checked"] += 1
+        STATS[f"{self.PROVIDER} change runs' rows"] += len(diff)
+        for row in diff.itertuples():
+            want = full.loc[row.match_key]
+            decided = (row.action, row.write_key, row.ledger_after)
+            assert decided == (want.action, want.write_key, want.ledger_after), self.explain(
+                f"the change run decided {row.match_key} otherwise than a full sync would "
+                f"({want.action}, {want.detail})",
+                diff,
+            )
+        tags_after = self.tags_by_stable_id()
+        lost = {
+            (stable, tag)
+            for stable, tag in self.person_tags
+            if stable in tags_before and stable in tags_after
+            and tag in tags_before[stable] and tag not in tags_after[stable]
+        }  # fmt: skip
+        assert not lost, self.explain(f"tags people set were removed: {lost}", diff)
+        # the run saw its members' tags: for them, as a full sync that looked
+        seen = set(scope.snapshot["stable_id"].dropna())
+        elsewhere = {(stable, tag) for stable, tag in self.person_tags if stable not in seen}
+        self.forget_agreed_tags(crm, addresses)
+        self.person_tags |= elsewhere
+        for stable in seen:
+            self.seen_tags[stable] = tags_after.get(stable, set())
+        self.seen_person_tags = {p for p in self.seen_person_tags if p[0] not in seen} | {
+            p for p in self.person_tags if p[0] in seen
+        }
 
     @precondition(lambda self: self.dirty)
     @rule(calls=st.sampled_from([1, 1, 2, 3]), before=st.booleans())

@@ -4,7 +4,7 @@ real client, and a state database; `sync` runs eligibility, snapshot, diff and p
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,13 +13,15 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
-from newsletter_pipelines.providers.base import Provider
+from newsletter_pipelines.providers.base import Member, Provider
 from newsletter_pipelines.sandbox import PersonEvent, Sandbox, SandboxTransport
 from newsletter_pipelines.sandbox.people import brevo_person, mailchimp_person
-from newsletter_pipelines.state.ledger import ledger_rows, load_ledger_frame
+from newsletter_pipelines.settings import CrmValues
+from newsletter_pipelines.state.ledger import ledger_rows, load_ledger_frame, load_ledger_frame_at
 from newsletter_pipelines.state.schema import ensure_schema
 from newsletter_pipelines.storage.frames import read_frame, write_frame
 from newsletter_pipelines.sync.eligibility import EligibilityResult, classify
+from newsletter_pipelines.sync.email_address import raw_match_key
 from newsletter_pipelines.sync.guards import MassLimits, push_verdicts
 from newsletter_pipelines.sync.import_back import (
     Audience,
@@ -48,6 +50,7 @@ from newsletter_pipelines.sync.push import (
     push_diff,
 )
 from newsletter_pipelines.sync.rules import Context, reconcile
+from newsletter_pipelines.sync.scope import Scope, close_scope, scope_diff
 from newsletter_pipelines.sync.tags import TAG_STYLES
 from newsletter_pipelines_tests.providers.conftest import brevo_account, make_brevo, make_mailchimp
 from newsletter_pipelines_tests.test_eligibility import contact, frame
@@ -116,6 +119,60 @@ class World:
         found = members[members["match_key"].isin(set(keys))]
         summary = push_diff(self.provider, pushed, members_by_key(found, keys) if keys else {}, ctx)
         return diff, summary
+
+    def scope(self, keys: Collection[str] = (), contact_ids: Collection[str] = ()) -> Scope:
+        """What a run about `keys` and `contact_ids` reads (`sync.scope.close_scope`): from the
+        CRM rows, the ledger, and the audience through the client's `members`, as the jobs do."""
+
+        def contacts_at(keys: frozenset[str], ids: frozenset[str]) -> pd.DataFrame:
+            rows = [
+                r
+                for r in self.crm
+                if str(r["contact_id"]) in ids or raw_match_key(r["email"]) in keys
+            ]
+            return frame(*rows)
+
+        def ledger_at(
+            keys: frozenset[str], ids: frozenset[str], stable: frozenset[str]
+        ) -> pd.DataFrame:
+            return load_ledger_frame_at(self.engine, self.provider_name, keys, ids, stable)
+
+        def members_at(emails: Collection[str]) -> list[Member]:
+            return self.provider.members(list(emails))
+
+        return close_scope(keys, contacts_at, ledger_at, members_at, contact_ids=contact_ids)
+
+    def push_changes(
+        self, contact_ids: Collection[str], run_id: str = "changes"
+    ) -> tuple[Scope, pd.DataFrame, PushSummary] | None:
+        """What `push_crm_changes` does for the CRM contacts `contact_ids` changed: their
+        scope decided as a full sync decides it, the rows of ledger rows whose member is not at
+        their address left out, provider-side changes left to the import-back; None for a scope
+        that did not close (left to the nightly sync)."""
+        scope = self.scope(contact_ids=contact_ids)
+        if not scope.closed:
+            return None
+        name = self.provider_name
+        found = scope_diff(scope, CrmValues(), provider=name, system_tag=SYSTEM_TAG[name])
+        diff = found.diff[~found.diff["match_key"].isin(found.unseen)]
+        owners = frozenset(scope.contacts["contact_id"].astype(str))
+        ctx = PushContext(
+            self.engine,
+            name,
+            run_id,
+            chunk_size=20,
+            unimported=frozenset(diff.loc[diff["provider_change"].notna(), "match_key"]),
+            redecide=redecider(
+                found.eligibility.eligible,
+                found.eligibility.excluded,
+                scope.snapshot,
+                lambda: load_ledger_frame_at(self.engine, name, scope.keys, owners),
+                provider=name,
+                system_tag=SYSTEM_TAG[name],
+            ),
+        )
+        summary = push_diff(self.provider, diff, members_by_key(scope.snapshot), ctx)
+        return scope, diff, summary
 
     def decide(self) -> tuple[EligibilityResult, pd.DataFrame, pd.DataFrame]:
         """Eligibility, snapshot and reconciliation diff as a full sync computes them now."""
