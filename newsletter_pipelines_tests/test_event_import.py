@@ -10,13 +10,8 @@ from typing import Any
 
 import pytest
 
-from newsletter_pipelines.settings import CrmValues
 from newsletter_pipelines.state.events import StoredEvent
 from newsletter_pipelines.sync.event_import import (
-    confirmed_deletions,
-    deleted_addresses,
-    event_addresses,
-    provable,
     runs_to_request,
 )
 from newsletter_pipelines.sync.import_back import (
@@ -25,7 +20,6 @@ from newsletter_pipelines.sync.import_back import (
     ImportBackPlan,
     plan_import_back,
 )
-from newsletter_pipelines.sync.scope import scope_diff
 from newsletter_pipelines_tests.test_eligibility import contact
 from newsletter_pipelines_tests.world import SYSTEM_TAG, World
 
@@ -60,21 +54,8 @@ def deletion(world: World, email: str) -> StoredEvent:
 def scoped_plan(world: World, events: list[StoredEvent]) -> ImportBackPlan | None:
     """What `provider_events_job` plans for the events; None for a scope that did not close
     (the job leaves it to the nightly run)."""
-    scope = world.scope(event_addresses(events))
-    if not scope.closed:
-        return None
-    found = scope_diff(
-        scope, CrmValues(), provider=world.provider_name, system_tag=SYSTEM_TAG[world.provider_name]
-    )
-    deleted = confirmed_deletions(scope, deleted_addresses(events), world.provider.members_by_id)
-    diff = provable(found.diff, found.outside, deleted)
-    result = found.eligibility
-    return plan_import_back(
-        diff,
-        scope.snapshot,
-        CrmView.for_diff(diff, result.eligible, result.excluded),
-        Audience(world.provider_name, world.provider_name, SYSTEM_TAG[world.provider_name]),
-    )
+    planned = world.plan_events(events)
+    return None if planned is None else planned[0]
 
 
 def planned(world: World, events: list[StoredEvent]) -> ImportBackPlan:

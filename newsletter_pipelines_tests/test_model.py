@@ -25,7 +25,8 @@ After every complete sync:
   address a person opted out of, unless the contact changed since, and changes the CRM only
   where a person did something at the provider;
 - the import-back of the addresses named by the webhooks the sandbox fired since (parsed by
-  the receiver's parser) plans nothing the full import-back would not plan.
+  the receiver's parser) plans nothing the full import-back would not plan; applied as a step
+  of its own (`provider_events_job`), it changes the CRM only where a person acted.
 
 The change sensor's run for the contacts the CRM changed since its last one is a step too: it
 decides every row of its scope as a full sync would decide it then, and removes no tag a person
@@ -472,18 +473,46 @@ class ConsentMachine(RuleBasedStateMachine):
 
     # --- the guarantees -----------------------------------------------------------------
 
-    def check_webhook_import(self) -> None:
-        """What `provider_events_job` would plan for the addresses of the webhooks fired since
-        the last import-back is planned by the full import-back too."""
+    def events_since(self) -> list[StoredEvent]:
+        """The events of the webhooks fired since the last import, as the receiver stores them
+        (parsed by its parser)."""
         calls = self.world.sandbox.webhooks.calls[self.delivered :]
         parse = mailchimp_events if self.PROVIDER == "mailchimp" else brevo_events
-        events = [
+        return [
             StoredEvent(i, e.audience, e.provider, e.type, e.email, e.payload, datetime.now(UTC),
                         e.dedupe_key, None)
             for i, e in enumerate(
                 (e for call in calls for e in parse(call.body, self.PROVIDER)), start=1
             )
         ]  # fmt: skip
+
+    @precondition(lambda self: len(self.world.sandbox.webhooks.calls) > self.delivered)
+    @rule()
+    def webhook_events_imported(self) -> None:
+        """`provider_events_job` for the webhooks fired since the last import: it imports
+        nothing the full import-back would not import now, and changes the CRM only where a
+        person did something at the provider."""
+        events = self.events_since()
+        self.delivered = len(self.world.sandbox.webhooks.calls)
+        if not events:
+            return
+        full = changes(full_plan(self.world))
+        crm_before = {r["contact_id"]: dict(r) for r in self.world.crm}
+        if not self.world.import_events(events):
+            STATS[f"{self.PROVIDER} webhook scopes not closed"] += 1
+            return
+        scoped = changes(self.world.imported[-1])
+        STATS[f"{self.PROVIDER} webhook imports applied"] += 1
+        STATS[f"{self.PROVIDER} webhook changes applied"] += len(scoped)
+        assert scoped <= full, f"webhook import beyond the full import-back: {scoped - full}"
+        self.register_imported_contacts()
+        self.forget_imported_tags()
+        self.check_crm_changes(crm_before)
+
+    def check_webhook_import(self) -> None:
+        """What `provider_events_job` would plan for the addresses of the webhooks fired since
+        the last import-back is planned by the full import-back too."""
+        events = self.events_since()
         if not events:
             return
         plan = scoped_plan(self.world, events)
@@ -551,6 +580,10 @@ class ConsentMachine(RuleBasedStateMachine):
                 assert row["newsletter"] == "no", self.explain(
                     f"opt-out of {email} not in the CRM (contact {row['contact_id']})", diff
                 )
+        self.check_crm_changes(crm_before)
+
+    def check_crm_changes(self, crm_before: dict[int, dict[str, Any]]) -> None:
+        """The import-back changed the CRM only where a person did something at the provider."""
         for row in self.world.crm:
             before = crm_before.get(row["contact_id"])
             changed = before is None or any(before[k] != row[k] for k in ("newsletter", "tags"))

@@ -4,7 +4,7 @@ real client, and a state database; `sync` runs eligibility, snapshot, diff and p
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,17 +17,31 @@ from newsletter_pipelines.providers.base import Member, Provider
 from newsletter_pipelines.sandbox import PersonEvent, Sandbox, SandboxTransport
 from newsletter_pipelines.sandbox.people import brevo_person, mailchimp_person
 from newsletter_pipelines.settings import CrmValues
-from newsletter_pipelines.state.ledger import ledger_rows, load_ledger_frame, load_ledger_frame_at
+from newsletter_pipelines.state.events import StoredEvent
+from newsletter_pipelines.state.ledger import (
+    ledger_rows,
+    load_ledger_frame,
+    load_ledger_frame_at,
+    record,
+)
 from newsletter_pipelines.state.schema import ensure_schema
 from newsletter_pipelines.storage.frames import read_frame, write_frame
 from newsletter_pipelines.sync.eligibility import EligibilityResult, classify
 from newsletter_pipelines.sync.email_address import raw_match_key
+from newsletter_pipelines.sync.event_import import (
+    confirmed_deletions,
+    deleted_addresses,
+    event_addresses,
+    provable,
+)
 from newsletter_pipelines.sync.guards import MassLimits, push_verdicts
 from newsletter_pipelines.sync.import_back import (
     Audience,
     CrmView,
     ImportBackPlan,
+    observations,
     plan_import_back,
+    unimported_consent,
     unimported_keys,
 )
 from newsletter_pipelines.sync.inputs import (
@@ -213,8 +227,48 @@ class World:
             Audience(name, name, SYSTEM_TAG[name]),
             min_vanish_count=1_000,  # a small world: never held
         )
-        if not apply:
-            return plan
+        if apply:
+            self.apply(plan, members)
+        return plan
+
+    def plan_events(
+        self, events: Sequence[StoredEvent]
+    ) -> tuple[ImportBackPlan, pd.DataFrame, Scope] | None:
+        """What `provider_events_job` plans for `events`, with the diff it planned from and
+        the scope; None for a scope that did not close (the job leaves it to the nightly run)."""
+        scope = self.scope(event_addresses(events))
+        if not scope.closed:
+            return None
+        name = self.provider_name
+        found = scope_diff(scope, CrmValues(), provider=name, system_tag=SYSTEM_TAG[name])
+        deleted = confirmed_deletions(scope, deleted_addresses(events), self.provider.members_by_id)
+        diff = provable(found.diff, found.outside, deleted)
+        result = found.eligibility
+        plan = plan_import_back(
+            diff,
+            scope.snapshot,
+            CrmView.for_diff(diff, result.eligible, result.excluded),
+            Audience(name, name, SYSTEM_TAG[name]),
+        )
+        return plan, diff, scope
+
+    def import_events(self, events: Sequence[StoredEvent], run_id: str = "events") -> bool:
+        """What `provider_events_job` does for `events`: the plan applied to the CRM rows and
+        the ledger advanced for what the CRM took in; False for a scope that did not close."""
+        planned = self.plan_events(events)
+        if planned is None:
+            return False
+        plan, diff, scope = planned
+        self.apply(plan, scope.snapshot)
+        unimported = unimported_keys(diff, plan, written=True)
+        rows = observations(diff, unimported) + unimported_consent(diff, unimported)
+        record(self.engine, self.provider_name, run_id, rows)
+        return True
+
+    def apply(self, plan: ImportBackPlan, members: pd.DataFrame) -> None:
+        """Apply an import-back's plan to the CRM rows, each change once (as
+        `crm.writer.CrmWriter` does in a database); `members`: the snapshot it was planned
+        from."""
         self.imported.append(plan)
         self.imported_from.append(
             dict(zip(members["match_key"], members["stable_id"].astype(str), strict=True))
@@ -248,7 +302,6 @@ class World:
                     updated_at=now,
                 )
             )
-        return plan
 
     def writes(self) -> int:
         return self.sandbox.stats.count(self.provider_name, writes=True)
