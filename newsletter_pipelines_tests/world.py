@@ -175,6 +175,7 @@ class World:
             name,
             run_id,
             chunk_size=20,
+            log=lambda _: None,
             unimported=frozenset(diff.loc[diff["provider_change"].notna(), "match_key"]),
             redecide=redecider(
                 found.eligibility.eligible,
