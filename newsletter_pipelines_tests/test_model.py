@@ -28,7 +28,8 @@ After every complete sync:
   the receiver's parser) plans nothing the full import-back would not plan; applied as a step
   of its own (`provider_events_job`), it changes the CRM only where a person acted.
 
-The change sensor's run for the contacts the CRM changed since its last one is a step too: it
+The nightly import-back without a push is a step, with the sync's import-back checks. The
+change sensor's run for the contacts the CRM changed since its last one is a step too: it
 decides every row of its scope as a full sync would decide it then, and removes no tag a person
 set.
 
@@ -472,6 +473,19 @@ class ConsentMachine(RuleBasedStateMachine):
         self.look(tags=not killed)
 
     # --- the guarantees -----------------------------------------------------------------
+
+    @rule()
+    def nightly_import_back(self) -> None:
+        """`import_back_job` (snapshot, diff, import-back, no push): an opt-out at the provider
+        ends as `no` in the CRM unless the contact changed since, and the CRM changes only where
+        a person did something at the provider."""
+        self.check_webhook_import()
+        statuses = self.look()
+        crm_before = {r["contact_id"]: dict(r) for r in self.world.crm}
+        diff, _ = self.world.import_only()
+        self.delivered = len(self.world.sandbox.webhooks.calls)
+        STATS[f"{self.PROVIDER} nightly import-backs"] += 1
+        self.check_import_back(diff, crm_before, statuses)
 
     def events_since(self) -> list[StoredEvent]:
         """The events of the webhooks fired since the last import, as the receiver stores them

@@ -232,6 +232,21 @@ class World:
             self.apply(plan, members)
         return plan
 
+    def import_only(self, run_id: str = "nightly") -> tuple[pd.DataFrame, ImportBackPlan]:
+        """What `import_back_job` does: snapshot, diff, the import-back applied to the CRM rows
+        and the ledger advanced for what the CRM took in; nothing pushed."""
+        _, members, diff = self.decide()
+        plan = self.import_back(diff, members)
+        self.record_imported(diff, plan, run_id)
+        return diff, plan
+
+    def record_imported(self, diff: pd.DataFrame, plan: ImportBackPlan, run_id: str) -> None:
+        """The ledger rows of the provider-side changes an applied plan took in (as
+        `defs.import_back.writing.import_back` records them)."""
+        unimported = unimported_keys(diff, plan, written=True)
+        rows = observations(diff, unimported) + unimported_consent(diff, unimported)
+        record(self.engine, self.provider_name, run_id, rows)
+
     def plan_events(
         self, events: Sequence[StoredEvent]
     ) -> tuple[ImportBackPlan, pd.DataFrame, Scope] | None:
@@ -261,9 +276,7 @@ class World:
             return False
         plan, diff, scope = planned
         self.apply(plan, scope.snapshot)
-        unimported = unimported_keys(diff, plan, written=True)
-        rows = observations(diff, unimported) + unimported_consent(diff, unimported)
-        record(self.engine, self.provider_name, run_id, rows)
+        self.record_imported(diff, plan, run_id)
         return True
 
     def apply(self, plan: ImportBackPlan, members: pd.DataFrame) -> None:
