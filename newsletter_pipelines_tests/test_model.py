@@ -404,17 +404,28 @@ class ConsentMachine(RuleBasedStateMachine):
         return {str(r["contact_id"]) for r in self.world.crm if r["updated_at"] > self.pushed_upto}
 
     @precondition(lambda self: self.crm_changes())
-    @rule()
-    def crm_changes_pushed(self) -> None:
+    @rule(killed_at=st.sampled_from([None, None, None, 1, 2]), before=st.booleans())
+    def crm_changes_pushed(self, killed_at: int | None = None, before: bool = False) -> None:
         """The change sensor's run (`push_crm_changes`) for the contacts the CRM changed since
-        its last one: every row it decides, it decides as a full sync would decide it now, and
-        it removes no tag a person set."""
+        its last one, complete or killed at a write call (`killed_at`, right `before` it or
+        after): every row it decides, it decides as a full sync would decide it now, and it
+        removes no tag a person set."""
         ids = self.crm_changes()
         self.pushed_upto = max(str(r["updated_at"]) for r in self.world.crm)
         full = self.world.decide()[2].set_index("match_key")
         tags_before, crm = self.tags_by_stable_id(), [dict(r) for r in self.world.crm]
         addresses = self.addresses_by_stable_id()
-        done = self.world.push_changes(ids)
+        provider = self.world.provider
+        if killed_at:
+            self.world.provider = KilledAfter(provider, killed_at, WRITES, before)  # type: ignore[assignment]
+        try:
+            done = self.world.push_changes(ids)
+        except Killed:
+            STATS[f"{self.PROVIDER} change runs killed"] += 1
+            self.check_tags_kept(tags_before, pd.DataFrame(columns=["action"]))
+            return
+        finally:
+            self.world.provider = provider
         if done is None:
             STATS[f"{self.PROVIDER} change scopes not closed"] += 1
             return
@@ -429,14 +440,7 @@ class ConsentMachine(RuleBasedStateMachine):
                 f"({want.action}, {want.detail})",
                 diff,
             )
-        tags_after = self.tags_by_stable_id()
-        lost = {
-            (stable, tag)
-            for stable, tag in self.person_tags
-            if stable in tags_before and stable in tags_after
-            and tag in tags_before[stable] and tag not in tags_after[stable]
-        }  # fmt: skip
-        assert not lost, self.explain(f"tags people set were removed: {lost}", diff)
+        tags_after = self.check_tags_kept(tags_before, diff)
         # the run saw its members' tags: for them, as a full sync that looked
         seen = set(scope.snapshot["stable_id"].dropna())
         elsewhere = {(stable, tag) for stable, tag in self.person_tags if stable not in seen}
@@ -651,6 +655,13 @@ class ConsentMachine(RuleBasedStateMachine):
         for row in imports.itertuples():
             addresses = {row.match_key} | self.history.get(_int(row.crm_id), set())
             assert addresses & self.touched, self.explain("import_back nobody did", imports)
+        self.check_tags_kept(tags_before, diff)
+
+    def check_tags_kept(
+        self, tags_before: dict[str, set[str]], diff: pd.DataFrame
+    ) -> dict[str, set[str]]:
+        """No tag a person set (and the CRM did not take in) was removed since `tags_before`;
+        the members' tags now."""
         tags_after = self.tags_by_stable_id()
         lost = {
             (stable, tag)
@@ -659,6 +670,7 @@ class ConsentMachine(RuleBasedStateMachine):
             and tag in tags_before[stable] and tag not in tags_after[stable]
         }  # fmt: skip
         assert not lost, self.explain(f"tags people set were removed: {lost}", diff)
+        return tags_after
 
     # --- reading the sandbox ------------------------------------------------------------
 
