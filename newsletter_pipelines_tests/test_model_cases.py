@@ -42,6 +42,8 @@ def run(machine: ConsentMachine, step: Step) -> None:
         machine.dirty = True
     elif kind == "killed":
         machine.killed_sync(calls=args[0], before=args[1])
+    elif kind == "changes":
+        machine.crm_changes_pushed()
     else:
         raise ValueError(f"unknown step {kind}")
 
@@ -246,6 +248,20 @@ CASES: dict[str, tuple[type[ConsentMachine], list[str], bool, list[Step]]] = {
             ("person", "change_email", "cem@example.de", "dora@example.de"),
             ("person", "pending", "cem@example.de"),
             ("report_only_sync",),
+        ],
+    ),
+    # the change sensor's run for a contact whose address the CRM changed while a person moved
+    # its member elsewhere: the run's scope holds the contact's addresses, not the member's
+    # new one, so it took the member for deleted (an import-back at the contact's address)
+    # where a full sync gives the member the CRM's address
+    "mailchimp change run for a contact whose member moved out of sight": (
+        MailchimpConsent,
+        ["anna@example.de"],
+        False,
+        [
+            ("touch", 1, {"email": "ben@example.de"}),
+            ("person", "change_email", "anna@example.de", "cem@example.de"),
+            ("changes",),
         ],
     ),
 }

@@ -168,7 +168,7 @@ class World:
             return None
         name = self.provider_name
         found = scope_diff(scope, CrmValues(), provider=name, system_tag=SYSTEM_TAG[name])
-        diff = found.diff[~found.diff["match_key"].isin(found.unseen)]
+        diff = found.pushable()
         owners = frozenset(scope.contacts["contact_id"].astype(str))
         ctx = PushContext(
             self.engine,

@@ -161,6 +161,18 @@ class ScopeDiff:
     eligibility: EligibilityResult
     unseen: frozenset[str]  # member keys of ledger rows whose member is not at their address
     outside: frozenset[str]  # those of them whose member the scope has nowhere (`outside_keys`)
+    unseen_owners: frozenset[str]  # the CRM contacts owning those rows
+
+    def pushable(self) -> pd.DataFrame:
+        """The rows a run about these addresses may push: all but those decided with a ledger
+        row whose member is not at its address (the member may have moved outside the scope):
+        the row at that address and the rows of its owner, which the rules decide with the
+        member that row knows. The next full sync decides them."""
+        diff = self.diff
+        left = diff["match_key"].isin(self.unseen) | diff["crm_id"].astype(str).isin(
+            self.unseen_owners
+        )
+        return diff[~left]
 
 
 def scope_diff(
@@ -177,7 +189,9 @@ def scope_diff(
         system_tag=system_tag,
     )
     unseen = unseen_keys(scope)
-    return ScopeDiff(diff, result, unseen, outside_keys(scope, unseen))
+    ledger = scope.ledger
+    owners = ledger.loc[ledger["member_key"].isin(unseen), "owner"].dropna().astype(str)
+    return ScopeDiff(diff, result, unseen, outside_keys(scope, unseen), frozenset(owners))
 
 
 def unseen_keys(scope: Scope) -> frozenset[str]:

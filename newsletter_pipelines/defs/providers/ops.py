@@ -67,7 +67,7 @@ def push_crm_changes(
         found = scope_diff(
             scope, _SETTINGS.crm_values, provider=audience.provider, system_tag=audience.system_tag
         )
-        diff = found.diff[~found.diff["match_key"].isin(found.unseen)]
+        diff = found.pushable()
         verdicts = push_guards(diff, {}, active_count(engine, audience.key))
         for verdict in verdicts.values():
             if not verdict.passed:
@@ -90,7 +90,7 @@ def push_crm_changes(
     metadata |= {
         **{f"planned_{a}": int(n) for a, n in diff["action"].value_counts().items()},
         **push_metadata(context, summary, state_db),
-        "left_to_nightly": len(found.unseen),
+        "left_to_nightly": len(found.diff) - len(diff),
     }
     context.log_event(
         dg.AssetObservation(
