@@ -49,6 +49,7 @@ from typing import Any, ClassVar
 
 import httpx
 import pandas as pd
+import pytest
 from hypothesis import HealthCheck, Phase, note, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -91,6 +92,8 @@ settings.register_profile(  # a seed a long run reported, replayed without shrin
     "replay", parent=settings.get_profile("long"), phases=(Phase.explicit, Phase.generate)
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+# a long run takes 8 to 15 minutes a machine, over the suite's limit of 10 minutes a test
+pytestmark = pytest.mark.timeout(1800 if settings.default.max_examples > 40 else 600)
 
 ADDRESSES = [f"{name}@example.de" for name in ("anna", "ben", "cem", "dora", "emil", "fay")]
 CRM_TAGS = ["Käufer", "VIP", "Haus, Garten"]
@@ -478,6 +481,7 @@ class ConsentMachine(RuleBasedStateMachine):
 
     # --- the guarantees -----------------------------------------------------------------
 
+    @precondition(lambda self: self.dirty)
     @rule()
     def nightly_import_back(self) -> None:
         """`import_back_job` (snapshot, diff, import-back, no push): an opt-out at the provider
