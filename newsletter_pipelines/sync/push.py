@@ -228,11 +228,9 @@ class _Push:
         # opt-out), or whose old address an unsubscribe or removal sent now takes (someone
         # signed up there since), is no longer remembered at the old address: nothing waits
         # for it there (the CRM is not told of that move later; the opt-out must be stored)
-        waiting = (
-            _moves_waiting(diff[pending & ~keep])
-            - _moved_from(diff[pending & keep])
-            - self.opting_out(diff[is_write])
-        )
+        waiting = _moves_waiting(diff[pending & ~keep]) - _moved_from(diff[pending & keep])
+        if waiting:  # only then: a first sync's diff is all writes, a million rows
+            waiting -= self.opting_out(diff.loc[is_write, ["action", "match_key"]])
         consumes = _consuming(diff["ledger_after"], waiting)
         stored = diff["ledger_after"].notna() & ~pending & ~consumes
         self.observe(diff[~is_write & stored])
