@@ -39,9 +39,9 @@ from newsletter_pipelines.sync.import_back import (
     Audience,
     CrmView,
     ImportBackPlan,
-    observations,
     plan_import_back,
-    unimported_consent,
+    provider_change_keys,
+    recorded,
     unimported_keys,
 )
 from newsletter_pipelines.sync.inputs import (
@@ -176,7 +176,7 @@ class World:
             run_id,
             chunk_size=20,
             log=lambda _: None,
-            unimported=frozenset(diff.loc[diff["provider_change"].notna(), "match_key"]),
+            unimported=provider_change_keys(diff),
             redecide=redecider(
                 found.eligibility.eligible,
                 found.eligibility.excluded,
@@ -243,9 +243,7 @@ class World:
     def record_imported(self, diff: pd.DataFrame, plan: ImportBackPlan, run_id: str) -> None:
         """The ledger rows of the provider-side changes an applied plan took in (as
         `defs.import_back.writing.import_back` records them)."""
-        unimported = unimported_keys(diff, plan, written=True)
-        rows = observations(diff, unimported) + unimported_consent(diff, unimported)
-        record(self.engine, self.provider_name, run_id, rows)
+        record(self.engine, self.provider_name, run_id, recorded(diff, plan, written=True)[1])
 
     def plan_events(
         self, events: Sequence[StoredEvent]

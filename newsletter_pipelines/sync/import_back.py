@@ -469,8 +469,24 @@ def unimported_keys(diff: pd.DataFrame, plan: ImportBackPlan, written: bool) -> 
     guard, or all of them when nothing was written (dry run, report only). The push leaves
     them out of the ledger (`push.PushContext.unimported`), so the next run finds them again."""
     if not written:
-        return frozenset(diff.loc[diff["provider_change"].notna(), "match_key"])
+        return provider_change_keys(diff)
     return frozenset(held["match_key"] for held in plan.held)
+
+
+def provider_change_keys(diff: pd.DataFrame) -> frozenset[str]:
+    """Match keys of the diff's rows that carry a provider-side change."""
+    return frozenset(diff.loc[diff["provider_change"].notna(), "match_key"])
+
+
+def recorded(
+    diff: pd.DataFrame, plan: ImportBackPlan, written: bool
+) -> tuple[frozenset[str], list[LedgerRow]]:
+    """What an import-back leaves in the ledger: the match keys of the changes the CRM did not
+    take in (`unimported_keys`), and the rows it records, the observations of the rest when
+    it wrote (`observations`) and what `unimported_consent` keeps either way."""
+    unimported = unimported_keys(diff, plan, written)
+    rows = observations(diff, unimported) if written else []
+    return unimported, rows + unimported_consent(diff, unimported)
 
 
 def observations(diff: pd.DataFrame, unimported: frozenset[str]) -> list[LedgerRow]:

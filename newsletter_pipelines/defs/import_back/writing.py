@@ -21,11 +21,9 @@ from newsletter_pipelines.sync.import_back import (
     ImportBackPlan,
     SnapshotView,
     bounce_candidates,
-    observations,
     outcome_records,
     plan_import_back,
-    unimported_consent,
-    unimported_keys,
+    recorded,
 )
 
 _SETTINGS = Settings()
@@ -93,9 +91,7 @@ def import_back(
     elif len(plan):
         why = "dry run" if mode == "dry_run" else "NEWSLETTER_CRM_WRITE_BACK=false"
         log(f"{audience.key}: {why}: nothing written into the CRM")
-    unimported = unimported_keys(diff, plan, written=mode == "write")
-    ledger_rows = observations(diff, unimported) if mode == "write" else []
-    ledger_rows += unimported_consent(diff, unimported)  # report only, dry run: kept as such
+    unimported, ledger_rows = recorded(diff, plan, written=mode == "write")
     record(
         state_db.engine(),
         audience.key,

@@ -3,7 +3,6 @@ the full sync's eligibility and rules over just what those contacts' decisions d
 (`sync.scope`)."""
 
 import dagster as dg
-import pandas as pd
 
 from newsletter_pipelines.crm.changes import changed_between
 from newsletter_pipelines.defs.providers.clients import run_client
@@ -17,6 +16,7 @@ from newsletter_pipelines.providers.resources import BrevoResource, MailchimpRes
 from newsletter_pipelines.settings import Settings
 from newsletter_pipelines.state.ledger import active_count, load_ledger_frame_at
 from newsletter_pipelines.sync.changes import Mark
+from newsletter_pipelines.sync.import_back import provider_change_keys
 from newsletter_pipelines.sync.inputs import members_by_key, redecider
 from newsletter_pipelines.sync.push import push_diff
 from newsletter_pipelines.sync.scope import scope_diff
@@ -85,7 +85,11 @@ def push_crm_changes(
             client,
             diff,
             members_by_key(scope.snapshot),
-            push_context(context, audience, state_db, verdicts, _provider_changes(diff), redecide),
+            # provider-side changes: the import-back takes them in, not this run (the push
+            # leaves their observations out of the ledger)
+            push_context(
+                context, audience, state_db, verdicts, provider_change_keys(diff), redecide
+            ),
         )
     metadata |= {
         **{f"planned_{a}": int(n) for a, n in diff["action"].value_counts().items()},
@@ -100,9 +104,3 @@ def push_crm_changes(
         )
     )
     return dg.Output(None, metadata=metadata)
-
-
-def _provider_changes(diff: pd.DataFrame) -> frozenset[str]:
-    """Match keys of provider-side changes: the import-back takes them in, not this run (the
-    push leaves their observations out of the ledger)."""
-    return frozenset(diff.loc[diff["provider_change"].notna(), "match_key"])
