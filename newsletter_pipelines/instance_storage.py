@@ -10,7 +10,8 @@ closing those after use as before: a process never holds more than one idle conn
 storage. A connection idle for `PING_AFTER_IDLE_SECONDS` is pinged before it is used again (a
 restarted server or a dropped idle connection costs a reconnect, not a failure); one used just
 before is not (a ping before every use would be a third of a run's round trips). The event log
-also remembers the tables it found (`has_table`). Everything else, tables and migrations
+also remembers the tables it found (`has_table`) and stores an event without the NOTIFY
+dagster-postgres sends after it (`store_event`). Everything else, tables and migrations
 included, is dagster-postgres's.
 """
 
@@ -23,6 +24,8 @@ from collections.abc import Mapping
 from typing import Any, Self
 
 import sqlalchemy as sa
+from dagster._core.events.log import EventLogEntry
+from dagster._core.storage.event_log.sql_event_log import SqlEventLogStorage
 from dagster._serdes import ConfigurableClassData
 from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage
 from dagster_postgres.utils import (
@@ -119,6 +122,14 @@ class PooledPostgresEventLogStorage(_Pooled, PostgresEventLogStorage):
     def __init__(self, postgres_url: str, *args: Any, **kwargs: Any) -> None:
         self._tables_found: set[str] = set()
         super().__init__(postgres_url, *args, **kwargs)
+
+    def store_event(self, event: EventLogEntry) -> None:
+        """Dagster's SQL event log's `store_event`: the event, then for asset and check events
+        their index rows. dagster-postgres adds a NOTIFY after each event for the watchers of
+        older Dagster versions (1.13 polls for new events): a statement per event, and the
+        server's queue of notifications, which every committing NOTIFY holds a lock on, for
+        nothing in a deployment of one Dagster version."""
+        SqlEventLogStorage.store_event(self, event)
 
     def has_table(self, table_name: str) -> bool:
         """Whether the table exists, the server's catalog asked until it does: dagster-postgres

@@ -139,3 +139,39 @@ def test_the_event_log_asks_the_catalog_for_a_table_once(
         assert not storage.has_table("no_such_table")
         assert not storage.has_table("no_such_table")
         assert len(asked) == 3
+
+
+@pytest.mark.postgres
+def test_the_event_log_stores_a_runs_events_without_notifying(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """dagster-postgres sends a NOTIFY after each event for watchers of older versions; Dagster
+    1.13 polls instead. Without it a run's events, asset and check events with their index
+    rows, are all stored and found as before."""
+    _production_home(postgres_url, monkeypatch, tmp_path)
+
+    @dg.asset(check_specs=[dg.AssetCheckSpec("positive", asset="numbers")])
+    def numbers(context) -> Iterator[dg.Output[int] | dg.AssetCheckResult]:
+        context.log.info("counting")
+        yield dg.Output(3, metadata={"count": 3})
+        yield dg.AssetCheckResult(passed=True)
+
+    with dg.DagsterInstance.get() as instance:
+        sent: list[str] = []
+        sa.event.listen(
+            instance.event_log_storage._engine,
+            "before_cursor_execute",
+            lambda _c, _cur, statement, *_: sent.append(statement),
+        )
+        result = dg.materialize([numbers], instance=instance)
+        assert result.success
+        assert sent
+        assert not [s for s in sent if "NOTIFY" in s.upper()]
+        logged = instance.get_records_for_run(result.run_id).records
+        assert any(r.event_log_entry.user_message == "counting" for r in logged)
+        latest = instance.get_latest_materialization_event(dg.AssetKey("numbers"))
+        assert latest is not None and latest.run_id == result.run_id
+        check = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+            [dg.AssetCheckKey(dg.AssetKey("numbers"), "positive")]
+        )
+        assert check[dg.AssetCheckKey(dg.AssetKey("numbers"), "positive")].run_id == result.run_id
