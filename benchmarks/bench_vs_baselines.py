@@ -40,7 +40,9 @@ time, calls, the ratio of each to (1), the goals (at 10,000 never slower than (3
 (1) ≥ 3× faster than (3) on the first sync and ≥ 5× on the re-run; (2) ≥ 100× the calls of
 (1)), and where (1)'s time goes: Dagster steps (from the run's event log), HTTP calls by route
 (count, summed and longest time, from a hook on `httpx.Client.send`), the `/batches`
-timeline, and the run's time outside steps. Nothing is asserted. The load average (2 cores,
+timeline, the run's time outside steps, and the CPU seconds of this process, the sandbox and
+the rest of the machine during the run beside the core-seconds it offered (how close to bound
+by CPU the run was). Nothing is asserted. The load average (2 cores,
 shared) is printed beside each figure.
 """
 
@@ -70,6 +72,7 @@ import sqlalchemy as sa
 import yaml
 from bench_import_back import _unreachable, postgres_database
 from measure import (
+    CpuTime,
     PeakRss,
     add_postgres_url,
     fast_sqlite_writes,
@@ -441,7 +444,13 @@ def full_sync_job_def() -> Any:
 
 
 def run_project(
-    instance: Any, job: Any, resources: dict[str, Any], url: str, executor: str
+    instance: Any,
+    job: Any,
+    resources: dict[str, Any],
+    url: str,
+    executor: str,
+    *,
+    sandbox_pid: int,
 ) -> Measured:
     """`full_sync_job` for the Mailchimp partition; with steps, HTTP calls and batches.
 
@@ -455,7 +464,11 @@ def run_project(
     quiet = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
     before = stats(url)
     epoch0, perf0 = time.time(), time.perf_counter()
-    with PeakRss() as rss, http_calls() as calls:
+    with (
+        PeakRss() as rss,
+        http_calls() as calls,
+        CpuTime({"the sandbox": sandbox_pid}) as cpu,
+    ):
         if executor == "execute_job":
             result = dg.execute_job(
                 dg.reconstructable(full_sync_job_def),
@@ -488,6 +501,7 @@ def run_project(
         note=note,
         detail={
             "rss": rss,  # this process's memory while the run executed in it
+            "cpu": cpu,
             "steps": steps,
             "calls": mc_calls,
             "epoch0": epoch0,
@@ -499,7 +513,8 @@ def run_project(
 
 
 def project_breakdown(m: Measured) -> list[tuple[str, str]]:
-    """Where (1)'s time went: steps, HTTP calls per step and route, the batches' timeline."""
+    """Where (1)'s time went: steps, CPU by process, HTTP calls per step and route, the
+    batches' timeline."""
     d = m.detail
     epoch0, perf0 = d["epoch0"], d["perf0"]
     steps: list[Step] = d["steps"]
@@ -515,6 +530,8 @@ def project_breakdown(m: Measured) -> list[tuple[str, str]]:
             f"after RUN_SUCCESS {m.wall - (run_end - epoch0):.2f} s",
         )
     )
+    cpu: CpuTime = d["cpu"]
+    rows.append(("CPU during the run", cpu.text()))
     rss: PeakRss = d["rss"]
     peak = f"{rss.peak / 1024**3:.2f} GiB (this process, {rss.how})"
     if m.total >= HUGE:
@@ -701,7 +718,9 @@ def bench_count(count: int, args: argparse.Namespace, root: Path) -> dict[str, l
                 if key not in args.only:
                     continue
                 if key == "project":
-                    m = run_project(instance, job, resources, url, args.executor)
+                    m = run_project(
+                        instance, job, resources, url, args.executor, sandbox_pid=sandbox.popen.pid
+                    )
                     m.sent = m.total = count
                 elif key == "loop":
                     m = measure(lambda: run_loop(client, lists["loop"], crm, args.sample))

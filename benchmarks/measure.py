@@ -1,6 +1,7 @@
-"""What the benchmarks share: peak RSS, timers, time in the cycle collector, the load
-average, the budget verdict, the printed tables, the served sandbox's call counts, fast
-writes while a throwaway SQLite file is set up, and the `--postgres-url` option."""
+"""What the benchmarks share: peak RSS, timers, time in the cycle collector, CPU time by
+process and of the whole machine, the load average, the budget verdict, the printed tables,
+the served sandbox's call counts, fast writes while a throwaway SQLite file is set up, and the
+`--postgres-url` option."""
 
 from __future__ import annotations
 
@@ -109,6 +110,58 @@ class GcTime:
 
     def __exit__(self, *_: object) -> None:
         gc.callbacks.remove(self._track)
+
+
+class CpuTime:
+    """CPU seconds while the block ran: of this process, of the processes named in `others`
+    (name -> pid), and of the whole machine (every process: the rest is PostgreSQL, the
+    system and whatever else ran), beside the core-seconds the block's wall time offered."""
+
+    def __init__(self, others: Mapping[str, int]) -> None:
+        self._processes = {"this process": psutil.Process()} | {
+            name: psutil.Process(pid) for name, pid in others.items()
+        }
+        self._start: dict[str, float] = {}
+        self.used: dict[str, float] = {}
+        self.wall = 0.0
+
+    def _read(self) -> dict[str, float]:
+        found = {name: _busy(p.cpu_times()) for name, p in self._processes.items()}
+        times = psutil.cpu_times()
+        idle = times.idle + getattr(times, "iowait", 0.0)
+        # guest time is counted in user time already (Linux)
+        guest = getattr(times, "guest", 0.0) + getattr(times, "guest_nice", 0.0)
+        found["machine"] = sum(times) - idle - guest
+        found["wall"] = time.perf_counter()
+        return found
+
+    def __enter__(self) -> CpuTime:
+        self._start = self._read()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        end = self._read()
+        self.used = {name: end[name] - self._start[name] for name in end if name != "wall"}
+        self.wall = end["wall"] - self._start["wall"]
+
+    def text(self) -> str:
+        """`this process 8.81 s, the sandbox 3.05 s, the rest of the machine 3.74 s: 15.60 of
+        the 21.20 core-seconds the 10.60 s offered (74 %)`."""
+        if not self.used:
+            return "not measured"
+        named = [(n, v) for n, v in self.used.items() if n != "machine"]
+        rest = self.used["machine"] - sum(v for _, v in named)
+        offered = self.wall * (psutil.cpu_count() or 1)
+        parts = ", ".join(f"{n} {v:.2f} s" for n, v in named)
+        return (
+            f"{parts}, the rest of the machine (PostgreSQL, the system) {rest:.2f} s: "
+            f"{self.used['machine']:.2f} of the {offered:.2f} core-seconds the {self.wall:.2f} s "
+            f"offered ({self.used['machine'] / offered:.0%})"
+        )
+
+
+def _busy(times: Any) -> float:
+    return float(times.user + times.system)
 
 
 @contextmanager
