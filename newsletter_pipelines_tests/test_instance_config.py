@@ -34,6 +34,14 @@ def _production_home(postgres_url: str, monkeypatch: pytest.MonkeyPatch, tmp_pat
     monkeypatch.setenv("DAGSTER_HOME", str(home))
 
 
+@dg.asset(check_specs=[dg.AssetCheckSpec("positive", asset="numbers")])
+def numbers(context) -> Iterator[dg.Output[int] | dg.AssetCheckResult]:
+    """An asset with a log line, metadata and a check: every kind of event a run stores."""
+    context.log.info("counting")
+    yield dg.Output(3, metadata={"count": 3})
+    yield dg.AssetCheckResult(passed=True)
+
+
 @pytest.mark.postgres
 def test_production_instance_config_runs_on_postgres(
     postgres_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
@@ -78,12 +86,6 @@ def test_a_run_on_the_production_instance_reuses_its_connections(
     """dagster-postgres's own storages open a PostgreSQL connection per query: 2 or more per
     event of a run; these keep one open."""
     _production_home(postgres_url, monkeypatch, tmp_path)
-
-    @dg.asset(check_specs=[dg.AssetCheckSpec("positive", asset="numbers")])
-    def numbers(context) -> Iterator[dg.Output[int] | dg.AssetCheckResult]:
-        context.log.info("counting")
-        yield dg.Output(3, metadata={"count": 3})
-        yield dg.AssetCheckResult(passed=True)
 
     with dg.DagsterInstance.get() as instance:
         opened = []
@@ -149,12 +151,6 @@ def test_the_event_log_stores_a_runs_events_without_notifying(
     1.13 polls instead. Without it a run's events, asset and check events with their index
     rows, are all stored and found as before."""
     _production_home(postgres_url, monkeypatch, tmp_path)
-
-    @dg.asset(check_specs=[dg.AssetCheckSpec("positive", asset="numbers")])
-    def numbers(context) -> Iterator[dg.Output[int] | dg.AssetCheckResult]:
-        context.log.info("counting")
-        yield dg.Output(3, metadata={"count": 3})
-        yield dg.AssetCheckResult(passed=True)
 
     with dg.DagsterInstance.get() as instance:
         sent: list[str] = []
