@@ -27,7 +27,7 @@ from typing import Any
 
 import psutil
 import sqlalchemy as sa
-from measure import fast_sqlite_writes, verdict
+from measure import fast_sqlite_writes, machine, verdict
 
 from newsletter_pipelines.crm import arrow_reader
 from newsletter_pipelines.crm.loader import insert_rows
@@ -162,6 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.measure:
         print(json.dumps(measure(args.measure)))
         return
+    print(f"machine: {machine()}", flush=True)
     if args.url:
         figures, peak, max_rss = run_measurement(args.url)
         dialect = sa.engine.make_url(args.url).get_backend_name()

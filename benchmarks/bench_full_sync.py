@@ -34,7 +34,7 @@ from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
-from measure import PeakRss, counts_text, report, timer, verdict
+from measure import PeakRss, counts_text, machine, report, timer, verdict
 
 from newsletter_pipelines.crm.synthetic import GERMAN_FEMALE, GERMAN_LAST, GERMAN_MALE
 from newsletter_pipelines.providers.base import MemberStatus, Provider
@@ -586,7 +586,7 @@ def main(argv: list[str] | None = None) -> None:
     chosen = ["mailchimp", "brevo"] if args.provider == "both" else [args.provider]
     print(
         f"full-sync benchmark — {args.contacts:,} contacts, reconciliation over "
-        f"{args.reconcile_rows:,}; each part in a fresh process",
+        f"{args.reconcile_rows:,}; each part in a fresh process (machine: {machine()})",
         flush=True,
     )
     run_parts(args, chosen + (["reconcile"] if args.reconcile_rows > 0 else []))

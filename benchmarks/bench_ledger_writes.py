@@ -24,14 +24,13 @@ key). Run it with
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
 import time
 
 import sqlalchemy as sa
 from bench_import_back import postgres_database
-from measure import add_postgres_url, load, report, verdict
+from measure import add_postgres_url, load, machine, report, verdict
 
 from newsletter_pipelines.db import safe_url
 from newsletter_pipelines.state.ledger import OutcomeRecord, ledger, load_ledger_frame_at, record
@@ -223,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"ledger write benchmark — {args.chunks} chunks of {args.chunk_size:,} "
         f"({args.chunks * args.chunk_size:,} rows); budget: flat, the last tenth's chunks "
-        f"≤ {BUDGET_GROWTH}× the first tenth's (machine: {os.cpu_count()} cores, {load()})",
+        f"≤ {BUDGET_GROWTH}× the first tenth's (machine: {machine()})",
         flush=True,
     )
     with postgres_database(args.postgres_url) as url:

@@ -51,7 +51,7 @@ from typing import Any
 import httpx
 import psutil
 from bench_providers import people
-from measure import GcTime, load, report, routes_text, sandbox_calls, verdict
+from measure import GcTime, load, machine, report, routes_text, sandbox_calls, verdict
 
 from newsletter_pipelines.bulk import gc_paused
 from newsletter_pipelines.providers.base import Outcome, Provider, Result
@@ -445,7 +445,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.members < 1000 or not set(args.only) <= {"mailchimp", "brevo"}:
         parser.error("--members must be at least 1000; --only takes mailchimp,brevo")
     print(
-        f"bench_provider_limits: {os.cpu_count()} cores, {load()} at the start; latency "
+        f"bench_provider_limits: {machine()} at the start; latency "
         f"{args.latency:g} s a call, /batches after {args.batch_delay:g} s, imports after "
         f"{args.process_delay:g} s{'; gc.freeze() after the imports' if args.gc_freeze else ''}",
         flush=True,

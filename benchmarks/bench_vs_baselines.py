@@ -77,6 +77,7 @@ from measure import (
     add_postgres_url,
     fast_sqlite_writes,
     load,
+    machine,
     report,
     routes_text,
     sandbox_calls,
@@ -864,7 +865,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.storage == "postgres" and (why := _unreachable(args.postgres_url)):
         parser.error(f"--storage postgres: PostgreSQL {why} (or use --storage sqlite)")
     print(
-        f"bench_vs_baselines: {os.cpu_count()} cores, {load()} at the start; "
+        f"bench_vs_baselines: {machine()} at the start; "
         f"latency {args.latency:g} s a call, /batches results after {args.batch_delay:g} s; "
         f"(1)'s Dagster storage and state database: {args.storage}",
         flush=True,

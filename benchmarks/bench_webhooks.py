@@ -71,7 +71,15 @@ import httpx
 import psutil
 import sqlalchemy as sa
 from bench_import_back import _unreachable, postgres_database
-from measure import PeakRss, add_postgres_url, counts_text, fast_sqlite_writes, report, verdict
+from measure import (
+    PeakRss,
+    add_postgres_url,
+    counts_text,
+    fast_sqlite_writes,
+    machine,
+    report,
+    verdict,
+)
 
 from newsletter_pipelines.crm.loader import insert_rows
 from newsletter_pipelines.crm.reader import read_contacts_at
@@ -1309,8 +1317,7 @@ def main(argv: list[str] | None = None) -> None:
         f"webhook benchmark — receiver load {args.rate:,.0f} events/s for {args.seconds:,.0f} s, "
         f"then {args.events:,} events applied to a CRM of {args.contacts:,} contacts; on "
         f"{', '.join(chosen)}; budget: no event lost, job ≤ {BUDGET_JOB_S:.0f} s; each part in "
-        f"a fresh process (machine: {os.cpu_count()} cores, load average "
-        f"{', '.join(f'{x:.2f}' for x in os.getloadavg())})",
+        f"a fresh process (machine: {machine()})",
         flush=True,
     )
     if skipped:
