@@ -146,7 +146,7 @@ class CpuTime:
 
     def text(self) -> str:
         """`this process 8.81 s, the sandbox 3.05 s, the rest of the machine 3.74 s: 15.60 of
-        the 21.20 core-seconds the 10.60 s offered (74 %)`."""
+        the 21.20 core-seconds the 10.60 s offered (74%)`."""
         if not self.used:
             return "not measured"
         named = [(n, v) for n, v in self.used.items() if n != "machine"]
