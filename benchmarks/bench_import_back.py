@@ -58,6 +58,7 @@ from measure import (
     add_postgres_url,
     counts_text,
     fast_sqlite_writes,
+    machine,
     report,
     timer,
     verdict,
@@ -755,7 +756,7 @@ def main(argv: list[str] | None = None) -> None:
         f"import-back benchmark — {args.changes:,} provider changes into a CRM of "
         f"{args.contacts:,} contacts on {', '.join(chosen)}; budget per database ≤ "
         f"{BUDGET_WALL_S:.0f} s wall and ≤ {BUDGET_RSS_BYTES / _GIB:.0f} GiB peak RSS; each "
-        "database measured in a fresh process",
+        f"database measured in a fresh process (machine: {machine()})",
         flush=True,
     )
     if skipped:

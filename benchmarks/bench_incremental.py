@@ -89,7 +89,7 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 from bench_webhook_latency import percentile, spread
-from measure import counts_text, fast_sqlite_writes, report, verdict
+from measure import counts_text, fast_sqlite_writes, machine, report, verdict
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' package: live.py
 from newsletter_pipelines.crm.editor import edit_contact
@@ -828,6 +828,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--changes must be comma-separated counts")
     if not counts or min(counts) < 1 or args.repeat < 1 or args.latency < 0:
         parser.error("counts and --repeat must be at least 1, --latency not negative")
+    print(f"machine: {machine()}", flush=True)
     for name in list(os.environ):  # nothing of the caller's settings (no live provider keys)
         if name.startswith("NEWSLETTER_") and name != "NEWSLETTER_TEST_POSTGRES_URL":
             del os.environ[name]

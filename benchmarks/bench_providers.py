@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+from measure import machine
 
 from newsletter_pipelines.providers.base import Contact, Member, Provider, Result
 from newsletter_pipelines.providers.brevo import IMPORT_MAX_BYTES, BrevoClient
@@ -219,6 +220,7 @@ def main() -> None:
     parser.add_argument("--contacts", type=int, default=100_000)
     parser.add_argument("--tagged", type=int, default=10_000)
     args = parser.parse_args()
+    print(f"machine: {machine()}", flush=True)
     contacts = people(args.contacts)
     bench_mailchimp(contacts, min(args.tagged, args.contacts))
     bench_brevo(contacts)

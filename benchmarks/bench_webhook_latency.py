@@ -57,7 +57,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from measure import counts_text, report, verdict
+from measure import counts_text, machine, report, verdict
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' package: live.py
 from newsletter_pipelines_tests.live import (
@@ -230,6 +230,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.people < 1:
         parser.error("--people must be at least 1")
+    print(f"machine: {machine()}", flush=True)
     for name in list(os.environ):  # nothing of the caller's settings (no live provider keys)
         if name.startswith("NEWSLETTER_") and name != "NEWSLETTER_TEST_POSTGRES_URL":
             del os.environ[name]
