@@ -1,7 +1,7 @@
 """Benchmark: provider time beside its physical limit, against the served latency sandbox.
 
 `python benchmarks/bench_provider_limits.py [--members 100000] [--latency 0.1]
-[--batch-delay 1] [--process-delay 1] [--connections 5] [--rate 9.5] [--repeat 9]
+[--batch-delay 1] [--process-delay 1] [--connections 10] [--rate 9.5] [--repeat 9]
 [--only mailchimp,brevo] [--gc-freeze] [--keep DIR]`
 
 One served sandbox (`python -m newsletter_pipelines.sandbox serve --latency 0.1 --batch-delay 1
@@ -427,7 +427,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--process-delay", type=float, default=1.0, help="seconds until a Brevo import runs"
     )
-    parser.add_argument("--connections", type=int, default=5, help="client connections")
+    parser.add_argument(
+        "--connections", type=int, default=10, help="client connections (a run alone: 10)"
+    )
     parser.add_argument(
         "--rate", type=float, default=REQUESTS_PER_SECOND, help="Brevo client requests/s"
     )

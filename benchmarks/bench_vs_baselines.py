@@ -17,10 +17,12 @@ addresses, German names, 0–2 tags), then
 1. this project: `full_sync_job` for the Mailchimp partition, executed in-process
    (`execute_in_process`, the in-process executor) on a persistent temporary Dagster instance,
    with NEWSLETTER_MAILCHIMP_API_KEY / _BASE_URL pointing the resources at the served sandbox
-   (so the client runs with its production polling and 5 connections); the instance's storage
-   and the state database are on PostgreSQL as deployed (`--storage postgres`, throwaway
-   databases), or SQLite files as in the embedded demo (`--storage sqlite`: Dagster then opens,
-   commits and closes a SQLite file for each of the run's events);
+   (so the client runs with its production polling and up to 10 connections: a run alone on
+   its account; with the PostgreSQL state database its calls hold the account's connection
+   slots); the instance's storage and the state database are on PostgreSQL as deployed
+   (`--storage postgres`, throwaway databases), or SQLite files as in the embedded demo
+   (`--storage sqlite`: Dagster then opens, commits and closes a SQLite file for each of the
+   run's events);
 2. the loop a user writes with `mailchimp-marketing`: `lists.set_list_member` per contact
    (`status_if_new: subscribed`, merge fields; tags left out, which would cost one more call a
    tagged contact), sequential; for N above `--sample`, the first `--sample` contacts are sent

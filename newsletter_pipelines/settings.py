@@ -217,12 +217,14 @@ class Settings(BaseSettings):
         description="Mailchimp API root. Default: https://<dc>.api.mailchimp.com/3.0 from the key.",
     )
     mailchimp_max_connections: int = Field(
-        default=5,
+        default=10,
         ge=1,
         le=10,
         description="Concurrent connections of one run to Mailchimp. Mailchimp allows an "
-        "account 10 in all; the run queue lets 2 runs of one account run at once (dagster.yaml), "
-        "and a run never opens more than its share, 10 // that limit.",
+        "account 10 in all: with a PostgreSQL state database every call holds one of the "
+        "account's 10 connection slots there, shared by all runs and processes; with another, "
+        "the run queue lets 2 runs of one account run at once (dagster.yaml) and a run never "
+        "opens more than its share, 10 // that limit.",
     )
     brevo_api_key: SecretStr | None = Field(
         default=None, description="Brevo API key. Unset: the embedded sandbox."

@@ -31,6 +31,7 @@ from newsletter_pipelines.defs.providers.accounts import (
     runs_per_account,
 )
 from newsletter_pipelines.defs.providers.assets import provider_audience_snapshot
+from newsletter_pipelines.defs.providers.clients import shared_client
 from newsletter_pipelines.defs.providers.partitions import audience_config
 from newsletter_pipelines.defs.providers.sensors import audience_syncs_sensor, crm_changes_sensor
 from newsletter_pipelines.defs.resources import build_resources
@@ -226,14 +227,17 @@ def test_a_run_the_queue_did_not_count_only_warns_in_the_embedded_demo(settings:
     assert any("Going on: the embedded sandbox has no connection limit" in m for m in logs)
 
 
-def test_the_production_queue_limit_and_the_connections_per_run_fit_the_account() -> None:
+def test_the_production_queue_limit_and_the_connections_per_run_fit_the_account(
+    postgres_url: str,
+) -> None:
     default = Settings().mailchimp_max_connections
+    assert default == MAILCHIMP_ACCOUNT_CONNECTIONS  # a run alone may use them all
     with limited_instance() as instance:
         runs = runs_per_account(instance, "mailchimp")
         assert runs == runs_per_account(instance, "brevo") == 2  # every account alike
-    assert runs * default <= MAILCHIMP_ACCOUNT_CONNECTIONS
-    assert mailchimp_connections(runs, default) == default  # the default is the full share
-    assert mailchimp_connections(runs, 10) == 5  # a larger setting keeps to the share
+    # without the state database's connection slots, a run keeps to its fixed share
+    assert runs * mailchimp_connections(runs, default) <= MAILCHIMP_ACCOUNT_CONNECTIONS
+    assert mailchimp_connections(runs, default) == 5
     assert mailchimp_connections(3, 5) == 3
     assert mailchimp_connections(1, 10) == 10
     assert mailchimp_connections(None, 10) == 10  # no queue limit: the setting alone
@@ -244,6 +248,14 @@ def test_the_production_queue_limit_and_the_connections_per_run_fit_the_account(
         assert client._api.max_connections == 3
     finally:
         client.close()
+    audience = Settings().audience("mailchimp")
+    for settings, connections in (
+        (Settings(), 5),  # SQLite: the fixed share
+        (Settings(state_database_url=postgres_url), default),  # the slots keep to the account's
+    ):
+        resource = MailchimpResource.from_settings(settings)
+        with shared_client(audience, runs, resource) as client:
+            assert client._api.max_connections == connections
 
 
 @pytest.mark.parametrize(

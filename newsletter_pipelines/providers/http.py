@@ -1,6 +1,8 @@
 """The one HTTP layer both clients share: bounded concurrency, pacing, retries, error shape.
 
-- at most `max_connections` requests in flight (Mailchimp counts simultaneous connections);
+- at most `max_connections` requests in flight (Mailchimp counts simultaneous connections),
+  each also holding one of its account's slots when given (`account_slot`: the account's
+  connections shared by every process that calls it, `state.connection_slots`);
 - optional pacing to `requests_per_second` (Brevo meters contact endpoints per second);
 - 429, 425, 5xx, an empty-bodied 403 (Mailchimp under load), timeouts and dropped connections
   are retried with jittered exponential backoff, waiting at least what `x-sib-ratelimit-reset`
@@ -24,6 +26,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -176,9 +179,11 @@ class ApiClient:
         requests_per_second: float | None = None,
         retry: RetryPolicy | None = None,
         transport: httpx.BaseTransport | None = None,
+        account_slot: Callable[[], AbstractContextManager[object]] | None = None,
     ) -> None:
         self.provider = provider
         self.max_connections = max_connections
+        self._account_slot = account_slot or nullcontext
         self._auth_headers = dict(auth_headers)
         self._secrets = [*secrets, *(v.split(" ", 1)[-1] for v in auth_headers.values())]
         self._parse_error = parse_error
@@ -287,7 +292,7 @@ class ApiClient:
     def _send(
         self, method: str, path: str, params: Mapping[str, Any] | None, json: Any
     ) -> httpx.Response:
-        with self._slots:
+        with self._slots, self._account_slot():
             if self._pace is not None:
                 self._pace.acquire()  # paced once a connection is free, so no bursts follow
             sent = time.perf_counter()

@@ -19,6 +19,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qsl, quote, urlencode
 
@@ -71,6 +72,8 @@ log = logging.getLogger("newsletter_pipelines.providers")
 T = TypeVar("T")
 
 NAME = "mailchimp"
+ACCOUNT_CONNECTIONS = 10
+"""Simultaneous connections Mailchimp allows one account, across all its clients."""
 BATCH_SUBSCRIBE_MAX = 500
 PAGE_SIZE = 1000
 MEMBERS_LOOKUP_MAX = 2000
@@ -312,6 +315,7 @@ class MailchimpClient:
         poll: PollPolicy | None = None,
         direct_max: int | None = None,
         transport: httpx.BaseTransport | None = None,
+        account_slot: Callable[[], AbstractContextManager[object]] | None = None,
     ) -> None:
         url = base_url or base_url_for(api_key)
         token = "Basic " + base64.b64encode(f"newsletter-pipelines:{api_key}".encode()).decode()
@@ -324,6 +328,7 @@ class MailchimpClient:
             max_connections=max_connections,
             retry=retry,
             transport=transport,
+            account_slot=account_slot,
         )
         self._ops = OperationRunner(self._api, poll=poll or PollPolicy(), direct_max=direct_max)
         self._audience_name = audience_name

@@ -74,6 +74,13 @@ class OpResult:
         return f"{detail} ({fields})" if fields else detail
 
 
+DIRECT_CONNECTIONS = 5
+"""The connections a one-by-one send is planned on: a run's share of its account's 10 while
+another run of the account goes on beside it (runs share them call by call). A run alone may
+open more, but the choice does not count on them: one by one costs a call per member, a batch
+three calls."""
+
+
 @dataclass(frozen=True)
 class Route:
     """The estimated seconds of some operations sent one by one and through `/batches`."""
@@ -119,13 +126,14 @@ class OperationRunner:
 
     def route(self, count: int) -> Route:
         """The estimated seconds of `count` operations either way, from this client's recent
-        round trips and the last batch it ran (before any: the least a batch takes, the
-        submit, the first poll after `PollPolicy.initial` and the download)."""
+        round trips (one by one on at most `DIRECT_CONNECTIONS`) and the last batch it ran
+        (before any: the least a batch takes, the submit, the first poll after
+        `PollPolicy.initial` and the download)."""
         latency = self._api.latency()
         batch = self._batch_seconds
         if batch is None:
             batch = self._poll.initial + 3 * (latency or 0.0)
-        return Route.of(count, self._api.max_connections, latency, batch)
+        return Route.of(count, min(self._api.max_connections, DIRECT_CONNECTIONS), latency, batch)
 
     def run(self, operations: Sequence[Operation]) -> dict[str, OpResult]:
         """The result of every operation, keyed by `operation_id`."""

@@ -9,19 +9,26 @@ log says so at resource start.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+import sqlalchemy as sa
 from dagster import ConfigurableResource, EnvVar, InitResourceContext
 from pydantic import Field, PrivateAttr
 
 from newsletter_pipelines.providers.brevo import REQUESTS_PER_SECOND, BrevoClient
 from newsletter_pipelines.providers.brevo_attributes import AttributeMap
 from newsletter_pipelines.providers.http import PollPolicy
-from newsletter_pipelines.providers.mailchimp import AudienceDefaults, MailchimpClient
+from newsletter_pipelines.providers.mailchimp import (
+    ACCOUNT_CONNECTIONS,
+    NAME,
+    AudienceDefaults,
+    MailchimpClient,
+)
 from newsletter_pipelines.sandbox import (
     BREVO_PREFIX,
     MAILCHIMP_PREFIX,
@@ -32,8 +39,10 @@ from newsletter_pipelines.sandbox import (
     SandboxTransport,
 )
 from newsletter_pipelines.settings import Settings
+from newsletter_pipelines.state.connection_slots import AccountSlots, account_slots
 
 MAILCHIMP_KEY_ENV = "NEWSLETTER_MAILCHIMP_API_KEY"
+STATE_URL_ENV = "NEWSLETTER_STATE_DATABASE_URL"
 BREVO_KEY_ENV = "NEWSLETTER_BREVO_API_KEY"
 SANDBOX_AUDIENCE = AudienceDefaults(
     company="Sandbox Example GmbH",
@@ -177,7 +186,12 @@ class MailchimpResource(_ProviderResource):
     key_env: ClassVar[str] = MAILCHIMP_KEY_ENV
 
     base_url: str | None = Field(default=None, description="Default: from the key's data center.")
-    max_connections: int = Field(default=5, ge=1, le=10)
+    max_connections: int = Field(default=ACCOUNT_CONNECTIONS, ge=1, le=ACCOUNT_CONNECTIONS)
+    connection_slots_url: str | None = Field(
+        default=None,
+        description="The state database (EnvVar). PostgreSQL: every call holds one of the "
+        "account's connection slots there, shared by all processes; else none.",
+    )
     salutation_tag: str = "SALUTATION"
     audience_defaults: dict[str, str] = Field(
         default_factory=dict, description="Lets the sync create a missing audience."
@@ -185,11 +199,17 @@ class MailchimpResource(_ProviderResource):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MailchimpResource:
-        """The resource for these settings; the key is referenced, never copied."""
+        """The resource for these settings; the key and the state database's URL are referenced,
+        never copied (the URL only of a PostgreSQL state database: the connection slots)."""
+        state = settings.resolved_state_database_url()
+        slots_url: str | EnvVar | None = None
+        if sa.engine.make_url(state).get_backend_name() == "postgresql":
+            slots_url = EnvVar(STATE_URL_ENV) if os.environ.get(STATE_URL_ENV) == state else state
         return cls(
             api_key=None if settings.uses_sandbox("mailchimp") else EnvVar(MAILCHIMP_KEY_ENV),
             base_url=settings.mailchimp_base_url,
             max_connections=settings.mailchimp_max_connections,
+            connection_slots_url=slots_url,
             salutation_tag=settings.mailchimp_salutation_tag,
             audience_defaults=settings.mailchimp_audience_defaults,
             sandbox_state_file=_state_file(settings),
@@ -199,10 +219,22 @@ class MailchimpResource(_ProviderResource):
         """The API root (or that it comes from the key's data center)."""
         return self.base_url or "data center from the key"
 
+    def account_slots(self) -> AccountSlots | None:
+        """The account's connection slots, shared by every process that calls it (None: the
+        state database is not PostgreSQL, each run keeps to a fixed share)."""
+        url = self.connection_slots_url
+        if isinstance(url, EnvVar):  # the resource used outside a run: its variable unresolved
+            url = url.get_value()
+        if not url:
+            return None
+        return account_slots(url, NAME, ACCOUNT_CONNECTIONS)
+
     def client(self, audience_name: str, max_connections: int | None = None) -> MailchimpClient:
         """A client for one audience (close it when done), opening at most `max_connections`
         (default: the resource's) connections at once."""
         connections = min(max_connections or self.max_connections, self.max_connections)
+        slots = self.account_slots()
+        account_slot = None if slots is None else slots.slot
         if self.uses_sandbox:
             sandbox = embedded_sandbox(Path(self.sandbox_state_file))
             return MailchimpClient(
@@ -210,6 +242,7 @@ class MailchimpResource(_ProviderResource):
                 audience_name,
                 base_url=SANDBOX_ORIGIN + MAILCHIMP_PREFIX,
                 max_connections=connections,
+                account_slot=account_slot,
                 salutation_tag=self.salutation_tag,
                 audience_defaults=SANDBOX_AUDIENCE,
                 poll=SANDBOX_POLL,
@@ -224,6 +257,7 @@ class MailchimpResource(_ProviderResource):
             max_connections=connections,
             salutation_tag=self.salutation_tag,
             audience_defaults=AudienceDefaults.model_validate(defaults) if defaults else None,
+            account_slot=account_slot,
         )
 
     def run_client(

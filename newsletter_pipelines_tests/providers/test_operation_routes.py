@@ -57,6 +57,21 @@ def test_fewer_operations_never_turn_a_direct_route_into_a_batch(
         assert Route.of(small, connections, latency, batch).direct_is_sooner
 
 
+def test_one_by_one_is_planned_on_a_runs_share_of_the_accounts_connections(
+    transport: httpx.BaseTransport,
+) -> None:
+    """A run alone may open all 10 of the account's connections, but another run may take half
+    of them at any call: 100 updates at 100 ms a call go through one batch (3 calls), not 100
+    calls on connections the run may not keep."""
+    poll = PollPolicy(initial=1.0, maximum=2.0, deadline=30.0)  # production's first poll
+    client: MailchimpClient = make_mailchimp(transport, max_connections=10, poll=poll)
+    for _ in range(5):
+        client._api._answered(0.1)
+    assert client._ops.route(100) == Route(direct=2.0, batches=1.3)
+    assert client._ops.route(50).direct_is_sooner
+    client.close()
+
+
 def _renamed(people: list[Contact], name: str) -> list[Contact]:
     return [c.model_copy(update={"first_name": name}) for c in people]
 

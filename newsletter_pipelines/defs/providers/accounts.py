@@ -5,9 +5,11 @@ Every run of a job that calls a provider (`full_sync_job`, `audience_sync_job`,
 `newsletter/provider_account` naming its audience's account: the provider's name (one API key
 per provider, so one account each; never anything derived from a key). The instance's run queue
 (`tag_concurrency_limits` in `dagster.yaml`: 2) lets only so many runs of one account run at
-once, and a run's Mailchimp client opens at most 10 // that limit connections (and never more
-than NEWSLETTER_MAILCHIMP_MAX_CONNECTIONS, default 5): all runs of one Mailchimp account
-together stay within the 10 simultaneous connections Mailchimp allows an account.
+once. All runs of one Mailchimp account together stay within the 10 simultaneous connections
+Mailchimp allows an account: with a PostgreSQL state database each call holds one of the
+account's 10 connection slots there (`state.connection_slots`), so a run alone may open up to
+NEWSLETTER_MAILCHIMP_MAX_CONNECTIONS (default 10) and runs at once share them call by call;
+with another state database a run opens at most its fixed share, 10 // the queue's limit.
 
 The tag comes from the jobs' partitioned config (`partitions.audience_config`), which Dagster
 applies to every run it creates for a partition of a job: sensor and schedule run requests,
@@ -22,11 +24,12 @@ from __future__ import annotations
 
 import dagster as dg
 
+from newsletter_pipelines.providers.mailchimp import (
+    ACCOUNT_CONNECTIONS as MAILCHIMP_ACCOUNT_CONNECTIONS,
+)
 from newsletter_pipelines.settings import AudienceConfig, Settings
 
 ACCOUNT_TAG = "newsletter/provider_account"
-MAILCHIMP_ACCOUNT_CONNECTIONS = 10
-"""Simultaneous connections Mailchimp allows one account, across all its clients."""
 PROVIDER_JOBS = (
     "full_sync_job",
     "audience_sync_job",
