@@ -1,14 +1,16 @@
 """Benchmark: provider time beside its physical limit, against the served latency sandbox.
 
 `python benchmarks/bench_provider_limits.py [--members 100000] [--latency 0.1]
-[--batch-delay 1] [--process-delay 1] [--connections 10] [--rate 9.5] [--repeat 9]
+[--batch-delay 1] [--process-delay 1] [--connections 5] [--rate 9.5] [--repeat 9]
 [--only mailchimp,brevo] [--gc-freeze] [--keep DIR]`
 
 One served sandbox (`python -m newsletter_pipelines.sandbox serve --latency 0.1 --batch-delay 1
 --process-delay 1`: every Mailchimp and Brevo call answered 100 ms after it arrived, a `/batches`
 result and a Brevo import are ready 1 s after they were submitted; state in memory), and per
 provider its client configured as for a live account (production polling; Mailchimp `--connections`
-of the 10 the account allows, Brevo paced to `--rate` of the 10 requests/s it allows):
+of the 10 the account allows, by default 5, the share a run keeps while another run of its account
+goes on beside it; a run alone may open 10, at which the served sandbox's one process, not the
+client, is the bound; Brevo paced to `--rate` of the 10 requests/s it allows):
 
 1. first sync of N new contacts through `upsert`, in the push's chunks (`CREATE_CHUNK_SIZE`, each
    chunk's contacts built just before it is sent, as the push does): wall time, calls by route
@@ -427,9 +429,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--process-delay", type=float, default=1.0, help="seconds until a Brevo import runs"
     )
-    parser.add_argument(
-        "--connections", type=int, default=10, help="client connections (a run alone: 10)"
-    )
+    parser.add_argument("--connections", type=int, default=5, help="client connections")
     parser.add_argument(
         "--rate", type=float, default=REQUESTS_PER_SECOND, help="Brevo client requests/s"
     )
