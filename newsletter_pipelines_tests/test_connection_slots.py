@@ -140,6 +140,24 @@ def test_a_process_that_ends_lets_its_slots_go(
         holder.kill()
 
 
+def test_a_call_waits_for_a_slot_no_longer_than_its_bound(postgres_url: str) -> None:
+    engine = sa.create_engine(postgres_url)
+    holder = AccountSlots(engine, "mailchimp", 1)
+    waiting = AccountSlots(sa.create_engine(postgres_url), "mailchimp", 1, wait_max=0.3)
+    try:
+        with (
+            holder.slot(),
+            pytest.raises(TimeoutError, match="mailchimp account came free"),
+            waiting.slot(),
+        ):
+            pass
+        with waiting.slot():  # free again
+            assert waiting.held() == 1
+    finally:
+        holder.close()
+        waiting.close()
+
+
 def test_two_mailchimp_clients_of_one_account_keep_to_its_connections(
     sandbox: Sandbox, slots_of: Callable[[str, int], AccountSlots]
 ) -> None:

@@ -12,6 +12,7 @@ lost its slots with it: the call that finds out fails, and the next one opens a 
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import zlib
@@ -19,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import sqlalchemy as sa
-from tenacity import Retrying, retry_if_result, wait_random_exponential
+from tenacity import Retrying, retry_if_result, stop_after_delay, wait_random_exponential
 
 from newsletter_pipelines.db import create_engine
 
@@ -28,6 +29,9 @@ _UNLOCK = sa.text("SELECT pg_advisory_unlock(:space, :slot)")
 _NAMESPACE = "newsletter_pipelines.connections:"
 _WAIT = wait_random_exponential(multiplier=0.005, max=0.1)
 """Between tries while every slot is taken: a call takes 0.1 s to seconds."""
+WAIT_MAX_S = 600.0
+"""The longest a call waits for a slot: longer, other processes hold them all as if stuck."""
+log = logging.getLogger("newsletter_pipelines.state")
 
 
 class AccountSlots:
@@ -35,11 +39,14 @@ class AccountSlots:
     `engine` (`slot()` around each call). Thread-safe; one per process and account
     (`account_slots`)."""
 
-    def __init__(self, engine: sa.Engine, account: str, total: int) -> None:
+    def __init__(
+        self, engine: sa.Engine, account: str, total: int, wait_max: float = WAIT_MAX_S
+    ) -> None:
         if engine.dialect.name != "postgresql":
             raise ValueError(f"connection slots need PostgreSQL, not {engine.dialect.name}")
         self.account = account
         self.total = total
+        self.wait_max = wait_max
         self._engine = engine
         self._space = _space(account)
         self._held: set[int] = set()  # slots this process holds
@@ -48,8 +55,14 @@ class AccountSlots:
 
     @contextmanager
     def slot(self) -> Iterator[int]:
-        """Hold one of the account's slots (waiting while all are taken) for the block."""
-        retrying = Retrying(retry=retry_if_result(lambda slot: slot is None), wait=_WAIT)
+        """Hold one of the account's slots (waiting while all are taken, at most `wait_max`
+        seconds, then `TimeoutError`) for the block."""
+        retrying = Retrying(
+            retry=retry_if_result(lambda slot: slot is None),
+            wait=_WAIT,
+            stop=stop_after_delay(self.wait_max),
+            retry_error_callback=self._waited_too_long,
+        )
         slot = retrying(self._try_one)
         try:
             yield slot
@@ -84,11 +97,20 @@ class AccountSlots:
                     return slot
         return None
 
+    def _waited_too_long(self, _: object) -> int:
+        raise TimeoutError(
+            f"no connection slot of the {self.account} account came free in {self.wait_max:.0f} "
+            f"s: other processes hold all {self.total} (state database, advisory locks)"
+        )
+
     def _release(self, slot: int) -> None:
         with self._lock:
             if slot in self._held and self._session is not None:
                 self._held.discard(slot)
-                self._run(_UNLOCK, slot)
+                try:
+                    self._run(_UNLOCK, slot)
+                except sa.exc.DBAPIError as exc:  # the session's locks went with it
+                    log.warning("%s: connection slots' session lost (%s)", self.account, exc)
 
     def _run(self, statement: sa.TextClause, slot: int) -> bool:
         """`statement` for `slot` on the session; a failed session is dropped (its locks went
