@@ -9,8 +9,8 @@ One served sandbox (`python -m newsletter_pipelines.sandbox serve --latency 0.1 
 result and a Brevo import are ready 1 s after they were submitted; state in memory), and per
 provider its client configured as for a live account (production polling; Mailchimp `--connections`
 of the 10 the account allows, by default 5, the share a run keeps while another run of its account
-goes on beside it; a run alone may open 10, at which the served sandbox's one process, not the
-client, is the bound; Brevo paced to `--rate` of the 10 requests/s it allows):
+goes on beside it; `--connections 10` for a run alone; Brevo paced to `--rate` of the 10
+requests/s it allows):
 
 1. first sync of N new contacts through `upsert`, in the push's chunks (`CREATE_CHUNK_SIZE`, each
    chunk's contacts built just before it is sent, as the push does): wall time, calls by route
