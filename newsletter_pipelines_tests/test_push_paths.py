@@ -375,7 +375,7 @@ def test_creates_with_calls_in_flight_end_as_one_at_a_time(
     assert many == one
 
 
-@pytest.mark.parametrize("in_flight", [1, 2])
+@pytest.mark.parametrize("in_flight", [1, 2, 3])
 def test_a_chunks_intents_are_written_before_the_outcomes_that_came_back_meanwhile(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_flight: int
 ) -> None:
@@ -404,7 +404,7 @@ def test_a_chunks_intents_are_written_before_the_outcomes_that_came_back_meanwhi
     assert all(intents[k] < settled[k - in_flight - 1] for k in range(in_flight + 1, chunks))
 
 
-@pytest.mark.parametrize("in_flight", [1, 2])
+@pytest.mark.parametrize("in_flight", [1, 2, 3])
 def test_no_create_call_goes_out_before_its_intents_are_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_flight: int
 ) -> None:
