@@ -166,12 +166,14 @@ class ScopeDiff:
     def pushable(self) -> pd.DataFrame:
         """The rows a run about these addresses may push: all but those decided with a ledger
         row whose member is not at its address (the member may have moved outside the scope):
-        the row at that address and the rows of its owner, which the rules decide with the
-        member that row knows. The next full sync decides them."""
+        the row at that address, the rows of its owner, which the rules decide with the member
+        that row knows, and the rows of every contact with a row at that address (one the CRM
+        gave the address: whether its member may move there depends on where the row's member
+        went). The next full sync decides them."""
         diff = self.diff
-        left = diff["match_key"].isin(self.unseen) | diff["crm_id"].astype(str).isin(
-            self.unseen_owners
-        )
+        at_unseen = diff["match_key"].isin(self.unseen)
+        claimants = frozenset(diff.loc[at_unseen, "crm_id"].dropna().astype(str))
+        left = at_unseen | diff["crm_id"].astype(str).isin(self.unseen_owners | claimants)
         return diff[~left]
 
 
