@@ -16,8 +16,8 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from newsletter_pipelines.defs.resources import build_resources
 from newsletter_pipelines.providers.mailchimp import ACCOUNT_CONNECTIONS, MailchimpClient
-from newsletter_pipelines.providers.resources import MailchimpResource
 from newsletter_pipelines.sandbox import (
     MAILCHIMP_PREFIX,
     SANDBOX_MAILCHIMP_KEY,
@@ -191,15 +191,15 @@ def test_two_mailchimp_clients_of_one_account_keep_to_its_connections(
 def test_the_slots_are_used_with_a_postgresql_state_database_only(
     postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    on_postgres = MailchimpResource.from_settings(Settings(state_database_url=postgres_url))
+    on_postgres = build_resources(Settings(state_database_url=postgres_url))["mailchimp"]
     found = on_postgres.account_slots()
     assert found is not None and found.total == ACCOUNT_CONNECTIONS
     assert found is account_slots(postgres_url, "mailchimp", ACCOUNT_CONNECTIONS)  # one a process
     monkeypatch.setenv("NEWSLETTER_STATE_DATABASE_URL", postgres_url)
-    by_reference = MailchimpResource.from_settings(Settings())
+    by_reference = build_resources(Settings())["mailchimp"]
     assert isinstance(by_reference.connection_slots_url, dg.EnvVar)  # the URL stays out of the UI
     assert by_reference.account_slots() is found
     monkeypatch.delenv("NEWSLETTER_STATE_DATABASE_URL")
-    assert MailchimpResource.from_settings(Settings()).account_slots() is None  # SQLite
+    assert build_resources(Settings())["mailchimp"].account_slots() is None  # SQLite
     with pytest.raises(ValueError, match="need PostgreSQL"):
         AccountSlots(sa.create_engine("sqlite://"), "mailchimp", 10)

@@ -253,7 +253,7 @@ def test_the_production_queue_limit_and_the_connections_per_run_fit_the_account(
         (Settings(), 5),  # SQLite: the fixed share
         (Settings(state_database_url=postgres_url), default),  # the slots keep to the account's
     ):
-        resource = MailchimpResource.from_settings(settings)
+        resource = build_resources(settings)["mailchimp"]
         with shared_client(audience, runs, resource) as client:
             assert client._api.max_connections == connections
 

@@ -142,16 +142,14 @@ def build_resources(settings: Settings | None = None) -> dict[str, Any]:
         schema_mapping=settings.crm_schema.model_dump(exclude_none=True),
         embedded_demo_dir=str(settings.demo_data_dir) if settings.uses_embedded_crm() else None,
     )
+    state_url = _url_source("NEWSLETTER_STATE_DATABASE_URL", settings.resolved_state_database_url())
     state = StateDatabaseResource(
-        database_url=_url_source(
-            "NEWSLETTER_STATE_DATABASE_URL", settings.resolved_state_database_url()
-        ),
-        upgrade_schema=settings.upgrades_state_database(),
+        database_url=state_url, upgrade_schema=settings.upgrades_state_database()
     )
     return {
         "crm": crm,
         "state_db": state,
-        "mailchimp": MailchimpResource.from_settings(settings),
+        "mailchimp": MailchimpResource.from_settings(settings, connection_slots_url=state_url),
         "brevo": BrevoResource.from_settings(settings),
         "io_manager": ParquetIOManagerResource(
             base_uri=_url_source("NEWSLETTER_IO_BASE_URI", settings.resolved_io_base_uri())

@@ -9,14 +9,12 @@ log says so at resource start.
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-import sqlalchemy as sa
 from dagster import ConfigurableResource, EnvVar, InitResourceContext
 from pydantic import Field, PrivateAttr
 
@@ -42,7 +40,6 @@ from newsletter_pipelines.settings import Settings
 from newsletter_pipelines.state.connection_slots import AccountSlots, account_slots
 
 MAILCHIMP_KEY_ENV = "NEWSLETTER_MAILCHIMP_API_KEY"
-STATE_URL_ENV = "NEWSLETTER_STATE_DATABASE_URL"
 BREVO_KEY_ENV = "NEWSLETTER_BREVO_API_KEY"
 SANDBOX_AUDIENCE = AudienceDefaults(
     company="Sandbox Example GmbH",
@@ -189,7 +186,7 @@ class MailchimpResource(_ProviderResource):
     max_connections: int = Field(default=ACCOUNT_CONNECTIONS, ge=1, le=ACCOUNT_CONNECTIONS)
     connection_slots_url: str | None = Field(
         default=None,
-        description="The state database (EnvVar). PostgreSQL: every call holds one of the "
+        description="The state database's (EnvVar). PostgreSQL: every call holds one of the "
         "account's connection slots there, shared by all processes; else none.",
     )
     salutation_tag: str = "SALUTATION"
@@ -198,18 +195,17 @@ class MailchimpResource(_ProviderResource):
     )
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> MailchimpResource:
-        """The resource for these settings; the key and the state database's URL are referenced,
-        never copied (the URL only of a PostgreSQL state database: the connection slots)."""
-        state = settings.resolved_state_database_url()
-        slots_url: str | EnvVar | None = None
-        if sa.engine.make_url(state).get_backend_name() == "postgresql":
-            slots_url = EnvVar(STATE_URL_ENV) if os.environ.get(STATE_URL_ENV) == state else state
+    def from_settings(
+        cls, settings: Settings, connection_slots_url: str | EnvVar | None = None
+    ) -> MailchimpResource:
+        """The resource for these settings; the key is referenced, never copied.
+        `connection_slots_url`: the state database's, as its resource has it (on PostgreSQL,
+        the account's connection slots)."""
         return cls(
             api_key=None if settings.uses_sandbox("mailchimp") else EnvVar(MAILCHIMP_KEY_ENV),
             base_url=settings.mailchimp_base_url,
             max_connections=settings.mailchimp_max_connections,
-            connection_slots_url=slots_url,
+            connection_slots_url=connection_slots_url,
             salutation_tag=settings.mailchimp_salutation_tag,
             audience_defaults=settings.mailchimp_audience_defaults,
             sandbox_state_file=_state_file(settings),
